@@ -1,0 +1,101 @@
+"""Feast objects compiled from the feature definitions, never written by hand.
+
+Per entity: an :class:`~feast.Entity`, a Parquet :class:`~feast.FileSource` (written by the
+backfill), a :class:`~feast.PushSource` over it, and a :class:`~feast.FeatureView` holding
+every window feature *as of the entity's last ingested event* plus ``<entity>_state``: the
+engine state bytes from which the exact value at any request time is finalized.
+
+>>> from pathlib import Path
+>>> from features.reference import REFERENCE
+>>> objs = build_feast_objects(REFERENCE, Path("/data"))
+>>> [v.name for v in objs.views]
+['card_features', 'merchant_features']
+>>> [f.name for f in objs.views[1].schema]
+['merchant_txn_count_1h', 'merchant_txn_count_24h', 'merchant_amount_mean_7d', 'merchant_state']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
+from feast.types import Bytes, Float64, Int64
+
+from features.definitions import Entity as Def
+from features.definitions import FeatureSet, Op
+
+PROJECT = "skewless"
+TIMESTAMP_FIELD = "event_timestamp"
+
+
+def view_name(entity: Def) -> str:
+    return f"{entity.name}_features"
+
+
+def state_field(entity: Def) -> str:
+    return f"{entity.name}_state"
+
+
+def offline_table_name(entity: Def) -> str:
+    return f"{view_name(entity)}.parquet"
+
+
+@dataclass(frozen=True)
+class FeastObjects:
+    entities: tuple[Entity, ...]
+    sources: tuple[FileSource, ...]
+    push_sources: tuple[PushSource, ...]
+    views: tuple[FeatureView, ...]
+
+    def all(self) -> list[Any]:
+        return [*self.entities, *self.sources, *self.push_sources, *self.views]
+
+    def view(self, name: str) -> FeatureView:
+        for v in self.views:
+            if v.name == name:
+                return v
+        raise KeyError(name)
+
+
+def build_feast_objects(fs: FeatureSet, data_dir: Path) -> FeastObjects:
+    """Entities, sources and feature views for ``fs``; offline tables live in ``data_dir``."""
+    entities, sources, pushes, views = [], [], [], []
+    for d in fs.entities:
+        entity = Entity(
+            name=d.name,
+            join_keys=[d.join_key],
+            value_type=ValueType.INT64,
+            description=f"{d.name} id ({d.join_key})",
+        )
+        source = FileSource(
+            name=f"{view_name(d)}_source",
+            path=str(data_dir / offline_table_name(d)),
+            timestamp_field=TIMESTAMP_FIELD,
+        )
+        push = PushSource(name=f"{view_name(d)}_push", batch_source=source)
+        schema = [
+            Field(name=a.name, dtype=Int64 if a.op is Op.COUNT else Float64)
+            for a in fs.for_entity(d)
+        ]
+        schema.append(Field(name=state_field(d), dtype=Bytes))
+        view = FeatureView(
+            name=view_name(d),
+            entities=[entity],
+            ttl=timedelta(0),
+            schema=schema,
+            source=push,
+            online=True,
+            description=(
+                f"{d.name} window features as of the last ingested event, and the state "
+                "bytes that give exact values at any request time"
+            ),
+            tags={"fingerprint": fs.fingerprint()},
+        )
+        entities.append(entity)
+        sources.append(source)
+        pushes.append(push)
+        views.append(view)
+    return FeastObjects(tuple(entities), tuple(sources), tuple(pushes), tuple(views))

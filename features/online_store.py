@@ -1,0 +1,278 @@
+"""The online store, in Feast's own layout, so the Feast SDK reads what we write.
+
+Two backends behind one small interface:
+
+* :class:`RedisStore` writes Feast's Redis layout directly (hash key = serialized entity
+  key + project, fields = murmur3 of ``"<view>:<feature>"`` and ``_ts:<view>``), one
+  pipeline per batch. It overwrites unconditionally, so an out-of-order event (whose
+  newest event time does not move) is never dropped the way Feast's own timestamp check
+  would drop it; values are a pure function of the state, so replays are idempotent.
+* :class:`FeastStore` goes through the Feast provider's batch write/read (the embedded
+  SQLite store of the demo).
+
+Config objects build runtime objects: constructors do no I/O, ``build()`` connects.
+
+>>> encode_value(1.5).hex(), encode_value(300).hex(), encode_value(float("nan"))
+('29000000000000f83f', '20ac02', b'')
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from features.definitions import FeatureSet
+from features.feast_objects import PROJECT, build_feast_objects, state_field, view_name
+
+_DOUBLE = struct.Struct("<d")
+
+
+class StoreUnavailableError(ConnectionError):
+    """The online store cannot be reached; the message says which and how to start it."""
+
+
+@dataclass(frozen=True)
+class OnlineRow:
+    """One entity's write: as-of-last-event values (definition order) and state bytes."""
+
+    entity_id: int
+    event_ts_ms: int
+    values: Sequence[float | int]
+    state: bytes
+
+
+def _varint(n: int) -> bytes:
+    if n < 0:
+        n += 1 << 64
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def encode_value(v: float | int | bytes | None) -> bytes:
+    """Serialize a feast ``ValueProto`` (int64 / double / bytes; NaN or None = unset)."""
+    if v is None:
+        return b""
+    if isinstance(v, bytes):
+        return b"\x0a" + _varint(len(v)) + v
+    if isinstance(v, int):
+        return b"\x20" + _varint(v)
+    if math.isnan(v):
+        return b""
+    return b"\x29" + _DOUBLE.pack(v)
+
+
+def encode_timestamp(ms: int) -> bytes:
+    """Serialize a ``google.protobuf.Timestamp`` from epoch milliseconds."""
+    seconds, rem = divmod(ms, 1000)
+    out = b""
+    if seconds:
+        out += b"\x08" + _varint(seconds)
+    if rem:
+        out += b"\x10" + _varint(rem * 1_000_000)
+    return out
+
+
+def decode_bytes_value(raw: bytes | None) -> bytes | None:
+    """The ``bytes_val`` of a serialized ValueProto (None when unset)."""
+    if not raw:
+        return None
+    if raw[0] != 0x0A:
+        raise ValueError("state: stored value is not a bytes value")
+    n, shift, i = 0, 0, 1
+    while True:
+        b = raw[i]
+        n |= (b & 0x7F) << shift
+        i += 1
+        if b < 0x80:
+            break
+        shift += 7
+    return raw[i : i + n]
+
+
+class OnlineStore(Protocol):
+    def write(self, entity: str, rows: Sequence[OnlineRow]) -> None: ...
+
+    def read_states(self, keys: Sequence[tuple[str, int]]) -> list[bytes | None]: ...
+
+    def close(self) -> None: ...
+
+
+def entity_key_bytes(join_key: str, entity_id: int) -> bytes:
+    from feast.infra.key_encoding_utils import serialize_entity_key
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    key = EntityKey(join_keys=[join_key], entity_values=[Value(int64_val=entity_id)])
+    return serialize_entity_key(key, entity_key_serialization_version=3)
+
+
+class RedisStore:
+    """Feast's Redis layout, written and read with plain pipelines."""
+
+    def __init__(self, url: str, fs: FeatureSet, project: str = PROJECT) -> None:
+        from feast.infra.online_stores.helpers import _mmh3
+
+        self.url, self.fs, self.project = url, fs, project.encode()
+        self._client: Any = None
+        self._fields: dict[str, list[bytes]] = {}
+        self._state_field: dict[str, bytes] = {}
+        self._ts_field: dict[str, bytes] = {}
+        self._join: dict[str, str] = {}
+        for e in fs.entities:
+            v = view_name(e)
+            self._fields[e.name] = [_mmh3(f"{v}:{a.name}") for a in fs.for_entity(e)]
+            self._state_field[e.name] = _mmh3(f"{v}:{state_field(e)}")
+            self._ts_field[e.name] = f"_ts:{v}".encode()
+            self._join[e.name] = e.join_key
+
+    def build(self, timeout_s: float = 2.0) -> RedisStore:
+        import redis
+
+        self._client = redis.Redis.from_url(
+            self.url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
+        return self
+
+    def key(self, entity: str, entity_id: int) -> bytes:
+        return entity_key_bytes(self._join[entity], entity_id) + self.project
+
+    def _unavailable(self, exc: Exception) -> StoreUnavailableError:
+        return StoreUnavailableError(
+            f"online store: Redis at {self.url} is unreachable ({exc}); start it with "
+            "`scripts/services.sh redis-start DIR` or set SKEWLESS_REDIS_URL"
+        )
+
+    def write(self, entity: str, rows: Sequence[OnlineRow]) -> None:
+        import redis
+
+        fields, sf, tsf = self._fields[entity], self._state_field[entity], self._ts_field[entity]
+        pipe = self._client.pipeline(transaction=False)
+        for r in rows:
+            mapping = {f: encode_value(v) for f, v in zip(fields, r.values, strict=True)}
+            mapping[sf] = encode_value(r.state)
+            mapping[tsf] = encode_timestamp(r.event_ts_ms)
+            pipe.hset(self.key(entity, r.entity_id), mapping=mapping)
+        try:
+            pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise self._unavailable(exc) from exc
+
+    def read_states(self, keys: Sequence[tuple[str, int]]) -> list[bytes | None]:
+        import redis
+
+        pipe = self._client.pipeline(transaction=False)
+        for entity, entity_id in keys:
+            pipe.hget(self.key(entity, entity_id), self._state_field[entity])
+        try:
+            raw = pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise self._unavailable(exc) from exc
+        return [decode_bytes_value(r) for r in raw]
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+def repo_config(fs: FeatureSet, redis_url: str, workdir: Path) -> Any:
+    """A Feast ``RepoConfig``: Redis when ``redis_url`` is set, else SQLite in ``workdir``."""
+    from urllib.parse import urlparse
+
+    from feast.repo_config import RepoConfig
+
+    if redis_url:
+        u = urlparse(redis_url)
+        db = (u.path or "/0").lstrip("/") or "0"
+        online: dict[str, Any] = {
+            "type": "redis",
+            "connection_string": f"{u.hostname}:{u.port or 6379},db={db}",
+        }
+    else:
+        online = {"type": "sqlite", "path": str(workdir / "online.db")}
+    return RepoConfig(
+        project=PROJECT,
+        provider="local",
+        registry=str(workdir / "registry.db"),
+        online_store=online,
+        offline_store={"type": "file"},
+        entity_key_serialization_version=3,
+    )
+
+
+def open_feature_store(
+    fs: FeatureSet, redis_url: str, workdir: Path, data_dir: Path | None = None
+) -> Any:
+    """A Feast ``FeatureStore`` with the generated objects applied (idempotent)."""
+    from feast import FeatureStore
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    store = FeatureStore(config=repo_config(fs, redis_url, workdir), repo_path=str(workdir))
+    store.apply(build_feast_objects(fs, data_dir or workdir / "offline").all())
+    return store
+
+
+class FeastStore:
+    """Writes and reads through the Feast provider (used for the embedded SQLite store)."""
+
+    def __init__(self, fs: FeatureSet, workdir: Path) -> None:
+        self.fs, self.workdir = fs, workdir
+        self._store: Any = None
+        self._views: dict[str, Any] = {}
+
+    def build(self) -> FeastStore:
+        self._store = open_feature_store(self.fs, "", self.workdir)
+        objs = build_feast_objects(self.fs, self.workdir / "offline")
+        self._views = {e.name: objs.view(view_name(e)) for e in self.fs.entities}
+        return self
+
+    @property
+    def feature_store(self) -> Any:
+        return self._store
+
+    def _key(self, entity: str, entity_id: int) -> Any:
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+
+        return EntityKey(
+            join_keys=[self.fs.entity(entity).join_key], entity_values=[Value(int64_val=entity_id)]
+        )
+
+    def write(self, entity: str, rows: Sequence[OnlineRow]) -> None:
+        from feast.protos.feast.types.Value_pb2 import Value
+
+        names = [a.name for a in self.fs.for_entity(entity)]
+        sf = state_field(self.fs.entity(entity))
+        data = []
+        for r in rows:
+            values = {
+                n: Value.FromString(encode_value(v)) for n, v in zip(names, r.values, strict=True)
+            }
+            values[sf] = Value(bytes_val=r.state)
+            ts = datetime.fromtimestamp(r.event_ts_ms / 1000, tz=UTC)
+            data.append((self._key(entity, r.entity_id), values, ts, None))
+        provider = self._store._get_provider()
+        provider.online_write_batch(self._store.config, self._views[entity], data, None)
+
+    def read_states(self, keys: Sequence[tuple[str, int]]) -> list[bytes | None]:
+        provider = self._store._get_provider()
+        out: list[bytes | None] = []
+        for entity, entity_id in keys:
+            sf = state_field(self.fs.entity(entity))
+            [(_, values)] = provider.online_read(
+                self._store.config, self._views[entity], [self._key(entity, entity_id)], [sf]
+            )
+            v = (values or {}).get(sf)
+            out.append(v.bytes_val if v is not None and v.HasField("bytes_val") else None)
+        return out
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,242 @@
+"""Inputs, outputs and metrics of the streaming flow.
+
+Config objects (``StoreConfig``, the sinks, the replay source) do no I/O when built; a
+sink's ``build()`` opens connections, and its partition writes one batch per call.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from prometheus_client import Counter, Histogram, start_http_server
+
+from features.online_store import (
+    FeastStore,
+    OnlineRow,
+    OnlineStore,
+    RedisStore,
+    StoreUnavailableError,
+)
+from features.reference import REFERENCE
+
+log = logging.getLogger("skewless.stream")
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.events_in = Counter("skewless_stream_events_in", "valid events decoded")
+        self.dead_letters = Counter(
+            "skewless_stream_dead_letters", "invalid messages sent to the DLQ"
+        )
+        self.late = Counter("skewless_stream_late", "events too late for their primary entity")
+        self.duplicates = Counter("skewless_stream_duplicates", "duplicate transaction ids ignored")
+        self.rows = Counter(
+            "skewless_stream_rows_written", "entity rows written to the online store"
+        )
+        self.retries = Counter("skewless_stream_store_retries", "online store writes retried")
+        self.write_seconds = Histogram(
+            "skewless_stream_sink_write_seconds", "one batched online-store write",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )  # fmt: skip
+        self.freshness = Histogram(
+            "skewless_stream_freshness_seconds", "event produced -> readable in the online store",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )  # fmt: skip
+
+
+METRICS = _Metrics()
+_served: set[int] = set()
+
+
+def serve_metrics(port: int) -> None:
+    """Prometheus endpoint on 127.0.0.1:port (once per process)."""
+    if port not in _served:
+        start_http_server(port, addr="127.0.0.1")
+        _served.add(port)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    raw: bytes
+    reason: str
+    where: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        try:
+            text, enc = self.raw.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            text, enc = self.raw.hex(), "hex"
+        return json.dumps({"reason": self.reason, "raw": text, "encoding": enc, **self.where})
+
+
+# -- online store --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Redis when ``redis_url`` is set, else Feast's SQLite store under ``workdir``."""
+
+    redis_url: str = ""
+    workdir: Path = Path("out/feast")
+
+
+_stores: dict[StoreConfig, OnlineStore] = {}
+_stores_lock = threading.Lock()
+
+
+def store_for(cfg: StoreConfig) -> OnlineStore:
+    """One connection per process and config (Bytewax workers are threads)."""
+    with _stores_lock:
+        store = _stores.get(cfg)
+        if store is None:
+            if cfg.redis_url:
+                store = RedisStore(cfg.redis_url, REFERENCE).build()
+            else:
+                store = FeastStore(REFERENCE, cfg.workdir).build()
+            _stores[cfg] = store
+        return store
+
+
+class _StorePartition(StatelessSinkPartition[tuple[str, OnlineRow, int]]):
+    def __init__(self, cfg: StoreConfig) -> None:
+        self.store = store_for(cfg)
+
+    def write_batch(self, items: list[tuple[str, OnlineRow, int]]) -> None:
+        latest: dict[tuple[str, int], tuple[OnlineRow, int]] = {}
+        for entity, row, produced in items:  # the last row of a key holds its newest state
+            latest[(entity, row.entity_id)] = (row, produced)
+        by_entity: dict[str, list[OnlineRow]] = {}
+        for (entity, _), (row, _) in latest.items():
+            by_entity.setdefault(entity, []).append(row)
+        backoff = 0.1
+        while True:
+            start = time.perf_counter()
+            try:
+                for entity, rows in by_entity.items():
+                    self.store.write(entity, rows)
+                break
+            except StoreUnavailableError as exc:
+                METRICS.retries.inc()
+                log.warning("online store write failed: %s; retrying in %.1fs", exc, backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+        METRICS.write_seconds.observe(time.perf_counter() - start)
+        METRICS.rows.inc(len(latest))
+        now = time.time() * 1000
+        for _, produced in latest.values():
+            if produced:
+                METRICS.freshness.observe(max(now - produced, 0.0) / 1000)
+
+
+class OnlineStoreSink(DynamicSink[tuple[str, OnlineRow, int]]):
+    """Batched writes of each touched entity's latest row; retries with backoff, forever,
+    so an outage stalls the flow (and Kafka buffers) instead of losing updates."""
+
+    def __init__(self, cfg: StoreConfig) -> None:
+        self.cfg = cfg
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _StorePartition:
+        return _StorePartition(self.cfg)
+
+
+# -- files ---------------------------------------------------------------------------
+
+
+class _JsonlPartition(StatelessSinkPartition[Any]):
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.f = path.open("a", encoding="utf-8")
+
+    def write_batch(self, items: list[Any]) -> None:
+        for item in items:
+            self.f.write(item.to_json() + "\n")
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
+
+
+class JsonlSink(DynamicSink[Any]):
+    """Appends ``item.to_json()`` lines to ``<prefix>-<worker>.jsonl``."""
+
+    def __init__(self, prefix: Path) -> None:
+        self.prefix = prefix
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _JsonlPartition:
+        return _JsonlPartition(self.prefix.with_name(f"{self.prefix.name}-{worker_index}.jsonl"))
+
+
+@dataclass(frozen=True)
+class ReplayMessage:
+    value: bytes
+    row: int
+    produced_ms: int
+
+
+def _rfc3339(ms: int) -> str:
+    dt = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def table_to_messages(table: pa.Table) -> list[bytes]:
+    """Events table -> the JSON messages a producer sends (event_time as RFC 3339)."""
+    cols = [c for c in table.column_names if c not in ("row",)]
+    t = table.select(cols)
+    if pa.types.is_timestamp(t.schema.field("event_time").type):
+        ms = pc.cast(t.column("event_time"), pa.int64())
+        t = t.set_column(t.schema.get_field_index("event_time"), "event_time", ms)
+    out = []
+    for rec in t.to_pylist():
+        if isinstance(rec.get("event_time"), int):
+            rec["event_time"] = _rfc3339(rec["event_time"])
+        out.append(json.dumps(rec, separators=(",", ":")).encode())
+    return out
+
+
+class _ReplayPartition(StatefulSourcePartition[ReplayMessage, int]):
+    def __init__(self, path: Path, batch_size: int, resume: int | None) -> None:
+        self.table = pq.read_table(path)
+        self.pos = resume or 0
+        self.batch_size = batch_size
+        self.total = self.table.num_rows
+
+    def next_batch(self) -> list[ReplayMessage]:
+        if self.pos >= self.total:
+            raise StopIteration
+        table = self.table.slice(self.pos, self.batch_size)
+        now = int(time.time() * 1000)
+        msgs = [ReplayMessage(m, self.pos + i, now) for i, m in enumerate(table_to_messages(table))]
+        self.pos += len(msgs)
+        return msgs
+
+    def snapshot(self) -> int:
+        return self.pos
+
+
+class ParquetReplaySource(FixedPartitionedSource[ReplayMessage, int]):
+    """Replays an events Parquet file as JSON messages, in file order (one partition;
+    resumable by row position)."""
+
+    def __init__(self, path: Path, batch_size: int = 1000) -> None:
+        self.path, self.batch_size = path, batch_size
+
+    def list_parts(self) -> list[str]:
+        return ["0"]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _ReplayPartition:
+        return _ReplayPartition(self.path, self.batch_size, resume_state)
+
+
+__all__ = ["StoreUnavailableError"]

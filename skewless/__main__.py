@@ -1,0 +1,5 @@
+import sys
+
+from skewless.cli import main
+
+sys.exit(main())

@@ -1,0 +1,89 @@
+"""One settings object, built once in ``main()`` from flags and ``SKEWLESS_*`` variables.
+
+Nothing below ``main()`` reads the environment; it receives a :class:`Settings`.
+
+>>> s = Settings.from_env({"SKEWLESS_REDIS_URL": "redis://127.0.0.1:6390/0",
+...                        "SKEWLESS_AUTH_TOKEN": "hunter2"})
+>>> s.redis_url, s.online_store
+('redis://127.0.0.1:6390/0', 'redis')
+>>> "hunter2" in repr(s)
+False
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+_PREFIX = "SKEWLESS_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime configuration; every field can be set as ``SKEWLESS_<FIELD>``."""
+
+    #: where jobs write by default (events, features, registry, online store for the demo)
+    data_dir: Path = Path("out")
+    #: Kafka bootstrap servers; empty means the embedded file-replay mode
+    kafka_bootstrap: str = ""
+    topic: str = "transactions"
+    #: Redis URL of the Feast online store; empty means the embedded SQLite store
+    redis_url: str = ""
+    #: model registry directory and the alias served
+    registry_dir: Path = Path("out/registry")
+    model_alias: str = "production"
+    grpc_address: str = "127.0.0.1:50051"
+    metrics_port: int = 0
+    #: bearer token the gRPC service requires (empty: no auth)
+    auth_token: str = field(default="", repr=False)
+    log_level: str = "INFO"
+
+    @property
+    def online_store(self) -> str:
+        return "redis" if self.redis_url else "sqlite"
+
+    @property
+    def feast_redis_connection(self) -> str:
+        """Feast's ``host:port,db=N`` form of :attr:`redis_url`."""
+        u = urlparse(self.redis_url)
+        db = (u.path or "/0").lstrip("/") or "0"
+        auth = f",password={u.password}" if u.password else ""
+        return f"{u.hostname}:{u.port or 6379},db={db}{auth}"
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "auth_token":
+                value = "***" if value else ""
+            shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], **overrides: object) -> Settings:
+        """Defaults < environment < explicit overrides (flags that were given)."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _convert(f, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return dataclasses.replace(cls(), **values)
+
+
+def _convert(f: dataclasses.Field[object], raw: str) -> object:
+    default = f.default
+    try:
+        if isinstance(default, Path):
+            return Path(raw)
+        if isinstance(default, int):
+            return int(raw)
+    except ValueError:
+        raise ValueError(
+            f"{_PREFIX}{f.name.upper()}: {raw!r} is not a valid {type(default).__name__}"
+        ) from None
+    return raw
