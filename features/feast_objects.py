@@ -10,8 +10,8 @@ engine state bytes from which the exact value at any request time is finalized.
 >>> objs = build_feast_objects(REFERENCE, Path("/data"))
 >>> [v.name for v in objs.views]
 ['card_features', 'merchant_features']
->>> [f.name for f in objs.views[1].schema]
-['merchant_txn_count_1h', 'merchant_txn_count_24h', 'merchant_amount_mean_7d', 'merchant_state']
+>>> sorted(f.name for f in objs.views[1].schema)
+['merchant_amount_mean_7d', 'merchant_state', 'merchant_txn_count_1h', 'merchant_txn_count_24h']
 """
 
 from __future__ import annotations
