@@ -29,11 +29,10 @@ ValueError: state: 4 bytes is not a skewless state (bad magic or too short)
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from typing import Any
-
-import numpy as np
 
 from features import moments
 from features.definitions import Op
@@ -89,37 +88,30 @@ class StateCodec:
         )
         levels = [sorted(level.items()) for level in state.levels]
         ids = sorted((ts, h) for h, ts in state.ids.items())
+        n_raw, n_ids = len(state.raw_ts), len(ids)
         parts = [
             _HEAD.pack(
-                MAGIC,
-                VERSION,
-                flags,
-                self.crc,
-                ms,
-                state.last_before_raw or 0,
-                len(state.raw_ts),
-                len(ids),
+                MAGIC, VERSION, flags, self.crc, ms, state.last_before_raw or 0, n_raw, n_ids
             ),
             self._levels.pack(*(len(level) for level in levels)),
-            np.array([ms - ts for ts in state.raw_ts], dtype="<u4").tobytes(),
-            np.array(state.raw_vals, dtype="<f8").reshape(-1, self.nf).T.tobytes(),
-            np.array([ms - ts for ts, _ in ids], dtype="<u4").tobytes(),
-            np.array([h for _, h in ids], dtype="<u8").tobytes(),
+            _pack("I", [ms - ts for ts in state.raw_ts]),
         ]
-        for j, (hop, level) in enumerate(zip(self.layout.hops, levels, strict=True)):
+        for f in range(self.nf):
+            parts.append(_pack("d", [v[f] for v in state.raw_vals]))
+        parts.append(_pack("I", [ms - ts for ts, _ in ids]))
+        parts.append(_pack("Q", [h for _, h in ids]))
+        for needs, hop, level in zip(self.needs, self.layout.hops, levels, strict=True):
             cur = ms // hop
-            parts.append(np.array([cur - b for b, _ in level], dtype="<u4").tobytes())
-            parts.append(
-                np.array([tiles[0][moments.N] for _, tiles in level], dtype="<u4").tobytes()
-            )
+            parts.append(_pack("I", [cur - b for b, _ in level]))
+            parts.append(_pack("I", [tiles[0][moments.N] for _, tiles in level]))
             for f in range(self.nf):
-                for comp in self.needs[j]:
-                    parts.append(
-                        np.array([_component(t[f], comp) for _, t in level], dtype="<f8").tobytes()
-                    )
+                for comp in needs:
+                    parts.append(_pack("d", [_component(t[f], comp) for _, t in level]))
         return b"".join(parts)
 
-    def decode(self, data: bytes) -> EntityState:
+    def decode(self, data: bytes, readonly: bool = False) -> EntityState:
+        """The state back. ``readonly`` (serving) skips the dedup ids and the exact tile
+        sums: such a state finalizes to the same values but must not be updated."""
         if len(data) < _HEAD.size or data[:2] != MAGIC:
             raise ValueError(
                 f"state: {len(data)} bytes is not a skewless state (bad magic or too short)"
@@ -132,45 +124,58 @@ class StateCodec:
                 f"state: written for other {self.layout.entity.name} definitions "
                 f"(layout {crc:08x}, running {self.crc:08x}); rebuild it with a backfill"
             )
-        off = _HEAD.size
-        counts = self._levels.unpack_from(data, off)
-        off += self._levels.size
-        reader = _Reader(data, off)
+        counts = self._levels.unpack_from(data, _HEAD.size)
+        r = _Reader(data, _HEAD.size + self._levels.size)
         state = self.layout.new_state()
         state.max_seen = ms if flags & _HAS_MAX else None
         state.last_before_raw = last if flags & _HAS_LAST else None
-        raw_off = reader.take("<u4", n_raw)
-        vals = [reader.take("<f8", n_raw) for _ in range(self.nf)]
+        raw_off = r.take("I", n_raw)
+        vals = [r.take("d", n_raw) for _ in range(self.nf)]
         state.raw_ts = [ms - d for d in raw_off]
         state.raw_vals = list(zip(*vals, strict=True)) if n_raw else []
-        id_off = reader.take("<u4", n_ids)
-        hashes = reader.take("<u8", n_ids)
-        state.ids = {h: ms - d for d, h in zip(id_off, hashes, strict=True)}
-        for j, (hop, count) in enumerate(zip(self.layout.hops, counts, strict=True)):
+        if readonly:
+            r.off += 12 * n_ids
+        else:
+            id_off = r.take("I", n_ids)
+            state.ids = {h: ms - d for d, h in zip(id_off, r.take("Q", n_ids), strict=True)}
+        for needs, hop, count, level in zip(
+            self.needs, self.layout.hops, counts, state.levels, strict=True
+        ):
+            if not count:
+                continue
             cur = ms // hop
-            buckets = reader.take("<u4", count)
-            ns = reader.take("<u4", count)
-            comps = [{c: reader.take("<f8", count) for c in self.needs[j]} for _ in range(self.nf)]
-            level = state.levels[j]
-            for i, (d, n) in enumerate(zip(buckets, ns, strict=True)):
-                level[cur - d] = [_tile(n, comps[f], i) for f in range(self.nf)]
-        if reader.off != len(data):
-            raise ValueError(
-                f"state: {len(data) - reader.off} trailing bytes; the state is corrupt"
-            )
+            width = len(needs)
+            flat = r.take("I", 2 * count)
+            comps = r.take("d", count * width * self.nf)
+            make = _light_tile if readonly else _tile
+            for i in range(count):
+                tiles = []
+                for f in range(self.nf):
+                    base = f * width * count + i
+                    got = {c: comps[base + ci * count] for ci, c in enumerate(needs)}
+                    tiles.append(make(flat[count + i], got))
+                level[cur - flat[i]] = tiles
+        if r.off != len(data):
+            raise ValueError(f"state: {len(data) - r.off} trailing bytes; the state is corrupt")
         return state
+
+
+def _pack(code: str, values: list[Any]) -> bytes:
+    return struct.pack(f"<{len(values)}{code}", *values) if values else b""
 
 
 class _Reader:
     def __init__(self, data: bytes, off: int) -> None:
         self.data, self.off = data, off
 
-    def take(self, dtype: str, count: int) -> list[Any]:
-        size = np.dtype(dtype).itemsize * count
-        if self.off + size > len(self.data):
+    def take(self, code: str, count: int) -> tuple[Any, ...]:
+        if not count:
+            return ()
+        fmt = struct.Struct(f"<{count}{code}")
+        if self.off + fmt.size > len(self.data):
             raise ValueError("state: truncated; the state is corrupt")
-        out = np.frombuffer(self.data, dtype=dtype, count=count, offset=self.off).tolist()
-        self.off += size
+        out = fmt.unpack_from(self.data, self.off)
+        self.off += fmt.size
         return out
 
 
@@ -184,10 +189,19 @@ def _component(tile: moments.Tile, comp: str) -> float:
     return float(tile[moments.MAX])
 
 
-def _tile(n: int, comps: dict[str, list[float]], i: int) -> moments.Tile:
-    def get(c: str, default: float) -> float:
-        return comps[c][i] if c in comps else default
-
+def _tile(n: int, comps: dict[str, float]) -> moments.Tile:
     return moments.from_summary(
-        n, get(SUM, 0.0), get(M2, 0.0), get(MIN, float("inf")), get(MAX, float("-inf"))
+        n,
+        comps.get(SUM, 0.0),
+        comps.get(M2, 0.0),
+        comps.get(MIN, math.inf),
+        comps.get(MAX, -math.inf),
     )
+
+
+def _light_tile(n: int, comps: dict[str, float]) -> moments.Tile:
+    """Summary only: enough to finalize, not to add to."""
+    return [
+        n, 0, 0, 0, comps.get(MIN, math.inf), comps.get(MAX, -math.inf), 1,
+        (comps.get(SUM, 0.0), comps.get(M2, 0.0)),
+    ]  # fmt: skip

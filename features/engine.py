@@ -80,6 +80,7 @@ class _Group:
     hop_ms: int
     level: int
     outputs: tuple[tuple[int, Op, int], ...]  # (feature position, op, field index)
+    need_m2: bool  # some output is a std
 
 
 class EntityLayout:
@@ -113,7 +114,8 @@ class EntityLayout:
             fidx = self.fields.index(a.field) if a.field else 0
             groups.setdefault((a.window.length_ms, a.window.hop_ms), []).append((pos, a.op, fidx))
         self.groups = tuple(
-            _Group(w, h, self.hops.index(h), tuple(outs)) for (w, h), outs in groups.items()
+            _Group(w, h, self.hops.index(h), tuple(outs), any(o[1] is Op.STD for o in outs))
+            for (w, h), outs in groups.items()
         )
         self.fine_hop = self.hops[0] if self.hops else 1
 
@@ -153,15 +155,17 @@ class EntityLayout:
             ms = ts
         if not values:
             values = (0.0,)
-        for j, hop in enumerate(self.hops):
+        exacts = [moments.exact(x) for x in values]
+        base = ms - self.horizon_ms
+        for hop, keep, level in zip(self.hops, self.keep, state.levels, strict=True):
             bucket = ts // hop
-            if bucket < self.level_floor(ms, j):
+            if bucket < base // hop - keep:
                 continue
-            tiles = state.levels[j].get(bucket)
+            tiles = level.get(bucket)
             if tiles is None:
-                tiles = state.levels[j][bucket] = [moments.empty() for _ in self.fields]
-            for tile, x in zip(tiles, values, strict=True):
-                moments.add(tile, x)
+                tiles = level[bucket] = [moments.empty() for _ in self.fields]
+            for tile, x, mk in zip(tiles, values, exacts, strict=True):
+                moments.add(tile, x, mk)
         if ts >= self.raw_floor(ms):
             pos = bisect_left(state.raw_ts, ts)
             # canonical order for ties: by value, so arrival order never shows in the bytes
@@ -190,18 +194,18 @@ class EntityLayout:
                 state.last_before_raw = last
             del state.raw_ts[:cut]
             del state.raw_vals[:cut]
-        for j in range(len(self.hops)):
-            lf = self.level_floor(new, j)
-            if lf > self.level_floor(old, j):
-                level = state.levels[j]
+        new_base, old_base = new - self.horizon_ms, old - self.horizon_ms
+        for hop, keep, level in zip(self.hops, self.keep, state.levels, strict=True):
+            lf = new_base // hop - keep
+            if level and lf > old_base // hop - keep and min(level) < lf:
                 for b in [b for b in level if b < lf]:
                     del level[b]
         if self.lateness_ms is not None and state.ids:
             id_floor = new - self.lateness_ms
-            if id_floor > old - self.lateness_ms:
-                stale = [h for h, ts in state.ids.items() if ts < id_floor]
-                for h in stale:
-                    del state.ids[h]
+            ids = state.ids
+            if id_floor > old - self.lateness_ms and min(ids.values()) < id_floor:
+                for h in [h for h, ts in ids.items() if ts < id_floor]:
+                    del ids[h]
 
     # -- reading ---------------------------------------------------------------------
     def finalize(self, state: EntityState, t: int) -> list[Value]:
@@ -215,17 +219,19 @@ class EntityLayout:
             )
         nf = len(self.fields)
         for g in self.groups:
-            acc = [moments.empty() for _ in range(nf)]
+            accs = [moments.acc_empty() for _ in range(nf)]
             if ms is not None:
-                self._collect(state, g, t, acc)
+                self._collect(state, g, t, accs)
             for pos, op, fidx in g.outputs:
-                out[pos] = moments.finalize(acc[fidx], op)
+                out[pos] = moments.acc_finalize(accs[fidx], op)
         if self.since_last is not None:
             last = self._last_before(state, t)
             out[self.since_last] = math.nan if last is None else (t - last) / MS_PER_SECOND
         return out
 
-    def _collect(self, state: EntityState, g: _Group, t: int, acc: list[moments.Tile]) -> None:
+    def _collect(self, state: EntityState, g: _Group, t: int, accs: list[list[float]]) -> None:
+        """Merge, in a canonical order, the tiles then raw events that make up g's window."""
+        need_m2 = g.need_m2
         cursor = (t // g.hop_ms) * g.hop_ms - g.length_ms
         for j in range(g.level, -1, -1):
             hop = self.hops[j]
@@ -235,19 +241,17 @@ class EntityLayout:
             lo, hi = cursor // hop, end // hop
             level = state.levels[j]
             if hi - lo < len(level):
-                items = ((b, level.get(b)) for b in range(lo, hi))
+                found = [level[b] for b in range(lo, hi) if b in level]
             else:
-                items = ((b, v) for b, v in level.items() if lo <= b < hi)
-            for _, tiles in items:
-                if tiles is not None:
-                    for a, tile in zip(acc, tiles, strict=True):
-                        moments.merge(a, tile)
+                found = [v for b, v in sorted(level.items()) if lo <= b < hi]
+            for tiles in found:
+                for acc, tile in zip(accs, tiles, strict=True):
+                    moments.acc_merge_tile(acc, tile, need_m2)
             cursor = end
         raw_ts = state.raw_ts
-        i1 = bisect_left(raw_ts, t)
-        for i in range(bisect_left(raw_ts, cursor), i1):
-            for a, x in zip(acc, state.raw_vals[i], strict=True):
-                moments.add(a, x)
+        for i in range(bisect_left(raw_ts, cursor), bisect_left(raw_ts, t)):
+            for acc, x in zip(accs, state.raw_vals[i], strict=True):
+                moments.acc_add(acc, x, need_m2)
 
     def _last_before(self, state: EntityState, t: int) -> int | None:
         i = bisect_left(state.raw_ts, t)

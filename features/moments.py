@@ -7,7 +7,12 @@ Integer sums are associative and commutative, so a tile's value does not depend 
 order events arrived in: two workers, a restart from a snapshot or a reshuffled Kafka
 partition all produce the same bits. Finalize rounds once, correctly.
 
-``empty()``, ``add(tile, x)``, ``merge(a, b)`` and ``finalize(tile, op)`` are the whole API.
+``empty()``, ``add(tile, x)``, ``merge(a, b)`` and ``finalize(tile, op)`` are the tile API.
+
+Reading a window merges many tiles: that is done in float64 from each tile's correctly
+rounded summary (``summary(tile)``: Σx and Σ(x-mean)², cached) with Chan's parallel
+update (``acc_*``). A tile rebuilt from bytes has the very same summary, so a decoded
+state finalizes to the same bits as the live one.
 
 >>> t = empty()
 >>> for x in (0.1, 0.2, 0.3):
@@ -26,15 +31,15 @@ import math
 
 from features.definitions import Op
 
-# tile slots: [n, s1, s2, k, min, max, d]
-N, S1, S2, K, MIN, MAX, D = range(7)
+# tile slots: [n, s1, s2, k, min, max, d, cached summary or None]
+N, S1, S2, K, MIN, MAX, D, CACHE = range(8)
 NAN = math.nan
 
-Tile = list  # [int, int, int, int, float, float, int]
+Tile = list  # [int, int, int, int, float, float, int, tuple[float, float] | None]
 
 
 def empty() -> Tile:
-    return [0, 0, 0, 0, math.inf, -math.inf, 1]
+    return [0, 0, 0, 0, math.inf, -math.inf, 1, None]
 
 
 def exact(x: float) -> tuple[int, int]:
@@ -43,9 +48,9 @@ def exact(x: float) -> tuple[int, int]:
     return num, den.bit_length() - 1
 
 
-def add(tile: Tile, x: float) -> None:
-    """Add one value in place."""
-    m, k = exact(x)
+def add(tile: Tile, x: float, mk: tuple[int, int] | None = None) -> None:
+    """Add one value in place (``mk``: ``exact(x)`` when the caller already has it)."""
+    m, k = mk if mk is not None else exact(x)
     tk = tile[K]
     if k > tk:
         shift = k - tk
@@ -57,6 +62,7 @@ def add(tile: Tile, x: float) -> None:
     tile[N] += 1
     tile[S1] += m
     tile[S2] += m * m if tile[D] == 1 else tile[D] * m * m
+    tile[CACHE] = None
     if x < tile[MIN]:
         tile[MIN] = x
     if x > tile[MAX]:
@@ -86,6 +92,7 @@ def merge(into: Tile, other: Tile) -> None:
     into[N] += other[N]
     into[S1] += s1
     into[S2] += s2
+    into[CACHE] = None
     if other[MIN] < into[MIN]:
         into[MIN] = other[MIN]
     if other[MAX] > into[MAX]:
@@ -138,4 +145,83 @@ def from_summary(n: int, sum_: float, m2_: float, min_: float, max_: float) -> T
     k = max(k1, (ka + 1) // 2)
     s1 <<= k - k1
     s2 = n * (a << (2 * k - ka)) + s1 * s1
-    return [n, s1, s2, k, min_, max_, n]
+    return [n, s1, s2, k, min_, max_, n, (sum_, m2_)]
+
+
+def summary(tile: Tile) -> tuple[float, float]:
+    """(Σx, Σ(x-mean)²), each correctly rounded; cached until the tile changes."""
+    cached = tile[CACHE]
+    if cached is None:
+        cached = tile[CACHE] = (total(tile), m2(tile))
+    return cached  # type: ignore[no-any-return]
+
+
+# -- float accumulator for reading windows: [n, Σx, mean, M2, min, max] ------------------
+
+
+def acc_empty() -> list[float]:
+    return [0, 0.0, 0.0, 0.0, math.inf, -math.inf]
+
+
+def acc_merge_tile(acc: list[float], tile: Tile, need_m2: bool) -> None:
+    """Merge a tile's summary (Chan et al.); M2 only when a std is read."""
+    nb = tile[N]
+    if not nb:
+        return
+    sb, m2b = summary(tile) if need_m2 else (total_cached(tile), 0.0)
+    na = acc[0]
+    if need_m2:
+        mb = sb / nb
+        if na:
+            n = na + nb
+            delta = mb - acc[2]
+            acc[2] += delta * nb / n
+            acc[3] += m2b + delta * delta * na * nb / n
+        else:
+            acc[2], acc[3] = mb, m2b
+    acc[0] = na + nb
+    acc[1] += sb
+    if tile[MIN] < acc[4]:
+        acc[4] = tile[MIN]
+    if tile[MAX] > acc[5]:
+        acc[5] = tile[MAX]
+
+
+def total_cached(tile: Tile) -> float:
+    cached = tile[CACHE]
+    return cached[0] if cached is not None else total(tile)  # type: ignore[no-any-return]
+
+
+def acc_add(acc: list[float], x: float, need_m2: bool) -> None:
+    """Add one raw value (Welford)."""
+    n = acc[0] + 1
+    acc[0] = n
+    acc[1] += x
+    if need_m2:
+        delta = x - acc[2]
+        acc[2] += delta / n
+        acc[3] += delta * (x - acc[2])
+    if x < acc[4]:
+        acc[4] = x
+    if x > acc[5]:
+        acc[5] = x
+
+
+def acc_finalize(acc: list[float], op: Op) -> float | int:
+    """The value of ``op``; empty gives 0 for count/sum and NaN otherwise."""
+    n = int(acc[0])
+    if op is Op.COUNT:
+        return n
+    if op is Op.SUM:
+        return acc[1] + 0.0
+    if not n:
+        return NAN
+    if op is Op.MEAN:
+        return acc[1] / n
+    if op is Op.MIN:
+        return float(acc[4])
+    if op is Op.MAX:
+        return float(acc[5])
+    if op is Op.STD:
+        return math.sqrt(acc[3] / n) if acc[3] > 0 else 0.0
+    raise ValueError(f"op: {op} is not a window op")

@@ -48,6 +48,23 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", type=Path, required=True)
     b.add_argument("--spine", type=Path, help="rows to compute features for (default: the events)")
 
+    st = sub.add_parser(
+        "stream", help="the Bytewax flow: Kafka (or --replay FILE) -> Feast online store"
+    )
+    st.add_argument("--replay", type=Path, help="embedded mode: replay this events Parquet")
+    st.add_argument("--no-tail", action="store_true", help="stop at the end of the input")
+    st.add_argument("-w", "--workers-per-process", type=int, default=1)
+    st.add_argument("-i", "--process-id", type=int)
+    st.add_argument("-a", "--addresses", help="cluster: host:port;host:port (one per process)")
+    st.add_argument("-r", "--recovery-directory", type=Path)
+    st.add_argument("-s", "--snapshot-interval", type=float, default=5.0, help="seconds")
+    st.add_argument("-b", "--backup-interval", type=float, default=0.0, help="seconds")
+
+    pr = sub.add_parser("produce", help="replay an events Parquet into Kafka")
+    pr.add_argument("--events", type=Path, required=True)
+    pr.add_argument("--rate", type=float, default=0.0, help="events/s (0 = as fast as possible)")
+    pr.add_argument("--topic", help="default: SKEWLESS_TOPIC")
+
     bench = sub.add_parser("bench", help="benchmarks, JSON results with same-run baselines")
     bench.add_argument("suites", nargs="*", default=["backfill"], choices=["backfill"])
     bench.add_argument("--events", type=int, default=1_000_000)
@@ -84,6 +101,32 @@ def _backfill(args: argparse.Namespace, settings: Settings) -> int:
     report = run_backfill(REFERENCE, args.events, args.out, args.spine)
     print(report.to_json())
     return 0
+
+
+@command("stream")
+def _stream(args: argparse.Namespace, settings: Settings) -> int:
+    from flows.stream_run import run_stream
+
+    return run_stream(args, settings)
+
+
+@command("produce")
+def _produce(args: argparse.Namespace, settings: Settings) -> int:
+    from flows.produce import produce_file
+
+    if not settings.kafka_bootstrap:
+        print(
+            "skewless produce: Kafka is not configured; start a broker with "
+            "`scripts/services.sh kafka-start DIR` and set SKEWLESS_KAFKA_BOOTSTRAP",
+            file=sys.stderr,
+        )
+        return 2
+    topic = args.topic or settings.topic
+    report = produce_file(
+        settings.kafka_bootstrap, topic, args.events, args.rate, sys.stderr.isatty()
+    )
+    print(report.to_json())
+    return 0 if report.failed == 0 else 1
 
 
 @command("bench")
