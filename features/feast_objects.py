@@ -3,15 +3,17 @@
 Per entity: an :class:`~feast.Entity`, a Parquet :class:`~feast.FileSource` (written by the
 backfill), a :class:`~feast.PushSource` over it, and a :class:`~feast.FeatureView` holding
 every window feature *as of the entity's last ingested event* plus ``<entity>_state``: the
-engine state bytes from which the exact value at any request time is finalized.
+engine state bytes from which the exact value at any request time is finalized (and
+``<entity>_state_bootstrap``, the backfill's end state the stream starts from).
 
 >>> from pathlib import Path
 >>> from features.reference import REFERENCE
 >>> objs = build_feast_objects(REFERENCE, Path("/data"))
 >>> [v.name for v in objs.views]
 ['card_features', 'merchant_features']
->>> sorted(f.name for f in objs.views[1].schema)
-['merchant_amount_mean_7d', 'merchant_state', 'merchant_txn_count_1h', 'merchant_txn_count_24h']
+>>> sorted(f.name for f in objs.views[1].schema)  # doctest: +NORMALIZE_WHITESPACE
+['merchant_amount_mean_7d', 'merchant_state', 'merchant_state_bootstrap',
+ 'merchant_txn_count_1h', 'merchant_txn_count_24h']
 """
 
 from __future__ import annotations
@@ -37,6 +39,13 @@ def view_name(entity: Def) -> str:
 
 def state_field(entity: Def) -> str:
     return f"{entity.name}_state"
+
+
+def bootstrap_field(entity: Def) -> str:
+    """State as of the backfill's end, written only by ``feast materialize``: where the
+    stream starts an entity it has no state for. The stream never overwrites it, so a
+    restart (from a snapshot or from the topic's start) rebuilds exactly."""
+    return f"{entity.name}_state_bootstrap"
 
 
 def offline_table_name(entity: Def) -> str:
@@ -81,6 +90,7 @@ def build_feast_objects(fs: FeatureSet, data_dir: Path) -> FeastObjects:
             for a in fs.for_entity(d)
         ]
         schema.append(Field(name=state_field(d), dtype=Bytes))
+        schema.append(Field(name=bootstrap_field(d), dtype=Bytes))
         view = FeatureView(
             name=view_name(d),
             entities=[entity],

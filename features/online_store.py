@@ -27,7 +27,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from features.definitions import FeatureSet
-from features.feast_objects import PROJECT, build_feast_objects, state_field, view_name
+from features.feast_objects import (
+    PROJECT,
+    bootstrap_field,
+    build_feast_objects,
+    state_field,
+    view_name,
+)
 
 _DOUBLE = struct.Struct("<d")
 
@@ -101,7 +107,9 @@ def decode_bytes_value(raw: bytes | None) -> bytes | None:
 class OnlineStore(Protocol):
     def write(self, entity: str, rows: Sequence[OnlineRow]) -> None: ...
 
-    def read_states(self, keys: Sequence[tuple[str, int]]) -> list[bytes | None]: ...
+    def read_states(
+        self, keys: Sequence[tuple[str, int]], bootstrap: bool = False
+    ) -> list[bytes | None]: ...
 
     def close(self) -> None: ...
 
@@ -125,12 +133,14 @@ class RedisStore:
         self._client: Any = None
         self._fields: dict[str, list[bytes]] = {}
         self._state_field: dict[str, bytes] = {}
+        self._boot_field: dict[str, bytes] = {}
         self._ts_field: dict[str, bytes] = {}
         self._join: dict[str, str] = {}
         for e in fs.entities:
             v = view_name(e)
             self._fields[e.name] = [_mmh3(f"{v}:{a.name}") for a in fs.for_entity(e)]
             self._state_field[e.name] = _mmh3(f"{v}:{state_field(e)}")
+            self._boot_field[e.name] = _mmh3(f"{v}:{bootstrap_field(e)}")
             self._ts_field[e.name] = f"_ts:{v}".encode()
             self._join[e.name] = e.join_key
 
@@ -166,12 +176,17 @@ class RedisStore:
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise self._unavailable(exc) from exc
 
-    def read_states(self, keys: Sequence[tuple[str, int]]) -> list[bytes | None]:
+    def read_states(
+        self, keys: Sequence[tuple[str, int]], bootstrap: bool = False
+    ) -> list[bytes | None]:
+        """State bytes per (entity, id) in one round trip; ``bootstrap`` reads the
+        materialized start state instead of the current one."""
         import redis
 
+        fields = self._boot_field if bootstrap else self._state_field
         pipe = self._client.pipeline(transaction=False)
         for entity, entity_id in keys:
-            pipe.hget(self.key(entity, entity_id), self._state_field[entity])
+            pipe.hget(self.key(entity, entity_id), fields[entity])
         try:
             raw = pipe.execute()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -262,11 +277,14 @@ class FeastStore:
         provider = self._store._get_provider()
         provider.online_write_batch(self._store.config, self._views[entity], data, None)
 
-    def read_states(self, keys: Sequence[tuple[str, int]]) -> list[bytes | None]:
+    def read_states(
+        self, keys: Sequence[tuple[str, int]], bootstrap: bool = False
+    ) -> list[bytes | None]:
         provider = self._store._get_provider()
         out: list[bytes | None] = []
+        field = bootstrap_field if bootstrap else state_field
         for entity, entity_id in keys:
-            sf = state_field(self.fs.entity(entity))
+            sf = field(self.fs.entity(entity))
             [(_, values)] = provider.online_read(
                 self._store.config, self._views[entity], [self._key(entity, entity_id)], [sf]
             )

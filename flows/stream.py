@@ -136,14 +136,15 @@ class _EntityContext:
         self.store = store
 
     def load(self, entity_id: int) -> EntityState:
-        """State for an entity this worker has not seen: from the online store (bootstrap
-        by ``feast materialize``, or a restart without recovery), else empty."""
+        """State for an entity this worker has no state for: the bootstrap state that
+        ``feast materialize`` wrote, else empty. Never the stream's own last write: that
+        may be ahead of a recovery snapshot, and replaying on top of it would count twice."""
         if self.store is not None:
             backoff = 0.2
             while True:
                 try:
                     [raw] = stream_io.store_for(self.store).read_states(
-                        [(self.layout.entity.name, entity_id)]
+                        [(self.layout.entity.name, entity_id)], bootstrap=True
                     )
                     break
                 except StoreUnavailableError as exc:
@@ -188,7 +189,7 @@ def build_flow(fs: FeatureSet, cfg: StreamConfig) -> Dataflow:
         kin = kop.input(
             "kafka_in", flow, brokers=[cfg.brokers], topics=[cfg.topic], tail=cfg.tail,
             batch_size=cfg.batch_size,
-            add_config={"enable.partition.eof": "true", "fetch.wait.max.ms": "20"},
+            add_config={"fetch.wait.max.ms": "20"},
         )  # fmt: skip
         raw = kin.oks
         op.output("kafka_errors", op.map("kafka_err", kin.errs, lambda e: DeadLetter(

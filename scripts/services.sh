@@ -389,7 +389,12 @@ cmd_redis_start() {
     local log_offset=0
     [[ -f "$log" ]] && log_offset="$(stat -c %s "$log")"
     # shellcheck disable=SC2094  # redis-server and our redirection both append to the log
-    if ! redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+    # SKEWLESS_REDIS_APPENDONLY=1 keeps data across a stop/start (append-only file, fsync
+    # always): used by the outage tests, where a restart must not lose what was written
+    local aof=no
+    [[ "${SKEWLESS_REDIS_APPENDONLY:-0}" == 1 ]] && aof=yes
+    if ! redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly "$aof" \
+        --appendfsync always \
         --daemonize yes --pidfile "$pidfile" --logfile "$log" --dir "$dir" \
         </dev/null >>"$log" 2>&1; then
         report_failure "Redis server" "$log" "redis-server exited with an error" \
