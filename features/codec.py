@@ -82,32 +82,38 @@ class StateCodec:
         self._levels = struct.Struct(f"<{len(layout.hops)}I")
 
     def encode(self, state: EntityState) -> bytes:
+        """Canonical bytes (compacts the state first: what is dropped is unreadable)."""
+        self.layout.compact(state)
         ms = state.max_seen or 0
         flags = (_HAS_MAX if state.max_seen is not None else 0) | (
             _HAS_LAST if state.last_before_raw is not None else 0
         )
         levels = [sorted(level.items()) for level in state.levels]
-        ids = sorted((ts, h) for h, ts in state.ids.items())
+        ids = sorted(zip(state.ids.values(), state.ids.keys(), strict=True))
         n_raw, n_ids = len(state.raw_ts), len(ids)
-        parts = [
-            _HEAD.pack(
-                MAGIC, VERSION, flags, self.crc, ms, state.last_before_raw or 0, n_raw, n_ids
-            ),
-            self._levels.pack(*(len(level) for level in levels)),
-            _pack("I", [ms - ts for ts in state.raw_ts]),
-        ]
+        fmt = [f"{len(self.layout.hops)}I{n_raw}I{self.nf * n_raw}d{n_ids}I{n_ids}Q"]
+        vals: list[Any] = [len(level) for level in levels]
+        vals += [ms - ts for ts in state.raw_ts]
         for f in range(self.nf):
-            parts.append(_pack("d", [v[f] for v in state.raw_vals]))
-        parts.append(_pack("I", [ms - ts for ts, _ in ids]))
-        parts.append(_pack("Q", [h for _, h in ids]))
+            vals += [v[f] for v in state.raw_vals]
+        vals += [ms - ts for ts, _ in ids]
+        vals += [h for _, h in ids]
         for needs, hop, level in zip(self.needs, self.layout.hops, levels, strict=True):
+            if not level:
+                continue
             cur = ms // hop
-            parts.append(_pack("I", [cur - b for b, _ in level]))
-            parts.append(_pack("I", [tiles[0][moments.N] for _, tiles in level]))
+            count = len(level)
+            fmt.append(f"{2 * count}I{count * len(needs) * self.nf}d")
+            vals += [cur - b for b, _ in level]
+            vals += [tiles[0][moments.N] for _, tiles in level]
             for f in range(self.nf):
+                tiles_f = [t[f] for _, t in level]
                 for comp in needs:
-                    parts.append(_pack("d", [_component(t[f], comp) for _, t in level]))
-        return b"".join(parts)
+                    vals += _components(tiles_f, comp)
+        head = _HEAD.pack(
+            MAGIC, VERSION, flags, self.crc, ms, state.last_before_raw or 0, n_raw, n_ids
+        )
+        return head + struct.pack("<" + "".join(fmt), *vals)
 
     def decode(self, data: bytes, readonly: bool = False) -> EntityState:
         """The state back. ``readonly`` (serving) skips the dedup ids and the exact tile
@@ -179,14 +185,13 @@ class _Reader:
         return out
 
 
-def _component(tile: moments.Tile, comp: str) -> float:
+def _components(tiles: list[moments.Tile], comp: str) -> list[float]:
     if comp == SUM:
-        return moments.total(tile)
+        return [moments.summary(t)[0] for t in tiles]
     if comp == M2:
-        return moments.m2(tile)
-    if comp == MIN:
-        return float(tile[moments.MIN])
-    return float(tile[moments.MAX])
+        return [moments.summary(t)[1] for t in tiles]
+    slot = moments.MIN if comp == MIN else moments.MAX
+    return [float(t[slot]) for t in tiles]
 
 
 def _tile(n: int, comps: dict[str, float]) -> moments.Tile:

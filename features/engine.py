@@ -150,9 +150,7 @@ class EntityLayout:
         ):
             return Outcome.LATE
         if ms is None or ts > ms:
-            state.max_seen = ts
-            self._evict(state, ms, ts)
-            ms = ts
+            state.max_seen = ms = ts
         if not values:
             values = (0.0,)
         exacts = [moments.exact(x) for x in values]
@@ -183,27 +181,32 @@ class EntityLayout:
             state.ids[txid] = ts
         return Outcome.APPLIED
 
-    def _evict(self, state: EntityState, old: int | None, new: int) -> None:
-        if old is None:
+    def compact(self, state: EntityState) -> None:
+        """Drop what no answerable query can read: raw events below the raw floor (their
+        newest time is kept for ``seconds_since_last``), tiles below each level's floor,
+        dedup ids of events already too late. Depends only on the newest event time, so
+        it may run whenever (the codec runs it before every encode)."""
+        ms = state.max_seen
+        if ms is None:
             return
-        floor = self.raw_floor(new)
-        if floor > self.raw_floor(old) and state.raw_ts and state.raw_ts[0] < floor:
+        floor = self.raw_floor(ms)
+        if state.raw_ts and state.raw_ts[0] < floor:
             cut = bisect_left(state.raw_ts, floor)
             last = state.raw_ts[cut - 1]
             if state.last_before_raw is None or last > state.last_before_raw:
                 state.last_before_raw = last
             del state.raw_ts[:cut]
             del state.raw_vals[:cut]
-        new_base, old_base = new - self.horizon_ms, old - self.horizon_ms
+        base = ms - self.horizon_ms
         for hop, keep, level in zip(self.hops, self.keep, state.levels, strict=True):
-            lf = new_base // hop - keep
-            if level and lf > old_base // hop - keep and min(level) < lf:
+            lf = base // hop - keep
+            if level and min(level) < lf:
                 for b in [b for b in level if b < lf]:
                     del level[b]
         if self.lateness_ms is not None and state.ids:
-            id_floor = new - self.lateness_ms
+            id_floor = ms - self.lateness_ms
             ids = state.ids
-            if id_floor > old - self.lateness_ms and min(ids.values()) < id_floor:
+            if min(ids.values()) < id_floor:
                 for h in [h for h, ts in ids.items() if ts < id_floor]:
                     del ids[h]
 
@@ -255,9 +258,10 @@ class EntityLayout:
 
     def _last_before(self, state: EntityState, t: int) -> int | None:
         i = bisect_left(state.raw_ts, t)
-        if i:
+        last = state.last_before_raw  # always < the raw floor <= t
+        if i and (last is None or state.raw_ts[i - 1] > last):
             return state.raw_ts[i - 1]
-        return state.last_before_raw
+        return last
 
     def as_of_last(self, state: EntityState) -> list[Value]:
         """Values just after the newest event (what Feast's plain read returns)."""

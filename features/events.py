@@ -163,7 +163,7 @@ def parse_event(raw: bytes) -> Event:
     if len(raw) > MAX_MESSAGE_BYTES:
         raise InvalidEventError(f"message: {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
     try:
-        obj = json.loads(raw)
+        obj = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidEventError(f"message: not UTF-8 JSON ({exc.__class__.__name__})") from None
     return validate_event(obj)

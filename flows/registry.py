@@ -64,6 +64,11 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes: artifact digests, and the training data's fingerprint."""
+    return _sha256(path)
+
+
 def publish(root: Path, write: Callable[[Path], Any], metadata: dict[str, Any]) -> str:
     """Create the next version: ``write(tmpdir)`` writes the artifacts, then the metadata
     (with a sha256 per artifact) is added and the directory renamed into place."""
@@ -155,3 +160,41 @@ def read_metadata(version_dir: Path, verify: bool = True) -> dict[str, Any]:
                     f"model: artifact {name} in {version_dir} does not match its sha256"
                 )
     return meta
+
+
+def describe(root: Path) -> list[dict[str, Any]]:
+    """Every version, oldest first, with the aliases pointing at it and either its checked
+    metadata (``error`` None) or the reason it would be refused (``metadata`` as far as
+    readable). For listings: a corrupt version is shown, not skipped.
+
+    >>> root = Path(tempfile.mkdtemp())
+    >>> v = publish(root, lambda d: (d / "model.json").write_text("{}"), {"feature_names": ["a"]})
+    >>> set_alias(root, "production", v)
+    >>> _ = (root / "versions" / v / "model.json").write_text("{ }")
+    >>> [(r["version"], r["aliases"], r["error"]) for r in describe(root)]  # doctest: +ELLIPSIS
+    [('v0001', ['production'], 'model: artifact model.json in ... does not match its sha256')]
+    """
+    by_version: dict[str, list[str]] = {}
+    for alias, version in sorted(aliases(root).items()):
+        by_version.setdefault(version, []).append(alias)
+    rows = []
+    for version in versions(root):
+        d = root / "versions" / version
+        error: str | None = None
+        try:
+            meta = read_metadata(d, verify=True)
+        except RegistryError as exc:
+            error = str(exc)
+            try:
+                meta = json.loads((d / METADATA).read_text())
+            except (OSError, ValueError):
+                meta = {}
+        rows.append(
+            {
+                "version": version,
+                "aliases": by_version.get(version, []),
+                "metadata": meta,
+                "error": error,
+            }
+        )
+    return rows

@@ -73,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the whole loop on embedded defaults")
     d.add_argument("--events", type=int, default=200_000)
     d.add_argument("--out", type=Path, help="demo folder (default: <data-dir>/demo)")
+    from flows.train import add_cli as add_train_cli  # `train` and `models`
+
+    add_train_cli(sub, command)
     return p
 
 
