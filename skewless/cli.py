@@ -66,7 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--topic", help="default: SKEWLESS_TOPIC")
 
     bench = sub.add_parser("bench", help="benchmarks, JSON results with same-run baselines")
-    bench.add_argument("suites", nargs="*", default=["backfill"], choices=["backfill"])
+    bench.add_argument(
+        "suites", nargs="*", default=[], help="backfill, stream, serve (default: all)"
+    )
     bench.add_argument("--events", type=int, default=1_000_000)
     bench.add_argument("--out", type=Path, help="also write the JSON here")
 

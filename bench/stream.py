@@ -1,0 +1,256 @@
+"""Stream benchmark: Kafka -> Bytewax -> Redis (Feast layout), against a naive flow.
+
+* throughput: N events already in a one-partition topic, one worker, time to drain it;
+* baseline, same run: a naive flow that calls ``FeatureStore.push`` once per event (the
+  SDK path Feast documents for streaming), on a bounded sample;
+* freshness: events produced at a fixed rate while the flow tails the topic; each
+  written row's (write done - Kafka timestamp) is observed by the sink's histogram,
+  scraped from the flow's Prometheus endpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from features.engine import Engine
+from features.reference import REFERENCE
+from flows.produce import produce_messages
+from flows.simulate import SimulationConfig, simulate
+from flows.stream_io import table_to_messages
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pairs(table: pa.Table) -> list[tuple[bytes | None, bytes]]:
+    cards = (str(c).encode() for c in table.column("card_id").to_pylist())
+    return list(zip(cards, table_to_messages(table), strict=True))
+
+
+def _topic(bootstrap: str, name: str, partitions: int = 1) -> str:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])[
+        name
+    ].result(60)
+    return name
+
+
+def _env(
+    bootstrap: str, redis_url: str, topic: str, data_dir: Path, metrics_port: int = 0
+) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SKEWLESS_")}
+    env.update(
+        SKEWLESS_KAFKA_BOOTSTRAP=bootstrap, SKEWLESS_REDIS_URL=redis_url, SKEWLESS_TOPIC=topic,
+        SKEWLESS_DATA_DIR=str(data_dir), SKEWLESS_METRICS_PORT=str(metrics_port),
+    )  # fmt: skip
+    return env
+
+
+def throughput(bootstrap: str, redis_url: str, table: pa.Table, work: Path) -> dict[str, Any]:
+    topic = _topic(bootstrap, f"bench-tp-{int(time.time() * 1000)}")
+    report = produce_messages(bootstrap, topic, _pairs(table))
+    assert report.failed == 0, report
+    start = time.perf_counter()
+    env = _env(bootstrap, redis_url, topic, work)
+    done = subprocess.run(
+        [sys.executable, "-m", "skewless", "stream", "--no-tail"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
+    wall = time.perf_counter() - start
+    if done.returncode:
+        raise RuntimeError(f"stream failed: {done.stderr[-2000:]}")
+    return {
+        "events": table.num_rows,
+        "seconds": round(wall, 2),
+        "events_per_s": round(table.num_rows / wall),
+    }
+
+
+def naive_push(redis_url: str, table: pa.Table, work: Path, limit: int) -> dict[str, Any]:
+    """Per event: engine update, then ``FeatureStore.push`` of the entity's features."""
+    import pandas as pd
+
+    from features.online_store import open_feature_store
+
+    store = open_feature_store(REFERENCE, redis_url, work / "naive-feast")
+    engine = Engine(REFERENCE)
+    layouts = {e.name: engine.layout(e.name) for e in REFERENCE.entities}
+    states: dict[tuple[str, int], Any] = {}
+    rows = table.slice(0, limit).to_pylist()
+    start = time.perf_counter()
+    for r in rows:
+        ts = int(r["event_time"].timestamp() * 1000)
+        for e in REFERENCE.entities:
+            layout = layouts[e.name]
+            key = (e.name, r[e.join_key])
+            state = states.setdefault(key, layout.new_state())
+            layout.update(state, ts, (r["amount"],))
+            values = dict(zip(layout.names, layout.as_of_last(state), strict=True))
+            df = pd.DataFrame(
+                [{e.join_key: r[e.join_key], "event_timestamp": r["event_time"], **values}]
+            )
+            store.push(f"{e.name}_features_push", df)
+    wall = time.perf_counter() - start
+    return {
+        "events": len(rows),
+        "seconds": round(wall, 2),
+        "events_per_s": round(len(rows) / wall, 1),
+    }
+
+
+def _histogram(port: int, name: str) -> list[tuple[float, float]]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out = []
+    for line in text.splitlines():
+        if line.startswith(f"{name}_bucket"):
+            le = line.split('le="')[1].split('"')[0]
+            out.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
+    return sorted(out)
+
+
+def _quantile(buckets: list[tuple[float, float]], q: float) -> float:
+    """Prometheus' histogram_quantile: linear within the bucket."""
+    total = buckets[-1][1]
+    if not total:
+        return float("nan")
+    rank, prev_le, prev_c = q * total, 0.0, 0.0
+    for le, c in buckets:
+        if c >= rank:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * (rank - prev_c) / max(c - prev_c, 1e-12)
+        prev_le, prev_c = le, c
+    return prev_le
+
+
+def freshness(
+    bootstrap: str, redis_url: str, table: pa.Table, work: Path, rate: float
+) -> dict[str, Any]:
+    topic = _topic(bootstrap, f"bench-fresh-{int(time.time() * 1000)}")
+    port = _free_port()
+    log = (work / "fresh.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "skewless", "stream"], cwd=ROOT,
+        env=_env(bootstrap, redis_url, topic, work, port), stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # wait for the endpoint (and so the flow) to be up
+            try:
+                _histogram(port, "skewless_stream_freshness_seconds")
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("stream did not start") from None
+                time.sleep(0.2)
+        time.sleep(2.0)  # let the consumer attach to the partition
+        report = produce_messages(bootstrap, topic, _pairs(table), rate=rate)
+        last, stable = -1.0, 0
+        deadline = time.monotonic() + 120
+        while stable < 3 and time.monotonic() < deadline:  # drained: the count stops moving
+            count = _histogram(port, "skewless_stream_freshness_seconds")[-1][1]
+            stable = stable + 1 if count == last else 0
+            last = count
+            time.sleep(0.5)
+        b = _histogram(port, "skewless_stream_freshness_seconds")
+        within = next((c for le, c in b if le >= 0.5), 0.0) / max(b[-1][1], 1)
+        return {
+            "rate_events_per_s": rate, "events": table.num_rows, "produce_seconds": report.seconds,
+            "rows_observed": int(b[-1][1]), "p50_ms": round(_quantile(b, 0.5) * 1000, 1),
+            "p99_ms": round(_quantile(b, 0.99) * 1000, 1), "share_within_500ms": round(within, 4),
+        }  # fmt: skip
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def run(
+    events: int = 100_000,
+    rate: float = 5000.0,
+    fresh_seconds: float = 10.0,
+    naive_events: int = 300,
+) -> dict[str, Any]:
+    """Needs SKEWLESS_KAFKA_BOOTSTRAP and SKEWLESS_REDIS_URL, or starts both itself."""
+    work = Path(tempfile.mkdtemp(prefix="skewless-bench-stream-"))
+    bootstrap = os.environ.get("SKEWLESS_KAFKA_BOOTSTRAP", "")
+    redis_base = os.environ.get("SKEWLESS_REDIS_URL", "")
+    started = False
+    if not (bootstrap and redis_base):
+        subprocess.run(
+            [str(ROOT / "scripts" / "services.sh"), "up", str(work / "svc")],
+            check=True,
+            capture_output=True,
+        )
+        env = dict(
+            line.strip().split("=", 1)
+            for line in (work / "svc" / "env").read_text().splitlines()
+            if line
+        )
+        bootstrap, redis_base, started = (
+            env["SKEWLESS_KAFKA_BOOTSTRAP"],
+            env["SKEWLESS_REDIS_URL"],
+            True,
+        )
+    base = redis_base.rsplit("/", 1)[0]
+    try:
+        table = simulate(
+            SimulationConfig(
+                events=events,
+                cards=max(events // 30, 10),
+                merchants=max(events // 300, 5),
+                days=10.0,
+                seed=5,
+            )
+        )
+        ours = throughput(bootstrap, f"{base}/11", table, work)
+        naive = naive_push(f"{base}/12", table, work, naive_events)
+        n_fresh = int(rate * fresh_seconds)
+        fresh_table = simulate(
+            SimulationConfig(
+                events=n_fresh,
+                cards=max(n_fresh // 30, 10),
+                merchants=max(n_fresh // 300, 5),
+                days=1.0,
+                seed=6,
+            )
+        )
+        fresh = freshness(bootstrap, f"{base}/13", fresh_table, work, rate)
+        return {
+            "throughput_events_per_s_per_worker": ours["events_per_s"],
+            "throughput_target": 25_000,
+            "baseline_naive_push_events_per_s": naive["events_per_s"],
+            "ratio_vs_naive_push": round(
+                ours["events_per_s"] / max(naive["events_per_s"], 1e-9), 1
+            ),
+            "throughput_detail": ours,
+            "naive_detail": naive,
+            "freshness": fresh,
+            "freshness_target_p99_ms": 500,
+        }
+    finally:
+        if started:
+            subprocess.run(
+                [str(ROOT / "scripts" / "services.sh"), "down", str(work / "svc")],
+                capture_output=True,
+            )
