@@ -17,6 +17,9 @@ import numpy as np
 
 from features.definitions import MS_PER_DAY, MS_PER_HOUR
 
+#: the window feature the request-time ratio divides by (both paths read it from here)
+CARD_MEAN_FEATURE = "card_amount_mean_7d"
+
 
 def request_features(amount: Any, event_time_ms: Any, card_mean_7d: Any) -> tuple[Any, Any, Any]:
     """``(amount, amount / card_amount_mean_7d, hour_of_day_utc)``; the ratio is NaN

@@ -78,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     from flows.train import add_cli as add_train_cli  # `train` and `models`
 
     add_train_cli(sub, command)
+    from serving.cli import add_cli as add_serving_cli  # `serve` and `score`
+
+    add_serving_cli(sub, command)
     return p
 
 

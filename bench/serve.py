@@ -1,0 +1,296 @@
+"""Benchmark of the scoring service: real server, real Redis, client in another process.
+
+Setup: a Redis started by ``scripts/services.sh`` holding the states of simulated cards
+and merchants (written as the stream writes them), a registered model, and two servers,
+each its own process on loopback: ours (``serving.server``) and the naive one
+(:mod:`bench.serve_naive`: Feast SDK read + XGBoost ``DMatrix`` per request). This process
+is the client. Measured for both, in the same run:
+
+* ``Score`` latency with one request in flight (p50, p99);
+* ``Score`` throughput with ``inflight`` requests in flight;
+* ``ScoreBatch`` events/s;
+* server RSS after the runs.
+
+Every loop is bounded by a count *and* a time budget. :func:`run` prints nothing and
+returns a JSON-able dict with the naive baseline and the ratios beside our results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SERVICES = REPO / "scripts" / "services.sh"
+TARGETS = {"p50_ms": 1.0, "p99_ms": 5.0, "batch_events_per_s": 50_000, "p50_ratio": 3.0,
+           "rss_mb": 500}  # fmt: skip
+
+#: our server as a process (prometheus_client imported before feast: see interceptors)
+_OURS = """
+import json, sys
+import prometheus_client
+from serving.server import ServerConfig, serve
+from pathlib import Path
+c = json.loads(sys.argv[1])
+cfg = ServerConfig(registry_dir=Path(c["registry"]), redis_url=c["redis_url"],
+                   address="127.0.0.1:0", prediction_log_dir=Path(c["predictions"]),
+                   max_batch_size=c["max_batch"], grace_s=1.0)
+serve(cfg, on_started=lambda port: print(f"listening on port {port}", flush=True))
+"""
+
+
+@contextlib.contextmanager
+def _redis(workdir: Path) -> Iterator[str]:
+    out = subprocess.run(
+        ["bash", str(SERVICES), "redis-start", str(workdir)],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    address = out.stdout.strip().splitlines()[-1]
+    try:
+        yield f"redis://{address}/0"
+    finally:
+        subprocess.run(["bash", str(SERVICES), "redis-stop", str(workdir)], timeout=60, check=False)
+
+
+@contextlib.contextmanager
+def _process(argv: list[str], log: Path, timeout: float = 180.0) -> Iterator[tuple[int, int]]:
+    """A server process; yields (pid, port) once it printed its port."""
+    with log.open("w") as err:
+        proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.startswith("listening on port "):
+            raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
+        yield proc.pid, int(line.split()[-1])
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def _wait_serving(address: str, timeout: float = 180.0) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(grpc.RpcError):
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == 1:
+                    return
+            time.sleep(0.1)
+    raise TimeoutError(f"{address}: not SERVING after {timeout:.0f} s")
+
+
+def _percentiles(lat: list[float]) -> dict[str, float]:
+    a = np.asarray(lat) * 1000
+    return {
+        "p50_ms": round(float(np.percentile(a, 50)), 4),
+        "p99_ms": round(float(np.percentile(a, 99)), 4),
+        "mean_ms": round(float(a.mean()), 4),
+        "requests": len(lat),
+    }
+
+
+def _measure(address: str, reqs: list[Any], batches: list[Any], n: int, seconds: float,
+             inflight: int) -> dict[str, Any]:  # fmt: skip
+    import grpc
+
+    from serving._proto.skewless.v1 import scorer_pb2_grpc as pb_grpc
+
+    out: dict[str, Any] = {}
+    with grpc.insecure_channel(address) as ch:
+        stub = pb_grpc.ScorerStub(ch)
+        for r in reqs[: min(200, n)]:  # warm-up: connections, caches, allocator
+            stub.Score(r, timeout=10)
+        lat: list[float] = []
+        end = time.monotonic() + seconds
+        for i in range(n):
+            t = time.perf_counter()
+            stub.Score(reqs[i % len(reqs)], timeout=10)
+            lat.append(time.perf_counter() - t)
+            if time.monotonic() > end:
+                break
+        out["score_one_in_flight"] = _percentiles(lat)
+
+        pending: list[tuple[float, Any]] = []
+        lat, done, sent = [], 0, 0
+        start = time.perf_counter()
+        end = time.monotonic() + seconds
+        while done < n and time.monotonic() < end:
+            while len(pending) < inflight and sent < n:
+                pending.append(
+                    (time.perf_counter(), stub.Score.future(reqs[sent % len(reqs)], timeout=30))
+                )
+                sent += 1
+            t0, fut = pending.pop(0)
+            fut.result()
+            lat.append(time.perf_counter() - t0)
+            done += 1
+        for _, fut in pending:
+            fut.result()
+        elapsed = time.perf_counter() - start
+        out[f"score_{inflight}_in_flight"] = {
+            "requests_per_s": round(done / elapsed, 1),
+            **_percentiles(lat),
+        }
+
+        events, start = 0, time.perf_counter()
+        end = time.monotonic() + seconds
+        for b in batches:
+            events += len(stub.ScoreBatch(b, timeout=60).responses)
+            if time.monotonic() > end:
+                break
+        out["score_batch"] = {
+            "events_per_s": round(events / (time.perf_counter() - start), 1),
+            "batch_size": len(batches[0].transactions),
+            "events": events,
+        }
+    return out
+
+
+def _rss_mb(pid: int) -> float:
+    import psutil
+
+    return round(psutil.Process(pid).memory_info().rss / 2**20, 1)
+
+
+def _prepare(
+    workdir: Path, redis_url: str, sim: dict[str, Any], rounds: int, max_depth: int
+) -> tuple[Path, list[Any]]:
+    """States in Redis, a model in a registry; returns (registry, simulated events)."""
+    from features.events import Event
+    from features.online_store import RedisStore, open_feature_store
+    from features.reference import REFERENCE
+    from flows.simulate import SimulationConfig, simulate
+    from serving.testing import fold_states, publish_synthetic_model, write_states
+
+    table = simulate(SimulationConfig(**sim))
+    ts = table.column("event_time").cast("int64").to_pylist()
+    names = ("transaction_id", "card_id", "merchant_id", "amount", "currency", "country", "mcc")
+    cols = [table.column(n).to_pylist() for n in names]
+    evs = [
+        Event(txid, card, merchant, amount, currency, country, mcc, t)
+        for txid, card, merchant, amount, currency, country, mcc, t in zip(*cols, ts, strict=True)
+    ]
+    store = RedisStore(redis_url, REFERENCE).build()
+    write_states(store, fold_states(evs))
+    store.close()
+    open_feature_store(REFERENCE, redis_url, workdir / "feast")  # the naive server's repo
+    registry = workdir / "registry"
+    publish_synthetic_model(registry, rounds=rounds, max_depth=max_depth, seed=sim["seed"])
+    return registry, evs
+
+
+def run(
+    *,
+    cards: int = 10_000,
+    merchants: int = 1_000,
+    events: int = 100_000,
+    days: float = 7.0,
+    requests: int = 5_000,
+    naive_requests: int = 1_000,
+    inflight: int = 32,
+    batch_size: int = 500,
+    batches: int = 40,
+    seconds: float = 20.0,
+    rounds: int = 300,
+    max_depth: int = 6,
+    seed: int = 7,
+    workdir: Path | None = None,
+) -> dict[str, Any]:
+    """Run the serving benchmark; returns results, the naive baseline and the ratios."""
+    from flows.registry import resolve
+    from serving._proto.skewless.v1 import scorer_pb2 as pb
+    from serving.convert import event_transaction
+
+    tmp = None if workdir is not None else tempfile.TemporaryDirectory(prefix="skewless-bench-")
+    work = Path(workdir or tmp.name)  # type: ignore[union-attr]
+    try:
+        with _redis(work / "redis") as redis_url:
+            t0 = time.perf_counter()
+            sim = {"events": events, "cards": cards, "merchants": merchants, "days": days,
+                   "seed": seed}  # fmt: skip
+            registry, evs = _prepare(work, redis_url, sim, rounds, max_depth)
+            setup_s = time.perf_counter() - t0
+            rng = np.random.default_rng(seed)
+            end = max(e.event_time_ms for e in evs) + 60_000
+            picks = rng.integers(0, len(evs), size=max(requests, batch_size * batches))
+            queries = [
+                {"transaction_id": f"bench-{i}", "card_id": evs[j].card_id,
+                 "merchant_id": evs[j].merchant_id, "amount": float(rng.gamma(2.0, 30.0)) + 0.01,
+                 "currency": "EUR", "country": "FR", "mcc": 5411, "event_time": end + i}
+                for i, j in enumerate(picks)
+            ]  # fmt: skip
+            txs = [event_transaction(q) for q in queries]
+            reqs = [pb.ScoreRequest(transaction=t) for t in txs[:requests]]
+            batch_reqs = [
+                pb.ScoreBatchRequest(transactions=txs[i * batch_size : (i + 1) * batch_size])
+                for i in range(batches)
+            ]
+            results: dict[str, Any] = {"suite": "serve"}
+            ours_cfg = {
+                "registry": str(registry),
+                "redis_url": redis_url,
+                "predictions": str(work / "predictions"),
+                "max_batch": batch_size,
+            }
+            argv = [sys.executable, "-c", _OURS, json.dumps(ours_cfg)]
+            with _process(argv, work / "ours.log") as (pid, port):
+                _wait_serving(f"127.0.0.1:{port}")
+                results["ours"] = _measure(f"127.0.0.1:{port}", reqs, batch_reqs, requests,
+                                           seconds, inflight)  # fmt: skip
+                results["ours"]["server_rss_mb"] = _rss_mb(pid)
+            naive_cfg = {"redis_url": redis_url, "feast_dir": str(work / "feast"),
+                         "version_dir": str(resolve(registry, "production"))}  # fmt: skip
+            argv = [sys.executable, "-m", "bench.serve_naive", json.dumps(naive_cfg)]
+            with _process(argv, work / "naive.log") as (pid, port):
+                results["naive"] = _measure(f"127.0.0.1:{port}", reqs, batch_reqs[:5],
+                                            naive_requests, seconds, inflight)  # fmt: skip
+                results["naive"]["server_rss_mb"] = _rss_mb(pid)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    ours, naive = results["ours"], results["naive"]
+    key = f"score_{inflight}_in_flight"
+    one, naive_one = ours["score_one_in_flight"], naive["score_one_in_flight"]
+    results["ratio_vs_naive"] = {
+        "score_p50": round(naive_one["p50_ms"] / one["p50_ms"], 2),
+        "score_p99": round(naive_one["p99_ms"] / one["p99_ms"], 2),
+        "throughput": round(ours[key]["requests_per_s"] / naive[key]["requests_per_s"], 2),
+        "batch": round(
+            ours["score_batch"]["events_per_s"] / naive["score_batch"]["events_per_s"], 2
+        ),
+    }
+    results["targets"] = TARGETS
+    results["met"] = {
+        "p50_ms": ours["score_one_in_flight"]["p50_ms"] <= TARGETS["p50_ms"],
+        "p99_ms": ours["score_one_in_flight"]["p99_ms"] <= TARGETS["p99_ms"],
+        "batch_events_per_s": ours["score_batch"]["events_per_s"] >= TARGETS["batch_events_per_s"],
+        "p50_ratio": results["ratio_vs_naive"]["score_p50"] >= TARGETS["p50_ratio"],
+        "rss_mb": ours["server_rss_mb"] <= TARGETS["rss_mb"],
+    }
+    results["setup"] = {
+        "cards": cards, "merchants": merchants, "events": events, "days": days,
+        "model": {"rounds": rounds, "max_depth": max_depth, "synthetic": True},
+        "store": "redis (scripts/services.sh)", "prediction_log": "parquet (on)",
+        "client": "separate process (this one), sync grpc channel",
+        "setup_seconds": round(setup_s, 1),
+        "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
+    }  # fmt: skip
+    return results

@@ -1,0 +1,183 @@
+"""``skewless serve`` and ``skewless score``, added to the main CLI by :func:`add_cli`.
+
+``serve`` runs the gRPC scoring service until SIGTERM/SIGINT. ``score`` is a small client:
+one event from flags or ``--json``, or a file of events (Parquet or JSON lines) sent in
+``ScoreBatch`` chunks; it prints one JSON object per response.
+
+>>> import argparse
+>>> p = argparse.ArgumentParser(prog="skewless"); sub = p.add_subparsers(dest="command")
+>>> add_cli(sub, lambda name: lambda fn: fn)
+>>> a = p.parse_args(["score", "--card-id", "7", "--amount", "12.5"]); (a.card_id, a.amount)
+(7, 12.5)
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+Handler = Callable[[argparse.Namespace, Any], int]
+
+
+def add_cli(
+    sub: argparse._SubParsersAction, command: Callable[[str], Callable[[Handler], Handler]]
+) -> None:
+    """Add the ``serve`` and ``score`` subcommands; handlers get ``(args, settings)``."""
+    s = sub.add_parser("serve", help="the gRPC scoring service (features at request time + model)")
+    s.add_argument("--address", help="host:port to bind (SKEWLESS_GRPC_ADDRESS)")
+    s.add_argument("--registry", type=Path, help="model registry (SKEWLESS_REGISTRY_DIR)")
+    s.add_argument("--alias", help="registry alias to serve and follow (SKEWLESS_MODEL_ALIAS)")
+    s.add_argument("--redis-url", help="online store; empty: embedded SQLite (SKEWLESS_REDIS_URL)")
+    s.add_argument(
+        "--metrics-port", type=int, help="Prometheus /metrics port (SKEWLESS_METRICS_PORT)"
+    )
+    s.add_argument("--max-batch-size", type=int, default=1_000)
+    s.add_argument("--grace", type=float, default=5.0, help="seconds in-flight calls get on stop")
+    s.add_argument(
+        "--prediction-log", type=Path,
+        help="Parquet prediction log directory (default <data-dir>/predictions; "
+        "a Kafka topic <topic>.predictions when SKEWLESS_KAFKA_BOOTSTRAP is set)",
+    )  # fmt: skip
+    s.add_argument("--no-prediction-log", action="store_true")
+    command("serve")(_serve)
+
+    c = sub.add_parser("score", help="score events against a running `skewless serve`")
+    c.add_argument("--address", help="server host:port (SKEWLESS_GRPC_ADDRESS)")
+    src = c.add_mutually_exclusive_group()
+    src.add_argument("--json", help="one event as a JSON object")
+    src.add_argument("--file", type=Path, help="events as Parquet or JSON lines (.jsonl)")
+    c.add_argument("--transaction-id")
+    c.add_argument("--card-id", type=int)
+    c.add_argument("--merchant-id", type=int, default=0)
+    c.add_argument("--amount", type=float)
+    c.add_argument("--currency", default="EUR")
+    c.add_argument("--country", default="FR")
+    c.add_argument("--mcc", type=int, default=5411)
+    c.add_argument("--event-time", help="RFC 3339 with offset or epoch ms (default: now)")
+    c.add_argument("--include-features", action="store_true")
+    c.add_argument("--batch-size", type=int, default=500)
+    c.add_argument("--timeout", type=float, default=10.0, help="deadline per call, seconds")
+    command("score")(_score)
+
+
+def _serve(args: argparse.Namespace, settings: Any) -> int:
+    import logging
+
+    from serving.server import ServerConfig, serve
+
+    log_dir = (
+        None if args.no_prediction_log else args.prediction_log or settings.data_dir / "predictions"
+    )
+    config = ServerConfig(
+        registry_dir=args.registry or settings.registry_dir,
+        model_alias=args.alias or settings.model_alias,
+        address=args.address or settings.grpc_address,
+        redis_url=settings.redis_url if args.redis_url is None else args.redis_url,
+        feast_dir=settings.data_dir / "feast",
+        auth_token=settings.auth_token,
+        metrics_port=settings.metrics_port if args.metrics_port is None else args.metrics_port,
+        max_batch_size=args.max_batch_size,
+        grace_s=args.grace,
+        prediction_log_dir=log_dir,
+        kafka_bootstrap="" if args.no_prediction_log else settings.kafka_bootstrap,
+        topic=settings.topic,
+    )
+    logging.getLogger("skewless.serving").info("starting: %r", config)
+    return serve(config, on_started=lambda port: print(f"listening on port {port}", flush=True))
+
+
+def _single_event(args: argparse.Namespace) -> dict[str, Any]:
+    if args.json:
+        obj = json.loads(args.json)
+        if not isinstance(obj, dict):
+            raise ValueError("--json: must be a JSON object")
+        return obj
+    missing = [f"--{n}" for n in ("card_id", "amount") if getattr(args, n) is None]
+    if missing:
+        raise ValueError(f"{', '.join(missing)}: required without --json or --file")
+    et: Any = args.event_time or int(time.time() * 1000)
+    if isinstance(et, str) and et.isdigit():
+        et = int(et)
+    return {
+        "transaction_id": args.transaction_id or f"cli-{uuid.uuid4().hex[:16]}",
+        "card_id": args.card_id, "merchant_id": args.merchant_id, "amount": args.amount,
+        "currency": args.currency, "country": args.country, "mcc": args.mcc, "event_time": et,
+    }  # fmt: skip
+
+
+def read_events(path: Path) -> Iterator[Any]:
+    """Validated events from Parquet or JSON lines; invalid rows are reported on stderr
+    and skipped (the same rules as the stream)."""
+    from features.events import Event, InvalidEventError, validate_event
+
+    if path.suffix in (".jsonl", ".json", ".ndjson"):
+        with path.open() as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield validate_event(json.loads(line))
+                except (InvalidEventError, json.JSONDecodeError) as exc:
+                    print(f"{path}:{n}: skipped: {exc}", file=sys.stderr)
+        return
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from features.events import validate_table
+
+    valid, rejects = validate_table(pq.read_table(path))
+    rows, reasons = rejects.column("row").to_pylist(), rejects.column("reason").to_pylist()
+    for row, reason in zip(rows, reasons, strict=True):
+        print(f"{path}: row {row}: skipped: {reason}", file=sys.stderr)
+    ts = pc.cast(valid.column("event_time"), "int64").to_pylist()
+    names = ("transaction_id", "card_id", "merchant_id", "amount", "currency", "country", "mcc")
+    cols = {n: valid.column(n).to_pylist() for n in names}
+    for i, t in enumerate(ts):
+        yield Event(
+            cols["transaction_id"][i], cols["card_id"][i], cols["merchant_id"][i],
+            cols["amount"][i], cols["currency"][i], cols["country"][i], cols["mcc"][i], t,
+        )  # fmt: skip
+
+
+def _score(args: argparse.Namespace, settings: Any) -> int:
+    import grpc
+
+    from serving._proto.skewless.v1 import scorer_pb2 as pb
+    from serving._proto.skewless.v1 import scorer_pb2_grpc as pb_grpc
+    from serving.convert import event_transaction, response_dict
+
+    address = args.address or settings.grpc_address
+    metadata = [("authorization", f"Bearer {settings.auth_token}")] if settings.auth_token else []
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.ScorerStub(channel)
+        try:
+            if args.file is None:
+                req = pb.ScoreRequest(
+                    transaction=event_transaction(_single_event(args)),
+                    include_features=args.include_features,
+                )
+                resp = stub.Score(req, timeout=args.timeout, metadata=metadata)
+                print(json.dumps(response_dict(resp)))
+                return 0
+            chunk: list[Any] = []
+            events = read_events(args.file)
+            while True:
+                chunk = [event_transaction(e) for e in itertools.islice(events, args.batch_size)]
+                if not chunk:
+                    return 0
+                batch = pb.ScoreBatchRequest(
+                    transactions=chunk, include_features=args.include_features
+                )
+                out = stub.ScoreBatch(batch, timeout=args.timeout, metadata=metadata)
+                for r in out.responses:
+                    print(json.dumps(response_dict(r)))
+        except grpc.RpcError as exc:
+            print(f"skewless score: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1

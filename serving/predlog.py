@@ -1,0 +1,234 @@
+"""The prediction log: every scored event's features, score, model version and time.
+
+It is what makes skew *measurable* after the fact: the exact vector the model saw in
+serving, joinable on ``transaction_id`` with the backfill's vector for the same event.
+
+Off the hot path: a scorer call only appends one tuple to a buffer; a background thread
+turns buffered rows into Parquet files (embedded mode) or Kafka messages. Parquet files
+are ``<dir>/predictions-<n>.parquet``, one per flush (every ``flush_rows`` rows, every
+``flush_interval_s`` and on close); numbering continues after existing files, so a restart
+never overwrites a log.
+
+>>> import tempfile, pathlib
+>>> d = pathlib.Path(tempfile.mkdtemp())
+>>> log = ParquetPredictionLog(d).start()
+>>> log.close(); sorted(p.name for p in d.iterdir())   # nothing scored, nothing written
+[]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from features.events import Event
+from serving.scorer import ScoreResult
+
+log = logging.getLogger("skewless.serving.predlog")
+
+_Entry = tuple[int, Sequence[Event], Sequence[ScoreResult]]
+_FILE = re.compile(r"^predictions-(\d+)\.parquet$")
+
+
+class _Buffered:
+    """Buffer + background flusher; subclasses implement :meth:`_write`."""
+
+    def __init__(self, flush_rows: int = 10_000, flush_interval_s: float = 60.0) -> None:
+        if flush_rows < 1:
+            raise ValueError(f"flush_rows: must be >= 1, got {flush_rows}")
+        self.flush_rows, self.flush_interval_s = flush_rows, flush_interval_s
+        self._buf: deque[_Entry] = deque()
+        self._pending = 0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.rows_written = 0
+        self.errors = 0
+
+    def __call__(self, events: Sequence[Event], results: Sequence[ScoreResult]) -> None:
+        """The scorer's sink: O(1), never blocks on I/O."""
+        self._buf.append((time.time_ns() // 1_000_000, events, results))
+        self._pending += len(results)
+        if self._pending >= self.flush_rows:
+            self._wake.set()
+
+    def start(self) -> _Buffered:
+        self._thread = threading.Thread(target=self._run, name=type(self).__name__, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_interval_s)
+            self._wake.clear()
+            self.flush()
+
+    def flush(self) -> None:
+        entries: list[_Entry] = []
+        while self._buf:
+            entries.append(self._buf.popleft())
+        if not entries:
+            return
+        self._pending = max(self._pending - sum(len(r) for _, _, r in entries), 0)
+        try:
+            self.rows_written += self._write(entries)
+        except Exception:  # the log must never take the server down
+            self.errors += 1
+            log.exception("prediction log: write failed; %d entries dropped", len(entries))
+
+    def close(self) -> None:
+        """Stop the thread and flush what is buffered."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self.flush()
+        self._close()
+
+    def _write(self, entries: list[_Entry]) -> int:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        pass
+
+
+def _rows(entries: list[_Entry]) -> list[tuple[int, Event, ScoreResult]]:
+    return [
+        (at, e, r) for at, events, results in entries for e, r in zip(events, results, strict=True)
+    ]
+
+
+class ParquetPredictionLog(_Buffered):
+    """Embedded mode: ``<directory>/predictions-<n>.parquet``, one column per feature."""
+
+    def __init__(self, directory: Path, flush_rows: int = 10_000, flush_interval_s: float = 60.0):
+        super().__init__(flush_rows, flush_interval_s)
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        taken = [int(m.group(1)) for p in self.directory.iterdir() if (m := _FILE.match(p.name))]
+        self._next = max(taken, default=-1) + 1
+
+    def _write(self, entries: list[_Entry]) -> int:
+        rows = _rows(entries)
+        by_names: dict[tuple[str, ...], list[tuple[int, Event, ScoreResult]]] = {}
+        for row in rows:
+            by_names.setdefault(row[2].feature_names, []).append(row)
+        for names, group in by_names.items():
+            path = self.directory / f"predictions-{self._next:06d}.parquet"
+            self._next += 1
+            tmp = path.with_name(f".{path.name}.tmp")
+            pq.write_table(_table(names, group), tmp)
+            tmp.rename(path)
+        return len(rows)
+
+
+def _table(names: tuple[str, ...], rows: list[tuple[int, Event, ScoreResult]]) -> pa.Table:
+    ms = pa.timestamp("ms", tz="UTC")
+    X = np.array([r.features for _, _, r in rows], dtype=np.float64).reshape(len(rows), len(names))
+    cols: dict[str, pa.Array] = {
+        "scored_at": pa.array([at for at, _, _ in rows], pa.int64()).cast(ms),
+        "transaction_id": pa.array([e.transaction_id for _, e, _ in rows], pa.string()),
+        "card_id": pa.array([e.card_id for _, e, _ in rows], pa.int64()),
+        "merchant_id": pa.array([e.merchant_id for _, e, _ in rows], pa.int64()),
+        "amount": pa.array([e.amount for _, e, _ in rows], pa.float64()),
+        "currency": pa.array([e.currency for _, e, _ in rows], pa.string()),
+        "country": pa.array([e.country for _, e, _ in rows], pa.string()),
+        "mcc": pa.array([e.mcc for _, e, _ in rows], pa.int32()),
+        "event_time": pa.array([e.event_time_ms for _, e, _ in rows], pa.int64()).cast(ms),
+        "model_version": pa.array([r.model_version for _, _, r in rows], pa.string()),
+        "score": pa.array([r.score for _, _, r in rows], pa.float64()),
+        "decision": pa.array([r.decision for _, _, r in rows], pa.bool_()),
+        "warnings": pa.array([list(r.warnings) for _, _, r in rows], pa.list_(pa.string())),
+    }
+    for j, name in enumerate(names):
+        cols[f"f_{name}"] = pa.array(X[:, j], pa.float64(), from_pandas=True)
+    return pa.table(cols)
+
+
+def record(at: int, e: Event, r: ScoreResult) -> dict[str, Any]:
+    """One prediction as a JSON-able dict (missing features are null)."""
+    return {
+        "scored_at": at,
+        "transaction_id": e.transaction_id,
+        "card_id": e.card_id,
+        "merchant_id": e.merchant_id,
+        "amount": e.amount,
+        "currency": e.currency,
+        "country": e.country,
+        "mcc": e.mcc,
+        "event_time": e.event_time_ms,
+        "model_version": r.model_version,
+        "score": r.score,
+        "decision": r.decision,
+        "features": {
+            n: None if math.isnan(v) else v
+            for n, v in zip(r.feature_names, r.features, strict=True)
+        },
+        "warnings": list(r.warnings),
+    }
+
+
+class KafkaPredictionLog(_Buffered):
+    """Production: JSON messages on ``<topic>.predictions``, keyed by card id."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        flush_rows: int = 1_000,
+        flush_interval_s: float = 0.5,
+        producer_config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(flush_rows, flush_interval_s)
+        from confluent_kafka import Producer
+
+        self.topic = f"{topic}.predictions"
+        config = {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 20,
+            "compression.type": "lz4",
+            "enable.idempotence": True,
+            **(producer_config or {}),
+        }
+        self._producer = Producer(config)
+        self.delivery_errors = 0
+
+    def _delivered(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.delivery_errors += 1
+            log.warning("prediction log: delivery to %s failed: %s", self.topic, err)
+
+    def _write(self, entries: list[_Entry]) -> int:
+        rows = _rows(entries)
+        for at, e, r in rows:
+            value = json.dumps(record(at, e, r), separators=(",", ":"), allow_nan=False)
+            while True:
+                try:
+                    self._producer.produce(
+                        self.topic, value.encode(), str(e.card_id).encode(),
+                        on_delivery=self._delivered,
+                    )  # fmt: skip
+                    break
+                except BufferError:  # local queue full: let librdkafka drain it
+                    self._producer.poll(0.1)
+        self._producer.poll(0)
+        return len(rows)
+
+    def _close(self) -> None:
+        left = self._producer.flush(10)
+        if left:
+            log.warning(
+                "prediction log: %d messages to %s not delivered at close", left, self.topic
+            )

@@ -1,0 +1,327 @@
+"""The scorer: an event's features as of its own time, plus the model, in plain Python.
+
+No gRPC in here, so every rule is unit-testable without a server. Per request the scorer
+
+1. reads the state of every entity of the event (card, merchant) from the online store in
+   **one round trip** (``store.read_states``);
+2. decodes each state and *finalizes it at the event's own time* ``t``: only events
+   ``< t`` count. So values are request-time correct (R2: a card idle for 3 h has
+   ``card_txn_count_1h == 0``) and the scored event never sees itself (R1), even when the
+   stream already ingested it;
+3. adds the request-time features (the same function the backfill uses), builds the
+   vector in the model's ``feature_names`` order and predicts.
+
+The model is swapped atomically by :meth:`Scorer.install`: a request reads the current
+:class:`_Plan` once, so a reload in the middle of a request cannot mix two models.
+
+>>> Scorer().score(None)  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+serving.scorer.NotReadyError: store: the online store is not connected yet
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from features.codec import StateCodec
+from features.definitions import FeatureSet
+from features.engine import Engine, EntityLayout, EntityState, QueryTooOldError
+from features.events import Event
+from features.reference import REFERENCE
+from features.request import CARD_MEAN_FEATURE, request_features
+from flows.registry import RegistryError
+
+if TYPE_CHECKING:  # features.online_store imports feast (slow); only the type is needed
+    from features.online_store import OnlineStore
+
+#: the window feature request-time features are relative to (see features.request)
+
+
+class NotReadyError(RuntimeError):
+    """The store is not connected or no model is loaded yet (maps to UNAVAILABLE)."""
+
+
+class InvalidRequestError(ValueError):
+    """A request field breaks a rule; the message starts with the field's name."""
+
+
+class CorruptStateError(ValueError):
+    """A stored entity state cannot be decoded (maps to DATA_LOSS)."""
+
+
+class DeadlineExceededError(TimeoutError):
+    """The caller's deadline passed while the work was still running."""
+
+
+class BatchItemError(Exception):
+    """Item ``index`` of a batch failed with ``error`` (the transport names the field)."""
+
+    def __init__(self, index: int, error: Exception) -> None:
+        super().__init__(f"[{index}] {error}")
+        self.index, self.error = index, error
+
+
+class Model(Protocol):
+    """What the scorer needs from a loaded model (see :mod:`serving.model`)."""
+
+    @property
+    def version(self) -> str: ...
+    @property
+    def feature_names(self) -> tuple[str, ...]: ...
+    @property
+    def threshold(self) -> float: ...
+    @property
+    def fingerprint(self) -> str: ...
+    def predict(self, X: Any) -> np.ndarray: ...
+
+
+@dataclass(frozen=True, slots=True)
+class EntityStateInfo:
+    """How fresh an entity's online state was: ``age_ms = t - newest ingested event``
+    (negative when the stream already holds events at or after ``t``; they are excluded)."""
+
+    entity: str
+    entity_id: int
+    found: bool
+    newest_event_ms: int | None
+    age_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreResult:
+    transaction_id: str
+    score: float
+    decision: bool
+    threshold: float
+    model_version: str
+    #: the model input, in ``feature_names`` order (NaN = missing)
+    feature_names: tuple[str, ...]
+    features: Sequence[float]
+    entities: tuple[EntityStateInfo, ...]
+    warnings: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EntityFeatures:
+    names: tuple[str, ...]
+    values: list[float]
+    state: EntityStateInfo
+    warnings: tuple[str, ...]
+
+
+#: receives the scored events and their results (features included); must not block
+PredictionSink = Callable[[Sequence[Event], Sequence[ScoreResult]], None]
+
+
+class _Reader:
+    """One entity's layout + codec: bytes -> values at ``t``."""
+
+    def __init__(self, layout: EntityLayout) -> None:
+        self.layout = layout
+        self.codec = StateCodec(layout)
+        self.name = layout.entity.name
+        self.join_key = layout.entity.join_key
+        self.names = layout.names
+
+    def decode(self, raw: bytes | None, entity_id: int) -> EntityState | None:
+        if raw is None:
+            return None
+        try:
+            return self.codec.decode(raw, readonly=True)
+        except ValueError as exc:
+            raise CorruptStateError(f"{self.name} {entity_id}: {exc}") from None
+
+    def values(
+        self, state: EntityState | None, entity_id: int, t: int, warnings: list[str]
+    ) -> tuple[list[Any], EntityStateInfo]:
+        if state is None:
+            warnings.append(
+                f"{self.join_key} {entity_id}: no {self.name} state in the online store; "
+                "scored with empty-window values"
+            )
+            info = EntityStateInfo(self.name, entity_id, False, None, None)
+            return self.layout.finalize(self.layout.new_state(), t), info
+        ms = state.max_seen
+        info = EntityStateInfo(self.name, entity_id, True, ms, None if ms is None else t - ms)
+        return self.layout.finalize(state, t), info
+
+
+class _Plan:
+    """A model plus where each computed value goes in its input vector."""
+
+    def __init__(self, model: Model, fs: FeatureSet, readers: Sequence[_Reader]) -> None:
+        names = tuple(model.feature_names)
+        known = {*fs.window_feature_names, *fs.request_features}
+        unknown = [n for n in names if n not in known]
+        lacking = [n for n in fs.feature_names if n not in names]
+        if unknown or lacking:
+            raise RegistryError(
+                f"model {model.version}: feature_names differ from the running definitions "
+                f"(unknown {unknown}, not used {lacking})"
+            )
+        pos = {n: i for i, n in enumerate(names)}
+        self.model, self.names, self.n = model, names, len(names)
+        self.version, self.threshold = model.version, float(model.threshold)
+        #: per reader, the model column of each of its values (layout order)
+        self.columns = tuple(tuple(pos[n] for n in r.names) for r in readers)
+        self.request_columns = tuple(pos[n] for n in fs.request_features)
+        self._local = threading.local()
+
+    def buffer(self, n: int) -> np.ndarray:
+        """A reusable (n, F) float64 input for this thread (single rows stay allocated)."""
+        if n != 1:
+            return np.empty((n, self.n), dtype=np.float64)
+        buf: np.ndarray | None = getattr(self._local, "row", None)
+        if buf is None:
+            buf = self._local.row = np.empty((1, self.n), dtype=np.float64)
+        return buf
+
+
+class Scorer:
+    """Features at request time + model. ``store`` may be attached later (server start);
+    until both a store and a model are there, scoring raises :class:`NotReadyError`."""
+
+    def __init__(
+        self,
+        store: OnlineStore | None = None,
+        fs: FeatureSet = REFERENCE,
+        *,
+        sink: PredictionSink | None = None,
+    ) -> None:
+        engine = Engine(fs)
+        self.fs = fs
+        self.store = store
+        self.sink = sink
+        self._readers = tuple(_Reader(engine.layout(e.name)) for e in fs.entities)
+        self._by_entity = {r.name: r for r in self._readers}
+        self._plan: _Plan | None = None
+        owner = next((r for r in self._readers if CARD_MEAN_FEATURE in r.names), None)
+        self._mean_at: tuple[int, int] | None = None
+        if owner is not None:
+            self._mean_at = (self._readers.index(owner), owner.names.index(CARD_MEAN_FEATURE))
+
+    # -- model -----------------------------------------------------------------------
+    def install(self, model: Model) -> None:
+        """Make ``model`` the one every new request uses (atomic; in-flight requests
+        finish on the model they started with). Refuses a model whose inputs differ."""
+        if model.fingerprint != self.fs.fingerprint():
+            raise RegistryError(
+                f"model {model.version}: trained on definitions {model.fingerprint}, running "
+                f"{self.fs.fingerprint()}"
+            )
+        self._plan = _Plan(model, self.fs, self._readers)
+
+    @property
+    def model(self) -> Model | None:
+        plan = self._plan
+        return None if plan is None else plan.model
+
+    def _ready(self) -> tuple[OnlineStore, _Plan]:
+        store, plan = self.store, self._plan
+        if store is None:
+            raise NotReadyError("store: the online store is not connected yet")
+        if plan is None:
+            raise NotReadyError("model: no model is loaded yet")
+        return store, plan
+
+    # -- scoring ---------------------------------------------------------------------
+    def score(self, event: Event) -> ScoreResult:
+        """Score one validated event."""
+        return self.score_batch((event,))[0]
+
+    def score_batch(
+        self, events: Sequence[Event], deadline: float | None = None
+    ) -> list[ScoreResult]:
+        """Score validated events with one store round trip; ``deadline`` is a
+        ``time.monotonic()`` value checked between events. Failures of one event raise
+        :class:`BatchItemError` (for a single event: the error itself)."""
+        store, plan = self._ready()
+        readers = self._readers
+        n_ent = len(readers)
+        keys: list[tuple[str, int]] = []
+        for e in events:
+            for r in readers:
+                keys.append((r.name, getattr(e, r.join_key)))
+        unique = list(dict.fromkeys(keys)) if len(events) > 1 else keys
+        raws = store.read_states(unique)
+        states: dict[tuple[str, int], EntityState | None] = {}
+        for key, raw in zip(unique, raws, strict=True):
+            states[key] = self._by_entity[key[0]].decode(raw, key[1])
+        X = plan.buffer(len(events))
+        row = [math.nan] * plan.n
+        infos: list[tuple[tuple[EntityStateInfo, ...], tuple[str, ...]]] = []
+        mean_at, request_columns = self._mean_at, plan.request_columns
+        for i, e in enumerate(events):
+            if deadline is not None and not i % 64 and time.monotonic() > deadline:
+                raise DeadlineExceededError(f"deadline: passed after {i} of {len(events)} events")
+            t = e.event_time_ms
+            warnings: list[str] = []
+            ent: list[EntityStateInfo] = []
+            mean = math.nan
+            for j in range(n_ent):
+                key = keys[i * n_ent + j]
+                try:
+                    values, info = readers[j].values(states[key], key[1], t, warnings)
+                except QueryTooOldError as exc:  # its message names event_time
+                    if len(events) == 1:
+                        raise
+                    raise BatchItemError(i, exc) from None
+                ent.append(info)
+                for c, v in zip(plan.columns[j], values, strict=True):
+                    row[c] = v
+                if mean_at is not None and mean_at[0] == j:
+                    mean = values[mean_at[1]]
+            req = request_features(e.amount, t, mean)
+            for c, v in zip(request_columns, req, strict=True):
+                row[c] = v
+            X[i] = row
+            infos.append((tuple(ent), tuple(warnings)))
+        p = plan.model.predict(X)
+        threshold, version, names = plan.threshold, plan.version, plan.names
+        results = [
+            ScoreResult(
+                e.transaction_id,
+                float(p[i]),
+                bool(p[i] >= threshold),
+                threshold,
+                version,
+                names,
+                X[i].tolist(),
+                ent,
+                warn,
+            )
+            for i, (e, (ent, warn)) in enumerate(zip(events, infos, strict=True))
+        ]
+        if self.sink is not None:
+            self.sink(events, results)
+        return results
+
+    def entity_features(self, entity: str, entity_id: int, t: int) -> EntityFeatures:
+        """One entity's window features at query time ``t`` (epoch ms), no model needed."""
+        store = self.store
+        if store is None:
+            raise NotReadyError("store: the online store is not connected yet")
+        reader = self._by_entity.get(entity)
+        if reader is None:
+            raise InvalidRequestError(
+                f"entity: {entity!r} is not one of {', '.join(self._by_entity)}"
+            )
+        [raw] = store.read_states([(entity, entity_id)])
+        warnings: list[str] = []
+        values, info = reader.values(reader.decode(raw, entity_id), entity_id, t, warnings)
+        return EntityFeatures(reader.names, values, info, tuple(warnings))
+
+    def check_store(self) -> None:
+        """One cheap read: raises ``StoreUnavailableError`` when the store is unreachable."""
+        store = self.store
+        if store is None:
+            raise NotReadyError("store: the online store is not connected yet")
+        store.read_states([(self.fs.primary.name, 0)])

@@ -1,0 +1,277 @@
+"""The scoring server: lifecycle around the servicer (``grpc.aio``).
+
+* Health (``grpc.health.v1``) is ``NOT_SERVING`` until the online store answers and a
+  model is loaded, then ``SERVING``; it drops back to ``NOT_SERVING`` while the store is
+  unreachable, and a background probe restores it. Server reflection is on.
+* Models follow the registry alias (:mod:`serving.reload`).
+* ``stop()`` (SIGTERM/SIGINT in :func:`serve`) stops accepting calls, lets in-flight ones
+  finish within ``grace_s``, flushes the prediction log and closes the store.
+* Limits: message size, batch size; the store's socket timeouts are short so an
+  unreachable Redis is ``UNAVAILABLE`` in well under a second, not a hang.
+* Once ready, the long-lived heap is frozen (``gc.freeze``) so garbage collection never
+  rescans it: a full pass over it costs ~100+ ms of event-loop time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import signal
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import prometheus_client  # noqa: F401  # before feast: see serving.interceptors.Metrics
+from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from features.online_store import OnlineStore, StoreUnavailableError
+from features.reference import REFERENCE
+from serving._proto.skewless.v1 import scorer_pb2 as pb
+from serving._proto.skewless.v1 import scorer_pb2_grpc as pb_grpc
+from serving.interceptors import Metrics, interceptors
+from serving.predlog import KafkaPredictionLog, ParquetPredictionLog
+from serving.reload import Loader, ModelWatcher
+from serving.scorer import NotReadyError, Scorer
+from serving.servicer import ScorerServicer
+
+log = logging.getLogger("skewless.serving")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Scorer"].full_name
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything the server needs; built from :class:`skewless.settings.Settings` by the
+    CLI. Empty ``redis_url`` means the embedded SQLite Feast store in ``feast_dir``."""
+
+    registry_dir: Path
+    model_alias: str = "production"
+    address: str = "127.0.0.1:50051"
+    redis_url: str = ""
+    feast_dir: Path = Path("out/feast")
+    auth_token: str = field(default="", repr=False)
+    metrics_port: int = 0
+    max_batch_size: int = 1_000
+    max_message_bytes: int = 8 * 1024 * 1024
+    grace_s: float = 5.0
+    reload_interval_s: float = 1.0
+    store_timeout_s: float = 0.25
+    #: embedded prediction log directory (None: no Parquet log)
+    prediction_log_dir: Path | None = None
+    prediction_flush_rows: int = 10_000
+    #: Kafka prediction log (``<topic>.predictions``) when a bootstrap is given
+    kafka_bootstrap: str = ""
+    topic: str = "transactions"
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size: must be >= 1, got {self.max_batch_size}")
+        if self.grace_s < 0:
+            raise ValueError(f"grace_s: must be >= 0, got {self.grace_s}")
+
+
+StoreFactory = Callable[[], OnlineStore]
+
+
+class ScoringServer:
+    """``await start()`` binds and serves (NOT_SERVING until ready); ``await stop()``."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        store_factory: StoreFactory | None = None,
+        loader: Loader | None = None,
+        scorer: Scorer | None = None,
+    ) -> None:
+        self.config = config
+        self._store_factory = store_factory or self._default_store
+        self.metrics = Metrics() if config.metrics_port else None
+        self.predictions: ParquetPredictionLog | KafkaPredictionLog | None = None
+        if config.kafka_bootstrap:
+            self.predictions = KafkaPredictionLog(config.kafka_bootstrap, config.topic)
+        elif config.prediction_log_dir is not None:
+            self.predictions = ParquetPredictionLog(
+                config.prediction_log_dir, flush_rows=config.prediction_flush_rows
+            )
+        self.scorer = scorer or Scorer(fs=REFERENCE)
+        self.scorer.sink = self.predictions
+        self.watcher = ModelWatcher(
+            config.registry_dir,
+            config.model_alias,
+            self.scorer.fs.fingerprint(),
+            self.scorer.install,
+            interval_s=config.reload_interval_s,
+            on_outcome=self._on_model,
+            **({"loader": loader} if loader is not None else {}),
+        )
+        self.health = health_aio.HealthServicer()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="score-batch")
+        self._server: aio.Server | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.port = 0
+
+    def _default_store(self) -> OnlineStore:
+        from features.online_store import FeastStore, RedisStore
+
+        if self.config.redis_url:
+            return RedisStore(self.config.redis_url, REFERENCE).build(self.config.store_timeout_s)
+        return FeastStore(REFERENCE, self.config.feast_dir).build()
+
+    def _on_model(self, outcome: str, version: str) -> None:
+        if outcome == "loaded" and gc.isenabled():
+            gc.freeze()  # the new model's objects too (see _become_ready)
+        if self.metrics is None:
+            return
+        self.metrics.model_reloads.labels(outcome).inc()
+        if outcome == "loaded":
+            self.metrics.model_loaded(version)
+
+    async def start(self) -> int:
+        """Bind, serve and return the port; readiness follows in the background."""
+        cfg = self.config
+        options = [
+            ("grpc.max_receive_message_length", cfg.max_message_bytes),
+            ("grpc.max_send_message_length", cfg.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        server = aio.server(
+            interceptors=interceptors(cfg.auth_token, self.metrics), options=options
+        )
+        servicer = ScorerServicer(self.scorer, cfg.max_batch_size, self._executor)
+        pb_grpc.add_ScorerServicer_to_server(servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME),
+            server,
+        )  # fmt: skip
+        await self._set_health(NOT_SERVING)
+        self.port = server.add_insecure_port(cfg.address)
+        if self.port == 0:
+            raise OSError(f"grpc_address: cannot bind {cfg.address}")
+        await server.start()
+        self._server = server
+        if self.predictions is not None:
+            self.predictions.start()
+        if self.metrics is not None:
+            self.metrics.serve(cfg.metrics_port)
+        self._tasks.append(asyncio.create_task(self._become_ready(), name="readiness"))
+        log.info("scoring server listening on port %d (health NOT_SERVING until ready)", self.port)
+        return self.port
+
+    async def _set_health(self, status: Any) -> None:
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+        if self.metrics is not None:
+            self.metrics.serving.set(1 if status == SERVING else 0)
+
+    async def _become_ready(self) -> None:
+        """Connect the store and load the model (retrying), then SERVING; afterwards watch
+        the alias and probe the store while it is failing."""
+        loop = asyncio.get_running_loop()
+        delay = 0.2
+        while self.scorer.store is None:
+            try:
+                store = await loop.run_in_executor(self._executor, self._store_factory)
+                self.scorer.store = store
+                await loop.run_in_executor(self._executor, self.scorer.check_store)
+            except Exception as exc:  # keep trying: the store may come up later
+                self.scorer.store = None
+                expected = isinstance(exc, StoreUnavailableError | OSError)
+                log.warning(
+                    "online store not ready: %s; retrying in %.1fs", exc, delay,
+                    exc_info=None if expected else exc,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        while self.scorer.model is None:
+            try:
+                await loop.run_in_executor(self._executor, self.watcher.poll_once)
+            except Exception:  # poll_once refuses bad versions itself; this is a bug path
+                log.exception("model: loading failed; retrying")
+            if self.scorer.model is None:
+                await asyncio.sleep(self.config.reload_interval_s)
+        self.watcher.start()
+        # Everything loaded so far (feast, xgboost, the model: ~200k objects) lives as long
+        # as the process; a full GC pass over it pauses the event loop for ~100+ ms. Frozen
+        # objects are never scanned again, which keeps those pauses out of the tail latency.
+        gc.collect()
+        gc.freeze()
+        await self._set_health(SERVING)
+        log.info("ready: serving model %s", self.watcher.version)
+        await self._probe_store()
+
+    async def _probe_store(self) -> None:
+        """Every ``reload_interval_s``: NOT_SERVING while the store is unreachable."""
+        loop = asyncio.get_running_loop()
+        healthy = True
+        while True:
+            await asyncio.sleep(self.config.reload_interval_s)
+            try:
+                await loop.run_in_executor(self._executor, self.scorer.check_store)
+                ok = True
+            except (StoreUnavailableError, NotReadyError) as exc:
+                ok = False
+                if healthy:
+                    log.warning("online store unreachable: %s", exc)
+            if ok != healthy:
+                healthy = ok
+                await self._set_health(SERVING if ok else NOT_SERVING)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful stop: NOT_SERVING, finish in-flight calls within the grace period,
+        then flush the prediction log and close the store."""
+        grace = self.config.grace_s if grace is None else grace
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        self.watcher.stop()
+        if self._server is not None:
+            await self.health.enter_graceful_shutdown()
+            await self._server.stop(grace)
+            self._server = None
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        if self.predictions is not None:
+            self.predictions.close()
+        if self.scorer.store is not None:
+            self.scorer.store.close()
+        if self.metrics is not None:
+            self.metrics.close()
+        log.info("scoring server stopped")
+
+    async def wait(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+async def _serve(config: ServerConfig, on_started: Callable[[int], Any] | None) -> None:
+    server = ScoringServer(config)
+    await server.start()
+    if on_started is not None:
+        on_started(server.port)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    log.info("signal received: stopping within %.1fs", config.grace_s)
+    await server.stop()
+
+
+def serve(config: ServerConfig, on_started: Callable[[int], Any] | None = None) -> int:
+    """Run until SIGTERM/SIGINT, then stop gracefully; returns the exit code."""
+    asyncio.run(_serve(config, on_started))
+    return 0
