@@ -75,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the whole loop on embedded defaults")
     d.add_argument("--events", type=int, default=200_000)
     d.add_argument("--out", type=Path, help="demo folder (default: <data-dir>/demo)")
+    d.add_argument("--score", type=int, default=1000, help="events scored over gRPC")
     from flows.train import add_cli as add_train_cli  # `train` and `models`
 
     add_train_cli(sub, command)
@@ -163,6 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if settings.log_level.upper() != "DEBUG":  # Feast logs every registry refresh at INFO
+        logging.getLogger("feast").setLevel(logging.WARNING)
     try:
         return _COMMANDS[args.command](args, settings)
     except (SchemaError, ValueError, FileNotFoundError) as exc:
