@@ -153,7 +153,7 @@ def summary(tile: Tile) -> tuple[float, float]:
     cached = tile[CACHE]
     if cached is None:
         cached = tile[CACHE] = (total(tile), m2(tile))
-    return cached  # type: ignore[no-any-return]
+    return cached
 
 
 # -- float accumulator for reading windows: [n, Σx, mean, M2, min, max] ------------------
@@ -189,7 +189,7 @@ def acc_merge_tile(acc: list[float], tile: Tile, need_m2: bool) -> None:
 
 def total_cached(tile: Tile) -> float:
     cached = tile[CACHE]
-    return cached[0] if cached is not None else total(tile)  # type: ignore[no-any-return]
+    return cached[0] if cached is not None else total(tile)
 
 
 def acc_add(acc: list[float], x: float, need_m2: bool) -> None:
