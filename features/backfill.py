@@ -4,10 +4,16 @@ It implements exactly the semantics of :mod:`features.engine` over whole arrays:
 
 1. :func:`accept` decides, in file order, which valid events count: the first copy of each
    ``(primary id, transaction_id)`` that is not too late for its primary entity.
-2. :func:`window_features` answers ``[floor(t/H)*H - W, t)`` for every spine row with two
-   binary searches over events sorted by (entity, time), then folds the range with
-   doubling tables: sums and moments by binary lifting, min/max by a sparse table. Each
-   level is built from the previous one and dropped, so memory stays O(events).
+2. :class:`EventIndex` sorts one entity's accepted events by (entity, time) once; the
+   spine's features, the Feast tables and the end states all read that one index. A
+   window ``[floor(t/H)*H - W, t)`` is a contiguous range, found for all queries at once
+   by merging their sorted bounds into the sorted events. Sums come from exact prefix
+   sums: each value is split into integer digits (``x · 2^scale`` in base ``2^width``)
+   whose int64 prefix sums subtract without rounding, so a window sum carries a few
+   roundings relative to itself, however long the history before it. ``std`` comes from
+   ``Σx`` and ``Σx²``; the rare windows where those cancel (near-constant values), and
+   data too wide for digits, fall back to binary lifting with Chan's update. ``max`` and
+   ``min`` use a sparse table built level by level, so memory stays O(events).
 
 >>> import numpy as np
 >>> from features.reference import REFERENCE
@@ -21,13 +27,19 @@ It implements exactly the semantics of :mod:`features.engine` over whole arrays:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from features.definitions import MS_PER_SECOND, FeatureSet, Op
 
-_I64_MAX = np.iinfo(np.int64).max
+#: std falls back to lifting where Σx² exceeds n·var by more than this (cancellation)
+_GUARD = 2.0**16
+_MAX_DIGITS = 6
 
 
 @dataclass(frozen=True)
@@ -39,158 +51,420 @@ class Acceptance:
     late: np.ndarray
 
 
-def _segmented_exclusive_cummax(groups: np.ndarray, ts: np.ndarray) -> np.ndarray:
+def dense_ids(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(sorted unique keys, each key's position among them, a direct lookup table or None)."""
+    if len(keys) and keys.min() >= 0 and keys.max() < 4 * len(keys) + 65_536:
+        present = np.zeros(int(keys.max()) + 1, dtype=bool)
+        present[keys] = True
+        lut = np.cumsum(present, dtype=np.int64) - 1
+        lut[~present] = -1
+        return np.flatnonzero(present), lut[keys], lut
+    uniq, ids = np.unique(keys, return_inverse=True)
+    return uniq, ids.astype(np.int64), None
+
+
+def _lookup(uniq: np.ndarray, lut: np.ndarray | None, q: np.ndarray) -> np.ndarray:
+    """Position of each ``q`` among ``uniq``; -1 when absent."""
+    if lut is not None:
+        inside = (q >= 0) & (q < len(lut))
+        return np.where(inside, lut[np.where(inside, q, 0)], -1)
+    pos = np.searchsorted(uniq, q)
+    ok = pos < len(uniq)
+    ok[ok] = uniq[pos[ok]] == q[ok]
+    return np.where(ok, pos, -1)
+
+
+def group_order(ids: np.ndarray, ts: np.ndarray | None = None) -> np.ndarray:
+    """Stable order by ``ids`` (non-negative), then ``ts``: radix passes of 16 bits."""
+    if ts is not None and len(ts) > 1 and not bool(np.all(ts[1:] >= ts[:-1])):
+        first = np.argsort(ts, kind="stable")
+        return first[group_order(ids[first])]
+    top = int(ids.max()) if len(ids) else 0
+    if top >= 2**32:
+        return np.argsort(ids, kind="stable")
+    order = np.argsort((ids & 0xFFFF).astype(np.uint16), kind="stable")
+    if top >= 2**16:
+        order = order[np.argsort((ids[order] >> 16).astype(np.uint16), kind="stable")]
+    return order
+
+
+def _exclusive_cummax(groups: np.ndarray, ts: np.ndarray) -> np.ndarray:
     """For rows sorted by group (file order within), the max ts of earlier rows of the
     same group; ``int64 min`` for a group's first row."""
-    if not len(ts):
-        return ts.copy()
-    tmin = ts.min()
-    span = int(ts.max() - tmin) + 1
+    tmin, span = int(ts.min()), int(ts.max() - ts.min()) + 1
+    if (int(groups.max()) + 1) * span >= 2**62:
+        raise ValueError("events: time span × entities too large; split the file by time")
     shifted = (ts - tmin) + groups * span
-    run = np.maximum.accumulate(shifted)
-    prev = np.empty_like(run)
+    prev = np.empty_like(shifted)
     prev[0] = -1
-    prev[1:] = run[:-1]
-    first = np.ones(len(ts), dtype=bool)
-    first[1:] = groups[1:] != groups[:-1]
+    prev[1:] = np.maximum.accumulate(shifted)[:-1]
     out = prev - groups * span + tmin
-    out[first] = np.iinfo(np.int64).min
+    out[np.r_[True, groups[1:] != groups[:-1]]] = np.iinfo(np.int64).min
     return out
 
 
-def accept(
-    fs: FeatureSet, primary_ids: np.ndarray, txids: np.ndarray, ts: np.ndarray
-) -> Acceptance:
+def _maybe_repeated(arr: pa.Array) -> np.ndarray:
+    """Rows whose string may occur more than once (every repeated one, maybe a few more):
+    for the usual fixed-width ids a 64-bit hash of the bytes and one sort, else exact."""
+    n = len(arr)
+    if pa.types.is_string(arr.type) and not arr.null_count and n:
+        offsets = np.frombuffer(arr.buffers()[1], np.int32, n + 1, arr.offset * 4)
+        width = int(offsets[1] - offsets[0])
+        if 0 < width <= 64 and bool(np.all(np.diff(offsets) == width)):
+            data = np.frombuffer(arr.buffers()[2], np.uint8, n * width, int(offsets[0]))
+            padded = np.zeros((n, -(-width // 8) * 8), np.uint8)
+            padded[:, :width] = data.reshape(n, width)
+            h = np.zeros(n, np.uint64)
+            for word in padded.view("<u8").T:
+                h = (h ^ word) * np.uint64(0x9E3779B97F4A7C15)
+                h ^= h >> np.uint64(29)
+            s = np.sort(h)
+            repeated = s[1:][s[1:] == s[:-1]]
+            return np.flatnonzero(np.isin(h, repeated)) if len(repeated) else np.zeros(0, np.int64)
+    codes = pc.dictionary_encode(arr, null_encoding="encode").indices
+    codes = np.asarray(codes.to_numpy(zero_copy_only=False), dtype=np.int64)
+    return np.flatnonzero(np.bincount(codes)[codes] > 1)
+
+
+def accept(fs: FeatureSet, primary_ids: np.ndarray, txids: Any, ts: np.ndarray) -> Acceptance:
     """Dedup (first copy per primary id and transaction id) then too-late routing, both in
-    file order, as the stream sees a Kafka partition keyed by the primary id."""
+    file order, as the stream sees a Kafka partition keyed by the primary id. ``txids`` is
+    a numpy array or an Arrow array of strings."""
     from features.engine import Engine
 
+    primary_ids, ts = np.asarray(primary_ids, np.int64), np.asarray(ts, np.int64)
     n = len(ts)
-    order = np.lexsort((np.arange(n), txids, primary_ids))
     first = np.ones(n, dtype=bool)
     if n:
-        same = (primary_ids[order][1:] == primary_ids[order][:-1]) & (
-            txids[order][1:] == txids[order][:-1]
-        )
-        first[order[1:][same]] = False
-    duplicate = ~first
-    layout = Engine(fs).layout(fs.primary.name)
+        arr = txids if isinstance(txids, pa.Array | pa.ChunkedArray) else pa.array(txids)
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks()
+        cand = _maybe_repeated(arr)
+        codes = pc.dictionary_encode(arr.take(pa.array(cand)), null_encoding="encode").indices
+        codes = np.asarray(codes.to_numpy(zero_copy_only=False), dtype=np.int64)
+        o = np.lexsort((cand, codes, primary_ids[cand]))
+        rows, codes = cand[o], codes[o]
+        same = (primary_ids[rows][1:] == primary_ids[rows][:-1]) & (codes[1:] == codes[:-1])
+        first[rows[1:][same]] = False
     late = np.zeros(n, dtype=bool)
-    if layout.lateness_ms is not None and n:
+    lateness = Engine(fs).layout(fs.primary.name).lateness_ms
+    if lateness is not None and n:
         idx = np.flatnonzero(first)
-        o = idx[np.lexsort((idx, primary_ids[idx]))]
-        _, groups = np.unique(primary_ids[o], return_inverse=True)
-        prev = _segmented_exclusive_cummax(groups.astype(np.int64), ts[o])
-        is_late = (prev != np.iinfo(np.int64).min) & (ts[o] < prev - layout.lateness_ms)
-        late[o[is_late]] = True
-    return Acceptance(first & ~late, duplicate, late)
+        _, ids, _ = dense_ids(primary_ids[idx])
+        o = group_order(ids)
+        prev = _exclusive_cummax(ids[o], ts[idx][o])
+        is_late = (prev != np.iinfo(np.int64).min) & (ts[idx][o] < prev - lateness)
+        late[idx[o[is_late]]] = True
+    return Acceptance(first & ~late, ~first, late)
 
 
-def _ranges(
-    keys: np.ndarray, ts: np.ndarray, q_keys: np.ndarray, bounds: list[np.ndarray]
-) -> list[np.ndarray]:
-    """Positions (into events sorted by key, ts) of the first event of ``q_key`` at or
-    after each bound; an unknown key gives an empty range."""
-    if not len(ts):
-        return [np.zeros(len(q_keys), dtype=np.int64) for _ in bounds]
-    uniq, groups = np.unique(keys, return_inverse=True)
-    tmin, tmax = int(ts.min()), int(ts.max())
-    stride = tmax - tmin + 2
-    if len(uniq) * stride >= _I64_MAX:
-        raise ValueError(
-            "events: time span × entities too large for one backfill; split the file by time"
-        )
-    comp = groups.astype(np.int64) * stride + (ts - tmin)
-    gq = np.searchsorted(uniq, q_keys)
-    found = gq < len(uniq)
-    found[found] = uniq[gq[found]] == q_keys[found]
-    base = np.where(found, gq, 0).astype(np.int64) * stride
-    out = []
-    for b in bounds:
-        pos = np.searchsorted(comp, base + np.clip(b - tmin, 0, stride - 1), side="left")
-        out.append(np.where(found, pos, 0))
+# -- exact sums ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Digits:
+    """Integers ``v · 2^scale`` split into base ``2^width`` digits, lowest first, each with
+    the sign of its value. Sums of digits are exact as long as they fit int64."""
+
+    parts: list[np.ndarray]
+    scale: int
+    width: int
+
+
+def digits(x: np.ndarray, width: int, scale: int | None = None) -> Digits | None:
+    """``x`` as exact digits (``scale`` forced, or the smallest that makes every value an
+    integer); None when ``x`` is not finite, not integral at ``scale`` or too wide."""
+    if not np.isfinite(x).all():
+        return None
+    ax = np.abs(x)
+    nz = ax[ax != 0]
+    if not len(nz):
+        return Digits([np.zeros(len(x), np.int64)], scale or 0, width)
+    _, ex = np.frexp(nz)  # |x| = m · 2^ex, m in [0.5, 1): |x| · 2^(53 - ex) is an integer
+    lo_e, hi_e = int(ex.min()), int(ex.max())
+    k = 53 - lo_e if scale is None else scale
+    count = max(1, -(-(hi_e + k) // width))
+    if count > _MAX_DIGITS or lo_e < -900 or hi_e > 900:
+        return None
+    rest = np.ldexp(ax, k)
+    if scale is not None and not bool(np.all(np.floor(rest) == rest)):
+        return None
+    parts = []
+    for _ in range(count - 1):
+        q = np.floor(rest * 2.0**-width)  # every step is exact in float64
+        parts.append((rest - q * 2.0**width).astype(np.int64))
+        rest = q
+    parts.append(rest.astype(np.int64))
+    if (x < 0).any():
+        parts = [np.where(x < 0, -p, p) for p in parts]
+    return Digits(parts, k, width)
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Prefix sums (leading 0) of the exact digits of x and, when asked, of fl(x²): enough
+    for Σx² to a relative 2^-52, which is all :meth:`EventIndex._std` needs."""
+
+    s1: list[np.ndarray]
+    s2: list[np.ndarray] | None
+    scale: int
+    scale2: int
+    width: int
+
+
+def _prefix(parts: list[np.ndarray]) -> list[np.ndarray]:
+    return [np.concatenate([np.zeros(1, np.int64), np.cumsum(p)]) for p in parts]
+
+
+def moments_prefix(x: np.ndarray, squares: bool) -> Moments | None:
+    """None for negative values or data too wide for digits (the caller then lifts)."""
+    # n digits below 2^width sum below 2^62; below 2^53 each digit is an exact float
+    width = min(52, 62 - max(len(x), 1).bit_length())
+    d1 = digits(x, width) if not len(x) or x.min() >= 0 else None
+    if d1 is None:
+        return None
+    d2 = digits(x * x, width) if squares else None
+    if squares and (d2 is None or max(d1.scale, d2.scale) > 1000):
+        return None
+    return Moments(
+        _prefix(d1.parts),
+        _prefix(d2.parts) if d2 else None,
+        d1.scale,
+        d2.scale if d2 else 0,
+        width,
+    )
+
+
+def _range_sum(
+    c: list[np.ndarray], lo: np.ndarray, hi: np.ndarray, m: Moments, scale: int
+) -> np.ndarray:
+    """Σ over [lo, hi) from digit prefix sums: exact non-negative integers, rounded at the
+    end (a few roundings at most, all relative to the result)."""
+    v = (c[-1][hi] - c[-1][lo]).astype(np.float64)
+    for p in reversed(c[:-1]):
+        v *= 2.0**m.width
+        v += p[hi] - p[lo]
+    v *= 2.0**-scale
+    return v
+
+
+def _lift(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Σx and Σ(x - mean)² over [lo, hi) by binary lifting: blocks of 2^j merged with
+    Chan's update. Slower than the prefix sums; accurate for any finite data."""
+    length = hi - lo
+    cnt, mean, m2 = np.zeros(len(lo)), np.zeros(len(lo)), np.zeros(len(lo))
+    bmean, bm2 = x.astype(np.float64), np.zeros(len(x))
+    pos = lo.copy()
+    top = int(length.max()).bit_length() if len(lo) else 0
+    for j in range(top):
+        size = 1 << j
+        sel = np.flatnonzero(length & size)
+        if len(sel):
+            p, a = pos[sel], cnt[sel]
+            tot = a + size
+            delta = bmean[p] - mean[sel]
+            mean[sel] += delta * (size / tot)
+            m2[sel] += bm2[p] + delta * delta * (a * size / tot)
+            cnt[sel] = tot
+            pos[sel] = p + size
+        if j + 1 < top:
+            d = bmean[size:] - bmean[:-size]
+            bmean, bm2 = bmean[:-size] + d * 0.5, bm2[:-size] + bm2[size:] + d * d * (size / 2)
+    return mean * cnt, m2
+
+
+def _extreme(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, fn: np.ufunc) -> np.ndarray:
+    """max/min over [lo, hi) (NaN when empty) from a sparse table built level by level."""
+    out = np.full(len(lo), np.nan)
+    if not bool((hi > lo).any()):
+        return out
+    k = np.frexp((hi - lo).astype(np.float64))[1] - 1  # floor(log2(length)); -1 when empty
+    by_k = np.argsort(k.astype(np.int8), kind="stable")
+    cuts = np.searchsorted(k[by_k], np.arange(int(k.max()) + 2))
+    table = x
+    for j in range(int(k.max()) + 1):
+        if j:
+            half = 1 << (j - 1)
+            table = fn(table[:-half], table[half:])
+        sel = by_k[cuts[j] : cuts[j + 1]]
+        out[sel] = fn(table[lo[sel]], table[hi[sel] - (1 << j)])
     return out
 
 
-class _Fold:
-    """Range folds over one value column by doubling: level j holds blocks of 2^j."""
+# -- the index -------------------------------------------------------------------------
 
-    def __init__(self, values: np.ndarray, want: set[str]) -> None:
-        self.values, self.want = values, want
 
-    def run(self, lo: np.ndarray, hi: np.ndarray) -> dict[str, np.ndarray]:
-        x, n = self.values, len(self.values)
-        length = hi - lo
-        q = len(lo)
-        res: dict[str, np.ndarray] = {}
-        need_sum = "sum" in self.want
-        need_mom = "std" in self.want
-        if need_sum:
-            res["sum"] = np.zeros(q)
-        if need_mom:
-            acc_n, acc_mean, acc_m2 = np.zeros(q), np.zeros(q), np.zeros(q)
-        if "max" in self.want:
-            res["max"] = np.full(q, np.nan)
-        if "min" in self.want:
-            res["min"] = np.full(q, np.nan)
-        top = int(length.max()).bit_length() if q else 0
-        pad = np.zeros(1)
-        s = np.concatenate([x, pad])
-        mx = np.concatenate([x, [-np.inf]])
-        mn = np.concatenate([x, [np.inf]])
-        cnt = np.concatenate([np.ones(n), pad])
-        mean, m2 = s.copy(), np.zeros(n + 1)
-        k = np.zeros(q, dtype=np.int64)  # floor(log2(length)) for the sparse-table queries
-        nz = length > 0
-        k[nz] = np.floor(np.log2(length[nz])).astype(np.int64)
-        pos = lo.copy()
-        for j in range(top):
-            bit = ((length >> j) & 1).astype(bool)
-            if need_sum:
-                res["sum"] += np.where(bit, s[pos], 0.0)
-            if need_mom:
-                bn, bmean, bm2 = cnt[pos], mean[pos], m2[pos]
-                tot = acc_n + bn
-                take = bit & (bn > 0)
+class EventIndex:
+    """One entity's events sorted by (key, time), built once and queried many times."""
+
+    def __init__(self, keys: np.ndarray, ts: np.ndarray, fields: dict[str, np.ndarray]) -> None:
+        keys, ts = np.asarray(keys, np.int64), np.asarray(ts, np.int64)
+        self._keys, self._ts = keys, ts
+        self.uniq, ids, self._lut = dense_ids(keys)
+        self.order = group_order(ids, ts)
+        self.gid, self.ts = ids[self.order], ts[self.order]
+        n = len(ts)
+        new = np.r_[True, self.gid[1:] != self.gid[:-1]] if n else np.zeros(0, dtype=bool)
+        self.starts = np.flatnonzero(new)
+        self.ends = np.append(self.starts[1:], n) if n else np.zeros(0, np.int64)
+        self.tmin = int(ts.min()) if n else 0
+        self.stride = (int(ts.max()) - self.tmin + 2) if n else 2
+        if len(self.uniq) * self.stride >= 2**61:
+            raise ValueError("events: time span × entities too large; split the file by time")
+        self.comp = self.gid * self.stride + (self.ts - self.tmin)
+        self.values = {f: np.asarray(v, np.float64)[self.order] for f, v in fields.items()}
+        self._odd = self.comp * 2 + 1
+        self._memo: dict[tuple[str, bool], Moments | None] = {}
+        self._lo_at_events: dict[tuple[int, int], np.ndarray] = {}
+
+    def moments(self, field: str, squares: bool) -> Moments | None:
+        """Exact prefix sums of ``field`` (and of its squares), computed once."""
+        full = self._memo.get((field, True))
+        if full is not None:
+            return full
+        if (field, squares) not in self._memo:
+            self._memo[field, squares] = moments_prefix(self.values[field], squares)
+        return self._memo[field, squares]
+
+    def _rank(self, g: np.ndarray, bound: np.ndarray) -> np.ndarray:
+        """Per query sorted by (group, bound): the first event position at or after the
+        group's ``bound``, found by merging the sorted needles into the sorted events."""
+        q = len(g)
+        v = np.empty(q + len(self._odd), np.int64)
+        needle = v[:q]
+        np.clip(bound, self.tmin, self.tmin + self.stride - 1, out=needle)
+        needle += g * self.stride - self.tmin
+        if q and g[0] < 0:
+            needle[g < 0] = 0  # unknown keys sort first; the caller empties their ranges
+        needle *= 2
+        v[q:] = self._odd
+        v.sort(kind="stable")  # two sorted runs: a linear merge
+        r = np.flatnonzero((v & 1) == 0)
+        r -= np.arange(q)
+        return r
+
+    def features(self, fs: FeatureSet, entity: str, q_keys: Any, q_t: Any) -> dict[str, np.ndarray]:
+        """All of ``entity``'s features at query rows ``(q_keys, q_t)`` (any order)."""
+        q_keys, q_t = np.asarray(q_keys, np.int64), np.asarray(q_t, np.int64)
+        if np.array_equal(q_keys, self._keys) and np.array_equal(q_t, self._ts):
+            order, g, t = self.order, self.gid, self.ts  # the spine is the events: sorted
+            hi = np.maximum.accumulate(np.where(self._run_start(), np.arange(len(t)), 0))
+            memo = self._lo_at_events
+        else:
+            q_gid = _lookup(self.uniq, self._lut, q_keys)
+            order = group_order(q_gid + 1, q_t)
+            g, t = q_gid[order], q_t[order]
+            hi, memo = self._rank(g, t), {}
+
+        def lo_of(w: int, h: int) -> np.ndarray:
+            if (w, h) not in memo:
+                memo[w, h] = self._rank(g, (t // h) * h - w)
+            return memo[w, h]
+
+        out = {}
+        for name, v in self._evaluate(fs, entity, g, t, hi, lo_of).items():
+            out[name] = np.empty_like(v)
+            out[name][order] = v
+        return out
+
+    def _run_start(self) -> np.ndarray:
+        return np.r_[True, self.comp[1:] != self.comp[:-1]] if len(self.comp) else self.comp > 0
+
+    def features_after_events(
+        self, fs: FeatureSet, entity: str
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """One row per (key, event time), sorted: (keys, times, is the key's last row, the
+        features just after the event, at t = time + 1)."""
+        run = np.flatnonzero(self._run_start())
+        hi = np.append(run[1:], len(self.ts)) if len(run) else run
+        g, t = self.gid[run], self.ts[run] + 1
+        last = np.r_[g[1:] != g[:-1], True] if len(run) else run > 0
+
+        def lo_of(w: int, h: int) -> np.ndarray:
+            if (w, h) not in self._lo_at_events:  # not computed by a spine pass over the events
+                return self._rank(g, (t // h) * h - w)
+            lo = self._lo_at_events[w, h][run]  # the same bound unless t crosses a hop
+            moved = np.flatnonzero(t % h == 0)
+            bound = np.clip(t[moved] - w, self.tmin, self.tmin + self.stride - 1)
+            lo[moved] = np.searchsorted(self.comp, g[moved] * self.stride + bound - self.tmin)
+            return lo
+
+        return self.uniq[g], t - 1, last, self._evaluate(fs, entity, g, t, hi, lo_of)
+
+    def _evaluate(
+        self,
+        fs: FeatureSet,
+        entity: str,
+        g: np.ndarray,
+        t: np.ndarray,
+        hi: np.ndarray,
+        lo_of: Callable[[int, int], np.ndarray],
+    ) -> dict[str, np.ndarray]:
+        """Features for queries sorted by (group, t): ``hi`` ends each query's ranges,
+        ``lo_of(W, H)`` starts them."""
+        known = g >= 0
+        gs = self.starts[np.maximum(g, 0)] if len(self.starts) else np.zeros(len(g), np.int64)
+        everyone = bool(known.all())
+        if not everyone:
+            hi, gs = np.where(known, hi, 0), np.where(known, gs, 0)
+        aggs = fs.for_entity(entity)
+        squares = {a.field for a in aggs if a.op is Op.STD}
+        out: dict[str, np.ndarray] = {}
+        for w, h in sorted({(a.window.length_ms, a.window.hop_ms) for a in aggs if a.window}):
+            lo = lo_of(w, h)
+            if not everyone:
+                lo = np.where(known, lo, 0)
+            count = hi - lo
+            sums: dict[str, np.ndarray] = {}
+            for a in aggs:
+                if a.window is None or (a.window.length_ms, a.window.hop_ms) != (w, h):
+                    continue
+                if a.op is Op.COUNT:
+                    out[a.name] = count.astype(np.int64)
+                    continue
+                assert a.field is not None
+                x = self.values[a.field]
+                if a.op in (Op.MAX, Op.MIN):
+                    out[a.name] = _extreme(x, lo, hi, np.maximum if a.op is Op.MAX else np.minimum)
+                    continue
+                if a.field not in sums:
+                    sums[a.field] = self._sum(a.field, lo, hi, a.field in squares)
                 with np.errstate(invalid="ignore", divide="ignore"):
-                    delta = bmean - acc_mean
-                    new_mean = np.where(acc_n == 0, bmean, acc_mean + delta * bn / tot)
-                    new_m2 = acc_m2 + bm2 + delta * delta * acc_n * bn / tot
-                acc_mean = np.where(take, new_mean, acc_mean)
-                acc_m2 = np.where(take, np.where(acc_n == 0, bm2, new_m2), acc_m2)
-                acc_n = np.where(take, tot, acc_n)
-            for name, table, fn in (("max", mx, np.maximum), ("min", mn, np.minimum)):
-                if name in res:
-                    sel = nz & (k == j)
-                    if sel.any():
-                        res[name][sel] = fn(table[lo[sel]], table[hi[sel] - (1 << j)])
-            pos = pos + (bit.astype(np.int64) << j)
-            if j + 1 < top:
-                step = 1 << j
-                nxt = np.minimum(np.arange(n + 1) + step, n)
-                if need_sum:
-                    s = s + s[nxt]
-                    s[n] = 0.0
-                if need_mom:
-                    bn = cnt[nxt]
-                    tot = cnt + bn
-                    with np.errstate(invalid="ignore", divide="ignore"):
-                        delta = mean[nxt] - mean
-                        mean2 = np.where(bn > 0, mean + delta * bn / tot, mean)
-                        m2 = np.where(bn > 0, m2 + m2[nxt] + delta * delta * cnt * bn / tot, m2)
-                    mean, cnt = mean2, tot
-                    cnt[n], mean[n], m2[n] = 0.0, 0.0, 0.0
-                mx = np.maximum(mx, mx[nxt])
-                mn = np.minimum(mn, mn[nxt])
-        if need_mom:
-            with np.errstate(invalid="ignore"):
-                res["std"] = np.where(
-                    acc_n > 0, np.sqrt(np.maximum(acc_m2, 0.0) / np.maximum(acc_n, 1)), np.nan
+                    if a.op is Op.SUM:
+                        out[a.name] = sums[a.field]
+                    elif a.op is Op.MEAN:
+                        out[a.name] = np.where(count > 0, sums[a.field] / count, np.nan)
+                    else:
+                        out[a.name] = self._std(a.field, lo, hi, sums[a.field])
+        for a in aggs:
+            if a.op is Op.SINCE_LAST:
+                has = hi > gs
+                last = (
+                    self.ts[np.maximum(hi - 1, 0)] if len(self.ts) else np.zeros(len(t), np.int64)
                 )
-        return res
+                out[a.name] = np.where(has, (t - last) / MS_PER_SECOND, np.nan)
+        return {a.name: out[a.name] for a in aggs}
 
+    def _sum(self, field: str, lo: np.ndarray, hi: np.ndarray, squares: bool) -> np.ndarray:
+        m = self.moments(field, squares)
+        if m is None:
+            return _lift(self.values[field], lo, hi)[0]
+        return _range_sum(m.s1, lo, hi, m, m.scale)
 
-_NEEDS = {Op.SUM: "sum", Op.MEAN: "sum", Op.STD: "std", Op.MAX: "max", Op.MIN: "min"}
+    def _std(self, field: str, lo: np.ndarray, hi: np.ndarray, s1: np.ndarray) -> np.ndarray:
+        n = (hi - lo).astype(np.float64)
+        m = self.moments(field, squares=True)
+        if m is not None and m.s2 is not None:
+            s2 = _range_sum(m.s2, lo, hi, m, m.scale2)
+            mean = s1 / n
+            var = s2 / n - mean * mean
+            hard = np.flatnonzero((n >= 2) & ~(var * _GUARD > s2 / n))
+        else:
+            var, hard = np.zeros(len(n)), np.flatnonzero(n >= 2)
+        if len(hard):
+            var[hard] = _lift(self.values[field], lo[hard], hi[hard])[1] / n[hard]
+        var[n == 1] = 0.0
+        return np.where(n > 0, np.sqrt(np.maximum(var, 0.0)), np.nan)
 
 
 def window_features(
@@ -204,39 +478,4 @@ def window_features(
 ) -> dict[str, np.ndarray]:
     """All of ``entity``'s features at query rows ``(q_keys, q_t)`` from its accepted
     events ``(keys, ts, fields)`` (any order)."""
-    order = np.lexsort((ts, keys))
-    keys, ts = keys[order], ts[order]
-    fields = {k: np.asarray(v, dtype=np.float64)[order] for k, v in fields.items()}
-    aggs = fs.for_entity(entity)
-    windows = sorted({(a.window.length_ms, a.window.hop_ms) for a in aggs if a.window})
-    bounds = [(q_t // h) * h - w for w, h in windows]
-    *los, hi, life_lo = _ranges(
-        keys, ts, q_keys, [*bounds, q_t, np.full_like(q_t, np.iinfo(np.int64).min // 4)]
-    )
-    out: dict[str, np.ndarray] = {}
-    for (w, h), lo in zip(windows, los, strict=True):
-        group = [a for a in aggs if a.window and (a.window.length_ms, a.window.hop_ms) == (w, h)]
-        count = hi - lo
-        by_field: dict[str, dict[str, np.ndarray]] = {}
-        for f in {a.field for a in group if a.field}:
-            want = {_NEEDS[a.op] for a in group if a.field == f}
-            by_field[f] = _Fold(fields[f], want).run(lo, hi)
-        for a in group:
-            if a.op is Op.COUNT:
-                out[a.name] = count.astype(np.int64)
-                continue
-            assert a.field is not None
-            r = by_field[a.field]
-            with np.errstate(invalid="ignore", divide="ignore"):
-                if a.op is Op.SUM:
-                    out[a.name] = r["sum"]
-                elif a.op is Op.MEAN:
-                    out[a.name] = np.where(count > 0, r["sum"] / np.maximum(count, 1), np.nan)
-                else:
-                    out[a.name] = r[_NEEDS[a.op]]
-    for a in aggs:
-        if a.op is Op.SINCE_LAST:
-            has = hi > life_lo
-            last = ts[np.maximum(hi - 1, 0)] if len(ts) else np.zeros(len(q_t), dtype=np.int64)
-            out[a.name] = np.where(has, (q_t - last) / MS_PER_SECOND, np.nan)
-    return {a.name: out[a.name] for a in aggs}
+    return EventIndex(keys, ts, fields).features(fs, entity, q_keys, q_t)

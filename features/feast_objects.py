@@ -23,9 +23,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
-from feast.types import Bytes, Float64, Int64
-
 from features.definitions import Entity as Def
 from features.definitions import FeatureSet, Op
 
@@ -54,15 +51,15 @@ def offline_table_name(entity: Def) -> str:
 
 @dataclass(frozen=True)
 class FeastObjects:
-    entities: tuple[Entity, ...]
-    sources: tuple[FileSource, ...]
-    push_sources: tuple[PushSource, ...]
-    views: tuple[FeatureView, ...]
+    entities: tuple[Any, ...]  # feast.Entity
+    sources: tuple[Any, ...]  # feast.FileSource
+    push_sources: tuple[Any, ...]  # feast.PushSource
+    views: tuple[Any, ...]  # feast.FeatureView
 
     def all(self) -> list[Any]:
         return [*self.entities, *self.sources, *self.push_sources, *self.views]
 
-    def view(self, name: str) -> FeatureView:
+    def view(self, name: str) -> Any:
         for v in self.views:
             if v.name == name:
                 return v
@@ -71,6 +68,10 @@ class FeastObjects:
 
 def build_feast_objects(fs: FeatureSet, data_dir: Path) -> FeastObjects:
     """Entities, sources and feature views for ``fs``; offline tables live in ``data_dir``."""
+    # imported here: Feast takes seconds to import, and the name helpers above must not
+    from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
+    from feast.types import Bytes, Float64, Int64
+
     entities, sources, pushes, views = [], [], [], []
     for d in fs.entities:
         entity = Entity(

@@ -1,0 +1,231 @@
+"""End states built directly from sorted events, without replaying them.
+
+The state after any replay holds exactly what its retention keeps (raw events, tiles per
+level bucket, dedup ids), so tiles are group-bys and their exact sums come from integer
+digits. The bytes are identical to :class:`features.codec.StateCodec` encoding a replay
+through :class:`features.engine.Engine` (tests/features/test_backfill_job.py pins it over
+random histories); it is a second writer of the codec layout, kept for speed (~40x).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from features import moments
+from features.backfill import EventIndex, digits
+from features.codec import _HAS_LAST, _HAS_MAX, MAGIC, VERSION, StateCodec
+from features.engine import EntityLayout
+
+
+def build_states(layout: EntityLayout, index: EventIndex, txids: Any) -> list[bytes]:
+    codec = StateCodec(layout)
+    n_groups, ts, gid = len(index.uniq), index.ts, index.gid
+    if not n_groups:
+        return []
+    ms = ts[index.ends - 1]  # newest event per entity (sorted by time within entity)
+    ms_e = ms[gid]
+    if layout.fields == ("__count__",):
+        vals = [np.zeros(len(ts))]
+    else:
+        vals = [index.values[f] for f in layout.fields]
+    pieces: list[tuple[np.ndarray, np.ndarray]] = []  # (little-endian items, items per entity)
+
+    raw = np.flatnonzero(ts >= (ms_e - layout.horizon_ms) // layout.fine_hop * layout.fine_hop)
+    raw = raw[_tie_order(index.comp[raw], [v[raw] for v in vals])]
+    n_raw = np.bincount(gid[raw], minlength=n_groups)
+    before = index.ends - n_raw - 1  # newest event older than the raw floor, if any
+    has_last = before >= index.starts
+    pieces.append(((ms_e[raw] - ts[raw]).astype("<u4"), n_raw))
+    pieces += [(v[raw].astype("<f8"), n_raw) for v in vals]
+
+    n_ids = np.zeros(n_groups, np.int64)
+    if layout.primary:
+        lateness = layout.lateness_ms
+        ids = np.flatnonzero(ts >= ms_e - lateness) if lateness is not None else np.arange(len(ts))
+        hashes = _txid_hashes(txids, index.order[ids])
+        o = _tie_order(index.comp[ids], [hashes])
+        ids, hashes = ids[o], hashes[o]
+        n_ids = np.bincount(gid[ids], minlength=n_groups)
+        pieces += [((ms_e[ids] - ts[ids]).astype("<u4"), n_ids), (hashes, n_ids)]
+
+    n_tiles = []
+    for j, hop in enumerate(layout.hops):
+        bucket = ts // hop
+        sel = np.flatnonzero(bucket >= (ms_e - layout.horizon_ms) // hop - layout.keep[j])
+        b, g = bucket[sel], gid[sel]
+        new = np.r_[True, (b[1:] != b[:-1]) | (g[1:] != g[:-1])] if len(sel) else sel > 0
+        first = sel[new]
+        last = sel[np.r_[new[1:], True]] if len(sel) else first
+        tile_g = gid[first]
+        counts = np.bincount(tile_g, minlength=n_groups)
+        n_tiles.append(counts)
+        pieces.append(((ms[tile_g] // hop - bucket[first]).astype("<u4"), counts))
+        pieces.append(((last + 1 - first).astype("<u4"), counts))
+        comps = codec.needs[j]
+        for f, v in enumerate(vals):
+            tiles = _Tiles(index, layout.fields[f], v, first, last + 1, sel, np.flatnonzero(new))
+            pieces += [(tiles.component(c), counts) for c in comps]
+
+    spec = "magic S2,version u1,flags u1,crc <u4,ms <i8,last <i8,n_raw <u4,n_ids <u4"
+    levels = ("levels", "<u4", (len(layout.hops),))
+    head = np.zeros(n_groups, [tuple(f.split()) for f in spec.split(",")] + [levels])
+    # the codec's header (struct "<2sBBIqqII", then the tile counts), one record per entity
+    head["magic"], head["version"], head["crc"], head["ms"] = MAGIC, VERSION, codec.crc, ms
+    head["flags"] = _HAS_MAX | np.where(has_last, _HAS_LAST, 0)
+    head["last"] = np.where(has_last, ts[np.maximum(before, 0)], 0)
+    head["n_raw"], head["n_ids"] = n_raw, n_ids
+    if layout.hops:
+        head["levels"] = np.stack(n_tiles, axis=1)
+    return _interleave([(head, np.ones(n_groups, np.int64)), *pieces])
+
+
+def _tie_order(comp: np.ndarray, keys: list[np.ndarray]) -> np.ndarray:
+    """The permutation ordering sorted ``comp`` and then ``keys`` (first key first)."""
+    perm = np.arange(len(comp))
+    tie = np.r_[False, comp[1:] == comp[:-1]] if len(comp) else comp > 0
+    tie[:-1] |= tie[1:]
+    at = np.flatnonzero(tie)
+    if len(at):
+        perm[at] = at[np.lexsort((*[k[at] for k in reversed(keys)], comp[at]))]
+    return perm
+
+
+def _txid_hashes(txids: Any, rows: np.ndarray) -> np.ndarray:
+    """:func:`features.engine.txid_hash` of the given rows, as uint64."""
+    if isinstance(txids, pa.Array):
+        raw = txids.take(pa.array(rows)).cast(pa.binary()).to_pylist()
+    else:
+        raw = [str(s).encode() for s in txids[rows]]
+    blake = hashlib.blake2b
+    blob = b"".join([blake(s, digest_size=8).digest() for s in raw])
+    return np.frombuffer(blob, dtype="<u8")
+
+
+class _Tiles:
+    """Tile components of one field: events ``[start, stop)`` of the index per tile;
+    ``sel`` are the level's events and ``cuts`` where each tile starts among them."""
+
+    def __init__(self, index: EventIndex, field: str, v: np.ndarray, start: np.ndarray,
+                 stop: np.ndarray, sel: np.ndarray, cuts: np.ndarray) -> None:  # fmt: skip
+        self.index, self.field, self.v = index, field, v
+        self.start, self.stop, self.sel, self.cuts = start, stop, sel, cuts
+        self.n = stop - start
+
+    def component(self, comp: str) -> np.ndarray:
+        if not len(self.start):
+            return np.zeros(0, "<f8")
+        if comp in ("min", "max"):
+            fn = np.minimum if comp == "min" else np.maximum
+            return fn.reduceat(self.v[self.sel], self.cuts).astype("<f8")
+        known = self.field in self.index.values
+        m = self.index.moments(self.field, squares=False) if known else None
+        if comp == "sum":
+            if m is None:
+                return self._slow(moments.total)
+            s1 = [c[self.stop] - c[self.start] for c in m.s1]
+            out, exact = _digits_to_float(s1, m.scale, m.width)
+            odd = np.flatnonzero(~exact)
+            if len(odd):
+                ones = np.ones(len(odd), np.int64).astype(object)
+                out[odd] = _exact_ratio(_as_int([d[odd] for d in s1], m.width), ones, m.scale)
+            return out.astype("<f8")
+        out = np.zeros(len(self.start), "<f8")  # m2: 0 for one event
+        many = np.flatnonzero(self.n >= 2)
+        if not len(many):
+            return out
+        if m is None or not self._m2(m, many, out):
+            out[many] = self._slow(moments.m2)[many]
+        return out
+
+    def _m2(self, m: Any, many: np.ndarray, out: np.ndarray) -> bool:
+        """Correctly rounded Σ(x - mean)² of the tiles ``many`` from exact Σx and Σx²."""
+        start, n = self.start[many], self.n[many]
+        cuts = np.r_[0, np.cumsum(n)[:-1]]
+        x = self.v[np.repeat(start - cuts, n) + np.arange(int(n.sum()))]
+        ax = np.abs(x[x != 0])
+        if len(ax) and (ax.min() < 2.0**-300 or ax.max() > 2.0**300):
+            return False
+        p, e = two_product(x)  # Σx² = Σp + Σe exactly
+        width = 61 - len(x).bit_length()
+        dp, de = digits(p, width, 2 * m.scale), digits(e, width, 2 * m.scale)
+        if dp is None or de is None:
+            return False
+        s2 = _as_int([np.add.reduceat(d, cuts) for d in dp.parts], width)
+        s2 += _as_int([np.add.reduceat(d, cuts) for d in de.parts], width)
+        s1 = _as_int([c[self.stop[many]] - c[start] for c in m.s1], m.width)
+        n_obj = n.astype(object)
+        out[many] = _exact_ratio(n_obj * s2 - s1 * s1, n_obj, 2 * m.scale)
+        return True
+
+    def _slow(self, fn: Any) -> np.ndarray:
+        """Tiles folded event by event with :mod:`features.moments` (data too wide for digits)."""
+        out = np.zeros(len(self.start), "<f8")
+        for i, (a, b) in enumerate(zip(self.start.tolist(), self.stop.tolist(), strict=True)):
+            tile = moments.empty()
+            for x in self.v[a:b].tolist():
+                moments.add(tile, x)
+            out[i] = fn(tile)
+        return out
+
+
+def two_product(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``x² == p + e`` exactly (Dekker's split), for |x| within 2^±300."""
+    c = 134_217_729.0 * x
+    hi = c - (c - x)
+    lo = x - hi
+    p = x * x
+    return p, ((hi * hi - p) + 2.0 * hi * lo) + lo * lo
+
+
+def _as_int(parts: list[np.ndarray], width: int) -> np.ndarray:
+    """Digit sums as exact Python ints (an object array)."""
+    acc = parts[-1].astype(object)
+    for p in reversed(parts[:-1]):
+        acc = (acc << width) + p.astype(object)
+    return acc
+
+
+def _exact_ratio(num: np.ndarray, den: np.ndarray, scale: int) -> np.ndarray:
+    """``num / (den · 2^scale)`` correctly rounded (Python's int division is)."""
+    if scale >= 0:
+        return np.asarray(num / (den << scale), dtype=np.float64)
+    return np.asarray((num << -scale) / den, dtype=np.float64)
+
+
+def _digits_to_float(
+    parts: list[np.ndarray], scale: int, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(value, is it correctly rounded) of non-negative digit sums."""
+    d = [p.copy() for p in parts]
+    for i in range(len(d) - 1):  # carry so every digit but the top is below 2^width
+        c = d[i] >> width
+        d[i] -= c << width
+        d[i + 1] += c
+    v = d[-1].astype(np.float64)
+    for p in reversed(d[:-1]):
+        v = v * 2.0**width + p
+    exact = (d[-1] >= 0) & (d[1] < 2**53 if len(d) > 1 else d[0] >= 0)
+    for p in d[2:]:
+        exact &= p == 0
+    return np.ldexp(v, -scale), exact
+
+
+def _interleave(pieces: list[tuple[np.ndarray, np.ndarray]]) -> list[bytes]:
+    """Per entity, its items of every piece in piece order, as one bytes object. Every item
+    is a whole number of 4-byte units, so the shuffle is one scatter per piece."""
+    units = [np.frombuffer(a.tobytes(), "<u4") for a, _ in pieces]
+    counts = np.stack([c * (a.dtype.itemsize // 4) for a, c in pieces])
+    start = np.r_[0, np.cumsum(counts.sum(axis=0))]
+    within = np.cumsum(counts, axis=0) - counts
+    out = np.empty(int(start[-1]), "<u4")
+    for u, c, w in zip(units, counts, within, strict=True):
+        src = np.r_[0, np.cumsum(c)[:-1]]
+        out[np.repeat(start[:-1] + w - src, c) + np.arange(len(u))] = u
+    blob = out.tobytes()
+    return [
+        blob[a:b] for a, b in zip((start[:-1] * 4).tolist(), (start[1:] * 4).tolist(), strict=True)
+    ]

@@ -1,0 +1,286 @@
+"""The backfill job: events Parquet -> point-in-time features, Feast offline tables, end states.
+
+``DIR/features.parquet``
+    one row per spine row: the spine's columns, then every feature by name.
+``DIR/feast/<entity>_features.parquet``
+    Feast's offline source: one row per (entity, event time) with the features as of
+    just after that event; the entity's last row also carries its engine state, so
+    ``feast materialize`` bootstraps the online store (R4).
+``DIR/rejects.parquet``, ``DIR/late.parquet``, ``DIR/summary.json``
+    what was not used, and why; nothing is dropped silently.
+
+Each entity's events are sorted once (:class:`features.backfill.EventIndex`) and that
+index serves the spine's features, the Feast tables and the end states.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from features.backfill import EventIndex, accept
+from features.definitions import Entity, FeatureSet
+from features.engine import Engine
+from features.events import SchemaError, validate_table
+from features.feast_objects import (
+    TIMESTAMP_FIELD,
+    bootstrap_field,
+    offline_table_name,
+    state_field,
+)
+from features.request import request_features
+from features.state_build import build_states
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class BackfillReport:
+    events: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    late: int = 0
+    accepted: int = 0
+    spine_rows: int = 0
+    entities: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+
+def _ms(col: pa.ChunkedArray, name: str) -> np.ndarray:
+    t = col.type
+    if pa.types.is_timestamp(t):
+        if t.tz is None:
+            raise SchemaError(f"column '{name}': timestamp without a time zone; store UTC")
+        return pc.cast(pc.cast(col, pa.timestamp("ms", tz="UTC")), pa.int64()).to_numpy()
+    if pa.types.is_integer(t):
+        return pc.cast(col, pa.int64()).to_numpy()
+    raise SchemaError(f"column '{name}': expected a UTC timestamp or epoch ms, found {t}")
+
+
+@dataclass(frozen=True)
+class AcceptedEvents:
+    """Accepted events as columns, in file order (``txids``: an Arrow string array)."""
+
+    ts: np.ndarray
+    keys: dict[str, np.ndarray]
+    fields: dict[str, np.ndarray]
+    txids: Any
+
+    def index(self, entity: str) -> EventIndex:
+        return EventIndex(self.keys[entity], self.ts, self.fields)
+
+
+def load_events(
+    fs: FeatureSet, table: pa.Table, report: BackfillReport
+) -> tuple[pa.Table, AcceptedEvents, pa.Table, pa.Table]:
+    """Validate, dedup and route too-late events, in file order.
+
+    Returns (valid first copies, accepted events, rejects, late rows)."""
+    report.events = table.num_rows
+    valid, rejects = validate_table(table)
+    report.rejected = rejects.num_rows
+    ts = pc.cast(valid.column("event_time"), pa.int64()).to_numpy()
+    txids = valid.column("transaction_id")
+    acc = accept(fs, valid.column(fs.primary.join_key).to_numpy(), txids, ts)
+    report.duplicates = int(acc.duplicate.sum())
+    report.late = int(acc.late.sum())
+    report.accepted = int(acc.accepted.sum())
+    late = valid.filter(pa.array(acc.late))
+    late = late.append_column("late_for", pa.array([fs.primary.name] * late.num_rows, pa.string()))
+    everyone = report.accepted == valid.num_rows
+
+    def take(a: np.ndarray) -> np.ndarray:
+        return a if everyone else a[acc.accepted]
+
+    fields = sorted({a.field for a in fs.aggregations if a.field})
+    events = AcceptedEvents(
+        ts=take(ts),
+        keys={e.name: take(valid.column(e.join_key).to_numpy()) for e in fs.entities},
+        fields={f: take(valid.column(f).to_numpy()).astype(np.float64) for f in fields},
+        txids=(txids if everyone else txids.filter(pa.array(acc.accepted))).combine_chunks(),
+    )
+    first = valid if not report.duplicates else valid.filter(pa.array(~acc.duplicate))
+    return first, events, rejects, late
+
+
+def compute_features(
+    fs: FeatureSet,
+    spine: pa.Table,
+    events: AcceptedEvents,
+    indexes: dict[str, EventIndex] | None = None,
+) -> pa.Table:
+    """The spine's columns plus every feature (window, then request-time) per row."""
+    for e in fs.entities:
+        if e.join_key not in spine.column_names:
+            raise SchemaError(f"column '{e.join_key}': missing from the spine")
+    if "event_time" not in spine.column_names:
+        raise SchemaError("column 'event_time': missing from the spine")
+    q_t = _ms(spine.column("event_time"), "event_time")
+
+    def one(e: Entity) -> dict[str, np.ndarray]:
+        index = indexes[e.name] if indexes else events.index(e.name)
+        q_keys = pc.cast(spine.column(e.join_key), pa.int64()).to_numpy(zero_copy_only=False)
+        return index.features(fs, e.name, q_keys, q_t)
+
+    values: dict[str, np.ndarray] = {}
+    for v in each(one, fs.entities):
+        values.update(v)
+    if "amount" in spine.column_names:
+        amount = pc.cast(spine.column("amount"), pa.float64()).to_numpy(zero_copy_only=False)
+        req = request_features(amount, q_t, values.get("card_amount_mean_7d", np.nan))
+        values.update(zip(fs.request_features, req, strict=True))
+    names = [n for n in fs.feature_names if n in values and n not in spine.column_names]
+    return pa.Table.from_arrays(
+        [*spine.columns, *(pa.array(values[n]) for n in names)], [*spine.column_names, *names]
+    )
+
+
+# -- end states --------------------------------------------------------------------------
+
+
+def end_states(
+    fs: FeatureSet, events: AcceptedEvents, indexes: dict[str, EventIndex] | None = None
+) -> dict[str, dict[int, bytes]]:
+    """Each entity's engine state after all its accepted events, as codec bytes.
+
+    Built directly from the sorted events: the state after any replay holds exactly the
+    events its retention keeps (raw events, tiles per level bucket, ids), so tiles are
+    group-bys and their exact sums come from integer digits. The bytes are identical to
+    replaying the events through :class:`features.engine.Engine` (tested)."""
+    engine = Engine(fs)
+
+    def one(e: Entity) -> dict[int, bytes]:
+        index = indexes[e.name] if indexes else events.index(e.name)
+        blobs = build_states(engine.layout(e.name), index, events.txids)
+        return dict(zip(index.uniq.tolist(), blobs, strict=True))
+
+    return dict(zip([e.name for e in fs.entities], each(one, fs.entities), strict=True))
+
+
+# -- Feast tables and the job ------------------------------------------------------------
+
+
+def feast_tables(
+    fs: FeatureSet,
+    events: AcceptedEvents,
+    states: dict[str, dict[int, bytes]],
+    indexes: dict[str, EventIndex] | None = None,
+) -> dict[str, pa.Table]:
+    """Per entity: one row per (entity, event time) with the as-of-last-event features; the
+    last row of each entity carries its state bytes."""
+
+    def one(e: Entity) -> pa.Table:
+        index = indexes[e.name] if indexes else events.index(e.name)
+        keys, ts, last, vals = index.features_after_events(fs, e.name)
+        blobs = pa.array([states[e.name][k] for k in keys[last].tolist()], pa.binary())
+        at = pa.array(np.cumsum(last) - 1, mask=~last)
+        cols = {
+            e.join_key: pa.array(keys, pa.int64()),
+            TIMESTAMP_FIELD: pa.array(ts, pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
+            **{name: pa.array(v) for name, v in vals.items()},
+            state_field(e): blobs.take(at),
+            bootstrap_field(e): blobs.take(at),
+        }
+        return pa.table(cols)
+
+    return dict(zip([e.name for e in fs.entities], each(one, fs.entities), strict=True))
+
+
+def each(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """``fn`` over ``items`` on as many threads as cores: numpy and Arrow release the GIL
+    in their heavy loops, so entities (and output files) proceed in parallel."""
+    items = list(items)
+    workers = min(len(items), os.cpu_count() or 1)
+    if workers <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, items))
+
+
+def _write(table: pa.Table, path: Path) -> None:
+    """Parquet with dictionary pages only for strings: on numeric columns they cost more
+    time than they save space."""
+    dictionary = [f.name for f in table.schema if pa.types.is_string(f.type)]
+    pq.write_table(table, path, use_dictionary=dictionary)
+
+
+@contextlib.contextmanager
+def small_pages() -> Iterator[None]:
+    """numpy asks the kernel for transparent huge pages on large arrays; under the usual
+    THP defrag policy (``madvise``) such a fault may compact memory synchronously, which
+    on the reference machine doubled the time of the numpy-heavy stages. Off for the
+    job, restored after."""
+    toggle = getattr(getattr(np, "_core", None), "multiarray", None)
+    set_madvise = getattr(toggle, "_set_madvise_hugepage", None)
+    if set_madvise is None:
+        yield
+        return
+    before = set_madvise(False)
+    try:
+        yield
+    finally:
+        set_madvise(before)
+
+
+def run_backfill(
+    fs: FeatureSet, events_path: Path, out_dir: Path, spine_path: Path | None = None
+) -> BackfillReport:
+    """The whole job; see the module docstring for what lands in ``out_dir``."""
+    with small_pages():
+        return _run(fs, events_path, out_dir, spine_path)
+
+
+def _run(
+    fs: FeatureSet, events_path: Path, out_dir: Path, spine_path: Path | None
+) -> BackfillReport:
+    report = BackfillReport()
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        report.seconds[name] = round(now - clock, 3)
+        clock = now
+
+    try:
+        table = pq.read_table(events_path)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise SchemaError(f"events: cannot read {events_path} as Parquet ({exc})") from None
+    lap("read")
+    valid, events, rejects, late = load_events(fs, table, report)
+    lap("validate_dedup_late")
+    spine = pq.read_table(spine_path) if spine_path else valid
+    report.spine_rows = spine.num_rows
+    names = [e.name for e in fs.entities]
+    indexes = dict(zip(names, each(events.index, names), strict=True))
+    features = compute_features(fs, spine, events, indexes)
+    lap("features")
+    states = end_states(fs, events, indexes)
+    report.entities = {name: len(s) for name, s in states.items()}
+    lap("end_states")
+    offline = feast_tables(fs, events, states, indexes)
+    lap("feast_tables")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "feast").mkdir(exist_ok=True)
+    files = [(features, "features.parquet"), (rejects, "rejects.parquet"), (late, "late.parquet")]
+    files += [(offline[e.name], f"feast/{offline_table_name(e)}") for e in fs.entities]
+    each(lambda f: _write(f[0], out_dir / f[1]), files)
+    lap("write")
+    (out_dir / "summary.json").write_text(report.to_json())
+    return report
