@@ -126,3 +126,110 @@ def check_online_states(
                 if math.isfinite(err):
                     skew.max_rel_error = max(skew.max_rel_error, err)
     return report
+
+
+@dataclass
+class PredictionSkew:
+    rows: int = 0
+    features: dict[str, FeatureSkew] = field(default_factory=dict)
+    #: impact of the skew: |model(served vector) - model(backfill vector)|, same model version
+    max_score_delta: float = 0.0
+    #: |logged score - model(served vector)|: the log is consistent with what was served
+    max_logged_score_error: float = 0.0
+    rows_with_mismatch: int = 0
+
+    @property
+    def mismatches(self) -> int:
+        return sum(f.mismatches for f in self.features.values())
+
+
+def check_predictions(
+    fs: FeatureSet, log: Any, events: AcceptedEvents, registry_dir: Any | None = None
+) -> PredictionSkew:
+    """Every logged prediction's features vs the backfill at the same event time, and
+    what the difference does to the score (rescored with the logged model version)."""
+    from flows.backfill import compute_features
+
+    out = PredictionSkew(rows=log.num_rows)
+    if not log.num_rows:
+        return out
+    spine = log.select(["transaction_id", "card_id", "merchant_id", "amount", "event_time"])
+    want = compute_features(fs, spine, events)
+    ops = {a.name: a.op for a in fs.aggregations}
+    scale = float(max((v.max() for v in events.fields.values() if len(v)), default=1.0))
+    bad_rows = np.zeros(log.num_rows, dtype=bool)
+    X = np.empty((log.num_rows, len(fs.feature_names)))  # the backfill's vectors
+    S = np.empty_like(X)  # the served ones
+    for j, name in enumerate(fs.feature_names):
+        got = log.column(f"f_{name}").to_numpy(zero_copy_only=False).astype(np.float64)
+        exp = pc_fill(want.column(name))
+        X[:, j], S[:, j] = exp, got
+        skew = out.features.setdefault(name, FeatureSkew())
+        for i in range(log.num_rows):
+            ok, err = values_agree(ops.get(name, Op.SUM), float(got[i]), float(exp[i]), scale)
+            skew.compared += 1
+            if not ok:
+                skew.mismatches += 1
+                bad_rows[i] = True
+                if len(skew.examples) < 5:
+                    tx = log.column("transaction_id")[i].as_py()
+                    skew.examples.append(
+                        {"transaction_id": tx, "served": float(got[i]), "backfill": float(exp[i])}
+                    )
+            if math.isfinite(err):
+                skew.max_rel_error = max(skew.max_rel_error, err)
+    out.rows_with_mismatch = int(bad_rows.sum())
+    if registry_dir is not None:
+        from flows.registry import resolve
+        from serving.model import load_model
+
+        scores = log.column("score").to_numpy()
+        versions = log.column("model_version").to_pylist()
+        for version in set(versions):
+            model = load_model(resolve(registry_dir, version), fs.fingerprint())
+            rows = np.array([v == version for v in versions])
+            cols = [fs.feature_names.index(n) for n in model.feature_names]
+            served = model.predict(S[rows][:, cols])
+            delta = np.abs(served - model.predict(X[rows][:, cols]))
+            out.max_score_delta = max(out.max_score_delta, float(delta.max()))
+            logged = float(np.abs(served - scores[rows]).max())
+            out.max_logged_score_error = max(out.max_logged_score_error, logged)
+    return out
+
+
+def pc_fill(col: Any) -> np.ndarray:
+    """A feature column as float64 with nulls as NaN."""
+    return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+def run_verify(args: Any, settings: Any) -> int:
+    """``skewless verify``: print the skew report as JSON; exit 1 on any mismatch."""
+    import json as _json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from features.online_store import FeastStore, RedisStore
+    from features.reference import REFERENCE
+    from flows.backfill import BackfillReport, load_events
+
+    _, events, _, _ = load_events(REFERENCE, pq.read_table(args.events), BackfillReport())
+    store: OnlineStore
+    if settings.redis_url:
+        store = RedisStore(settings.redis_url, REFERENCE).build()
+    else:
+        store = FeastStore(REFERENCE, settings.data_dir / "feast").build()
+    state = check_online_states(REFERENCE, store, events, sample_per_entity=args.sample)
+    body: dict[str, Any] = {"online_state": _json.loads(state.to_json())}
+    total = state.mismatches
+    pred_dir = args.predictions or settings.data_dir / "predictions"
+    files = sorted(pred_dir.glob("predictions-*.parquet")) if pred_dir.exists() else []
+    if files:
+        log = pa.concat_tables([pq.read_table(f) for f in files])
+        registry = args.registry or settings.registry_dir
+        preds = check_predictions(REFERENCE, log, events, registry if registry.exists() else None)
+        body["predictions"] = {**asdict(preds), "mismatches": preds.mismatches}
+        total += preds.mismatches
+    body["mismatches"] = total
+    print(_json.dumps(body, indent=2, sort_keys=True))
+    return 1 if total else 0

@@ -65,6 +65,18 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--rate", type=float, default=0.0, help="events/s (0 = as fast as possible)")
     pr.add_argument("--topic", help="default: SKEWLESS_TOPIC")
 
+    v = sub.add_parser(
+        "verify", help="skew report: online state and logged predictions vs backfill"
+    )
+    v.add_argument("--events", type=Path, required=True, help="every event the stream saw")
+    v.add_argument(
+        "--predictions", type=Path, help="prediction log dir (default <data-dir>/predictions)"
+    )
+    v.add_argument(
+        "--registry", type=Path, help="to rescore mismatches (default SKEWLESS_REGISTRY_DIR)"
+    )
+    v.add_argument("--sample", type=int, default=1000, help="entities per entity type")
+
     bench = sub.add_parser("bench", help="benchmarks, JSON results with same-run baselines")
     bench.add_argument(
         "suites", nargs="*", default=[], help="backfill, stream, serve (default: all)"
@@ -136,6 +148,13 @@ def _produce(args: argparse.Namespace, settings: Settings) -> int:
     )
     print(report.to_json())
     return 0 if report.failed == 0 else 1
+
+
+@command("verify")
+def _verify(args: argparse.Namespace, settings: Settings) -> int:
+    from flows.verify import run_verify
+
+    return run_verify(args, settings)
 
 
 @command("bench")

@@ -1,27 +1,89 @@
-"""`skewless demo` end to end (smaller), so the README's first command cannot rot."""
+"""`skewless demo` end to end (smaller), so the README's first command cannot rot, and
+`skewless verify` on what it left behind."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_demo_runs_the_whole_loop_with_zero_skew(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "skewless", "--data-dir", str(tmp_path), "demo", "--events", "40000", "--score", "200"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+def _skewless(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "skewless", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    data = tmp_path_factory.mktemp("demo")
+    return data / "demo", _skewless(
+        "--data-dir", str(data), "demo", "--events", "40000", "--score", "200"
+    )
+
+
+def test_demo_runs_the_whole_loop_with_zero_skew(
+    demo: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    out, done = demo
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text())
     assert report["skew_online_state"]["mismatches"] == 0
     assert report["skew_online_state"]["compared"] > 1000
     assert report["skew_scored"]["mismatches"] == 0
     assert report["skew_scored"]["compared"] == 15 * report["scoring"]["requests"]
     assert report["scoring"]["requests"] > 0
     assert report["model"]["roc_auc"] > 0.8
-    assert (tmp_path / "demo" / "report.html").read_text().count("<img") >= 2
+    assert (out / "report.html").read_text().count("<img") >= 2
     assert "skew, features used by Score vs backfill: 0 mismatches" in done.stdout
+
+
+def test_verify_passes_on_the_demo_and_catches_a_tampered_prediction(
+    demo: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
+    out, _ = demo
+    args = [
+        "--data-dir",
+        str(out),
+        "verify",
+        "--events",
+        str(out / "events.parquet"),
+        "--registry",
+        str(out / "registry"),
+    ]
+    ok = _skewless(*args)
+    assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-3000:]
+    body = json.loads(ok.stdout)
+    assert body["mismatches"] == 0 and body["predictions"]["rows"] > 0
+    assert body["predictions"]["max_score_delta"] == 0.0  # no skew, no score impact
+    assert body["predictions"]["max_logged_score_error"] < 1e-6  # the log is what was served
+
+    # the same log with one served feature off by 1: verify must fail and name it
+    bad = tmp_path / "demo"
+    shutil.copytree(out, bad)
+    [f] = sorted((bad / "predictions").glob("predictions-*.parquet"))
+    log = pq.read_table(f)
+    col = log.column("f_card_txn_count_24h")
+    log = log.set_column(
+        log.schema.get_field_index("f_card_txn_count_24h"), "f_card_txn_count_24h", pc.add(col, 1.0)
+    )
+    pq.write_table(log, f)
+    args[1] = str(bad)
+    failed = _skewless(*args)
+    assert failed.returncode == 1
+    body = json.loads(failed.stdout)
+    assert body["predictions"]["features"]["card_txn_count_24h"]["mismatches"] == log.num_rows
+    assert body["predictions"]["features"]["card_amount_sum_24h"]["mismatches"] == 0
+    assert body["predictions"]["max_score_delta"] > 0
