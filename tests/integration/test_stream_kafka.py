@@ -256,3 +256,46 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_skewless_verify_gates_the_real_kafka_redis_run(
+    main_run: dict[str, Any], tmp_path: Path
+) -> None:
+    """The CI gate: `skewless verify` over the real run's Redis exits 0 (and 1 once a
+    state is damaged)."""
+    import os
+
+    import pyarrow.parquet as pq
+    import redis
+
+    pq.write_table(main_run["table"], tmp_path / "events.parquet")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SKEWLESS_")}
+    env.update(SKEWLESS_REDIS_URL=main_run["url"], SKEWLESS_DATA_DIR=str(tmp_path))
+    cmd = [
+        sys.executable,
+        "-m",
+        "skewless",
+        "verify",
+        "--events",
+        str(tmp_path / "events.parquet"),
+        "--sample",
+        "300",
+    ]
+    ok = subprocess.run(cmd, cwd=sup.ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-2000:]
+
+    # drop one merchant's state: verify must now fail and say so
+    store = RedisStore(main_run["url"], REFERENCE).build()
+    merchant = int(main_run["table"].column("merchant_id")[0].as_py())
+    client = redis.Redis.from_url(main_run["url"])
+    saved = client.hgetall(store.key("merchant", merchant))
+    client.delete(store.key("merchant", merchant))
+    try:
+        cmd[-1] = "100000"  # every entity
+        bad = subprocess.run(
+            cmd, cwd=sup.ROOT, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert bad.returncode == 1
+        assert '"merchant": 1' in bad.stdout  # one missing state
+    finally:
+        client.hset(store.key("merchant", merchant), mapping=saved)
