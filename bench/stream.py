@@ -88,11 +88,14 @@ def naive_push(redis_url: str, table: pa.Table, work: Path, limit: int) -> dict[
     """Per event: engine update, then ``FeatureStore.push`` of the entity's features."""
     import pandas as pd
 
+    from features.codec import StateCodec
+    from features.feast_objects import bootstrap_field, state_field
     from features.online_store import open_feature_store
 
     store = open_feature_store(REFERENCE, redis_url, work / "naive-feast")
     engine = Engine(REFERENCE)
     layouts = {e.name: engine.layout(e.name) for e in REFERENCE.entities}
+    codecs = {name: StateCodec(layout) for name, layout in layouts.items()}
     states: dict[tuple[str, int], Any] = {}
     rows = table.slice(0, limit).to_pylist()
     start = time.perf_counter()
@@ -104,6 +107,7 @@ def naive_push(redis_url: str, table: pa.Table, work: Path, limit: int) -> dict[
             state = states.setdefault(key, layout.new_state())
             layout.update(state, ts, (r["amount"],))
             values = dict(zip(layout.names, layout.as_of_last(state), strict=True))
+            values[state_field(e)] = values[bootstrap_field(e)] = codecs[e.name].encode(state)
             df = pd.DataFrame(
                 [{e.join_key: r[e.join_key], "event_timestamp": r["event_time"], **values}]
             )
