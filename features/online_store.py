@@ -215,6 +215,7 @@ def repo_config(fs: FeatureSet, redis_url: str, workdir: Path) -> Any:
 
     from feast.repo_config import RepoConfig
 
+    workdir = workdir.resolve()
     if redis_url:
         u = urlparse(redis_url)
         db = (u.path or "/0").lstrip("/") or "0"
@@ -240,6 +241,7 @@ def open_feature_store(
     """A Feast ``FeatureStore`` with the generated objects applied (idempotent)."""
     from feast import FeatureStore
 
+    workdir = workdir.resolve()  # Feast resolves relative paths against repo_path again
     workdir.mkdir(parents=True, exist_ok=True)
     store = FeatureStore(config=repo_config(fs, redis_url, workdir), repo_path=str(workdir))
     store.apply(build_feast_objects(fs, data_dir or workdir / "offline").all())

@@ -54,7 +54,7 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     from flows.train import train_model
     from flows.verify import check_online_states
 
-    out: Path = args.out or settings.data_dir / "demo"
+    out: Path = (args.out or settings.data_dir / "demo").resolve()
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)

@@ -16,10 +16,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _skewless(*args: str) -> subprocess.CompletedProcess[str]:
+def _skewless(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "skewless", *args],
-        cwd=ROOT,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=600,
@@ -29,9 +29,9 @@ def _skewless(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
     data = tmp_path_factory.mktemp("demo")
-    return data / "demo", _skewless(
-        "--data-dir", str(data), "demo", "--events", "40000", "--score", "200"
-    )
+    # a relative data dir, as `make demo` uses
+    done = _skewless("--data-dir", "out", "demo", "--events", "40000", "--score", "200", cwd=data)
+    return data / "out" / "demo", done
 
 
 def test_demo_runs_the_whole_loop_with_zero_skew(
