@@ -143,9 +143,12 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 def _pick(meta: dict[str, Any]) -> dict[str, Any]:
     test = meta.get("metrics", {}).get("test", {})
-    keys = ("roc_auc", "pr_auc", "log_loss", "precision", "recall")
-    return {k: round(float(test[k]), 4) for k in keys if k in test} | {
-        "threshold": meta.get("threshold")
+    keys = ("roc_auc", "pr_auc", "log_loss", "precision_at_threshold", "recall_at_threshold")
+    picked = {k: round(float(test[k]), 4) for k in keys if k in test}
+    ablation = meta.get("ablation", {}).get("request_only", {})
+    return picked | {
+        "threshold": meta.get("threshold"),
+        "request_only_pr_auc": round(float(ablation.get("pr_auc", float("nan"))), 4),
     }
 
 

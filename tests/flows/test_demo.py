@@ -46,6 +46,8 @@ def test_demo_runs_the_whole_loop_with_zero_skew(
     assert report["skew_scored"]["compared"] == 15 * report["scoring"]["requests"]
     assert report["scoring"]["requests"] > 0
     assert report["model"]["roc_auc"] > 0.8
+    assert report["model"]["pr_auc"] > report["model"]["request_only_pr_auc"]  # windows matter
+    assert 0 < report["model"]["recall_at_threshold"] <= 1
     assert (out / "report.html").read_text().count("<img") >= 2
     assert "skew, features used by Score vs backfill: 0 mismatches" in done.stdout
 
