@@ -73,6 +73,9 @@ class StateCodec:
             }
             needs.append(tuple(c for c in (SUM, M2, MIN, MAX) if c in wanted))
         self.needs = tuple(needs)
+        self._slots = tuple(
+            tuple(nd.index(c) if c in nd else -1 for c in (SUM, M2, MIN, MAX)) for nd in needs
+        )
         if layout.horizon_ms + layout.fine_hop > _U32_MAX or (layout.lateness_ms or 0) > _U32_MAX:
             raise ValueError("exact_horizon: too long to encode time offsets in 32 bits")
         signature = repr(
@@ -131,58 +134,68 @@ class StateCodec:
                 f"(layout {crc:08x}, running {self.crc:08x}); rebuild it with a backfill"
             )
         counts = self._levels.unpack_from(data, _HEAD.size)
-        r = _Reader(data, _HEAD.size + self._levels.size)
+        nf = self.nf
+        # one unpack for the whole body: the header's counts give its exact layout
+        fmt = [f"<{n_raw}I{nf * n_raw}d{n_ids}I{n_ids}Q"]
+        fmt += [f"{2 * c}I{c * len(nd) * nf}d" for nd, c in zip(self.needs, counts, strict=True)]
+        body = "".join(fmt)
+        off = _HEAD.size + self._levels.size
+        if off + struct.calcsize(body) != len(data):
+            raise ValueError(
+                f"state: {len(data)} bytes do not match its header; the state is corrupt"
+            )
+        v = struct.unpack_from(body, data, off)
         state = self.layout.new_state()
         state.max_seen = ms if flags & _HAS_MAX else None
         state.last_before_raw = last if flags & _HAS_LAST else None
-        raw_off = r.take("I", n_raw)
-        vals = [r.take("d", n_raw) for _ in range(self.nf)]
-        state.raw_ts = [ms - d for d in raw_off]
-        state.raw_vals = list(zip(*vals, strict=True)) if n_raw else []
-        if readonly:
-            r.off += 12 * n_ids
-        else:
-            id_off = r.take("I", n_ids)
-            state.ids = {h: ms - d for d, h in zip(id_off, r.take("Q", n_ids), strict=True)}
-        for needs, hop, count, level in zip(
-            self.needs, self.layout.hops, counts, state.levels, strict=True
+        state.raw_ts = [ms - d for d in v[:n_raw]]
+        p = n_raw
+        if n_raw:
+            state.raw_vals = list(
+                zip(*(v[p + f * n_raw : p + (f + 1) * n_raw] for f in range(nf)), strict=True)
+            )
+        p += nf * n_raw
+        if not readonly:
+            state.ids = {
+                h: ms - d
+                for d, h in zip(v[p : p + n_ids], v[p + n_ids : p + 2 * n_ids], strict=True)
+            }
+        p += 2 * n_ids
+        for needs, slots, hop, count, level in zip(
+            self.needs, self._slots, self.layout.hops, counts, state.levels, strict=True
         ):
             if not count:
                 continue
-            cur = ms // hop
-            width = len(needs)
-            flat = r.take("I", 2 * count)
-            comps = r.take("d", count * width * self.nf)
-            make = _light_tile if readonly else _tile
-            for i in range(count):
-                tiles = []
-                for f in range(self.nf):
-                    base = f * width * count + i
-                    got = {c: comps[base + ci * count] for ci, c in enumerate(needs)}
-                    tiles.append(make(flat[count + i], got))
-                level[cur - flat[i]] = tiles
-        if r.off != len(data):
-            raise ValueError(f"state: {len(data) - r.off} trailing bytes; the state is corrupt")
+            cur, width = ms // hop, len(needs)
+            buckets, ns = v[p : p + count], v[p + count : p + 2 * count]
+            p += 2 * count
+            for f in range(nf):
+                comps = [
+                    v[p + (f * width + ci) * count : p + (f * width + ci + 1) * count]
+                    for ci in range(width)
+                ]
+                isum, im2, imin, imax = slots
+                for i in range(count):
+                    sm = comps[isum][i] if isum >= 0 else 0.0
+                    m2 = comps[im2][i] if im2 >= 0 else 0.0
+                    mn = comps[imin][i] if imin >= 0 else math.inf
+                    mx = comps[imax][i] if imax >= 0 else -math.inf
+                    tile = (
+                        [ns[i], 0, 0, 0, mn, mx, 1, (sm, m2)]
+                        if readonly
+                        else moments.from_summary(ns[i], sm, m2, mn, mx)
+                    )
+                    b = cur - buckets[i]
+                    if f == 0:
+                        level[b] = [tile]
+                    else:
+                        level[b].append(tile)
+            p += count * width * nf
         return state
 
 
 def _pack(code: str, values: list[Any]) -> bytes:
     return struct.pack(f"<{len(values)}{code}", *values) if values else b""
-
-
-class _Reader:
-    def __init__(self, data: bytes, off: int) -> None:
-        self.data, self.off = data, off
-
-    def take(self, code: str, count: int) -> tuple[Any, ...]:
-        if not count:
-            return ()
-        fmt = struct.Struct(f"<{count}{code}")
-        if self.off + fmt.size > len(self.data):
-            raise ValueError("state: truncated; the state is corrupt")
-        out = fmt.unpack_from(self.data, self.off)
-        self.off += fmt.size
-        return out
 
 
 def _components(tiles: list[moments.Tile], comp: str) -> list[float]:
@@ -192,21 +205,3 @@ def _components(tiles: list[moments.Tile], comp: str) -> list[float]:
         return [moments.summary(t)[1] for t in tiles]
     slot = moments.MIN if comp == MIN else moments.MAX
     return [float(t[slot]) for t in tiles]
-
-
-def _tile(n: int, comps: dict[str, float]) -> moments.Tile:
-    return moments.from_summary(
-        n,
-        comps.get(SUM, 0.0),
-        comps.get(M2, 0.0),
-        comps.get(MIN, math.inf),
-        comps.get(MAX, -math.inf),
-    )
-
-
-def _light_tile(n: int, comps: dict[str, float]) -> moments.Tile:
-    """Summary only: enough to finalize, not to add to."""
-    return [
-        n, 0, 0, 0, comps.get(MIN, math.inf), comps.get(MAX, -math.inf), 1,
-        (comps.get(SUM, 0.0), comps.get(M2, 0.0)),
-    ]  # fmt: skip

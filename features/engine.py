@@ -233,28 +233,67 @@ class EntityLayout:
         return out
 
     def _collect(self, state: EntityState, g: _Group, t: int, accs: list[list[float]]) -> None:
-        """Merge, in a canonical order, the tiles then raw events that make up g's window."""
+        """Merge, in a canonical order (by bucket, then raw by time), the tiles then raw
+        events that make up g's window. Same arithmetic as ``moments.acc_merge_tile`` and
+        ``moments.acc_add``, inlined: this is the serving and streaming hot path."""
         need_m2 = g.need_m2
+        hops, levels = self.hops, state.levels
         cursor = (t // g.hop_ms) * g.hop_ms - g.length_ms
+        found: list[list[moments.Tile]] = []
         for j in range(g.level, -1, -1):
-            hop = self.hops[j]
+            hop = hops[j]
             end = (t // hop) * hop
             if end <= cursor:
                 continue
-            lo, hi = cursor // hop, end // hop
-            level = state.levels[j]
-            if hi - lo < len(level):
-                found = [level[b] for b in range(lo, hi) if b in level]
-            else:
-                found = [v for b, v in sorted(level.items()) if lo <= b < hi]
-            for tiles in found:
-                for acc, tile in zip(accs, tiles, strict=True):
-                    moments.acc_merge_tile(acc, tile, need_m2)
+            level = levels[j]
+            if level:
+                lo, hi = cursor // hop, end // hop
+                if hi - lo < len(level):
+                    found += [level[b] for b in range(lo, hi) if b in level]
+                else:
+                    found += [v for b, v in sorted(level.items()) if lo <= b < hi]
             cursor = end
         raw_ts = state.raw_ts
-        for i in range(bisect_left(raw_ts, cursor), bisect_left(raw_ts, t)):
-            for acc, x in zip(accs, state.raw_vals[i], strict=True):
-                moments.acc_add(acc, x, need_m2)
+        i0, i1 = bisect_left(raw_ts, cursor), bisect_left(raw_ts, t)
+        for f, acc in enumerate(accs):
+            n, total, mean, m2, mn, mx = acc
+            for tiles in found:
+                tile = tiles[f]
+                nb = tile[0]
+                if not nb:
+                    continue
+                summ = tile[7]
+                if summ is None:
+                    summ = moments.summary(tile)
+                sb = summ[0]
+                if need_m2:
+                    mb = sb / nb
+                    if n:
+                        tot = n + nb
+                        delta = mb - mean
+                        mean += delta * nb / tot
+                        m2 += summ[1] + delta * delta * n * nb / tot
+                    else:
+                        mean, m2 = mb, summ[1]
+                n += nb
+                total += sb
+                if tile[4] < mn:
+                    mn = tile[4]
+                if tile[5] > mx:
+                    mx = tile[5]
+            for vals in state.raw_vals[i0:i1]:
+                x = vals[f]
+                n += 1
+                total += x
+                if need_m2:
+                    delta = x - mean
+                    mean += delta / n
+                    m2 += delta * (x - mean)
+                if x < mn:
+                    mn = x
+                if x > mx:
+                    mx = x
+            acc[:] = [n, total, mean, m2, mn, mx]
 
     def _last_before(self, state: EntityState, t: int) -> int | None:
         i = bisect_left(state.raw_ts, t)
