@@ -106,7 +106,7 @@ def naive_push(redis_url: str, table: pa.Table, work: Path, limit: int) -> dict[
             key = (e.name, r[e.join_key])
             state = states.setdefault(key, layout.new_state())
             layout.update(state, ts, (r["amount"],))
-            values = dict(zip(layout.names, layout.as_of_last(state), strict=True))
+            values: dict[str, Any] = dict(zip(layout.names, layout.as_of_last(state), strict=True))
             values[state_field(e)] = values[bootstrap_field(e)] = codecs[e.name].encode(state)
             df = pd.DataFrame(
                 [{e.join_key: r[e.join_key], "event_timestamp": r["event_time"], **values}]
