@@ -46,7 +46,7 @@ def _free_port() -> int:
 def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     from bytewax.testing import run_main
 
-    from features.online_store import FeastStore, open_feature_store
+    from features.online_store import FeastStore, RedisStore, open_feature_store
     from flows.backfill import BackfillReport, load_events, run_backfill
     from flows.simulate import SimulationConfig, simulate, write_events
     from flows.stream import StreamConfig, build_flow
@@ -55,6 +55,18 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     from flows.verify import check_online_states
 
     out: Path = (args.out or settings.data_dir / "demo").resolve()
+    kafka = settings.kafka_bootstrap if args.kafka else ""
+    redis_url = settings.redis_url if args.redis else ""
+    if args.kafka and not kafka:
+        raise ValueError(
+            "--kafka: set SKEWLESS_KAFKA_BOOTSTRAP (start a broker with "
+            "`scripts/services.sh kafka-start DIR`)"
+        )
+    if args.redis and not redis_url:
+        raise ValueError(
+            "--redis: set SKEWLESS_REDIS_URL "
+            "(start Redis with `scripts/services.sh redis-start DIR`)"
+        )
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -88,15 +100,22 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
 
     t = _step("feast materialize the backfill's end state (bootstrap)")
     feast_dir = out / "feast"
-    fstore = open_feature_store(REFERENCE, "", feast_dir, data_dir=out / "backfill" / "feast")
+    fstore = open_feature_store(
+        REFERENCE, redis_url, feast_dir, data_dir=out / "backfill" / "feast"
+    )
     from datetime import UTC, datetime
 
     fstore.materialize(datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
 
-    t = _step(f"stream the latest day ({latest.num_rows:,} events) through the Bytewax flow")
+    source = f"Kafka at {kafka}" if kafka else "a Parquet replay"
+    t = _step(f"stream the latest day ({latest.num_rows:,} events) from {source} through Bytewax")
+    topic = ""
+    if kafka:
+        topic = _produce(kafka, latest)
+    replay = None if kafka else out / "latest_day.parquet"
     cfg = StreamConfig(
-        store=StoreConfig(workdir=feast_dir), replay_path=out / "latest_day.parquet",
-        out_dir=out / "stream", tail=False,
+        store=StoreConfig(redis_url=redis_url, workdir=feast_dir), brokers=kafka, topic=topic,
+        replay_path=replay, out_dir=out / "stream", tail=False,
     )  # fmt: skip
     fresh_before = _hist(METRICS.freshness)
     run_main(build_flow(REFERENCE, cfg))
@@ -109,7 +128,11 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
 
     t = _step("skew check: online state vs backfill over all events")
     _, accepted, _, _ = load_events(REFERENCE, table, BackfillReport())
-    store = FeastStore(REFERENCE, feast_dir).build()
+    store = (
+        RedisStore(redis_url, REFERENCE).build()
+        if redis_url
+        else FeastStore(REFERENCE, feast_dir).build()
+    )
     skew = check_online_states(
         REFERENCE, store, accepted, sample_per_entity=1000, times_per_entity=4
     )
@@ -120,7 +143,7 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
         pc.greater_equal(pc.cast(latest.column("event_time"), pa.int64()), end - MS_PER_HOUR)
     )
     scored = scored.slice(0, args.score)
-    latencies, used = _score_over_grpc(out, scored)
+    latencies, used = _score_over_grpc(out, scored, redis_url)
     report["scoring"] = {
         "requests": len(latencies),
         "p50_ms": round(float(np.percentile(latencies, 50)), 3),
@@ -174,7 +197,26 @@ def _hist_summary(
             "share_within_500ms": round(within / total, 4) if total else None}  # fmt: skip
 
 
-def _score_over_grpc(out: Path, scored: pa.Table) -> tuple[list[float], list[dict[str, float]]]:
+def _produce(bootstrap: str, table: pa.Table) -> str:
+    """The events into a new topic (key = card id), as `skewless produce` sends them."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from flows.produce import produce_messages
+    from flows.stream_io import table_to_messages
+
+    topic = f"skewless-demo-{int(time.time())}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])[topic].result(60)
+    keys = (str(c).encode() for c in table.column("card_id").to_pylist())
+    report = produce_messages(bootstrap, topic, zip(keys, table_to_messages(table), strict=True))
+    if report.failed:
+        raise RuntimeError(f"produce: {report.failed} events not delivered ({report.first_error})")
+    return topic
+
+
+def _score_over_grpc(
+    out: Path, scored: pa.Table, redis_url: str = ""
+) -> tuple[list[float], list[dict[str, float]]]:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -185,7 +227,8 @@ def _score_over_grpc(out: Path, scored: pa.Table) -> tuple[list[float], list[dic
     port = _free_port()
     log = (out / "serve.log").open("wb")
     cmd = [sys.executable, "-m", "skewless", "--data-dir", str(out), "serve",
-           "--address", f"127.0.0.1:{port}", "--registry", str(out / "registry")]  # fmt: skip
+           "--address", f"127.0.0.1:{port}", "--registry", str(out / "registry"),
+           "--redis-url", redis_url]  # fmt: skip
     server = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
