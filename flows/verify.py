@@ -213,7 +213,11 @@ def run_verify(args: Any, settings: Any) -> int:
     from features.reference import REFERENCE
     from flows.backfill import BackfillReport, load_events
 
-    _, events, _, _ = load_events(REFERENCE, pq.read_table(args.events), BackfillReport())
+    if args.events is not None:
+        table = pq.read_table(args.events)
+    else:
+        table = read_topic(settings.kafka_bootstrap, args.topic or settings.topic, args.to_offset)
+    _, events, _, _ = load_events(REFERENCE, table, BackfillReport())
     store: OnlineStore
     if settings.redis_url:
         store = RedisStore(settings.redis_url, REFERENCE).build()
@@ -233,3 +237,52 @@ def run_verify(args: Any, settings: Any) -> int:
     body["mismatches"] = total
     print(_json.dumps(body, indent=2, sort_keys=True))
     return 1 if total else 0
+
+
+def read_topic(bootstrap: str, topic: str, to_offset: int | None = None) -> Any:
+    """A topic's valid events as an events table, partition by partition in offset order
+    (each card's order, which is what dedup and too-late routing depend on). Invalid
+    messages are skipped, as the flow sends them to the DLQ. ``to_offset`` (exclusive)
+    bounds every partition; default: up to the end at the time of the call."""
+    import pyarrow as pa
+    from confluent_kafka import Consumer, TopicPartition
+
+    from features.events import InvalidEventError, parse_event
+
+    if not bootstrap:
+        raise ValueError("--topic: set SKEWLESS_KAFKA_BOOTSTRAP (the broker to read from)")
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"skewless-verify-{topic}",
+                         "enable.auto.commit": False, "enable.partition.eof": True})  # fmt: skip
+    meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+    if meta is None or meta.error is not None:
+        raise ValueError(f"--topic: {topic} is not on {bootstrap}")
+    rows: list[dict[str, Any]] = []
+    for part in sorted(meta.partitions):
+        _, high = consumer.get_watermark_offsets(TopicPartition(topic, part), timeout=10)
+        end = high if to_offset is None else min(high, to_offset)
+        consumer.assign([TopicPartition(topic, part, 0)])
+        offset = 0
+        while offset < end:
+            msg = consumer.poll(5.0)
+            if msg is None:
+                raise TimeoutError(f"--topic: {topic}[{part}] stalled at offset {offset} of {end}")
+            if msg.error() is not None:
+                continue  # partition EOF
+            at = int(msg.offset() or 0)
+            offset = at + 1
+            if at >= end:
+                break
+            try:
+                e = parse_event(msg.value() or b"")
+            except InvalidEventError:
+                continue
+            rows.append({
+                "transaction_id": e.transaction_id, "card_id": e.card_id,
+                "merchant_id": e.merchant_id, "amount": e.amount, "currency": e.currency,
+                "country": e.country, "mcc": e.mcc, "event_time": e.event_time_ms,
+            })  # fmt: skip
+    consumer.close()
+    from flows.simulate import EVENT_SCHEMA
+
+    schema = pa.schema([f for f in EVENT_SCHEMA if f.name != "is_fraud"])
+    return pa.Table.from_pylist(rows, schema=schema.set(7, pa.field("event_time", pa.int64())))

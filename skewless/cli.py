@@ -68,7 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser(
         "verify", help="skew report: online state and logged predictions vs backfill"
     )
-    v.add_argument("--events", type=Path, required=True, help="every event the stream saw")
+    src = v.add_mutually_exclusive_group(required=True)
+    src.add_argument("--events", type=Path, help="every event the stream saw (Parquet)")
+    src.add_argument(
+        "--topic", help="or read them from this Kafka topic (SKEWLESS_KAFKA_BOOTSTRAP)"
+    )
+    v.add_argument("--to-offset", type=int, help="with --topic: stop before this offset")
     v.add_argument(
         "--predictions", type=Path, help="prediction log dir (default <data-dir>/predictions)"
     )

@@ -259,7 +259,7 @@ def _free_port() -> int:
 
 
 def test_skewless_verify_gates_the_real_kafka_redis_run(
-    main_run: dict[str, Any], tmp_path: Path
+    main_run: dict[str, Any], kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     """The CI gate: `skewless verify` over the real run's Redis exits 0 (and 1 once a
     state is damaged)."""
@@ -283,6 +283,14 @@ def test_skewless_verify_gates_the_real_kafka_redis_run(
     ]
     ok = subprocess.run(cmd, cwd=sup.ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-2000:]
+    # the same gate reading the events back from the topic itself (malformed ones skipped)
+    by_topic = [*cmd[:4], "--topic", main_run["topic"], "--sample", "300"]
+    env_k = {**env, "SKEWLESS_KAFKA_BOOTSTRAP": kafka_bootstrap}
+    ok = subprocess.run(
+        by_topic, cwd=sup.ROOT, env=env_k, capture_output=True, text=True, timeout=600
+    )
+    assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-2000:]
+    assert '"mismatches": 0' in ok.stdout
 
     # drop one merchant's state: verify must now fail and say so
     store = RedisStore(main_run["url"], REFERENCE).build()
