@@ -16,9 +16,10 @@ import numpy as np
 import pyarrow as pa
 
 from features import moments
-from features.backfill import EventIndex, digits
+from features.backfill import EventIndex
 from features.codec import _HAS_LAST, _HAS_MAX, MAGIC, VERSION, StateCodec
 from features.engine import EntityLayout
+from features.range_folds import digits
 
 
 def build_states(layout: EntityLayout, index: EventIndex, txids: Any) -> list[bytes]:
