@@ -194,11 +194,11 @@ def run(
     rate: float = 5000.0,
     fresh_seconds: float = 10.0,
     naive_events: int = 300,
+    bootstrap: str = "",
+    redis_base: str = "",
 ) -> dict[str, Any]:
-    """Needs SKEWLESS_KAFKA_BOOTSTRAP and SKEWLESS_REDIS_URL, or starts both itself."""
+    """Uses the given Kafka and Redis (settings), or starts both itself."""
     work = Path(tempfile.mkdtemp(prefix="skewless-bench-stream-"))
-    bootstrap = os.environ.get("SKEWLESS_KAFKA_BOOTSTRAP", "")
-    redis_base = os.environ.get("SKEWLESS_REDIS_URL", "")
     started = False
     if not (bootstrap and redis_base):
         subprocess.run(

@@ -29,7 +29,11 @@ def run_suites(args: argparse.Namespace, settings: Settings) -> int:
         elif name == "stream":
             from bench import stream
 
-            results[name] = stream.run(events=min(args.events, 100_000))
+            results[name] = stream.run(
+                events=min(args.events, 100_000),
+                bootstrap=settings.kafka_bootstrap,
+                redis_base=settings.redis_url,
+            )
         elif name == "serve":
             from bench import serve
 
