@@ -10,6 +10,7 @@ backfill at exact query times. Prints a short report and writes ``report.html``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import socket
@@ -67,6 +68,10 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
             "--redis: set SKEWLESS_REDIS_URL "
             "(start Redis with `scripts/services.sh redis-start DIR`)"
         )
+    if kafka or redis_url:
+        from flows.stream_run import preflight
+
+        preflight(dataclasses.replace(settings, kafka_bootstrap=kafka, redis_url=redis_url))
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)

@@ -10,6 +10,39 @@ from flows.stream import build_flow, config_from_settings
 from skewless.settings import Settings
 
 
+def preflight(settings: Settings, timeout_s: float = 5.0) -> None:
+    """Fail fast, naming the service and how to start it, instead of a flow that retries
+    a dead address forever."""
+    if settings.kafka_bootstrap:
+        from confluent_kafka import KafkaException
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "log_level": 0})
+        try:
+            admin.list_topics(timeout=timeout_s)
+        except KafkaException as exc:
+            raise ConnectionError(
+                f"Kafka at {settings.kafka_bootstrap} is unreachable ({exc.args[0].str()}); "
+                "start a broker with `scripts/services.sh kafka-start DIR` "
+                "or fix SKEWLESS_KAFKA_BOOTSTRAP"
+            ) from None
+    if settings.redis_url:
+        import redis
+
+        client = redis.Redis.from_url(
+            settings.redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
+        try:
+            client.ping()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise ConnectionError(
+                f"Redis at {settings.redis_url} is unreachable ({exc}); start it with "
+                "`scripts/services.sh redis-start DIR` or fix SKEWLESS_REDIS_URL"
+            ) from None
+        finally:
+            client.close()
+
+
 def run_stream(args: argparse.Namespace, settings: Settings) -> int:
     """Same flags as ``python -m bytewax.run`` (-w, -i, -a, -r, -s, -b); a recovery
     directory that does not exist yet is initialized first."""
@@ -20,6 +53,7 @@ def run_stream(args: argparse.Namespace, settings: Settings) -> int:
             "input: set SKEWLESS_KAFKA_BOOTSTRAP (start a broker with "
             "`scripts/services.sh kafka-start DIR`) or pass --replay EVENTS.parquet"
         )
+    preflight(settings)
     flow = build_flow(REFERENCE, config_from_settings(settings, args.replay, tail=not args.no_tail))
     recovery = None
     epoch = timedelta(seconds=args.snapshot_interval)

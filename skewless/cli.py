@@ -149,6 +149,9 @@ def _produce(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return 2
+    from flows.stream_run import preflight
+
+    preflight(settings)
     topic = args.topic or settings.topic
     report = produce_file(
         settings.kafka_bootstrap, topic, args.events, args.rate, sys.stderr.isatty()
@@ -194,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("feast").setLevel(logging.WARNING)
     try:
         return _COMMANDS[args.command](args, settings)
-    except (SchemaError, ValueError, FileNotFoundError) as exc:
+    except (SchemaError, ValueError, FileNotFoundError, ConnectionError) as exc:
         print(f"skewless {args.command}: {exc}", file=sys.stderr)
         return 2
 
