@@ -13,7 +13,6 @@ ids and too-late routing keep the online values exact.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pickle
@@ -273,4 +272,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-__all__ = ["Ingested", "StreamConfig", "build_flow", "decode", "json"]
+__all__ = ["EntityLogic", "Ingested", "StreamConfig", "build_flow", "config_from_settings", "decode"]
