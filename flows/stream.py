@@ -272,4 +272,11 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-__all__ = ["EntityLogic", "Ingested", "StreamConfig", "build_flow", "config_from_settings", "decode"]
+__all__ = [
+    "EntityLogic",
+    "Ingested",
+    "StreamConfig",
+    "build_flow",
+    "config_from_settings",
+    "decode",
+]

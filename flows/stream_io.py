@@ -237,4 +237,3 @@ class ParquetReplaySource(FixedPartitionedSource[ReplayMessage, int]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _ReplayPartition:
         return _ReplayPartition(self.path, self.batch_size, resume_state)
-
