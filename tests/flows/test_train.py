@@ -382,6 +382,7 @@ def test_cli_train_list_promote(
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_metrics_match_scikit_learn_definitions(seed: int) -> None:
     import sklearn.metrics as skm  # a dev dependency: the reference definitions
+
     rng = np.random.default_rng(seed)
     y = (rng.random(5_000) < 0.02).astype(float)
     # rounded scores: plenty of ties, as a tree ensemble produces
