@@ -48,17 +48,20 @@ def exact(x: float) -> tuple[int, int]:
     return num, den.bit_length() - 1
 
 
+def _raise_to(tile: Tile, k: int) -> int:
+    """Bring the tile's exponent up to at least ``k``; returns the exponent it now has."""
+    tk = tile[K]
+    if k > tk:
+        tile[S1] <<= k - tk
+        tile[S2] <<= 2 * (k - tk)
+        tile[K] = tk = k
+    return int(tk)
+
+
 def add(tile: Tile, x: float, mk: tuple[int, int] | None = None) -> None:
     """Add one value in place (``mk``: ``exact(x)`` when the caller already has it)."""
     m, k = mk if mk is not None else exact(x)
-    tk = tile[K]
-    if k > tk:
-        shift = k - tk
-        tile[S1] <<= shift
-        tile[S2] <<= 2 * shift
-        tile[K] = k
-    elif k < tk:
-        m <<= tk - k
+    m <<= _raise_to(tile, k) - k
     tile[N] += 1
     tile[S1] += m
     tile[S2] += m * m if tile[D] == 1 else tile[D] * m * m
@@ -73,16 +76,9 @@ def merge(into: Tile, other: Tile) -> None:
     """Merge ``other`` into ``into`` in place."""
     if not other[N]:
         return
-    s1, s2, ok = other[S1], other[S2], other[K]
-    tk = into[K]
-    if ok > tk:
-        shift = ok - tk
-        into[S1] <<= shift
-        into[S2] <<= 2 * shift
-        into[K] = ok
-    elif ok < tk:
-        s1 <<= tk - ok
-        s2 <<= 2 * (tk - ok)
+    ok = other[K]
+    shift = _raise_to(into, ok) - ok
+    s1, s2 = other[S1] << shift, other[S2] << (2 * shift)
     da, db = into[D], other[D]
     if da != db:
         d = math.lcm(da, db)

@@ -20,6 +20,7 @@ from features.definitions import MS_PER_DAY, MS_PER_HOUR, MS_PER_MINUTE, Op
 from features.engine import Engine, Outcome, QueryTooOldError, txid_hash
 from features.events import InvalidEventError, validate_event, validate_table
 from features.reference import REFERENCE
+from flows.simulate import EVENT_SCHEMA
 
 FS = REFERENCE
 ENGINE = Engine(FS)
@@ -138,18 +139,8 @@ def histories(draw):
 
 def to_table(events: list[dict]) -> pa.Table:
     cols = {k: [e[k] for e in events] for k in events[0]}
-    schema = pa.schema(
-        [
-            ("transaction_id", pa.string()),
-            ("card_id", pa.int64()),
-            ("merchant_id", pa.int64()),
-            ("amount", pa.float64()),
-            ("currency", pa.string()),
-            ("country", pa.string()),
-            ("mcc", pa.int32()),
-            ("event_time", pa.int64()),
-        ]
-    )
+    schema = pa.schema([f for f in EVENT_SCHEMA if f.name != "is_fraud"])
+    schema = schema.set(schema.get_field_index("event_time"), pa.field("event_time", pa.int64()))
     return pa.table(cols, schema=schema)
 
 

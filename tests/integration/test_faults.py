@@ -188,20 +188,25 @@ def _check_features(resps: list[pb.ScoreResponse], recent: pa.Table, table: pa.T
     return wrong
 
 
-def test_server_restart_mid_run_fails_no_request_and_serves_exact_features(
-    streamed_through_a_broker_restart: dict[str, Any], tmp_path: Path
-) -> None:
-    run = streamed_through_a_broker_restart
+def _serve(run: dict[str, Any], tmp_path: Path, seed: int) -> tuple[_Server, grpc.Channel, Any]:
+    """A registered model, a `skewless serve` process on the run's Redis, a ready stub."""
     registry = tmp_path / "registry"
-    publish_synthetic_model(registry, seed=3)
-    reqs, recent = _requests(run["table"])
-    assert len(reqs) > 50
+    publish_synthetic_model(registry, seed=seed)
     port = _free_port()
     server = _Server(run, registry, port)
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    stub = pb_grpc.ScorerStub(channel)
     server.wait_serving(channel)
+    return server, channel, pb_grpc.ScorerStub(channel)
+
+
+def test_server_restart_mid_run_fails_no_request_and_serves_exact_features(
+    streamed_through_a_broker_restart: dict[str, Any], tmp_path: Path
+) -> None:
+    run = streamed_through_a_broker_restart
+    reqs, recent = _requests(run["table"])
+    assert len(reqs) > 50
+    server, channel, stub = _serve(run, tmp_path, seed=3)
     resps = []
     for i, req in enumerate(reqs):
         if i == len(reqs) // 2:  # restart (graceful stop), on the same port, halfway through
@@ -219,15 +224,8 @@ def test_sustained_load_60s_flat_memory_zero_errors(
     streamed_through_a_broker_restart: dict[str, Any], tmp_path: Path
 ) -> None:
     run = streamed_through_a_broker_restart
-    registry = tmp_path / "registry"
-    publish_synthetic_model(registry, seed=4)
     reqs, _ = _requests(run["table"])
-    port = _free_port()
-    server = _Server(run, registry, port)
-    server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    stub = pb_grpc.ScorerStub(channel)
-    server.wait_serving(channel)
+    server, channel, stub = _serve(run, tmp_path, seed=4)
     errors: list[str] = []
     done = [0]
     stop = threading.Event()
