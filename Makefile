@@ -10,13 +10,16 @@ STAMP := $(VENV)/.installed
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml constraints.txt
+NATIVE_SRC := native/Cargo.toml native/Cargo.lock native/pyproject.toml $(wildcard native/src/*.rs)
+
+$(STAMP): pyproject.toml constraints.txt $(NATIVE_SRC)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q ./native
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv/ and install skewless with pinned dependencies
+install: $(STAMP) ## create .venv/ and install skewless (+ its native core, built with cargo) with pinned dependencies
 
 services: ## install what the real Kafka broker and Redis server need (jars via Maven, redis-server via apt)
 	scripts/services.sh install
@@ -36,6 +39,6 @@ bench: install services ## the benchmark suite, JSON results
 	$(BIN)/skewless bench
 
 clean: ## remove the virtualenv and build outputs
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache native/target
 
 .PHONY: help install services demo test lint bench clean

@@ -134,11 +134,26 @@ _KEY_HEAD = struct.Struct("<III")
 _KEY_INT = struct.Struct("<IIq")
 
 
+def feast_field(name: str) -> bytes:
+    """Feast's Redis hash field for ``"<view>:<feature>"``: the first 4 bytes of the
+    little-endian unsigned murmur3 (``feast.infra.online_stores.helpers._mmh3``, pinned by
+    a test; computed here so the stream never imports Feast).
+
+    >>> from feast.infra.online_stores.helpers import _mmh3
+    >>> feast_field("card_features:card_txn_count_1h") == _mmh3("card_features:card_txn_count_1h")
+    True
+    """
+    import mmh3
+
+    return struct.pack("<Q", mmh3.hash(name, signed=False))[:4]
+
+
 class RedisStore:
-    """Feast's Redis layout, written and read with plain pipelines."""
+    """Feast's Redis layout: rows go out as pre-encoded ``HSET`` commands (native), reads
+    are pipelined ``HGET``s."""
 
     def __init__(self, url: str, fs: FeatureSet, project: str = PROJECT) -> None:
-        from feast.infra.online_stores.helpers import _mmh3
+        import skewless_native
 
         self.url, self.fs, self.project = url, fs, project.encode()
         self._client: Any = None
@@ -149,11 +164,21 @@ class RedisStore:
         self._join: dict[str, str] = {}
         for e in fs.entities:
             v = view_name(e)
-            self._fields[e.name] = [_mmh3(f"{v}:{a.name}") for a in fs.for_entity(e)]
-            self._state_field[e.name] = _mmh3(f"{v}:{state_field(e)}")
-            self._boot_field[e.name] = _mmh3(f"{v}:{bootstrap_field(e)}")
+            self._fields[e.name] = [feast_field(f"{v}:{a.name}") for a in fs.for_entity(e)]
+            self._state_field[e.name] = feast_field(f"{v}:{state_field(e)}")
+            self._boot_field[e.name] = feast_field(f"{v}:{bootstrap_field(e)}")
             self._ts_field[e.name] = f"_ts:{v}".encode()
             self._join[e.name] = e.join_key
+        self._hset = {
+            e.name: skewless_native.HsetEncoder(
+                entity_key_bytes(e.join_key, 0)[:-8],
+                self.project,
+                self._fields[e.name],
+                self._state_field[e.name],
+                self._ts_field[e.name],
+            )
+            for e in fs.entities
+        }
 
     def build(self, timeout_s: float = 2.0) -> RedisStore:
         import redis
@@ -173,19 +198,29 @@ class RedisStore:
         )
 
     def write(self, entity: str, rows: Sequence[OnlineRow]) -> None:
+        if not rows:
+            return
+        enc = self._hset[entity].command
+        payload = b"".join(
+            [enc(r.entity_id, list(r.values), r.state, r.event_ts_ms) for r in rows]
+        )
+        self._send(payload, len(rows))
+
+    def _send(self, payload: bytes, replies: int) -> list[Any]:
+        """One pre-encoded pipeline on a pooled connection; a failed connection is
+        dropped, never reused half-read."""
         import redis
 
-        fields, sf, tsf = self._fields[entity], self._state_field[entity], self._ts_field[entity]
-        pipe = self._client.pipeline(transaction=False)
-        for r in rows:
-            mapping = {f: encode_value(v) for f, v in zip(fields, r.values, strict=True)}
-            mapping[sf] = encode_value(r.state)
-            mapping[tsf] = encode_timestamp(r.event_ts_ms)
-            pipe.hset(self.key(entity, r.entity_id), mapping=mapping)
+        pool = self._client.connection_pool
+        conn = pool.get_connection("HSET")
         try:
-            pipe.execute()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            conn.send_packed_command([payload], check_health=False)
+            return [conn.read_response() for _ in range(replies)]
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            conn.disconnect()
             raise self._unavailable(exc) from exc
+        finally:
+            pool.release(conn)
 
     def read_states(
         self, keys: Sequence[tuple[str, int]], bootstrap: bool = False

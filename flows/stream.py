@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,8 +29,9 @@ from bytewax.operators import StatefulBatchLogic
 
 from features.codec import StateCodec
 from features.definitions import FeatureSet
-from features.engine import Engine, EntityLayout, EntityState, Outcome, txid_hash
+from features.engine import Engine, EntityLayout, txid_hash
 from features.events import Event, InvalidEventError, parse_event
+from features.native import NativeLayout
 from features.online_store import OnlineRow, StoreUnavailableError
 from flows import stream_io
 from flows.stream_io import DeadLetter, JsonlSink, OnlineStoreSink, ParquetReplaySource, StoreConfig
@@ -83,17 +83,22 @@ def decode(msg: Any) -> Ingested | DeadLetter:
     return Ingested(event, produced or int(time.time() * 1000))
 
 
+_APPLIED, _DUPLICATE, _LATE = 0, 1, 2  # native update outcomes
+
+
 class EntityLogic(StatefulBatchLogic[Ingested, tuple[str, Any], bytes]):
-    """One entity's engine state. Emits ``("accepted" | "late" | "dup", Ingested)`` and one
-    ``("row", (entity, OnlineRow, produced_ms))`` per batch that changed the state."""
+    """One entity's engine state (native core). Emits ``("accepted" | "late", Ingested)``
+    and one ``("row", (entity, OnlineRow, produced_ms))`` per batch that changed the state.
+    Snapshots carry the exact big-integer sums, so a resumed run stays byte-equal."""
 
     def __init__(self, ctx: _EntityContext, resume: bytes | None) -> None:
         self.ctx = ctx
-        self.state: EntityState | None = pickle.loads(resume) if resume is not None else None
+        self.state: Any = ctx.core.restore(resume) if resume is not None else None
 
     def on_batch(self, values: list[Ingested]) -> tuple[Iterable[tuple[str, Any]], bool]:
-        ctx, layout = self.ctx, self.ctx.layout
-        entity_id = getattr(values[0].event, layout.entity.join_key)
+        ctx = self.ctx
+        core, primary, join_key = ctx.core, ctx.primary, ctx.join_key
+        entity_id = getattr(values[0].event, join_key)
         if self.state is None:
             self.state = ctx.load(entity_id)
         state = self.state
@@ -101,40 +106,44 @@ class EntityLogic(StatefulBatchLogic[Ingested, tuple[str, Any], bytes]):
         changed, newest = False, 0
         for item in values:
             e = item.event
-            txid = txid_hash(e.transaction_id) if layout.primary else None
-            outcome = layout.update(state, e.event_time_ms, (e.amount,), txid)
-            if outcome is Outcome.APPLIED:
+            if primary:
+                outcome = core.update(state, e.event_time_ms, (e.amount,), txid_hash(e.transaction_id))
+            else:
+                outcome = core.update(state, e.event_time_ms, (e.amount,))
+            if outcome == _APPLIED:
                 changed = True
-                newest = max(newest, item.produced_ms)
-                if layout.primary:
+                if item.produced_ms > newest:
+                    newest = item.produced_ms
+                if primary:
                     out.append(("accepted", item))
-            elif outcome is Outcome.LATE:
+            elif outcome == _LATE:
                 stream_io.METRICS.late.inc()
                 out.append(("late", item))
             else:
                 stream_io.METRICS.duplicates.inc()
         if changed:
-            assert state.max_seen is not None
-            row = OnlineRow(
-                entity_id, state.max_seen, layout.as_of_last(state), ctx.codec.encode(state)
-            )
-            out.append(("row", (layout.entity.name, row, newest)))
+            features, blob = core.row(state)
+            row = OnlineRow(entity_id, state.max_seen, features, blob)
+            out.append(("row", (ctx.name, row, newest)))
         return out, StatefulBatchLogic.RETAIN
 
-    def snapshot(self) -> bytes:
-        # exact integer sums survive a pickle, so a resumed run stays byte-equal
-        return pickle.dumps(self.state, protocol=pickle.HIGHEST_PROTOCOL)
+    def snapshot(self) -> bytes | None:
+        return None if self.state is None else self.ctx.core.snapshot(self.state)
 
 
 class _EntityContext:
-    """Per-entity helpers shared by all keys of a worker (layout, codec, state loader)."""
+    """Per-entity helpers shared by all keys of a worker (native core, state loader)."""
 
     def __init__(self, fs: FeatureSet, entity: str, store: StoreConfig | None) -> None:
         self.layout: EntityLayout = Engine(fs).layout(entity)
-        self.codec = StateCodec(self.layout)
+        self.native = NativeLayout(self.layout)
+        self.core = self.native.core
+        self.name = entity
+        self.primary = self.layout.primary
+        self.join_key = self.layout.entity.join_key
         self.store = store
 
-    def load(self, entity_id: int) -> EntityState:
+    def load(self, entity_id: int) -> Any:
         """State for an entity this worker has no state for: the bootstrap state that
         ``feast materialize`` wrote, else empty. Never the stream's own last write: that
         may be ahead of a recovery snapshot, and replaying on top of it would count twice."""
@@ -143,7 +152,7 @@ class _EntityContext:
             while True:
                 try:
                     [raw] = stream_io.store_for(self.store).read_states(
-                        [(self.layout.entity.name, entity_id)], bootstrap=True
+                        [(self.name, entity_id)], bootstrap=True
                     )
                     break
                 except StoreUnavailableError as exc:
@@ -151,8 +160,8 @@ class _EntityContext:
                     time.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
             if raw is not None:
-                return self.codec.decode(raw)
-        return self.layout.new_state()
+                return self.core.decode(raw)
+        return self.core.new_state()
 
 
 def _dlq_message(d: DeadLetter, topic: str) -> KafkaSinkMessage[bytes | None, bytes]:

@@ -1,0 +1,636 @@
+//! `EntityLayout` (features/engine.py) and `StateCodec` (features/codec.py), bit for bit.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::moments::{exact, Tile};
+
+pub const COUNT: u8 = 0;
+pub const SUM: u8 = 1;
+pub const MEAN: u8 = 2;
+pub const MIN: u8 = 3;
+pub const MAX: u8 = 4;
+pub const STD: u8 = 5;
+
+// tile components, serialized order
+pub const C_SUM: u8 = 0;
+pub const C_M2: u8 = 1;
+pub const C_MIN: u8 = 2;
+pub const C_MAX: u8 = 3;
+
+pub const MAGIC: &[u8; 2] = b"SK";
+pub const VERSION: u8 = 1;
+const HAS_MAX: u8 = 1;
+const HAS_LAST: u8 = 2;
+const HEAD: usize = 32;
+
+pub enum Outcome {
+    Applied = 0,
+    Duplicate = 1,
+    Late = 2,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Val {
+    I(i64),
+    F(f64),
+}
+
+impl Val {
+    pub fn as_f64(self) -> f64 {
+        match self {
+            Val::I(i) => i as f64,
+            Val::F(f) => f,
+        }
+    }
+}
+
+pub struct Group {
+    pub length: i64,
+    pub hop: i64,
+    pub level: usize,
+    pub outputs: Vec<(usize, u8, usize)>,
+    pub need_m2: bool,
+}
+
+pub struct Spec {
+    pub entity: String,
+    pub hops: Vec<i64>,
+    pub keep: Vec<i64>,
+    pub horizon: i64,
+    pub lateness: Option<i64>,
+    pub primary: bool,
+    pub nf: usize,
+    pub n_names: usize,
+    pub groups: Vec<Group>,
+    pub since_last: Option<usize>,
+    pub needs: Vec<Vec<u8>>,
+    pub crc: u32,
+}
+
+#[derive(Clone, Default)]
+pub struct State {
+    pub max_seen: Option<i64>,
+    pub last_before_raw: Option<i64>,
+    pub raw_ts: Vec<i64>,
+    pub raw_vals: Vec<f64>, // nf values per raw event
+    pub ids: HashMap<u64, i64>,
+    pub levels: Vec<BTreeMap<i64, Vec<Tile>>>,
+    pub readonly: bool,
+}
+
+fn bisect_left(v: &[i64], x: i64) -> usize {
+    v.partition_point(|&y| y < x)
+}
+
+fn fdiv(a: i64, b: i64) -> i64 {
+    a.div_euclid(b)
+}
+
+pub struct Acc {
+    n: u64,
+    total: f64,
+    mean: f64,
+    m2: f64,
+    mn: f64,
+    mx: f64,
+}
+
+impl Acc {
+    fn new() -> Acc {
+        Acc { n: 0, total: 0.0, mean: 0.0, m2: 0.0, mn: f64::INFINITY, mx: f64::NEG_INFINITY }
+    }
+
+    fn finalize(&self, op: u8) -> Val {
+        let n = self.n;
+        match op {
+            COUNT => Val::I(n as i64),
+            SUM => Val::F(self.total + 0.0),
+            _ if n == 0 => Val::F(f64::NAN),
+            MEAN => Val::F(self.total / n as f64),
+            MIN => Val::F(self.mn),
+            MAX => Val::F(self.mx),
+            STD => Val::F(if self.m2 > 0.0 { (self.m2 / n as f64).sqrt() } else { 0.0 }),
+            _ => Val::F(f64::NAN),
+        }
+    }
+}
+
+pub enum Error {
+    TooOld(String),
+    Value(String),
+}
+
+impl Spec {
+    pub fn new_state(&self) -> State {
+        State { levels: vec![BTreeMap::new(); self.hops.len()], ..Default::default() }
+    }
+
+    fn fine_hop(&self) -> i64 {
+        self.hops.first().copied().unwrap_or(1)
+    }
+
+    fn raw_floor(&self, ms: i64) -> i64 {
+        fdiv(ms - self.horizon, self.fine_hop()) * self.fine_hop()
+    }
+
+    pub fn update(&self, st: &mut State, ts: i64, values: &[f64], txid: Option<u64>) -> Outcome {
+        if self.primary {
+            if let Some(h) = txid {
+                if st.ids.contains_key(&h) {
+                    return Outcome::Duplicate;
+                }
+            }
+            if let (Some(ms), Some(late)) = (st.max_seen, self.lateness) {
+                if ts < ms - late {
+                    return Outcome::Late;
+                }
+            }
+        }
+        let ms = match st.max_seen {
+            Some(ms) if ts <= ms => ms,
+            _ => {
+                st.max_seen = Some(ts);
+                ts
+            }
+        };
+        let zero = [0.0];
+        let values = if values.is_empty() { &zero[..] } else { values };
+        let exacts: Vec<_> = values.iter().map(|&x| exact(x)).collect();
+        let base = ms - self.horizon;
+        for (j, level) in st.levels.iter_mut().enumerate() {
+            let hop = self.hops[j];
+            let bucket = fdiv(ts, hop);
+            if bucket < fdiv(base, hop) - self.keep[j] {
+                continue;
+            }
+            let tiles = level.entry(bucket).or_insert_with(|| vec![Tile::empty(); self.nf]);
+            for ((tile, &x), (m, k)) in tiles.iter_mut().zip(values).zip(&exacts) {
+                tile.add(x, m, *k);
+            }
+        }
+        if ts >= self.raw_floor(ms) {
+            let nf = self.nf;
+            let mut pos = bisect_left(&st.raw_ts, ts);
+            // ties in canonical order, by value, so arrival order never shows in the bytes
+            while pos < st.raw_ts.len()
+                && st.raw_ts[pos] == ts
+                && tuple_le(&st.raw_vals[pos * nf..(pos + 1) * nf], values)
+            {
+                pos += 1;
+            }
+            st.raw_ts.insert(pos, ts);
+            let at = pos * nf;
+            st.raw_vals.splice(at..at, values.iter().copied());
+        } else if st.last_before_raw.map_or(true, |l| ts > l) {
+            st.last_before_raw = Some(ts);
+        }
+        if self.primary {
+            if let Some(h) = txid {
+                st.ids.insert(h, ts);
+            }
+        }
+        Outcome::Applied
+    }
+
+    pub fn compact(&self, st: &mut State) {
+        let Some(ms) = st.max_seen else { return };
+        let floor = self.raw_floor(ms);
+        if !st.raw_ts.is_empty() && st.raw_ts[0] < floor {
+            let cut = bisect_left(&st.raw_ts, floor);
+            let last = st.raw_ts[cut - 1];
+            if st.last_before_raw.map_or(true, |l| last > l) {
+                st.last_before_raw = Some(last);
+            }
+            st.raw_ts.drain(..cut);
+            st.raw_vals.drain(..cut * self.nf);
+        }
+        let base = ms - self.horizon;
+        for (j, level) in st.levels.iter_mut().enumerate() {
+            let lf = fdiv(base, self.hops[j]) - self.keep[j];
+            if level.keys().next().is_some_and(|&b| b < lf) {
+                *level = level.split_off(&lf);
+            }
+        }
+        if let Some(late) = self.lateness {
+            let id_floor = ms - late;
+            st.ids.retain(|_, ts| *ts >= id_floor);
+        }
+    }
+
+    pub fn finalize(&self, st: &mut State, t: i64) -> Result<Vec<Val>, Error> {
+        let mut out = vec![Val::F(f64::NAN); self.n_names];
+        if let Some(ms) = st.max_seen {
+            if t < ms - self.horizon {
+                return Err(Error::TooOld(format!(
+                    "event_time: {t} is more than {} ms before the newest {} event in state \
+                     ({ms}); it cannot be answered exactly",
+                    self.horizon, self.entity
+                )));
+            }
+        }
+        for g in &self.groups {
+            let mut accs: Vec<Acc> = (0..self.nf).map(|_| Acc::new()).collect();
+            if st.max_seen.is_some() {
+                self.collect(st, g, t, &mut accs);
+            }
+            for &(pos, op, fidx) in &g.outputs {
+                out[pos] = accs[fidx].finalize(op);
+            }
+        }
+        if let Some(pos) = self.since_last {
+            out[pos] = match last_before(st, t) {
+                None => Val::F(f64::NAN),
+                Some(last) => Val::F((t - last) as f64 / 1000.0),
+            };
+        }
+        Ok(out)
+    }
+
+    fn collect(&self, st: &mut State, g: &Group, t: i64, accs: &mut [Acc]) {
+        let need_m2 = g.need_m2;
+        let mut cursor = fdiv(t, g.hop) * g.hop - g.length;
+        // (level, bucket) of the window's tiles, in canonical order
+        let mut found: Vec<(usize, i64)> = Vec::new();
+        for j in (0..=g.level).rev() {
+            let hop = self.hops[j];
+            let end = fdiv(t, hop) * hop;
+            if end <= cursor {
+                continue;
+            }
+            let level = &st.levels[j];
+            if !level.is_empty() {
+                let (lo, hi) = (fdiv(cursor, hop), fdiv(end, hop));
+                found.extend(level.range(lo..hi).map(|(&b, _)| (j, b)));
+            }
+            cursor = end;
+        }
+        let i0 = bisect_left(&st.raw_ts, cursor);
+        let i1 = bisect_left(&st.raw_ts, t);
+        let nf = self.nf;
+        for (f, acc) in accs.iter_mut().enumerate() {
+            let (mut n, mut total, mut mean, mut m2, mut mn, mut mx) =
+                (acc.n, acc.total, acc.mean, acc.m2, acc.mn, acc.mx);
+            for &(j, b) in &found {
+                let tile = &mut st.levels[j].get_mut(&b).unwrap()[f];
+                let nb = tile.n;
+                if nb == 0 {
+                    continue;
+                }
+                let (sb, m2b) = tile.summary();
+                if need_m2 {
+                    let mb = sb / nb as f64;
+                    if n != 0 {
+                        let tot = (n + nb) as f64;
+                        let delta = mb - mean;
+                        mean += delta * nb as f64 / tot;
+                        m2 += m2b + delta * delta * n as f64 * nb as f64 / tot;
+                    } else {
+                        mean = mb;
+                        m2 = m2b;
+                    }
+                }
+                n += nb;
+                total += sb;
+                if tile.min < mn {
+                    mn = tile.min;
+                }
+                if tile.max > mx {
+                    mx = tile.max;
+                }
+            }
+            for i in i0..i1 {
+                let x = st.raw_vals[i * nf + f];
+                n += 1;
+                total += x;
+                if need_m2 {
+                    let delta = x - mean;
+                    mean += delta / n as f64;
+                    m2 += delta * (x - mean);
+                }
+                if x < mn {
+                    mn = x;
+                }
+                if x > mx {
+                    mx = x;
+                }
+            }
+            *acc = Acc { n, total, mean, m2, mn, mx };
+        }
+    }
+
+    pub fn as_of_last(&self, st: &mut State) -> Vec<Val> {
+        let t = st.max_seen.unwrap_or(0) + 1;
+        match self.finalize(st, t) {
+            Ok(v) => v,
+            Err(_) => unreachable!("as_of_last is never too old"),
+        }
+    }
+
+    // -- codec ------------------------------------------------------------------------
+
+    pub fn encode(&self, st: &mut State) -> Vec<u8> {
+        self.compact(st);
+        let ms = st.max_seen.unwrap_or(0);
+        let flags = if st.max_seen.is_some() { HAS_MAX } else { 0 }
+            | if st.last_before_raw.is_some() { HAS_LAST } else { 0 };
+        let mut ids: Vec<(i64, u64)> = st.ids.iter().map(|(&h, &ts)| (ts, h)).collect();
+        ids.sort_unstable();
+        let n_raw = st.raw_ts.len();
+        let nf = self.nf;
+        let mut out = Vec::with_capacity(64 + n_raw * (4 + 8 * nf) + ids.len() * 12);
+        out.extend_from_slice(MAGIC);
+        out.push(VERSION);
+        out.push(flags);
+        out.extend_from_slice(&self.crc.to_le_bytes());
+        out.extend_from_slice(&ms.to_le_bytes());
+        out.extend_from_slice(&st.last_before_raw.unwrap_or(0).to_le_bytes());
+        out.extend_from_slice(&(n_raw as u32).to_le_bytes());
+        out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+        for level in &st.levels {
+            out.extend_from_slice(&(level.len() as u32).to_le_bytes());
+        }
+        for &ts in &st.raw_ts {
+            out.extend_from_slice(&((ms - ts) as u32).to_le_bytes());
+        }
+        for f in 0..nf {
+            for i in 0..n_raw {
+                out.extend_from_slice(&st.raw_vals[i * nf + f].to_le_bytes());
+            }
+        }
+        for &(ts, _) in &ids {
+            out.extend_from_slice(&((ms - ts) as u32).to_le_bytes());
+        }
+        for &(_, h) in &ids {
+            out.extend_from_slice(&h.to_le_bytes());
+        }
+        for (j, level) in st.levels.iter_mut().enumerate() {
+            if level.is_empty() {
+                continue;
+            }
+            let cur = fdiv(ms, self.hops[j]);
+            for &b in level.keys() {
+                out.extend_from_slice(&((cur - b) as u32).to_le_bytes());
+            }
+            for tiles in level.values() {
+                out.extend_from_slice(&(tiles[0].n as u32).to_le_bytes());
+            }
+            for f in 0..nf {
+                for &comp in &self.needs[j] {
+                    for tiles in level.values_mut() {
+                        let tile = &mut tiles[f];
+                        let v = match comp {
+                            C_SUM => tile.summary().0,
+                            C_M2 => tile.summary().1,
+                            C_MIN => tile.min,
+                            C_MAX => tile.max,
+                            _ => f64::NAN,
+                        };
+                        out.extend_from_slice(&v.to_le_bytes());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    pub fn decode(&self, data: &[u8], readonly: bool) -> Result<State, Error> {
+        if data.len() < HEAD || &data[..2] != MAGIC {
+            return Err(Error::Value(format!(
+                "state: {} bytes is not a skewless state (bad magic or too short)",
+                data.len()
+            )));
+        }
+        let version = data[2];
+        if version != VERSION {
+            return Err(Error::Value(format!(
+                "state: version {version} is not supported (expected {VERSION})"
+            )));
+        }
+        let flags = data[3];
+        let crc = u32::from_le_bytes(data[4..8].try_into().unwrap());
+        if crc != self.crc {
+            return Err(Error::Value(format!(
+                "state: written for other {} definitions (layout {crc:08x}, running {:08x}); \
+                 rebuild it with a backfill",
+                self.entity, self.crc
+            )));
+        }
+        let mut r = Reader { data, pos: 8 };
+        let ms = r.i64();
+        let last = r.i64();
+        let n_raw = r.u32() as usize;
+        let n_ids = r.u32() as usize;
+        let nl = self.hops.len();
+        let nf = self.nf;
+        let bad = || {
+            Error::Value(format!(
+                "state: {} bytes do not match its header; the state is corrupt",
+                data.len()
+            ))
+        };
+        if data.len() < HEAD + 4 * nl {
+            return Err(bad());
+        }
+        let counts: Vec<usize> = (0..nl).map(|_| r.u32() as usize).collect();
+        let mut need = n_raw * (4 + 8 * nf) + n_ids * 12;
+        for (j, &c) in counts.iter().enumerate() {
+            need += c * (8 + 8 * self.needs[j].len() * nf);
+        }
+        if r.pos + need != data.len() {
+            return Err(bad());
+        }
+        let mut st = self.new_state();
+        st.readonly = readonly;
+        st.max_seen = if flags & HAS_MAX != 0 { Some(ms) } else { None };
+        st.last_before_raw = if flags & HAS_LAST != 0 { Some(last) } else { None };
+        st.raw_ts = (0..n_raw).map(|_| ms - r.u32() as i64).collect();
+        let mut vals = vec![0.0; n_raw * nf];
+        for f in 0..nf {
+            for i in 0..n_raw {
+                vals[i * nf + f] = r.f64();
+            }
+        }
+        st.raw_vals = vals;
+        if readonly {
+            r.pos += n_ids * 12;
+        } else {
+            let offs: Vec<i64> = (0..n_ids).map(|_| r.u32() as i64).collect();
+            st.ids = offs.iter().map(|&d| (r.u64(), ms - d)).collect();
+        }
+        for j in 0..nl {
+            let count = counts[j];
+            if count == 0 {
+                continue;
+            }
+            let cur = fdiv(ms, self.hops[j]);
+            let buckets: Vec<i64> = (0..count).map(|_| cur - r.u32() as i64).collect();
+            let ns: Vec<u64> = (0..count).map(|_| r.u32() as u64).collect();
+            let needs = &self.needs[j];
+            let width = needs.len();
+            // comps[f][ci][i]
+            let mut comps = vec![0.0f64; nf * width * count];
+            for v in comps.iter_mut() {
+                *v = r.f64();
+            }
+            let level = &mut st.levels[j];
+            for i in 0..count {
+                let mut tiles = Vec::with_capacity(nf);
+                for f in 0..nf {
+                    let (mut sm, mut m2, mut mn, mut mx) = (0.0, 0.0, f64::INFINITY, f64::NEG_INFINITY);
+                    for (ci, &c) in needs.iter().enumerate() {
+                        let v = comps[(f * width + ci) * count + i];
+                        match c {
+                            C_SUM => sm = v,
+                            C_M2 => m2 = v,
+                            C_MIN => mn = v,
+                            C_MAX => mx = v,
+                            _ => {}
+                        }
+                    }
+                    tiles.push(if readonly {
+                        Tile::summary_only(ns[i], sm, m2, mn, mx)
+                    } else {
+                        Tile::from_summary(ns[i], sm, m2, mn, mx)
+                    });
+                }
+                level.insert(buckets[i], tiles);
+            }
+        }
+        Ok(st)
+    }
+
+    // -- exact snapshots (Bytewax recovery): big-integer sums survive a restart -----
+
+    pub fn snapshot(&self, st: &State) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(b"SX");
+        out.extend_from_slice(&self.crc.to_le_bytes());
+        out.push(st.max_seen.is_some() as u8 | (st.last_before_raw.is_some() as u8) << 1);
+        out.extend_from_slice(&st.max_seen.unwrap_or(0).to_le_bytes());
+        out.extend_from_slice(&st.last_before_raw.unwrap_or(0).to_le_bytes());
+        out.extend_from_slice(&(st.raw_ts.len() as u32).to_le_bytes());
+        for &ts in &st.raw_ts {
+            out.extend_from_slice(&ts.to_le_bytes());
+        }
+        for &v in &st.raw_vals {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        let mut ids: Vec<(u64, i64)> = st.ids.iter().map(|(&h, &ts)| (h, ts)).collect();
+        ids.sort_unstable();
+        out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+        for (h, ts) in ids {
+            out.extend_from_slice(&h.to_le_bytes());
+            out.extend_from_slice(&ts.to_le_bytes());
+        }
+        for level in &st.levels {
+            out.extend_from_slice(&(level.len() as u32).to_le_bytes());
+            for (&b, tiles) in level {
+                out.extend_from_slice(&b.to_le_bytes());
+                for t in tiles {
+                    t.write_exact(&mut out);
+                }
+            }
+        }
+        out
+    }
+
+    pub fn restore(&self, data: &[u8]) -> Result<State, Error> {
+        let bad = |why: &str| Error::Value(format!("snapshot: {why}; not a native {} snapshot", self.entity));
+        if data.len() < 7 || &data[..2] != b"SX" {
+            return Err(bad("bad magic"));
+        }
+        if u32::from_le_bytes(data[2..6].try_into().unwrap()) != self.crc {
+            return Err(bad("written for other definitions"));
+        }
+        let mut r = Reader { data, pos: 6 };
+        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let flags = r.u8();
+            let ms = r.i64();
+            let last = r.i64();
+            let mut st = self.new_state();
+            st.max_seen = if flags & 1 != 0 { Some(ms) } else { None };
+            st.last_before_raw = if flags & 2 != 0 { Some(last) } else { None };
+            let n_raw = r.u32() as usize;
+            st.raw_ts = (0..n_raw).map(|_| r.i64()).collect();
+            st.raw_vals = (0..n_raw * self.nf).map(|_| r.f64()).collect();
+            let n_ids = r.u32() as usize;
+            st.ids = (0..n_ids).map(|_| (r.u64(), r.i64())).collect();
+            for j in 0..self.hops.len() {
+                let count = r.u32() as usize;
+                for _ in 0..count {
+                    let b = r.i64();
+                    let tiles = (0..self.nf).map(|_| r.tile()).collect();
+                    st.levels[j].insert(b, tiles);
+                }
+            }
+            (st, r.pos)
+        }));
+        match res {
+            Ok((st, pos)) if pos == data.len() => Ok(st),
+            _ => Err(bad("truncated or corrupt")),
+        }
+    }
+}
+
+fn tuple_le(a: &[f64], b: &[f64]) -> bool {
+    // Python tuple comparison `a <= b` for equal-length float tuples without NaN
+    for (x, y) in a.iter().zip(b) {
+        if x != y {
+            return x < y;
+        }
+    }
+    true
+}
+
+fn last_before(st: &State, t: i64) -> Option<i64> {
+    let i = bisect_left(&st.raw_ts, t);
+    let last = st.last_before_raw;
+    if i > 0 && last.map_or(true, |l| st.raw_ts[i - 1] > l) {
+        return Some(st.raw_ts[i - 1]);
+    }
+    last
+}
+
+struct Reader<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> [u8; N] {
+        let v: [u8; N] = self.data[self.pos..self.pos + N].try_into().unwrap();
+        self.pos += N;
+        v
+    }
+    fn u8(&mut self) -> u8 {
+        self.take::<1>()[0]
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes(self.take())
+    }
+    fn u64(&mut self) -> u64 {
+        u64::from_le_bytes(self.take())
+    }
+    fn i64(&mut self) -> i64 {
+        i64::from_le_bytes(self.take())
+    }
+    fn f64(&mut self) -> f64 {
+        f64::from_le_bytes(self.take())
+    }
+    fn big(&mut self) -> num_bigint::BigInt {
+        let n = self.u32() as usize;
+        let v = num_bigint::BigInt::from_signed_bytes_le(&self.data[self.pos..self.pos + n]);
+        self.pos += n;
+        v
+    }
+    fn tile(&mut self) -> Tile {
+        let n = self.u64();
+        let k = self.u64();
+        let d = self.u64();
+        let min = self.f64();
+        let max = self.f64();
+        let s1 = self.big();
+        let s2 = self.big();
+        Tile { n, s1, s2, k, min, max, d, cache: None }
+    }
+}

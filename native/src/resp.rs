@@ -1,0 +1,107 @@
+//! Feast's Redis layout as ready-to-send RESP: one `HSET` per entity row, values as
+//! serialized feast `ValueProto`s (int64 / double / bytes; NaN = unset), the row time as a
+//! `google.protobuf.Timestamp` (same bytes as `features/online_store.py`).
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyFloat, PyInt, PyList};
+
+fn varint(out: &mut Vec<u8>, v: i64) {
+    let mut n = v as u64; // negative int64: ten bytes, two's complement (protobuf)
+    while n > 0x7f {
+        out.push((n as u8 & 0x7f) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+fn bulk(out: &mut Vec<u8>, b: &[u8]) {
+    out.push(b'$');
+    out.extend_from_slice(b.len().to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(b);
+    out.extend_from_slice(b"\r\n");
+}
+
+#[pyclass(module = "skewless_native", frozen)]
+pub struct HsetEncoder {
+    key_head: Vec<u8>,
+    key_tail: Vec<u8>,
+    fields: Vec<Vec<u8>>,
+    state_field: Vec<u8>,
+    ts_field: Vec<u8>,
+}
+
+#[pymethods]
+impl HsetEncoder {
+    /// Key = `key_head + int64 LE entity id + key_tail` (Feast's serialized entity key
+    /// and project); `fields` are the murmur3 field names of the features, in order.
+    #[new]
+    fn new(key_head: Vec<u8>, key_tail: Vec<u8>, fields: Vec<Vec<u8>>, state_field: Vec<u8>, ts_field: Vec<u8>) -> Self {
+        HsetEncoder { key_head, key_tail, fields, state_field, ts_field }
+    }
+
+    /// One `HSET key f1 v1 ... state ts` command.
+    fn command<'py>(
+        &self,
+        py: Python<'py>,
+        entity_id: i64,
+        values: &Bound<'py, PyList>,
+        state: &[u8],
+        ts_ms: i64,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        if values.len() != self.fields.len() {
+            return Err(PyValueError::new_err(format!(
+                "values: {} values for {} fields",
+                values.len(),
+                self.fields.len()
+            )));
+        }
+        let mut out = Vec::with_capacity(160 + state.len() + 24 * self.fields.len());
+        let n = 2 + 2 * (self.fields.len() + 2);
+        out.extend_from_slice(format!("*{n}\r\n$4\r\nHSET\r\n").as_bytes());
+        let mut key = Vec::with_capacity(self.key_head.len() + 8 + self.key_tail.len());
+        key.extend_from_slice(&self.key_head);
+        key.extend_from_slice(&entity_id.to_le_bytes());
+        key.extend_from_slice(&self.key_tail);
+        bulk(&mut out, &key);
+        let mut val = Vec::with_capacity(16);
+        for (field, v) in self.fields.iter().zip(values.iter()) {
+            bulk(&mut out, field);
+            val.clear();
+            if v.is_none() {
+            } else if let Ok(f) = v.downcast::<PyFloat>() {
+                let x = f.value();
+                if !x.is_nan() {
+                    val.push(0x29);
+                    val.extend_from_slice(&x.to_le_bytes());
+                }
+            } else if v.is_instance_of::<PyInt>() {
+                val.push(0x20);
+                varint(&mut val, v.extract::<i64>()?);
+            } else {
+                return Err(PyValueError::new_err(format!("values: {} is not int or float", v.get_type().name()?)));
+            }
+            bulk(&mut out, &val);
+        }
+        bulk(&mut out, &self.state_field);
+        val.clear();
+        val.push(0x0a);
+        varint(&mut val, state.len() as i64);
+        val.extend_from_slice(state);
+        bulk(&mut out, &val);
+        bulk(&mut out, &self.ts_field);
+        val.clear();
+        let (secs, rem) = (ts_ms.div_euclid(1000), ts_ms.rem_euclid(1000));
+        if secs != 0 {
+            val.push(0x08);
+            varint(&mut val, secs);
+        }
+        if rem != 0 {
+            val.push(0x10);
+            varint(&mut val, rem * 1_000_000);
+        }
+        bulk(&mut out, &val);
+        Ok(PyBytes::new(py, &out))
+    }
+}
