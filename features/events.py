@@ -48,6 +48,12 @@ REQUIRED = (
 )
 
 
+try:
+    from skewless_native import parse_event_fast as _parse_event_fast
+except ImportError:  # pragma: no cover - the Python rules alone are complete, just slower
+    _parse_event_fast = None
+
+
 class InvalidEventError(ValueError):
     """An event broke a rule; the message starts with the field name."""
 
@@ -159,7 +165,16 @@ def validate_event(obj: object) -> Event:
 
 
 def parse_event(raw: bytes) -> Event:
-    """Decode and validate one message (UTF-8 JSON)."""
+    """Decode and validate one message (UTF-8 JSON). The common valid message takes the
+    native fast path; anything else gets the rules below, which name the broken field."""
+    fast = _parse_event_fast(raw) if _parse_event_fast is not None else None
+    if fast is not None:
+        return Event(*fast)
+    return parse_event_py(raw)
+
+
+def parse_event_py(raw: bytes) -> Event:
+    """:func:`parse_event` in Python only: the reference the native fast path is held to."""
     if len(raw) > MAX_MESSAGE_BYTES:
         raise InvalidEventError(f"message: {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
     try:

@@ -5,6 +5,7 @@
 //! tests hold the two against each other.
 
 mod engine;
+mod event;
 mod moments;
 mod resp;
 
@@ -266,6 +267,7 @@ fn skewless_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Core>()?;
     m.add_class::<State>()?;
     m.add_class::<resp::HsetEncoder>()?;
+    m.add_function(wrap_pyfunction!(event::parse_event_fast, m)?)?;
     m.add("ENGINE_BYTES_VERSION", engine::VERSION)?;
     let _ = engine::MAGIC;
     Ok(())
