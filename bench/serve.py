@@ -108,7 +108,7 @@ def _percentiles(lat: list[float]) -> dict[str, float]:
 
 
 def _measure(address: str, reqs: list[Any], batches: list[Any], n: int, seconds: float,
-             inflight: int) -> dict[str, Any]:  # fmt: skip
+             inflight: int, batch_inflight: int = 4) -> dict[str, Any]:  # fmt: skip
     import grpc
 
     from serving._proto.skewless.v1 import scorer_pb2_grpc as pb_grpc
@@ -150,17 +150,25 @@ def _measure(address: str, reqs: list[Any], batches: list[Any], n: int, seconds:
             **_percentiles(lat),
         }
 
-        events, start = 0, time.perf_counter()
-        end = time.monotonic() + seconds
-        for b in batches:
-            events += len(stub.ScoreBatch(b, timeout=60).responses)
-            if time.monotonic() > end:
-                break
-        out["score_batch"] = {
-            "events_per_s": round(events / (time.perf_counter() - start), 1),
-            "batch_size": len(batches[0].transactions),
-            "events": events,
-        }
+        for b in batches[:2]:  # warm-up: the batch path's first call
+            stub.ScoreBatch(b, timeout=60)
+        # one batch in flight (latency-bound), then `batch_inflight` (the server's capacity)
+        for key, depth in (("score_batch_sequential", 1), ("score_batch", batch_inflight)):
+            events, start, queue = 0, time.perf_counter(), []
+            end = time.monotonic() + seconds
+            for b in batches:
+                queue.append(stub.ScoreBatch.future(b, timeout=60))
+                if len(queue) >= depth:
+                    events += len(queue.pop(0).result().responses)
+                if time.monotonic() > end:
+                    break
+            events += sum(len(f.result().responses) for f in queue)
+            out[key] = {
+                "events_per_s": round(events / (time.perf_counter() - start), 1),
+                "batch_size": len(batches[0].transactions),
+                "in_flight": depth,
+                "events": events,
+            }
     return out
 
 
@@ -260,7 +268,7 @@ def run(
                          "version_dir": str(resolve(registry, "production"))}  # fmt: skip
             argv = [sys.executable, "-m", "bench.serve_naive", json.dumps(naive_cfg)]
             with _process(argv, work / "naive.log") as (pid, port):
-                results["naive"] = _measure(f"127.0.0.1:{port}", reqs, batch_reqs[:5],
+                results["naive"] = _measure(f"127.0.0.1:{port}", reqs, batch_reqs[:8],
                                             naive_requests, seconds, inflight)  # fmt: skip
                 results["naive"]["server_rss_mb"] = _rss_mb(pid)
     finally:

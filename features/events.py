@@ -19,8 +19,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -62,8 +62,9 @@ class SchemaError(ValueError):
     """An events file cannot be read as events at all (missing column, wrong type)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
+    """One valid transaction (a named tuple: built once per message on the hot path)."""
+
     transaction_id: str
     card_id: int
     merchant_id: int

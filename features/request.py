@@ -7,6 +7,8 @@ arrays (backfill), so the two cannot drift.
 (120.0, 2.0, 1)
 >>> import math; math.isnan(request_features(5.0, 0, float("nan"))[1])
 True
+>>> request_features(5.0, 0, 0.0)[1]   # a zero mean divides like numpy, it does not raise
+inf
 """
 
 from __future__ import annotations
@@ -24,9 +26,14 @@ CARD_MEAN_FEATURE = "card_amount_mean_7d"
 def request_features(amount: Any, event_time_ms: Any, card_mean_7d: Any) -> tuple[Any, Any, Any]:
     """``(amount, amount / card_amount_mean_7d, hour_of_day_utc)``; the ratio is NaN
     when the mean is missing."""
+    hour = (event_time_ms % MS_PER_DAY) // MS_PER_HOUR
+    if type(amount) is float and type(card_mean_7d) is float:  # serving: one event
+        try:
+            return amount, amount / card_mean_7d, int(hour)  # IEEE division, as numpy's
+        except ZeroDivisionError:
+            pass
     with np.errstate(invalid="ignore", divide="ignore"):
         ratio = np.divide(amount, card_mean_7d)
-    hour = (event_time_ms % MS_PER_DAY) // MS_PER_HOUR
     if np.ndim(ratio) == 0:
         return float(amount), float(ratio), int(hour)
     return np.asarray(amount, dtype=np.float64), ratio, np.asarray(hour, dtype=np.int64)

@@ -25,7 +25,15 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from features.events import Event, InvalidEventError, event_time_ms, validate_event
+from features.events import (
+    MAX_AMOUNT,
+    MAX_TIME_MS,
+    MIN_TIME_MS,
+    Event,
+    InvalidEventError,
+    event_time_ms,
+    validate_event,
+)
 from serving._proto.skewless.v1 import scorer_pb2 as pb
 from serving.scorer import EntityStateInfo, InvalidRequestError, ScoreResult
 
@@ -41,7 +49,43 @@ def ms_timestamp(ms: int) -> Timestamp:
 
 
 def transaction_to_event(tx: pb.Transaction, where: str = "transaction") -> Event:
-    """A validated :class:`Event`; :class:`InvalidEventError` names ``where.<field>``."""
+    """A validated :class:`Event`; :class:`InvalidEventError` names ``where.<field>``.
+
+    A transaction that plainly passes every rule is built directly (the hot path); any
+    other goes through :func:`~features.events.validate_event`, which decides and names
+    the field (a test holds the two equal)."""
+    if (
+        tx.HasField("card_id")
+        and tx.HasField("merchant_id")
+        and tx.HasField("amount")
+        and tx.HasField("mcc")
+        and tx.HasField("event_time")
+    ):
+        txid, cur, ctry, amount, mcc = tx.transaction_id, tx.currency, tx.country, tx.amount, tx.mcc
+        ts = tx.event_time
+        ms = ts.seconds * 1000 + ts.nanos // 1_000_000
+        card, merchant = tx.card_id, tx.merchant_id
+        if (
+            0 < len(txid) <= 64
+            and card >= 0
+            and merchant >= 0
+            and 0.0 < amount <= MAX_AMOUNT
+            and 0 <= mcc <= 9999
+            and MIN_TIME_MS <= ms < MAX_TIME_MS
+            and len(cur) == 3
+            and len(ctry) == 2
+            and cur.isascii()
+            and cur.isalpha()
+            and cur.isupper()
+            and ctry.isascii()
+            and ctry.isalpha()
+            and ctry.isupper()
+        ):
+            return Event(txid, card, merchant, amount, cur, ctry, mcc, ms)
+    return _validated(tx, where)
+
+
+def _validated(tx: pb.Transaction, where: str) -> Event:
     obj: dict[str, object] = {
         "transaction_id": tx.transaction_id,
         "card_id": tx.card_id if tx.HasField("card_id") else None,

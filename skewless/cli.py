@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from skewless.settings import Settings
+from skewless.settings import Settings, tune_grpc
 
 log = logging.getLogger("skewless")
 
@@ -182,6 +182,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    tune_grpc()
     args = _parser().parse_args(argv)
     from features.events import SchemaError
 

@@ -13,6 +13,7 @@ False
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -87,3 +88,12 @@ def _convert(f: dataclasses.Field[object], raw: str) -> object:
             f"{_PREFIX}{f.name.upper()}: {raw!r} is not a valid {type(default).__name__}"
         ) from None
     return raw
+
+
+#: grpcio experiments switched off unless ``GRPC_EXPERIMENTS`` is set (see serving/__init__)
+GRPC_EXPERIMENTS = "-event_engine_client,-event_engine_listener"
+
+
+def tune_grpc() -> None:
+    """Choose grpcio's lower-latency I/O path, before grpc is first imported."""
+    os.environ.setdefault("GRPC_EXPERIMENTS", GRPC_EXPERIMENTS)

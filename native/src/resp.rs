@@ -41,6 +41,19 @@ impl HsetEncoder {
         HsetEncoder { key_head, key_tail, fields, state_field, ts_field }
     }
 
+    /// One `HGET key field` command for an entity id.
+    fn hget<'py>(&self, py: Python<'py>, entity_id: i64, field: &[u8]) -> Bound<'py, PyBytes> {
+        let mut out = Vec::with_capacity(64 + self.key_head.len() + self.key_tail.len());
+        out.extend_from_slice(b"*3\r\n$4\r\nHGET\r\n");
+        let mut key = Vec::with_capacity(self.key_head.len() + 8 + self.key_tail.len());
+        key.extend_from_slice(&self.key_head);
+        key.extend_from_slice(&entity_id.to_le_bytes());
+        key.extend_from_slice(&self.key_tail);
+        bulk(&mut out, &key);
+        bulk(&mut out, field);
+        PyBytes::new(py, &out)
+    }
+
     /// One `HSET key f1 v1 ... state ts` command.
     fn command<'py>(
         &self,
@@ -104,4 +117,42 @@ impl HsetEncoder {
         bulk(&mut out, &val);
         Ok(PyBytes::new(py, &out))
     }
+}
+
+/// The `bytes_val` payloads of serialized feast `ValueProto`s (None or empty: None).
+#[pyfunction]
+pub fn unwrap_bytes_values<'py>(py: Python<'py>, raws: &Bound<'py, PyList>) -> PyResult<Bound<'py, PyList>> {
+    let out = PyList::empty(py);
+    for item in raws.iter() {
+        if item.is_none() {
+            out.append(py.None())?;
+            continue;
+        }
+        let b = item.downcast::<PyBytes>()?.as_bytes();
+        if b.is_empty() {
+            out.append(py.None())?;
+            continue;
+        }
+        if b[0] != 0x0a {
+            return Err(PyValueError::new_err("state: stored value is not a bytes value"));
+        }
+        let (mut n, mut shift, mut i) = (0usize, 0u32, 1usize);
+        loop {
+            let Some(&c) = b.get(i) else {
+                return Err(PyValueError::new_err("state: stored value is truncated"));
+            };
+            n |= ((c & 0x7f) as usize) << shift;
+            i += 1;
+            if c < 0x80 {
+                break;
+            }
+            shift += 7;
+            if shift > 63 {
+                return Err(PyValueError::new_err("state: stored value is corrupt"));
+            }
+        }
+        let end = (i + n).min(b.len());
+        out.append(PyBytes::new(py, &b[i..end]))?;
+    }
+    Ok(out)
 }

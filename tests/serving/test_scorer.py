@@ -186,6 +186,28 @@ def test_batch_equals_singles_with_one_round_trip(model: LoadedModel) -> None:
     assert [(r.features, r.score) for r in batch] == [(r.features, r.score) for r in singles]
 
 
+def test_columnar_batch_equals_singles(model: LoadedModel) -> None:
+    """Large batches take the column-at-a-time path; every field equals scoring alone."""
+    scorer, store = make_scorer(model)
+    events = [
+        ev(f"c{i}", [1, 2, 3, 404][i % 4], 10 + i % 3, 5.0 + i, NOW + i * 997) for i in range(40)
+    ]
+    batch = scorer.score_batch(events)
+    assert store.round_trips == 1
+    for got, want in zip(batch, (scorer.score(e) for e in events), strict=True):
+        assert [repr(x) for x in got.features] == [repr(x) for x in want.features]
+        assert (got.transaction_id, got.score, got.decision, got.entities, got.warnings) == (
+            want.transaction_id, want.score, want.decision, want.entities, want.warnings
+        )  # fmt: skip
+    old = [*events[:20], ev("old", 1, 10, 5.0, T0 + 8 * HOUR), *events[20:]]
+    with pytest.raises(BatchItemError) as info:
+        scorer.score_batch(old)
+    assert info.value.index == 20 and str(info.value.error).startswith("event_time: ")
+    store.data[("card", 2)] = b"garbage!"
+    with pytest.raises(CorruptStateError, match=r"^card 2: state: 8 bytes is not a skewless"):
+        scorer.score_batch(events)
+
+
 def test_too_old_query_names_event_time(model: LoadedModel) -> None:
     scorer, _ = make_scorer(model)
     with pytest.raises(QueryTooOldError, match=r"^event_time: "):
