@@ -30,7 +30,7 @@ def run_suites(args: argparse.Namespace, settings: Settings) -> int:
             from bench import stream
 
             results[name] = stream.run(
-                events=min(args.events, 100_000),
+                events=min(args.events, 200_000),
                 bootstrap=settings.kafka_bootstrap,
                 redis_base=settings.redis_url,
             )

@@ -31,6 +31,8 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
     ) from exc
 
 State = _native.State
+#: ``features.engine.txid_hash``, natively
+txid_hash_native = _native.txid_hash
 
 _OPS = {Op.COUNT: 0, Op.SUM: 1, Op.MEAN: 2, Op.MIN: 3, Op.MAX: 4, Op.STD: 5}
 _COMPS = {"sum": 0, "m2": 1, "min": 2, "max": 3}

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
@@ -29,9 +30,9 @@ from bytewax.operators import StatefulBatchLogic
 
 from features.codec import StateCodec
 from features.definitions import FeatureSet
-from features.engine import Engine, EntityLayout, txid_hash
+from features.engine import Engine, EntityLayout
 from features.events import Event, InvalidEventError, parse_event
-from features.native import NativeLayout
+from features.native import NativeLayout, txid_hash_native
 from features.online_store import OnlineRow, StoreUnavailableError
 from flows import stream_io
 from flows.stream_io import DeadLetter, JsonlSink, OnlineStoreSink, ParquetReplaySource, StoreConfig
@@ -66,8 +67,26 @@ class Ingested:
     produced_ms: int
 
 
+def decode_batch(msgs: list[Any]) -> list[Ingested | DeadLetter]:
+    """:func:`decode` for a batch, counting it once in the metrics."""
+    out = [_decode(m) for m in msgs]
+    dead = sum(1 for x in out if type(x) is DeadLetter)
+    stream_io.METRICS.dead_letters.inc(dead)
+    stream_io.METRICS.events_in.inc(len(out) - dead)
+    return out
+
+
 def decode(msg: Any) -> Ingested | DeadLetter:
     """Parse one message; anything invalid becomes a dead letter naming the field."""
+    out = _decode(msg)
+    if type(out) is DeadLetter:
+        stream_io.METRICS.dead_letters.inc()
+    else:
+        stream_io.METRICS.events_in.inc()
+    return out
+
+
+def _decode(msg: Any) -> Ingested | DeadLetter:
     if isinstance(msg, KafkaSourceMessage):
         raw = msg.value or b""
         _, ts = msg.timestamp or (0, 0)
@@ -77,37 +96,50 @@ def decode(msg: Any) -> Ingested | DeadLetter:
     try:
         event = parse_event(raw)
     except InvalidEventError as exc:
-        stream_io.METRICS.dead_letters.inc()
         return DeadLetter(raw, str(exc), where)
-    stream_io.METRICS.events_in.inc()
     return Ingested(event, produced or int(time.time() * 1000))
 
 
 _APPLIED, _DUPLICATE, _LATE = 0, 1, 2  # native update outcomes
+_txid = txid_hash_native  # == features.engine.txid_hash (tests/features/test_native.py)
 
 
-class EntityLogic(StatefulBatchLogic[Ingested, tuple[str, Any], bytes]):
-    """One entity's engine state (native core). Emits ``("accepted" | "late", Ingested)``
-    and one ``("row", (entity, OnlineRow, produced_ms))`` per batch that changed the state.
-    Snapshots carry the exact big-integer sums, so a resumed run stays byte-equal."""
+class RowOut(NamedTuple):
+    """An entity's new online row (the newest Kafka timestamp it includes: freshness)."""
+
+    entity: str
+    row: OnlineRow
+    produced_ms: int
+
+
+class LateOut(NamedTuple):
+    item: Ingested
+
+
+class EntityLogic(StatefulBatchLogic[Ingested, Any, bytes]):
+    """One entity's engine state (native core). Emits one :class:`RowOut` per batch that
+    changed the state; the primary entity also emits :class:`LateOut` per too-late event
+    and each accepted event, already keyed for the next entity (``(key, Ingested)``) when
+    there is exactly one, else bare. Snapshots carry the exact big-integer sums, so a
+    resumed run stays byte-equal."""
 
     def __init__(self, ctx: _EntityContext, resume: bytes | None) -> None:
         self.ctx = ctx
         self.state: Any = ctx.core.restore(resume) if resume is not None else None
 
-    def on_batch(self, values: list[Ingested]) -> tuple[Iterable[tuple[str, Any]], bool]:
+    def on_batch(self, values: list[Ingested]) -> tuple[Iterable[Any], bool]:
         ctx = self.ctx
-        core, primary, join_key = ctx.core, ctx.primary, ctx.join_key
+        core, primary, join_key, forward = ctx.core, ctx.primary, ctx.join_key, ctx.forward_key
         entity_id = getattr(values[0].event, join_key)
         if self.state is None:
             self.state = ctx.load(entity_id)
         state = self.state
-        out: list[tuple[str, Any]] = []
+        out: list[Any] = []
         changed, newest = False, 0
         for item in values:
             e = item.event
             if primary:
-                outcome = core.update(state, e.event_time_ms, (e.amount,), txid_hash(e.transaction_id))
+                outcome = core.update(state, e.event_time_ms, (e.amount,), _txid(e.transaction_id))
             else:
                 outcome = core.update(state, e.event_time_ms, (e.amount,))
             if outcome == _APPLIED:
@@ -115,26 +147,83 @@ class EntityLogic(StatefulBatchLogic[Ingested, tuple[str, Any], bytes]):
                 if item.produced_ms > newest:
                     newest = item.produced_ms
                 if primary:
-                    out.append(("accepted", item))
+                    out.append((str(getattr(e, forward)), item) if forward else item)
             elif outcome == _LATE:
                 stream_io.METRICS.late.inc()
-                out.append(("late", item))
+                out.append(LateOut(item))
             else:
                 stream_io.METRICS.duplicates.inc()
         if changed:
             features, blob = core.row(state)
             row = OnlineRow(entity_id, state.max_seen, features, blob)
-            out.append(("row", (ctx.name, row, newest)))
+            out.append(RowOut(ctx.name, row, newest))
         return out, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes | None:
         return None if self.state is None else self.ctx.core.snapshot(self.state)
 
 
+_MISSING = object()
+
+
+class Prefetch:
+    """Reads the bootstrap state of every entity this process has not seen yet, one
+    pipelined round trip per batch, before the batch is keyed; the entity steps then take
+    it from here instead of one round trip per new key. (A key resumed from a recovery
+    snapshot never asks: its prefetched entry is dropped when the key shows up again.)"""
+
+    def __init__(self, fs: FeatureSet, store: StoreConfig) -> None:
+        self.store = store
+        self.entities = tuple((e.name, e.join_key) for e in fs.entities)
+        self.seen: dict[str, set[int]] = {name: set() for name, _ in self.entities}
+        self.cache: dict[tuple[str, int], bytes | None] = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, items: list[Any]) -> list[Any]:
+        events = [x.event for x in items if isinstance(x, Ingested)]
+        keys: list[tuple[str, int]] = []
+        with self.lock:
+            for name, join_key in self.entities:
+                seen = self.seen[name]
+                for e in events:
+                    entity_id = getattr(e, join_key)
+                    if entity_id not in seen:
+                        seen.add(entity_id)
+                        keys.append((name, entity_id))
+        if keys:
+            raws = _read_bootstrap(self.store, keys)
+            with self.lock:
+                self.cache.update(zip(keys, raws, strict=True))
+        return items
+
+    def take(self, key: tuple[str, int]) -> object:
+        with self.lock:
+            return self.cache.pop(key, _MISSING)
+
+
+def _read_bootstrap(store: StoreConfig, keys: list[tuple[str, int]]) -> list[bytes | None]:
+    """Bootstrap states, retried with backoff while the store is down (never skipped:
+    a missing start state would silently lose the backfill's history)."""
+    backoff = 0.2
+    while True:
+        try:
+            return stream_io.store_for(store).read_states(keys, bootstrap=True)
+        except StoreUnavailableError as exc:
+            log.warning("%s; retrying in %.1fs", exc, backoff)
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+
 class _EntityContext:
     """Per-entity helpers shared by all keys of a worker (native core, state loader)."""
 
-    def __init__(self, fs: FeatureSet, entity: str, store: StoreConfig | None) -> None:
+    def __init__(
+        self,
+        fs: FeatureSet,
+        entity: str,
+        store: StoreConfig | None,
+        prefetch: Prefetch | None = None,
+    ) -> None:
         self.layout: EntityLayout = Engine(fs).layout(entity)
         self.native = NativeLayout(self.layout)
         self.core = self.native.core
@@ -142,23 +231,19 @@ class _EntityContext:
         self.primary = self.layout.primary
         self.join_key = self.layout.entity.join_key
         self.store = store
+        self.prefetch = prefetch
+        others = [e for e in fs.entities if e != self.layout.entity]
+        #: the primary keys accepted events for the next entity itself when there is one
+        self.forward_key = others[0].join_key if self.primary and len(others) == 1 else None
 
     def load(self, entity_id: int) -> Any:
         """State for an entity this worker has no state for: the bootstrap state that
         ``feast materialize`` wrote, else empty. Never the stream's own last write: that
         may be ahead of a recovery snapshot, and replaying on top of it would count twice."""
         if self.store is not None:
-            backoff = 0.2
-            while True:
-                try:
-                    [raw] = stream_io.store_for(self.store).read_states(
-                        [(self.name, entity_id)], bootstrap=True
-                    )
-                    break
-                except StoreUnavailableError as exc:
-                    log.warning("%s; retrying in %.1fs", exc, backoff)
-                    time.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
+            raw = _MISSING if self.prefetch is None else self.prefetch.take((self.name, entity_id))
+            if raw is _MISSING:
+                [raw] = _read_bootstrap(self.store, [(self.name, entity_id)])
             if raw is not None:
                 return self.core.decode(raw)
         return self.core.new_state()
@@ -180,10 +265,20 @@ def _event_message(item: Ingested, topic: str, reason: str) -> KafkaSinkMessage[
 
 
 def _entity_step(
-    fs: FeatureSet, name: str, join_key: str, up: Any, store: StoreConfig | None
+    fs: FeatureSet,
+    name: str,
+    join_key: str,
+    up: Any,
+    store: StoreConfig | None,
+    prefetch: Prefetch | None,
+    keyed_already: bool,
 ) -> Any:
-    ctx = _EntityContext(fs, name, store)
-    keyed = op.key_on("key_" + name, up, lambda i: str(getattr(i.event, join_key)))
+    ctx = _EntityContext(fs, name, store, prefetch)
+    keyed = (
+        up
+        if keyed_already
+        else op.key_on("key_" + name, up, lambda i: str(getattr(i.event, join_key)))
+    )
     return op.stateful_batch(name, keyed, lambda resume: EntityLogic(ctx, resume))
 
 
@@ -207,7 +302,11 @@ def build_flow(fs: FeatureSet, cfg: StreamConfig) -> Dataflow:
         if cfg.replay_path is None:
             raise ValueError("replay_path: the embedded mode needs an events file to replay")
         raw = op.input("replay_in", flow, ParquetReplaySource(cfg.replay_path, cfg.batch_size))
-    decoded: Any = op.map("decode", raw, decode)
+    decoded: Any = op.flat_map_batch("decode", raw, decode_batch)
+    store = cfg.store if cfg.load_state_from_store else None
+    prefetch = Prefetch(fs, store) if store is not None else None
+    if prefetch is not None:
+        decoded = op.flat_map_batch("prefetch", decoded, prefetch)
     split: Any = op.branch("valid", decoded, lambda x: isinstance(x, Ingested))
     dead: Any = split.falses
     if cfg.kafka:
@@ -216,21 +315,20 @@ def build_flow(fs: FeatureSet, cfg: StreamConfig) -> Dataflow:
     else:
         op.output("dlq", dead, JsonlSink(cfg.out_dir / "dlq"))
 
-    store = cfg.store if cfg.load_state_from_store else None
     primary = fs.primary
+    others = [e for e in fs.entities if e != primary]
     card_out: Any = op.key_rm(
         "unkey_" + primary.name,
-        _entity_step(fs, primary.name, primary.join_key, split.trues, store),
+        _entity_step(fs, primary.name, primary.join_key, split.trues, store, prefetch, False),
     )
-    rows = [
-        op.filter_map(
-            "rows_" + primary.name, card_out, lambda kv: kv[1] if kv[0] == "row" else None
-        )
-    ]
-    accepted: Any = op.filter_map(
-        "accepted", card_out, lambda kv: kv[1] if kv[0] == "accepted" else None
+    # accepted events are most of the output: test for them first
+    kind: Any = op.branch(
+        "accepted", card_out, lambda x: type(x) is not RowOut and type(x) is not LateOut
     )
-    late: Any = op.filter_map("late", card_out, lambda kv: kv[1] if kv[0] == "late" else None)
+    accepted, rest = kind.trues, kind.falses
+    kind = op.branch("rows_" + primary.name, rest, lambda x: type(x) is RowOut)
+    rows = [kind.trues]
+    late: Any = op.map("late", kind.falses, lambda x: x.item)
     late_topic = f"{cfg.topic}.late"
     if cfg.kafka:
         msgs = op.map("late_msg", late, lambda i: _event_message(i, late_topic, "late"))
@@ -238,15 +336,10 @@ def build_flow(fs: FeatureSet, cfg: StreamConfig) -> Dataflow:
     else:
         recs = op.map("late_rec", late, lambda i: DeadLetter(i.event.to_json(), "late", {}))
         op.output("late_out", recs, JsonlSink(cfg.out_dir / "late"))
-    for entity in fs.entities:
-        if entity == primary:
-            continue
-        out: Any = op.key_rm(
-            "unkey_" + entity.name, _entity_step(fs, entity.name, entity.join_key, accepted, store)
-        )
-        rows.append(
-            op.filter_map("rows_" + entity.name, out, lambda kv: kv[1] if kv[0] == "row" else None)
-        )
+    for entity in others:
+        # one other entity: the primary keyed its accepted events for it already
+        rows.append(op.key_rm("unkey_" + entity.name, _entity_step(
+            fs, entity.name, entity.join_key, accepted, store, prefetch, len(others) == 1)))  # fmt: skip
     op.output("online_store", op.merge("all_rows", *rows), OnlineStoreSink(cfg.store))
     return flow
 

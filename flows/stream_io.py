@@ -13,7 +13,10 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -57,6 +60,20 @@ class _Metrics:
 
 
 METRICS = _Metrics()
+
+
+def observe_many(histogram: Histogram, amounts: Sequence[float]) -> None:
+    """``histogram.observe(a)`` for each amount, in one pass (the sink observes one
+    freshness per written row; per-call ``observe`` was ~5% of the flow's CPU)."""
+    if not len(amounts):
+        return
+    a = np.asarray(amounts, dtype=np.float64)
+    bounds = histogram._upper_bounds  # same rule as observe: first bucket with a <= bound
+    counts = np.bincount(np.searchsorted(bounds, a, side="left"), minlength=len(bounds))
+    histogram._sum.inc(float(a.sum()))
+    for bucket, c in zip(histogram._buckets, counts.tolist(), strict=False):
+        if c:
+            bucket.inc(c)
 _served: set[int] = set()
 
 
@@ -135,9 +152,10 @@ class _StorePartition(StatelessSinkPartition[tuple[str, OnlineRow, int]]):
         METRICS.write_seconds.observe(time.perf_counter() - start)
         METRICS.rows.inc(len(latest))
         now = time.time() * 1000
-        for _, produced in latest.values():
-            if produced:
-                METRICS.freshness.observe(max(now - produced, 0.0) / 1000)
+        observe_many(
+            METRICS.freshness,
+            [max(now - produced, 0.0) / 1000 for _, produced in latest.values() if produced],
+        )
 
 
 class OnlineStoreSink(DynamicSink[tuple[str, OnlineRow, int]]):

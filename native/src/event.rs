@@ -126,3 +126,14 @@ pub fn parse_event_fast<'py>(py: Python<'py>, raw: &[u8]) -> PyResult<Option<Bou
         Some(t) => Ok(Some(t.into_pyobject(py)?)),
     }
 }
+
+/// `features.engine.txid_hash`: blake2b with an 8-byte digest, little-endian u64.
+#[pyfunction]
+pub fn txid_hash(transaction_id: &str) -> u64 {
+    use blake2::digest::{Update, VariableOutput};
+    let mut h = blake2::Blake2bVar::new(8).expect("8 is a valid blake2b digest size");
+    h.update(transaction_id.as_bytes());
+    let mut out = [0u8; 8];
+    h.finalize_variable(&mut out).expect("8-byte buffer");
+    u64::from_le_bytes(out)
+}

@@ -269,6 +269,7 @@ fn skewless_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<resp::HsetEncoder>()?;
     m.add_function(wrap_pyfunction!(event::parse_event_fast, m)?)?;
     m.add_function(wrap_pyfunction!(resp::unwrap_bytes_values, m)?)?;
+    m.add_function(wrap_pyfunction!(event::txid_hash, m)?)?;
     m.add("ENGINE_BYTES_VERSION", engine::VERSION)?;
     let _ = engine::MAGIC;
     Ok(())

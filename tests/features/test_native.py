@@ -147,3 +147,29 @@ def test_native_refuses_bad_bytes_like_the_codec():
         nat.update(nat.decode(blob, readonly=True), T0, (1.0,))
     with pytest.raises(ValueError, match="values"):
         nat.update(s, T0, (1.0, 2.0))
+
+
+@given(st.text(max_size=80))
+def test_native_txid_hash_is_the_engines(txid):
+    from features.native import txid_hash_native
+
+    assert txid_hash_native(txid) == txid_hash(txid)
+
+
+def test_observe_many_is_observe():
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from flows.stream_io import observe_many
+
+    reg = CollectorRegistry()
+    a = Histogram("a", "a", buckets=(0.01, 0.1, 1), registry=reg)
+    b = Histogram("b", "b", buckets=(0.01, 0.1, 1), registry=reg)
+    values = [0.0, 0.01, 0.010001, 0.05, 0.1, 0.5, 1.0, 3.0, 7.5]
+    for v in values:
+        a.observe(v)
+    observe_many(b, values)
+    samples = {
+        m.name: [(s.name[1:], s.labels.get("le"), s.value) for s in m.samples if "created" not in s.name]
+        for m in reg.collect()
+    }
+    assert samples["a"] == samples["b"]
