@@ -84,19 +84,19 @@ class NativeLayout:
         return _OUTCOMES[self.core.update(state, ts, values, txid)]
 
     def finalize(self, state: Any, t: int) -> list[float | int]:
-        return self.core.finalize(state, t)  # type: ignore[no-any-return]
+        return self.core.finalize(state, t)
 
     def as_of_last(self, state: Any) -> list[float | int]:
-        return self.core.as_of_last(state)  # type: ignore[no-any-return]
+        return self.core.as_of_last(state)
 
     def encode(self, state: Any) -> bytes:
-        return self.core.encode(state)  # type: ignore[no-any-return]
+        return self.core.encode(state)
 
     def decode(self, data: bytes, readonly: bool = False) -> Any:
         return self.core.decode(data, readonly)
 
     def snapshot(self, state: Any) -> bytes:
-        return self.core.snapshot(state)  # type: ignore[no-any-return]
+        return self.core.snapshot(state)
 
     def restore(self, data: bytes) -> Any:
         return self.core.restore(data)

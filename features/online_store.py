@@ -295,9 +295,7 @@ class RedisStore:
         if not rows:
             return
         enc = self._hset[entity].command
-        payload = b"".join(
-            [enc(r.entity_id, list(r.values), r.state, r.event_ts_ms) for r in rows]
-        )
+        payload = b"".join([enc(r.entity_id, list(r.values), r.state, r.event_ts_ms) for r in rows])
         self._send(payload, len(rows))
 
     def _send(self, payload: bytes, replies: int) -> list[Any]:
@@ -314,7 +312,7 @@ class RedisStore:
         fields = self._boot_field if bootstrap else self._state_field
         hset = self._hset
         payload = b"".join([hset[e].hget(i, fields[e]) for e, i in keys])
-        return self._unwrap(self._send(payload, len(keys)))  # type: ignore[no-any-return]
+        return self._unwrap(self._send(payload, len(keys)))
 
     def close(self) -> None:
         if self._client is not None:

@@ -28,7 +28,6 @@ from bytewax.connectors.kafka import operators as kop
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 
-from features.codec import StateCodec
 from features.definitions import FeatureSet
 from features.engine import Engine, EntityLayout
 from features.events import Event, InvalidEventError, parse_event
@@ -159,8 +158,10 @@ class EntityLogic(StatefulBatchLogic[Ingested, Any, bytes]):
             out.append(RowOut(ctx.name, row, newest))
         return out, StatefulBatchLogic.RETAIN
 
-    def snapshot(self) -> bytes | None:
-        return None if self.state is None else self.ctx.core.snapshot(self.state)
+    def snapshot(self) -> bytes:
+        # a logic exists only once a batch loaded its state (on_batch runs first)
+        assert self.state is not None
+        return self.ctx.core.snapshot(self.state)
 
 
 _MISSING = object()
@@ -338,8 +339,10 @@ def build_flow(fs: FeatureSet, cfg: StreamConfig) -> Dataflow:
         op.output("late_out", recs, JsonlSink(cfg.out_dir / "late"))
     for entity in others:
         # one other entity: the primary keyed its accepted events for it already
-        rows.append(op.key_rm("unkey_" + entity.name, _entity_step(
-            fs, entity.name, entity.join_key, accepted, store, prefetch, len(others) == 1)))  # fmt: skip
+        step = _entity_step(
+            fs, entity.name, entity.join_key, accepted, store, prefetch, len(others) == 1
+        )
+        rows.append(op.key_rm("unkey_" + entity.name, step))
     op.output("online_store", op.merge("all_rows", *rows), OnlineStoreSink(cfg.store))
     return flow
 

@@ -10,14 +10,13 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -74,6 +73,8 @@ def observe_many(histogram: Histogram, amounts: Sequence[float]) -> None:
     for bucket, c in zip(histogram._buckets, counts.tolist(), strict=False):
         if c:
             bucket.inc(c)
+
+
 _served: set[int] = set()
 
 

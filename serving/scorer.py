@@ -361,16 +361,16 @@ class Scorer:
             self.sink(events, results)
         return results
 
-    def _score_columns(
-        self, events: Sequence[Event], deadline: float | None
-    ) -> list[ScoreResult]:
+    def _score_columns(self, events: Sequence[Event], deadline: float | None) -> list[ScoreResult]:
         """:meth:`score_batch` for large batches: the same values, computed a column at a
         time (one native call per entity for all rows, vectorized request features, one
         predict). Held equal to the row-at-a-time path by the tests."""
         store, plan = self._ready()
         readers, n = self._readers, len(events)
         ids = [[getattr(e, r.join_key) for e in events] for r in readers]
-        unique = list(dict.fromkeys((r.name, i) for r, col in zip(readers, ids) for i in col))
+        unique = list(
+            dict.fromkeys((r.name, i) for r, col in zip(readers, ids, strict=True) for i in col)
+        )
         raws = dict(zip(unique, store.read_states(unique), strict=True))
         if deadline is not None and time.monotonic() > deadline:
             raise DeadlineExceededError(f"deadline: passed after 0 of {n} events")

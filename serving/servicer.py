@@ -24,6 +24,7 @@ from serving._proto.skewless.v1 import scorer_pb2 as pb
 from serving._proto.skewless.v1 import scorer_pb2_grpc as pb_grpc
 from serving.convert import (
     batch_events,
+    batch_response,
     feature_protos,
     features_request,
     request_event,
@@ -71,8 +72,7 @@ class ScorerServicer(pb_grpc.ScorerServicer):
         if not events:
             return pb.ScoreBatchResponse()
         results = await self._batch(events, _deadline(context))
-        include = request.include_features
-        return pb.ScoreBatchResponse(responses=[score_response(r, include) for r in results])
+        return batch_response(results, request.include_features)
 
     async def _batch(self, events: Sequence[Event], deadline: float | None) -> list[ScoreResult]:
         try:

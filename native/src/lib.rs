@@ -8,6 +8,7 @@ mod engine;
 mod event;
 mod moments;
 mod resp;
+mod view;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -210,11 +211,11 @@ impl Core {
     /// Values at `t` straight from stored bytes (None: an entity never seen).
     #[pyo3(signature = (data, t))]
     fn features<'py>(&self, py: Python<'py>, data: Option<&[u8]>, t: i64) -> PyResult<Bound<'py, PyList>> {
-        let mut st = match data {
-            Some(d) => self.spec.decode(d, true).map_err(|e| self.err(py, e))?,
-            None => self.spec.new_state(),
-        };
-        let vals = self.spec.finalize(&mut st, t).map_err(|e| self.err(py, e))?;
+        let vals = match data {
+            Some(d) => self.spec.view(d).and_then(|v| self.spec.finalize_view(&v, t)),
+            None => self.spec.finalize(&mut self.spec.new_state(), t),
+        }
+        .map_err(|e| self.err(py, e))?;
         vals_to_list(py, &vals)
     }
 
@@ -232,10 +233,9 @@ impl Core {
         let mut out: Vec<u8> = Vec::with_capacity(datas.len() * self.spec.n_names * 8);
         for (i, (d, &t)) in datas.iter().zip(&ts).enumerate() {
             let res = match d {
-                Some(d) => self.spec.decode(d.as_bytes(), true),
-                None => Ok(self.spec.new_state()),
-            }
-            .and_then(|mut st| self.spec.finalize(&mut st, t));
+                Some(d) => self.spec.view(d.as_bytes()).and_then(|v| self.spec.finalize_view(&v, t)),
+                None => self.spec.finalize(&mut self.spec.new_state(), t),
+            };
             match res {
                 Ok(vals) => {
                     for v in vals {
@@ -270,6 +270,7 @@ fn skewless_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(event::parse_event_fast, m)?)?;
     m.add_function(wrap_pyfunction!(resp::unwrap_bytes_values, m)?)?;
     m.add_function(wrap_pyfunction!(event::txid_hash, m)?)?;
+    m.add_function(wrap_pyfunction!(resp::score_batch_response, m)?)?;
     m.add("ENGINE_BYTES_VERSION", engine::VERSION)?;
     let _ = engine::MAGIC;
     Ok(())

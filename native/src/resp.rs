@@ -156,3 +156,48 @@ pub fn unwrap_bytes_values<'py>(py: Python<'py>, raws: &Bound<'py, PyList>) -> P
     }
     Ok(out)
 }
+
+fn pb_len(out: &mut Vec<u8>, tag: u8, b: &[u8]) {
+    out.push(tag);
+    varint(out, b.len() as i64);
+    out.extend_from_slice(b);
+}
+
+/// A serialized `skewless.v1.ScoreBatchResponse` without features: per result
+/// `(transaction_id, score, decision)`, plus the shared threshold and model version, and
+/// each result's warnings. proto3 rules: default values are left out.
+#[pyfunction]
+pub fn score_batch_response<'py>(
+    py: Python<'py>,
+    results: Vec<(String, f64, bool, Vec<String>)>,
+    threshold: f64,
+    model_version: &str,
+) -> Bound<'py, PyBytes> {
+    let mut out = Vec::with_capacity(results.len() * (48 + model_version.len()));
+    let mut msg = Vec::with_capacity(128);
+    for (txid, score, decision, warnings) in &results {
+        msg.clear();
+        if !txid.is_empty() {
+            pb_len(&mut msg, 0x0a, txid.as_bytes());
+        }
+        if *score != 0.0 || score.is_sign_negative() {
+            msg.push(0x11);
+            msg.extend_from_slice(&score.to_le_bytes());
+        }
+        if *decision {
+            msg.extend_from_slice(&[0x18, 1]);
+        }
+        if threshold != 0.0 || threshold.is_sign_negative() {
+            msg.push(0x21);
+            msg.extend_from_slice(&threshold.to_le_bytes());
+        }
+        if !model_version.is_empty() {
+            pb_len(&mut msg, 0x2a, model_version.as_bytes());
+        }
+        for w in warnings {
+            pb_len(&mut msg, 0x42, w.as_bytes());
+        }
+        pb_len(&mut out, 0x0a, &msg);
+    }
+    PyBytes::new(py, &out)
+}

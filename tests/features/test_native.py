@@ -103,7 +103,7 @@ def test_native_matches_on_a_simulated_stream():
          r["transaction_id"])
         for r in rows
     ]  # fmt: skip
-    random.Random(1).shuffle(events[:: 7])  # some disorder
+    random.Random(1).shuffle(events[::7])  # some disorder
     py_states, nat_states = run_both(events, random.Random(2))
     for (entity, key), ps in py_states.items():
         ns = nat_states[(entity, key)]
@@ -169,7 +169,9 @@ def test_observe_many_is_observe():
         a.observe(v)
     observe_many(b, values)
     samples = {
-        m.name: [(s.name[1:], s.labels.get("le"), s.value) for s in m.samples if "created" not in s.name]
+        m.name: [
+            (s.name[1:], s.labels.get("le"), s.value) for s in m.samples if "created" not in s.name
+        ]
         for m in reg.collect()
     }
     assert samples["a"] == samples["b"]

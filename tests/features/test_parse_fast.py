@@ -28,12 +28,18 @@ _TIMES = st.one_of(
     st.integers(-(2**64), 2**64),
     st.floats(allow_nan=False),
     st.builds(
-        lambda y, mo, d, h, mi, s, frac, off: f"{y:04d}-{mo:02d}-{d:02d}T{h:02d}:{mi:02d}:{s:02d}{frac}{off}",
-        st.integers(0, 2200), st.integers(0, 13), st.integers(0, 32), st.integers(0, 24),
-        st.integers(0, 60), st.integers(0, 60),
+        lambda y, mo, d, h, mi, s, frac, off: (
+            f"{y:04d}-{mo:02d}-{d:02d}T{h:02d}:{mi:02d}:{s:02d}{frac}{off}"
+        ),
+        st.integers(0, 2200),
+        st.integers(0, 13),
+        st.integers(0, 32),
+        st.integers(0, 24),
+        st.integers(0, 60),
+        st.integers(0, 60),
         st.sampled_from(["", ".1", ".12", ".123", ".1234", ".123456", ".1234567", "."]),
         st.sampled_from(["Z", "z", "", "+01:00", "-05:30", "+24:00", "+0100", "+23:59", "-00:00"]),
-    ),  # fmt: skip
+    ),
     st.text(max_size=30),
 )
 _ANY = st.one_of(

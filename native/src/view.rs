@@ -1,0 +1,263 @@
+//! Finalize straight from state bytes (serving): no decode, no allocation per tile. The
+//! same arithmetic, in the same order, as `Spec::finalize` over a read-only decode; the
+//! tests hold the two (and the Python engine) equal bit for bit.
+
+use crate::engine::{Error, Spec, Val, C_M2, C_MAX, C_MIN, C_SUM, COUNT, MAGIC, MAX, MEAN, MIN, STD, SUM, VERSION};
+
+const HEAD: usize = 32;
+
+fn u32_at(d: &[u8], p: usize) -> u32 {
+    u32::from_le_bytes(d[p..p + 4].try_into().unwrap())
+}
+
+fn f64_at(d: &[u8], p: usize) -> f64 {
+    f64::from_le_bytes(d[p..p + 8].try_into().unwrap())
+}
+
+fn fdiv(a: i64, b: i64) -> i64 {
+    a.div_euclid(b)
+}
+
+struct Level {
+    count: usize,
+    buckets: usize, // offset of the u32 bucket offsets
+    ns: usize,      // offset of the u32 counts
+    comps: usize,   // offset of the f64 components [f][ci][i]
+}
+
+pub struct View<'a> {
+    data: &'a [u8],
+    ms: Option<i64>,
+    last: Option<i64>,
+    n_raw: usize,
+    raw_ts: usize,
+    raw_vals: usize,
+    levels: Vec<Level>,
+}
+
+impl View<'_> {
+    fn raw_ts(&self, k: usize) -> i64 {
+        self.ms.unwrap_or(0) - u32_at(self.data, self.raw_ts + 4 * k) as i64
+    }
+
+    fn bisect(&self, x: i64) -> usize {
+        // raw times ascend (their offsets descend)
+        let (mut lo, mut hi) = (0, self.n_raw);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.raw_ts(mid) < x {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+}
+
+impl Spec {
+    pub fn view<'a>(&self, data: &'a [u8]) -> Result<View<'a>, Error> {
+        if data.len() < HEAD || &data[..2] != MAGIC {
+            return Err(Error::Value(format!(
+                "state: {} bytes is not a skewless state (bad magic or too short)",
+                data.len()
+            )));
+        }
+        if data[2] != VERSION {
+            return Err(Error::Value(format!(
+                "state: version {} is not supported (expected {VERSION})",
+                data[2]
+            )));
+        }
+        let crc = u32_at(data, 4);
+        if crc != self.crc {
+            return Err(Error::Value(format!(
+                "state: written for other {} definitions (layout {crc:08x}, running {:08x}); \
+                 rebuild it with a backfill",
+                self.entity, self.crc
+            )));
+        }
+        let bad = || {
+            Error::Value(format!(
+                "state: {} bytes do not match its header; the state is corrupt",
+                data.len()
+            ))
+        };
+        let flags = data[3];
+        let ms = i64::from_le_bytes(data[8..16].try_into().unwrap());
+        let last = i64::from_le_bytes(data[16..24].try_into().unwrap());
+        let n_raw = u32_at(data, 24) as usize;
+        let n_ids = u32_at(data, 28) as usize;
+        let nl = self.hops.len();
+        let nf = self.nf;
+        if data.len() < HEAD + 4 * nl {
+            return Err(bad());
+        }
+        let mut pos = HEAD + 4 * nl;
+        let raw_ts = pos;
+        pos += 4 * n_raw;
+        let raw_vals = pos;
+        pos += 8 * nf * n_raw + 12 * n_ids;
+        let mut levels = Vec::with_capacity(nl);
+        for j in 0..nl {
+            let count = u32_at(data, HEAD + 4 * j) as usize;
+            let width = self.needs[j].len();
+            let lv = Level { count, buckets: pos, ns: pos + 4 * count, comps: pos + 8 * count };
+            pos += 8 * count + 8 * nf * width * count;
+            levels.push(lv);
+        }
+        if pos != data.len() {
+            return Err(bad());
+        }
+        Ok(View {
+            data,
+            ms: if flags & 1 != 0 { Some(ms) } else { None },
+            last: if flags & 2 != 0 { Some(last) } else { None },
+            n_raw,
+            raw_ts,
+            raw_vals,
+            levels,
+        })
+    }
+
+    /// `finalize(decode(data, readonly=True), t)`, read in place.
+    pub fn finalize_view(&self, v: &View<'_>, t: i64) -> Result<Vec<Val>, Error> {
+        let mut out = vec![Val::F(f64::NAN); self.n_names];
+        if let Some(ms) = v.ms {
+            if t < ms - self.horizon {
+                return Err(Error::TooOld(format!(
+                    "event_time: {t} is more than {} ms before the newest {} event in state \
+                     ({ms}); it cannot be answered exactly",
+                    self.horizon, self.entity
+                )));
+            }
+        }
+        let nf = self.nf;
+        let d = v.data;
+        let mut found: Vec<(usize, usize)> = Vec::with_capacity(32); // (level, index)
+        for g in &self.groups {
+            let mut acc = [(0u64, 0.0f64, 0.0f64, 0.0f64, f64::INFINITY, f64::NEG_INFINITY); 4];
+            let mut acc_vec;
+            let accs: &mut [(u64, f64, f64, f64, f64, f64)] = if nf <= 4 {
+                &mut acc[..nf]
+            } else {
+                acc_vec = vec![(0u64, 0.0, 0.0, 0.0, f64::INFINITY, f64::NEG_INFINITY); nf];
+                &mut acc_vec[..]
+            };
+            if let Some(ms) = v.ms {
+                found.clear();
+                let mut cursor = fdiv(t, g.hop) * g.hop - g.length;
+                for j in (0..=g.level).rev() {
+                    let hop = self.hops[j];
+                    let end = fdiv(t, hop) * hop;
+                    if end <= cursor {
+                        continue;
+                    }
+                    let lv = &v.levels[j];
+                    if lv.count > 0 {
+                        let (lo, hi) = (fdiv(cursor, hop), fdiv(end, hop));
+                        let cur = fdiv(ms, hop);
+                        for i in 0..lv.count {
+                            let b = cur - u32_at(d, lv.buckets + 4 * i) as i64;
+                            if lo <= b && b < hi {
+                                found.push((j, i));
+                            }
+                        }
+                    }
+                    cursor = end;
+                }
+                let i0 = v.bisect(cursor);
+                let i1 = v.bisect(t);
+                let need_m2 = g.need_m2;
+                for (f, a) in accs.iter_mut().enumerate() {
+                    let (mut n, mut total, mut mean, mut m2, mut mn, mut mx) = *a;
+                    for &(j, i) in &found {
+                        let lv = &v.levels[j];
+                        let nb = u32_at(d, lv.ns + 4 * i) as u64;
+                        if nb == 0 {
+                            continue;
+                        }
+                        let needs = &self.needs[j];
+                        let width = needs.len();
+                        let (mut sb, mut m2b, mut tmin, mut tmax) = (0.0, 0.0, f64::INFINITY, f64::NEG_INFINITY);
+                        for (ci, &c) in needs.iter().enumerate() {
+                            let x = f64_at(d, lv.comps + 8 * ((f * width + ci) * lv.count + i));
+                            match c {
+                                C_SUM => sb = x,
+                                C_M2 => m2b = x,
+                                C_MIN => tmin = x,
+                                C_MAX => tmax = x,
+                                _ => {}
+                            }
+                        }
+                        if need_m2 {
+                            let mb = sb / nb as f64;
+                            if n != 0 {
+                                let tot = (n + nb) as f64;
+                                let delta = mb - mean;
+                                mean += delta * nb as f64 / tot;
+                                m2 += m2b + delta * delta * n as f64 * nb as f64 / tot;
+                            } else {
+                                mean = mb;
+                                m2 = m2b;
+                            }
+                        }
+                        n += nb;
+                        total += sb;
+                        if tmin < mn {
+                            mn = tmin;
+                        }
+                        if tmax > mx {
+                            mx = tmax;
+                        }
+                    }
+                    for k in i0..i1 {
+                        let x = f64_at(d, v.raw_vals + 8 * (f * v.n_raw + k));
+                        n += 1;
+                        total += x;
+                        if need_m2 {
+                            let delta = x - mean;
+                            mean += delta / n as f64;
+                            m2 += delta * (x - mean);
+                        }
+                        if x < mn {
+                            mn = x;
+                        }
+                        if x > mx {
+                            mx = x;
+                        }
+                    }
+                    *a = (n, total, mean, m2, mn, mx);
+                }
+            }
+            for &(pos, op, fidx) in &g.outputs {
+                let (n, total, _, m2, mn, mx) = accs[fidx];
+                out[pos] = match op {
+                    COUNT => Val::I(n as i64),
+                    SUM => Val::F(total + 0.0),
+                    _ if n == 0 => Val::F(f64::NAN),
+                    MEAN => Val::F(total / n as f64),
+                    MIN => Val::F(mn),
+                    MAX => Val::F(mx),
+                    STD => Val::F(if m2 > 0.0 { (m2 / n as f64).sqrt() } else { 0.0 }),
+                    _ => Val::F(f64::NAN),
+                };
+            }
+        }
+        if let Some(pos) = self.since_last {
+            let i = v.bisect(t);
+            let mut last = v.last;
+            if i > 0 {
+                let r = v.raw_ts(i - 1);
+                if last.map_or(true, |l| r > l) {
+                    last = Some(r);
+                }
+            }
+            out[pos] = match last {
+                None => Val::F(f64::NAN),
+                Some(l) => Val::F((t - l) as f64 / 1000.0),
+            };
+        }
+        Ok(out)
+    }
+}
