@@ -8,8 +8,10 @@ is the client. Measured for both, in the same run:
 
 * ``Score`` latency with one request in flight (p50, p99);
 * ``Score`` throughput with ``inflight`` requests in flight;
-* ``ScoreBatch`` events/s;
-* server RSS after the runs.
+* ``ScoreBatch`` events/s, with one batch in flight and with ``batch_inflight`` (capacity);
+* server RSS after the runs;
+* the gRPC floor: the same ``grpc.aio`` server and interceptors with a ``Score`` that does
+  nothing, so each server's own time above it (and their ratio) is reported too.
 
 Every loop is bounded by a count *and* a time budget. :func:`run` prints nothing and
 returns a JSON-able dict with the naive baseline and the ratios beside our results.
@@ -46,6 +48,28 @@ cfg = ServerConfig(registry_dir=Path(c["registry"]), redis_url=c["redis_url"],
                    address="127.0.0.1:0", prediction_log_dir=Path(c["predictions"]),
                    max_batch_size=c["max_batch"], grace_s=1.0)
 serve(cfg, on_started=lambda port: print(f"listening on port {port}", flush=True))
+"""
+
+#: the gRPC floor: the same grpc.aio server and interceptors, a Score that does nothing
+_FLOOR = """
+import asyncio
+from grpc import aio
+from serving._proto.skewless.v1 import scorer_pb2 as pb, scorer_pb2_grpc as pb_grpc
+from serving.interceptors import interceptors
+
+class Floor(pb_grpc.ScorerServicer):
+    async def Score(self, request, context):
+        return pb.ScoreResponse(transaction_id=request.transaction.transaction_id)
+
+async def main():
+    server = aio.server(interceptors=interceptors("", None), options=[("grpc.so_reuseport", 0)])
+    pb_grpc.add_ScorerServicer_to_server(Floor(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(f"listening on port {port}", flush=True)
+    await server.wait_for_termination()
+
+asyncio.run(main())
 """
 
 
@@ -107,6 +131,29 @@ def _percentiles(lat: list[float]) -> dict[str, float]:
     }
 
 
+def _one_in_flight(stub: Any, reqs: list[Any], n: int, seconds: float) -> dict[str, float]:
+    for r in reqs[: min(200, n)]:  # warm-up: connections, caches, allocator
+        stub.Score(r, timeout=10)
+    lat: list[float] = []
+    end = time.monotonic() + seconds
+    for i in range(n):
+        t = time.perf_counter()
+        stub.Score(reqs[i % len(reqs)], timeout=10)
+        lat.append(time.perf_counter() - t)
+        if time.monotonic() > end:
+            break
+    return _percentiles(lat)
+
+
+def _measure_one(address: str, reqs: list[Any], n: int, seconds: float) -> dict[str, Any]:
+    import grpc
+
+    from serving._proto.skewless.v1 import scorer_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(address) as ch:
+        return {"score_one_in_flight": _one_in_flight(pb_grpc.ScorerStub(ch), reqs, n, seconds)}
+
+
 def _measure(address: str, reqs: list[Any], batches: list[Any], n: int, seconds: float,
              inflight: int, batch_inflight: int = 4) -> dict[str, Any]:  # fmt: skip
     import grpc
@@ -116,17 +163,7 @@ def _measure(address: str, reqs: list[Any], batches: list[Any], n: int, seconds:
     out: dict[str, Any] = {}
     with grpc.insecure_channel(address) as ch:
         stub = pb_grpc.ScorerStub(ch)
-        for r in reqs[: min(200, n)]:  # warm-up: connections, caches, allocator
-            stub.Score(r, timeout=10)
-        lat: list[float] = []
-        end = time.monotonic() + seconds
-        for i in range(n):
-            t = time.perf_counter()
-            stub.Score(reqs[i % len(reqs)], timeout=10)
-            lat.append(time.perf_counter() - t)
-            if time.monotonic() > end:
-                break
-        out["score_one_in_flight"] = _percentiles(lat)
+        out["score_one_in_flight"] = _one_in_flight(stub, reqs, n, seconds)
 
         pending: list[tuple[float, Any]] = []
         lat, done, sent = [], 0, 0
@@ -264,6 +301,8 @@ def run(
                 results["ours"] = _measure(f"127.0.0.1:{port}", reqs, batch_reqs, requests,
                                            seconds, inflight)  # fmt: skip
                 results["ours"]["server_rss_mb"] = _rss_mb(pid)
+            with _process([sys.executable, "-c", _FLOOR], work / "floor.log") as (_, port):
+                results["grpc_floor"] = _measure_one(f"127.0.0.1:{port}", reqs, requests, seconds)
             naive_cfg = {"redis_url": redis_url, "feast_dir": str(work / "feast"),
                          "version_dir": str(resolve(registry, "production"))}  # fmt: skip
             argv = [sys.executable, "-m", "bench.serve_naive", json.dumps(naive_cfg)]
@@ -284,6 +323,13 @@ def run(
         "batch": round(
             ours["score_batch"]["events_per_s"] / naive["score_batch"]["events_per_s"], 2
         ),
+    }
+    floor = results["grpc_floor"]["score_one_in_flight"]["p50_ms"]
+    results["above_grpc_floor_p50_ms"] = {
+        "ours": round(one["p50_ms"] - floor, 4),
+        "naive": round(naive_one["p50_ms"] - floor, 4),
+        # the feature/model path alone, with the shared gRPC cost taken out
+        "ratio": round((naive_one["p50_ms"] - floor) / max(one["p50_ms"] - floor, 1e-6), 2),
     }
     results["targets"] = TARGETS
     results["met"] = {
