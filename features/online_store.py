@@ -23,10 +23,9 @@ import socket
 import struct
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from features.definitions import FeatureSet
 from features.feast_objects import (
@@ -44,8 +43,7 @@ class StoreUnavailableError(ConnectionError):
     """The online store cannot be reached; the message says which and how to start it."""
 
 
-@dataclass(frozen=True)
-class OnlineRow:
+class OnlineRow(NamedTuple):
     """One entity's write: as-of-last-event values (definition order) and state bytes."""
 
     entity_id: int

@@ -49,7 +49,7 @@ class StreamConfig:
     replay_path: Path | None = None
     out_dir: Path = Path("out/stream")
     tail: bool = True
-    batch_size: int = 1000
+    batch_size: int = 5000
     metrics_port: int = 0
     load_state_from_store: bool = True
 

@@ -172,7 +172,15 @@ pub fn div_round(num: &BigInt, den: &BigUint, scale: u64) -> f64 {
     let (la, ld) = (a.bits() as i64, den.bits() as i64);
     // q = floor(a * 2^s / den) has 55 or 56 bits
     let s = 55 - (la - ld);
-    let (q, sticky) = if s >= 0 {
+    let (q, sticky) = if den.is_one() {
+        // a power-of-two scale (a tile's Σx): shifts only
+        if s >= 0 {
+            (a << (s as u64), false)
+        } else {
+            let r = (-s) as u64;
+            (a >> r, a.trailing_zeros().is_some_and(|tz| tz < r))
+        }
+    } else if s >= 0 {
         let n = a << (s as u64);
         let (q, r) = n.div_rem(den);
         (q, !r.is_zero())
