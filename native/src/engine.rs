@@ -86,6 +86,8 @@ fn fdiv(a: i64, b: i64) -> i64 {
     a.div_euclid(b)
 }
 
+/// The float accumulator a window read merges into (`moments.acc_*`), in Python's order.
+#[derive(Clone, Copy)]
 pub struct Acc {
     n: u64,
     total: f64,
@@ -96,11 +98,57 @@ pub struct Acc {
 }
 
 impl Acc {
-    fn new() -> Acc {
+    pub fn new() -> Acc {
         Acc { n: 0, total: 0.0, mean: 0.0, m2: 0.0, mn: f64::INFINITY, mx: f64::NEG_INFINITY }
     }
 
-    fn finalize(&self, op: u8) -> Val {
+    /// A tile's summary (Chan et al.); M2 only when a std is read.
+    #[inline]
+    pub fn merge(&mut self, nb: u64, sb: f64, m2b: f64, tmin: f64, tmax: f64, need_m2: bool) {
+        if nb == 0 {
+            return;
+        }
+        if need_m2 {
+            let mb = sb / nb as f64;
+            if self.n != 0 {
+                let tot = (self.n + nb) as f64;
+                let delta = mb - self.mean;
+                self.mean += delta * nb as f64 / tot;
+                self.m2 += m2b + delta * delta * self.n as f64 * nb as f64 / tot;
+            } else {
+                self.mean = mb;
+                self.m2 = m2b;
+            }
+        }
+        self.n += nb;
+        self.total += sb;
+        if tmin < self.mn {
+            self.mn = tmin;
+        }
+        if tmax > self.mx {
+            self.mx = tmax;
+        }
+    }
+
+    /// One raw value (Welford).
+    #[inline]
+    pub fn add(&mut self, x: f64, need_m2: bool) {
+        self.n += 1;
+        self.total += x;
+        if need_m2 {
+            let delta = x - self.mean;
+            self.mean += delta / self.n as f64;
+            self.m2 += delta * (x - self.mean);
+        }
+        if x < self.mn {
+            self.mn = x;
+        }
+        if x > self.mx {
+            self.mx = x;
+        }
+    }
+
+    pub fn finalize(&self, op: u8) -> Val {
         let n = self.n;
         match op {
             COUNT => Val::I(n as i64),
@@ -268,53 +316,17 @@ impl Spec {
         let i1 = bisect_left(&st.raw_ts, t);
         let nf = self.nf;
         for (f, acc) in accs.iter_mut().enumerate() {
-            let (mut n, mut total, mut mean, mut m2, mut mn, mut mx) =
-                (acc.n, acc.total, acc.mean, acc.m2, acc.mn, acc.mx);
             for &(j, b) in &found {
                 let tile = &mut st.levels[j].get_mut(&b).unwrap()[f];
-                let nb = tile.n;
-                if nb == 0 {
+                if tile.n == 0 {
                     continue;
                 }
                 let (sb, m2b) = tile.summary();
-                if need_m2 {
-                    let mb = sb / nb as f64;
-                    if n != 0 {
-                        let tot = (n + nb) as f64;
-                        let delta = mb - mean;
-                        mean += delta * nb as f64 / tot;
-                        m2 += m2b + delta * delta * n as f64 * nb as f64 / tot;
-                    } else {
-                        mean = mb;
-                        m2 = m2b;
-                    }
-                }
-                n += nb;
-                total += sb;
-                if tile.min < mn {
-                    mn = tile.min;
-                }
-                if tile.max > mx {
-                    mx = tile.max;
-                }
+                acc.merge(tile.n, sb, m2b, tile.min, tile.max, need_m2);
             }
             for i in i0..i1 {
-                let x = st.raw_vals[i * nf + f];
-                n += 1;
-                total += x;
-                if need_m2 {
-                    let delta = x - mean;
-                    mean += delta / n as f64;
-                    m2 += delta * (x - mean);
-                }
-                if x < mn {
-                    mn = x;
-                }
-                if x > mx {
-                    mx = x;
-                }
+                acc.add(st.raw_vals[i * nf + f], need_m2);
             }
-            *acc = Acc { n, total, mean, m2, mn, mx };
         }
     }
 

@@ -2,7 +2,7 @@
 //! same arithmetic, in the same order, as `Spec::finalize` over a read-only decode; the
 //! tests hold the two (and the Python engine) equal bit for bit.
 
-use crate::engine::{Error, Spec, Val, C_M2, C_MAX, C_MIN, C_SUM, COUNT, MAGIC, MAX, MEAN, MIN, STD, SUM, VERSION};
+use crate::engine::{Acc, Error, Spec, Val, C_M2, C_MAX, C_MIN, C_SUM, MAGIC, VERSION};
 
 const HEAD: usize = 32;
 
@@ -136,12 +136,12 @@ impl Spec {
         let d = v.data;
         let mut found: Vec<(usize, usize)> = Vec::with_capacity(32); // (level, index)
         for g in &self.groups {
-            let mut acc = [(0u64, 0.0f64, 0.0f64, 0.0f64, f64::INFINITY, f64::NEG_INFINITY); 4];
+            let mut acc_small = [Acc::new(); 4];
             let mut acc_vec;
-            let accs: &mut [(u64, f64, f64, f64, f64, f64)] = if nf <= 4 {
-                &mut acc[..nf]
+            let accs: &mut [Acc] = if nf <= 4 {
+                &mut acc_small[..nf]
             } else {
-                acc_vec = vec![(0u64, 0.0, 0.0, 0.0, f64::INFINITY, f64::NEG_INFINITY); nf];
+                acc_vec = vec![Acc::new(); nf];
                 &mut acc_vec[..]
             };
             if let Some(ms) = v.ms {
@@ -169,14 +169,10 @@ impl Spec {
                 let i0 = v.bisect(cursor);
                 let i1 = v.bisect(t);
                 let need_m2 = g.need_m2;
-                for (f, a) in accs.iter_mut().enumerate() {
-                    let (mut n, mut total, mut mean, mut m2, mut mn, mut mx) = *a;
+                for (f, acc) in accs.iter_mut().enumerate() {
                     for &(j, i) in &found {
                         let lv = &v.levels[j];
                         let nb = u32_at(d, lv.ns + 4 * i) as u64;
-                        if nb == 0 {
-                            continue;
-                        }
                         let needs = &self.needs[j];
                         let width = needs.len();
                         let (mut sb, mut m2b, mut tmin, mut tmax) = (0.0, 0.0, f64::INFINITY, f64::NEG_INFINITY);
@@ -190,58 +186,15 @@ impl Spec {
                                 _ => {}
                             }
                         }
-                        if need_m2 {
-                            let mb = sb / nb as f64;
-                            if n != 0 {
-                                let tot = (n + nb) as f64;
-                                let delta = mb - mean;
-                                mean += delta * nb as f64 / tot;
-                                m2 += m2b + delta * delta * n as f64 * nb as f64 / tot;
-                            } else {
-                                mean = mb;
-                                m2 = m2b;
-                            }
-                        }
-                        n += nb;
-                        total += sb;
-                        if tmin < mn {
-                            mn = tmin;
-                        }
-                        if tmax > mx {
-                            mx = tmax;
-                        }
+                        acc.merge(nb, sb, m2b, tmin, tmax, need_m2);
                     }
                     for k in i0..i1 {
-                        let x = f64_at(d, v.raw_vals + 8 * (f * v.n_raw + k));
-                        n += 1;
-                        total += x;
-                        if need_m2 {
-                            let delta = x - mean;
-                            mean += delta / n as f64;
-                            m2 += delta * (x - mean);
-                        }
-                        if x < mn {
-                            mn = x;
-                        }
-                        if x > mx {
-                            mx = x;
-                        }
+                        acc.add(f64_at(d, v.raw_vals + 8 * (f * v.n_raw + k)), need_m2);
                     }
-                    *a = (n, total, mean, m2, mn, mx);
                 }
             }
             for &(pos, op, fidx) in &g.outputs {
-                let (n, total, _, m2, mn, mx) = accs[fidx];
-                out[pos] = match op {
-                    COUNT => Val::I(n as i64),
-                    SUM => Val::F(total + 0.0),
-                    _ if n == 0 => Val::F(f64::NAN),
-                    MEAN => Val::F(total / n as f64),
-                    MIN => Val::F(mn),
-                    MAX => Val::F(mx),
-                    STD => Val::F(if m2 > 0.0 { (m2 / n as f64).sqrt() } else { 0.0 }),
-                    _ => Val::F(f64::NAN),
-                };
+                out[pos] = accs[fidx].finalize(op);
             }
         }
         if let Some(pos) = self.since_last {
