@@ -175,3 +175,51 @@ def test_observe_many_is_observe():
         for m in reg.collect()
     }
     assert samples["a"] == samples["b"]
+
+
+def test_native_follows_a_new_feature_set():
+    """Adding features (README: one edit) needs nothing native: the core is compiled from
+    the layout. Ops and windows the reference set lacks: card min, merchant std, max over a
+    new window, merchant seconds-since-last."""
+    from datetime import timedelta
+
+    from features.definitions import Aggregation, FeatureSet, Op, Window
+    from features.reference import CARD, MERCHANT, W1H, W24H
+
+    fs = FeatureSet(
+        entities=REFERENCE.entities,
+        primary=CARD,
+        aggregations=(
+            *REFERENCE.aggregations,
+            Aggregation(CARD, Op.MIN, W24H, "amount"),
+            Aggregation(MERCHANT, Op.STD, W1H, "amount"),
+            Aggregation(
+                MERCHANT, Op.MAX, Window(timedelta(minutes=30), timedelta(minutes=5)), "amount"
+            ),
+            Aggregation(MERCHANT, Op.SINCE_LAST),
+        ),
+        request_features=REFERENCE.request_features,
+    )
+    engine = Engine(fs)
+    rnd = random.Random(1)
+    for entity in ("card", "merchant"):
+        py = engine.layout(entity)
+        codec, nat = StateCodec(py), NativeLayout(py)
+        for trial in range(60):
+            ps, ns = py.new_state(), nat.new_state()
+            t = T0
+            for i in range(rnd.randint(1, 60)):
+                t += rnd.choice(
+                    [0, 1, 60_000, 300_000, rnd.randint(0, MS_PER_HOUR), 2 * MS_PER_DAY]
+                )
+                ts = t - rnd.choice([0, 0, 0, rnd.randint(0, 2 * MS_PER_HOUR)])
+                x = rnd.randint(1, 10**7) / 100
+                h = txid_hash(f"{trial}-{i}") if py.primary else None
+                assert py.update(ps, ts, (x,), h) is nat.update(ns, ts, (x,), h)
+            blob = codec.encode(ps)
+            assert nat.encode(ns) == blob
+            for _ in range(5):
+                tq = ps.max_seen - py.horizon_ms + rnd.randint(0, 3 * MS_PER_HOUR)
+                want = bits(py.finalize(ps, tq))
+                assert bits(nat.finalize(ns, tq)) == want
+                assert bits(nat.core.features(blob, tq)) == want
