@@ -99,7 +99,14 @@ pub struct Acc {
 
 impl Acc {
     pub fn new() -> Acc {
-        Acc { n: 0, total: 0.0, mean: 0.0, m2: 0.0, mn: f64::INFINITY, mx: f64::NEG_INFINITY }
+        Acc {
+            n: 0,
+            total: 0.0,
+            mean: 0.0,
+            m2: 0.0,
+            mn: f64::INFINITY,
+            mx: f64::NEG_INFINITY,
+        }
     }
 
     /// A tile's summary (Chan et al.); M2 only when a std is read.
@@ -157,7 +164,11 @@ impl Acc {
             MEAN => Val::F(self.total / n as f64),
             MIN => Val::F(self.mn),
             MAX => Val::F(self.mx),
-            STD => Val::F(if self.m2 > 0.0 { (self.m2 / n as f64).sqrt() } else { 0.0 }),
+            STD => Val::F(if self.m2 > 0.0 {
+                (self.m2 / n as f64).sqrt()
+            } else {
+                0.0
+            }),
             _ => Val::F(f64::NAN),
         }
     }
@@ -170,7 +181,10 @@ pub enum Error {
 
 impl Spec {
     pub fn new_state(&self) -> State {
-        State { levels: vec![BTreeMap::new(); self.hops.len()], ..Default::default() }
+        State {
+            levels: vec![BTreeMap::new(); self.hops.len()],
+            ..Default::default()
+        }
     }
 
     fn fine_hop(&self) -> i64 {
@@ -211,7 +225,9 @@ impl Spec {
             if bucket < fdiv(base, hop) - self.keep[j] {
                 continue;
             }
-            let tiles = level.entry(bucket).or_insert_with(|| vec![Tile::empty(); self.nf]);
+            let tiles = level
+                .entry(bucket)
+                .or_insert_with(|| vec![Tile::empty(); self.nf]);
             for ((tile, &x), (m, k)) in tiles.iter_mut().zip(values).zip(&exacts) {
                 tile.add(x, m, *k);
             }
@@ -229,7 +245,7 @@ impl Spec {
             st.raw_ts.insert(pos, ts);
             let at = pos * nf;
             st.raw_vals.splice(at..at, values.iter().copied());
-        } else if st.last_before_raw.map_or(true, |l| ts > l) {
+        } else if st.last_before_raw.is_none_or(|l| ts > l) {
             st.last_before_raw = Some(ts);
         }
         if self.primary {
@@ -246,7 +262,7 @@ impl Spec {
         if !st.raw_ts.is_empty() && st.raw_ts[0] < floor {
             let cut = bisect_left(&st.raw_ts, floor);
             let last = st.raw_ts[cut - 1];
-            if st.last_before_raw.map_or(true, |l| last > l) {
+            if st.last_before_raw.is_none_or(|l| last > l) {
                 st.last_before_raw = Some(last);
             }
             st.raw_ts.drain(..cut);
@@ -344,7 +360,11 @@ impl Spec {
         self.compact(st);
         let ms = st.max_seen.unwrap_or(0);
         let flags = if st.max_seen.is_some() { HAS_MAX } else { 0 }
-            | if st.last_before_raw.is_some() { HAS_LAST } else { 0 };
+            | if st.last_before_raw.is_some() {
+                HAS_LAST
+            } else {
+                0
+            };
         let mut ids: Vec<(i64, u64)> = st.ids.iter().map(|(&h, &ts)| (ts, h)).collect();
         ids.sort_unstable();
         let n_raw = st.raw_ts.len();
@@ -454,7 +474,11 @@ impl Spec {
         let mut st = self.new_state();
         st.readonly = readonly;
         st.max_seen = if flags & HAS_MAX != 0 { Some(ms) } else { None };
-        st.last_before_raw = if flags & HAS_LAST != 0 { Some(last) } else { None };
+        st.last_before_raw = if flags & HAS_LAST != 0 {
+            Some(last)
+        } else {
+            None
+        };
         st.raw_ts = (0..n_raw).map(|_| ms - r.u32() as i64).collect();
         let mut vals = vec![0.0; n_raw * nf];
         for f in 0..nf {
@@ -469,8 +493,7 @@ impl Spec {
             let offs: Vec<i64> = (0..n_ids).map(|_| r.u32() as i64).collect();
             st.ids = offs.iter().map(|&d| (r.u64(), ms - d)).collect();
         }
-        for j in 0..nl {
-            let count = counts[j];
+        for (j, &count) in counts.iter().enumerate() {
             if count == 0 {
                 continue;
             }
@@ -488,7 +511,8 @@ impl Spec {
             for i in 0..count {
                 let mut tiles = Vec::with_capacity(nf);
                 for f in 0..nf {
-                    let (mut sm, mut m2, mut mn, mut mx) = (0.0, 0.0, f64::INFINITY, f64::NEG_INFINITY);
+                    let (mut sm, mut m2, mut mn, mut mx) =
+                        (0.0, 0.0, f64::INFINITY, f64::NEG_INFINITY);
                     for (ci, &c) in needs.iter().enumerate() {
                         let v = comps[(f * width + ci) * count + i];
                         match c {
@@ -547,7 +571,12 @@ impl Spec {
     }
 
     pub fn restore(&self, data: &[u8]) -> Result<State, Error> {
-        let bad = |why: &str| Error::Value(format!("snapshot: {why}; not a native {} snapshot", self.entity));
+        let bad = |why: &str| {
+            Error::Value(format!(
+                "snapshot: {why}; not a native {} snapshot",
+                self.entity
+            ))
+        };
         if data.len() < 7 || &data[..2] != b"SX" {
             return Err(bad("bad magic"));
         }
@@ -597,7 +626,7 @@ fn tuple_le(a: &[f64], b: &[f64]) -> bool {
 fn last_before(st: &State, t: i64) -> Option<i64> {
     let i = bisect_left(&st.raw_ts, t);
     let last = st.last_before_raw;
-    if i > 0 && last.map_or(true, |l| st.raw_ts[i - 1] > l) {
+    if i > 0 && last.is_none_or(|l| st.raw_ts[i - 1] > l) {
         return Some(st.raw_ts[i - 1]);
     }
     last
@@ -643,6 +672,15 @@ impl Reader<'_> {
         let max = self.f64();
         let s1 = self.big();
         let s2 = self.big();
-        Tile { n, s1, s2, k, min, max, d, cache: None }
+        Tile {
+            n,
+            s1,
+            s2,
+            k,
+            min,
+            max,
+            d,
+            cache: None,
+        }
     }
 }

@@ -41,14 +41,44 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 
 fn rfc3339_ms(s: &str) -> Option<i64> {
     let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     let (y, mo, d) = (digits(&b[0..4])?, digits(&b[5..7])?, digits(&b[8..10])?);
-    let (h, mi, se) = (digits(&b[11..13])?, digits(&b[14..16])?, digits(&b[17..19])?);
+    let (h, mi, se) = (
+        digits(&b[11..13])?,
+        digits(&b[14..16])?,
+        digits(&b[17..19])?,
+    );
     let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    let mdays = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
-    if y < 1 || !(1..=12).contains(&mo) || d < 1 || d > mdays[(mo - 1) as usize] || h > 23 || mi > 59 || se > 59 {
+    let mdays = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if y < 1
+        || !(1..=12).contains(&mo)
+        || d < 1
+        || d > mdays[(mo - 1) as usize]
+        || h > 23
+        || mi > 59
+        || se > 59
+    {
         return None;
     }
     let mut rest = &b[19..];
@@ -65,14 +95,18 @@ fn rfc3339_ms(s: &str) -> Option<i64> {
     }
     let offset_min = match rest {
         [b'Z'] => 0,
-        [sign @ (b'+' | b'-'), oh @ .., ] if rest.len() == 6 && rest[3] == b':' => {
+        [sign @ (b'+' | b'-'), oh @ ..] if rest.len() == 6 && rest[3] == b':' => {
             let _ = oh;
             let (oh, om) = (digits(&rest[1..3])?, digits(&rest[4..6])?);
             if oh > 23 || om > 59 {
                 return None;
             }
             let m = oh * 60 + om;
-            if *sign == b'-' { -m } else { m }
+            if *sign == b'-' {
+                -m
+            } else {
+                m
+            }
         }
         _ => return None,
     };
@@ -87,7 +121,9 @@ pub fn parse_event_fast<'py>(py: Python<'py>, raw: &[u8]) -> PyResult<Option<Bou
     if raw.len() > MAX_MESSAGE_BYTES {
         return Ok(None);
     }
-    let Ok(obj) = serde_json::from_slice::<Map<String, Value>>(raw) else { return Ok(None) };
+    let Ok(obj) = serde_json::from_slice::<Map<String, Value>>(raw) else {
+        return Ok(None);
+    };
     let parsed = (|| {
         let txid = obj.get("transaction_id")?.as_str()?;
         let n = txid.chars().count();
@@ -119,7 +155,17 @@ pub fn parse_event_fast<'py>(py: Python<'py>, raw: &[u8]) -> PyResult<Option<Bou
             Some(Value::Bool(b)) => Some(*b),
             _ => return None,
         };
-        Some((txid.to_string(), card, merchant, amount, currency, country, mcc, ts, fraud))
+        Some((
+            txid.to_string(),
+            card,
+            merchant,
+            amount,
+            currency,
+            country,
+            mcc,
+            ts,
+            fraud,
+        ))
     })();
     match parsed {
         None => Ok(None),

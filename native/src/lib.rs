@@ -16,6 +16,9 @@ use pyo3::types::{PyBytes, PyList, PyTuple};
 
 use engine::{Error, Group, Spec, Val};
 
+/// `(length_ms, hop_ms, level, [(position, op, field)], need_m2)` of one window group.
+type GroupSpec = (i64, i64, usize, Vec<(usize, u8, usize)>, bool);
+
 #[pyclass(module = "skewless_native")]
 pub struct State {
     inner: engine::State,
@@ -92,7 +95,9 @@ impl Core {
 
     fn writable<'a>(&self, st: &'a mut State) -> PyResult<&'a mut engine::State> {
         if st.inner.readonly {
-            return Err(PyValueError::new_err("state: a read-only state cannot be updated"));
+            return Err(PyValueError::new_err(
+                "state: a read-only state cannot be updated",
+            ));
         }
         Ok(&mut st.inner)
     }
@@ -113,18 +118,26 @@ impl Core {
         primary: bool,
         nf: usize,
         n_names: usize,
-        groups: Vec<(i64, i64, usize, Vec<(usize, u8, usize)>, bool)>,
+        groups: Vec<GroupSpec>,
         since_last: Option<usize>,
         needs: Vec<Vec<u8>>,
         crc: u32,
         too_old: Py<PyAny>,
     ) -> PyResult<Core> {
         if hops.len() != keep.len() || hops.len() != needs.len() || hops.iter().any(|&h| h <= 0) {
-            return Err(PyValueError::new_err("layout: hops, keep and needs disagree"));
+            return Err(PyValueError::new_err(
+                "layout: hops, keep and needs disagree",
+            ));
         }
         let groups = groups
             .into_iter()
-            .map(|(length, hop, level, outputs, need_m2)| Group { length, hop, level, outputs, need_m2 })
+            .map(|(length, hop, level, outputs, need_m2)| Group {
+                length,
+                hop,
+                level,
+                outputs,
+                need_m2,
+            })
             .collect();
         let spec = Spec {
             entity,
@@ -144,12 +157,20 @@ impl Core {
     }
 
     fn new_state(&self) -> State {
-        State { inner: self.spec.new_state() }
+        State {
+            inner: self.spec.new_state(),
+        }
     }
 
     /// 0 applied, 1 duplicate, 2 late (`features.engine.Outcome`).
     #[pyo3(signature = (state, ts, values, txid=None))]
-    fn update(&self, state: &mut State, ts: i64, values: Vec<f64>, txid: Option<u64>) -> PyResult<u8> {
+    fn update(
+        &self,
+        state: &mut State,
+        ts: i64,
+        values: Vec<f64>,
+        txid: Option<u64>,
+    ) -> PyResult<u8> {
         self.check_values(&values)?;
         let st = self.writable(state)?;
         Ok(self.spec.update(st, ts, &values, txid) as u8)
@@ -164,8 +185,13 @@ impl Core {
         values: Vec<f64>,
         txids: Option<Vec<u64>>,
     ) -> PyResult<Vec<u8>> {
-        if self.spec.nf != 1 || ts.len() != values.len() || txids.as_ref().is_some_and(|t| t.len() != ts.len()) {
-            return Err(PyValueError::new_err("update_many: one field, equal lengths"));
+        if self.spec.nf != 1
+            || ts.len() != values.len()
+            || txids.as_ref().is_some_and(|t| t.len() != ts.len())
+        {
+            return Err(PyValueError::new_err(
+                "update_many: one field, equal lengths",
+            ));
         }
         let st = self.writable(state)?;
         Ok((0..ts.len())
@@ -180,8 +206,16 @@ impl Core {
         self.spec.compact(&mut state.inner)
     }
 
-    fn finalize<'py>(&self, py: Python<'py>, state: &mut State, t: i64) -> PyResult<Bound<'py, PyList>> {
-        let vals = self.spec.finalize(&mut state.inner, t).map_err(|e| self.err(py, e))?;
+    fn finalize<'py>(
+        &self,
+        py: Python<'py>,
+        state: &mut State,
+        t: i64,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let vals = self
+            .spec
+            .finalize(&mut state.inner, t)
+            .map_err(|e| self.err(py, e))?;
         vals_to_list(py, &vals)
     }
 
@@ -194,7 +228,13 @@ impl Core {
         let st = self.writable(state)?;
         let vals = self.spec.as_of_last(st);
         let bytes = self.spec.encode(st);
-        PyTuple::new(py, [vals_to_list(py, &vals)?.into_any(), PyBytes::new(py, &bytes).into_any()])
+        PyTuple::new(
+            py,
+            [
+                vals_to_list(py, &vals)?.into_any(),
+                PyBytes::new(py, &bytes).into_any(),
+            ],
+        )
     }
 
     fn encode<'py>(&self, py: Python<'py>, state: &mut State) -> PyResult<Bound<'py, PyBytes>> {
@@ -204,15 +244,26 @@ impl Core {
 
     #[pyo3(signature = (data, readonly=false))]
     fn decode(&self, py: Python<'_>, data: &[u8], readonly: bool) -> PyResult<State> {
-        let inner = self.spec.decode(data, readonly).map_err(|e| self.err(py, e))?;
+        let inner = self
+            .spec
+            .decode(data, readonly)
+            .map_err(|e| self.err(py, e))?;
         Ok(State { inner })
     }
 
     /// Values at `t` straight from stored bytes (None: an entity never seen).
     #[pyo3(signature = (data, t))]
-    fn features<'py>(&self, py: Python<'py>, data: Option<&[u8]>, t: i64) -> PyResult<Bound<'py, PyList>> {
+    fn features<'py>(
+        &self,
+        py: Python<'py>,
+        data: Option<&[u8]>,
+        t: i64,
+    ) -> PyResult<Bound<'py, PyList>> {
         let vals = match data {
-            Some(d) => self.spec.view(d).and_then(|v| self.spec.finalize_view(&v, t)),
+            Some(d) => self
+                .spec
+                .view(d)
+                .and_then(|v| self.spec.finalize_view(&v, t)),
             None => self.spec.finalize(&mut self.spec.new_state(), t),
         }
         .map_err(|e| self.err(py, e))?;
@@ -228,12 +279,17 @@ impl Core {
         ts: Vec<i64>,
     ) -> PyResult<Bound<'py, PyBytes>> {
         if datas.len() != ts.len() {
-            return Err(PyValueError::new_err("features_many: datas and ts differ in length"));
+            return Err(PyValueError::new_err(
+                "features_many: datas and ts differ in length",
+            ));
         }
         let mut out: Vec<u8> = Vec::with_capacity(datas.len() * self.spec.n_names * 8);
         for (i, (d, &t)) in datas.iter().zip(&ts).enumerate() {
             let res = match d {
-                Some(d) => self.spec.view(d.as_bytes()).and_then(|v| self.spec.finalize_view(&v, t)),
+                Some(d) => self
+                    .spec
+                    .view(d.as_bytes())
+                    .and_then(|v| self.spec.finalize_view(&v, t)),
                 None => self.spec.finalize(&mut self.spec.new_state(), t),
             };
             match res {

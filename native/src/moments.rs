@@ -86,10 +86,19 @@ impl Tile {
         }
         let (s1, k1) = exact(sum);
         let (a, ka) = exact(m2);
-        let k = k1.max((ka + 1) / 2);
+        let k = k1.max(ka.div_ceil(2));
         let s1 = s1 << (k - k1);
         let s2 = (a << (2 * k - ka)) * n + &s1 * &s1;
-        Tile { n, s1, s2, k, min, max, d: n, cache: Some((sum, m2)) }
+        Tile {
+            n,
+            s1,
+            s2,
+            k,
+            min,
+            max,
+            d: n,
+            cache: Some((sum, m2)),
+        }
     }
 
     fn total(&self) -> f64 {
@@ -144,7 +153,11 @@ pub fn exact(x: f64) -> (BigInt, u64) {
     let neg = bits >> 63 == 1;
     let exp = ((bits >> 52) & 0x7ff) as i64;
     let frac = bits & ((1u64 << 52) - 1);
-    let (mut m, mut e) = if exp == 0 { (frac, -1074i64) } else { (frac | (1u64 << 52), exp - 1075) };
+    let (mut m, mut e) = if exp == 0 {
+        (frac, -1074i64)
+    } else {
+        (frac | (1u64 << 52), exp - 1075)
+    };
     let tz = m.trailing_zeros() as i64;
     m >>= tz;
     e += tz;
@@ -186,7 +199,7 @@ pub fn div_round(num: &BigInt, den: &BigUint, scale: u64) -> f64 {
         (q, !r.is_zero())
     } else {
         let r = (-s) as u64;
-        let low = a.trailing_zeros().map_or(false, |tz| tz < r);
+        let low = a.trailing_zeros().is_some_and(|tz| tz < r);
         let (q, rem) = (a >> r).div_rem(den);
         (q, low || !rem.is_zero())
     };

@@ -37,8 +37,20 @@ impl HsetEncoder {
     /// Key = `key_head + int64 LE entity id + key_tail` (Feast's serialized entity key
     /// and project); `fields` are the murmur3 field names of the features, in order.
     #[new]
-    fn new(key_head: Vec<u8>, key_tail: Vec<u8>, fields: Vec<Vec<u8>>, state_field: Vec<u8>, ts_field: Vec<u8>) -> Self {
-        HsetEncoder { key_head, key_tail, fields, state_field, ts_field }
+    fn new(
+        key_head: Vec<u8>,
+        key_tail: Vec<u8>,
+        fields: Vec<Vec<u8>>,
+        state_field: Vec<u8>,
+        ts_field: Vec<u8>,
+    ) -> Self {
+        HsetEncoder {
+            key_head,
+            key_tail,
+            fields,
+            state_field,
+            ts_field,
+        }
     }
 
     /// One `HGET key field` command for an entity id.
@@ -93,7 +105,10 @@ impl HsetEncoder {
                 val.push(0x20);
                 varint(&mut val, v.extract::<i64>()?);
             } else {
-                return Err(PyValueError::new_err(format!("values: {} is not int or float", v.get_type().name()?)));
+                return Err(PyValueError::new_err(format!(
+                    "values: {} is not int or float",
+                    v.get_type().name()?
+                )));
             }
             bulk(&mut out, &val);
         }
@@ -121,7 +136,10 @@ impl HsetEncoder {
 
 /// The `bytes_val` payloads of serialized feast `ValueProto`s (None or empty: None).
 #[pyfunction]
-pub fn unwrap_bytes_values<'py>(py: Python<'py>, raws: &Bound<'py, PyList>) -> PyResult<Bound<'py, PyList>> {
+pub fn unwrap_bytes_values<'py>(
+    py: Python<'py>,
+    raws: &Bound<'py, PyList>,
+) -> PyResult<Bound<'py, PyList>> {
     let out = PyList::empty(py);
     for item in raws.iter() {
         if item.is_none() {
@@ -134,7 +152,9 @@ pub fn unwrap_bytes_values<'py>(py: Python<'py>, raws: &Bound<'py, PyList>) -> P
             continue;
         }
         if b[0] != 0x0a {
-            return Err(PyValueError::new_err("state: stored value is not a bytes value"));
+            return Err(PyValueError::new_err(
+                "state: stored value is not a bytes value",
+            ));
         }
         let (mut n, mut shift, mut i) = (0usize, 0u32, 1usize);
         loop {

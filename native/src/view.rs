@@ -102,7 +102,12 @@ impl Spec {
         for j in 0..nl {
             let count = u32_at(data, HEAD + 4 * j) as usize;
             let width = self.needs[j].len();
-            let lv = Level { count, buckets: pos, ns: pos + 4 * count, comps: pos + 8 * count };
+            let lv = Level {
+                count,
+                buckets: pos,
+                ns: pos + 4 * count,
+                comps: pos + 8 * count,
+            };
             pos += 8 * count + 8 * nf * width * count;
             levels.push(lv);
         }
@@ -175,7 +180,8 @@ impl Spec {
                         let nb = u32_at(d, lv.ns + 4 * i) as u64;
                         let needs = &self.needs[j];
                         let width = needs.len();
-                        let (mut sb, mut m2b, mut tmin, mut tmax) = (0.0, 0.0, f64::INFINITY, f64::NEG_INFINITY);
+                        let (mut sb, mut m2b, mut tmin, mut tmax) =
+                            (0.0, 0.0, f64::INFINITY, f64::NEG_INFINITY);
                         for (ci, &c) in needs.iter().enumerate() {
                             let x = f64_at(d, lv.comps + 8 * ((f * width + ci) * lv.count + i));
                             match c {
@@ -202,7 +208,7 @@ impl Spec {
             let mut last = v.last;
             if i > 0 {
                 let r = v.raw_ts(i - 1);
-                if last.map_or(true, |l| r > l) {
+                if last.is_none_or(|l| r > l) {
                     last = Some(r);
                 }
             }
