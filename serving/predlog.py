@@ -136,21 +136,25 @@ class ParquetPredictionLog(_Buffered):
 
 def _table(names: tuple[str, ...], rows: list[tuple[int, Event, ScoreResult]]) -> pa.Table:
     ms = pa.timestamp("ms", tz="UTC")
-    X = np.array([r.features for _, _, r in rows], dtype=np.float64).reshape(len(rows), len(names))
+    at, events, results = zip(*rows, strict=True)
+    # events and results are named tuples: one C-level transpose gives every column
+    txid, card, merchant, amount, currency, country, mcc, event_time, _ = zip(*events, strict=True)
+    _, score, decision, _, version, _, features, _, warnings = zip(*results, strict=True)
+    X = np.array(features, dtype=np.float64).reshape(len(rows), len(names))
     cols: dict[str, pa.Array] = {
-        "scored_at": pa.array([at for at, _, _ in rows], pa.int64()).cast(ms),
-        "transaction_id": pa.array([e.transaction_id for _, e, _ in rows], pa.string()),
-        "card_id": pa.array([e.card_id for _, e, _ in rows], pa.int64()),
-        "merchant_id": pa.array([e.merchant_id for _, e, _ in rows], pa.int64()),
-        "amount": pa.array([e.amount for _, e, _ in rows], pa.float64()),
-        "currency": pa.array([e.currency for _, e, _ in rows], pa.string()),
-        "country": pa.array([e.country for _, e, _ in rows], pa.string()),
-        "mcc": pa.array([e.mcc for _, e, _ in rows], pa.int32()),
-        "event_time": pa.array([e.event_time_ms for _, e, _ in rows], pa.int64()).cast(ms),
-        "model_version": pa.array([r.model_version for _, _, r in rows], pa.string()),
-        "score": pa.array([r.score for _, _, r in rows], pa.float64()),
-        "decision": pa.array([r.decision for _, _, r in rows], pa.bool_()),
-        "warnings": pa.array([list(r.warnings) for _, _, r in rows], pa.list_(pa.string())),
+        "scored_at": pa.array(at, pa.int64()).cast(ms),
+        "transaction_id": pa.array(txid, pa.string()),
+        "card_id": pa.array(card, pa.int64()),
+        "merchant_id": pa.array(merchant, pa.int64()),
+        "amount": pa.array(amount, pa.float64()),
+        "currency": pa.array(currency, pa.string()),
+        "country": pa.array(country, pa.string()),
+        "mcc": pa.array(mcc, pa.int32()),
+        "event_time": pa.array(event_time, pa.int64()).cast(ms),
+        "model_version": pa.array(version, pa.string()),
+        "score": pa.array(score, pa.float64()),
+        "decision": pa.array(decision, pa.bool_()),
+        "warnings": pa.array(warnings, pa.list_(pa.string())),
     }
     for j, name in enumerate(names):
         cols[f"f_{name}"] = pa.array(X[:, j], pa.float64(), from_pandas=True)
