@@ -18,7 +18,7 @@ from features.backfill import accept, window_features
 from features.codec import StateCodec
 from features.definitions import MS_PER_DAY, MS_PER_HOUR, MS_PER_MINUTE, Op
 from features.engine import Engine, Outcome, QueryTooOldError, txid_hash
-from features.events import InvalidEventError, validate_event, validate_table
+from features.events import Event, InvalidEventError, validate_event, validate_table
 from features.reference import REFERENCE
 from flows.simulate import EVENT_SCHEMA
 
@@ -137,6 +137,17 @@ def histories(draw):
     return arrival
 
 
+def valid_only(arrival: list[dict]) -> list[tuple[dict, Event]]:
+    """The events ``validate_event`` accepts, with their parsed form, in arrival order."""
+    out = []
+    for e in arrival:
+        try:
+            out.append((e, validate_event(e)))
+        except InvalidEventError:
+            continue
+    return out
+
+
 def to_table(events: list[dict]) -> pa.Table:
     cols = {k: [e[k] for e in events] for k in events[0]}
     schema = pa.schema([f for f in EVENT_SCHEMA if f.name != "is_fraud"])
@@ -148,13 +159,7 @@ def to_table(events: list[dict]) -> pa.Table:
 @given(histories(), st.data())
 def test_engine_backfill_and_brute_force_agree(arrival, data):
     # validation: both paths reject the same rows
-    parsed = []
-    for e in arrival:
-        try:
-            ev = validate_event(e)
-        except InvalidEventError:
-            continue
-        parsed.append({**e, "ts": ev.event_time_ms})
+    parsed = [{**e, "ts": ev.event_time_ms} for e, ev in valid_only(arrival)]
     valid, rejects = validate_table(to_table(arrival))
     assert valid.num_rows == len(parsed) and rejects.num_rows == len(arrival) - len(parsed)
 

@@ -14,11 +14,10 @@ from hypothesis import strategies as st
 from features.codec import StateCodec
 from features.definitions import MS_PER_DAY, MS_PER_HOUR
 from features.engine import Engine, QueryTooOldError, txid_hash
-from features.events import InvalidEventError, validate_event
 from features.native import NativeLayout
 from features.reference import REFERENCE
 from flows.simulate import SimulationConfig, simulate
-from tests.features.test_equivalence import T0, histories
+from tests.features.test_equivalence import T0, histories, valid_only
 
 ENGINE = Engine(REFERENCE)
 PY = {e.name: ENGINE.layout(e.name) for e in REFERENCE.entities}
@@ -53,13 +52,10 @@ def run_both(events: list[tuple[int, float, int, int, str]], rnd: random.Random)
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(histories(), st.data())
 def test_native_matches_python_engine(arrival, data):
-    events = []
-    for e in arrival:
-        try:
-            ev = validate_event(e)
-        except InvalidEventError:
-            continue
-        events.append((ev.event_time_ms, ev.amount, ev.card_id, ev.merchant_id, ev.transaction_id))
+    events = [
+        (ev.event_time_ms, ev.amount, ev.card_id, ev.merchant_id, ev.transaction_id)
+        for _, ev in valid_only(arrival)
+    ]
     rnd = random.Random(data.draw(st.integers(0, 2**32)))
     py_states, nat_states = run_both(events, rnd)
     for (entity, key), ps in py_states.items():
