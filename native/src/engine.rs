@@ -511,18 +511,8 @@ impl Spec {
             for i in 0..count {
                 let mut tiles = Vec::with_capacity(nf);
                 for f in 0..nf {
-                    let (mut sm, mut m2, mut mn, mut mx) =
-                        (0.0, 0.0, f64::INFINITY, f64::NEG_INFINITY);
-                    for (ci, &c) in needs.iter().enumerate() {
-                        let v = comps[(f * width + ci) * count + i];
-                        match c {
-                            C_SUM => sm = v,
-                            C_M2 => m2 = v,
-                            C_MIN => mn = v,
-                            C_MAX => mx = v,
-                            _ => {}
-                        }
-                    }
+                    let (sm, m2, mn, mx) =
+                        tile_components(needs, |ci| comps[(f * width + ci) * count + i]);
                     tiles.push(if readonly {
                         Tile::summary_only(ns[i], sm, m2, mn, mx)
                     } else {
@@ -611,6 +601,23 @@ impl Spec {
             _ => Err(bad("truncated or corrupt")),
         }
     }
+}
+
+/// A serialized tile's `(sum, m2, min, max)`: the level's stored components (read by
+/// `get(component index)`), defaults for the rest (as `codec.decode` fills them).
+pub fn tile_components(needs: &[u8], mut get: impl FnMut(usize) -> f64) -> (f64, f64, f64, f64) {
+    let (mut sum, mut m2, mut min, mut max) = (0.0, 0.0, f64::INFINITY, f64::NEG_INFINITY);
+    for (ci, &c) in needs.iter().enumerate() {
+        let v = get(ci);
+        match c {
+            C_SUM => sum = v,
+            C_M2 => m2 = v,
+            C_MIN => min = v,
+            C_MAX => max = v,
+            _ => {}
+        }
+    }
+    (sum, m2, min, max)
 }
 
 fn tuple_le(a: &[f64], b: &[f64]) -> bool {

@@ -2,7 +2,7 @@
 //! same arithmetic, in the same order, as `Spec::finalize` over a read-only decode; the
 //! tests hold the two (and the Python engine) equal bit for bit.
 
-use crate::engine::{Acc, Error, Spec, Val, C_M2, C_MAX, C_MIN, C_SUM, MAGIC, VERSION};
+use crate::engine::{tile_components, Acc, Error, Spec, Val, MAGIC, VERSION};
 
 const HEAD: usize = 32;
 
@@ -180,18 +180,9 @@ impl Spec {
                         let nb = u32_at(d, lv.ns + 4 * i) as u64;
                         let needs = &self.needs[j];
                         let width = needs.len();
-                        let (mut sb, mut m2b, mut tmin, mut tmax) =
-                            (0.0, 0.0, f64::INFINITY, f64::NEG_INFINITY);
-                        for (ci, &c) in needs.iter().enumerate() {
-                            let x = f64_at(d, lv.comps + 8 * ((f * width + ci) * lv.count + i));
-                            match c {
-                                C_SUM => sb = x,
-                                C_M2 => m2b = x,
-                                C_MIN => tmin = x,
-                                C_MAX => tmax = x,
-                                _ => {}
-                            }
-                        }
+                        let (sb, m2b, tmin, tmax) = tile_components(needs, |ci| {
+                            f64_at(d, lv.comps + 8 * ((f * width + ci) * lv.count + i))
+                        });
                         acc.merge(nb, sb, m2b, tmin, tmax, need_m2);
                     }
                     for k in i0..i1 {
