@@ -128,15 +128,7 @@ impl Spec {
     /// `finalize(decode(data, readonly=True), t)`, read in place.
     pub fn finalize_view(&self, v: &View<'_>, t: i64) -> Result<Vec<Val>, Error> {
         let mut out = vec![Val::F(f64::NAN); self.n_names];
-        if let Some(ms) = v.ms {
-            if t < ms - self.horizon {
-                return Err(Error::TooOld(format!(
-                    "event_time: {t} is more than {} ms before the newest {} event in state \
-                     ({ms}); it cannot be answered exactly",
-                    self.horizon, self.entity
-                )));
-            }
-        }
+        self.check_age(v.ms, t)?;
         let nf = self.nf;
         let d = v.data;
         let mut found: Vec<(usize, usize)> = Vec::with_capacity(32); // (level, index)
@@ -151,26 +143,16 @@ impl Spec {
             };
             if let Some(ms) = v.ms {
                 found.clear();
-                let mut cursor = fdiv(t, g.hop) * g.hop - g.length;
-                for j in (0..=g.level).rev() {
-                    let hop = self.hops[j];
-                    let end = fdiv(t, hop) * hop;
-                    if end <= cursor {
-                        continue;
-                    }
+                let cursor = self.window_parts(g, t, |j, lo, hi| {
                     let lv = &v.levels[j];
-                    if lv.count > 0 {
-                        let (lo, hi) = (fdiv(cursor, hop), fdiv(end, hop));
-                        let cur = fdiv(ms, hop);
-                        for i in 0..lv.count {
-                            let b = cur - u32_at(d, lv.buckets + 4 * i) as i64;
-                            if lo <= b && b < hi {
-                                found.push((j, i));
-                            }
+                    let cur = fdiv(ms, self.hops[j]);
+                    for i in 0..lv.count {
+                        let b = cur - u32_at(d, lv.buckets + 4 * i) as i64;
+                        if lo <= b && b < hi {
+                            found.push((j, i));
                         }
                     }
-                    cursor = end;
-                }
+                });
                 let i0 = v.bisect(cursor);
                 let i1 = v.bisect(t);
                 let need_m2 = g.need_m2;
