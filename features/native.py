@@ -30,6 +30,8 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
         "`make install` (needs cargo) or `pip install ./native`"
     ) from exc
 
+#: the extension module itself (import it from here: a missing build gets the message above)
+native = _native
 State = _native.State
 #: ``features.engine.txid_hash``, natively
 txid_hash_native = _native.txid_hash

@@ -248,7 +248,7 @@ class RedisStore:
     are pipelined ``HGET``s."""
 
     def __init__(self, url: str, fs: FeatureSet, project: str = PROJECT) -> None:
-        import skewless_native
+        from features.native import native as skewless_native
 
         self.url, self.fs, self.project = url, fs, project.encode()
         self._client: Any = None

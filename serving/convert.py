@@ -24,7 +24,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from skewless_native import score_batch_response
 
 from features.events import (
     MAX_AMOUNT,
@@ -35,6 +34,7 @@ from features.events import (
     event_time_ms,
     validate_event,
 )
+from features.native import native
 from serving._proto.skewless.v1 import scorer_pb2 as pb
 from serving.scorer import EntityStateInfo, InvalidRequestError, ScoreResult
 
@@ -176,7 +176,7 @@ def batch_response(results: Sequence[ScoreResult], include_features: bool) -> pb
         r.threshold != first.threshold or r.model_version != first.model_version for r in results
     ):
         return pb.ScoreBatchResponse(responses=[score_response(r, False) for r in results])
-    raw = score_batch_response(
+    raw = native.score_batch_response(
         [(r.transaction_id, r.score, r.decision, list(r.warnings)) for r in results],
         first.threshold,
         first.model_version,
