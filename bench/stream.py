@@ -40,6 +40,19 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _simulated(events: int, days: float, seed: int) -> pa.Table:
+    """Simulated events at the bench's density: 30 per card, 300 per merchant."""
+    return simulate(
+        SimulationConfig(
+            events=events,
+            cards=max(events // 30, 10),
+            merchants=max(events // 300, 5),
+            days=days,
+            seed=seed,
+        )
+    )
+
+
 def _pairs(table: pa.Table) -> list[tuple[bytes | None, bytes]]:
     cards = (str(c).encode() for c in table.column("card_id").to_pylist())
     return list(zip(cards, table_to_messages(table), strict=True))
@@ -231,27 +244,10 @@ def run(
         )
     base = redis_base.rsplit("/", 1)[0]
     try:
-        table = simulate(
-            SimulationConfig(
-                events=events,
-                cards=max(events // 30, 10),
-                merchants=max(events // 300, 5),
-                days=10.0,
-                seed=5,
-            )
-        )
+        table = _simulated(events, days=10.0, seed=5)
         ours = throughput(bootstrap, f"{base}/11", table, work)
         naive = naive_push(f"{base}/12", table, work, naive_events)
-        n_fresh = int(rate * fresh_seconds)
-        fresh_table = simulate(
-            SimulationConfig(
-                events=n_fresh,
-                cards=max(n_fresh // 30, 10),
-                merchants=max(n_fresh // 300, 5),
-                days=1.0,
-                seed=6,
-            )
-        )
+        fresh_table = _simulated(int(rate * fresh_seconds), days=1.0, seed=6)
         fresh = freshness(bootstrap, f"{base}/13", fresh_table, work, rate)
         return {
             "throughput_events_per_s_per_worker": ours["events_per_s_after_start"],

@@ -87,23 +87,6 @@ def encode_timestamp(ms: int) -> bytes:
     return out
 
 
-def decode_bytes_value(raw: bytes | None) -> bytes | None:
-    """The ``bytes_val`` of a serialized ValueProto (None when unset)."""
-    if not raw:
-        return None
-    if raw[0] != 0x0A:
-        raise ValueError("state: stored value is not a bytes value")
-    n, shift, i = 0, 0, 1
-    while True:
-        b = raw[i]
-        n |= (b & 0x7F) << shift
-        i += 1
-        if b < 0x80:
-            break
-        shift += 7
-    return raw[i : i + n]
-
-
 class OnlineStore(Protocol):
     def write(self, entity: str, rows: Sequence[OnlineRow]) -> None: ...
 

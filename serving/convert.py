@@ -167,15 +167,16 @@ def score_response(r: ScoreResult, include_features: bool) -> pb.ScoreResponse:
 def batch_response(results: Sequence[ScoreResult], include_features: bool) -> pb.ScoreBatchResponse:
     """The ScoreBatchResponse of ``results``; without features it is encoded natively in
     one pass (the same message as :func:`score_response` per result; a test holds it)."""
-    if include_features or not results:
+    first = results[0] if results else None
+    if (
+        include_features
+        or first is None
+        or any(r.threshold != first.threshold or r.model_version != first.model_version
+               for r in results)
+    ):  # fmt: skip
         return pb.ScoreBatchResponse(
             responses=[score_response(r, include_features) for r in results]
         )
-    first = results[0]
-    if any(
-        r.threshold != first.threshold or r.model_version != first.model_version for r in results
-    ):
-        return pb.ScoreBatchResponse(responses=[score_response(r, False) for r in results])
     raw = native.score_batch_response(
         [(r.transaction_id, r.score, r.decision, list(r.warnings)) for r in results],
         first.threshold,

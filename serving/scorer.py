@@ -121,10 +121,6 @@ class EntityFeatures:
 PredictionSink = Callable[[Sequence[Event], Sequence[ScoreResult]], None]
 
 
-#: batches of at least this many events are scored a column at a time
-COLUMNAR_BATCH = 16
-
-
 def _max_seen(raw: bytes | None) -> int | None:
     """The newest event time in a state's header (codec layout v1), without decoding it."""
     if raw is None or not raw[3] & 1:
@@ -142,28 +138,27 @@ class _Reader:
         self.join_key = layout.entity.join_key
         self.names = layout.names
 
-    def decode(self, raw: bytes | None, entity_id: int) -> Any:
-        """A read-only native state (None: the entity is not in the store)."""
-        if raw is None:
-            return None
+    def values(self, raw: bytes | None, entity_id: int, t: int) -> list[Any]:
+        """Window values at ``t`` from stored bytes (None: the entity was never seen)."""
         try:
-            return self.core.decode(raw, True)
+            return self.core.features(raw, t)
+        except QueryTooOldError:
+            raise
         except ValueError as exc:
             raise CorruptStateError(f"{self.name} {entity_id}: {exc}") from None
 
-    def values(
-        self, state: Any, entity_id: int, t: int, warnings: list[str]
-    ) -> tuple[list[Any], EntityStateInfo]:
-        if state is None:
+    def info(
+        self, raw: bytes | None, entity_id: int, newest_ms: int | None, t: int, warnings: list[str]
+    ) -> EntityStateInfo:
+        """How fresh the state read was; an entity not in the store adds a warning."""
+        if raw is None:
             warnings.append(
                 f"{self.join_key} {entity_id}: no {self.name} state in the online store; "
                 "scored with empty-window values"
             )
-            info = EntityStateInfo(self.name, entity_id, False, None, None)
-            return self.core.features(None, t), info
-        ms = state.max_seen
-        info = EntityStateInfo(self.name, entity_id, True, ms, None if ms is None else t - ms)
-        return self.core.finalize(state, t), info
+            return EntityStateInfo(self.name, entity_id, False, None, None)
+        age = None if newest_ms is None else t - newest_ms
+        return EntityStateInfo(self.name, entity_id, True, newest_ms, age)
 
 
 class _Plan:
@@ -187,10 +182,8 @@ class _Plan:
         self.request_columns = tuple(pos[n] for n in fs.request_features)
         self._local = threading.local()
 
-    def buffer(self, n: int) -> np.ndarray:
-        """A reusable (n, F) float64 input for this thread (single rows stay allocated)."""
-        if n != 1:
-            return np.empty((n, self.n), dtype=np.float64)
+    def row(self) -> np.ndarray:
+        """A reusable (1, F) float64 model input for this thread."""
         buf: np.ndarray | None = getattr(self._local, "row", None)
         if buf is None:
             buf = self._local.row = np.empty((1, self.n), dtype=np.float64)
@@ -259,29 +252,15 @@ class Scorer:
         mean_at = self._mean_at
         for j, r in enumerate(readers):
             entity_id, raw = keys[j][1], raws[j]
-            try:
-                values = r.core.features(raw, t)
-            except QueryTooOldError:
-                raise
-            except ValueError as exc:
-                raise CorruptStateError(f"{r.name} {entity_id}: {exc}") from None
-            if raw is None:
-                warnings.append(
-                    f"{r.join_key} {entity_id}: no {r.name} state in the online store; "
-                    "scored with empty-window values"
-                )
-                ents.append(EntityStateInfo(r.name, entity_id, False, None, None))
-            else:
-                ms = _max_seen(raw)
-                age = None if ms is None else t - ms
-                ents.append(EntityStateInfo(r.name, entity_id, True, ms, age))
+            values = r.values(raw, entity_id, t)
+            ents.append(r.info(raw, entity_id, _max_seen(raw), t, warnings))
             for c, v in zip(plan.columns[j], values, strict=True):
                 row[c] = v
             if mean_at is not None and mean_at[0] == j:
                 mean = values[mean_at[1]]
         for c, v in zip(plan.request_columns, request_features(event.amount, t, mean), strict=True):
             row[c] = v
-        X = plan.buffer(1)
+        X = plan.row()
         X[0] = row
         p = float(plan.model.predict(X)[0])
         result = ScoreResult(
@@ -296,75 +275,16 @@ class Scorer:
         self, events: Sequence[Event], deadline: float | None = None
     ) -> list[ScoreResult]:
         """Score validated events with one store round trip; ``deadline`` is a
-        ``time.monotonic()`` value checked between events. Failures of one event raise
-        :class:`BatchItemError` (for a single event: the error itself)."""
-        if len(events) >= COLUMNAR_BATCH:
-            return self._score_columns(events, deadline)
-        store, plan = self._ready()
-        readers = self._readers
-        n_ent = len(readers)
-        keys: list[tuple[str, int]] = []
-        for e in events:
-            for r in readers:
-                keys.append((r.name, getattr(e, r.join_key)))
-        unique = list(dict.fromkeys(keys)) if len(events) > 1 else keys
-        raws = store.read_states(unique)
-        states: dict[tuple[str, int], Any] = {}
-        for key, raw in zip(unique, raws, strict=True):
-            states[key] = self._by_entity[key[0]].decode(raw, key[1])
-        X = plan.buffer(len(events))
-        row = [math.nan] * plan.n
-        infos: list[tuple[tuple[EntityStateInfo, ...], tuple[str, ...]]] = []
-        mean_at, request_columns = self._mean_at, plan.request_columns
-        for i, e in enumerate(events):
-            if deadline is not None and not i % 64 and time.monotonic() > deadline:
-                raise DeadlineExceededError(f"deadline: passed after {i} of {len(events)} events")
-            t = e.event_time_ms
-            warnings: list[str] = []
-            ent: list[EntityStateInfo] = []
-            mean = math.nan
-            for j in range(n_ent):
-                key = keys[i * n_ent + j]
-                try:
-                    values, info = readers[j].values(states[key], key[1], t, warnings)
-                except QueryTooOldError as exc:  # its message names event_time
-                    if len(events) == 1:
-                        raise
-                    raise BatchItemError(i, exc) from None
-                ent.append(info)
-                for c, v in zip(plan.columns[j], values, strict=True):
-                    row[c] = v
-                if mean_at is not None and mean_at[0] == j:
-                    mean = values[mean_at[1]]
-            req = request_features(e.amount, t, mean)
-            for c, v in zip(request_columns, req, strict=True):
-                row[c] = v
-            X[i] = row
-            infos.append((tuple(ent), tuple(warnings)))
-        p = plan.model.predict(X)
-        threshold, version, names = plan.threshold, plan.version, plan.names
-        results = [
-            ScoreResult(
-                e.transaction_id,
-                float(p[i]),
-                bool(p[i] >= threshold),
-                threshold,
-                version,
-                names,
-                X[i].tolist(),
-                ent,
-                warn,
-            )
-            for i, (e, (ent, warn)) in enumerate(zip(events, infos, strict=True))
-        ]
-        if self.sink is not None:
-            self.sink(events, results)
-        return results
+        ``time.monotonic()`` value checked once the states are read. Failures of one event
+        raise :class:`BatchItemError` (for a single event: the error itself)."""
+        if len(events) == 1:
+            return [self.score(events[0])]
+        return self._score_columns(events, deadline)
 
     def _score_columns(self, events: Sequence[Event], deadline: float | None) -> list[ScoreResult]:
-        """:meth:`score_batch` for large batches: the same values, computed a column at a
-        time (one native call per entity for all rows, vectorized request features, one
-        predict). Held equal to the row-at-a-time path by the tests."""
+        """:meth:`score_batch` for two or more events: :meth:`score`'s values, computed a
+        column at a time (one native call per entity for all rows, vectorized request
+        features, one predict). The tests hold the two equal."""
         store, plan = self._ready()
         readers, n = self._readers, len(events)
         ids = [[getattr(e, r.join_key) for e in events] for r in readers]
@@ -379,7 +299,6 @@ class Scorer:
         X = np.empty((n, plan.n), dtype=np.float64)
         infos: list[list[EntityStateInfo]] = [[] for _ in range(n)]
         warnings: list[list[str]] = [[] for _ in range(n)]
-        new_info, info_cls = tuple.__new__, EntityStateInfo  # the fast way to build one
         for j, (r, col) in enumerate(zip(readers, ids, strict=True)):
             datas = [raws[(r.name, i)] for i in col]
             try:
@@ -392,16 +311,7 @@ class Scorer:
             X[:, plan.columns[j]] = np.frombuffer(block, dtype=np.float64).reshape(n, -1)
             newest = {i: _max_seen(raws[(r.name, i)]) for i in set(col)}
             for k, (i, data, tk) in enumerate(zip(col, datas, t_list, strict=True)):
-                if data is None:
-                    warnings[k].append(
-                        f"{r.join_key} {i}: no {r.name} state in the online store; "
-                        "scored with empty-window values"
-                    )
-                    infos[k].append(EntityStateInfo(r.name, i, False, None, None))
-                else:
-                    ms = newest[i]
-                    age = None if ms is None else tk - ms
-                    infos[k].append(new_info(info_cls, (r.name, i, True, ms, age)))
+                infos[k].append(r.info(data, i, newest[i], tk, warnings[k]))
         amount = np.fromiter((e.amount for e in events), dtype=np.float64, count=n)
         if self._mean_at is not None:
             j, pos = self._mean_at
@@ -414,10 +324,10 @@ class Scorer:
         rows = X.tolist()
         threshold, version, names = plan.threshold, plan.version, plan.names
         results = [
-            new_info(ScoreResult, (
+            ScoreResult(
                 e.transaction_id, p[k], p[k] >= threshold, threshold, version, names, rows[k],
                 tuple(infos[k]), tuple(warnings[k]),
-            ))
+            )
             for k, e in enumerate(events)
         ]  # fmt: skip
         if self.sink is not None:
@@ -436,7 +346,8 @@ class Scorer:
             )
         [raw] = store.read_states([(entity, entity_id)])
         warnings: list[str] = []
-        values, info = reader.values(reader.decode(raw, entity_id), entity_id, t, warnings)
+        values = reader.values(raw, entity_id, t)
+        info = reader.info(raw, entity_id, _max_seen(raw), t, warnings)
         return EntityFeatures(reader.names, values, info, tuple(warnings))
 
     def check_store(self) -> None:
