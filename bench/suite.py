@@ -10,7 +10,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from skewless.settings import Settings
+from features.settings import Settings
 
 SUITES = ("backfill", "stream", "serve")
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from features.definitions import MS_PER_DAY, MS_PER_HOUR, Op
 from features.reference import REFERENCE
-from skewless.settings import Settings
+from features.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -357,7 +357,7 @@ def __getattr__(name: str) -> Any:
     """``flows.stream:flow`` for ``python -m bytewax.run``: built from the environment."""
     if name == "flow":
         from features.reference import REFERENCE
-        from skewless.settings import Settings
+        from features.settings import Settings
 
         settings = Settings.from_env(os.environ)
         replay = os.environ.get("SKEWLESS_REPLAY_PATH")

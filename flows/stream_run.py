@@ -6,8 +6,8 @@ import argparse
 from datetime import timedelta
 
 from features.reference import REFERENCE
+from features.settings import Settings
 from flows.stream import build_flow, config_from_settings
-from skewless.settings import Settings
 
 
 def preflight(settings: Settings, timeout_s: float = 5.0) -> None:

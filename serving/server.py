@@ -50,7 +50,7 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """Everything the server needs; built from :class:`skewless.settings.Settings` by the
+    """Everything the server needs; built from :class:`features.settings.Settings` by the
     CLI. Empty ``redis_url`` means the embedded SQLite Feast store in ``feast_dir``."""
 
     registry_dir: Path

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from skewless.settings import Settings, tune_grpc
+from features.settings import Settings, tune_grpc
 
 log = logging.getLogger("skewless")
 

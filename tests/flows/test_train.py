@@ -21,6 +21,7 @@ import pytest
 import xgboost as xgb
 
 from features.reference import REFERENCE, REQUEST_FEATURES
+from features.settings import Settings
 from flows import train as train_mod
 from flows.backfill import BackfillReport, compute_features, load_events
 from flows.dataset import load_dataset, time_split
@@ -38,7 +39,6 @@ from flows.simulate import SimulationConfig, simulate
 from flows.tracking import log_mlflow
 from flows.train import TrainConfig, add_cli, train_model
 from serving.model import load_model
-from skewless.settings import Settings
 
 CFG = TrainConfig(max_rounds=300, early_stopping_rounds=30, learning_rate=0.1)
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -23,11 +23,11 @@ import pyarrow.parquet as pq
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from features.settings import Settings
 from serving._proto.skewless.v1 import scorer_pb2 as pb
 from serving._proto.skewless.v1 import scorer_pb2_grpc as pb_grpc
 from serving.cli import add_cli
 from serving.convert import event_transaction
-from skewless.settings import Settings
 from tests.serving.conftest import NOW, RunningServer, ev
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[2]
 #: the CLI wiring skewless/cli.py does, in a few lines (so this runs as a subprocess too)
 MAIN = """
 import argparse, os, sys
-from skewless.settings import Settings
+from features.settings import Settings
 from serving.cli import add_cli
 p = argparse.ArgumentParser(); sub = p.add_subparsers(dest="command"); handlers = {}
 add_cli(sub, lambda name: lambda fn: handlers.setdefault(name, fn))

@@ -1,6 +1,8 @@
 """One settings object, built once in ``main()`` from flags and ``SKEWLESS_*`` variables.
 
-Nothing below ``main()`` reads the environment; it receives a :class:`Settings`.
+Nothing below ``main()`` reads the environment; it receives a :class:`Settings`. It lives
+in the bottom layer because it is plain data every layer may be handed; only the command
+line (``skewless.cli``) builds it.
 
 >>> s = Settings.from_env({"SKEWLESS_REDIS_URL": "redis://127.0.0.1:6390/0",
 ...                        "SKEWLESS_AUTH_TOKEN": "hunter2"})
