@@ -38,6 +38,16 @@ import numpy as np
 
 from features.definitions import FeatureSet
 from flows import tracking
+from flows.artifacts import (
+    MODEL_FILE,
+    ONNX_FILE,
+    ONNX_INPUT,
+    ONNX_OPSET,
+    export_onnx,
+    onnx_probability,
+    onnx_session,
+    read_artifacts,
+)
 from flows.dataset import Dataset, Split, load_dataset, time_split
 from flows.metrics import summary, threshold_at_fpr
 from flows.registry import aliases, publish, resolve, set_alias, sha256_file
@@ -45,8 +55,6 @@ from flows.train_report import ablation, models_table, report
 
 #: the parity the ONNX artifact must reach against XGBoost on the test split
 PARITY_TOLERANCE = 1e-5
-ONNX_INPUT = "features"
-ONNX_OPSET = 15  # the highest onnxmltools' XGBoost converter supports
 
 
 @dataclass(frozen=True)
@@ -152,20 +160,6 @@ def predict(booster: Any, data: Dataset, s: Split, columns: list[int] | None = N
     return np.asarray(booster.inplace_predict(np.ascontiguousarray(x)), dtype=np.float64)
 
 
-def export_onnx(booster: Any, n_features: int) -> bytes:
-    """The booster as an ONNX TreeEnsembleClassifier (input ``features``: float32 (n, F))."""
-    import onnxmltools
-    from onnxmltools.convert.common.data_types import FloatTensorType
-
-    anonymous = booster.copy()
-    anonymous.feature_names = None  # the converter only reads f0, f1, ... split names
-    model = onnxmltools.convert_xgboost(
-        anonymous, name="skewless", target_opset=ONNX_OPSET,
-        initial_types=[(ONNX_INPUT, FloatTensorType([None, n_features]))],
-    )  # fmt: skip
-    return bytes(model.SerializeToString())
-
-
 def importance(booster: Any, names: tuple[str, ...]) -> dict[str, float]:
     """Share of total split gain per feature (0.0 for features the trees never use)."""
     gain = booster.get_score(importance_type="total_gain")
@@ -194,7 +188,6 @@ def train_model(
 ) -> TrainResult:
     """Train, evaluate, export, check parity, publish, optionally promote and track."""
     from flows.plots import write_plots
-    from serving.model import onnx_probability, onnx_session
 
     mlflow = tracking.require_mlflow() if mlflow_uri else None
     started = time.perf_counter()
@@ -224,8 +217,8 @@ def train_model(
     imp = importance(booster, data.feature_names)
 
     def write(d: Path) -> None:
-        booster.save_model(str(d / "model.json"))
-        (d / "model.onnx").write_bytes(onnx_bytes)
+        booster.save_model(str(d / MODEL_FILE))
+        (d / ONNX_FILE).write_bytes(onnx_bytes)
         calibration = metrics["test"]["calibration"]["bins"]
         write_plots(d, y_te, p_te, imp, calibration, threshold, (p_base, "request-time only"))
 
@@ -353,12 +346,9 @@ def _models_command(args: argparse.Namespace, settings: Any) -> int:
     if args.models_command == "list":
         print(models_table(root, REFERENCE.fingerprint()))
         return 0
-    from serving.model import load_model
-
     alias = args.alias or settings.model_alias
-    load_model(
-        resolve(root, args.version), REFERENCE.fingerprint()
-    )  # refuse what serving would refuse
+    # refuse what serving would refuse
+    read_artifacts(resolve(root, args.version), REFERENCE.fingerprint())
     before = aliases(root).get(alias)
     set_alias(root, alias, args.version)
     print(f"{alias}: {before or '(unset)'} -> {args.version}")

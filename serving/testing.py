@@ -100,8 +100,7 @@ def publish_synthetic_model(
     ``fingerprint`` overrides the definitions fingerprint (to test refusals)."""
     import xgboost as xgb
 
-    from flows.train import ONNX_INPUT, export_onnx
-    from serving.model import onnx_probability, onnx_session
+    from flows.artifacts import ONNX_INPUT, export_onnx, onnx_probability, onnx_session
 
     names = tuple(fs.feature_names)
     X, y = synthetic_training_data(names, seed=seed)

@@ -162,7 +162,7 @@ def _produce(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("verify")
 def _verify(args: argparse.Namespace, settings: Settings) -> int:
-    from flows.verify import run_verify
+    from skewless.verify import run_verify
 
     return run_verify(args, settings)
 
@@ -176,7 +176,7 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("demo")
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    from flows.demo import run_demo
+    from skewless.demo import run_demo
 
     return run_demo(args, settings)
 

@@ -22,7 +22,7 @@ from flows.backfill import BackfillReport, load_events
 from flows.simulate import SimulationConfig, simulate
 from flows.stream import StreamConfig, build_flow
 from flows.stream_io import StoreConfig
-from flows.verify import check_online_states
+from skewless.verify import check_online_states
 
 
 def _messy_events(n: int = 4000) -> tuple[pa.Table, int]:

@@ -23,6 +23,7 @@ import xgboost as xgb
 from features.reference import REFERENCE, REQUEST_FEATURES
 from features.settings import Settings
 from flows import train as train_mod
+from flows.artifacts import read_artifacts
 from flows.backfill import BackfillReport, compute_features, load_events
 from flows.dataset import load_dataset, time_split
 from flows.metrics import (
@@ -38,7 +39,6 @@ from flows.registry import RegistryError, aliases, read_metadata, versions
 from flows.simulate import SimulationConfig, simulate
 from flows.tracking import log_mlflow
 from flows.train import TrainConfig, add_cli, train_model
-from serving.model import load_model
 
 CFG = TrainConfig(max_rounds=300, early_stopping_rounds=30, learning_rate=0.1)
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -184,7 +184,7 @@ def test_metrics_threshold_and_ablation_recompute_from_the_artifacts(
 ) -> None:
     result, printed = trained
     meta = result.metadata
-    model = load_model(result.version_dir, REFERENCE.fingerprint())
+    model = read_artifacts(result.version_dir, REFERENCE.fingerprint())
     data = load_dataset(features, REFERENCE)
     _, valid, test = time_split(data.ts, CFG.train_fraction, CFG.valid_fraction)
     p_va = model.predict_reference(data.X[valid.start : valid.stop])
@@ -209,7 +209,7 @@ def test_metrics_threshold_and_ablation_recompute_from_the_artifacts(
 
 def test_onnx_parity_is_measured_and_stored(trained: tuple[Any, list[str]], features: Path) -> None:
     result, _ = trained
-    model = load_model(result.version_dir, REFERENCE.fingerprint())
+    model = read_artifacts(result.version_dir, REFERENCE.fingerprint())
     data = load_dataset(features, REFERENCE)
     test = time_split(data.ts, CFG.train_fraction, CFG.valid_fraction)[2]
     x = data.X[test.start : test.stop]

@@ -23,11 +23,11 @@ import pytest
 from features.online_store import RedisStore
 from features.reference import REFERENCE
 from flows.backfill import compute_features
-from flows.verify import check_online_states, values_agree
 from serving._proto.skewless.v1 import scorer_pb2 as pb
 from serving._proto.skewless.v1 import scorer_pb2_grpc as pb_grpc
 from serving.convert import event_transaction
 from serving.testing import publish_synthetic_model
+from skewless.verify import check_online_states, values_agree
 from tests.integration import stream_support as sup
 from tests.service_fixtures import KafkaBroker
 

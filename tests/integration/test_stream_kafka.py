@@ -23,7 +23,7 @@ from features.reference import REFERENCE
 from flows.backfill import run_backfill
 from flows.stream import StreamConfig, build_flow
 from flows.stream_io import StoreConfig
-from flows.verify import check_online_states
+from skewless.verify import check_online_states
 from tests.integration import stream_support as sup
 from tests.service_fixtures import RedisServer
 

@@ -53,7 +53,7 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     from flows.stream import StreamConfig, build_flow
     from flows.stream_io import METRICS, StoreConfig
     from flows.train import train_model
-    from flows.verify import check_online_states
+    from skewless.verify import check_online_states
 
     out: Path = (args.out or settings.data_dir / "demo").resolve()
     kafka = settings.kafka_bootstrap if args.kafka else ""
@@ -162,7 +162,7 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     report["skew_scored"] = _compare_scored(used, want)
     report["total_seconds"] = round(time.perf_counter() - began, 1)
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    from flows.demo_report import write_html
+    from skewless.demo_report import write_html
 
     write_html(out, report, latencies, trained.version_dir)
     _print(report)
@@ -267,7 +267,7 @@ def _score_over_grpc(
 
 
 def _compare_scored(used: list[dict[str, float]], want: pa.Table) -> dict[str, Any]:
-    from flows.verify import values_agree
+    from skewless.verify import values_agree
 
     ops = {a.name: a.op for a in REFERENCE.aggregations}
     mismatches, compared, per_feature = 0, 0, {}
