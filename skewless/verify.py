@@ -246,6 +246,7 @@ def read_topic(bootstrap: str, topic: str, to_offset: int | None = None) -> Any:
     bounds every partition; default: up to the end at the time of the call."""
     import pyarrow as pa
     from confluent_kafka import Consumer, TopicPartition
+
     from features.events import InvalidEventError, parse_event
 
     if not bootstrap:
