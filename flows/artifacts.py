@@ -76,7 +76,7 @@ def onnx_probability(session: ort.InferenceSession, X: npt.ArrayLike) -> FloatAr
     return np.asarray(out[:, 1], dtype=np.float64)
 
 
-@dataclass(frozen=True)
+@dataclass
 class ModelArtifacts:
     """A checked registry version: the ONNX session, the XGBoost booster and what the
     metadata says about them. ``predict`` is ONNX; ``predict_reference`` is XGBoost's own

@@ -11,9 +11,8 @@ costs a few microseconds rather than the ~200 µs of an XGBoost ``inplace_predic
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -39,66 +38,28 @@ class _Bound:
 
 
 @dataclass
-class LoadedModel:
+class LoadedModel(ModelArtifacts):
     """A checked registry version as serving runs it. ``predict`` is the serving path
     (ONNX, one row through bound buffers); ``predict_reference`` is XGBoost's own answer
     for the same rows."""
 
-    artifacts: ModelArtifacts
     _local: threading.local = field(default_factory=threading.local, repr=False)
-
-    @property
-    def version(self) -> str:
-        return self.artifacts.version
-
-    @property
-    def feature_names(self) -> tuple[str, ...]:
-        return self.artifacts.feature_names
-
-    @property
-    def threshold(self) -> float:
-        return self.artifacts.threshold
-
-    @property
-    def fingerprint(self) -> str:
-        return self.artifacts.fingerprint
-
-    @property
-    def metadata(self) -> dict[str, Any]:
-        return self.artifacts.metadata
-
-    @property
-    def path(self) -> Path:
-        return self.artifacts.path
-
-    @property
-    def n_features(self) -> int:
-        return self.artifacts.n_features
 
     def predict(self, X: npt.ArrayLike) -> FloatArray:
         """P(fraud) per row of ``X`` (float64, shape (n, F), NaN = missing), via ONNX."""
-        art = self.artifacts
-        x = art.check(X)
+        x = self.check(X)
         if x.shape[0] != 1:
-            return art.predict(x)
+            return super().predict(x)
         bound: _Bound | None = getattr(self._local, "bound", None)
         if bound is None:
-            bound = self._local.bound = _Bound(art.session, art.input_name, x.shape[1])
+            bound = self._local.bound = _Bound(self.session, self.input_name, x.shape[1])
         bound.x[0] = x[0]  # float64 -> float32 into the bound buffer
-        art.session.run_with_iobinding(bound.binding)
+        self.session.run_with_iobinding(bound.binding)
         return np.array([bound.proba[0, 1]], dtype=np.float64)
 
     def predict_one(self, row: npt.ArrayLike) -> float:
         """P(fraud) of one feature vector (length F), as a Python float."""
         return float(self.predict(np.asarray(row).reshape(1, -1))[0])
-
-    def predict_reference(self, X: npt.ArrayLike) -> FloatArray:
-        """P(fraud) per row from the XGBoost Booster (``inplace_predict``)."""
-        return self.artifacts.predict_reference(X)
-
-    def flag(self, p: npt.ArrayLike) -> npt.NDArray[np.bool_]:
-        """The decision rule the threshold was chosen for: ``p >= threshold``."""
-        return self.artifacts.flag(p)
 
 
 def load_model(version_dir: Path, expected_fingerprint: str) -> LoadedModel:
@@ -109,4 +70,5 @@ def load_model(version_dir: Path, expected_fingerprint: str) -> LoadedModel:
     ...
     flows.registry.RegistryError: model: /nonexistent/v0001/metadata.json is missing; ...
     """
-    return LoadedModel(read_artifacts(version_dir, expected_fingerprint))
+    art = read_artifacts(version_dir, expected_fingerprint)
+    return LoadedModel(**{f.name: getattr(art, f.name) for f in fields(art)})
