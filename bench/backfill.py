@@ -48,8 +48,8 @@ def _ratio(a: float, b: float) -> float:
 def run(events: int = 1_000_000, seed: int = 7, feast_rows: int = 2_000) -> dict[str, Any]:
     """Simulate, backfill, time ours and Feast on the same spine; see the module docstring."""
     from features.feast_objects import offline_table_name, state_field, view_name
-    from features.online_store import open_feature_store
     from features.reference import REFERENCE as FS
+    from features.store import StoreConfig, open_feature_store
     from flows.backfill import (
         BackfillReport,
         compute_features,
@@ -93,7 +93,9 @@ def run(events: int = 1_000_000, seed: int = 7, feast_rows: int = 2_000) -> dict
                 "event_timestamp": sub.column("event_time"),
             }
         ).to_pandas()
-        store = open_feature_store(FS, "", work / "feast_repo", work / "out" / "feast")
+        store = open_feature_store(
+            StoreConfig(workdir=work / "feast_repo"), FS, work / "out" / "feast"
+        )
         refs = [f"{view_name(e)}:{a.name}" for e in FS.entities for a in FS.for_entity(e)]
 
         def feast() -> None:

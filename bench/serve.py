@@ -220,8 +220,8 @@ def _prepare(
 ) -> tuple[Path, list[Any]]:
     """States in Redis, a model in a registry; returns (registry, simulated events)."""
     from features.events import Event
-    from features.online_store import RedisStore, open_feature_store
     from features.reference import REFERENCE
+    from features.store import StoreConfig, open_feature_store, open_store
     from flows.simulate import SimulationConfig, simulate
     from serving.testing import fold_states, publish_synthetic_model, write_states
 
@@ -233,10 +233,11 @@ def _prepare(
         Event(txid, card, merchant, amount, currency, country, mcc, t)
         for txid, card, merchant, amount, currency, country, mcc, t in zip(*cols, ts, strict=True)
     ]
-    store = RedisStore(redis_url, REFERENCE).build()
+    store_cfg = StoreConfig(redis_url, workdir / "feast")
+    store = open_store(store_cfg, REFERENCE)
     write_states(store, fold_states(evs))
     store.close()
-    open_feature_store(REFERENCE, redis_url, workdir / "feast")  # the naive server's repo
+    open_feature_store(store_cfg, REFERENCE)  # the naive server's repo
     registry = workdir / "registry"
     publish_synthetic_model(registry, rounds=rounds, max_depth=max_depth, seed=sim["seed"])
     return registry, evs

@@ -36,11 +36,11 @@ class NaiveScorer:
         import xgboost as xgb
 
         from features.feast_objects import view_name
-        from features.online_store import open_feature_store
+        from features.store import StoreConfig, open_feature_store
         from flows.registry import read_metadata
 
         self.xgb = xgb
-        self.store = open_feature_store(REFERENCE, redis_url, feast_dir)
+        self.store = open_feature_store(StoreConfig(redis_url, feast_dir), REFERENCE)
         self.refs = [
             f"{view_name(e)}:{a.name}" for e in REFERENCE.entities for a in REFERENCE.for_entity(e)
         ]

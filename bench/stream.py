@@ -116,9 +116,9 @@ def naive_push(redis_url: str, table: pa.Table, work: Path, limit: int) -> dict[
 
     from features.codec import StateCodec
     from features.feast_objects import bootstrap_field, state_field
-    from features.online_store import open_feature_store
+    from features.store import StoreConfig, open_feature_store
 
-    store = open_feature_store(REFERENCE, redis_url, work / "naive-feast")
+    store = open_feature_store(StoreConfig(redis_url, work / "naive-feast"), REFERENCE)
     engine = Engine(REFERENCE)
     layouts = {e.name: engine.layout(e.name) for e in REFERENCE.entities}
     codecs = {name: StateCodec(layout) for name, layout in layouts.items()}

@@ -32,9 +32,9 @@ from features.definitions import FeatureSet
 from features.engine import Engine, EntityLayout
 from features.events import Event, InvalidEventError, parse_event
 from features.native import NativeLayout, txid_hash_native
-from features.online_store import OnlineRow, StoreUnavailableError
+from features.store import OnlineRow, StoreConfig, StoreUnavailableError
 from flows import stream_io
-from flows.stream_io import DeadLetter, JsonlSink, OnlineStoreSink, ParquetReplaySource, StoreConfig
+from flows.stream_io import DeadLetter, JsonlSink, OnlineStoreSink, ParquetReplaySource
 
 log = logging.getLogger("skewless.stream")
 

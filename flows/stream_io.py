@@ -1,7 +1,7 @@
 """Inputs, outputs and metrics of the streaming flow.
 
-Config objects (``StoreConfig``, the sinks, the replay source) do no I/O when built; a
-sink's ``build()`` opens connections, and its partition writes one batch per call.
+Config objects (the sinks, the replay source) do no I/O when built; a sink's ``build()``
+opens connections, and its partition writes one batch per call.
 """
 
 from __future__ import annotations
@@ -24,14 +24,8 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from prometheus_client import Counter, Histogram, start_http_server
 
-from features.online_store import (
-    FeastStore,
-    OnlineRow,
-    OnlineStore,
-    RedisStore,
-    StoreUnavailableError,
-)
 from features.reference import REFERENCE
+from features.store import OnlineRow, OnlineStore, StoreConfig, StoreUnavailableError, open_store
 
 log = logging.getLogger("skewless.stream")
 
@@ -102,14 +96,6 @@ class DeadLetter:
 # -- online store --------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class StoreConfig:
-    """Redis when ``redis_url`` is set, else Feast's SQLite store under ``workdir``."""
-
-    redis_url: str = ""
-    workdir: Path = Path("out/feast")
-
-
 _stores: dict[StoreConfig, OnlineStore] = {}
 _stores_lock = threading.Lock()
 
@@ -119,11 +105,7 @@ def store_for(cfg: StoreConfig) -> OnlineStore:
     with _stores_lock:
         store = _stores.get(cfg)
         if store is None:
-            if cfg.redis_url:
-                store = RedisStore(cfg.redis_url, REFERENCE).build()
-            else:
-                store = FeastStore(REFERENCE, cfg.workdir).build()
-            _stores[cfg] = store
+            store = _stores[cfg] = open_store(cfg, REFERENCE)
         return store
 
 

@@ -26,7 +26,7 @@ from grpc import aio
 
 from features.engine import QueryTooOldError
 from features.events import InvalidEventError
-from features.online_store import StoreUnavailableError
+from features.store import StoreUnavailableError
 from serving.scorer import (
     CorruptStateError,
     DeadlineExceededError,

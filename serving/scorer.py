@@ -39,8 +39,8 @@ from features.reference import REFERENCE
 from features.request import CARD_MEAN_FEATURE, request_features
 from flows.registry import RegistryError
 
-if TYPE_CHECKING:  # features.online_store imports feast (slow); only the type is needed
-    from features.online_store import OnlineStore
+if TYPE_CHECKING:  # only the type is needed
+    from features.store import OnlineStore
 
 #: the window feature request-time features are relative to (see features.request)
 

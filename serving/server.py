@@ -31,8 +31,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from features.online_store import OnlineStore, StoreUnavailableError
 from features.reference import REFERENCE
+from features.store import OnlineStore, StoreConfig, StoreUnavailableError, open_store
 from serving._proto.skewless.v1 import scorer_pb2 as pb
 from serving._proto.skewless.v1 import scorer_pb2_grpc as pb_grpc
 from serving.interceptors import Metrics, interceptors
@@ -121,11 +121,8 @@ class ScoringServer:
         self.port = 0
 
     def _default_store(self) -> OnlineStore:
-        from features.online_store import FeastStore, RedisStore
-
-        if self.config.redis_url:
-            return RedisStore(self.config.redis_url, REFERENCE).build(self.config.store_timeout_s)
-        return FeastStore(REFERENCE, self.config.feast_dir).build()
+        c = self.config
+        return open_store(StoreConfig(c.redis_url, c.feast_dir, c.store_timeout_s), REFERENCE)
 
     def _on_model(self, outcome: str, version: str) -> None:
         if outcome == "loaded" and gc.isenabled():

@@ -24,8 +24,8 @@ from features.codec import StateCodec
 from features.definitions import FeatureSet
 from features.engine import Engine, EntityState, txid_hash
 from features.events import Event
-from features.online_store import OnlineRow, OnlineStore
 from features.reference import REFERENCE
+from features.store import OnlineRow, OnlineStore
 from flows.registry import publish, set_alias
 
 

@@ -47,11 +47,11 @@ def _free_port() -> int:
 def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     from bytewax.testing import run_main
 
-    from features.online_store import FeastStore, RedisStore, open_feature_store
+    from features.store import StoreConfig, open_feature_store, open_store
     from flows.backfill import BackfillReport, load_events, run_backfill
     from flows.simulate import SimulationConfig, simulate, write_events
     from flows.stream import StreamConfig, build_flow
-    from flows.stream_io import METRICS, StoreConfig
+    from flows.stream_io import METRICS
     from flows.train import train_model
     from skewless.verify import check_online_states
 
@@ -104,10 +104,8 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     report["train_seconds"] = round(time.perf_counter() - t, 1)
 
     t = _step("feast materialize the backfill's end state (bootstrap)")
-    feast_dir = out / "feast"
-    fstore = open_feature_store(
-        REFERENCE, redis_url, feast_dir, data_dir=out / "backfill" / "feast"
-    )
+    store_cfg = StoreConfig(redis_url=redis_url, workdir=out / "feast")
+    fstore = open_feature_store(store_cfg, REFERENCE, data_dir=out / "backfill" / "feast")
     from datetime import UTC, datetime
 
     fstore.materialize(datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
@@ -119,7 +117,7 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
         topic = _produce(kafka, latest)
     replay = None if kafka else out / "latest_day.parquet"
     cfg = StreamConfig(
-        store=StoreConfig(redis_url=redis_url, workdir=feast_dir), brokers=kafka, topic=topic,
+        store=store_cfg, brokers=kafka, topic=topic,
         replay_path=replay, out_dir=out / "stream", tail=False,
     )  # fmt: skip
     fresh_before = _hist(METRICS.freshness)
@@ -133,11 +131,7 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
 
     t = _step("skew check: online state vs backfill over all events")
     _, accepted, _, _ = load_events(REFERENCE, table, BackfillReport())
-    store = (
-        RedisStore(redis_url, REFERENCE).build()
-        if redis_url
-        else FeastStore(REFERENCE, feast_dir).build()
-    )
+    store = open_store(store_cfg, REFERENCE)
     skew = check_online_states(
         REFERENCE, store, accepted, sample_per_entity=1000, times_per_entity=4
     )

@@ -20,7 +20,7 @@ from features.backfill import window_features
 from features.codec import StateCodec
 from features.definitions import FeatureSet, Op
 from features.engine import Engine
-from features.online_store import OnlineStore
+from features.store import OnlineStore
 from flows.backfill import AcceptedEvents
 
 REL_TOL = 1e-9
@@ -209,8 +209,8 @@ def run_verify(args: Any, settings: Any) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from features.online_store import FeastStore, RedisStore
     from features.reference import REFERENCE
+    from features.store import StoreConfig, open_store
     from flows.backfill import BackfillReport, load_events
 
     if args.events is not None:
@@ -218,11 +218,7 @@ def run_verify(args: Any, settings: Any) -> int:
     else:
         table = read_topic(settings.kafka_bootstrap, args.topic or settings.topic, args.to_offset)
     _, events, _, _ = load_events(REFERENCE, table, BackfillReport())
-    store: OnlineStore
-    if settings.redis_url:
-        store = RedisStore(settings.redis_url, REFERENCE).build()
-    else:
-        store = FeastStore(REFERENCE, settings.data_dir / "feast").build()
+    store = open_store(StoreConfig(settings.redis_url, settings.data_dir / "feast"), REFERENCE)
     state = check_online_states(REFERENCE, store, events, sample_per_entity=args.sample)
     body: dict[str, Any] = {"online_state": _json.loads(state.to_json())}
     total = state.mismatches

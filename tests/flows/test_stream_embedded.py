@@ -16,12 +16,11 @@ from bytewax.testing import run_main
 from features.codec import StateCodec
 from features.engine import Engine
 from features.feast_objects import view_name
-from features.online_store import FeastStore
 from features.reference import REFERENCE
+from features.store import StoreConfig, open_store
 from flows.backfill import BackfillReport, load_events
 from flows.simulate import SimulationConfig, simulate
 from flows.stream import StreamConfig, build_flow
-from flows.stream_io import StoreConfig
 from skewless.verify import check_online_states
 
 
@@ -61,7 +60,7 @@ def test_online_state_equals_backfill(streamed: tuple[Path, pa.Table, int]) -> N
     report = BackfillReport()
     _, events, _, _ = load_events(REFERENCE, table, report)
     assert report.duplicates == 40 and report.rejected == 7
-    store = FeastStore(REFERENCE, out / "feast").build()
+    store = open_store(StoreConfig(workdir=out / "feast"), REFERENCE)
     skew = check_online_states(REFERENCE, store, events, sample_per_entity=1000, times_per_entity=5)
     assert skew.missing_states == {"card": 0, "merchant": 0}
     assert skew.entities["card"] == len(np.unique(events.keys["card"]))
@@ -85,7 +84,7 @@ def test_dead_letters_hold_exactly_the_invalid_rows(streamed: tuple[Path, pa.Tab
 
 def test_feast_sdk_reads_as_of_last_event_values(streamed: tuple[Path, pa.Table, int]) -> None:
     out, table, _ = streamed
-    store = FeastStore(REFERENCE, out / "feast").build()
+    store = open_store(StoreConfig(workdir=out / "feast"), REFERENCE)
     layout = Engine(REFERENCE).layout("card")
     codec = StateCodec(layout)
     card_ids = sorted(set(table.column("card_id").to_pylist()))[:25]

@@ -20,8 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from features.online_store import RedisStore
 from features.reference import REFERENCE
+from features.store import StoreConfig, open_store
 from flows.backfill import compute_features
 from serving._proto.skewless.v1 import scorer_pb2 as pb
 from serving._proto.skewless.v1 import scorer_pb2_grpc as pb_grpc
@@ -44,7 +44,7 @@ def _wait_until_exact(
     url: str, table: pa.Table, proc: subprocess.Popen[Any], log: Path, timeout: float
 ) -> None:
     """Poll until every entity's online state equals the backfill over ``table``."""
-    store = RedisStore(url, REFERENCE).build()
+    store = open_store(StoreConfig(redis_url=url), REFERENCE)
     events = sup.accepted(table)
     deadline = time.monotonic() + timeout
     while True:
@@ -102,7 +102,7 @@ def test_broker_restart_mid_stream_loses_nothing(
     # the fixture already waited for exactness; check every entity once more, all times
     run = streamed_through_a_broker_restart
     report = check_online_states(
-        REFERENCE, RedisStore(run["url"], REFERENCE).build(), sup.accepted(run["table"]),
+        REFERENCE, open_store(StoreConfig(redis_url=run["url"]), REFERENCE), sup.accepted(run["table"]),
         sample_per_entity=100_000, times_per_entity=4,
     )  # fmt: skip
     assert report.missing_states == {"card": 0, "merchant": 0}

@@ -18,11 +18,10 @@ from confluent_kafka import Consumer
 from features.codec import StateCodec
 from features.engine import Engine
 from features.feast_objects import view_name
-from features.online_store import RedisStore, open_feature_store
 from features.reference import REFERENCE
+from features.store import StoreConfig, open_feature_store, open_store
 from flows.backfill import run_backfill
 from flows.stream import StreamConfig, build_flow
-from flows.stream_io import StoreConfig
 from skewless.verify import check_online_states
 from tests.integration import stream_support as sup
 from tests.service_fixtures import RedisServer
@@ -75,7 +74,7 @@ def main_run(
 
 
 def test_every_valid_event_counts_and_online_equals_backfill(main_run: dict[str, Any]) -> None:
-    store = RedisStore(main_run["url"], REFERENCE).build()
+    store = open_store(StoreConfig(redis_url=main_run["url"]), REFERENCE)
     ev = sup.accepted(main_run["table"])
     report = check_online_states(REFERENCE, store, ev, sample_per_entity=600, times_per_entity=4)
     assert report.missing_states == {"card": 0, "merchant": 0}
@@ -104,8 +103,8 @@ def test_dead_letter_topic_holds_exactly_the_malformed_messages(
 
 
 def test_feast_sdk_reads_what_the_flow_wrote(main_run: dict[str, Any], tmp_path: Path) -> None:
-    fstore = open_feature_store(REFERENCE, main_run["url"], tmp_path)
-    store = RedisStore(main_run["url"], REFERENCE).build()
+    fstore = open_feature_store(StoreConfig(main_run["url"], tmp_path), REFERENCE)
+    store = open_store(StoreConfig(redis_url=main_run["url"]), REFERENCE)
     layout = Engine(REFERENCE).layout("card")
     codec = StateCodec(layout)
     cards = sorted(set(main_run["table"].column("card_id").to_pylist()))[:40]
@@ -244,7 +243,7 @@ def test_bootstrap_by_materialize_then_stream_equals_one_backfill(
     )
     run_main(build_flow(REFERENCE, cfg))
     report = check_online_states(
-        REFERENCE, RedisStore(url, REFERENCE).build(), sup.accepted(table), 400, 4
+        REFERENCE, open_store(StoreConfig(redis_url=url), REFERENCE), sup.accepted(table), 400, 4
     )
     assert report.missing_states == {"card": 0, "merchant": 0}
     assert report.mismatches == 0, report.to_json()
@@ -293,7 +292,7 @@ def test_skewless_verify_gates_the_real_kafka_redis_run(
     assert '"mismatches": 0' in ok.stdout
 
     # drop one merchant's state: verify must now fail and say so
-    store = RedisStore(main_run["url"], REFERENCE).build()
+    store = open_store(StoreConfig(redis_url=main_run["url"]), REFERENCE)
     merchant = int(main_run["table"].column("merchant_id")[0].as_py())
     client = redis.Redis.from_url(main_run["url"])
     saved = client.hgetall(store.key("merchant", merchant))
@@ -332,8 +331,8 @@ def test_demo_against_real_kafka_and_redis(
     )
     assert report["skew_scored"]["mismatches"] == 0 and report["scoring"]["requests"] > 0
     assert (
-        RedisStore(sup.redis_db_url(redis_url, 9), REFERENCE)
-        .build()
-        .read_states([("merchant", 0)])[0]
+        open_store(StoreConfig(redis_url=sup.redis_db_url(redis_url, 9)), REFERENCE).read_states(
+            [("merchant", 0)]
+        )[0]
         is not None
     )

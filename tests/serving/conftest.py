@@ -18,8 +18,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from features.events import Event
-from features.online_store import FeastStore
 from features.reference import REFERENCE
+from features.store import StoreConfig, open_store
 from serving._proto.skewless.v1 import scorer_pb2_grpc as pb_grpc
 from serving.server import ScoringServer, ServerConfig
 from serving.testing import fold_states, publish_synthetic_model, write_states
@@ -55,7 +55,7 @@ def model_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def feast_master(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A Feast SQLite repo holding HISTORY (built once; tests copy it)."""
     d = tmp_path_factory.mktemp("feast")
-    store = FeastStore(REFERENCE, d).build()
+    store = open_store(StoreConfig(workdir=d), REFERENCE)
     write_states(store, fold_states(HISTORY))
     store.close()
     return d

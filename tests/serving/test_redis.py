@@ -12,8 +12,8 @@ import grpc
 import pytest
 
 from features.events import Event
-from features.online_store import RedisStore
 from features.reference import REFERENCE
+from features.store import StoreConfig, open_store
 from serving._proto.skewless.v1 import scorer_pb2 as pb
 from serving.convert import event_transaction
 from serving.server import ServerConfig
@@ -34,7 +34,7 @@ def shifted(e: Event) -> Event:
 
 
 def populate(url: str) -> None:
-    store = RedisStore(url, REFERENCE).build()
+    store = open_store(StoreConfig(redis_url=url), REFERENCE)
     write_states(store, fold_states([shifted(e) for e in HISTORY]))
     store.close()
 

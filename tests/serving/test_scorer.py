@@ -14,8 +14,8 @@ import pytest
 
 from features.engine import QueryTooOldError
 from features.events import Event
-from features.online_store import OnlineRow
 from features.reference import REFERENCE
+from features.store import OnlineRow
 from flows.backfill import BackfillReport, compute_features, load_events
 from flows.registry import RegistryError, resolve
 from serving.model import LoadedModel, load_model

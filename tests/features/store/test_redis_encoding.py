@@ -8,8 +8,9 @@ import math
 import hiredis
 import pytest
 
-from features.online_store import RedisStore, encode_timestamp, encode_value
 from features.reference import REFERENCE
+from features.store.encoding import encode_timestamp, encode_value
+from features.store.redis import RedisStore
 
 
 def parse_command(raw: bytes) -> list[bytes]:

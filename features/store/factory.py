@@ -1,0 +1,19 @@
+"""The one place a store backend is chosen (Feast keeps its own such table,
+``ONLINE_STORE_CLASS_FOR_TYPE``; ours has two rows)."""
+
+from __future__ import annotations
+
+from features.definitions import FeatureSet
+from features.store.config import StoreConfig
+from features.store.feast import FeastStore
+from features.store.protocol import OnlineStore
+from features.store.redis import RedisStore
+
+
+def open_store(cfg: StoreConfig, fs: FeatureSet) -> OnlineStore:
+    """The online store ``cfg`` names, built for the feature set ``fs``: Redis (connects on
+    first use, one socket per thread) or the Feast provider over SQLite (applies the
+    generated Feast objects under ``cfg.workdir`` now)."""
+    if cfg.backend == "redis":
+        return RedisStore(cfg.redis_url, fs).build(cfg.timeout_s)
+    return FeastStore(fs, cfg.workdir).build()
