@@ -30,10 +30,11 @@ demo: install ## run the whole loop on embedded defaults (no Kafka/Redis needed)
 test: install services ## run every test; integration tests start a real Kafka broker and Redis
 	$(BIN)/python -m pytest
 
-lint: install ## ruff + mypy, rustfmt + clippy for the native core
+lint: install ## ruff + mypy + import contracts (layers: pyproject.toml), rustfmt + clippy for the native core
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy features flows serving skewless bench
+	$(BIN)/lint-imports
 	cd native && cargo fmt --check && cargo clippy --release -- -D warnings
 
 bench: install services ## the benchmark suite, JSON results
