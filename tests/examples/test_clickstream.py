@@ -113,6 +113,10 @@ def _agree(name: str, fs: FeatureSet, got: float, want: float) -> bool:
     return math.isclose(got, want, rel_tol=1e-9, abs_tol=0.0)
 
 
+def _rounded(seconds: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 2) for k, v in seconds.items()}
+
+
 def _column(table: pa.Table, name: str) -> np.ndarray:
     return np.asarray(table.column(name).to_numpy(zero_copy_only=False), dtype=np.float64)
 
@@ -160,6 +164,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     )  # fmt: skip
     seconds["train"] = time.perf_counter() - clock
     _, accepted, _, _ = load_events(fs, table, BackfillReport())
+    print(f"clickstream timings (s): {_rounded(seconds)}")
     return Built(
         fs, d, events_path, table, report, pq.read_table(d / "backfill" / "features.parquet"),
         accepted, registry, result, seconds,
@@ -298,6 +303,7 @@ def streamed(built: Built, kafka_bootstrap: str, redis_url: str) -> Streamed:
     )  # fmt: skip
     run_main(build_flow(built.fs, cfg))  # returns only if the flow never crashed
     seconds["stream"] = time.perf_counter() - clock
+    print(f"clickstream timings (s): {_rounded(seconds)}")
     return Streamed(topic, url, kafka_bootstrap, seconds)
 
 
@@ -390,10 +396,11 @@ def served(built: Built, streamed: Streamed, tmp_path_factory: pytest.TempPathFa
     try:
         server.wait_health("SERVING")
         rows = _scorable_rows(built, 40)
-        events = [
-            event_message({n: r[n] for n in built.fs.schema.names}, plan)
-            for r in rows.select(list(built.fs.schema.names)).to_pylist()
-        ]
+        names = list(built.fs.schema.names)
+        wire = rows.select(names).set_column(  # the time as epoch ms, as on the wire
+            names.index("ts"), "ts", pc.cast(rows.column("ts"), pa.int64())
+        )
+        events = [event_message(r, plan) for r in wire.to_pylist()]
         single = [
             server.stub.Score(pb.ScoreRequest(event=ev, include_features=True), timeout=10)
             for ev in events
@@ -404,6 +411,7 @@ def served(built: Built, streamed: Streamed, tmp_path_factory: pytest.TempPathFa
             ).responses
         )
         seconds = time.perf_counter() - clock
+        print(f"clickstream timings (s): {_rounded({'serve_and_score': seconds})}")
     finally:
         server.stop(1.0)  # flushes the prediction log
     yield Served(rows, single, batch, log_dir, seconds)
