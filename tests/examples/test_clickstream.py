@@ -326,22 +326,48 @@ def test_online_states_equal_the_backfill(built: Built, streamed: Streamed) -> N
     assert report.mismatches == 0, report.to_json()
 
 
-@pytest.mark.integration
-def test_dead_letters_name_the_broken_field(built: Built, streamed: Streamed) -> None:
+def _consume(bootstrap: str, topic: str, expected: int) -> list[Any]:
+    """Every message of ``topic`` (waits for ``expected``, then drains a little longer)."""
     from confluent_kafka import Consumer
 
-    c = Consumer({"bootstrap.servers": streamed.bootstrap, "group.id": f"dlq-{streamed.topic}",
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{topic}",
                   "auto.offset.reset": "earliest"})  # fmt: skip
-    c.subscribe([f"{streamed.topic}.dlq"])
+    c.subscribe([topic])
     got: list[Any] = []
     deadline = time.monotonic() + 30
-    while len(got) < INVALID and time.monotonic() < deadline:
-        got += [m for m in c.consume(100, 0.5) if m.error() is None]
-    time.sleep(0.5)
-    got += [m for m in c.consume(100, 0.5) if m.error() is None]
+    idle = 0
+    while (len(got) < expected or idle < 2) and time.monotonic() < deadline:
+        msgs = [m for m in c.consume(100, 0.5) if m.error() is None]
+        idle = 0 if msgs else idle + 1
+        got += msgs
     c.close()
-    reasons = sorted(dict(m.headers())["reason"].decode().split(":")[0] for m in got)
+    return got
+
+
+@pytest.mark.integration
+def test_dead_letters_name_the_broken_field(built: Built, streamed: Streamed) -> None:
+    dlq = _consume(streamed.bootstrap, f"{streamed.topic}.dlq", INVALID)
+    reasons = sorted(dict(m.headers())["reason"].decode().split(":")[0] for m in dlq)
     assert reasons == ["click_id", "device", "dwell_s", "dwell_s", "position", "user_id"]
+
+
+@pytest.mark.integration
+def test_late_output_names_the_entities_that_dropped_each_click(
+    built: Built, streamed: Streamed
+) -> None:
+    late = pq.read_table(built.dir / "backfill" / "late.parquet")
+    want = Counter(
+        (click, entity)
+        for click, who in zip(late.column("click_id").to_pylist(),
+                              late.column("late_for").to_pylist(), strict=True)
+        for entity in who.split(",")
+    )  # fmt: skip
+    got = _consume(streamed.bootstrap, f"{streamed.topic}.late", sum(want.values()))
+    seen = Counter(
+        (json.loads(m.value())["click_id"], dict(m.headers())["late_for"].decode()) for m in got
+    )
+    assert seen == want
+    assert {m.key() for m in got} == {str(u).encode() for u in late.column("user_id").to_pylist()}
 
 
 @dataclass
@@ -438,6 +464,9 @@ def test_served_features_equal_the_backfill_for_the_same_rows(built: Built, serv
         assert not one.warnings
         assert many.score == one.score and _features(many).keys() == got.keys()
     assert len({r.score for r in served.single}) > 1
+    # the rows are not trivial: recent history on both sides, some of it in short windows
+    for name in ("user_click_count_1h", "item_click_count_24h", "user_dwell_sum_1h"):
+        assert (want[name] > 0).sum() >= 10, name
 
 
 @pytest.mark.integration
