@@ -17,6 +17,7 @@ request-time feature. Select it for every command with
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import numpy as np
 
@@ -55,8 +56,9 @@ W24H = Window(24 * _H, _H)
 W7D = Window(7 * _D, _D)
 
 
-def _dwell_ratio(dwell, mean):  # type: ignore[no-untyped-def]
-    """This click's dwell over the user's 7-day mean dwell (NaN with no history)."""
+def _dwell_ratio(dwell: Any, mean: Any) -> Any:
+    """This click's dwell over the user's 7-day mean dwell (NaN with no history); numpy
+    arrays in the backfill, numpy scalars for one event."""
     return dwell / mean
 
 
