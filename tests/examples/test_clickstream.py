@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -96,8 +96,10 @@ def _brute(fs: FeatureSet, events: AcceptedEvents, entity: str, keys: np.ndarray
             assert agg.field is not None
             v = mine.fields[agg.field][sel]
             empty = 0.0 if agg.op is Op.SUM else math.nan
-            reduce = {Op.SUM: np.sum, Op.MEAN: np.mean, Op.MAX: np.max, Op.MIN: np.min}[agg.op]
-            col[i] = reduce(v) if len(v) else empty
+            reduce: dict[Op, Callable[[np.ndarray], Any]] = {
+                Op.SUM: np.sum, Op.MEAN: np.mean, Op.MAX: np.max, Op.MIN: np.min,
+            }  # fmt: skip
+            col[i] = reduce[agg.op](v) if len(v) else empty
         out[agg.name] = col
     return out
 
