@@ -4,28 +4,83 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::moments::{exact, Tile};
 
-pub const COUNT: u8 = 0;
-pub const SUM: u8 = 1;
-pub const MEAN: u8 = 2;
-pub const MIN: u8 = 3;
-pub const MAX: u8 = 4;
-pub const STD: u8 = 5;
+/// The window ops, named as `features.definitions.Op` names them (the layout spec
+/// passes those names; an op this core lacks is refused by name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Count,
+    Sum,
+    Mean,
+    Min,
+    Max,
+    Std,
+}
 
-// tile components, serialized order
-pub const C_SUM: u8 = 0;
-pub const C_M2: u8 = 1;
-pub const C_MIN: u8 = 2;
-pub const C_MAX: u8 = 3;
+impl Op {
+    pub const ALL: [Op; 6] = [Op::Count, Op::Sum, Op::Mean, Op::Min, Op::Max, Op::Std];
 
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Count => "count",
+            Op::Sum => "sum",
+            Op::Mean => "mean",
+            Op::Min => "min",
+            Op::Max => "max",
+            Op::Std => "std",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Op> {
+        Op::ALL.into_iter().find(|op| op.name() == name)
+    }
+}
+
+/// Tile components, named as `features.codec` names them; a level stores its own subset,
+/// in the order the codec lists them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Comp {
+    Sum,
+    M2,
+    Min,
+    Max,
+}
+
+impl Comp {
+    pub const ALL: [Comp; 4] = [Comp::Sum, Comp::M2, Comp::Min, Comp::Max];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Comp::Sum => "sum",
+            Comp::M2 => "m2",
+            Comp::Min => "min",
+            Comp::Max => "max",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Comp> {
+        Comp::ALL.into_iter().find(|c| c.name() == name)
+    }
+}
+
+// -- state bytes, layout v1 (features/codec.py documents it) ------------------------
 pub const MAGIC: &[u8; 2] = b"SK";
 pub const VERSION: u8 = 1;
 const HAS_MAX: u8 = 1;
 const HAS_LAST: u8 = 2;
+/// Fixed header bytes (magic, version, flags, crc, max_seen, last_before_raw, n_raw,
+/// n_ids), followed by one u32 tile count per level.
+pub const HEAD: usize = 32;
 
+/// What an update did, named as `features.engine.Outcome` values.
+#[derive(Clone, Copy)]
 pub enum Outcome {
     Applied = 0,
     Duplicate = 1,
     Late = 2,
+}
+
+impl Outcome {
+    pub const NAMES: [&'static str; 3] = ["applied", "duplicate", "late"];
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -47,7 +102,7 @@ pub struct Group {
     pub length: i64,
     pub hop: i64,
     pub level: usize,
-    pub outputs: Vec<(usize, u8, usize)>,
+    pub outputs: Vec<(usize, Op, usize)>,
     pub need_m2: bool,
 }
 
@@ -62,7 +117,7 @@ pub struct Spec {
     pub n_names: usize,
     pub groups: Vec<Group>,
     pub since_last: Option<usize>,
-    pub needs: Vec<Vec<u8>>,
+    pub needs: Vec<Vec<Comp>>,
     pub crc: u32,
 }
 
@@ -154,21 +209,20 @@ impl Acc {
         }
     }
 
-    pub fn finalize(&self, op: u8) -> Val {
+    pub fn finalize(&self, op: Op) -> Val {
         let n = self.n;
         match op {
-            COUNT => Val::I(n as i64),
-            SUM => Val::F(self.total + 0.0),
+            Op::Count => Val::I(n as i64),
+            Op::Sum => Val::F(self.total + 0.0),
             _ if n == 0 => Val::F(f64::NAN),
-            MEAN => Val::F(self.total / n as f64),
-            MIN => Val::F(self.mn),
-            MAX => Val::F(self.mx),
-            STD => Val::F(if self.m2 > 0.0 {
+            Op::Mean => Val::F(self.total / n as f64),
+            Op::Min => Val::F(self.mn),
+            Op::Max => Val::F(self.mx),
+            Op::Std => Val::F(if self.m2 > 0.0 {
                 (self.m2 / n as f64).sqrt()
             } else {
                 0.0
             }),
-            _ => Val::F(f64::NAN),
         }
     }
 }
@@ -176,6 +230,70 @@ impl Acc {
 pub enum Error {
     TooOld(String),
     Value(String),
+}
+
+/// The fixed part of a state's header (the tile counts per level follow it).
+pub struct Header {
+    pub crc: u32,
+    pub max_seen: Option<i64>,
+    pub last_before_raw: Option<i64>,
+    pub n_raw: usize,
+    pub n_ids: usize,
+}
+
+/// The header of state bytes of any layout; refuses what is not a state of this version.
+pub fn read_header(data: &[u8]) -> Result<Header, Error> {
+    if data.len() < HEAD || &data[..2] != MAGIC {
+        return Err(Error::Value(format!(
+            "state: {} bytes is not a skewless state (bad magic or too short)",
+            data.len()
+        )));
+    }
+    if data[2] != VERSION {
+        return Err(Error::Value(format!(
+            "state: version {} is not supported (expected {VERSION})",
+            data[2]
+        )));
+    }
+    let flags = data[3];
+    let u32_at = |p: usize| u32::from_le_bytes(data[p..p + 4].try_into().unwrap());
+    let i64_at = |p: usize| i64::from_le_bytes(data[p..p + 8].try_into().unwrap());
+    Ok(Header {
+        crc: u32_at(4),
+        max_seen: (flags & HAS_MAX != 0).then(|| i64_at(8)),
+        last_before_raw: (flags & HAS_LAST != 0).then(|| i64_at(16)),
+        n_raw: u32_at(24) as usize,
+        n_ids: u32_at(28) as usize,
+    })
+}
+
+/// Appends a header: the fixed part, then one tile count per level.
+pub fn write_header(
+    out: &mut Vec<u8>,
+    crc: u32,
+    max_seen: Option<i64>,
+    last_before_raw: Option<i64>,
+    n_raw: u32,
+    n_ids: u32,
+    counts: impl IntoIterator<Item = u32>,
+) {
+    let flags = if max_seen.is_some() { HAS_MAX } else { 0 }
+        | if last_before_raw.is_some() {
+            HAS_LAST
+        } else {
+            0
+        };
+    out.extend_from_slice(MAGIC);
+    out.push(VERSION);
+    out.push(flags);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&max_seen.unwrap_or(0).to_le_bytes());
+    out.extend_from_slice(&last_before_raw.unwrap_or(0).to_le_bytes());
+    out.extend_from_slice(&n_raw.to_le_bytes());
+    out.extend_from_slice(&n_ids.to_le_bytes());
+    for c in counts {
+        out.extend_from_slice(&c.to_le_bytes());
+    }
 }
 
 impl Spec {
@@ -367,28 +485,20 @@ impl Spec {
     pub fn encode(&self, st: &mut State) -> Vec<u8> {
         self.compact(st);
         let ms = st.max_seen.unwrap_or(0);
-        let flags = if st.max_seen.is_some() { HAS_MAX } else { 0 }
-            | if st.last_before_raw.is_some() {
-                HAS_LAST
-            } else {
-                0
-            };
         let mut ids: Vec<(i64, u64)> = st.ids.iter().map(|(&h, &ts)| (ts, h)).collect();
         ids.sort_unstable();
         let n_raw = st.raw_ts.len();
         let nf = self.nf;
         let mut out = Vec::with_capacity(64 + n_raw * (4 + 8 * nf) + ids.len() * 12);
-        out.extend_from_slice(MAGIC);
-        out.push(VERSION);
-        out.push(flags);
-        out.extend_from_slice(&self.crc.to_le_bytes());
-        out.extend_from_slice(&ms.to_le_bytes());
-        out.extend_from_slice(&st.last_before_raw.unwrap_or(0).to_le_bytes());
-        out.extend_from_slice(&(n_raw as u32).to_le_bytes());
-        out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
-        for level in &st.levels {
-            out.extend_from_slice(&(level.len() as u32).to_le_bytes());
-        }
+        write_header(
+            &mut out,
+            self.crc,
+            st.max_seen,
+            st.last_before_raw,
+            n_raw as u32,
+            ids.len() as u32,
+            st.levels.iter().map(|l| l.len() as u32),
+        );
         for &ts in &st.raw_ts {
             out.extend_from_slice(&((ms - ts) as u32).to_le_bytes());
         }
@@ -419,11 +529,10 @@ impl Spec {
                     for tiles in level.values_mut() {
                         let tile = &mut tiles[f];
                         let v = match comp {
-                            C_SUM => tile.summary().0,
-                            C_M2 => tile.summary().1,
-                            C_MIN => tile.min,
-                            C_MAX => tile.max,
-                            _ => f64::NAN,
+                            Comp::Sum => tile.summary().0,
+                            Comp::M2 => tile.summary().1,
+                            Comp::Min => tile.min,
+                            Comp::Max => tile.max,
                         };
                         out.extend_from_slice(&v.to_le_bytes());
                     }
@@ -435,22 +544,16 @@ impl Spec {
 
     pub fn decode(&self, data: &[u8], readonly: bool) -> Result<State, Error> {
         self.view(data)?; // magic, version, layout crc and length, with their messages
-        let flags = data[3];
-        let mut r = Reader { data, pos: 8 };
-        let ms = r.i64();
-        let last = r.i64();
-        let n_raw = r.u32() as usize;
-        let n_ids = r.u32() as usize;
+        let head = read_header(data)?;
+        let mut r = Reader { data, pos: HEAD };
+        let ms = i64::from_le_bytes(data[8..16].try_into().unwrap()); // as the codec reads it
+        let (n_raw, n_ids) = (head.n_raw, head.n_ids);
         let nf = self.nf;
         let counts: Vec<usize> = (0..self.hops.len()).map(|_| r.u32() as usize).collect();
         let mut st = self.new_state();
         st.readonly = readonly;
-        st.max_seen = if flags & HAS_MAX != 0 { Some(ms) } else { None };
-        st.last_before_raw = if flags & HAS_LAST != 0 {
-            Some(last)
-        } else {
-            None
-        };
+        st.max_seen = head.max_seen;
+        st.last_before_raw = head.last_before_raw;
         st.raw_ts = (0..n_raw).map(|_| ms - r.u32() as i64).collect();
         let mut vals = vec![0.0; n_raw * nf];
         for f in 0..nf {
@@ -577,16 +680,15 @@ impl Spec {
 
 /// A serialized tile's `(sum, m2, min, max)`: the level's stored components (read by
 /// `get(component index)`), defaults for the rest (as `codec.decode` fills them).
-pub fn tile_components(needs: &[u8], mut get: impl FnMut(usize) -> f64) -> (f64, f64, f64, f64) {
+pub fn tile_components(needs: &[Comp], mut get: impl FnMut(usize) -> f64) -> (f64, f64, f64, f64) {
     let (mut sum, mut m2, mut min, mut max) = (0.0, 0.0, f64::INFINITY, f64::NEG_INFINITY);
     for (ci, &c) in needs.iter().enumerate() {
         let v = get(ci);
         match c {
-            C_SUM => sum = v,
-            C_M2 => m2 = v,
-            C_MIN => min = v,
-            C_MAX => max = v,
-            _ => {}
+            Comp::Sum => sum = v,
+            Comp::M2 => m2 = v,
+            Comp::Min => min = v,
+            Comp::Max => max = v,
         }
     }
     (sum, m2, min, max)

@@ -14,10 +14,151 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
-use engine::{Error, Group, Spec, Val};
+use engine::{Comp, Error, Group, Op, Spec, Val};
 
-/// `(length_ms, hop_ms, level, [(position, op, field)], need_m2)` of one window group.
-type GroupSpec = (i64, i64, usize, Vec<(usize, u8, usize)>, bool);
+/// One window group of a layout spec, read by attribute name (`features.native.GroupSpec`).
+#[derive(FromPyObject)]
+struct GroupSpec {
+    length_ms: i64,
+    hop_ms: i64,
+    level: usize,
+    /// `(position among the names, op name, field index)`
+    outputs: Vec<(usize, String, usize)>,
+    need_m2: bool,
+}
+
+/// One entity layout and its codec, read by attribute name (`features.native.CoreSpec`).
+#[derive(FromPyObject)]
+struct CoreSpec {
+    entity: String,
+    hops: Vec<i64>,
+    keep: Vec<i64>,
+    horizon_ms: i64,
+    lateness_ms: Option<i64>,
+    primary: bool,
+    n_fields: usize,
+    n_names: usize,
+    groups: Vec<GroupSpec>,
+    since_last: Option<usize>,
+    /// per level, the tile component names it stores, in serialized order
+    needs: Vec<Vec<String>>,
+    crc: u32,
+}
+
+fn op_of(name: &str) -> PyResult<Op> {
+    Op::from_name(name).ok_or_else(|| {
+        let known: Vec<_> = Op::ALL.iter().map(|o| o.name()).collect();
+        PyValueError::new_err(format!(
+            "layout: op {name:?} is not a native window op ({})",
+            known.join(", ")
+        ))
+    })
+}
+
+fn comp_of(name: &str) -> PyResult<Comp> {
+    Comp::from_name(name)
+        .ok_or_else(|| PyValueError::new_err(format!("layout: {name:?} is not a tile component")))
+}
+
+impl CoreSpec {
+    fn compile(self) -> PyResult<Spec> {
+        let nl = self.hops.len();
+        if self.keep.len() != nl || self.needs.len() != nl || self.hops.iter().any(|&h| h <= 0) {
+            return Err(PyValueError::new_err(
+                "layout: hops, keep and needs disagree",
+            ));
+        }
+        if self.n_fields == 0 {
+            return Err(PyValueError::new_err("layout: n_fields must be at least 1"));
+        }
+        let mut groups = Vec::with_capacity(self.groups.len());
+        for g in self.groups {
+            if g.level >= nl || g.hop_ms != self.hops[g.level] {
+                return Err(PyValueError::new_err(format!(
+                    "layout: group ({}, {}) names level {} of {nl}",
+                    g.length_ms, g.hop_ms, g.level
+                )));
+            }
+            let mut outputs = Vec::with_capacity(g.outputs.len());
+            for (pos, op, field) in g.outputs {
+                if pos >= self.n_names || field >= self.n_fields {
+                    return Err(PyValueError::new_err(format!(
+                        "layout: output ({pos}, {op}, {field}) is outside {} names and {} fields",
+                        self.n_names, self.n_fields
+                    )));
+                }
+                outputs.push((pos, op_of(&op)?, field));
+            }
+            groups.push(Group {
+                length: g.length_ms,
+                hop: g.hop_ms,
+                level: g.level,
+                outputs,
+                need_m2: g.need_m2,
+            });
+        }
+        if self.since_last.is_some_and(|p| p >= self.n_names) {
+            return Err(PyValueError::new_err(
+                "layout: since_last is outside the names",
+            ));
+        }
+        let needs = self
+            .needs
+            .iter()
+            .map(|level| level.iter().map(|c| comp_of(c)).collect())
+            .collect::<PyResult<_>>()?;
+        Ok(Spec {
+            entity: self.entity,
+            hops: self.hops,
+            keep: self.keep,
+            horizon: self.horizon_ms,
+            lateness: self.lateness_ms,
+            primary: self.primary,
+            nf: self.n_fields,
+            n_names: self.n_names,
+            groups,
+            since_last: self.since_last,
+            needs,
+            crc: self.crc,
+        })
+    }
+}
+
+/// The header of a state's bytes: what a reader needs without decoding the state.
+#[pyclass(module = "skewless_native", frozen, get_all)]
+pub struct StateHeader {
+    crc: u32,
+    max_seen: Option<i64>,
+    last_before_raw: Option<i64>,
+    n_raw: usize,
+    n_ids: usize,
+    n_tiles: Vec<usize>,
+}
+
+#[pymethods]
+impl StateHeader {
+    fn __repr__(&self) -> String {
+        format!(
+            "StateHeader(crc={:08x}, max_seen={:?}, last_before_raw={:?}, n_raw={}, n_ids={}, \
+             n_tiles={:?})",
+            self.crc, self.max_seen, self.last_before_raw, self.n_raw, self.n_ids, self.n_tiles
+        )
+    }
+}
+
+/// The newest event time of state bytes of any layout (None: no bytes, or an empty state).
+#[pyfunction]
+#[pyo3(signature = (data))]
+fn state_max_seen(data: Option<&[u8]>) -> PyResult<Option<i64>> {
+    match data {
+        None => Ok(None),
+        Some(d) => engine::read_header(d)
+            .map(|h| h.max_seen)
+            .map_err(|e| match e {
+                Error::Value(m) | Error::TooOld(m) => PyValueError::new_err(m),
+            }),
+    }
+}
 
 #[pyclass(module = "skewless_native")]
 pub struct State {
@@ -105,55 +246,73 @@ impl Core {
 
 #[pymethods]
 impl Core {
-    /// Compiled from a Python `EntityLayout` + `StateCodec` by `features/native.py`.
+    /// Compiled from a `features.native.CoreSpec` (read by attribute name); `too_old` is
+    /// the exception class a query older than the state can answer raises.
     #[new]
-    #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (entity, hops, keep, horizon, lateness, primary, nf, n_names, groups, since_last, needs, crc, too_old))]
-    fn new(
-        entity: String,
-        hops: Vec<i64>,
-        keep: Vec<i64>,
-        horizon: i64,
-        lateness: Option<i64>,
-        primary: bool,
-        nf: usize,
-        n_names: usize,
-        groups: Vec<GroupSpec>,
-        since_last: Option<usize>,
-        needs: Vec<Vec<u8>>,
-        crc: u32,
-        too_old: Py<PyAny>,
-    ) -> PyResult<Core> {
-        if hops.len() != keep.len() || hops.len() != needs.len() || hops.iter().any(|&h| h <= 0) {
+    fn new(spec: CoreSpec, too_old: Py<PyAny>) -> PyResult<Core> {
+        Ok(Core {
+            spec: spec.compile()?,
+            too_old,
+        })
+    }
+
+    /// Bytes of every header this layout writes before its tile counts and body.
+    #[getter]
+    fn header_size(&self) -> usize {
+        engine::HEAD + 4 * self.spec.hops.len()
+    }
+
+    /// The header of this layout's state bytes (checked like `features`: magic, version,
+    /// layout and length).
+    fn header(&self, py: Python<'_>, data: &[u8]) -> PyResult<StateHeader> {
+        let view = self.spec.view(data).map_err(|e| self.err(py, e))?;
+        let head = engine::read_header(data).map_err(|e| self.err(py, e))?;
+        Ok(StateHeader {
+            crc: head.crc,
+            max_seen: head.max_seen,
+            last_before_raw: head.last_before_raw,
+            n_raw: head.n_raw,
+            n_ids: head.n_ids,
+            n_tiles: view.tile_counts(),
+        })
+    }
+
+    /// Many headers of this layout, concatenated (`header_size` bytes each): what a
+    /// vectorized writer of states (`features/state_build.py`) puts before each body.
+    /// `n_tiles[j][i]` is level `j`'s tile count of state `i`.
+    fn encode_headers<'py>(
+        &self,
+        py: Python<'py>,
+        max_seen: Vec<Option<i64>>,
+        last_before_raw: Vec<Option<i64>>,
+        n_raw: Vec<u32>,
+        n_ids: Vec<u32>,
+        n_tiles: Vec<Vec<u32>>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let n = max_seen.len();
+        if last_before_raw.len() != n
+            || n_raw.len() != n
+            || n_ids.len() != n
+            || n_tiles.len() != self.spec.hops.len()
+            || n_tiles.iter().any(|c| c.len() != n)
+        {
             return Err(PyValueError::new_err(
-                "layout: hops, keep and needs disagree",
+                "encode_headers: one value per state, one tile-count list per level",
             ));
         }
-        let groups = groups
-            .into_iter()
-            .map(|(length, hop, level, outputs, need_m2)| Group {
-                length,
-                hop,
-                level,
-                outputs,
-                need_m2,
-            })
-            .collect();
-        let spec = Spec {
-            entity,
-            hops,
-            keep,
-            horizon,
-            lateness,
-            primary,
-            nf,
-            n_names,
-            groups,
-            since_last,
-            needs,
-            crc,
-        };
-        Ok(Core { spec, too_old })
+        let mut out = Vec::with_capacity(n * self.header_size());
+        for i in 0..n {
+            engine::write_header(
+                &mut out,
+                self.spec.crc,
+                max_seen[i],
+                last_before_raw[i],
+                n_raw[i],
+                n_ids[i],
+                n_tiles.iter().map(|c| c[i]),
+            );
+        }
+        Ok(PyBytes::new(py, &out))
     }
 
     fn new_state(&self) -> State {
@@ -162,7 +321,7 @@ impl Core {
         }
     }
 
-    /// 0 applied, 1 duplicate, 2 late (`features.engine.Outcome`).
+    /// An index into `OUTCOMES` (the `features.engine.Outcome` values).
     #[pyo3(signature = (state, ts, values, txid=None))]
     fn update(
         &self,
@@ -322,12 +481,16 @@ impl Core {
 fn skewless_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Core>()?;
     m.add_class::<State>()?;
+    m.add_class::<StateHeader>()?;
+    m.add_class::<event::EventParser>()?;
     m.add_class::<resp::HsetEncoder>()?;
-    m.add_function(wrap_pyfunction!(event::parse_event_fast, m)?)?;
+    m.add_class::<resp::ScoreBatchEncoder>()?;
+    m.add_function(wrap_pyfunction!(state_max_seen, m)?)?;
     m.add_function(wrap_pyfunction!(resp::unwrap_bytes_values, m)?)?;
     m.add_function(wrap_pyfunction!(event::txid_hash, m)?)?;
-    m.add_function(wrap_pyfunction!(resp::score_batch_response, m)?)?;
     m.add("ENGINE_BYTES_VERSION", engine::VERSION)?;
-    let _ = engine::MAGIC;
+    m.add("OPS", Op::ALL.map(Op::name).to_vec())?;
+    m.add("COMPONENTS", Comp::ALL.map(Comp::name).to_vec())?;
+    m.add("OUTCOMES", engine::Outcome::NAMES.to_vec())?;
     Ok(())
 }

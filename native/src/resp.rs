@@ -2,6 +2,8 @@
 //! serialized feast `ValueProto`s (int64 / double / bytes; NaN = unset), the row time as a
 //! `google.protobuf.Timestamp` (same bytes as `features/online_store.py`).
 
+use std::collections::HashMap;
+
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyFloat, PyInt, PyList};
@@ -177,47 +179,112 @@ pub fn unwrap_bytes_values<'py>(
     Ok(out)
 }
 
-fn pb_len(out: &mut Vec<u8>, tag: u8, b: &[u8]) {
-    out.push(tag);
+// protobuf field types (descriptor.proto `FieldDescriptorProto.Type`) this encoder writes
+const TYPE_DOUBLE: i32 = 1;
+const TYPE_BOOL: i32 = 8;
+const TYPE_STRING: i32 = 9;
+const TYPE_MESSAGE: i32 = 11;
+
+/// The encoded tag of a field and the wire type its proto type implies.
+fn tag(number: u32, proto_type: i32) -> Vec<u8> {
+    let wire = match proto_type {
+        TYPE_DOUBLE => 1,
+        TYPE_STRING | TYPE_MESSAGE => 2,
+        _ => 0, // bool
+    };
+    let mut out = Vec::with_capacity(2);
+    varint(&mut out, (((number as u64) << 3) | wire) as i64);
+    out
+}
+
+fn pb_len(out: &mut Vec<u8>, tag: &[u8], b: &[u8]) {
+    out.extend_from_slice(tag);
     varint(out, b.len() as i64);
     out.extend_from_slice(b);
 }
 
-/// A serialized `skewless.v1.ScoreBatchResponse` without features: per result
-/// `(transaction_id, score, decision)`, plus the shared threshold and model version, and
-/// each result's warnings. proto3 rules: default values are left out.
-#[pyfunction]
-pub fn score_batch_response<'py>(
-    py: Python<'py>,
-    results: Vec<(String, f64, bool, Vec<String>)>,
-    threshold: f64,
-    model_version: &str,
-) -> Bound<'py, PyBytes> {
-    let mut out = Vec::with_capacity(results.len() * (48 + model_version.len()));
-    let mut msg = Vec::with_capacity(128);
-    for (txid, score, decision, warnings) in &results {
-        msg.clear();
-        if !txid.is_empty() {
-            pb_len(&mut msg, 0x0a, txid.as_bytes());
-        }
-        if *score != 0.0 || score.is_sign_negative() {
-            msg.push(0x11);
-            msg.extend_from_slice(&score.to_le_bytes());
-        }
-        if *decision {
-            msg.extend_from_slice(&[0x18, 1]);
-        }
-        if threshold != 0.0 || threshold.is_sign_negative() {
-            msg.push(0x21);
-            msg.extend_from_slice(&threshold.to_le_bytes());
-        }
-        if !model_version.is_empty() {
-            pb_len(&mut msg, 0x2a, model_version.as_bytes());
-        }
-        for w in warnings {
-            pb_len(&mut msg, 0x42, w.as_bytes());
-        }
-        pb_len(&mut out, 0x0a, &msg);
+/// A serialized `skewless.v1.ScoreBatchResponse` without features. The field numbers and
+/// types come from the generated descriptor (`features.native.score_batch_encoder`): a
+/// renumbered field follows, a retyped or missing one is refused here, naming it.
+#[pyclass(module = "skewless_native", frozen)]
+pub struct ScoreBatchEncoder {
+    responses: Vec<u8>,
+    transaction_id: Vec<u8>,
+    score: Vec<u8>,
+    decision: Vec<u8>,
+    threshold: Vec<u8>,
+    model_version: Vec<u8>,
+    warnings: Vec<u8>,
+}
+
+#[pymethods]
+impl ScoreBatchEncoder {
+    /// `fields`: name -> `(number, proto type, repeated)` of `ScoreBatchResponse.responses`
+    /// and of the `ScoreResponse` fields written (transaction_id, score, decision,
+    /// threshold, model_version, warnings).
+    #[new]
+    fn new(fields: HashMap<String, (u32, i32, bool)>) -> PyResult<Self> {
+        let get = |name: &str, want: i32, repeated: bool| -> PyResult<Vec<u8>> {
+            let &(number, proto_type, rep) = fields.get(name).ok_or_else(|| {
+                PyValueError::new_err(format!("{name}: not in the response descriptor"))
+            })?;
+            if proto_type != want || rep != repeated || number == 0 || number >= 1 << 29 {
+                return Err(PyValueError::new_err(format!(
+                    "{name}: the descriptor has field {number} of type {proto_type}{}; the \
+                     native encoder writes type {want}{}",
+                    if rep { " (repeated)" } else { "" },
+                    if repeated { " (repeated)" } else { "" },
+                )));
+            }
+            Ok(tag(number, proto_type))
+        };
+        Ok(ScoreBatchEncoder {
+            responses: get("responses", TYPE_MESSAGE, true)?,
+            transaction_id: get("transaction_id", TYPE_STRING, false)?,
+            score: get("score", TYPE_DOUBLE, false)?,
+            decision: get("decision", TYPE_BOOL, false)?,
+            threshold: get("threshold", TYPE_DOUBLE, false)?,
+            model_version: get("model_version", TYPE_STRING, false)?,
+            warnings: get("warnings", TYPE_STRING, true)?,
+        })
     }
-    PyBytes::new(py, &out)
+
+    /// Per result `(transaction_id, score, decision, warnings)`, plus the shared threshold
+    /// and model version. proto3 rules: default values are left out.
+    fn encode<'py>(
+        &self,
+        py: Python<'py>,
+        results: Vec<(String, f64, bool, Vec<String>)>,
+        threshold: f64,
+        model_version: &str,
+    ) -> Bound<'py, PyBytes> {
+        let mut out = Vec::with_capacity(results.len() * (48 + model_version.len()));
+        let mut msg = Vec::with_capacity(128);
+        for (txid, score, decision, warnings) in &results {
+            msg.clear();
+            if !txid.is_empty() {
+                pb_len(&mut msg, &self.transaction_id, txid.as_bytes());
+            }
+            if *score != 0.0 || score.is_sign_negative() {
+                msg.extend_from_slice(&self.score);
+                msg.extend_from_slice(&score.to_le_bytes());
+            }
+            if *decision {
+                msg.extend_from_slice(&self.decision);
+                msg.push(1);
+            }
+            if threshold != 0.0 || threshold.is_sign_negative() {
+                msg.extend_from_slice(&self.threshold);
+                msg.extend_from_slice(&threshold.to_le_bytes());
+            }
+            if !model_version.is_empty() {
+                pb_len(&mut msg, &self.model_version, model_version.as_bytes());
+            }
+            for w in warnings {
+                pb_len(&mut msg, &self.warnings, w.as_bytes());
+            }
+            pb_len(&mut out, &self.responses, &msg);
+        }
+        PyBytes::new(py, &out)
+    }
 }

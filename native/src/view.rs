@@ -2,9 +2,7 @@
 //! same arithmetic, in the same order, as `Spec::finalize` over a read-only decode; the
 //! tests hold the two (and the Python engine) equal bit for bit.
 
-use crate::engine::{tile_components, Acc, Error, Spec, Val, MAGIC, VERSION};
-
-const HEAD: usize = 32;
+use crate::engine::{read_header, tile_components, Acc, Error, Spec, Val, HEAD};
 
 fn u32_at(d: &[u8], p: usize) -> u32 {
     u32::from_le_bytes(d[p..p + 4].try_into().unwrap())
@@ -36,6 +34,11 @@ pub struct View<'a> {
 }
 
 impl View<'_> {
+    /// Tiles stored per level.
+    pub fn tile_counts(&self) -> Vec<usize> {
+        self.levels.iter().map(|l| l.count).collect()
+    }
+
     fn raw_ts(&self, k: usize) -> i64 {
         self.ms.unwrap_or(0) - u32_at(self.data, self.raw_ts + 4 * k) as i64
     }
@@ -57,24 +60,12 @@ impl View<'_> {
 
 impl Spec {
     pub fn view<'a>(&self, data: &'a [u8]) -> Result<View<'a>, Error> {
-        if data.len() < HEAD || &data[..2] != MAGIC {
+        let head = read_header(data)?;
+        if head.crc != self.crc {
             return Err(Error::Value(format!(
-                "state: {} bytes is not a skewless state (bad magic or too short)",
-                data.len()
-            )));
-        }
-        if data[2] != VERSION {
-            return Err(Error::Value(format!(
-                "state: version {} is not supported (expected {VERSION})",
-                data[2]
-            )));
-        }
-        let crc = u32_at(data, 4);
-        if crc != self.crc {
-            return Err(Error::Value(format!(
-                "state: written for other {} definitions (layout {crc:08x}, running {:08x}); \
+                "state: written for other {} definitions (layout {:08x}, running {:08x}); \
                  rebuild it with a backfill",
-                self.entity, self.crc
+                self.entity, head.crc, self.crc
             )));
         }
         let bad = || {
@@ -83,11 +74,7 @@ impl Spec {
                 data.len()
             ))
         };
-        let flags = data[3];
-        let ms = i64::from_le_bytes(data[8..16].try_into().unwrap());
-        let last = i64::from_le_bytes(data[16..24].try_into().unwrap());
-        let n_raw = u32_at(data, 24) as usize;
-        let n_ids = u32_at(data, 28) as usize;
+        let (n_raw, n_ids) = (head.n_raw, head.n_ids);
         let nl = self.hops.len();
         let nf = self.nf;
         if data.len() < HEAD + 4 * nl {
@@ -116,8 +103,8 @@ impl Spec {
         }
         Ok(View {
             data,
-            ms: if flags & 1 != 0 { Some(ms) } else { None },
-            last: if flags & 2 != 0 { Some(last) } else { None },
+            ms: head.max_seen,
+            last: head.last_before_raw,
             n_raw,
             raw_ts,
             raw_vals,

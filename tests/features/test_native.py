@@ -175,26 +175,27 @@ def test_observe_many_is_observe():
 
 def test_native_follows_a_new_feature_set():
     """Adding features (README: one edit) needs nothing native: the core is compiled from
-    the layout. Ops and windows the reference set lacks: card min, merchant std, max over a
-    new window, merchant seconds-since-last."""
+    the layout. Ops, windows and fields the reference set lacks: card min, a card max over
+    a second field (two values per event), merchant std, max over a new window, merchant
+    seconds-since-last."""
+    import dataclasses
     from datetime import timedelta
 
-    from features.definitions import Aggregation, FeatureSet, Op, Window
+    from features.definitions import Aggregation, Op, Window
     from features.reference import CARD, MERCHANT, W1H, W24H
 
-    fs = FeatureSet(
-        entities=REFERENCE.entities,
-        primary=CARD,
+    fs = dataclasses.replace(
+        REFERENCE,
         aggregations=(
             *REFERENCE.aggregations,
             Aggregation(CARD, Op.MIN, W24H, "amount"),
+            Aggregation(CARD, Op.MAX, W24H, "mcc"),
             Aggregation(MERCHANT, Op.STD, W1H, "amount"),
             Aggregation(
                 MERCHANT, Op.MAX, Window(timedelta(minutes=30), timedelta(minutes=5)), "amount"
             ),
             Aggregation(MERCHANT, Op.SINCE_LAST),
         ),
-        request_features=REFERENCE.request_features,
     )
     engine = Engine(fs)
     rnd = random.Random(1)
@@ -209,9 +210,9 @@ def test_native_follows_a_new_feature_set():
                     [0, 1, 60_000, 300_000, rnd.randint(0, MS_PER_HOUR), 2 * MS_PER_DAY]
                 )
                 ts = t - rnd.choice([0, 0, 0, rnd.randint(0, 2 * MS_PER_HOUR)])
-                x = rnd.randint(1, 10**7) / 100
+                x = tuple(rnd.randint(1, 10**7) / 100 for _ in py.fields)
                 h = txid_hash(f"{trial}-{i}") if py.primary else None
-                assert py.update(ps, ts, (x,), h) is nat.update(ns, ts, (x,), h)
+                assert py.update(ps, ts, x, h) is nat.update(ns, ts, x, h)
             blob = codec.encode(ps)
             assert nat.encode(ns) == blob
             for _ in range(5):
@@ -219,3 +220,62 @@ def test_native_follows_a_new_feature_set():
                 want = bits(py.finalize(ps, tq))
                 assert bits(nat.finalize(ns, tq)) == want
                 assert bits(nat.core.features(blob, tq)) == want
+
+
+def test_native_owns_the_header():
+    """The header is read and written by the Rust side only: max_seen of any layout's
+    bytes, the full header of one layout, and headers for a vectorized writer."""
+    from features.native import NativeLayout as NL
+
+    nat, codec, py = NAT["card"], CODEC["card"], PY["card"]
+    ps, ns = py.new_state(), nat.new_state()
+    for i, ts in enumerate((T0, T0 + 5 * MS_PER_HOUR, T0 + 6 * MS_PER_DAY)):
+        py.update(ps, ts, (2.5 + i,), txid_hash(str(i)))
+        nat.update(ns, ts, (2.5 + i,), txid_hash(str(i)))
+    blob = codec.encode(ps)
+    assert NL.max_seen(blob) == ps.max_seen == T0 + 6 * MS_PER_DAY
+    assert NL.max_seen(None) is None
+    assert NL.max_seen(nat.encode(nat.new_state())) is None
+    with pytest.raises(ValueError, match="not a skewless state"):
+        NL.max_seen(b"SK\x01")
+    head = nat.core.header(blob)
+    assert (head.max_seen, head.last_before_raw) == (ps.max_seen, ps.last_before_raw)
+    assert head.crc == codec.crc
+    assert (head.n_raw, head.n_ids) == (len(ps.raw_ts), len(ps.ids))
+    assert head.n_tiles == [len(level) for level in ps.levels]
+    with pytest.raises(ValueError, match="other card definitions"):
+        NAT["card"].core.header(NAT["merchant"].encode(NAT["merchant"].new_state()))
+    empty = nat.encode(nat.new_state())
+    size = nat.core.header_size
+    headers = nat.core.encode_headers(
+        [head.max_seen, None],
+        [head.last_before_raw, None],
+        [head.n_raw, 0],
+        [head.n_ids, 0],
+        [[n, 0] for n in head.n_tiles],
+    )
+    assert headers == blob[:size] + empty[:size]
+    with pytest.raises(ValueError, match="one tile-count list per level"):
+        nat.core.encode_headers([1], [None], [0], [0], [])
+
+
+def test_native_ops_and_outcomes_come_from_one_enum():
+    """The layout spec names ops and components; the Rust side knows every windowed op
+    and refuses an unknown one by name."""
+    import dataclasses
+
+    from features.codec import M2, MAX, MIN, SUM
+    from features.definitions import Op
+    from features.engine import Outcome
+    from features.native import CoreSpec, native
+
+    assert set(native.OPS) == {op.value for op in Op} - {Op.SINCE_LAST.value}
+    assert tuple(native.COMPONENTS) == (SUM, M2, MIN, MAX)
+    assert {Outcome(o) for o in native.OUTCOMES} == set(Outcome)
+    spec = CoreSpec.of(PY["card"])
+    g = spec.groups[0]
+    bad = dataclasses.replace(g, outputs=((g.outputs[0][0], "median", 0),))
+    with pytest.raises(ValueError, match="median"):
+        native.Core(dataclasses.replace(spec, groups=(bad, *spec.groups[1:])), QueryTooOldError)
+    with pytest.raises(ValueError, match="hops, keep and needs"):
+        native.Core(dataclasses.replace(spec, keep=()), QueryTooOldError)
