@@ -17,8 +17,9 @@ import pyarrow as pa
 
 from features import moments
 from features.backfill import EventIndex
-from features.codec import _HAS_LAST, _HAS_MAX, MAGIC, VERSION, StateCodec
+from features.codec import StateCodec
 from features.engine import EntityLayout
+from features.native import compile_core
 from features.range_folds import digits
 
 
@@ -71,16 +72,14 @@ def build_states(layout: EntityLayout, index: EventIndex, txids: Any) -> list[by
             tiles = _Tiles(index, layout.fields[f], v, first, last + 1, sel, np.flatnonzero(new))
             pieces += [(tiles.component(c), counts) for c in comps]
 
-    spec = "magic S2,version u1,flags u1,crc <u4,ms <i8,last <i8,n_raw <u4,n_ids <u4"
-    levels = ("levels", "<u4", (len(layout.hops),))
-    head = np.zeros(n_groups, [tuple(f.split()) for f in spec.split(",")] + [levels])
-    # the codec's header (struct "<2sBBIqqII", then the tile counts), one record per entity
-    head["magic"], head["version"], head["crc"], head["ms"] = MAGIC, VERSION, codec.crc, ms
-    head["flags"] = _HAS_MAX | np.where(has_last, _HAS_LAST, 0)
-    head["last"] = np.where(has_last, ts[np.maximum(before, 0)], 0)
-    head["n_raw"], head["n_ids"] = n_raw, n_ids
-    if layout.hops:
-        head["levels"] = np.stack(n_tiles, axis=1)
+    # the header is the native core's to write: it owns the bytes' layout
+    core = compile_core(layout, codec)
+    newest_before = ts[np.maximum(before, 0)].tolist()
+    last_raw = [t if h else None for t, h in zip(newest_before, has_last.tolist(), strict=True)]
+    blob = core.encode_headers(
+        ms.tolist(), last_raw, n_raw.tolist(), n_ids.tolist(), [c.tolist() for c in n_tiles]
+    )
+    head = np.frombuffer(blob, f"V{core.header_size}")
     return _interleave([(head, np.ones(n_groups, np.int64)), *pieces])
 
 
