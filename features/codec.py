@@ -194,10 +194,6 @@ class StateCodec:
         return state
 
 
-def _pack(code: str, values: list[Any]) -> bytes:
-    return struct.pack(f"<{len(values)}{code}", *values) if values else b""
-
-
 def _components(tiles: list[moments.Tile], comp: str) -> list[float]:
     if comp == SUM:
         return [moments.summary(t)[0] for t in tiles]

@@ -7,21 +7,25 @@ Integer sums are associative and commutative, so a tile's value does not depend 
 order events arrived in: two workers, a restart from a snapshot or a reshuffled Kafka
 partition all produce the same bits. Finalize rounds once, correctly.
 
-``empty()``, ``add(tile, x)``, ``merge(a, b)`` and ``finalize(tile, op)`` are the tile API.
+``empty()`` and ``add(tile, x)`` build a tile; ``summary(tile)`` (Σx and Σ(x-mean)², each
+correctly rounded, cached) is what a window read and the state bytes take from it.
 
-Reading a window merges many tiles: that is done in float64 from each tile's correctly
-rounded summary (``summary(tile)``: Σx and Σ(x-mean)², cached) with Chan's parallel
-update (``acc_*``). A tile rebuilt from bytes has the very same summary, so a decoded
-state finalizes to the same bits as the live one.
+Reading a window merges many tiles: that is done in float64 from each tile's summary
+with Chan's parallel update (``features.engine`` inlines it), then ``acc_finalize``. A
+tile rebuilt from bytes (``from_summary``) has the very same summary, so a decoded state
+finalizes to the same bits as the live one.
 
 >>> t = empty()
 >>> for x in (0.1, 0.2, 0.3):
 ...     add(t, x)
->>> finalize(t, Op.SUM), finalize(t, Op.MEAN), finalize(t, Op.MAX)
-(0.6, 0.2, 0.3)
->>> round(finalize(t, Op.STD), 12)
-0.081649658093
->>> finalize(empty(), Op.COUNT), finalize(empty(), Op.SUM)
+>>> total(t), round(m2(t), 15)
+(0.6, 0.02)
+>>> acc = acc_empty()
+>>> for x in (0.1, 0.2, 0.3):
+...     acc_add(acc, x, need_m2=True)
+>>> acc_finalize(acc, Op.MEAN), round(acc_finalize(acc, Op.STD), 12)  # float sums, unlike a tile
+(0.20000000000000004, 0.081649658093)
+>>> acc_finalize(acc_empty(), Op.COUNT), acc_finalize(acc_empty(), Op.SUM)
 (0, 0.0)
 """
 
@@ -72,29 +76,6 @@ def add(tile: Tile, x: float, mk: tuple[int, int] | None = None) -> None:
         tile[MAX] = x
 
 
-def merge(into: Tile, other: Tile) -> None:
-    """Merge ``other`` into ``into`` in place."""
-    if not other[N]:
-        return
-    ok = other[K]
-    shift = _raise_to(into, ok) - ok
-    s1, s2 = other[S1] << shift, other[S2] << (2 * shift)
-    da, db = into[D], other[D]
-    if da != db:
-        d = math.lcm(da, db)
-        into[S2] *= d // da
-        s2 *= d // db
-        into[D] = d
-    into[N] += other[N]
-    into[S1] += s1
-    into[S2] += s2
-    into[CACHE] = None
-    if other[MIN] < into[MIN]:
-        into[MIN] = other[MIN]
-    if other[MAX] > into[MAX]:
-        into[MAX] = other[MAX]
-
-
 def total(tile: Tile) -> float:
     """Correctly rounded Σx (0.0 when empty)."""
     return tile[S1] / (1 << tile[K]) if tile[N] else 0.0
@@ -107,28 +88,6 @@ def m2(tile: Tile) -> float:
         return 0.0
     d = tile[D]
     return max((n * tile[S2] - d * tile[S1] * tile[S1]) / ((d * n) << (2 * tile[K])), 0.0)
-
-
-def finalize(tile: Tile, op: Op) -> float | int:
-    """The value of ``op`` over the tile; empty gives 0 for count/sum and NaN otherwise."""
-    n = tile[N]
-    if op is Op.COUNT:
-        return n
-    if op is Op.SUM:
-        return total(tile)
-    if not n:
-        return NAN
-    if op is Op.MEAN:
-        return tile[S1] / (n << tile[K])
-    if op is Op.MIN:
-        return float(tile[MIN])
-    if op is Op.MAX:
-        return float(tile[MAX])
-    if op is Op.STD:
-        d = tile[D]
-        var = (n * tile[S2] - d * tile[S1] * tile[S1]) / ((d * n * n) << (2 * tile[K]))
-        return math.sqrt(var) if var > 0 else 0.0
-    raise ValueError(f"op: {op} is not a tile op")
 
 
 def from_summary(n: int, sum_: float, m2_: float, min_: float, max_: float) -> Tile:
@@ -157,35 +116,6 @@ def summary(tile: Tile) -> tuple[float, float]:
 
 def acc_empty() -> list[float]:
     return [0, 0.0, 0.0, 0.0, math.inf, -math.inf]
-
-
-def acc_merge_tile(acc: list[float], tile: Tile, need_m2: bool) -> None:
-    """Merge a tile's summary (Chan et al.); M2 only when a std is read."""
-    nb = tile[N]
-    if not nb:
-        return
-    sb, m2b = summary(tile) if need_m2 else (total_cached(tile), 0.0)
-    na = acc[0]
-    if need_m2:
-        mb = sb / nb
-        if na:
-            n = na + nb
-            delta = mb - acc[2]
-            acc[2] += delta * nb / n
-            acc[3] += m2b + delta * delta * na * nb / n
-        else:
-            acc[2], acc[3] = mb, m2b
-    acc[0] = na + nb
-    acc[1] += sb
-    if tile[MIN] < acc[4]:
-        acc[4] = tile[MIN]
-    if tile[MAX] > acc[5]:
-        acc[5] = tile[MAX]
-
-
-def total_cached(tile: Tile) -> float:
-    cached = tile[CACHE]
-    return cached[0] if cached is not None else total(tile)
 
 
 def acc_add(acc: list[float], x: float, need_m2: bool) -> None:
