@@ -177,7 +177,9 @@ def batch_response(results: Sequence[ScoreResult], include_features: bool) -> pb
         return pb.ScoreBatchResponse(
             responses=[score_response(r, include_features) for r in results]
         )
-    raw = native.score_batch_response(
+    from features.native import score_batch_encoder  # field numbers from the descriptor
+
+    raw = score_batch_encoder(pb.ScoreBatchResponse.DESCRIPTOR).encode(
         [(r.transaction_id, r.score, r.decision, list(r.warnings)) for r in results],
         first.threshold,
         first.model_version,

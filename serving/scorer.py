@@ -122,10 +122,8 @@ PredictionSink = Callable[[Sequence[Event], Sequence[ScoreResult]], None]
 
 
 def _max_seen(raw: bytes | None) -> int | None:
-    """The newest event time in a state's header (codec layout v1), without decoding it."""
-    if raw is None or not raw[3] & 1:
-        return None
-    return int.from_bytes(raw[8:16], "little", signed=True)
+    """The newest event time in a state's header, read natively without decoding it."""
+    return NativeLayout.max_seen(raw)
 
 
 class _Reader:
