@@ -219,8 +219,7 @@ def _prepare(
     workdir: Path, redis_url: str, sim: dict[str, Any], rounds: int, max_depth: int
 ) -> tuple[Path, list[Any]]:
     """States in Redis, a model in a registry; returns (registry, simulated events)."""
-    from features.events import Event
-    from features.reference import REFERENCE
+    from features.reference import REFERENCE, Event
     from features.store import StoreConfig, open_feature_store, open_store
     from flows.simulate import SimulationConfig, simulate
     from serving.testing import fold_states, publish_synthetic_model, write_states
@@ -235,11 +234,13 @@ def _prepare(
     ]
     store_cfg = StoreConfig(redis_url, workdir / "feast")
     store = open_store(store_cfg, REFERENCE)
-    write_states(store, fold_states(evs))
+    write_states(store, fold_states(evs, REFERENCE), REFERENCE)
     store.close()
     open_feature_store(store_cfg, REFERENCE)  # the naive server's repo
     registry = workdir / "registry"
-    publish_synthetic_model(registry, rounds=rounds, max_depth=max_depth, seed=sim["seed"])
+    publish_synthetic_model(
+        registry, rounds=rounds, max_depth=max_depth, seed=sim["seed"], fs=REFERENCE
+    )
     return registry, evs
 
 

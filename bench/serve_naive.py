@@ -22,13 +22,15 @@ from typing import Any
 import numpy as np
 from grpc import aio
 
-from features.events import Event
+from features.plan import compile_plan
 from features.reference import REFERENCE
-from features.request import request_features
 from serving._proto.skewless.v1 import scorer_pb2 as pb
 from serving._proto.skewless.v1 import scorer_pb2_grpc as pb_grpc
-from serving.convert import batch_events, request_event
+from serving.convert import EventConverter
 from serving.interceptors import interceptors
+
+PLAN = compile_plan(REFERENCE)
+CONVERT = EventConverter(PLAN)
 
 
 class NaiveScorer:
@@ -50,20 +52,25 @@ class NaiveScorer:
         self.booster = xgb.Booster(model_file=str(version_dir / "model.json"))
         self.booster.set_param({"nthread": 1})
 
-    def score(self, events: list[Event]) -> list[pb.ScoreResponse]:
-        rows = [{"card_id": e.card_id, "merchant_id": e.merchant_id} for e in events]
+    def score(self, events: list[Any]) -> list[pb.ScoreResponse]:
+        plan = PLAN
+        rows = [{p.join_key: p.key(e) for p in plan.entities} for e in events]
         online = self.store.get_online_features(features=self.refs, entity_rows=rows).to_dict()
         X = np.empty((len(events), len(self.names)))
         for i, e in enumerate(events):
-            values = {n: online[n][i] for n in REFERENCE.window_feature_names}
-            mean = values.get("card_amount_mean_7d")
-            req = request_features(e.amount, e.event_time_ms, math.nan if mean is None else mean)
+            window = [
+                [math.nan if online[n][i] is None else online[n][i] for n in p.names]
+                for p in plan.entities
+            ]
+            values = {n: v for p, w in zip(plan.entities, window, strict=True)
+                      for n, v in zip(p.names, w, strict=True)}  # fmt: skip
+            req = plan.request_one(e, window)
             values.update(zip(REFERENCE.request_features, req, strict=True))
-            X[i] = [math.nan if values[n] is None else values[n] for n in self.names]
+            X[i] = [values[n] for n in self.names]
         p = self.booster.predict(self.xgb.DMatrix(X, feature_names=self.names))
         return [
             pb.ScoreResponse(
-                transaction_id=e.transaction_id,
+                transaction_id=PLAN.event_id(e),
                 score=float(s),
                 decision=bool(s >= self.threshold),
                 threshold=self.threshold,
@@ -78,12 +85,13 @@ class NaiveServicer(pb_grpc.ScorerServicer):
         self.scorer = scorer
 
     async def Score(self, request: pb.ScoreRequest, context: Any) -> pb.ScoreResponse:
-        return self.scorer.score([request_event(request)])[0]
+        return self.scorer.score([CONVERT.request_event(request)])[0]
 
     async def ScoreBatch(
         self, request: pb.ScoreBatchRequest, context: Any
     ) -> pb.ScoreBatchResponse:
-        return pb.ScoreBatchResponse(responses=self.scorer.score(batch_events(request, 10_000)))
+        events = CONVERT.batch_events(request, 10_000)
+        return pb.ScoreBatchResponse(responses=self.scorer.score(events))
 
 
 async def _main(config: dict[str, Any]) -> None:

@@ -1,16 +1,19 @@
-"""The Feast repo, built from ``features/`` (never by hand): ``feast apply`` here registers
-an entity, a Parquet source, a push source and a feature view per entity of the reference
-feature set. Offline tables come from ``skewless backfill --out DIR`` (``DIR/feast``); point
-``SKEWLESS_FEAST_DATA`` at that folder before ``feast materialize``."""
+"""The Feast repo, built from the definitions (never by hand): ``feast apply`` here registers
+an entity, a Parquet source, a push source and a feature view per entity of the definitions
+selected by ``SKEWLESS_DEFINITIONS`` (a module or a ``.py`` file; default: the reference
+fraud set). Its Feast project must be the one named in ``feature_store.yaml``. Offline tables
+come from ``skewless backfill --out DIR`` (``DIR/feast``); point ``SKEWLESS_FEAST_DATA`` at
+that folder before ``feast materialize``."""
 
 import os
 from pathlib import Path
 
 from features.feast_objects import build_feast_objects
-from features.reference import REFERENCE
+from features.loader import load_definitions
 
 _DATA = Path(os.environ.get("SKEWLESS_FEAST_DATA", Path(__file__).parent / "data")).resolve()
-_OBJECTS = build_feast_objects(REFERENCE, _DATA)
+_DEFINITIONS = load_definitions(os.environ.get("SKEWLESS_DEFINITIONS") or None)
+_OBJECTS = build_feast_objects(_DEFINITIONS, _DATA)
 
 # Feast discovers objects among this module's globals.
 for _obj in _OBJECTS.all():

@@ -6,4 +6,4 @@ streaming and serving share lives in :mod:`features.engine`; the vectorized back
 """
 
 #: bumped whenever the state layout or the finalize math changes; part of the fingerprint
-ENGINE_VERSION = 1
+ENGINE_VERSION = 2

@@ -2,8 +2,8 @@
 
 It implements exactly the semantics of :mod:`features.engine` over whole arrays:
 
-1. :func:`accept` decides, in file order, which valid events count: the first copy of each
-   ``(primary id, transaction_id)`` that is not too late for its primary entity.
+1. :func:`accept` decides, per entity and in file order, which valid events count: the
+   first copy of each ``(entity key, event id)`` that is not too late for that entity.
 2. :class:`EventIndex` sorts one entity's accepted events by (entity, time) once; the
    spine's features, the Feast tables and the end states all read that one index. A
    window ``[floor(t/H)*H - W, t)`` is a contiguous range, found for all queries at once
@@ -123,13 +123,13 @@ def _maybe_repeated(arr: pa.Array) -> np.ndarray:
     return np.flatnonzero(np.bincount(codes)[codes] > 1)
 
 
-def accept(fs: FeatureSet, primary_ids: np.ndarray, txids: Any, ts: np.ndarray) -> Acceptance:
-    """Dedup (first copy per primary id and transaction id) then too-late routing, both in
-    file order, as the stream sees a Kafka partition keyed by the primary id. ``txids`` is
-    a numpy array or an Arrow array of strings."""
-    from features.engine import Engine
-
-    primary_ids, ts = np.asarray(primary_ids, np.int64), np.asarray(ts, np.int64)
+def accept(lateness_ms: int | None, keys: np.ndarray, txids: Any, ts: np.ndarray) -> Acceptance:
+    """One entity's acceptance, as its engine decides it in the stream: dedup (the first
+    copy per entity key and event id) then too-late routing (older than the key's newest
+    accepted event minus ``lateness_ms``), both in file order, as a Kafka partition delivers
+    them. ``txids`` is a numpy array or an Arrow array of strings. Every entity decides
+    on its own events: an event too late for one entity may count for another."""
+    keys, ts = np.asarray(keys, np.int64), np.asarray(ts, np.int64)
     n = len(ts)
     first = np.ones(n, dtype=bool)
     if n:
@@ -139,18 +139,17 @@ def accept(fs: FeatureSet, primary_ids: np.ndarray, txids: Any, ts: np.ndarray) 
         cand = _maybe_repeated(arr)
         codes = pc.dictionary_encode(arr.take(pa.array(cand)), null_encoding="encode").indices
         codes = np.asarray(codes.to_numpy(zero_copy_only=False), dtype=np.int64)
-        o = np.lexsort((cand, codes, primary_ids[cand]))
+        o = np.lexsort((cand, codes, keys[cand]))
         rows, codes = cand[o], codes[o]
-        same = (primary_ids[rows][1:] == primary_ids[rows][:-1]) & (codes[1:] == codes[:-1])
+        same = (keys[rows][1:] == keys[rows][:-1]) & (codes[1:] == codes[:-1])
         first[rows[1:][same]] = False
     late = np.zeros(n, dtype=bool)
-    lateness = Engine(fs).layout(fs.primary.name).lateness_ms
-    if lateness is not None and n:
+    if lateness_ms is not None and n:
         idx = np.flatnonzero(first)
-        _, ids, _ = dense_ids(primary_ids[idx])
+        _, ids, _ = dense_ids(keys[idx])
         o = group_order(ids)
         prev = _exclusive_cummax(ids[o], ts[idx][o])
-        is_late = (prev != np.iinfo(np.int64).min) & (ts[idx][o] < prev - lateness)
+        is_late = (prev != np.iinfo(np.int64).min) & (ts[idx][o] < prev - lateness_ms)
         late[idx[o[is_late]]] = True
     return Acceptance(first & ~late, ~first, late)
 

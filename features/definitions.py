@@ -2,7 +2,8 @@
 
 Everything else in skewless (the streaming flow, the backfill, the Feast objects, the
 training columns, the serving vector) is compiled from these objects, so a feature is
-added by one edit in :mod:`features.reference`.
+added by one edit in the definitions module (:mod:`features.reference` is the default;
+a user's own module is selected by ``--definitions`` / ``SKEWLESS_DEFINITIONS``).
 
 >>> from datetime import timedelta
 >>> card = Entity("card", "card_id")
@@ -25,6 +26,9 @@ import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
+
+from features.request import RequestFeature
+from features.schema import NUMERIC, EventSchema, FieldType
 
 MS_PER_SECOND = 1_000
 MS_PER_MINUTE = 60 * MS_PER_SECOND
@@ -126,13 +130,15 @@ class Entity:
 class Aggregation:
     """One windowed feature: ``op`` over ``field`` of an entity's events in ``window``.
 
-    ``SINCE_LAST`` has no window (lifetime) and no field; ``COUNT`` has no field.
+    ``SINCE_LAST`` has no window (lifetime) and no field; ``COUNT`` has no field. ``alias``
+    replaces the derived name (:func:`feature_name`).
     """
 
     entity: Entity
     op: Op
     window: Window | None = None
     field: str | None = None
+    alias: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.op, Op):
@@ -149,6 +155,8 @@ class Aggregation:
                 )
         elif self.field is not None:
             raise ValueError(f"field: {self.op} takes no field, got {self.field!r}")
+        if self.alias is not None and not _NAME.match(self.alias):
+            raise ValueError(f"alias: {self.alias!r} is not a lower_snake identifier")
 
     @property
     def name(self) -> str:
@@ -156,7 +164,10 @@ class Aggregation:
 
 
 def feature_name(agg: Aggregation) -> str:
-    """The one function that names features: ``<entity>_<field|txn>_<op>_<window>``."""
+    """The one function that names features: ``<entity>_<field|txn>_<op>_<window>``
+    (or the aggregation's ``alias``)."""
+    if agg.alias is not None:
+        return agg.alias
     if agg.op is Op.SINCE_LAST:
         return f"{agg.entity.name}_seconds_since_last"
     assert agg.window is not None  # guaranteed by Aggregation.__post_init__
@@ -166,29 +177,43 @@ def feature_name(agg: Aggregation) -> str:
 
 @dataclass(frozen=True)
 class FeatureSet:
-    """The whole definition: entities, their aggregations and the request-time features.
+    """The whole definition: the event schema, the entities and their aggregations, the
+    request-time features, the Feast project and the model's label.
 
-    ``primary`` is the entity whose id keys the event stream (the Kafka message key);
-    duplicate ``transaction_id``s and too-late events are decided on its state.
-    ``exact_horizon`` bounds how far before an entity's newest ingested event a query
-    time may be and still be answered exactly from the online state.
+    ``primary`` is the entity whose id keys the event stream (the Kafka message key).
+    Duplicates and too-late events are decided by every entity on its own events.
+    ``exact_horizon`` bounds how far before an entity's newest ingested event a query time
+    may be and still be answered exactly from the online state. Anything the schema lacks
+    (a join key, an aggregated field, a request feature's input, the label) is refused
+    here, naming it.
     """
 
+    schema: EventSchema
     entities: tuple[Entity, ...]
     aggregations: tuple[Aggregation, ...]
-    request_features: tuple[str, ...]
     primary: Entity
+    request: tuple[RequestFeature, ...] = ()
+    project: str = "skewless"
+    label: str | None = None
     exact_horizon: timedelta = timedelta(hours=1)
     _by_entity: dict[str, tuple[Aggregation, ...]] = field(
         init=False, repr=False, compare=False, hash=False
     )
 
     def __post_init__(self) -> None:
+        for attr in ("entities", "aggregations", "request"):
+            object.__setattr__(self, attr, tuple(getattr(self, attr)))
+        if not isinstance(self.schema, EventSchema):
+            raise ValueError(f"schema: expected an EventSchema, got {type(self.schema).__name__}")
+        if not _NAME.match(self.project):
+            raise ValueError(f"project: {self.project!r} is not a lower_snake identifier")
         names = [e.name for e in self.entities]
         if len(set(names)) != len(names):
             raise ValueError(f"entities: duplicate entity names in {names}")
         if self.primary not in self.entities:
             raise ValueError(f"primary: {self.primary.name} is not one of the entities")
+        for e in self.entities:
+            self._schema_field(f"entities: {e.name}.join_key", e.join_key, (FieldType.INT64,))
         _to_ms(self.exact_horizon, "exact_horizon")
         seen: set[str] = set()
         for agg in self.aggregations:
@@ -196,10 +221,22 @@ class FeatureSet:
                 raise ValueError(f"aggregations: {agg.name} uses unknown entity {agg.entity.name}")
             if agg.name in seen:
                 raise ValueError(f"aggregations: duplicate feature name {agg.name}")
+            if agg.field is not None:
+                self._schema_field(f"aggregations: {agg.name}.field", agg.field, tuple(NUMERIC))
             seen.add(agg.name)
-        for name in self.request_features:
-            if name in seen:
-                raise ValueError(f"request_features: {name} collides with a window feature")
+        fields = set(self.schema.names)
+        for rf in self.request:
+            if rf.name in seen:
+                raise ValueError(f"request: {rf.name} collides with another feature")
+            for name in rf.inputs:
+                if name not in fields and name not in seen:
+                    raise ValueError(
+                        f"request: {rf.name} reads {name!r}, which is neither a field of the "
+                        "schema nor a window feature"
+                    )
+            seen.add(rf.name)
+        if self.label is not None:
+            self._schema_field("label", self.label, (FieldType.BOOL, FieldType.INT64), True)
         by_entity = {
             e.name: tuple(a for a in self.aggregations if a.entity == e) for e in self.entities
         }
@@ -212,6 +249,21 @@ class FeatureSet:
                         f"{duration_label(finer)} does not divide {duration_label(coarser)}"
                     )
         object.__setattr__(self, "_by_entity", by_entity)
+
+    def _schema_field(
+        self, what: str, name: str, types: tuple[FieldType, ...], optional_ok: bool = False
+    ) -> None:
+        f = self.schema.get(name)
+        if f is None:
+            raise ValueError(
+                f"{what}: {name!r} is not a field of the event schema "
+                f"(fields: {', '.join(self.schema.names)})"
+            )
+        if f.type not in types:
+            kinds = " or ".join(str(t) for t in types)
+            raise ValueError(f"{what}: {name!r} is {f.type}, expected {kinds}")
+        if not f.required and not optional_ok:
+            raise ValueError(f"{what}: {name!r} is optional; it must be required")
 
     def for_entity(self, entity: Entity | str) -> tuple[Aggregation, ...]:
         key = entity if isinstance(entity, str) else entity.name
@@ -228,9 +280,19 @@ class FeatureSet:
         return tuple(a.name for a in self.aggregations)
 
     @property
+    def request_features(self) -> tuple[str, ...]:
+        """The request-time features' names, in definition order."""
+        return tuple(rf.name for rf in self.request)
+
+    @property
     def feature_names(self) -> tuple[str, ...]:
         """Model input order: window features (definition order), then request features."""
         return self.window_feature_names + self.request_features
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The event fields the aggregations read (sorted)."""
+        return tuple(sorted({a.field for a in self.aggregations if a.field}))
 
     def lateness_ms(self, entity: Entity | str) -> int | None:
         """Largest ``W + H`` of the entity's windows: older events can affect no query."""
@@ -240,6 +302,9 @@ class FeatureSet:
     def spec(self) -> dict[str, object]:
         """Canonical, JSON-able description; the fingerprint hashes exactly this."""
         return {
+            "schema": self.schema.spec(),
+            "project": self.project,
+            "label": self.label,
             "entities": [{"name": e.name, "join_key": e.join_key} for e in self.entities],
             "primary": self.primary.name,
             "exact_horizon_ms": _to_ms(self.exact_horizon, "exact_horizon"),
@@ -254,7 +319,7 @@ class FeatureSet:
                 }
                 for a in self.aggregations
             ],
-            "request_features": list(self.request_features),
+            "request_features": [rf.spec() for rf in self.request],
         }
 
     def fingerprint(self) -> str:

@@ -91,7 +91,8 @@ class EntityLayout:
         self.entity = fs.entity(entity_name)
         self.names = tuple(a.name for a in aggs)
         self.fields = tuple(sorted({a.field for a in aggs if a.field})) or ("__count__",)
-        self.primary = fs.primary == self.entity
+        # every entity decides duplicates and too-late events on its own events (DESIGN.md)
+        self.primary = True
         self.horizon_ms = int(fs.exact_horizon.total_seconds() * MS_PER_SECOND)
         windowed = [a for a in aggs if a.window is not None]
         self.hops = tuple(sorted({a.window.hop_ms for a in windowed if a.window}))
@@ -137,8 +138,8 @@ class EntityLayout:
         self, state: EntityState, ts: int, values: tuple[float, ...], txid: int | None = None
     ) -> Outcome:
         """Apply one event (event time ``ts`` in epoch ms, field ``values`` in
-        ``self.fields`` order). Duplicates and too-late events are decided only on the
-        primary entity; the others apply what the primary accepted."""
+        ``self.fields`` order). Duplicates and too-late events are decided on this
+        entity's own events (lateness is per entity)."""
         if self.primary and txid is not None and txid in state.ids:
             return Outcome.DUPLICATE
         ms = state.max_seen

@@ -26,7 +26,6 @@ from typing import Any
 from features.definitions import Entity as Def
 from features.definitions import FeatureSet, Op
 
-PROJECT = "skewless"
 TIMESTAMP_FIELD = "event_timestamp"
 
 

@@ -1,39 +1,53 @@
-"""Request-time features: computed from the scored event itself.
+"""Request-time features: named functions of the scored event and of its finalized window
+features, declared with their inputs.
 
-One function serves both paths: it works on Python scalars (serving) and on numpy
-arrays (backfill), so the two cannot drift.
+The same function runs online and offline, always on numpy values: arrays in the backfill
+and in batches, numpy scalars for one event, under the same floating-point error state
+(IEEE results, no exceptions), so the two paths cannot drift.
 
->>> request_features(120.0, 1_767_229_200_000, 60.0)
-(120.0, 2.0, 1)
->>> import math; math.isnan(request_features(5.0, 0, float("nan"))[1])
-True
->>> request_features(5.0, 0, 0.0)[1]   # a zero mean divides like numpy, it does not raise
-inf
+>>> ratio = RequestFeature("ratio", ("amount", "card_amount_mean_7d"), lambda a, m: a / m)
+>>> ratio.inputs
+('amount', 'card_amount_mean_7d')
+>>> RequestFeature("Bad", ("amount",), abs)
+Traceback (most recent call last):
+...
+ValueError: name: 'Bad' is not a lower_snake identifier
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from features.definitions import MS_PER_DAY, MS_PER_HOUR
-
-#: the window feature the request-time ratio divides by (both paths read it from here)
-CARD_MEAN_FEATURE = "card_amount_mean_7d"
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
-def request_features(amount: Any, event_time_ms: Any, card_mean_7d: Any) -> tuple[Any, Any, Any]:
-    """``(amount, amount / card_amount_mean_7d, hour_of_day_utc)``; the ratio is NaN
-    when the mean is missing."""
-    hour = (event_time_ms % MS_PER_DAY) // MS_PER_HOUR
-    if type(amount) is float and type(card_mean_7d) is float:  # serving: one event
-        try:
-            return amount, amount / card_mean_7d, int(hour)  # IEEE division, as numpy's
-        except ZeroDivisionError:
-            pass
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ratio = np.divide(amount, card_mean_7d)
-    if np.ndim(ratio) == 0:
-        return float(amount), float(ratio), int(hour)
-    return np.asarray(amount, dtype=np.float64), ratio, np.asarray(hour, dtype=np.int64)
+@dataclass(frozen=True)
+class RequestFeature:
+    """``name = fn(*inputs)``: each input names an event field or a window feature.
+
+    ``fn`` receives numpy values (int64 for required integers and times in epoch ms,
+    float64 for numbers and window features, Python strings / object arrays for strings)
+    and must work element-wise on arrays as on scalars: numpy operators and ufuncs do.
+    """
+
+    name: str
+    inputs: tuple[str, ...]
+    fn: Callable[..., Any]
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ValueError(f"name: {self.name!r} is not a lower_snake identifier")
+        object.__setattr__(self, "inputs", tuple(self.inputs))
+        if not self.inputs:
+            raise ValueError(f"inputs: {self.name} needs at least one input")
+        if not callable(self.fn):
+            raise ValueError(f"fn: {self.name}'s function is not callable")
+
+    def spec(self) -> dict[str, Any]:
+        fn = self.fn
+        where = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+        return {"name": self.name, "inputs": list(self.inputs), "fn": where}

@@ -44,6 +44,8 @@ class Settings:
     #: bearer token the gRPC service requires (empty: no auth)
     auth_token: str = field(default="", repr=False)
     log_level: str = "INFO"
+    #: the definitions module or file every command runs (empty: the reference fraud set)
+    definitions: str = ""
 
     @property
     def online_store(self) -> str:

@@ -33,14 +33,14 @@ import pyarrow.parquet as pq
 from features.backfill import EventIndex, accept
 from features.definitions import Entity, FeatureSet
 from features.engine import Engine
-from features.events import SchemaError, validate_table
 from features.feast_objects import (
     TIMESTAMP_FIELD,
     bootstrap_field,
     offline_table_name,
     state_field,
 )
-from features.request import request_features
+from features.plan import compile_plan
+from features.schema import SchemaError
 from features.state_build import build_states
 
 T = TypeVar("T")
@@ -51,11 +51,16 @@ R = TypeVar("R")
 class BackfillReport:
     events: int = 0
     rejected: int = 0
+    #: valid rows that repeat an event id of the same primary (Kafka key) entity
     duplicates: int = 0
+    #: valid first copies too late for at least one entity (``late.parquet`` names which)
     late: int = 0
+    #: valid first copies the primary entity counts
     accepted: int = 0
     spine_rows: int = 0
     entities: dict[str, int] = field(default_factory=dict)
+    #: per entity: accepted, duplicates and late rows (each entity decides on its own events)
+    by_entity: dict[str, dict[str, int]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -74,49 +79,83 @@ def _ms(col: pa.ChunkedArray, name: str) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class AcceptedEvents:
-    """Accepted events as columns, in file order (``txids``: an Arrow string array)."""
+class EntityEvents:
+    """One entity's accepted events as columns, in file order (``txids``: Arrow strings)."""
 
     ts: np.ndarray
-    keys: dict[str, np.ndarray]
+    keys: np.ndarray
     fields: dict[str, np.ndarray]
     txids: Any
 
+    def index(self) -> EventIndex:
+        return EventIndex(self.keys, self.ts, self.fields)
+
+
+@dataclass(frozen=True)
+class AcceptedEvents:
+    """Each entity's accepted events (every entity decides duplicates and lateness itself)."""
+
+    by_entity: dict[str, EntityEvents]
+
     def index(self, entity: str) -> EventIndex:
-        return EventIndex(self.keys[entity], self.ts, self.fields)
+        return self.by_entity[entity].index()
 
 
 def load_events(
     fs: FeatureSet, table: pa.Table, report: BackfillReport
 ) -> tuple[pa.Table, AcceptedEvents, pa.Table, pa.Table]:
-    """Validate, dedup and route too-late events, in file order.
+    """Validate, then per entity dedup and route too-late events, in file order.
 
-    Returns (valid first copies, accepted events, rejects, late rows)."""
+    Returns (valid first copies of the primary entity, accepted events, rejects, late rows
+    with ``late_for``: the entities that dropped them)."""
+    plan = compile_plan(fs)
     report.events = table.num_rows
-    valid, rejects = validate_table(table)
+    valid, rejects = plan.validator.validate_table(table)
     report.rejected = rejects.num_rows
-    ts = pc.cast(valid.column("event_time"), pa.int64()).to_numpy()
-    txids = valid.column("transaction_id")
-    acc = accept(fs, valid.column(fs.primary.join_key).to_numpy(), txids, ts)
-    report.duplicates = int(acc.duplicate.sum())
-    report.late = int(acc.late.sum())
-    report.accepted = int(acc.accepted.sum())
-    late = valid.filter(pa.array(acc.late))
-    late = late.append_column("late_for", pa.array([fs.primary.name] * late.num_rows, pa.string()))
-    everyone = report.accepted == valid.num_rows
+    ts = pc.cast(valid.column(fs.schema.event_time), pa.int64()).to_numpy()
+    txids = valid.column(fs.schema.event_id).combine_chunks()
+    n = valid.num_rows
+    late_for: list[np.ndarray] = []
+    by_entity: dict[str, EntityEvents] = {}
+    primary_dup = np.zeros(n, dtype=bool)
+    for e in plan.entities:
+        keys = valid.column(e.join_key).to_numpy()
+        acc = accept(e.layout.lateness_ms, keys, txids, ts)
+        report.by_entity[e.name] = {
+            "accepted": int(acc.accepted.sum()),
+            "duplicates": int(acc.duplicate.sum()),
+            "late": int(acc.late.sum()),
+        }
+        late_for.append(acc.late)
+        if e.entity == fs.primary:
+            primary_dup = acc.duplicate
+        everyone = bool(acc.accepted.all())
+        mask = pa.array(acc.accepted)
 
-    def take(a: np.ndarray) -> np.ndarray:
-        return a if everyone else a[acc.accepted]
+        def take(a: np.ndarray, everyone: bool = everyone, acc: Any = acc) -> np.ndarray:
+            return a if everyone else a[acc.accepted]
 
-    fields = sorted({a.field for a in fs.aggregations if a.field})
-    events = AcceptedEvents(
-        ts=take(ts),
-        keys={e.name: take(valid.column(e.join_key).to_numpy()) for e in fs.entities},
-        fields={f: take(valid.column(f).to_numpy()).astype(np.float64) for f in fields},
-        txids=(txids if everyone else txids.filter(pa.array(acc.accepted))).combine_chunks(),
+        by_entity[e.name] = EntityEvents(
+            ts=take(ts),
+            keys=take(keys),
+            fields={
+                f: take(valid.column(f).to_numpy(zero_copy_only=False)).astype(np.float64)
+                for f in e.fields
+            },
+            txids=txids if everyone else txids.filter(mask),
+        )
+    report.duplicates = int(primary_dup.sum())
+    report.accepted = report.by_entity[fs.primary.name]["accepted"]
+    late_any = np.logical_or.reduce(late_for) if late_for else np.zeros(n, dtype=bool)
+    report.late = int(late_any.sum())
+    names = np.array([e.name for e in plan.entities], dtype=object)
+    late = valid.filter(pa.array(late_any))
+    who = np.stack(late_for, axis=1)[late_any] if late_for else np.zeros((0, 0), bool)
+    late = late.append_column(
+        "late_for", pa.array([",".join(names[row]) for row in who], pa.string())
     )
-    first = valid if not report.duplicates else valid.filter(pa.array(~acc.duplicate))
-    return first, events, rejects, late
+    first = valid if not report.duplicates else valid.filter(pa.array(~primary_dup))
+    return first, AcceptedEvents(by_entity), rejects, late
 
 
 def compute_features(
@@ -125,13 +164,16 @@ def compute_features(
     events: AcceptedEvents,
     indexes: dict[str, EventIndex] | None = None,
 ) -> pa.Table:
-    """The spine's columns plus every feature (window, then request-time) per row."""
+    """The spine's columns plus every feature (window, then request-time) per row. A
+    request feature is computed when the spine holds every event field it reads."""
+    plan = compile_plan(fs)
+    time_col = fs.schema.event_time
     for e in fs.entities:
         if e.join_key not in spine.column_names:
             raise SchemaError(f"column '{e.join_key}': missing from the spine")
-    if "event_time" not in spine.column_names:
-        raise SchemaError("column 'event_time': missing from the spine")
-    q_t = _ms(spine.column("event_time"), "event_time")
+    if time_col not in spine.column_names:
+        raise SchemaError(f"column '{time_col}': missing from the spine")
+    q_t = _ms(spine.column(time_col), time_col)
 
     def one(e: Entity) -> dict[str, np.ndarray]:
         index = indexes[e.name] if indexes else events.index(e.name)
@@ -141,10 +183,17 @@ def compute_features(
     values: dict[str, np.ndarray] = {}
     for v in each(one, fs.entities):
         values.update(v)
-    if "amount" in spine.column_names:
-        amount = pc.cast(spine.column("amount"), pa.float64()).to_numpy(zero_copy_only=False)
-        req = request_features(amount, q_t, values.get("card_amount_mean_7d", np.nan))
-        values.update(zip(fs.request_features, req, strict=True))
+
+    def column(name: str) -> np.ndarray | None:
+        if name in values:
+            return values[name]
+        if name == time_col:
+            return q_t
+        if name in spine.column_names:
+            return spine.column(name).to_numpy(zero_copy_only=False)
+        return None
+
+    values.update(plan.request_many(column, spine.num_rows))
     names = [n for n in fs.feature_names if n in values and n not in spine.column_names]
     return pa.Table.from_arrays(
         [*spine.columns, *(pa.array(values[n]) for n in names)], [*spine.column_names, *names]
@@ -167,7 +216,7 @@ def end_states(
 
     def one(e: Entity) -> dict[int, bytes]:
         index = indexes[e.name] if indexes else events.index(e.name)
-        blobs = build_states(engine.layout(e.name), index, events.txids)
+        blobs = build_states(engine.layout(e.name), index, events.by_entity[e.name].txids)
         return dict(zip(index.uniq.tolist(), blobs, strict=True))
 
     return dict(zip([e.name for e in fs.entities], each(one, fs.entities), strict=True))

@@ -21,9 +21,6 @@ import pyarrow.parquet as pq
 
 from features.definitions import FeatureSet
 
-#: the label column of the backfill output
-LABEL = "is_fraud"
-
 
 @dataclass(frozen=True)
 class Dataset:
@@ -70,17 +67,20 @@ def load_dataset(path: Path, fs: FeatureSet) -> Dataset:
             f"{fs.fingerprint()}; rerun `skewless backfill`"
         )
     names = tuple(fs.feature_names)
-    missing = [c for c in ("event_time", LABEL, *names) if c not in schema.names]
+    if fs.label is None:
+        raise ValueError(f"label: the definitions (project {fs.project}) name no label column")
+    label, time_col = fs.label, fs.schema.event_time
+    missing = [c for c in (time_col, label, *names) if c not in schema.names]
     if missing:
         raise ValueError(
             f"features: {path} lacks column(s) {', '.join(missing)}; rerun `skewless backfill`"
         )
-    table = pq.read_table(path, columns=["event_time", LABEL, *names])
-    if table.column(LABEL).null_count:
+    table = pq.read_table(path, columns=[time_col, label, *names])
+    if table.column(label).null_count:
         raise ValueError(
-            f"features: {path} has {table.column(LABEL).null_count} unlabeled rows ({LABEL} null)"
+            f"features: {path} has {table.column(label).null_count} unlabeled rows ({label} null)"
         )
-    ts_col = table.column("event_time")
+    ts_col = table.column(time_col)
     if pa.types.is_timestamp(ts_col.type):
         ts_col = pc.cast(ts_col, pa.timestamp("ms", tz="UTC"))
     ts = pc.cast(ts_col, pa.int64()).to_numpy()
@@ -88,7 +88,7 @@ def load_dataset(path: Path, fs: FeatureSet) -> Dataset:
     X = np.empty((table.num_rows, len(names)), dtype=np.float64)
     for j, name in enumerate(names):
         X[:, j] = pc.cast(table.column(name), pa.float64()).to_numpy(zero_copy_only=False)[order]
-    y = pc.cast(table.column(LABEL), pa.float64()).to_numpy()[order]
+    y = pc.cast(table.column(label), pa.float64()).to_numpy()[order]
     return Dataset(X=X, y=y, ts=ts[order], feature_names=names)
 
 

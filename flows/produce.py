@@ -16,6 +16,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from features.definitions import FeatureSet
+from features.schema import SchemaError
 from flows.stream_io import table_to_messages
 
 
@@ -89,11 +91,19 @@ def produce_messages(
 
 
 def produce_file(
-    bootstrap: str, topic: str, path: Path, rate: float = 0.0, progress: bool = False
+    fs: FeatureSet,
+    bootstrap: str,
+    topic: str,
+    path: Path,
+    rate: float = 0.0,
+    progress: bool = False,
 ) -> DeliveryReport:
-    """Replay ``path`` (events Parquet) in file order, key = card id."""
+    """Replay ``path`` (events Parquet) in file order, key = the primary entity's id."""
     table = pq.read_table(path)
-    cards = table.column("card_id").to_pylist()
+    key = fs.primary.join_key
+    if key not in table.column_names:
+        raise SchemaError(f"column '{key}': missing (the Kafka message key of {fs.project})")
+    cards = table.column(key).to_pylist()
     values = table_to_messages(table)
     pairs = ((str(c).encode(), v) for c, v in zip(cards, values, strict=True))
     return produce_messages(bootstrap, topic, pairs, rate, total=table.num_rows, progress=progress)

@@ -1,9 +1,10 @@
 """The streaming flow: Kafka (or a Parquet replay) -> Bytewax -> Feast online store.
 
-Steps: decode + validate (invalid -> dead letters with the original bytes and a reason)
--> key by card -> card engine (dedup, too-late routing, update) -> key by merchant ->
-merchant engine -> one batched write per batch of every touched entity's state and
-as-of-last-event features, in Feast's layout.
+Steps: decode + validate with the definitions' schema (invalid -> dead letters with the
+original bytes and a reason) -> for every entity of the definitions: key by its join key ->
+its engine (dedup, too-late routing, update: each entity decides on its own events) -> one
+batched write per batch of every touched entity's state and as-of-last-event features, in
+Feast's layout. Too-late events go to the late output naming the entity that dropped them.
 
 Run it as ``skewless stream`` or ``python -m bytewax.run flows.stream:flow`` (settings from
 ``SKEWLESS_*`` variables). With recovery (``-r DIR -s 5 -b 0``) a restart resumes from
@@ -20,7 +21,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeGuard
 
 import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
@@ -29,9 +30,9 @@ from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 
 from features.definitions import FeatureSet
-from features.engine import Engine, EntityLayout
-from features.events import Event, InvalidEventError, parse_event
 from features.native import NativeLayout, txid_hash_native
+from features.plan import Plan, compile_plan
+from features.schema import InvalidEventError
 from features.store import OnlineRow, StoreConfig, StoreUnavailableError
 from flows import stream_io
 from flows.stream_io import DeadLetter, JsonlSink, OnlineStoreSink, ParquetReplaySource
@@ -41,7 +42,7 @@ log = logging.getLogger("skewless.stream")
 
 @dataclass(frozen=True)
 class StreamConfig:
-    """Everything the flow needs; built from :class:`skewless.settings.Settings`."""
+    """Everything the flow needs; built from :class:`features.settings.Settings`."""
 
     store: StoreConfig
     brokers: str = ""
@@ -60,34 +61,40 @@ class StreamConfig:
 
 @dataclass(frozen=True)
 class Ingested:
-    """A valid event and when it entered the system (Kafka timestamp or read time, ms)."""
+    """A valid event, its original bytes and when it entered the system (Kafka timestamp
+    or read time, ms)."""
 
-    event: Event
+    event: Any
     produced_ms: int
+    raw: bytes = b""
 
 
-def decode_batch(msgs: list[Any]) -> list[Ingested | DeadLetter]:
-    """:func:`decode` for a batch, counted once in the metrics."""
-    out = [decode(m) for m in msgs]
-    dead = sum(1 for x in out if type(x) is DeadLetter)
-    stream_io.METRICS.dead_letters.inc(dead)
-    stream_io.METRICS.events_in.inc(len(out) - dead)
-    return out
+class Decoder:
+    """Parses messages with the definitions' schema; anything invalid becomes a dead
+    letter naming the field. Counted once per batch in the metrics."""
 
+    def __init__(self, plan: Plan) -> None:
+        self.parse = plan.validator.parse
 
-def decode(msg: Any) -> Ingested | DeadLetter:
-    """Parse one message; anything invalid becomes a dead letter naming the field."""
-    if isinstance(msg, KafkaSourceMessage):
-        raw = msg.value or b""
-        _, ts = msg.timestamp or (0, 0)
-        produced, where = ts, {"partition": msg.partition, "offset": msg.offset}
-    else:
-        raw, produced, where = msg.value, msg.produced_ms, {"row": msg.row}
-    try:
-        event = parse_event(raw)
-    except InvalidEventError as exc:
-        return DeadLetter(raw, str(exc), where)
-    return Ingested(event, produced or int(time.time() * 1000))
+    def __call__(self, msgs: list[Any]) -> list[Ingested | DeadLetter]:
+        out = [self.decode(m) for m in msgs]
+        dead = sum(1 for x in out if type(x) is DeadLetter)
+        stream_io.METRICS.dead_letters.inc(dead)
+        stream_io.METRICS.events_in.inc(len(out) - dead)
+        return out
+
+    def decode(self, msg: Any) -> Ingested | DeadLetter:
+        if isinstance(msg, KafkaSourceMessage):
+            raw = msg.value or b""
+            _, ts = msg.timestamp or (0, 0)
+            produced, where = ts, {"partition": msg.partition, "offset": msg.offset}
+        else:
+            raw, produced, where = msg.value, msg.produced_ms, {"row": msg.row}
+        try:
+            event = self.parse(raw)
+        except InvalidEventError as exc:
+            return DeadLetter(raw, str(exc), where)
+        return Ingested(event, produced or int(time.time() * 1000), raw)
 
 
 _APPLIED, _DUPLICATE, _LATE = 0, 1, 2  # native update outcomes
@@ -103,46 +110,53 @@ class RowOut(NamedTuple):
 
 
 class LateOut(NamedTuple):
+    """An event too late for ``entity`` (it may still count for the others)."""
+
     item: Ingested
+    entity: str
 
 
-class EntityLogic(StatefulBatchLogic[Ingested, Any, bytes]):
-    """One entity's engine state (native core). Emits one :class:`RowOut` per batch that
-    changed the state; the primary entity also emits :class:`LateOut` per too-late event
-    and each accepted event, already keyed for the next entity (``(key, Ingested)``) when
-    there is exactly one, else bare. Snapshots carry the exact big-integer sums, so a
-    resumed run stays byte-equal."""
+def _is_row(x: RowOut | LateOut) -> TypeGuard[RowOut]:
+    return type(x) is RowOut
+
+
+class EntityLogic(StatefulBatchLogic[Ingested, RowOut | LateOut, bytes]):
+    """One entity's engine state (native core). Every entity sees every valid event and
+    decides duplicates and lateness on its own events. Emits one :class:`RowOut` per batch
+    that changed the state and a :class:`LateOut` per too-late event. Snapshots carry the
+    exact big-integer sums, so a resumed run stays byte-equal."""
 
     def __init__(self, ctx: _EntityContext, resume: bytes | None) -> None:
         self.ctx = ctx
         self.state: Any = ctx.core.restore(resume) if resume is not None else None
 
-    def on_batch(self, values: list[Ingested]) -> tuple[Iterable[Any], bool]:
+    def on_batch(self, values: list[Ingested]) -> tuple[Iterable[RowOut | LateOut], bool]:
         ctx = self.ctx
-        core, primary, join_key, forward = ctx.core, ctx.primary, ctx.join_key, ctx.forward_key
-        entity_id = getattr(values[0].event, join_key)
+        core, key, values_of, time_of, id_of = (
+            ctx.core, ctx.plan.key, ctx.plan.values, ctx.event_time, ctx.event_id
+        )  # fmt: skip
+        entity_id = key(values[0].event)
         if self.state is None:
             self.state = ctx.load(entity_id)
         state = self.state
-        out: list[Any] = []
-        changed, newest = False, 0
+        out: list[RowOut | LateOut] = []
+        changed, newest, late, dups = False, 0, 0, 0
         for item in values:
             e = item.event
-            if primary:
-                outcome = core.update(state, e.event_time_ms, (e.amount,), _txid(e.transaction_id))
-            else:
-                outcome = core.update(state, e.event_time_ms, (e.amount,))
+            outcome = core.update(state, time_of(e), values_of(e), _txid(id_of(e)))
             if outcome == _APPLIED:
                 changed = True
                 if item.produced_ms > newest:
                     newest = item.produced_ms
-                if primary:
-                    out.append((str(getattr(e, forward)), item) if forward else item)
             elif outcome == _LATE:
-                stream_io.METRICS.late.inc()
-                out.append(LateOut(item))
+                late += 1
+                out.append(LateOut(item, ctx.name))
             else:
-                stream_io.METRICS.duplicates.inc()
+                dups += 1
+        if late:
+            stream_io.METRICS.late.labels(ctx.name).inc(late)
+        if dups:
+            stream_io.METRICS.duplicates.labels(ctx.name).inc(dups)
         if changed:
             features, blob = core.row(state)
             row = OnlineRow(entity_id, state.max_seen, features, blob)
@@ -164,9 +178,10 @@ class Prefetch:
     it from here instead of one round trip per new key. (A key resumed from a recovery
     snapshot never asks: its prefetched entry is dropped when the key shows up again.)"""
 
-    def __init__(self, fs: FeatureSet, store: StoreConfig) -> None:
+    def __init__(self, plan: Plan, store: StoreConfig) -> None:
         self.store = store
-        self.entities = tuple((e.name, e.join_key) for e in fs.entities)
+        self.fs = plan.fs
+        self.entities = tuple((p.name, p.key) for p in plan.entities)
         self.seen: dict[str, set[int]] = {name: set() for name, _ in self.entities}
         self.cache: dict[tuple[str, int], bytes | None] = {}
         self.lock = threading.Lock()
@@ -175,15 +190,15 @@ class Prefetch:
         events = [x.event for x in items if isinstance(x, Ingested)]
         keys: list[tuple[str, int]] = []
         with self.lock:
-            for name, join_key in self.entities:
+            for name, key in self.entities:
                 seen = self.seen[name]
                 for e in events:
-                    entity_id = getattr(e, join_key)
+                    entity_id = key(e)
                     if entity_id not in seen:
                         seen.add(entity_id)
                         keys.append((name, entity_id))
         if keys:
-            raws = _read_bootstrap(self.store, keys)
+            raws = _read_bootstrap(self.store, self.fs, keys)
             with self.lock:
                 self.cache.update(zip(keys, raws, strict=True))
         return items
@@ -193,13 +208,15 @@ class Prefetch:
             return self.cache.pop(key, _MISSING)
 
 
-def _read_bootstrap(store: StoreConfig, keys: list[tuple[str, int]]) -> list[bytes | None]:
+def _read_bootstrap(
+    store: StoreConfig, fs: FeatureSet, keys: list[tuple[str, int]]
+) -> list[bytes | None]:
     """Bootstrap states, retried with backoff while the store is down (never skipped:
     a missing start state would silently lose the backfill's history)."""
     backoff = 0.2
     while True:
         try:
-            return stream_io.store_for(store).read_states(keys, bootstrap=True)
+            return stream_io.store_for(store, fs).read_states(keys, bootstrap=True)
         except StoreUnavailableError as exc:
             log.warning("%s; retrying in %.1fs", exc, backoff)
             time.sleep(backoff)
@@ -207,26 +224,24 @@ def _read_bootstrap(store: StoreConfig, keys: list[tuple[str, int]]) -> list[byt
 
 
 class _EntityContext:
-    """Per-entity helpers shared by all keys of a worker (native core, state loader)."""
+    """Per-entity helpers shared by all keys of a worker (plan, native core, state loader)."""
 
     def __init__(
         self,
-        fs: FeatureSet,
+        plan: Plan,
         entity: str,
         store: StoreConfig | None,
         prefetch: Prefetch | None = None,
     ) -> None:
-        self.layout: EntityLayout = Engine(fs).layout(entity)
-        self.native = NativeLayout(self.layout)
+        self.plan = plan.entity(entity)
+        self.fs = plan.fs
+        self.native = NativeLayout(self.plan.layout)
         self.core = self.native.core
         self.name = entity
-        self.primary = self.layout.primary
-        self.join_key = self.layout.entity.join_key
+        self.event_time = plan.event_time
+        self.event_id = plan.event_id
         self.store = store
         self.prefetch = prefetch
-        others = [e for e in fs.entities if e != self.layout.entity]
-        #: the primary keys accepted events for the next entity itself when there is one
-        self.forward_key = others[0].join_key if self.primary and len(others) == 1 else None
 
     def load(self, entity_id: int) -> Any:
         """State for an entity this worker has no state for: the bootstrap state that
@@ -235,8 +250,8 @@ class _EntityContext:
         if self.store is not None:
             raw = _MISSING if self.prefetch is None else self.prefetch.take((self.name, entity_id))
             if raw is _MISSING:
-                [raw] = _read_bootstrap(self.store, [(self.name, entity_id)])
-            if raw is not None:
+                [raw] = _read_bootstrap(self.store, self.fs, [(self.name, entity_id)])
+            if isinstance(raw, bytes):
                 return self.core.decode(raw)
         return self.core.new_state()
 
@@ -246,36 +261,33 @@ def _dlq_message(d: DeadLetter, topic: str) -> KafkaSinkMessage[bytes | None, by
     return KafkaSinkMessage(key=None, value=d.raw, topic=topic, headers=headers)
 
 
-def _event_message(item: Ingested, topic: str, reason: str) -> KafkaSinkMessage[bytes, bytes]:
-    e = item.event
+def _late_message(plan: Plan, late: LateOut, topic: str) -> KafkaSinkMessage[bytes, bytes]:
+    """The original bytes, keyed by the primary entity, naming the entity that dropped it."""
     return KafkaSinkMessage(
-        key=str(e.card_id).encode(),
-        value=e.to_json(),
+        key=str(plan.primary.key(late.item.event)).encode(),
+        value=late.item.raw,
         topic=topic,
-        headers=[("reason", reason.encode())],
+        headers=[("reason", b"late"), ("late_for", late.entity.encode())],
     )
 
 
 def _entity_step(
-    fs: FeatureSet,
-    name: str,
-    join_key: str,
-    up: Any,
-    store: StoreConfig | None,
-    prefetch: Prefetch | None,
-    keyed_already: bool,
-) -> Any:
-    ctx = _EntityContext(fs, name, store, prefetch)
-    keyed = (
-        up
-        if keyed_already
-        else op.key_on("key_" + name, up, lambda i: str(getattr(i.event, join_key)))
+    plan: Plan, name: str, up: Any, store: StoreConfig | None, prefetch: Prefetch | None
+) -> tuple[Any, Any]:
+    """One entity's step over every valid event: (its rows, its late events)."""
+    ctx = _EntityContext(plan, name, store, prefetch)
+    key = ctx.plan.key
+    keyed = op.key_on("key_" + name, up, lambda i: str(key(i.event)))
+    out = op.key_rm(
+        "unkey_" + name, op.stateful_batch(name, keyed, lambda resume: EntityLogic(ctx, resume))
     )
-    return op.stateful_batch(name, keyed, lambda resume: EntityLogic(ctx, resume))
+    split = op.branch("rows_" + name, out, _is_row)
+    return split.trues, split.falses
 
 
 def build_flow(fs: FeatureSet, cfg: StreamConfig) -> Dataflow:
     """The dataflow for ``fs`` under ``cfg``."""
+    plan = compile_plan(fs)
     if cfg.metrics_port:
         stream_io.serve_metrics(cfg.metrics_port)
     flow = Dataflow("skewless_stream")
@@ -294,12 +306,12 @@ def build_flow(fs: FeatureSet, cfg: StreamConfig) -> Dataflow:
         if cfg.replay_path is None:
             raise ValueError("replay_path: the embedded mode needs an events file to replay")
         raw = op.input("replay_in", flow, ParquetReplaySource(cfg.replay_path, cfg.batch_size))
-    decoded: Any = op.flat_map_batch("decode", raw, decode_batch)
+    decoded: Any = op.flat_map_batch("decode", raw, Decoder(plan))
     store = cfg.store if cfg.load_state_from_store else None
-    prefetch = Prefetch(fs, store) if store is not None else None
+    prefetch = Prefetch(plan, store) if store is not None else None
     if prefetch is not None:
         decoded = op.flat_map_batch("prefetch", decoded, prefetch)
-    split: Any = op.branch("valid", decoded, lambda x: isinstance(x, Ingested))
+    split: Any = op.branch("valid", decoded, lambda x: type(x) is Ingested)
     dead: Any = split.falses
     if cfg.kafka:
         kop.output("dlq", op.map("dlq_msg", dead, lambda d: _dlq_message(d, f"{cfg.topic}.dlq")),
@@ -307,34 +319,22 @@ def build_flow(fs: FeatureSet, cfg: StreamConfig) -> Dataflow:
     else:
         op.output("dlq", dead, JsonlSink(cfg.out_dir / "dlq"))
 
-    primary = fs.primary
-    others = [e for e in fs.entities if e != primary]
-    card_out: Any = op.key_rm(
-        "unkey_" + primary.name,
-        _entity_step(fs, primary.name, primary.join_key, split.trues, store, prefetch, False),
-    )
-    # accepted events are most of the output: test for them first
-    kind: Any = op.branch(
-        "accepted", card_out, lambda x: type(x) is not RowOut and type(x) is not LateOut
-    )
-    accepted, rest = kind.trues, kind.falses
-    kind = op.branch("rows_" + primary.name, rest, lambda x: type(x) is RowOut)
-    rows = [kind.trues]
-    late: Any = op.map("late", kind.falses, lambda x: x.item)
+    rows, lates = [], []
+    for entity in plan.entities:
+        r, late = _entity_step(plan, entity.name, split.trues, store, prefetch)
+        rows.append(r)
+        lates.append(late)
+    late_all: Any = op.merge("late", *lates)
     late_topic = f"{cfg.topic}.late"
     if cfg.kafka:
-        msgs = op.map("late_msg", late, lambda i: _event_message(i, late_topic, "late"))
+        msgs = op.map("late_msg", late_all, lambda x: _late_message(plan, x, late_topic))
         kop.output("late_out", msgs, brokers=[cfg.brokers], topic=late_topic)
     else:
-        recs = op.map("late_rec", late, lambda i: DeadLetter(i.event.to_json(), "late", {}))
-        op.output("late_out", recs, JsonlSink(cfg.out_dir / "late"))
-    for entity in others:
-        # one other entity: the primary keyed its accepted events for it already
-        step = _entity_step(
-            fs, entity.name, entity.join_key, accepted, store, prefetch, len(others) == 1
+        recs = op.map(
+            "late_rec", late_all, lambda x: DeadLetter(x.item.raw, "late", {"late_for": x.entity})
         )
-        rows.append(op.key_rm("unkey_" + entity.name, step))
-    op.output("online_store", op.merge("all_rows", *rows), OnlineStoreSink(cfg.store))
+        op.output("late_out", recs, JsonlSink(cfg.out_dir / "late"))
+    op.output("online_store", op.merge("all_rows", *rows), OnlineStoreSink(cfg.store, fs))
     return flow
 
 
@@ -356,23 +356,24 @@ def config_from_settings(
 def __getattr__(name: str) -> Any:
     """``flows.stream:flow`` for ``python -m bytewax.run``: built from the environment."""
     if name == "flow":
-        from features.reference import REFERENCE
+        from features.loader import load_definitions
         from features.settings import Settings
 
         settings = Settings.from_env(os.environ)
         replay = os.environ.get("SKEWLESS_REPLAY_PATH")
         tail = os.environ.get("SKEWLESS_STREAM_TAIL", "1") != "0"
         return build_flow(
-            REFERENCE, config_from_settings(settings, Path(replay) if replay else None, tail)
+            load_definitions(settings.definitions),
+            config_from_settings(settings, Path(replay) if replay else None, tail),
         )
     raise AttributeError(name)
 
 
 __all__ = [
+    "Decoder",
     "EntityLogic",
     "Ingested",
     "StreamConfig",
     "build_flow",
     "config_from_settings",
-    "decode",
 ]

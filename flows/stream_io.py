@@ -24,7 +24,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from prometheus_client import Counter, Histogram, start_http_server
 
-from features.reference import REFERENCE
+from features.definitions import FeatureSet
 from features.store import OnlineRow, OnlineStore, StoreConfig, StoreUnavailableError, open_store
 
 log = logging.getLogger("skewless.stream")
@@ -36,8 +36,12 @@ class _Metrics:
         self.dead_letters = Counter(
             "skewless_stream_dead_letters", "invalid messages sent to the DLQ"
         )
-        self.late = Counter("skewless_stream_late", "events too late for their primary entity")
-        self.duplicates = Counter("skewless_stream_duplicates", "duplicate transaction ids ignored")
+        self.late = Counter(
+            "skewless_stream_late", "events too late for an entity (each decides)", ["entity"]
+        )
+        self.duplicates = Counter(
+            "skewless_stream_duplicates", "duplicate event ids an entity ignored", ["entity"]
+        )
         self.rows = Counter(
             "skewless_stream_rows_written", "entity rows written to the online store"
         )
@@ -96,22 +100,23 @@ class DeadLetter:
 # -- online store --------------------------------------------------------------------
 
 
-_stores: dict[StoreConfig, OnlineStore] = {}
+_stores: dict[tuple[StoreConfig, str], OnlineStore] = {}
 _stores_lock = threading.Lock()
 
 
-def store_for(cfg: StoreConfig) -> OnlineStore:
-    """One connection per process and config (Bytewax workers are threads)."""
+def store_for(cfg: StoreConfig, fs: FeatureSet) -> OnlineStore:
+    """One connection per process, config and definitions (Bytewax workers are threads)."""
+    key = (cfg, fs.fingerprint())
     with _stores_lock:
-        store = _stores.get(cfg)
+        store = _stores.get(key)
         if store is None:
-            store = _stores[cfg] = open_store(cfg, REFERENCE)
+            store = _stores[key] = open_store(cfg, fs)
         return store
 
 
 class _StorePartition(StatelessSinkPartition[tuple[str, OnlineRow, int]]):
-    def __init__(self, cfg: StoreConfig) -> None:
-        self.store = store_for(cfg)
+    def __init__(self, cfg: StoreConfig, fs: FeatureSet) -> None:
+        self.store = store_for(cfg, fs)
 
     def write_batch(self, items: list[tuple[str, OnlineRow, int]]) -> None:
         latest: dict[tuple[str, int], tuple[OnlineRow, int]] = {}
@@ -145,11 +150,11 @@ class OnlineStoreSink(DynamicSink[tuple[str, OnlineRow, int]]):
     """Batched writes of each touched entity's latest row; retries with backoff, forever,
     so an outage stalls the flow (and Kafka buffers) instead of losing updates."""
 
-    def __init__(self, cfg: StoreConfig) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: StoreConfig, fs: FeatureSet) -> None:
+        self.cfg, self.fs = cfg, fs
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _StorePartition:
-        return _StorePartition(self.cfg)
+        return _StorePartition(self.cfg, self.fs)
 
 
 # -- files ---------------------------------------------------------------------------
@@ -192,16 +197,18 @@ def _rfc3339(ms: int) -> str:
 
 
 def table_to_messages(table: pa.Table) -> list[bytes]:
-    """Events table -> the JSON messages a producer sends (event_time as RFC 3339)."""
+    """Events table -> the JSON messages a producer sends (timestamps as RFC 3339)."""
     cols = [c for c in table.column_names if c not in ("row",)]
     t = table.select(cols)
-    if pa.types.is_timestamp(t.schema.field("event_time").type):
-        ms = pc.cast(t.column("event_time"), pa.int64())
-        t = t.set_column(t.schema.get_field_index("event_time"), "event_time", ms)
+    times = [f.name for f in t.schema if pa.types.is_timestamp(f.type)]
+    for name in times:
+        ms = pc.cast(pc.cast(t.column(name), pa.timestamp("ms", tz="UTC")), pa.int64())
+        t = t.set_column(t.schema.get_field_index(name), name, ms)
     out = []
     for rec in t.to_pylist():
-        if isinstance(rec.get("event_time"), int):
-            rec["event_time"] = _rfc3339(rec["event_time"])
+        for name in times:
+            if rec[name] is not None:
+                rec[name] = _rfc3339(rec[name])
         out.append(json.dumps(rec, separators=(",", ":")).encode())
     return out
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from datetime import timedelta
 
-from features.reference import REFERENCE
+from features.loader import load_definitions
 from features.settings import Settings
 from flows.stream import build_flow, config_from_settings
 
@@ -54,7 +54,8 @@ def run_stream(args: argparse.Namespace, settings: Settings) -> int:
             "`scripts/services.sh kafka-start DIR`) or pass --replay EVENTS.parquet"
         )
     preflight(settings)
-    flow = build_flow(REFERENCE, config_from_settings(settings, args.replay, tail=not args.no_tail))
+    fs = load_definitions(settings.definitions)
+    flow = build_flow(fs, config_from_settings(settings, args.replay, tail=not args.no_tail))
     recovery = None
     epoch = timedelta(seconds=args.snapshot_interval)
     if args.recovery_directory is not None:

@@ -320,7 +320,9 @@ def add_cli(
 
 
 def _train_command(args: argparse.Namespace, settings: Any) -> int:
-    from features.reference import REFERENCE
+    from features.loader import load_definitions
+
+    fs = load_definitions(settings.definitions)
 
     cfg = TrainConfig(
         seed=args.seed, fpr_budget=args.fpr_budget, train_fraction=args.train_fraction,
@@ -333,22 +335,24 @@ def _train_command(args: argparse.Namespace, settings: Any) -> int:
         or os.environ.get("SKEWLESS_MLFLOW_URI", "")
     )
     train_model(
-        args.features, args.registry or settings.registry_dir, REFERENCE, cfg,
+        args.features, args.registry or settings.registry_dir, fs, cfg,
         promote=not args.no_promote, alias=args.alias or settings.model_alias, mlflow_uri=uri,
     )  # fmt: skip
     return 0
 
 
 def _models_command(args: argparse.Namespace, settings: Any) -> int:
-    from features.reference import REFERENCE
+    from features.loader import load_definitions
+
+    fs = load_definitions(settings.definitions)
 
     root = args.registry or settings.registry_dir
     if args.models_command == "list":
-        print(models_table(root, REFERENCE.fingerprint()))
+        print(models_table(root, fs.fingerprint()))
         return 0
     alias = args.alias or settings.model_alias
     # refuse what serving would refuse
-    read_artifacts(resolve(root, args.version), REFERENCE.fingerprint())
+    read_artifacts(resolve(root, args.version), fs.fingerprint())
     before = aliases(root).get(alias)
     set_alias(root, alias, args.version)
     print(f"{alias}: {before or '(unset)'} -> {args.version}")

@@ -88,6 +88,7 @@ def _serve(args: argparse.Namespace, settings: Any) -> int:
         prediction_log_dir=log_dir,
         kafka_bootstrap="" if args.no_prediction_log else settings.kafka_bootstrap,
         topic=settings.topic,
+        definitions=settings.definitions,
     )
     logging.getLogger("skewless.serving").info("starting: %r", config)
     return serve(config, on_started=lambda port: print(f"listening on port {port}", flush=True))
@@ -112,10 +113,10 @@ def _single_event(args: argparse.Namespace) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def read_events(path: Path) -> Iterator[Any]:
+def read_events(path: Path, plan: Any) -> Iterator[Any]:
     """Validated events from Parquet or JSON lines; invalid rows are reported on stderr
-    and skipped (the same rules as the stream)."""
-    from features.events import Event, InvalidEventError, validate_event
+    and skipped (the same rules as the stream: the definitions' schema)."""
+    from features.schema import FieldType, InvalidEventError
 
     if path.suffix in (".jsonl", ".json", ".ndjson"):
         with path.open() as f:
@@ -123,36 +124,39 @@ def read_events(path: Path) -> Iterator[Any]:
                 if not line.strip():
                     continue
                 try:
-                    yield validate_event(json.loads(line))
+                    yield plan.validator.validate(json.loads(line))
                 except (InvalidEventError, json.JSONDecodeError) as exc:
                     print(f"{path}:{n}: skipped: {exc}", file=sys.stderr)
         return
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from features.events import validate_table
-
-    valid, rejects = validate_table(pq.read_table(path))
+    valid, rejects = plan.validator.validate_table(pq.read_table(path))
     rows, reasons = rejects.column("row").to_pylist(), rejects.column("reason").to_pylist()
     for row, reason in zip(rows, reasons, strict=True):
         print(f"{path}: row {row}: skipped: {reason}", file=sys.stderr)
-    ts = pc.cast(valid.column("event_time"), "int64").to_pylist()
-    names = ("transaction_id", "card_id", "merchant_id", "amount", "currency", "country", "mcc")
-    cols = {n: valid.column(n).to_pylist() for n in names}
-    for i, t in enumerate(ts):
-        yield Event(
-            cols["transaction_id"][i], cols["card_id"][i], cols["merchant_id"][i],
-            cols["amount"][i], cols["currency"][i], cols["country"][i], cols["mcc"][i], t,
-        )  # fmt: skip
+    cols = []
+    for f in plan.schema.fields:
+        if f.name not in valid.column_names:
+            cols.append([None] * valid.num_rows)
+        elif f.type is FieldType.TIMESTAMP:
+            cols.append(pc.cast(valid.column(f.name), "int64").to_pylist())
+        else:
+            cols.append(valid.column(f.name).to_pylist())
+    for values in zip(*cols, strict=True):
+        yield plan.record._make(values)
 
 
 def _score(args: argparse.Namespace, settings: Any) -> int:
     import grpc
 
+    from features.loader import load_definitions
+    from features.plan import compile_plan
     from serving._proto.skewless.v1 import scorer_pb2 as pb
     from serving._proto.skewless.v1 import scorer_pb2_grpc as pb_grpc
-    from serving.convert import event_transaction, response_dict
+    from serving.convert import event_message, response_dict
 
+    plan = compile_plan(load_definitions(settings.definitions))
     address = args.address or settings.grpc_address
     metadata = [("authorization", f"Bearer {settings.auth_token}")] if settings.auth_token else []
     with grpc.insecure_channel(address) as channel:
@@ -160,21 +164,19 @@ def _score(args: argparse.Namespace, settings: Any) -> int:
         try:
             if args.file is None:
                 req = pb.ScoreRequest(
-                    transaction=event_transaction(_single_event(args)),
+                    event=event_message(_single_event(args), plan),
                     include_features=args.include_features,
                 )
                 resp = stub.Score(req, timeout=args.timeout, metadata=metadata)
                 print(json.dumps(response_dict(resp)))
                 return 0
             chunk: list[Any] = []
-            events = read_events(args.file)
+            events = read_events(args.file, plan)
             while True:
-                chunk = [event_transaction(e) for e in itertools.islice(events, args.batch_size)]
+                chunk = [event_message(e, plan) for e in itertools.islice(events, args.batch_size)]
                 if not chunk:
                     return 0
-                batch = pb.ScoreBatchRequest(
-                    transactions=chunk, include_features=args.include_features
-                )
+                batch = pb.ScoreBatchRequest(events=chunk, include_features=args.include_features)
                 out = stub.ScoreBatch(batch, timeout=args.timeout, metadata=metadata)
                 for r in out.responses:
                     print(json.dumps(response_dict(r)))

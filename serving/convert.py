@@ -1,46 +1,50 @@
 """Protobuf <-> domain objects, for the servicer and the client alike.
 
-Requests are validated by the *same* function as stream events
-(:func:`features.events.validate_event`), so a transaction the API accepts is exactly one
-the flow would accept. The error message is prefixed with the field's path in the
-request, e.g. ``transactions[3].amount: ...``.
+Requests are validated by the *same* rules as stream events: the running definitions'
+schema (:class:`features.validate.Validator`), so an event the API accepts is exactly one
+the flow would accept. A request carries the typed ``Transaction`` (the reference schema;
+its fields map by name onto the schema) or a generic ``Event`` (field name -> typed value).
+The error message is prefixed with the field's path in the request, e.g.
+``transactions[3].amount: ...``.
 
+>>> from features.plan import compile_plan
+>>> from features.reference import REFERENCE
 >>> from serving._proto.skewless.v1 import scorer_pb2 as pb
+>>> conv = EventConverter(compile_plan(REFERENCE))
 >>> tx = pb.Transaction(transaction_id="t1", card_id=7, merchant_id=3, amount=12.5,
 ...                     currency="EUR", country="FR", mcc=5411)
 >>> tx.event_time.CopyFrom(ms_timestamp(1767258000123))
->>> transaction_to_event(tx).event_time_ms
+>>> conv.transaction(tx).event_time_ms
 1767258000123
->>> tx.ClearField("card_id"); transaction_to_event(tx, "transactions[2]")
+>>> tx.ClearField("card_id"); conv.transaction(tx, "transactions[2]")
 Traceback (most recent call last):
 ...
-features.events.InvalidEventError: transactions[2].card_id: missing
+features.schema.InvalidEventError: transactions[2].card_id: missing
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from features.events import (
-    MAX_AMOUNT,
-    MAX_TIME_MS,
-    MIN_TIME_MS,
-    Event,
-    InvalidEventError,
-    event_time_ms,
-    validate_event,
-)
-from features.native import native
+from features.plan import Plan
+from features.schema import Field, FieldType, InvalidEventError
+from features.validate import parse_time_ms
 from serving._proto.skewless.v1 import scorer_pb2 as pb
 from serving.scorer import EntityStateInfo, InvalidRequestError, ScoreResult
 
+_NANOS = 1_000_000_000
+#: the bounds of a request's query time (``GetFeatures.at``): those of any event time
+_AT = Field("at", FieldType.TIMESTAMP)
 
-def timestamp_ms(ts: Timestamp) -> int:
+
+def timestamp_ms(ts: Timestamp, where: str = "timestamp") -> int:
     """Epoch milliseconds of a Timestamp (sub-millisecond digits are dropped)."""
+    if not 0 <= ts.nanos < _NANOS:
+        raise InvalidEventError(f"{where}: nanos {ts.nanos} is outside 0..999999999")
     return ts.seconds * 1000 + ts.nanos // 1_000_000
 
 
@@ -49,72 +53,89 @@ def ms_timestamp(ms: int) -> Timestamp:
     return Timestamp(seconds=seconds, nanos=rem * 1_000_000)
 
 
-def transaction_to_event(tx: pb.Transaction, where: str = "transaction") -> Event:
-    """A validated :class:`Event`; :class:`InvalidEventError` names ``where.<field>``.
-
-    A transaction that plainly passes every rule is built directly (the hot path); any
-    other goes through :func:`~features.events.validate_event`, which decides and names
-    the field (a test holds the two equal)."""
-    if (
-        tx.HasField("card_id")
-        and tx.HasField("merchant_id")
-        and tx.HasField("amount")
-        and tx.HasField("mcc")
-        and tx.HasField("event_time")
-    ):
-        txid, cur, ctry, amount, mcc = tx.transaction_id, tx.currency, tx.country, tx.amount, tx.mcc
-        ts = tx.event_time
-        ms = ts.seconds * 1000 + ts.nanos // 1_000_000
-        card, merchant = tx.card_id, tx.merchant_id
-        if (
-            0 < len(txid) <= 64
-            and card >= 0
-            and merchant >= 0
-            and 0.0 < amount <= MAX_AMOUNT
-            and 0 <= mcc <= 9999
-            and MIN_TIME_MS <= ms < MAX_TIME_MS
-            and len(cur) == 3
-            and len(ctry) == 2
-            and cur.isascii()
-            and cur.isalpha()
-            and cur.isupper()
-            and ctry.isascii()
-            and ctry.isalpha()
-            and ctry.isupper()
-        ):
-            return Event(txid, card, merchant, amount, cur, ctry, mcc, ms)
-    return _validated(tx, where)
+def _typed_getter(fd: Any) -> Callable[[Any], Any]:
+    """The value of a Transaction field as a JSON-like value (None when unset)."""
+    name = fd.name
+    if fd.message_type is not None and fd.message_type.full_name == "google.protobuf.Timestamp":
+        return lambda m: timestamp_ms(getattr(m, name), name) if m.HasField(name) else None
+    if fd.has_presence:
+        return lambda m: getattr(m, name) if m.HasField(name) else None
+    return lambda m: getattr(m, name)
 
 
-def _validated(tx: pb.Transaction, where: str) -> Event:
-    obj: dict[str, object] = {
-        "transaction_id": tx.transaction_id,
-        "card_id": tx.card_id if tx.HasField("card_id") else None,
-        "merchant_id": tx.merchant_id if tx.HasField("merchant_id") else None,
-        "amount": tx.amount if tx.HasField("amount") else None,
-        "currency": tx.currency,
-        "country": tx.country,
-        "mcc": tx.mcc if tx.HasField("mcc") else None,
-        "event_time": timestamp_ms(tx.event_time) if tx.HasField("event_time") else None,
-    }
-    try:
-        return validate_event(obj)
-    except InvalidEventError as exc:
-        raise InvalidEventError(f"{where}.{exc}") from None
+def _value(v: pb.Value, name: str) -> Any:
+    kind = v.WhichOneof("kind")
+    if kind is None:
+        return None
+    if kind == "timestamp_value":
+        return timestamp_ms(v.timestamp_value, name)
+    return getattr(v, kind)
 
 
-def request_event(req: pb.ScoreRequest, where: str = "") -> Event:
-    """The event of a ScoreRequest (``where`` prefixes the path, e.g. for a stream)."""
-    if not req.HasField("transaction"):
+class EventConverter:
+    """Request events -> validated event records, for one definitions' plan."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.validate = plan.validator.validate
+        self.names = plan.schema.names
+        typed = pb.Transaction.DESCRIPTOR.fields_by_name
+        self._typed = tuple(
+            (f.name, _typed_getter(typed[f.name])) for f in plan.schema.fields if f.name in typed
+        )
+        lacking = [f.name for f in plan.schema.fields if f.required and f.name not in typed]
+        self._typed_refusal = (
+            f"the running definitions (project {plan.fs.project}) need fields the typed "
+            f"Transaction lacks ({', '.join(lacking)}); send a generic `event`"
+            if lacking
+            else None
+        )
+
+    def _checked(self, obj: dict[str, Any], where: str) -> Any:
+        try:
+            return self.validate(obj)
+        except InvalidEventError as exc:
+            raise InvalidEventError(f"{where}.{exc}") from None
+
+    def transaction(self, tx: pb.Transaction, where: str = "transaction") -> Any:
+        """A validated event from the typed Transaction; errors name ``where.<field>``."""
+        if self._typed_refusal is not None:
+            raise InvalidEventError(f"{where}: {self._typed_refusal}")
+        try:
+            obj = {name: get(tx) for name, get in self._typed}
+        except InvalidEventError as exc:
+            raise InvalidEventError(f"{where}.{exc}") from None
+        return self._checked(obj, where)
+
+    def event(self, ev: pb.Event, where: str = "event") -> Any:
+        """A validated event from a generic Event (keys the schema lacks are ignored, as in
+        a stream message)."""
+        try:
+            obj = {k: _value(v, k) for k, v in ev.fields.items()}
+        except InvalidEventError as exc:
+            raise InvalidEventError(f"{where}.{exc}") from None
+        return self._checked(obj, where)
+
+    def request_event(self, req: pb.ScoreRequest, where: str = "") -> Any:
+        """The event of a ScoreRequest (``where`` prefixes the path, e.g. for a stream)."""
+        kind = req.WhichOneof("event_kind")
+        if kind == "transaction":
+            return self.transaction(req.transaction, f"{where}transaction")
+        if kind == "event":
+            return self.event(req.event, f"{where}event")
         raise InvalidEventError(f"{where}transaction: missing")
-    return transaction_to_event(req.transaction, f"{where}transaction")
 
-
-def batch_events(req: pb.ScoreBatchRequest, max_batch: int) -> list[Event]:
-    n = len(req.transactions)
-    if n > max_batch:
-        raise InvalidRequestError(f"transactions: {n} exceeds the maximum batch size {max_batch}")
-    return [transaction_to_event(tx, f"transactions[{i}]") for i, tx in enumerate(req.transactions)]
+    def batch_events(self, req: pb.ScoreBatchRequest, max_batch: int) -> list[Any]:
+        if len(req.transactions) and len(req.events):
+            raise InvalidRequestError("events: send either transactions or events, not both")
+        items = req.events if len(req.events) else req.transactions
+        what = "events" if len(req.events) else "transactions"
+        n = len(items)
+        if n > max_batch:
+            raise InvalidRequestError(f"{what}: {n} exceeds the maximum batch size {max_batch}")
+        if what == "events":
+            return [self.event(e, f"events[{i}]") for i, e in enumerate(items)]
+        return [self.transaction(tx, f"transactions[{i}]") for i, tx in enumerate(items)]
 
 
 def features_request(req: pb.GetFeaturesRequest) -> tuple[str, int, int]:
@@ -126,9 +147,9 @@ def features_request(req: pb.GetFeaturesRequest) -> tuple[str, int, int]:
     if not req.HasField("at"):
         raise InvalidRequestError("at: missing")
     try:
-        at = event_time_ms(timestamp_ms(req.at))
+        at = parse_time_ms(_AT, timestamp_ms(req.at, "at"))
     except InvalidEventError as exc:
-        raise InvalidRequestError(f"at{str(exc).removeprefix('event_time')}") from None
+        raise InvalidRequestError(str(exc)) from None
     return req.entity, req.entity_id, at
 
 
@@ -190,20 +211,49 @@ def batch_response(results: Sequence[ScoreResult], include_features: bool) -> pb
 # -- client side ---------------------------------------------------------------------
 
 
-def event_transaction(obj: Mapping[str, Any] | Event) -> pb.Transaction:
-    """A Transaction from an :class:`Event` or a JSON-like dict (event_time as epoch ms or
-    RFC 3339), validated first so the client fails before the network does."""
-    e = obj if isinstance(obj, Event) else validate_event(dict(obj))
-    return pb.Transaction(
-        transaction_id=e.transaction_id,
-        card_id=e.card_id,
-        merchant_id=e.merchant_id,
-        amount=e.amount,
-        currency=e.currency,
-        country=e.country,
-        mcc=e.mcc,
-        event_time=ms_timestamp(e.event_time_ms),
-    )
+def event_transaction(
+    obj: Mapping[str, Any] | tuple[Any, ...], plan: Plan | None = None
+) -> pb.Transaction:
+    """A typed Transaction from an event record or a JSON-like dict (times as epoch ms or
+    RFC 3339), validated first so the client fails before the network does. The typed
+    Transaction is the reference schema's message, so its plan is the default."""
+    if plan is None:
+        from features.plan import compile_plan
+        from features.reference import REFERENCE
+
+        plan = compile_plan(REFERENCE)
+    e = obj if isinstance(obj, tuple) else plan.validator.validate(dict(obj))
+    tx = pb.Transaction()
+    typed = pb.Transaction.DESCRIPTOR.fields_by_name
+    for f, v in zip(plan.schema.fields, e, strict=True):
+        if v is None or f.name not in typed:
+            continue
+        if f.type is FieldType.TIMESTAMP:
+            getattr(tx, f.name).CopyFrom(ms_timestamp(v))
+        else:
+            setattr(tx, f.name, v)
+    return tx
+
+
+def event_message(obj: Mapping[str, Any] | tuple[Any, ...], plan: Plan) -> pb.Event:
+    """A generic Event from an event record or a JSON-like dict, validated first."""
+    e = obj if isinstance(obj, tuple) else plan.validator.validate(dict(obj))
+    ev = pb.Event()
+    for f, v in zip(plan.schema.fields, e, strict=True):
+        if v is None:
+            continue
+        slot = ev.fields[f.name]
+        if f.type is FieldType.TIMESTAMP:
+            slot.timestamp_value.CopyFrom(ms_timestamp(v))
+        elif f.type is FieldType.BOOL:
+            slot.bool_value = v
+        elif f.type is FieldType.INT64:
+            slot.int_value = v
+        elif f.type is FieldType.FLOAT64:
+            slot.double_value = v
+        else:
+            slot.string_value = v
+    return ev
 
 
 def response_dict(resp: pb.ScoreResponse) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import grpc
 from grpc import aio
 
 from features.engine import QueryTooOldError
-from features.events import InvalidEventError
+from features.schema import InvalidEventError
 from features.store import StoreUnavailableError
 from serving.scorer import (
     CorruptStateError,

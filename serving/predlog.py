@@ -1,7 +1,9 @@
 """The prediction log: every scored event's features, score, model version and time.
 
 It is what makes skew *measurable* after the fact: the exact vector the model saw in
-serving, joinable on ``transaction_id`` with the backfill's vector for the same event.
+serving, joinable on the schema's event id with the backfill's vector for the same event.
+Every field of the definitions' schema is logged under its own name, the features as
+``f_<name>``.
 
 Off the hot path: a scorer call only appends one tuple to a buffer; a background thread
 turns buffered rows into Parquet files (embedded mode) or Kafka messages. Parquet files
@@ -11,7 +13,9 @@ never overwrites a log.
 
 >>> import tempfile, pathlib
 >>> d = pathlib.Path(tempfile.mkdtemp())
->>> log = ParquetPredictionLog(d).start()
+>>> from features.plan import compile_plan
+>>> from features.reference import REFERENCE
+>>> log = ParquetPredictionLog(d, compile_plan(REFERENCE)).start()
 >>> log.close(); sorted(p.name for p in d.iterdir())   # nothing scored, nothing written
 []
 """
@@ -33,8 +37,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from features.events import Event
+from features.plan import Plan
+from features.schema import EventSchema, FieldType
 from serving.scorer import ScoreResult
+
+Event = Any
+#: columns of the log itself; a schema field may not take one of these names
+RESERVED = ("scored_at", "model_version", "score", "decision", "warnings")
 
 log = logging.getLogger("skewless.serving.predlog")
 
@@ -113,8 +122,15 @@ def _rows(entries: list[_Entry]) -> list[tuple[int, Event, ScoreResult]]:
 class ParquetPredictionLog(_Buffered):
     """Embedded mode: ``<directory>/predictions-<n>.parquet``, one column per feature."""
 
-    def __init__(self, directory: Path, flush_rows: int = 10_000, flush_interval_s: float = 60.0):
+    def __init__(
+        self,
+        directory: Path,
+        plan: Plan,
+        flush_rows: int = 10_000,
+        flush_interval_s: float = 60.0,
+    ) -> None:
         super().__init__(flush_rows, flush_interval_s)
+        self.schema = _checked(plan.schema)
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         taken = [int(m.group(1)) for p in self.directory.iterdir() if (m := _FILE.match(p.name))]
@@ -129,28 +145,42 @@ class ParquetPredictionLog(_Buffered):
             path = self.directory / f"predictions-{self._next:06d}.parquet"
             self._next += 1
             tmp = path.with_name(f".{path.name}.tmp")
-            pq.write_table(_table(names, group), tmp)
+            pq.write_table(_table(self.schema, names, group), tmp)
             tmp.rename(path)
         return len(rows)
 
 
-def _table(names: tuple[str, ...], rows: list[tuple[int, Event, ScoreResult]]) -> pa.Table:
+def _checked(schema: EventSchema) -> EventSchema:
+    clash = [n for n in schema.names if n in RESERVED or n.startswith("f_")]
+    if clash:
+        raise ValueError(f"schema: field(s) {clash} clash with the prediction log's columns")
+    return schema
+
+
+_ARROW = {
+    FieldType.INT64: pa.int64(),
+    FieldType.FLOAT64: pa.float64(),
+    FieldType.STRING: pa.string(),
+    FieldType.BOOL: pa.bool_(),
+}
+
+
+def _table(
+    schema: EventSchema, names: tuple[str, ...], rows: list[tuple[int, Event, ScoreResult]]
+) -> pa.Table:
     ms = pa.timestamp("ms", tz="UTC")
     at, events, results = zip(*rows, strict=True)
     # events and results are named tuples: one C-level transpose gives every column
-    txid, card, merchant, amount, currency, country, mcc, event_time, _ = zip(*events, strict=True)
+    fields = zip(*events, strict=True)
     _, score, decision, _, version, _, features, _, warnings = zip(*results, strict=True)
     X = np.array(features, dtype=np.float64).reshape(len(rows), len(names))
-    cols: dict[str, pa.Array] = {
-        "scored_at": pa.array(at, pa.int64()).cast(ms),
-        "transaction_id": pa.array(txid, pa.string()),
-        "card_id": pa.array(card, pa.int64()),
-        "merchant_id": pa.array(merchant, pa.int64()),
-        "amount": pa.array(amount, pa.float64()),
-        "currency": pa.array(currency, pa.string()),
-        "country": pa.array(country, pa.string()),
-        "mcc": pa.array(mcc, pa.int32()),
-        "event_time": pa.array(event_time, pa.int64()).cast(ms),
+    cols: dict[str, pa.Array] = {"scored_at": pa.array(at, pa.int64()).cast(ms)}
+    for f, values in zip(schema.fields, fields, strict=True):
+        if f.type is FieldType.TIMESTAMP:
+            cols[f.name] = pa.array(values, pa.int64()).cast(ms)
+        else:
+            cols[f.name] = pa.array(values, _ARROW[f.type])
+    cols |= {
         "model_version": pa.array(version, pa.string()),
         "score": pa.array(score, pa.float64()),
         "decision": pa.array(decision, pa.bool_()),
@@ -161,18 +191,11 @@ def _table(names: tuple[str, ...], rows: list[tuple[int, Event, ScoreResult]]) -
     return pa.table(cols)
 
 
-def record(at: int, e: Event, r: ScoreResult) -> dict[str, Any]:
-    """One prediction as a JSON-able dict (missing features are null)."""
+def record(schema: EventSchema, at: int, e: Event, r: ScoreResult) -> dict[str, Any]:
+    """One prediction as a JSON-able dict (missing features are null; times epoch ms)."""
     return {
         "scored_at": at,
-        "transaction_id": e.transaction_id,
-        "card_id": e.card_id,
-        "merchant_id": e.merchant_id,
-        "amount": e.amount,
-        "currency": e.currency,
-        "country": e.country,
-        "mcc": e.mcc,
-        "event_time": e.event_time_ms,
+        **dict(zip(schema.names, e, strict=True)),
         "model_version": r.model_version,
         "score": r.score,
         "decision": r.decision,
@@ -185,12 +208,13 @@ def record(at: int, e: Event, r: ScoreResult) -> dict[str, Any]:
 
 
 class KafkaPredictionLog(_Buffered):
-    """Production: JSON messages on ``<topic>.predictions``, keyed by card id."""
+    """Production: JSON messages on ``<topic>.predictions``, keyed by the primary entity."""
 
     def __init__(
         self,
         bootstrap: str,
         topic: str,
+        plan: Plan,
         flush_rows: int = 1_000,
         flush_interval_s: float = 0.5,
         producer_config: dict[str, Any] | None = None,
@@ -199,6 +223,8 @@ class KafkaPredictionLog(_Buffered):
         from confluent_kafka import Producer
 
         self.topic = f"{topic}.predictions"
+        self.schema = _checked(plan.schema)
+        self.key = plan.primary.key
         config = {
             "bootstrap.servers": bootstrap,
             "linger.ms": 20,
@@ -217,11 +243,13 @@ class KafkaPredictionLog(_Buffered):
     def _write(self, entries: list[_Entry]) -> int:
         rows = _rows(entries)
         for at, e, r in rows:
-            value = json.dumps(record(at, e, r), separators=(",", ":"), allow_nan=False)
+            value = json.dumps(
+                record(self.schema, at, e, r), separators=(",", ":"), allow_nan=False
+            )
             while True:
                 try:
                     self._producer.produce(
-                        self.topic, value.encode(), str(e.card_id).encode(),
+                        self.topic, value.encode(), str(self.key(e)).encode(),
                         on_delivery=self._delivered,
                     )  # fmt: skip
                     break

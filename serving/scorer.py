@@ -2,19 +2,21 @@
 
 No gRPC in here, so every rule is unit-testable without a server. Per request the scorer
 
-1. reads the state of every entity of the event (card, merchant) from the online store in
-   **one round trip** (``store.read_states``);
+1. reads the state of every entity of the event (e.g. card and merchant) from the online
+   store in **one round trip** (``store.read_states``), the keys read by the definitions'
+   plan (:mod:`features.plan`);
 2. decodes each state and *finalizes it at the event's own time* ``t``: only events
    ``< t`` count. So values are request-time correct (R2: a card idle for 3 h has
    ``card_txn_count_1h == 0``) and the scored event never sees itself (R1), even when the
    stream already ingested it;
-3. adds the request-time features (the same function the backfill uses), builds the
-   vector in the model's ``feature_names`` order and predicts.
+3. adds the request-time features (the plan's functions, which the backfill runs too),
+   builds the vector in the model's ``feature_names`` order and predicts.
 
 The model is swapped atomically by :meth:`Scorer.install`: a request reads the current
 :class:`_Plan` once, so a reload in the middle of a request cannot mix two models.
 
->>> Scorer().score(None)  # doctest: +ELLIPSIS
+>>> from features.reference import REFERENCE
+>>> Scorer(REFERENCE).score(None)  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
 serving.scorer.NotReadyError: store: the online store is not connected yet
@@ -32,17 +34,16 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 import numpy as np
 
 from features.definitions import FeatureSet
-from features.engine import Engine, EntityLayout, QueryTooOldError
-from features.events import Event
+from features.engine import QueryTooOldError
 from features.native import NativeLayout
-from features.reference import REFERENCE
-from features.request import CARD_MEAN_FEATURE, request_features
+from features.plan import EntityPlan, Plan, compile_plan
 from flows.registry import RegistryError
 
 if TYPE_CHECKING:  # only the type is needed
     from features.store import OnlineStore
 
-#: the window feature request-time features are relative to (see features.request)
+#: an event record of the definitions' schema (a named tuple, schema order)
+Event = Any
 
 
 class NotReadyError(RuntimeError):
@@ -129,19 +130,25 @@ def _max_seen(raw: bytes | None) -> int | None:
 class _Reader:
     """One entity's layout, run by the native core: bytes -> values at ``t``."""
 
-    def __init__(self, layout: EntityLayout) -> None:
-        self.layout = layout
-        self.core = NativeLayout(layout).core
-        self.name = layout.entity.name
-        self.join_key = layout.entity.join_key
-        self.names = layout.names
+    def __init__(self, plan: EntityPlan, time_field: str) -> None:
+        self.layout = plan.layout
+        self.core = NativeLayout(plan.layout).core
+        self.name = plan.name
+        self.join_key = plan.join_key
+        self.key = plan.key
+        self.names = plan.names
+        self.time_field = time_field
+
+    def too_old(self, exc: QueryTooOldError) -> QueryTooOldError:
+        """The engine's refusal, naming the schema's own time field."""
+        return QueryTooOldError(f"{self.time_field}{str(exc).removeprefix('event_time')}")
 
     def values(self, raw: bytes | None, entity_id: int, t: int) -> list[Any]:
         """Window values at ``t`` from stored bytes (None: the entity was never seen)."""
         try:
             return self.core.features(raw, t)
-        except QueryTooOldError:
-            raise
+        except QueryTooOldError as exc:
+            raise self.too_old(exc) from None
         except ValueError as exc:
             raise CorruptStateError(f"{self.name} {entity_id}: {exc}") from None
 
@@ -194,22 +201,21 @@ class Scorer:
 
     def __init__(
         self,
+        fs: FeatureSet,
         store: OnlineStore | None = None,
-        fs: FeatureSet = REFERENCE,
         *,
         sink: PredictionSink | None = None,
     ) -> None:
-        engine = Engine(fs)
         self.fs = fs
+        self.plan: Plan = compile_plan(fs)
         self.store = store
         self.sink = sink
-        self._readers = tuple(_Reader(engine.layout(e.name)) for e in fs.entities)
+        time_field = fs.schema.event_time
+        self._readers = tuple(_Reader(p, time_field) for p in self.plan.entities)
         self._by_entity = {r.name: r for r in self._readers}
         self._plan: _Plan | None = None
-        owner = next((r for r in self._readers if CARD_MEAN_FEATURE in r.names), None)
-        self._mean_at: tuple[int, int] | None = None
-        if owner is not None:
-            self._mean_at = (self._readers.index(owner), owner.names.index(CARD_MEAN_FEATURE))
+        self._event_id = self.plan.event_id
+        self._event_time = self.plan.event_time
 
     # -- model -----------------------------------------------------------------------
     def install(self, model: Model) -> None:
@@ -240,29 +246,28 @@ class Scorer:
         """Score one validated event (the latency path: :meth:`score_batch`'s rules, for
         one event, with as little in between as possible; the tests hold them equal)."""
         store, plan = self._ready()
-        readers, t = self._readers, event.event_time_ms
-        keys = [(r.name, getattr(event, r.join_key)) for r in readers]
+        readers, t = self._readers, self._event_time(event)
+        keys = [(r.name, r.key(event)) for r in readers]
         raws = store.read_states(keys)
         row = [math.nan] * plan.n
         warnings: list[str] = []
         ents = []
-        mean = math.nan
-        mean_at = self._mean_at
+        window = []
         for j, r in enumerate(readers):
             entity_id, raw = keys[j][1], raws[j]
             values = r.values(raw, entity_id, t)
+            window.append(values)
             ents.append(r.info(raw, entity_id, _max_seen(raw), t, warnings))
             for c, v in zip(plan.columns[j], values, strict=True):
                 row[c] = v
-            if mean_at is not None and mean_at[0] == j:
-                mean = values[mean_at[1]]
-        for c, v in zip(plan.request_columns, request_features(event.amount, t, mean), strict=True):
+        request = self.plan.request_one(event, window)
+        for c, v in zip(plan.request_columns, request, strict=True):
             row[c] = v
         X = plan.row()
         X[0] = row
         p = float(plan.model.predict(X)[0])
         result = ScoreResult(
-            event.transaction_id, p, p >= plan.threshold, plan.threshold, plan.version,
+            self._event_id(event), p, p >= plan.threshold, plan.threshold, plan.version,
             plan.names, X[0].tolist(), tuple(ents), tuple(warnings),
         )  # fmt: skip
         if self.sink is not None:
@@ -285,14 +290,15 @@ class Scorer:
         features, one predict). The tests hold the two equal."""
         store, plan = self._ready()
         readers, n = self._readers, len(events)
-        ids = [[getattr(e, r.join_key) for e in events] for r in readers]
+        ids = [[r.key(e) for e in events] for r in readers]
         unique = list(
             dict.fromkeys((r.name, i) for r, col in zip(readers, ids, strict=True) for i in col)
         )
         raws = dict(zip(unique, store.read_states(unique), strict=True))
         if deadline is not None and time.monotonic() > deadline:
             raise DeadlineExceededError(f"deadline: passed after 0 of {n} events")
-        t = np.fromiter((e.event_time_ms for e in events), dtype=np.int64, count=n)
+        time_of = self._event_time
+        t = np.fromiter((time_of(e) for e in events), dtype=np.int64, count=n)
         t_list = t.tolist()
         X = np.empty((n, plan.n), dtype=np.float64)
         infos: list[list[EntityStateInfo]] = [[] for _ in range(n)]
@@ -304,26 +310,37 @@ class Scorer:
             except ValueError as exc:
                 index, error = exc.args if len(exc.args) == 2 else (0, exc)
                 if isinstance(error, QueryTooOldError):
-                    raise BatchItemError(index, error) from None
+                    raise BatchItemError(index, r.too_old(error)) from None
                 raise CorruptStateError(f"{r.name} {col[index]}: {error}") from None
             X[:, plan.columns[j]] = np.frombuffer(block, dtype=np.float64).reshape(n, -1)
             newest = {i: _max_seen(raws[(r.name, i)]) for i in set(col)}
             for k, (i, data, tk) in enumerate(zip(col, datas, t_list, strict=True)):
                 infos[k].append(r.info(data, i, newest[i], tk, warnings[k]))
-        amount = np.fromiter((e.amount for e in events), dtype=np.float64, count=n)
-        if self._mean_at is not None:
-            j, pos = self._mean_at
-            mean = X[:, plan.columns[j][pos]]
-        else:
-            mean = np.full(n, math.nan)
-        for c, v in zip(plan.request_columns, request_features(amount, t, mean), strict=True):
-            X[:, c] = v
+        where = {
+            name: plan.columns[j][i]
+            for j, r in enumerate(readers)
+            for i, name in enumerate(r.names)
+        }
+        schema = self.plan.schema
+
+        def column(name: str) -> np.ndarray | None:
+            if name in where:
+                return X[:, where[name]]
+            if name == schema.event_time:
+                return t
+            at = schema.position(name)
+            return np.array([e[at] for e in events], dtype=object)
+
+        request = self.plan.request_many(column, n)
+        for c, name in zip(plan.request_columns, self.fs.request_features, strict=True):
+            X[:, c] = request[name]
         p = plan.model.predict(X).tolist()
         rows = X.tolist()
         threshold, version, names = plan.threshold, plan.version, plan.names
+        event_id = self._event_id
         results = [
             ScoreResult(
-                e.transaction_id, p[k], p[k] >= threshold, threshold, version, names, rows[k],
+                event_id(e), p[k], p[k] >= threshold, threshold, version, names, rows[k],
                 tuple(infos[k]), tuple(warnings[k]),
             )
             for k, e in enumerate(events)

@@ -31,7 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from features.reference import REFERENCE
+from features.loader import load_definitions
 from features.store import OnlineStore, StoreConfig, StoreUnavailableError, open_store
 from serving._proto.skewless.v1 import scorer_pb2 as pb
 from serving._proto.skewless.v1 import scorer_pb2_grpc as pb_grpc
@@ -71,6 +71,8 @@ class ServerConfig:
     #: Kafka prediction log (``<topic>.predictions``) when a bootstrap is given
     kafka_bootstrap: str = ""
     topic: str = "transactions"
+    #: the definitions module or file (empty: the reference fraud set)
+    definitions: str = ""
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -96,14 +98,15 @@ class ScoringServer:
         self.config = config
         self._store_factory = store_factory or self._default_store
         self.metrics = Metrics() if config.metrics_port else None
+        self.scorer = scorer or Scorer(load_definitions(config.definitions))
+        plan = self.scorer.plan
         self.predictions: ParquetPredictionLog | KafkaPredictionLog | None = None
         if config.kafka_bootstrap:
-            self.predictions = KafkaPredictionLog(config.kafka_bootstrap, config.topic)
+            self.predictions = KafkaPredictionLog(config.kafka_bootstrap, config.topic, plan)
         elif config.prediction_log_dir is not None:
             self.predictions = ParquetPredictionLog(
-                config.prediction_log_dir, flush_rows=config.prediction_flush_rows
+                config.prediction_log_dir, plan, flush_rows=config.prediction_flush_rows
             )
-        self.scorer = scorer or Scorer(fs=REFERENCE)
         self.scorer.sink = self.predictions
         self.watcher = ModelWatcher(
             config.registry_dir,
@@ -122,7 +125,8 @@ class ScoringServer:
 
     def _default_store(self) -> OnlineStore:
         c = self.config
-        return open_store(StoreConfig(c.redis_url, c.feast_dir, c.store_timeout_s), REFERENCE)
+        store_cfg = StoreConfig(c.redis_url, c.feast_dir, c.store_timeout_s)
+        return open_store(store_cfg, self.scorer.fs)
 
     def _on_model(self, outcome: str, version: str) -> None:
         if outcome == "loaded" and gc.isenabled():

@@ -19,15 +19,13 @@ from concurrent.futures import Executor
 from typing import Any
 
 from features.engine import QueryTooOldError
-from features.events import Event
 from serving._proto.skewless.v1 import scorer_pb2 as pb
 from serving._proto.skewless.v1 import scorer_pb2_grpc as pb_grpc
 from serving.convert import (
-    batch_events,
+    EventConverter,
     batch_response,
     feature_protos,
     features_request,
-    request_event,
     score_response,
     state_proto,
 )
@@ -42,6 +40,10 @@ def _at(path: str, exc: Exception) -> Exception:
     return type(exc)(f"{path}.{exc}")
 
 
+def _kind(request: pb.ScoreRequest) -> str:
+    return request.WhichOneof("event_kind") or "transaction"
+
+
 def _deadline(context: Any) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
@@ -52,32 +54,36 @@ class ScorerServicer(pb_grpc.ScorerServicer):
         self, scorer: Scorer, max_batch_size: int, executor: Executor | None = None
     ) -> None:
         self.scorer = scorer
+        self.convert = EventConverter(scorer.plan)
         self.max_batch_size = max_batch_size
         self.executor = executor
 
-    def _score_one(self, event: Event, path: str) -> ScoreResult:
+    def _score_one(self, event: Any, path: str) -> ScoreResult:
         try:
             return self.scorer.score(event)
         except QueryTooOldError as exc:
             raise _at(path, exc) from None
 
     async def Score(self, request: pb.ScoreRequest, context: Any) -> pb.ScoreResponse:
-        result = self._score_one(request_event(request), "transaction")
+        result = self._score_one(self.convert.request_event(request), _kind(request))
         return score_response(result, request.include_features)
 
     async def ScoreBatch(
         self, request: pb.ScoreBatchRequest, context: Any
     ) -> pb.ScoreBatchResponse:
-        events = batch_events(request, self.max_batch_size)
+        events = self.convert.batch_events(request, self.max_batch_size)
         if not events:
             return pb.ScoreBatchResponse()
-        results = await self._batch(events, _deadline(context))
+        what = "events" if len(request.events) else "transactions"
+        results = await self._batch(events, _deadline(context), what)
         return batch_response(results, request.include_features)
 
-    async def _batch(self, events: Sequence[Event], deadline: float | None) -> list[ScoreResult]:
+    async def _batch(
+        self, events: Sequence[Any], deadline: float | None, what: str
+    ) -> list[ScoreResult]:
         try:
             if len(events) == 1:
-                return [self._score_one(events[0], "transactions[0]")]
+                return [self._score_one(events[0], f"{what}[0]")]
             if len(events) <= INLINE_BATCH or self.executor is None:
                 return self.scorer.score_batch(events, deadline)
             loop = asyncio.get_running_loop()
@@ -85,15 +91,15 @@ class ScorerServicer(pb_grpc.ScorerServicer):
                 self.executor, self.scorer.score_batch, events, deadline
             )
         except BatchItemError as exc:
-            raise _at(f"transactions[{exc.index}]", exc.error) from None
+            raise _at(f"{what}[{exc.index}]", exc.error) from None
 
     async def ScoreStream(
         self, request_iterator: AsyncIterator[pb.ScoreRequest], context: Any
     ) -> AsyncIterator[pb.ScoreResponse]:
         n = 0
         async for request in request_iterator:
-            event = request_event(request, f"message {n}: ")
-            result = self._score_one(event, f"message {n}: transaction")
+            event = self.convert.request_event(request, f"message {n}: ")
+            result = self._score_one(event, f"message {n}: {_kind(request)}")
             yield score_response(result, request.include_features)
             n += 1
 
@@ -104,7 +110,8 @@ class ScorerServicer(pb_grpc.ScorerServicer):
         try:
             f = self.scorer.entity_features(entity, entity_id, at)
         except QueryTooOldError as exc:
-            raise QueryTooOldError(f"at{str(exc).removeprefix('event_time')}") from None
+            field = self.scorer.fs.schema.event_time
+            raise QueryTooOldError(f"at{str(exc).removeprefix(field)}") from None
         return pb.GetFeaturesResponse(
             state=state_proto(f.state),
             features=feature_protos(f.names, f.values),

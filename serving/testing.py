@@ -3,11 +3,12 @@
 * :func:`publish_synthetic_model` registers a small XGBoost model (+ its ONNX artifact,
   exported by the training module's own exporter) with the metadata ``skewless train``
   writes, so :func:`serving.model.load_model` accepts it exactly like a trained one.
-* :func:`write_states` folds events into engine states and writes them to an online
-  store the way the streaming flow does (state bytes + as-of-last-event values).
+* :func:`fold_states` folds events into engine states (the native core, through the
+  definitions' plan) and :func:`write_states` writes them to an online store the way the
+  streaming flow does (state bytes + as-of-last-event values).
 
->>> from features.events import Event
->>> states = fold_states([Event("t1", 7, 3, 10.0, "EUR", "FR", 5411, 1_000_000)])
+>>> from features.reference import REFERENCE, Event
+>>> states = fold_states([Event("t1", 7, 3, 10.0, "EUR", "FR", 5411, 1_000_000)], REFERENCE)
 >>> sorted(states), sorted(states["card"])
 (['card', 'merchant'], [7])
 """
@@ -20,51 +21,41 @@ from typing import Any
 
 import numpy as np
 
-from features.codec import StateCodec
 from features.definitions import FeatureSet
-from features.engine import Engine, EntityState, txid_hash
-from features.events import Event
-from features.reference import REFERENCE
+from features.engine import txid_hash
+from features.native import NativeLayout
+from features.plan import compile_plan
 from features.store import OnlineRow, OnlineStore
 from flows.registry import publish, set_alias
 
 
-def fold_states(events: Iterable[Event], fs: FeatureSet = REFERENCE) -> dict[str, dict[int, Any]]:
-    """``{entity: {entity_id: EntityState}}`` after applying ``events`` (stream rules:
-    duplicates and too-late events decided on the primary entity)."""
-    engine = Engine(fs)
-    out: dict[str, dict[int, EntityState]] = {e.name: {} for e in fs.entities}
-    primary = engine.layout(fs.primary.name)
-    others = [engine.layout(e.name) for e in fs.entities if e != fs.primary]
+def fold_states(events: Iterable[Any], fs: FeatureSet) -> dict[str, dict[int, Any]]:
+    """``{entity: {entity_id: state}}`` after applying ``events`` (stream rules: every
+    entity decides duplicates and too-late events on its own events), on the native core."""
+    plan = compile_plan(fs)
+    out: dict[str, dict[int, Any]] = {p.name: {} for p in plan.entities}
+    cores = [(p, NativeLayout(p.layout)) for p in plan.entities]
     for ev in events:
-        key = getattr(ev, primary.entity.join_key)
-        state = out[primary.entity.name].setdefault(key, primary.new_state())
-        outcome = primary.update(
-            state, ev.event_time_ms, (ev.amount,), txid_hash(ev.transaction_id)
-        )
-        if outcome.name != "APPLIED":
-            continue
-        for layout in others:
-            k = getattr(ev, layout.entity.join_key)
-            s = out[layout.entity.name].setdefault(k, layout.new_state())
-            layout.update(s, ev.event_time_ms, (ev.amount,))
+        t, txid = plan.event_time(ev), txid_hash(plan.event_id(ev))
+        for p, core in cores:
+            state = out[p.name].get(p.key(ev))
+            if state is None:
+                state = out[p.name][p.key(ev)] = core.new_state()
+            core.update(state, t, p.values(ev), txid)
     return out
 
 
-def write_states(
-    store: OnlineStore, states: dict[str, dict[int, Any]], fs: FeatureSet = REFERENCE
-) -> int:
+def write_states(store: OnlineStore, states: dict[str, dict[int, Any]], fs: FeatureSet) -> int:
     """Write folded states as the streaming flow does; returns the rows written."""
-    engine = Engine(fs)
+    plan = compile_plan(fs)
     n = 0
     for entity, by_id in states.items():
-        layout = engine.layout(entity)
-        codec = StateCodec(layout)
-        rows = [
-            OnlineRow(k, s.max_seen, layout.as_of_last(s), codec.encode(s))
-            for k, s in by_id.items()
-            if s.max_seen is not None
-        ]
+        core = NativeLayout(plan.entity(entity).layout).core
+        rows = []
+        for k, s in by_id.items():
+            if s.max_seen is not None:
+                features, blob = core.row(s)
+                rows.append(OnlineRow(k, s.max_seen, features, blob))
         for i in range(0, len(rows), 1000):
             store.write(entity, rows[i : i + 1000])
         n += len(rows)
@@ -74,21 +65,19 @@ def write_states(
 def synthetic_training_data(
     names: tuple[str, ...], rows: int = 2_000, seed: int = 7
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Feature-like random data with a learnable fraud rule (bursts, big ratios)."""
+    """Feature-like random data with a learnable rule (large first or last column)."""
     rng = np.random.default_rng(seed)
     X = rng.gamma(2.0, 2.0, size=(rows, len(names)))
     X[rng.random(X.shape) < 0.1] = np.nan
-    col = {n: i for i, n in enumerate(names)}
-    burst = np.nan_to_num(X[:, col.get("card_txn_count_10m", 0)]) > 6
-    ratio = np.nan_to_num(X[:, col.get("amount_to_card_mean_7d", 0)]) > 7
-    y = ((burst | ratio) ^ (rng.random(rows) < 0.02)).astype(np.float64)
+    first, last = np.nan_to_num(X[:, 0]) > 8, np.nan_to_num(X[:, -1]) > 9
+    y = ((first | last) ^ (rng.random(rows) < 0.02)).astype(np.float64)
     return X, y
 
 
 def publish_synthetic_model(
     registry: Path,
     *,
-    fs: FeatureSet = REFERENCE,
+    fs: FeatureSet,
     fingerprint: str | None = None,
     rounds: int = 20,
     max_depth: int = 3,

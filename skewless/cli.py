@@ -32,6 +32,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data-dir", type=Path, help="default output folder (SKEWLESS_DATA_DIR)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING (SKEWLESS_LOG_LEVEL)")
+    p.add_argument(
+        "--definitions",
+        metavar="MODULE_OR_FILE",
+        help="your definitions module or .py file (SKEWLESS_DEFINITIONS; default: the "
+        "reference fraud set, features.reference)",
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("simulate", help="seeded transactions with fraud labels, as Parquet")
@@ -123,10 +129,10 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("backfill")
 def _backfill(args: argparse.Namespace, settings: Settings) -> int:
-    from features.reference import REFERENCE
+    from features.loader import load_definitions
     from flows.backfill import run_backfill
 
-    report = run_backfill(REFERENCE, args.events, args.out, args.spine)
+    report = run_backfill(load_definitions(settings.definitions), args.events, args.out, args.spine)
     print(report.to_json())
     return 0
 
@@ -153,8 +159,11 @@ def _produce(args: argparse.Namespace, settings: Settings) -> int:
 
     preflight(settings)
     topic = args.topic or settings.topic
+    from features.loader import load_definitions
+
+    fs = load_definitions(settings.definitions)
     report = produce_file(
-        settings.kafka_bootstrap, topic, args.events, args.rate, sys.stderr.isatty()
+        fs, settings.kafka_bootstrap, topic, args.events, args.rate, sys.stderr.isatty()
     )
     print(report.to_json())
     return 0 if report.failed == 0 else 1
@@ -184,10 +193,15 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     tune_grpc()
     args = _parser().parse_args(argv)
-    from features.events import SchemaError
+    from features.schema import SchemaError
 
     try:
-        settings = Settings.from_env(os.environ, data_dir=args.data_dir, log_level=args.log_level)
+        settings = Settings.from_env(
+            os.environ,
+            data_dir=args.data_dir,
+            log_level=args.log_level,
+            definitions=args.definitions,
+        )
     except ValueError as exc:
         print(f"skewless: {exc}", file=sys.stderr)
         return 2

@@ -219,10 +219,12 @@ def _score_over_grpc(
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    from features.plan import compile_plan
     from serving._proto.skewless.v1 import scorer_pb2 as pb
     from serving._proto.skewless.v1 import scorer_pb2_grpc as pb_grpc
     from serving.convert import event_transaction
 
+    plan = compile_plan(REFERENCE)
     port = _free_port()
     log = (out / "serve.log").open("wb")
     cmd = [sys.executable, "-m", "skewless", "--data-dir", str(out), "serve",
@@ -248,7 +250,7 @@ def _score_over_grpc(
         for row in tqdm(scored.to_pylist(), desc="score", disable=not sys.stderr.isatty()):
             row["event_time"] = int(row["event_time"].timestamp() * 1000)
             row.pop("is_fraud", None)
-            req = pb.ScoreRequest(transaction=event_transaction(row), include_features=True)
+            req = pb.ScoreRequest(transaction=event_transaction(row, plan), include_features=True)
             t0 = time.perf_counter()
             resp = stub.Score(req, timeout=5)
             latencies.append((time.perf_counter() - t0) * 1000)

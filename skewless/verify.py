@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from features.backfill import window_features
-from features.codec import StateCodec
 from features.definitions import FeatureSet, Op
-from features.engine import Engine
+from features.native import NativeLayout
+from features.plan import compile_plan
 from features.store import OnlineStore
 from flows.backfill import AcceptedEvents
 
@@ -78,13 +78,13 @@ def check_online_states(
 ) -> SkewReport:
     """Compare every feature of a sample of entities at several exact query times."""
     rng = np.random.default_rng(seed)
-    engine = Engine(fs)
     report = SkewReport()
-    scale = float(max((v.max() for v in events.fields.values() if len(v)), default=1.0))
-    for entity in fs.entities:
-        layout = engine.layout(entity.name)
-        codec = StateCodec(layout)
-        ids = np.unique(events.keys[entity.name])
+    scale = _scale(events)
+    for entity in compile_plan(fs).entities:
+        layout = entity.layout
+        core = NativeLayout(layout)
+        mine = events.by_entity[entity.name]
+        ids = np.unique(mine.keys)
         if len(ids) > sample_per_entity:
             ids = np.sort(rng.choice(ids, sample_per_entity, replace=False))
         raw = store.read_states([(entity.name, int(i)) for i in ids])
@@ -94,23 +94,23 @@ def check_online_states(
             if blob is None:
                 missing += 1
                 continue
-            state = codec.decode(blob)
+            state = core.decode(blob, readonly=True)
             assert state.max_seen is not None
             lo, hi = state.max_seen - layout.horizon_ms, state.max_seen + 1
             times = [hi, *rng.integers(lo, hi + 1, size=times_per_entity - 1).tolist()]
             for t in times:
                 q_keys.append(int(entity_id))
                 q_t.append(int(t))
-                finals.append(layout.finalize(state, int(t)))
+                finals.append(core.finalize(state, int(t)))
         report.entities[entity.name] = len(ids)
         report.missing_states[entity.name] = missing
         if not q_keys:
             continue
         bf = window_features(
-            fs, entity.name, events.keys[entity.name], events.ts, events.fields,
+            fs, entity.name, mine.keys, mine.ts, mine.fields,
             np.array(q_keys, dtype=np.int64), np.array(q_t, dtype=np.int64),
         )  # fmt: skip
-        for pos, agg in enumerate(fs.for_entity(entity)):
+        for pos, agg in enumerate(fs.for_entity(entity.name)):
             skew = report.features.setdefault(agg.name, FeatureSkew())
             col = bf[agg.name]
             for i, vals in enumerate(finals):
@@ -126,6 +126,17 @@ def check_online_states(
                 if math.isfinite(err):
                     skew.max_rel_error = max(skew.max_rel_error, err)
     return report
+
+
+def _scale(events: AcceptedEvents) -> float:
+    """The largest aggregated value: the absolute tolerance of std is relative to it."""
+    tops = [
+        float(np.abs(v).max())
+        for e in events.by_entity.values()
+        for v in e.fields.values()
+        if len(v)
+    ]
+    return max(tops, default=1.0)
 
 
 @dataclass
@@ -153,10 +164,11 @@ def check_predictions(
     out = PredictionSkew(rows=log.num_rows)
     if not log.num_rows:
         return out
-    spine = log.select(["transaction_id", "card_id", "merchant_id", "amount", "event_time"])
+    spine = log.select([n for n in fs.schema.names if n in log.column_names])
     want = compute_features(fs, spine, events)
     ops = {a.name: a.op for a in fs.aggregations}
-    scale = float(max((v.max() for v in events.fields.values() if len(v)), default=1.0))
+    scale = _scale(events)
+    event_id = fs.schema.event_id
     bad_rows = np.zeros(log.num_rows, dtype=bool)
     X = np.empty((log.num_rows, len(fs.feature_names)))  # the backfill's vectors
     S = np.empty_like(X)  # the served ones
@@ -172,9 +184,9 @@ def check_predictions(
                 skew.mismatches += 1
                 bad_rows[i] = True
                 if len(skew.examples) < 5:
-                    tx = log.column("transaction_id")[i].as_py()
+                    tx = log.column(event_id)[i].as_py()
                     skew.examples.append(
-                        {"transaction_id": tx, "served": float(got[i]), "backfill": float(exp[i])}
+                        {event_id: tx, "served": float(got[i]), "backfill": float(exp[i])}
                     )
             if math.isfinite(err):
                 skew.max_rel_error = max(skew.max_rel_error, err)
@@ -209,17 +221,19 @@ def run_verify(args: Any, settings: Any) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from features.reference import REFERENCE
+    from features.loader import load_definitions
     from features.store import StoreConfig, open_store
     from flows.backfill import BackfillReport, load_events
 
+    fs = load_definitions(settings.definitions)
     if args.events is not None:
         table = pq.read_table(args.events)
     else:
-        table = read_topic(settings.kafka_bootstrap, args.topic or settings.topic, args.to_offset)
-    _, events, _, _ = load_events(REFERENCE, table, BackfillReport())
-    store = open_store(StoreConfig(settings.redis_url, settings.data_dir / "feast"), REFERENCE)
-    state = check_online_states(REFERENCE, store, events, sample_per_entity=args.sample)
+        topic = args.topic or settings.topic
+        table = read_topic(fs, settings.kafka_bootstrap, topic, args.to_offset)
+    _, events, _, _ = load_events(fs, table, BackfillReport())
+    store = open_store(StoreConfig(settings.redis_url, settings.data_dir / "feast"), fs)
+    state = check_online_states(fs, store, events, sample_per_entity=args.sample)
     body: dict[str, Any] = {"online_state": _json.loads(state.to_json())}
     total = state.mismatches
     pred_dir = args.predictions or settings.data_dir / "predictions"
@@ -227,7 +241,7 @@ def run_verify(args: Any, settings: Any) -> int:
     if files:
         log = pa.concat_tables([pq.read_table(f) for f in files])
         registry = args.registry or settings.registry_dir
-        preds = check_predictions(REFERENCE, log, events, registry if registry.exists() else None)
+        preds = check_predictions(fs, log, events, registry if registry.exists() else None)
         body["predictions"] = {**asdict(preds), "mismatches": preds.mismatches}
         total += preds.mismatches
     body["mismatches"] = total
@@ -235,7 +249,7 @@ def run_verify(args: Any, settings: Any) -> int:
     return 1 if total else 0
 
 
-def read_topic(bootstrap: str, topic: str, to_offset: int | None = None) -> Any:
+def read_topic(fs: FeatureSet, bootstrap: str, topic: str, to_offset: int | None = None) -> Any:
     """A topic's valid events as an events table, partition by partition in offset order
     (each card's order, which is what dedup and too-late routing depend on). Invalid
     messages are skipped, as the flow sends them to the DLQ. ``to_offset`` (exclusive)
@@ -243,8 +257,9 @@ def read_topic(bootstrap: str, topic: str, to_offset: int | None = None) -> Any:
     import pyarrow as pa
     from confluent_kafka import Consumer, TopicPartition
 
-    from features.events import InvalidEventError, parse_event
+    from features.schema import FieldType, InvalidEventError
 
+    parse = compile_plan(fs).validator.parse
     if not bootstrap:
         raise ValueError("--topic: set SKEWLESS_KAFKA_BOOTSTRAP (the broker to read from)")
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"skewless-verify-{topic}",
@@ -269,16 +284,14 @@ def read_topic(bootstrap: str, topic: str, to_offset: int | None = None) -> Any:
             if at >= end:
                 break
             try:
-                e = parse_event(msg.value() or b"")
+                rows.append(parse(msg.value() or b""))
             except InvalidEventError:
                 continue
-            rows.append({
-                "transaction_id": e.transaction_id, "card_id": e.card_id,
-                "merchant_id": e.merchant_id, "amount": e.amount, "currency": e.currency,
-                "country": e.country, "mcc": e.mcc, "event_time": e.event_time_ms,
-            })  # fmt: skip
     consumer.close()
-    from flows.simulate import EVENT_SCHEMA
-
-    schema = pa.schema([f for f in EVENT_SCHEMA if f.name != "is_fraud"])
-    return pa.Table.from_pylist(rows, schema=schema.set(7, pa.field("event_time", pa.int64())))
+    arrow = {FieldType.INT64: pa.int64(), FieldType.FLOAT64: pa.float64(),
+             FieldType.STRING: pa.string(), FieldType.BOOL: pa.bool_(),
+             FieldType.TIMESTAMP: pa.int64()}  # fmt: skip
+    cols = list(zip(*rows, strict=True)) if rows else [() for _ in fs.schema.fields]
+    return pa.table(
+        {f.name: pa.array(c, arrow[f.type]) for f, c in zip(fs.schema.fields, cols, strict=True)}
+    )

@@ -12,7 +12,6 @@ from typing import Any
 
 from features.definitions import FeatureSet
 from features.feast_objects import (
-    PROJECT,
     bootstrap_field,
     build_feast_objects,
     state_field,
@@ -23,7 +22,7 @@ from features.store.encoding import encode_value
 from features.store.protocol import OnlineRow
 
 
-def repo_config(cfg: StoreConfig) -> Any:
+def repo_config(cfg: StoreConfig, project: str) -> Any:
     """A Feast ``RepoConfig`` over the online store ``cfg`` names (Redis, or SQLite in
     ``cfg.workdir``); the registry lives in ``cfg.workdir`` either way."""
     from urllib.parse import urlparse
@@ -41,7 +40,7 @@ def repo_config(cfg: StoreConfig) -> Any:
     else:
         online = {"type": "sqlite", "path": str(workdir / "online.db")}
     return RepoConfig(
-        project=PROJECT,
+        project=project,
         provider="local",
         registry=str(workdir / "registry.db"),
         online_store=online,
@@ -58,7 +57,7 @@ def open_feature_store(cfg: StoreConfig, fs: FeatureSet, data_dir: Path | None =
 
     workdir = cfg.workdir.resolve()  # Feast resolves relative paths against repo_path again
     workdir.mkdir(parents=True, exist_ok=True)
-    store = FeatureStore(config=repo_config(cfg), repo_path=str(workdir))
+    store = FeatureStore(config=repo_config(cfg, fs.project), repo_path=str(workdir))
     store.apply(build_feast_objects(fs, data_dir or workdir / "offline").all())
     return store
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from features.definitions import FeatureSet
-from features.feast_objects import PROJECT, bootstrap_field, state_field, view_name
+from features.feast_objects import bootstrap_field, state_field, view_name
 from features.store.encoding import entity_key_bytes, feast_field
 from features.store.protocol import OnlineRow, StoreUnavailableError
 
@@ -120,10 +120,10 @@ class RedisStore:
     """Feast's Redis layout: rows go out as pre-encoded ``HSET`` commands (native), reads
     are pipelined ``HGET``s."""
 
-    def __init__(self, url: str, fs: FeatureSet, project: str = PROJECT) -> None:
+    def __init__(self, url: str, fs: FeatureSet, project: str | None = None) -> None:
         from features.native import native as skewless_native
 
-        self.url, self.fs, self.project = url, fs, project.encode()
+        self.url, self.fs, self.project = url, fs, (project or fs.project).encode()
         self._client: Any = None
         self._fields: dict[str, list[bytes]] = {}
         self._state_field: dict[str, bytes] = {}

@@ -18,33 +18,39 @@ from features.backfill import accept, window_features
 from features.codec import StateCodec
 from features.definitions import MS_PER_DAY, MS_PER_HOUR, MS_PER_MINUTE, Op
 from features.engine import Engine, Outcome, QueryTooOldError, txid_hash
-from features.events import Event, InvalidEventError, validate_event, validate_table
-from features.reference import REFERENCE
+from features.reference import REFERENCE, Event
+from features.schema import InvalidEventError
+from features.validate import Validator
 from flows.simulate import EVENT_SCHEMA
 
 FS = REFERENCE
 ENGINE = Engine(FS)
+VALIDATOR = Validator(FS.schema)
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
 # -- brute force, straight from DESIGN.md ----------------------------------------------
 
 
-def brute_accept(events: list[dict]) -> tuple[list[dict], int, int]:
+def brute_accept(events: list[dict], entity: str) -> tuple[list[dict], int, int]:
+    """What ``entity`` counts (DESIGN.md: each entity decides on its own events): the first
+    copy of each (key, id), unless older than the key's newest counted event minus W+H."""
+    layout = ENGINE.layout(entity)
+    jk = layout.entity.join_key
     seen: dict[int, set[str]] = {}
     max_seen: dict[int, int] = {}
-    lateness = ENGINE.layout("card").lateness_ms
+    lateness = layout.lateness_ms
     assert lateness is not None
     out, dups, late = [], 0, 0
     for e in events:
-        card = e["card_id"]
-        if e["transaction_id"] in seen.setdefault(card, set()):
+        key = e[jk]
+        if e["transaction_id"] in seen.setdefault(key, set()):
             dups += 1
             continue
-        seen[card].add(e["transaction_id"])
-        if card in max_seen and e["ts"] < max_seen[card] - lateness:
+        seen[key].add(e["transaction_id"])
+        if key in max_seen and e["ts"] < max_seen[key] - lateness:
             late += 1
             continue
-        max_seen[card] = max(max_seen.get(card, e["ts"]), e["ts"])
+        max_seen[key] = max(max_seen.get(key, e["ts"]), e["ts"])
         out.append(e)
     return out, dups, late
 
@@ -142,7 +148,7 @@ def valid_only(arrival: list[dict]) -> list[tuple[dict, Event]]:
     out = []
     for e in arrival:
         try:
-            out.append((e, validate_event(e)))
+            out.append((e, VALIDATOR.validate(e)))
         except InvalidEventError:
             continue
     return out
@@ -160,38 +166,35 @@ def to_table(events: list[dict]) -> pa.Table:
 def test_engine_backfill_and_brute_force_agree(arrival, data):
     # validation: both paths reject the same rows
     parsed = [{**e, "ts": ev.event_time_ms} for e, ev in valid_only(arrival)]
-    valid, rejects = validate_table(to_table(arrival))
+    valid, rejects = VALIDATOR.validate_table(to_table(arrival))
     assert valid.num_rows == len(parsed) and rejects.num_rows == len(arrival) - len(parsed)
 
-    accepted, dups, late = brute_accept(parsed)
-
-    # engine path: arrival order, primary decides, then the others get what it accepted
-    card, merchant = ENGINE.layout("card"), ENGINE.layout("merchant")
-    states = {"card": {}, "merchant": {}}
-    engine_accepted = []
-    for e in parsed:
-        s = states["card"].setdefault(e["card_id"], card.new_state())
-        outcome = card.update(s, e["ts"], (e["amount"],), txid_hash(e["transaction_id"]))
-        if outcome is Outcome.APPLIED:
-            engine_accepted.append(e)
-            m = states["merchant"].setdefault(e["merchant_id"], merchant.new_state())
-            assert merchant.update(m, e["ts"], (e["amount"],)) is Outcome.APPLIED
-    assert [e["transaction_id"] for e in engine_accepted] == [e["transaction_id"] for e in accepted]
-
-    # backfill acceptance
-    acc = accept(
-        FS,
-        valid.column("card_id").to_numpy(),
-        valid.column("transaction_id").to_numpy(zero_copy_only=False),
-        valid.column("event_time").cast(pa.int64()).to_numpy(),
-    )
-    assert int(acc.accepted.sum()) == len(accepted)
-    assert int(acc.duplicate.sum()) + int(acc.late.sum()) == dups + late
-
     scale = max(e["amount"] for e in parsed) if parsed else 1.0
-    acc_rows = valid.filter(pa.array(acc.accepted))
-    for entity, layout in (("card", card), ("merchant", merchant)):
+    states: dict[str, dict] = {"card": {}, "merchant": {}}
+    for entity in ("card", "merchant"):
+        layout = ENGINE.layout(entity)
         jk = layout.entity.join_key
+        accepted, dups, late = brute_accept(parsed, entity)
+        # engine path: arrival order, this entity decides on its own events
+        engine_accepted = []
+        for e in parsed:
+            s = states[entity].setdefault(e[jk], layout.new_state())
+            outcome = layout.update(s, e["ts"], (e["amount"],), txid_hash(e["transaction_id"]))
+            if outcome is Outcome.APPLIED:
+                engine_accepted.append(e)
+        assert [e["transaction_id"] for e in engine_accepted] == [
+            e["transaction_id"] for e in accepted
+        ]
+        # backfill acceptance
+        acc = accept(
+            layout.lateness_ms,
+            valid.column(jk).to_numpy(),
+            valid.column("transaction_id").to_numpy(zero_copy_only=False),
+            valid.column("event_time").cast(pa.int64()).to_numpy(),
+        )
+        assert int(acc.accepted.sum()) == len(accepted)
+        assert int(acc.duplicate.sum()) + int(acc.late.sum()) == dups + late
+        acc_rows = valid.filter(pa.array(acc.accepted))
         codec = StateCodec(layout)
         queries = []
         for key, state in states[entity].items():

@@ -63,7 +63,7 @@ def test_online_state_equals_backfill(streamed: tuple[Path, pa.Table, int]) -> N
     store = open_store(StoreConfig(workdir=out / "feast"), REFERENCE)
     skew = check_online_states(REFERENCE, store, events, sample_per_entity=1000, times_per_entity=5)
     assert skew.missing_states == {"card": 0, "merchant": 0}
-    assert skew.entities["card"] == len(np.unique(events.keys["card"]))
+    assert skew.entities["card"] == len(np.unique(events.by_entity["card"].keys))
     assert skew.compared > 5000
     assert skew.mismatches == 0, skew.to_json()
 
@@ -139,6 +139,6 @@ def test_prometheus_endpoint_counts_what_the_flow_did(tmp_path: Path) -> None:
 
     assert delta("skewless_stream_dead_letters_total") == n_bad
     assert delta("skewless_stream_events_in_total") == table.num_rows - n_bad
-    assert delta("skewless_stream_duplicates_total") == 40
+    assert delta('skewless_stream_duplicates_total{entity="card"}') == 40
     assert delta("skewless_stream_sink_write_seconds_count") > 0
     assert delta("skewless_stream_freshness_seconds_count") > 0

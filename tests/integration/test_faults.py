@@ -191,7 +191,7 @@ def _check_features(resps: list[pb.ScoreResponse], recent: pa.Table, table: pa.T
 def _serve(run: dict[str, Any], tmp_path: Path, seed: int) -> tuple[_Server, grpc.Channel, Any]:
     """A registered model, a `skewless serve` process on the run's Redis, a ready stub."""
     registry = tmp_path / "registry"
-    publish_synthetic_model(registry, seed=seed)
+    publish_synthetic_model(registry, seed=seed, fs=REFERENCE)
     port = _free_port()
     server = _Server(run, registry, port)
     server.start()

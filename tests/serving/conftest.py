@@ -17,8 +17,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from features.events import Event
-from features.reference import REFERENCE
+from features.reference import REFERENCE, Event
 from features.store import StoreConfig, open_store
 from serving._proto.skewless.v1 import scorer_pb2_grpc as pb_grpc
 from serving.server import ScoringServer, ServerConfig
@@ -47,7 +46,7 @@ NOW = T0 + 10 * HOUR + 12 * MIN
 @pytest.fixture(scope="session")
 def model_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     reg = tmp_path_factory.mktemp("registry")
-    publish_synthetic_model(reg, seed=1)
+    publish_synthetic_model(reg, seed=1, fs=REFERENCE)
     return reg
 
 
@@ -56,7 +55,7 @@ def feast_master(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A Feast SQLite repo holding HISTORY (built once; tests copy it)."""
     d = tmp_path_factory.mktemp("feast")
     store = open_store(StoreConfig(workdir=d), REFERENCE)
-    write_states(store, fold_states(HISTORY))
+    write_states(store, fold_states(HISTORY, REFERENCE), REFERENCE)
     store.close()
     return d
 

@@ -76,7 +76,7 @@ def test_score_json_and_errors(server: RunningServer, capsys: pytest.CaptureFixt
     old = {**obj, "card_id": 1, "event_time": "2026-01-01T08:00:00Z"}  # server-side refusal
     assert run_cli(["score", "--json", json.dumps(old)], settings) == 1
     assert capsys.readouterr().err.startswith(
-        "skewless score: FAILED_PRECONDITION: transaction.event_time: "
+        "skewless score: FAILED_PRECONDITION: event.event_time: "
     )
 
 

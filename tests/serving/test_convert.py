@@ -1,64 +1,99 @@
-"""The direct path of ``transaction_to_event`` builds only what ``validate_event`` accepts,
-and the very same Event."""
+"""The typed Transaction and the generic Event convert to the very event the schema's
+validator gives for the same fields, with the same errors (the request path prefixed)."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from features.events import InvalidEventError
+from features.plan import compile_plan
+from features.reference import REFERENCE
+from features.schema import InvalidEventError
 from serving._proto.skewless.v1 import scorer_pb2 as pb
 from serving.convert import (
-    _validated,
+    EventConverter,
     batch_response,
+    event_message,
     ms_timestamp,
     score_response,
-    transaction_to_event,
 )
 from serving.scorer import ScoreResult
 
+PLAN = compile_plan(REFERENCE)
+CONVERT = EventConverter(PLAN)
 _INT64 = st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1))
 _INT32 = st.one_of(st.none(), st.integers(-(2**31), 2**31 - 1))  # mcc is an int32
 
 
 @st.composite
 def transactions(draw):
-    tx = pb.Transaction(
-        transaction_id=draw(st.one_of(st.just("t-1"), st.text(max_size=70))),
-        currency=draw(st.one_of(st.just("EUR"), st.text(max_size=4))),
-        country=draw(st.one_of(st.just("FR"), st.text(max_size=3))),
-    )
+    obj = {
+        "transaction_id": draw(st.one_of(st.just("t-1"), st.text(max_size=70))),
+        "currency": draw(st.one_of(st.just("EUR"), st.text(max_size=4))),
+        "country": draw(st.one_of(st.just("FR"), st.text(max_size=3))),
+    }
     for name, good, wide in (
         ("card_id", 7, _INT64),
         ("merchant_id", 3, _INT64),
         ("mcc", 5411, _INT32),
     ):
-        v = draw(st.one_of(st.just(good), wide, st.integers(-2, 10_001)))
-        if v is not None:
-            setattr(tx, name, v)
-    amount = draw(st.one_of(st.just(12.5), st.none(), st.floats(), st.floats(-1, 2e7)))
-    if amount is not None:
-        tx.amount = amount
-    ms = draw(st.one_of(st.just(1_767_225_600_123), st.none(), st.integers(-(2**50), 2**50)))
-    if ms is not None:
-        tx.event_time.CopyFrom(ms_timestamp(ms))
-    return tx
+        obj[name] = draw(st.one_of(st.just(good), wide, st.integers(-2, 10_001)))
+    obj["amount"] = draw(st.one_of(st.just(12.5), st.none(), st.floats(), st.floats(-1, 2e7)))
+    obj["event_time"] = draw(
+        st.one_of(st.just(1_767_225_600_123), st.none(), st.integers(-(2**50), 2**50))
+    )
+    tx = pb.Transaction(**{k: v for k, v in obj.items() if v is not None and k != "event_time"})
+    if obj["event_time"] is not None:
+        tx.event_time.CopyFrom(ms_timestamp(obj["event_time"]))
+    return tx, obj
 
 
-@settings(max_examples=2000, deadline=None)
-@given(transactions())
-def test_direct_path_agrees_with_validate_event(tx):
+def _outcome(fn, *args):
     try:
-        want = _validated(tx, "transaction")
+        return fn(*args)
     except InvalidEventError as exc:
-        try:
-            transaction_to_event(tx)
-        except InvalidEventError as got:
-            assert str(got) == str(exc)
-        else:
-            raise AssertionError(f"direct path accepted what validate_event refuses: {exc}")
+        return str(exc)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(transactions())
+def test_typed_and_generic_requests_agree_with_the_schema_rules(case):
+    tx, obj = case
+    want = _outcome(PLAN.validator.validate, obj)
+    got = _outcome(CONVERT.transaction, tx)
+    if isinstance(want, str):
+        assert got == f"transaction.{want}"
         return
-    assert transaction_to_event(tx) == want
+    assert got == want
+    # the generic Event of the same event converts to the same record
+    assert CONVERT.event(event_message(want, PLAN)) == want
+
+
+def test_generic_event_errors_name_the_request_path():
+    ev = event_message({**_VALID, "amount": 5.0}, PLAN)
+    del ev.fields["card_id"]
+    req = pb.ScoreBatchRequest(events=[event_message(_VALID, PLAN), ev])
+    try:
+        CONVERT.batch_events(req, 10)
+    except InvalidEventError as exc:
+        assert str(exc) == "events[1].card_id: missing"
+    else:
+        raise AssertionError("a generic event without card_id must be refused")
+    bad = pb.Event()
+    bad.fields["event_time"].timestamp_value.CopyFrom(pb.Value().timestamp_value)
+    bad.fields["event_time"].timestamp_value.nanos = -1
+    try:
+        CONVERT.event(bad)
+    except InvalidEventError as exc:
+        assert str(exc) == "event.event_time: nanos -1 is outside 0..999999999"
+    else:
+        raise AssertionError("nanos outside [0, 1e9) must be refused")
+
+
+_VALID = {
+    "transaction_id": "t-1", "card_id": 7, "merchant_id": 3, "amount": 12.5,
+    "currency": "EUR", "country": "FR", "mcc": 5411, "event_time": 1_767_225_600_123,
+}  # fmt: skip
 
 
 @settings(max_examples=300, deadline=None)

@@ -15,6 +15,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from features.plan import compile_plan
 from features.reference import REFERENCE
 from serving._proto.skewless.v1 import scorer_pb2 as pb
 from serving.convert import event_transaction
@@ -54,7 +55,7 @@ def test_parquet_log_of_a_real_server(
 
 def test_numbering_continues_after_a_restart(tmp_path: Path) -> None:
     (tmp_path / "predictions-000007.parquet").write_bytes(b"")
-    log = ParquetPredictionLog(tmp_path, flush_rows=1)
+    log = ParquetPredictionLog(tmp_path, compile_plan(REFERENCE), flush_rows=1)
     e = ev("n1", 1, 10, 1.0, NOW)
     r = ScoreResult("n1", 0.5, True, 0.5, "v0001", ("amount",), [1.0], (), ())
     log([e], [r])
@@ -67,7 +68,10 @@ def test_kafka_log(kafka_bootstrap: str) -> None:
     from confluent_kafka import Consumer
 
     topic = f"sk-{uuid.uuid4().hex[:10]}"
-    log = KafkaPredictionLog(kafka_bootstrap, topic, flush_rows=2, flush_interval_s=0.1).start()
+    plan = compile_plan(REFERENCE)
+    log = KafkaPredictionLog(
+        kafka_bootstrap, topic, plan, flush_rows=2, flush_interval_s=0.1
+    ).start()
     names = ("card_txn_count_10m", "amount_to_card_mean_7d")
     results = [
         ScoreResult(f"k{i}", 0.25 * i, i >= 2, 0.5, "v0003", names, [float(i), math.nan], (), ())

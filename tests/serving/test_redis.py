@@ -11,8 +11,7 @@ from dataclasses import replace
 import grpc
 import pytest
 
-from features.events import Event
-from features.reference import REFERENCE
+from features.reference import REFERENCE, Event
 from features.store import StoreConfig, open_store
 from serving._proto.skewless.v1 import scorer_pb2 as pb
 from serving.convert import event_transaction
@@ -35,7 +34,7 @@ def shifted(e: Event) -> Event:
 
 def populate(url: str) -> None:
     store = open_store(StoreConfig(redis_url=url), REFERENCE)
-    write_states(store, fold_states([shifted(e) for e in HISTORY]))
+    write_states(store, fold_states([shifted(e) for e in HISTORY], REFERENCE), REFERENCE)
     store.close()
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from features.reference import REFERENCE
 from flows.registry import set_alias
 from serving._proto.skewless.v1 import scorer_pb2 as pb
 from serving._proto.skewless.v1 import scorer_pb2_grpc as pb_grpc
@@ -61,7 +62,7 @@ class Hammer:
 
 
 def test_reload_under_load_has_no_errors(server: RunningServer, registry: Path) -> None:
-    v2 = publish_synthetic_model(registry, seed=2, alias=None)
+    v2 = publish_synthetic_model(registry, seed=2, alias=None, fs=REFERENCE)
     with Hammer(server.address) as hammer:
         hammer.wait_for("v0001")
         set_alias(registry, "production", v2)
@@ -85,10 +86,12 @@ def test_refused_model_keeps_the_old_one(
 ) -> None:
     server = start_server(base_config)
     if breakage == "other definitions":
-        bad = publish_synthetic_model(registry, seed=4, fingerprint="feedfacefeedface", alias=None)
+        bad = publish_synthetic_model(
+            registry, seed=4, fingerprint="feedfacefeedface", alias=None, fs=REFERENCE
+        )
         reason = "trained on feature definitions feedfacefeedface"
     else:
-        bad = publish_synthetic_model(registry, seed=4, alias=None)
+        bad = publish_synthetic_model(registry, seed=4, alias=None, fs=REFERENCE)
         onnx = registry / "versions" / bad / "model.onnx"
         onnx.write_bytes(onnx.read_bytes()[:-10])
         reason = "model.onnx in"
@@ -101,7 +104,7 @@ def test_refused_model_keeps_the_old_one(
         time.sleep(0.5)  # several more polls: still refused, still serving the old model
         refusal = server.server.watcher.last_error
         assert hammer.versions[-1] == "v0001"
-        good = publish_synthetic_model(registry, seed=5, alias="production")
+        good = publish_synthetic_model(registry, seed=5, alias="production", fs=REFERENCE)
         hammer.wait_for(good)  # a later good version is still picked up
     assert reason in refusal
     assert hammer.errors == []
@@ -112,7 +115,9 @@ def test_refused_model_keeps_the_old_one(
 def test_refusal_is_logged_once_with_the_reason(
     server: RunningServer, registry: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    bad = publish_synthetic_model(registry, seed=6, fingerprint="0000000000000000", alias=None)
+    bad = publish_synthetic_model(
+        registry, seed=6, fingerprint="0000000000000000", alias=None, fs=REFERENCE
+    )
     with caplog.at_level("ERROR", logger="skewless.serving.reload"):
         set_alias(registry, "production", bad)
         start = time.monotonic()

@@ -13,8 +13,7 @@ import pyarrow as pa
 import pytest
 
 from features.engine import QueryTooOldError
-from features.events import Event
-from features.reference import REFERENCE
+from features.reference import REFERENCE, Event
 from features.store import OnlineRow
 from flows.backfill import BackfillReport, compute_features, load_events
 from flows.registry import RegistryError, resolve
@@ -65,8 +64,8 @@ def make_scorer(
     model: LoadedModel, events: Sequence[Event] = HISTORY, sink: PredictionSink | None = None
 ) -> tuple[Scorer, MemoryStore]:
     store = MemoryStore()
-    write_states(store, fold_states(events))
-    scorer = Scorer(store, sink=sink)
+    write_states(store, fold_states(events, REFERENCE), REFERENCE)
+    scorer = Scorer(REFERENCE, store, sink=sink)
     scorer.install(model)
     return scorer, store
 
@@ -227,7 +226,7 @@ def test_corrupt_state_is_named(model: LoadedModel) -> None:
 
 def test_not_ready_and_entity_features(model: LoadedModel) -> None:
     with pytest.raises(NotReadyError, match=r"^model: "):
-        Scorer(MemoryStore()).score(ev("q", 1, 10, 5.0, NOW))
+        Scorer(REFERENCE, MemoryStore()).score(ev("q", 1, 10, 5.0, NOW))
     scorer, _ = make_scorer(model)
     f = scorer.entity_features("card", 2, NOW)
     assert dict(zip(f.names, f.values, strict=True))["card_txn_count_24h"] == 3
@@ -238,7 +237,7 @@ def test_not_ready_and_entity_features(model: LoadedModel) -> None:
 
 def test_install_refuses_other_definitions(model: LoadedModel, tmp_path: Path) -> None:
     scorer, _ = make_scorer(model)
-    publish_synthetic_model(tmp_path, fingerprint="0123456789abcdef")
+    publish_synthetic_model(tmp_path, fingerprint="0123456789abcdef", fs=REFERENCE)
     with pytest.raises(RegistryError, match="running definitions are"):
         load_model(resolve(tmp_path, "production"), REFERENCE.fingerprint())
     with pytest.raises(RegistryError, match="trained on definitions 0123456789abcdef"):

@@ -14,6 +14,7 @@ import grpc
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from features.reference import REFERENCE
 from serving._proto.skewless.v1 import scorer_pb2 as pb
 from serving.convert import event_transaction, ms_timestamp
 from serving.server import ServerConfig
@@ -248,7 +249,7 @@ def test_health_waits_for_a_model(
         s.stub.Score(pb.ScoreRequest(transaction=tx()), timeout=5)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert info.value.details() == "model: no model is loaded yet"
-    publish_synthetic_model(empty, seed=3)
+    publish_synthetic_model(empty, seed=3, fs=REFERENCE)
     assert s.wait_health("SERVING", timeout=10) < 10
     assert s.health("skewless.v1.Scorer") == "SERVING"
     assert s.stub.Score(pb.ScoreRequest(transaction=tx()), timeout=5).model_version == "v0001"

@@ -29,21 +29,52 @@ class Transaction(_message.Message):
     event_time: _timestamp_pb2.Timestamp
     def __init__(self, transaction_id: _Optional[str] = ..., card_id: _Optional[int] = ..., merchant_id: _Optional[int] = ..., amount: _Optional[float] = ..., currency: _Optional[str] = ..., country: _Optional[str] = ..., mcc: _Optional[int] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
+class Value(_message.Message):
+    __slots__ = ("int_value", "double_value", "string_value", "bool_value", "timestamp_value")
+    INT_VALUE_FIELD_NUMBER: _ClassVar[int]
+    DOUBLE_VALUE_FIELD_NUMBER: _ClassVar[int]
+    STRING_VALUE_FIELD_NUMBER: _ClassVar[int]
+    BOOL_VALUE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_VALUE_FIELD_NUMBER: _ClassVar[int]
+    int_value: int
+    double_value: float
+    string_value: str
+    bool_value: bool
+    timestamp_value: _timestamp_pb2.Timestamp
+    def __init__(self, int_value: _Optional[int] = ..., double_value: _Optional[float] = ..., string_value: _Optional[str] = ..., bool_value: _Optional[bool] = ..., timestamp_value: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class Event(_message.Message):
+    __slots__ = ("fields",)
+    class FieldsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Value
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    fields: _containers.MessageMap[str, Value]
+    def __init__(self, fields: _Optional[_Mapping[str, Value]] = ...) -> None: ...
+
 class ScoreRequest(_message.Message):
-    __slots__ = ("transaction", "include_features")
+    __slots__ = ("transaction", "event", "include_features")
     TRANSACTION_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_FEATURES_FIELD_NUMBER: _ClassVar[int]
     transaction: Transaction
+    event: Event
     include_features: bool
-    def __init__(self, transaction: _Optional[_Union[Transaction, _Mapping]] = ..., include_features: _Optional[bool] = ...) -> None: ...
+    def __init__(self, transaction: _Optional[_Union[Transaction, _Mapping]] = ..., event: _Optional[_Union[Event, _Mapping]] = ..., include_features: _Optional[bool] = ...) -> None: ...
 
 class ScoreBatchRequest(_message.Message):
-    __slots__ = ("transactions", "include_features")
+    __slots__ = ("transactions", "include_features", "events")
     TRANSACTIONS_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
     transactions: _containers.RepeatedCompositeFieldContainer[Transaction]
     include_features: bool
-    def __init__(self, transactions: _Optional[_Iterable[_Union[Transaction, _Mapping]]] = ..., include_features: _Optional[bool] = ...) -> None: ...
+    events: _containers.RepeatedCompositeFieldContainer[Event]
+    def __init__(self, transactions: _Optional[_Iterable[_Union[Transaction, _Mapping]]] = ..., include_features: _Optional[bool] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
 
 class Feature(_message.Message):
     __slots__ = ("name", "value", "missing")
