@@ -241,6 +241,15 @@ class FeatureSet:
             e.name: tuple(a for a in self.aggregations if a.entity == e) for e in self.entities
         }
         for entity_name, aggs in by_entity.items():
+            if sum(a.op is Op.SINCE_LAST for a in aggs) > 1:
+                raise ValueError(
+                    f"aggregations: {entity_name} has more than one seconds_since_last"
+                )
+            if aggs and all(a.window is None for a in aggs):
+                raise ValueError(
+                    f"aggregations: {entity_name} has no windowed aggregation; without a "
+                    "window no event is ever too late, so its dedup ids would grow forever"
+                )
             hops = sorted({a.window.hop_ms for a in aggs if a.window is not None})
             for finer, coarser in itertools.pairwise(hops):
                 if coarser % finer:

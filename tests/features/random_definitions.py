@@ -206,6 +206,11 @@ def definitions(draw: Any) -> Case:
             if agg.name not in seen:
                 seen.add(agg.name)
                 aggs.append(agg)
+        if not any(a.entity == e and a.window is not None for a in aggs):
+            # an entity needs a window (FeatureSet refuses seconds_since_last alone)
+            agg = Aggregation(e, Op.COUNT, _window(draw, hops), alias=f"{e.name}_count_w")
+            seen.add(agg.name)
+            aggs.append(agg)
     windows = [a.name for a in aggs]
     request = tuple(
         _request(draw, i, numeric, windows, event_time, optional)
