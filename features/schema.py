@@ -267,6 +267,9 @@ def _record_type(schema: EventSchema) -> type:
     ns: dict[str, Any] = {
         "__slots__": (),
         "__doc__": f"One valid event of the schema ({', '.join(names)}).",
+        # the class is made per schema, so pickle cannot find it by name: events cross
+        # Bytewax workers and processes as plain tuples (every path reads by position)
+        "__reduce__": lambda self: (tuple, (tuple(self),)),
     }
     for alias, at, doc in (
         ("event_time_ms", time_at, "the event time, epoch ms"),

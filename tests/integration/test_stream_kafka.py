@@ -83,7 +83,7 @@ def test_every_valid_event_counts_and_online_equals_backfill(main_run: dict[str,
     # every valid event is in its card's state: the as-of-last 24h/7d windows add up
     layout = Engine(REFERENCE).layout("merchant")
     codec = StateCodec(layout)
-    merchants = sorted(set(ev.keys["merchant"].tolist()))
+    merchants = sorted(set(ev.by_entity["merchant"].keys.tolist()))
     states = store.read_states([("merchant", m) for m in merchants])
     assert all(s is not None for s in states)
     assert sum(codec.decode(s).max_seen is not None for s in states if s) == len(merchants)
