@@ -25,7 +25,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from features.engine import Engine
+from features.layout import compile_layouts
 from features.reference import REFERENCE
 from flows.produce import produce_messages
 from flows.simulate import SimulationConfig, simulate
@@ -114,14 +114,12 @@ def naive_push(redis_url: str, table: pa.Table, work: Path, limit: int) -> dict[
     """Per event: engine update, then ``FeatureStore.push`` of the entity's features."""
     import pandas as pd
 
-    from features.codec import StateCodec
     from features.feast_objects import bootstrap_field, state_field
+    from features.native import NativeLayout
     from features.store import StoreConfig, open_feature_store
 
     store = open_feature_store(StoreConfig(redis_url, work / "naive-feast"), REFERENCE)
-    engine = Engine(REFERENCE)
-    layouts = {e.name: engine.layout(e.name) for e in REFERENCE.entities}
-    codecs = {name: StateCodec(layout) for name, layout in layouts.items()}
+    layouts = {name: NativeLayout(layout) for name, layout in compile_layouts(REFERENCE).items()}
     states: dict[tuple[str, int], Any] = {}
     rows = table.slice(0, limit).to_pylist()
     start = time.perf_counter()
@@ -133,7 +131,7 @@ def naive_push(redis_url: str, table: pa.Table, work: Path, limit: int) -> dict[
             state = states.setdefault(key, layout.new_state())
             layout.update(state, ts, (r["amount"],))
             values: dict[str, Any] = dict(zip(layout.names, layout.as_of_last(state), strict=True))
-            values[state_field(e)] = values[bootstrap_field(e)] = codecs[e.name].encode(state)
+            values[state_field(e)] = values[bootstrap_field(e)] = layout.encode(state)
             df = pd.DataFrame(
                 [{e.join_key: r[e.join_key], "event_timestamp": r["event_time"], **values}]
             )

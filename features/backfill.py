@@ -1,6 +1,7 @@
 """The vectorized backfill: every feature at every spine row, no per-event Python loop.
 
-It implements exactly the semantics of :mod:`features.engine` over whole arrays:
+It implements exactly the semantics of the engine (:mod:`features.layout`, held by the native
+core and the Python reference :mod:`features.reference_engine`) over whole arrays:
 
 1. :func:`accept` decides, per entity and in file order, which valid events count: the
    first copy of each ``(entity key, event id)`` that is not too late for that entity.

@@ -11,7 +11,7 @@ partition all produce the same bits. Finalize rounds once, correctly.
 correctly rounded, cached) is what a window read and the state bytes take from it.
 
 Reading a window merges many tiles: that is done in float64 from each tile's summary
-with Chan's parallel update (``features.engine`` inlines it), then ``acc_finalize``. A
+with Chan's parallel update (``features.reference_engine`` inlines it), then ``acc_finalize``. A
 tile rebuilt from bytes (``from_summary``) has the very same summary, so a decoded state
 finalizes to the same bits as the live one.
 

@@ -1,5 +1,6 @@
 """The native core (Rust, ``native/``): the same state bytes and the same feature values
-as :mod:`features.engine` + :mod:`features.codec`, bit for bit, 10-50x faster; the event
+as the Python reference (:mod:`features.reference_engine` + :mod:`features.reference_codec`),
+bit for bit, 10-50x faster; the event
 fast path compiled from the definitions' schema; the wire encoders.
 
 The Python engine stays the reference; the tests hold the two against each other. The
@@ -7,9 +8,9 @@ stream flow and the scoring service run on this one. The Rust side owns the stat
 their header is read (:meth:`NativeLayout.max_seen`, ``core.header``) and written
 (``core.encode_headers``) there, never by offsets spelled in Python.
 
->>> from features.engine import Engine
+>>> from features.layout import compile_layouts
 >>> from features.reference import REFERENCE
->>> card = NativeLayout(Engine(REFERENCE).layout("card"))
+>>> card = NativeLayout(compile_layouts(REFERENCE)["card"])
 >>> s = card.new_state()
 >>> card.update(s, 1_000_000, (10.0,), 7).name, card.update(s, 1_000_000, (10.0,), 7).name
 ('APPLIED', 'DUPLICATE')
@@ -33,8 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from features.codec import StateCodec
-from features.engine import EntityLayout, Outcome, QueryTooOldError
+from features.layout import EntityLayout, Outcome, QueryTooOldError
 from features.schema import INT64_MAX, INT64_MIN, EventSchema, Field, FieldType
 
 try:
@@ -48,7 +48,7 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
 #: the extension module itself (import it from here: a missing build says how to make it)
 native = _native
 State = _native.State
-#: ``features.engine.txid_hash``, natively
+#: ``features.layout.txid_hash``, natively
 txid_hash_native = _native.txid_hash
 
 #: what ``Core.update`` returns indexes this (the Rust side names its outcomes)
@@ -84,13 +84,12 @@ class CoreSpec:
     n_names: int
     groups: tuple[GroupSpec, ...]
     since_last: int | None
-    #: per level, the tile components it stores (``features.codec`` names), in order
+    #: per level, the tile components it stores (``features.layout`` names), in order
     needs: tuple[tuple[str, ...], ...]
     crc: int
 
     @classmethod
-    def of(cls, layout: EntityLayout, codec: StateCodec | None = None) -> CoreSpec:
-        codec = codec or StateCodec(layout)
+    def of(cls, layout: EntityLayout) -> CoreSpec:
         groups = tuple(
             GroupSpec(
                 g.length_ms,
@@ -112,18 +111,18 @@ class CoreSpec:
             n_names=len(layout.names),
             groups=groups,
             since_last=layout.since_last,
-            needs=tuple(tuple(needs) for needs in codec.needs),
-            crc=codec.crc,
+            needs=tuple(tuple(needs) for needs in layout.needs),
+            crc=layout.crc,
         )
 
 
-def compile_core(layout: EntityLayout, codec: StateCodec | None = None) -> _native.Core:
-    """The native ``Core`` for a layout (its codec's bytes layout and crc)."""
-    return _native.Core(CoreSpec.of(layout, codec), QueryTooOldError)
+def compile_core(layout: EntityLayout) -> _native.Core:
+    """The native ``Core`` for a layout (its state bytes' components and crc)."""
+    return _native.Core(CoreSpec.of(layout), QueryTooOldError)
 
 
 class NativeLayout:
-    """An :class:`~features.engine.EntityLayout` and its codec, run natively. States are
+    """An :class:`~features.layout.EntityLayout`, run natively. States are
     opaque ``skewless_native.State`` objects (``max_seen`` and a few counters readable)."""
 
     #: the newest event time in state bytes of any layout (None: no bytes or an empty
@@ -132,8 +131,7 @@ class NativeLayout:
 
     def __init__(self, layout: EntityLayout) -> None:
         self.layout = layout
-        self.codec = StateCodec(layout)
-        self.core = compile_core(layout, self.codec)
+        self.core = compile_core(layout)
         self.names = layout.names
         self.entity = layout.entity
         self.primary = layout.primary

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from features.definitions import Entity, FeatureSet
-from features.engine import Engine, EntityLayout
+from features.layout import EntityLayout, compile_layouts
 from features.request import RequestFeature
 from features.schema import EventSchema, FieldType
 from features.validate import Validator
@@ -99,10 +99,10 @@ class Plan:
         self.record = fs.schema.record
         self.event_id = fs.schema.getter(fs.schema.event_id)
         self.event_time = fs.schema.getter(fs.schema.event_time)
-        engine = Engine(fs)
+        layouts = compile_layouts(fs)
         plans = []
         for e in fs.entities:
-            layout = engine.layout(e.name)
+            layout = layouts[e.name]
             fields = tuple(f for f in layout.fields if f in fs.schema.names)
             positions = [fs.schema.position(f) for f in fields]
             plans.append(

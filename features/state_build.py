@@ -2,8 +2,8 @@
 
 The state after any replay holds exactly what its retention keeps (raw events, tiles per
 level bucket, dedup ids), so tiles are group-bys and their exact sums come from integer
-digits. The bytes are identical to :class:`features.codec.StateCodec` encoding a replay
-through :class:`features.engine.Engine` (tests/features/test_backfill_job.py pins it over
+digits. The bytes are identical to :class:`features.reference_codec.StateCodec` encoding a replay
+through :class:`features.reference_engine.Engine` (tests/features/test_backfill_job.py pins it over
 random histories); it is a second writer of the codec layout, kept for speed (~40x).
 """
 
@@ -17,14 +17,12 @@ import pyarrow as pa
 
 from features import moments
 from features.backfill import EventIndex
-from features.codec import StateCodec
-from features.engine import EntityLayout
+from features.layout import EntityLayout
 from features.native import compile_core
 from features.range_folds import digits
 
 
 def build_states(layout: EntityLayout, index: EventIndex, txids: Any) -> list[bytes]:
-    codec = StateCodec(layout)
     n_groups, ts, gid = len(index.uniq), index.ts, index.gid
     if not n_groups:
         return []
@@ -67,13 +65,13 @@ def build_states(layout: EntityLayout, index: EventIndex, txids: Any) -> list[by
         n_tiles.append(counts)
         pieces.append(((ms[tile_g] // hop - bucket[first]).astype("<u4"), counts))
         pieces.append(((last + 1 - first).astype("<u4"), counts))
-        comps = codec.needs[j]
+        comps = layout.needs[j]
         for f, v in enumerate(vals):
             tiles = _Tiles(index, layout.fields[f], v, first, last + 1, sel, np.flatnonzero(new))
             pieces += [(tiles.component(c), counts) for c in comps]
 
     # the header is the native core's to write: it owns the bytes' layout
-    core = compile_core(layout, codec)
+    core = compile_core(layout)
     newest_before = ts[np.maximum(before, 0)].tolist()
     last_raw = [t if h else None for t, h in zip(newest_before, has_last.tolist(), strict=True)]
     blob = core.encode_headers(
@@ -95,7 +93,7 @@ def _tie_order(comp: np.ndarray, keys: list[np.ndarray]) -> np.ndarray:
 
 
 def _txid_hashes(txids: Any, rows: np.ndarray) -> np.ndarray:
-    """:func:`features.engine.txid_hash` of the given rows, as uint64."""
+    """:func:`features.layout.txid_hash` of the given rows, as uint64."""
     if isinstance(txids, pa.Array):
         raw = txids.take(pa.array(rows)).cast(pa.binary()).to_pylist()
     else:

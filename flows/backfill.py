@@ -32,13 +32,13 @@ import pyarrow.parquet as pq
 
 from features.backfill import EventIndex, accept
 from features.definitions import Entity, FeatureSet
-from features.engine import Engine
 from features.feast_objects import (
     TIMESTAMP_FIELD,
     bootstrap_field,
     offline_table_name,
     state_field,
 )
+from features.layout import compile_layouts
 from features.plan import compile_plan
 from features.schema import SchemaError
 from features.state_build import build_states
@@ -211,12 +211,12 @@ def end_states(
     Built directly from the sorted events: the state after any replay holds exactly the
     events its retention keeps (raw events, tiles per level bucket, ids), so tiles are
     group-bys and their exact sums come from integer digits. The bytes are identical to
-    replaying the events through :class:`features.engine.Engine` (tested)."""
-    engine = Engine(fs)
+    replaying the events through the reference engine (tested)."""
+    layouts = compile_layouts(fs)
 
     def one(e: Entity) -> dict[int, bytes]:
         index = indexes[e.name] if indexes else events.index(e.name)
-        blobs = build_states(engine.layout(e.name), index, events.by_entity[e.name].txids)
+        blobs = build_states(layouts[e.name], index, events.by_entity[e.name].txids)
         return dict(zip(index.uniq.tolist(), blobs, strict=True))
 
     return dict(zip([e.name for e in fs.entities], each(one, fs.entities), strict=True))

@@ -98,7 +98,7 @@ class Decoder:
 
 
 _APPLIED, _DUPLICATE, _LATE = 0, 1, 2  # native update outcomes
-_txid = txid_hash_native  # == features.engine.txid_hash (tests/features/test_native.py)
+_txid = txid_hash_native  # == features.layout.txid_hash (tests/features/test_native.py)
 
 
 class RowOut(NamedTuple):

@@ -24,7 +24,7 @@ from typing import Any, TypeAlias
 import grpc
 from grpc import aio
 
-from features.engine import QueryTooOldError
+from features.layout import QueryTooOldError
 from features.schema import InvalidEventError
 from features.store import StoreUnavailableError
 from serving.scorer import (

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 import numpy as np
 
 from features.definitions import FeatureSet
-from features.engine import QueryTooOldError
+from features.layout import QueryTooOldError
 from features.native import NativeLayout
 from features.plan import EntityPlan, Plan, compile_plan
 from flows.registry import RegistryError

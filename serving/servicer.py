@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
-from features.engine import QueryTooOldError
+from features.layout import QueryTooOldError
 from serving._proto.skewless.v1 import scorer_pb2 as pb
 from serving._proto.skewless.v1 import scorer_pb2_grpc as pb_grpc
 from serving.convert import (

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from features.definitions import FeatureSet
-from features.engine import txid_hash
+from features.layout import txid_hash
 from features.native import NativeLayout
 from features.plan import compile_plan
 from features.store import OnlineRow, OnlineStore

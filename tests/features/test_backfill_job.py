@@ -15,7 +15,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from features.backfill import window_features
-from features.codec import StateCodec
 from features.definitions import (
     MS_PER_DAY,
     MS_PER_HOUR,
@@ -26,9 +25,10 @@ from features.definitions import (
     Op,
     Window,
 )
-from features.engine import Engine, EntityState, txid_hash
 from features.feast_objects import offline_table_name, state_field
 from features.reference import REFERENCE
+from features.reference_codec import StateCodec
+from features.reference_engine import Engine, EntityState, txid_hash
 from features.schema import SchemaError
 from flows.backfill import BackfillReport, end_states, load_events, run_backfill
 from flows.simulate import SimulationConfig, simulate

@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from features.backfill import accept, window_features
-from features.codec import StateCodec
 from features.definitions import MS_PER_DAY, MS_PER_HOUR, MS_PER_MINUTE, Op
-from features.engine import Engine, Outcome, QueryTooOldError, txid_hash
 from features.reference import REFERENCE, Event
+from features.reference_codec import StateCodec
+from features.reference_engine import Engine, Outcome, QueryTooOldError, txid_hash
 from features.schema import InvalidEventError
 from features.validate import Validator
 from flows.simulate import EVENT_SCHEMA

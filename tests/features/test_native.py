@@ -11,11 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from features.codec import StateCodec
 from features.definitions import MS_PER_DAY, MS_PER_HOUR
-from features.engine import Engine, QueryTooOldError, txid_hash
 from features.native import NativeLayout
 from features.reference import REFERENCE
+from features.reference_codec import StateCodec
+from features.reference_engine import Engine, QueryTooOldError, txid_hash
 from flows.simulate import SimulationConfig, simulate
 from tests.features.test_equivalence import T0, histories, valid_only
 
@@ -264,10 +264,10 @@ def test_native_ops_and_outcomes_come_from_one_enum():
     and refuses an unknown one by name."""
     import dataclasses
 
-    from features.codec import M2, MAX, MIN, SUM
     from features.definitions import Op
-    from features.engine import Outcome
+    from features.layout import M2, MAX, MIN, SUM
     from features.native import CoreSpec, native
+    from features.reference_engine import Outcome
 
     assert set(native.OPS) == {op.value for op in Op} - {Op.SINCE_LAST.value}
     assert tuple(native.COMPONENTS) == (SUM, M2, MIN, MAX)

@@ -23,7 +23,6 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from features.codec import StateCodec
 from features.definitions import (
     MS_PER_DAY,
     MS_PER_HOUR,
@@ -33,9 +32,10 @@ from features.definitions import (
     FeatureSet,
     Op,
 )
-from features.engine import Outcome, QueryTooOldError, txid_hash
 from features.native import NativeLayout
 from features.plan import compile_plan
+from features.reference_codec import StateCodec
+from features.reference_engine import Engine, Outcome, QueryTooOldError, txid_hash
 from features.schema import EventSchema, Field, FieldType, InvalidEventError
 from flows.backfill import BackfillReport, compute_features, load_events
 from tests.features.random_definitions import (
@@ -236,7 +236,7 @@ def test_random_definitions_agree_on_every_path(data: st.DataObject) -> None:
             assert ep.values(rec) == (want_values or (0.0,))
 
         # 1a. Python engine and native core, in arrival order, decide the same events
-        py, nat = ep.layout, NativeLayout(ep.layout)
+        py, nat = Engine(plan.fs).layout(ep.name), NativeLayout(ep.layout)
         py_states: dict[int, Any] = {}
         nat_states: dict[int, Any] = {}
         applied = []

@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 from bytewax.testing import run_main
 
-from features.codec import StateCodec
-from features.engine import Engine
 from features.feast_objects import view_name
 from features.reference import REFERENCE
+from features.reference_codec import StateCodec
+from features.reference_engine import Engine
 from features.store import StoreConfig, open_store
 from flows.backfill import BackfillReport, load_events
 from flows.simulate import SimulationConfig, simulate

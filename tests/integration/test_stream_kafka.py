@@ -15,10 +15,10 @@ import pytest
 from bytewax.testing import run_main
 from confluent_kafka import Consumer
 
-from features.codec import StateCodec
-from features.engine import Engine
 from features.feast_objects import view_name
 from features.reference import REFERENCE
+from features.reference_codec import StateCodec
+from features.reference_engine import Engine
 from features.store import StoreConfig, open_feature_store, open_store
 from flows.backfill import run_backfill
 from flows.stream import StreamConfig, build_flow

@@ -12,8 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from features.engine import QueryTooOldError
 from features.reference import REFERENCE, Event
+from features.reference_engine import QueryTooOldError
 from features.store import OnlineRow
 from flows.backfill import BackfillReport, compute_features, load_events
 from flows.registry import RegistryError, resolve

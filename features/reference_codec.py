@@ -1,4 +1,6 @@
-"""Compact, versioned bytes for an entity's state (no pickle).
+"""The Python reference codec: compact, versioned bytes for a reference engine state (no
+pickle). The native core writes and reads the very same bytes (held equal by the tests);
+no production path runs this module.
 
 The bytes are canonical: the same multiset of accepted events gives the same bytes,
 whatever order they arrived in. Times are stored as unsigned offsets behind the newest
@@ -9,11 +11,11 @@ Layout v1 (little-endian)::
     header  magic "SK", version u8, flags u8, layout crc32 u32, max_seen i64,
             last_before_raw i64, n_raw u32, n_ids u32, n_tiles u32 × levels
     raw     ts offsets u32[n_raw], values f64[n_raw] per field
-    ids     ts offsets u32[n_ids], hashes u64[n_ids]          (primary entity only)
+    ids     ts offsets u32[n_ids], hashes u64[n_ids]          (every entity dedups)
     tiles   per level: bucket offsets u32, n u32, then per field the level's components
             of sum, m2, min, max as f64
 
->>> from features.engine import Engine
+>>> from features.reference_engine import Engine
 >>> from features.reference import REFERENCE
 >>> layout = Engine(REFERENCE).layout("merchant")
 >>> codec = StateCodec(layout)
@@ -31,12 +33,11 @@ from __future__ import annotations
 
 import math
 import struct
-import zlib
 from typing import Any
 
 from features import moments
-from features.definitions import Op
-from features.engine import EntityLayout, EntityState
+from features.layout import COMPONENTS, M2, MIN, SUM
+from features.reference_engine import EntityState, ReferenceLayout
 
 MAGIC = b"SK"
 VERSION = 1
@@ -44,44 +45,17 @@ _HAS_MAX, _HAS_LAST = 1, 2
 _HEAD = struct.Struct("<2sBBIqqII")
 _U32_MAX = 2**32 - 1
 
-# tile components, in serialized order
-SUM, M2, MIN, MAX = "sum", "m2", "min", "max"
-_OP_NEEDS = {
-    Op.COUNT: (),
-    Op.SUM: (SUM,),
-    Op.MEAN: (SUM,),
-    Op.STD: (SUM, M2),
-    Op.MIN: (MIN,),
-    Op.MAX: (MAX,),
-}
-
 
 class StateCodec:
     """Encodes/decodes one entity layout's states."""
 
-    def __init__(self, layout: EntityLayout) -> None:
+    def __init__(self, layout: ReferenceLayout) -> None:
         self.layout = layout
         self.nf = len(layout.fields)
-        needs: list[tuple[str, ...]] = []
-        for j in range(len(layout.hops)):
-            wanted = {
-                c
-                for g in layout.groups
-                if g.level >= j
-                for _, op, _ in g.outputs
-                for c in _OP_NEEDS[op]
-            }
-            needs.append(tuple(c for c in (SUM, M2, MIN, MAX) if c in wanted))
-        self.needs = tuple(needs)
+        self.needs, self.crc = layout.needs, layout.crc
         self._slots = tuple(
-            tuple(nd.index(c) if c in nd else -1 for c in (SUM, M2, MIN, MAX)) for nd in needs
+            tuple(nd.index(c) if c in nd else -1 for c in COMPONENTS) for nd in self.needs
         )
-        if layout.horizon_ms + layout.fine_hop > _U32_MAX or (layout.lateness_ms or 0) > _U32_MAX:
-            raise ValueError("exact_horizon: too long to encode time offsets in 32 bits")
-        signature = repr(
-            (layout.entity.name, layout.hops, layout.fields, self.needs, layout.primary)
-        )
-        self.crc = zlib.crc32(signature.encode())
         self._levels = struct.Struct(f"<{len(layout.hops)}I")
 
     def encode(self, state: EntityState) -> bytes:

@@ -1,12 +1,10 @@
-"""The aggregation engine shared by the streaming flow and the scoring service.
+"""The Python reference engine: the stream and serving semantics, written plainly, that
+the native core (:mod:`features.native`) is held to bit for bit by the tests. No production
+path runs it (an import-linter contract in pyproject.toml says so).
 
-Per entity it keeps *tiles*: exact partial aggregates per hop bucket, one level per
-distinct hop (the hops form a divisibility chain, e.g. 1m | 5m | 1h | 1d), plus the raw
-events of the last ``exact_horizon`` (rounded down to the finest hop). A window
-``[floor(t/H)*H - W, t)`` is answered as: whole buckets of its own level, then ever finer
-levels for the partial head, then raw events for the last, unfinished finest bucket.
-The head is exact, so values are request-time correct (R2) and nothing at or after ``t``
-leaks in (R1), for any ``t >= max_seen - exact_horizon``.
+Per entity it keeps *tiles* per hop level plus the raw events of the exact horizon (see
+:mod:`features.layout`). The head is exact, so values are request-time correct (R2) and
+nothing at or after ``t`` leaks in (R1), for any ``t >= max_seen - exact_horizon``.
 
 >>> from features.reference import REFERENCE
 >>> card = Engine(REFERENCE).layout("card")
@@ -23,32 +21,22 @@ leaks in (R1), for any ``t >= max_seen - exact_horizon``.
 
 from __future__ import annotations
 
-import enum
-import hashlib
 import math
 from bisect import bisect_left
-from dataclasses import dataclass
 
 from features import moments
-from features.definitions import MS_PER_SECOND, Aggregation, FeatureSet, Op
+from features.definitions import MS_PER_SECOND, FeatureSet
+from features.layout import (
+    EntityLayout,
+    Outcome,
+    QueryTooOldError,
+    _Group,
+    txid_hash,
+)
+
+__all__ = ["Engine", "EntityState", "Outcome", "QueryTooOldError", "ReferenceLayout", "txid_hash"]
 
 Value = float | int
-
-
-class Outcome(enum.Enum):
-    APPLIED = "applied"
-    DUPLICATE = "duplicate"
-    LATE = "late"
-
-
-class QueryTooOldError(ValueError):
-    """The query time is older than the state can answer exactly."""
-
-
-def txid_hash(transaction_id: str) -> int:
-    """64-bit hash of a transaction id, the dedup key kept in state."""
-    digest = hashlib.blake2b(transaction_id.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little")
 
 
 class EntityState:
@@ -72,63 +60,12 @@ class EntityState:
             setattr(self, a, v)
 
 
-@dataclass(frozen=True)
-class _Group:
-    """Features sharing one window: computed from one merged tile."""
-
-    length_ms: int
-    hop_ms: int
-    level: int
-    outputs: tuple[tuple[int, Op, int], ...]  # (feature position, op, field index)
-    need_m2: bool  # some output is a std
-
-
-class EntityLayout:
-    """The compiled engine for one entity of a feature set."""
-
-    def __init__(self, fs: FeatureSet, entity_name: str) -> None:
-        aggs: tuple[Aggregation, ...] = fs.for_entity(entity_name)
-        self.entity = fs.entity(entity_name)
-        self.names = tuple(a.name for a in aggs)
-        self.fields = tuple(sorted({a.field for a in aggs if a.field})) or ("__count__",)
-        # every entity decides duplicates and too-late events on its own events (DESIGN.md)
-        self.primary = True
-        self.horizon_ms = int(fs.exact_horizon.total_seconds() * MS_PER_SECOND)
-        windowed = [a for a in aggs if a.window is not None]
-        self.hops = tuple(sorted({a.window.hop_ms for a in windowed if a.window}))
-        lateness = fs.lateness_ms(entity_name)
-        # too-late bound: older events can reach no window queried at t >= max_seen - horizon
-        self.lateness_ms = None if lateness is None else lateness + self.horizon_ms
-        # buckets each level keeps behind the oldest answerable query time
-        keep: list[int] = []
-        for j, hop in enumerate(self.hops):
-            own = [a.window.length_ms for a in windowed if a.window and a.window.hop_ms == hop]
-            head = self.hops[j + 1] if j + 1 < len(self.hops) else 0
-            keep.append(max([*own, head]) // hop)
-        self.keep = tuple(keep)
-        groups: dict[tuple[int, int], list[tuple[int, Op, int]]] = {}
-        self.since_last: int | None = None
-        for pos, a in enumerate(aggs):
-            if a.window is None:
-                self.since_last = pos
-                continue
-            fidx = self.fields.index(a.field) if a.field else 0
-            groups.setdefault((a.window.length_ms, a.window.hop_ms), []).append((pos, a.op, fidx))
-        self.groups = tuple(
-            _Group(w, h, self.hops.index(h), tuple(outs), any(o[1] is Op.STD for o in outs))
-            for (w, h), outs in groups.items()
-        )
-        self.fine_hop = self.hops[0] if self.hops else 1
+class ReferenceLayout(EntityLayout):
+    """An entity layout with the Python engine's update, compact and finalize."""
 
     # -- lifecycle -------------------------------------------------------------------
     def new_state(self) -> EntityState:
         return EntityState(len(self.hops))
-
-    def raw_floor(self, max_seen: int) -> int:
-        return ((max_seen - self.horizon_ms) // self.fine_hop) * self.fine_hop
-
-    def level_floor(self, max_seen: int, j: int) -> int:
-        return (max_seen - self.horizon_ms) // self.hops[j] - self.keep[j]
 
     def oldest_query_ms(self, state: EntityState) -> int | None:
         """Queries at or after this time are exact; None when the state is empty."""
@@ -313,11 +250,11 @@ class Engine:
 
     def __init__(self, fs: FeatureSet) -> None:
         self.feature_set = fs
-        self._layouts = {e.name: EntityLayout(fs, e.name) for e in fs.entities}
+        self._layouts = {e.name: ReferenceLayout(fs, e.name) for e in fs.entities}
 
-    def layout(self, entity_name: str) -> EntityLayout:
+    def layout(self, entity_name: str) -> ReferenceLayout:
         return self._layouts[entity_name]
 
     @property
-    def layouts(self) -> tuple[EntityLayout, ...]:
+    def layouts(self) -> tuple[ReferenceLayout, ...]:
         return tuple(self._layouts.values())
