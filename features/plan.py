@@ -27,6 +27,7 @@ import numpy as np
 
 from features.definitions import Entity, FeatureSet
 from features.layout import EntityLayout, compile_layouts
+from features.native import event_parser
 from features.request import RequestFeature
 from features.schema import EventSchema, FieldType
 from features.validate import Validator
@@ -96,6 +97,8 @@ class Plan:
         self.fs = fs
         self.schema = fs.schema
         self.validator = Validator(fs.schema)
+        # a valid message decodes natively, with the schema's own parameters
+        self.validator.use_fast_path(event_parser(fs.schema))
         self.record = fs.schema.record
         self.event_id = fs.schema.getter(fs.schema.event_id)
         self.event_time = fs.schema.getter(fs.schema.event_time)
@@ -114,6 +117,7 @@ class Plan:
         self._by_name = {p.name: p for p in self.entities}
         self.request: tuple[RequestFeature, ...] = fs.request
         self._sources = tuple(tuple(self._source(n) for n in rf.inputs) for rf in fs.request)
+        self._request_one = self._compile_request_one()
 
     def entity(self, name: str) -> EntityPlan:
         return self._by_name[name]
@@ -131,15 +135,25 @@ class Plan:
     def request_one(self, event: Any, window: Sequence[Sequence[float]]) -> list[float]:
         """The request features of one event; ``window[j]`` holds entity ``j``'s finalized
         values (layout order). Computed on numpy scalars, as :meth:`request_many` on arrays."""
-        out = []
         with np.errstate(all="ignore"):
-            for rf, sources in zip(self.request, self._sources, strict=True):
-                args = [
-                    s.scalar(event[s.at] if s.entity is None else window[s.entity][s.at])
-                    for s in sources
-                ]
-                out.append(float(rf.fn(*args)))
-        return out
+            return self._request_one(event, window)
+
+    def _compile_request_one(self) -> Callable[[Any, Sequence[Sequence[float]]], list[float]]:
+        """One generated function for every request feature (one event is the latency path:
+        a loop over sources cost ~2.5 µs of the 3.4 µs per event)."""
+        env: dict[str, Any] = {}
+        calls = []
+        for k, (rf, sources) in enumerate(zip(self.request, self._sources, strict=True)):
+            env[f"fn{k}"] = rf.fn
+            args = []
+            for m, src in enumerate(sources):
+                env[f"cv{k}_{m}"] = src.scalar
+                at = f"event[{src.at}]" if src.entity is None else f"window[{src.entity}][{src.at}]"
+                args.append(f"cv{k}_{m}({at})")
+            calls.append(f"float(fn{k}({', '.join(args)}))")
+        exec(f"def one(event, window):\n    return [{', '.join(calls)}]", env)  # from the plan
+        one: Callable[[Any, Sequence[Sequence[float]]], list[float]] = env["one"]
+        return one
 
     def request_many(
         self, column: Callable[[str], np.ndarray | None], n: int

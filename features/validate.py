@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from features.fastcheck import compile_fast_check
 from features.schema import (
     EventSchema,
     Field,
@@ -180,6 +181,9 @@ class Validator:
         self.schema = schema
         self.record: Any = schema.record
         self._checks = tuple((f.name, field_check(f)) for f in schema.fields)
+        self._names = schema.names
+        #: ``fast(*values) -> record | None``: the rules inline, for a plainly valid event
+        self.fast_check = compile_fast_check(schema)
         self._fast: Callable[[bytes], Any] | None = None
 
     def use_fast_path(self, fast: Callable[[bytes], Any] | None) -> None:
@@ -190,6 +194,14 @@ class Validator:
         """One decoded JSON object -> an event record, or :class:`InvalidEventError`."""
         if not isinstance(obj, dict):
             raise InvalidEventError(f"message: must be a JSON object, got {_type_name(obj)}")
+        get = obj.get
+        event = self.fast_check(*[get(name) for name in self._names])
+        if event is not None:
+            return event
+        return self.validate_rules(obj)
+
+    def validate_rules(self, obj: dict[str, Any]) -> Any:
+        """:meth:`validate` rule by rule: the reference the fast paths are held to."""
         get = obj.get
         return self.record._make([check(get(name)) for name, check in self._checks])
 
@@ -212,7 +224,9 @@ class Validator:
             obj = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise InvalidEventError(f"message: not UTF-8 JSON ({exc.__class__.__name__})") from None
-        return self.validate(obj)
+        if not isinstance(obj, dict):
+            raise InvalidEventError(f"message: must be a JSON object, got {_type_name(obj)}")
+        return self.validate_rules(obj)
 
     def to_json(self, event: Any) -> bytes:
         """An event record as the JSON message a producer sends (times as epoch ms)."""
