@@ -88,6 +88,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     v.add_argument("--sample", type=int, default=1000, help="entities per entity type")
 
+    fr = sub.add_parser(
+        "feast-repo",
+        help="write a Feast repo (feature_store.yaml + repo.py) for the definitions, for "
+        "`feast apply` / `feast materialize`",
+    )
+    fr.add_argument("--out", type=Path, required=True)
+
     bench = sub.add_parser("bench", help="benchmarks, JSON results with same-run baselines")
     bench.add_argument(
         "suites", nargs="*", default=[], help="backfill, stream, serve (default: all)"
@@ -174,6 +181,23 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
     from skewless.verify import run_verify
 
     return run_verify(args, settings)
+
+
+@command("feast-repo")
+def _feast_repo(args: argparse.Namespace, settings: Settings) -> int:
+    from features.loader import DEFAULT, load_definitions
+    from features.store import StoreConfig
+    from features.store.feast import write_feast_repo
+
+    spec = settings.definitions or DEFAULT
+    if spec.endswith(".py") or Path(spec).is_file():
+        spec = str(Path(spec).resolve())
+    fs = load_definitions(spec)
+    cfg = StoreConfig(settings.redis_url)
+    for path in write_feast_repo(cfg, fs, spec, args.out):
+        print(path)
+    print(f"project {fs.project}: cd {args.out} && feast apply && feast materialize ...")
+    return 0
 
 
 @command("bench")
