@@ -287,7 +287,7 @@ cmd_kafka_start() {
 
     if [[ ! -f "$dir/data/meta.properties" ]]; then
         local cluster_id
-        cluster_id="$(python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode())')"
+        cluster_id="$(python3 "$SCRIPT_DIR/cluster_id.py")"  # never starts with "-"
         echo "$cluster_id" >"$dir/cluster.id"
         kafka_java_cmd "$dir" kafka.tools.StorageTool format -t "$cluster_id" \
             -c "$dir/server.properties" --ignore-formatted
