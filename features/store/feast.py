@@ -59,13 +59,15 @@ import os
 from pathlib import Path
 
 from features.feast_objects import build_feast_objects
+from features.feast_request import request_time_views
 from features.loader import load_definitions
 
 _DATA = Path(os.environ.get("SKEWLESS_FEAST_DATA", Path(__file__).parent / "data")).resolve()
 _OBJECTS = build_feast_objects(load_definitions({spec!r}), _DATA)
 
-# Feast discovers objects among this module's globals.
-for _obj in _OBJECTS.all():
+# Feast discovers objects among this module's globals; the on-demand views give request-time
+# values (request_time_ms in each entity row), the feature views as of the last event.
+for _obj in [*_OBJECTS.all(), *request_time_views({spec!r}, _OBJECTS)]:
     globals()[f"{{type(_obj).__name__.lower()}}_{{_obj.name}}"] = _obj
 '''
 

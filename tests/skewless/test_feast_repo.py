@@ -47,3 +47,23 @@ def test_feast_apply_and_materialize_in_a_generated_repo(tmp_path: Path) -> None
                        .column("user_id").to_pylist()))[:20]  # fmt: skip
     states = store.read_states([("user", u) for u in users], bootstrap=True)
     assert users and all(s is not None for s in states)
+    # a plain Feast reader gets request-time values from the on-demand views
+    import warnings
+
+    from feast import FeatureStore
+
+    from features.feast_request import REQUEST_TIME
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        feast_sdk = FeatureStore(repo_path=str(repo))
+        views = sorted(v.name for v in feast_sdk.list_on_demand_feature_views())
+        assert views == ["item_features_at_request", "user_features_at_request"]
+        name = next(a.name for a in fs.for_entity("user") if a.op.value == "count")
+        t = max(int(x) for x in pq.read_table(tmp_path / "bf" / "feast" / "user_features.parquet")
+                .column("event_timestamp").cast("int64").to_pylist()) + 1  # fmt: skip
+        got = feast_sdk.get_online_features(
+            features=[f"user_features_at_request:{name}"],
+            entity_rows=[{"user_id": u, REQUEST_TIME: t} for u in users],
+        ).to_dict()[name]
+    assert len(got) == len(users) and all(isinstance(v, int) for v in got)
