@@ -10,6 +10,8 @@ line (``skewless.cli``) builds it.
 ('redis://127.0.0.1:6390/0', 'redis')
 >>> "hunter2" in repr(s)
 False
+>>> "pw" in repr(Settings.from_env({"SKEWLESS_REDIS_URL": "rediss://u:pw@127.0.0.1:6380/0"}))
+False
 """
 
 from __future__ import annotations
@@ -51,20 +53,14 @@ class Settings:
     def online_store(self) -> str:
         return "redis" if self.redis_url else "sqlite"
 
-    @property
-    def feast_redis_connection(self) -> str:
-        """Feast's ``host:port,db=N`` form of :attr:`redis_url`."""
-        u = urlparse(self.redis_url)
-        db = (u.path or "/0").lstrip("/") or "0"
-        auth = f",password={u.password}" if u.password else ""
-        return f"{u.hostname}:{u.port or 6379},db={db}{auth}"
-
     def __repr__(self) -> str:
         shown = []
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name == "auth_token":
                 value = "***" if value else ""
+            elif f.name == "redis_url":
+                value = masked_url(value)
             shown.append(f"{f.name}={value!r}")
         return f"Settings({', '.join(shown)})"
 
@@ -92,6 +88,21 @@ def _convert(f: dataclasses.Field[object], raw: str) -> object:
             f"{_PREFIX}{f.name.upper()}: {raw!r} is not a valid {type(default).__name__}"
         ) from None
     return raw
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for messages and logs).
+
+    >>> masked_url("rediss://skewless:s3cret@127.0.0.1:6380/0?ssl_ca_certs=/ca.crt")
+    'rediss://skewless:***@127.0.0.1:6380/0?ssl_ca_certs=/ca.crt'
+    >>> masked_url("redis://127.0.0.1:6379/0")
+    'redis://127.0.0.1:6379/0'
+    """
+    u = urlparse(url)
+    if not u.password:
+        return url
+    user = f"{u.username}:" if u.username else ":"
+    return u._replace(netloc=f"{user}***@{u.hostname}:{u.port}").geturl()
 
 
 #: grpcio experiments switched off unless ``GRPC_EXPERIMENTS`` is set (see serving/__init__)

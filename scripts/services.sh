@@ -20,6 +20,10 @@
 #   SKEWLESS_KAFKA_HEAP_OPTS     JVM heap options (default -Xmx512m -Xms256m)
 #   SKEWLESS_KAFKA_START_TIMEOUT seconds to wait for the broker (default 90)
 #   SKEWLESS_REDIS_START_TIMEOUT seconds to wait for redis (default 20)
+#   SKEWLESS_REDIS_TLS=1         redis-start serves TLS only (a self-signed CA and server
+#                                certificate in DIR) with an ACL user `skewless` and a random
+#                                password, the default user off; DIR/redis.url holds the
+#                                rediss:// URL (ssl_ca_certs=DIR/ca.crt) to connect with
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -355,8 +359,32 @@ redis_manual_howto() {
     echo "redis-server --port $port --bind 127.0.0.1 --save '' --appendonly no --daemonize yes --pidfile $dir/redis.pid --logfile $dir/redis.log --dir $dir"
 }
 
-redis_ping() { # port -> 0 if PONG
-    [[ "$(timeout 2 redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null)" == "PONG" ]]
+redis_cli_args() { # dir -> the redis-cli options that reach the server in dir (TLS + ACL)
+    local dir="$1"
+    if [[ -f "$dir/redis.pass" ]]; then
+        printf '%s\n' --tls --cacert "$dir/ca.crt" --user skewless --pass "$(cat "$dir/redis.pass")"
+    fi
+}
+
+redis_ping() { # port [dir] -> 0 if PONG
+    local -a extra=()
+    [[ -n "${2:-}" ]] && mapfile -t extra < <(redis_cli_args "$2")
+    [[ "$(timeout 2 redis-cli "${extra[@]}" -h 127.0.0.1 -p "$1" --no-auth-warning ping 2>/dev/null)" == "PONG" ]]
+}
+
+redis_tls_files() { # dir -> a CA, a server certificate for 127.0.0.1 and a password, once
+    local dir="$1"
+    [[ -f "$dir/redis.crt" && -f "$dir/redis.pass" ]] && return 0
+    command -v openssl >/dev/null 2>&1 || die "redis: SKEWLESS_REDIS_TLS=1 needs openssl"
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout "$dir/ca.key" -out "$dir/ca.crt" \
+        -days 30 -subj "/CN=skewless-test-ca" >/dev/null 2>&1
+    openssl req -newkey rsa:2048 -nodes -keyout "$dir/redis.key" -out "$dir/redis.csr" \
+        -subj "/CN=127.0.0.1" >/dev/null 2>&1
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$dir/redis.ext"
+    openssl x509 -req -in "$dir/redis.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" \
+        -CAcreateserial -out "$dir/redis.crt" -days 30 -extfile "$dir/redis.ext" >/dev/null 2>&1
+    python3 -c 'import secrets; print(secrets.token_hex(16))' >"$dir/redis.pass"
+    chmod 600 "$dir/ca.key" "$dir/redis.key" "$dir/redis.pass"
 }
 
 cmd_redis_start() {
@@ -366,7 +394,7 @@ cmd_redis_start() {
 
     if [[ -s "$dir/redis.port" ]]; then
         port="$(tr -dc '0-9' <"$dir/redis.port")"
-        if pid_matches "$pidfile" redis-server >/dev/null && redis_ping "$port"; then
+        if pid_matches "$pidfile" redis-server >/dev/null && redis_ping "$port" "$dir"; then
             err "redis: already running in $dir"
             echo "127.0.0.1:$port"
             return 0
@@ -393,7 +421,18 @@ cmd_redis_start() {
     # always): used by the outage tests, where a restart must not lose what was written
     local aof=no
     [[ "${SKEWLESS_REDIS_APPENDONLY:-0}" == 1 ]] && aof=yes
-    if ! redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly "$aof" \
+    local -a listen=(--port "$port")
+    if [[ "${SKEWLESS_REDIS_TLS:-0}" == 1 ]]; then
+        redis_tls_files "$dir"
+        listen=(--port 0 --tls-port "$port" --tls-cert-file "$dir/redis.crt"
+            --tls-key-file "$dir/redis.key" --tls-ca-cert-file "$dir/ca.crt" --tls-auth-clients no
+            --user default off --user skewless on ">$(cat "$dir/redis.pass")" '~*' '&*' '+@all')
+        echo "rediss://skewless:$(cat "$dir/redis.pass")@127.0.0.1:$port/0?ssl_ca_certs=$dir/ca.crt" \
+            >"$dir/redis.url"
+    else
+        rm -f "$dir/redis.pass" "$dir/redis.url"
+    fi
+    if ! redis-server "${listen[@]}" --bind 127.0.0.1 --save '' --appendonly "$aof" \
         --appendfsync always \
         --daemonize yes --pidfile "$pidfile" --logfile "$log" --dir "$dir" \
         </dev/null >>"$log" 2>&1; then
@@ -403,7 +442,7 @@ cmd_redis_start() {
     fi
 
     local start=$SECONDS deadline=$((SECONDS + REDIS_START_TIMEOUT))
-    while ! redis_ping "$port"; do
+    while ! redis_ping "$port" "$dir"; do
         if tail -c "+$((log_offset + 1))" "$log" 2>/dev/null | grep -qE 'aborting|Fatal error|FATAL'; then
             report_failure "Redis server" "$log" "redis-server aborted (see its log)" \
                 "$(redis_manual_howto "$dir" "$port")"
@@ -430,7 +469,10 @@ cmd_redis_stop() {
     fi
     port="$(tr -dc '0-9' <"$dir/redis.port" 2>/dev/null || true)"
     if [[ -n "$port" ]]; then
-        timeout 5 redis-cli -h 127.0.0.1 -p "$port" shutdown nosave >/dev/null 2>&1 || true
+        local -a extra=()
+        mapfile -t extra < <(redis_cli_args "$dir")
+        timeout 5 redis-cli "${extra[@]}" -h 127.0.0.1 -p "$port" --no-auth-warning shutdown nosave \
+            >/dev/null 2>&1 || true
     fi
     if ! wait_gone "$pid" 5; then
         kill -TERM "$pid" 2>/dev/null || true

@@ -22,20 +22,38 @@ from features.store.encoding import encode_value
 from features.store.protocol import OnlineRow
 
 
+def feast_connection_string(url: str) -> str:
+    """Feast's ``host:port,db=N[,ssl=true][,username=U][,password=P]`` form of a Redis URL.
+    Feast passes no CA file to redis-py: for a private CA, point ``SSL_CERT_FILE`` at it.
+
+    >>> feast_connection_string("rediss://u:p%40ss@127.0.0.1:6380/2?ssl_ca_certs=/ca.crt")
+    '127.0.0.1:6380,db=2,ssl=true,username=u,password=p@ss'
+    """
+    from urllib.parse import unquote, urlparse
+
+    u = urlparse(url)
+    db = (u.path or "/0").lstrip("/") or "0"
+    parts = [f"{u.hostname}:{u.port or 6379}", f"db={db}"]
+    if u.scheme == "rediss":
+        parts.append("ssl=true")
+    if u.username:
+        parts.append(f"username={unquote(u.username)}")
+    if u.password:
+        parts.append(f"password={unquote(u.password)}")
+    return ",".join(parts)
+
+
 def repo_config(cfg: StoreConfig, project: str) -> Any:
     """A Feast ``RepoConfig`` over the online store ``cfg`` names (Redis, or SQLite in
     ``cfg.workdir``); the registry lives in ``cfg.workdir`` either way."""
-    from urllib.parse import urlparse
 
     from feast.repo_config import RepoConfig
 
     workdir = cfg.workdir.resolve()
     if cfg.backend == "redis":
-        u = urlparse(cfg.redis_url)
-        db = (u.path or "/0").lstrip("/") or "0"
         online: dict[str, Any] = {
             "type": "redis",
-            "connection_string": f"{u.hostname}:{u.port or 6379},db={db}",
+            "connection_string": feast_connection_string(cfg.redis_url),
         }
     else:
         online = {"type": "sqlite", "path": str(workdir / "online.db")}

@@ -11,12 +11,14 @@ the connection (opened on first use, one per thread).
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 from collections.abc import Sequence
 from typing import Any
 
 from features.definitions import FeatureSet
 from features.feast_objects import bootstrap_field, state_field, view_name
+from features.settings import masked_url
 from features.store.encoding import entity_key_bytes, feast_field
 from features.store.protocol import OnlineRow, StoreUnavailableError
 
@@ -31,9 +33,12 @@ class RedisWire:
         from urllib.parse import unquote, urlparse
 
         u = urlparse(url)
-        if u.scheme not in ("redis", ""):
-            raise ValueError(f"redis_url: scheme {u.scheme!r} is not supported (use redis://)")
+        if u.scheme not in ("redis", "rediss", ""):
+            raise ValueError(
+                f"redis_url: scheme {u.scheme!r} is not supported (use redis:// or rediss://)"
+            )
         self.address = (u.hostname or "127.0.0.1", u.port or 6379)
+        self._tls = tls_context(u.query) if u.scheme == "rediss" else None
         self.timeout_s = timeout_s
         db = int((u.path or "/0").lstrip("/") or 0)
         hello = []
@@ -53,9 +58,18 @@ class RedisWire:
         sock = socket.create_connection(self.address, timeout=self.timeout_s)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._tls is not None:
+                sock = self._tls.wrap_socket(sock, server_hostname=self.address[0])
             reader = hiredis.Reader()
             if self._hello:
-                self._roundtrip(sock, reader, b"".join(self._hello), len(self._hello))
+                try:
+                    self._roundtrip(sock, reader, b"".join(self._hello), len(self._hello))
+                except RedisReplyError as exc:  # credentials or db: a setting, not an outage
+                    raise RedisSetupError(
+                        f"online store: Redis at {self.address[0]}:{self.address[1]} refused "
+                        f"the connection setup ({exc}); check the user, password and db in "
+                        "SKEWLESS_REDIS_URL"
+                    ) from None
         except BaseException:
             sock.close()
             raise
@@ -104,8 +118,32 @@ class RedisWire:
             sock.close()
 
 
+def tls_context(query: str) -> ssl.SSLContext:
+    """The TLS context of a ``rediss://`` URL; its query takes redis-py's names:
+    ``ssl_ca_certs`` (a CA file; default: the system's), ``ssl_certfile`` and ``ssl_keyfile``
+    (a client certificate, for mutual TLS), ``ssl_cert_reqs=none`` (no verification; tests
+    only). The server's certificate must name the host of the URL."""
+    from urllib.parse import parse_qs
+
+    params = {k: v[-1] for k, v in parse_qs(query).items()}
+    unknown = sorted(set(params) - {"ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs"})
+    if unknown:
+        raise ValueError(f"redis_url: unknown option(s) {', '.join(unknown)}")
+    ctx = ssl.create_default_context(cafile=params.get("ssl_ca_certs"))
+    if params.get("ssl_cert_reqs", "required").lower() == "none":
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if "ssl_certfile" in params:
+        ctx.load_cert_chain(params["ssl_certfile"], params.get("ssl_keyfile"))
+    return ctx
+
+
 class RedisReplyError(RuntimeError):
     """Redis answered a command with an error (not an outage: a bug or a misconfiguration)."""
+
+
+class RedisSetupError(ValueError):
+    """Redis refused AUTH or SELECT: a wrong setting, said in one line, never retried."""
 
 
 def _resp(*args: str | bytes) -> bytes:
@@ -158,7 +196,7 @@ class RedisStore:
 
     def _unavailable(self, exc: Exception) -> StoreUnavailableError:
         return StoreUnavailableError(
-            f"online store: Redis at {self.url} is unreachable ({exc}); start it with "
+            f"online store: Redis at {masked_url(self.url)} is unreachable ({exc}); start it with "
             "`scripts/services.sh redis-start DIR` or set SKEWLESS_REDIS_URL"
         )
 
