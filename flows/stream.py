@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeGuard
 
 import bytewax.operators as op
-from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
+from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSource, KafkaSourceMessage
 from bytewax.connectors.kafka import operators as kop
-from bytewax.dataflow import Dataflow
+from bytewax.dataflow import Dataflow, operator
 from bytewax.operators import StatefulBatchLogic
 
 from features.definitions import FeatureSet
@@ -35,7 +35,13 @@ from features.plan import Plan, compile_plan
 from features.schema import InvalidEventError
 from features.store import OnlineRow, StoreConfig, StoreUnavailableError
 from flows import stream_io
-from flows.stream_io import DeadLetter, JsonlSink, OnlineStoreSink, ParquetReplaySource
+from flows.stream_io import (
+    DeadLetter,
+    JsonlSink,
+    OnlineStoreSink,
+    ParquetReplaySource,
+    StoppableSource,
+)
 
 log = logging.getLogger("skewless.stream")
 
@@ -61,40 +67,92 @@ class StreamConfig:
 
 @dataclass(frozen=True)
 class Ingested:
-    """A valid event, its original bytes and when it entered the system (Kafka timestamp
-    or read time, ms)."""
+    """A valid event, its original bytes and Kafka key, and when it entered the system
+    (Kafka timestamp or read time, ms)."""
 
     event: Any
     produced_ms: int
     raw: bytes = b""
+    key: bytes | None = None
+
+
+class KeyCheck:
+    """Counts Kafka messages whose key is not the primary entity's id: they spread one
+    entity's events over partitions, so its events arrive out of order (and late). Warns
+    at most once per ``interval_s``, naming the first offenders since the last warning."""
+
+    interval_s = 30.0
+    shown = 5
+
+    def __init__(self, plan: Plan) -> None:
+        self.key = plan.primary.key
+        self.join_key = plan.fs.primary.join_key
+        self.lock = threading.Lock()
+        self.last = -float("inf")
+        self.pending = 0
+        self.first: list[str] = []
+
+    def __call__(self, msgs: list[Any], out: list[Ingested | DeadLetter]) -> None:
+        key = self.key
+        bad = [
+            i for i, x in enumerate(out)
+            if type(x) is Ingested and x.key != str(key(x.event)).encode()
+        ]  # fmt: skip
+        if bad:
+            self.report(msgs, out, bad)
+
+    def report(self, msgs: list[Any], out: list[Any], bad: list[int]) -> None:
+        stream_io.METRICS.key_mismatches.inc(len(bad))
+        with self.lock:
+            self.pending += len(bad)
+            for i in bad[: max(self.shown - len(self.first), 0)]:
+                m = msgs[i]
+                self.first.append(
+                    f"partition {m.partition} offset {m.offset}: key {m.key!r}, "
+                    f"expected {self.join_key} {self.key(out[i].event)}"
+                )
+            now = time.monotonic()
+            if now - self.last < self.interval_s:
+                return
+            self.last = now
+            n, first, self.pending, self.first = self.pending, self.first, 0, []
+        log.warning(
+            "%d message key(s) are not the %s (key each message by it, or one entity's "
+            "events spread over partitions and arrive late): %s",
+            n, self.join_key, "; ".join(first),
+        )  # fmt: skip
 
 
 class Decoder:
     """Parses messages with the definitions' schema; anything invalid becomes a dead
     letter naming the field. Counted once per batch in the metrics."""
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, check_keys: bool = False) -> None:
         self.parse = plan.validator.parse
+        self.check_keys = KeyCheck(plan) if check_keys else None
 
     def __call__(self, msgs: list[Any]) -> list[Ingested | DeadLetter]:
         out = [self.decode(m) for m in msgs]
         dead = sum(1 for x in out if type(x) is DeadLetter)
         stream_io.METRICS.dead_letters.inc(dead)
         stream_io.METRICS.events_in.inc(len(out) - dead)
+        if self.check_keys is not None:
+            self.check_keys(msgs, out)
         return out
 
     def decode(self, msg: Any) -> Ingested | DeadLetter:
+        key: bytes | None
         if isinstance(msg, KafkaSourceMessage):
-            raw = msg.value or b""
+            raw, key = msg.value or b"", msg.key
             _, ts = msg.timestamp or (0, 0)
             produced, where = ts, {"partition": msg.partition, "offset": msg.offset}
         else:
-            raw, produced, where = msg.value, msg.produced_ms, {"row": msg.row}
+            raw, key, produced, where = msg.value, None, msg.produced_ms, {"row": msg.row}
         try:
             event = self.parse(raw)
         except InvalidEventError as exc:
-            return DeadLetter(raw, str(exc), where)
-        return Ingested(event, produced or int(time.time() * 1000), raw)
+            return DeadLetter(raw, str(exc), where, key)
+        return Ingested(event, produced or int(time.time() * 1000), raw, key)
 
 
 _APPLIED, _DUPLICATE, _LATE = 0, 1, 2  # native update outcomes
@@ -256,19 +314,53 @@ class _EntityContext:
         return self.core.new_state()
 
 
+# A dead letter fits Kafka's default limits (producer message.max.bytes 1,000,000; a
+# topic's max.message.bytes 1,048,588) whatever the input topic allowed: a message the
+# DLQ refused would stop the flow at it on every restart.
+DLQ_MAX_VALUE = 900_000
+DLQ_MAX_KEY = 16_384
+DLQ_MAX_REASON = 2_048
+
+
 def _dlq_message(d: DeadLetter, topic: str) -> KafkaSinkMessage[bytes | None, bytes]:
-    headers = [("reason", d.reason.encode()), *((k, str(v).encode()) for k, v in d.where.items())]
-    return KafkaSinkMessage(key=None, value=d.raw, topic=topic, headers=headers)
+    """The original key and bytes (truncated past the limits above, saying so in the
+    ``truncated`` / ``key_truncated`` headers with the original length), the reason and
+    where it was read."""
+    reason = d.reason if len(d.reason) <= DLQ_MAX_REASON else d.reason[:DLQ_MAX_REASON] + "..."
+    headers = [("reason", reason.encode()), *((k, str(v).encode()) for k, v in d.where.items())]
+    value, key = d.raw, d.key
+    if len(value) > DLQ_MAX_VALUE:
+        headers.append(("truncated", str(len(value)).encode()))
+        value = value[:DLQ_MAX_VALUE]
+    if key is not None and len(key) > DLQ_MAX_KEY:
+        headers.append(("key_truncated", str(len(key)).encode()))
+        key = key[:DLQ_MAX_KEY]
+    return KafkaSinkMessage(key=key, value=value, topic=topic, headers=headers)
 
 
-def _late_message(plan: Plan, late: LateOut, topic: str) -> KafkaSinkMessage[bytes, bytes]:
-    """The original bytes, keyed by the primary entity, naming the entity that dropped it."""
+def _late_message(late: LateOut, topic: str) -> KafkaSinkMessage[bytes | None, bytes]:
+    """The original key and bytes, naming the entity that dropped it."""
     return KafkaSinkMessage(
-        key=str(plan.primary.key(late.item.event)).encode(),
+        key=late.item.key,
         value=late.item.raw,
         topic=topic,
         headers=[("reason", b"late"), ("late_for", late.entity.encode())],
     )
+
+
+@operator
+def _kafka_in(
+    step_id: str, flow: Dataflow, brokers: str, topic: str, tail: bool, batch_size: int
+) -> kop.KafkaOpOut[Any, Any]:
+    """``kop.input`` with stoppable partitions, under the same step ids (so a recovery
+    snapshot of an older version still resumes its offsets)."""
+    source = KafkaSource(
+        [brokers], [topic], tail, batch_size=batch_size, raise_on_errors=False,
+        add_config={"fetch.wait.max.ms": "20"},
+    )  # fmt: skip
+    msgs = op.input("kafka_input", flow, StoppableSource(source))
+    split = op.branch("split_err", msgs, lambda m: isinstance(m, KafkaSourceMessage))
+    return kop.KafkaOpOut(split.trues, split.falses)
 
 
 def _entity_step(
@@ -293,20 +385,17 @@ def build_flow(fs: FeatureSet, cfg: StreamConfig) -> Dataflow:
     flow = Dataflow("skewless_stream")
     raw: Any
     if cfg.kafka:
-        kin = kop.input(
-            "kafka_in", flow, brokers=[cfg.brokers], topics=[cfg.topic], tail=cfg.tail,
-            batch_size=cfg.batch_size,
-            add_config={"fetch.wait.max.ms": "20"},
-        )  # fmt: skip
+        kin = _kafka_in("kafka_in", flow, cfg.brokers, cfg.topic, cfg.tail, cfg.batch_size)
         raw = kin.oks
         op.output("kafka_errors", op.map("kafka_err", kin.errs, lambda e: DeadLetter(
-            e.msg.value or b"", f"kafka: {e.err}", {"partition": e.msg.partition})),
+            e.msg.value or b"", f"kafka: {e.err}", {"partition": e.msg.partition}, e.msg.key)),
             JsonlSink(cfg.out_dir / "kafka-errors"))  # fmt: skip
     else:
         if cfg.replay_path is None:
             raise ValueError("replay_path: the embedded mode needs an events file to replay")
-        raw = op.input("replay_in", flow, ParquetReplaySource(cfg.replay_path, cfg.batch_size))
-    decoded: Any = op.flat_map_batch("decode", raw, Decoder(plan))
+        replay = ParquetReplaySource(cfg.replay_path, cfg.batch_size)
+        raw = op.input("replay_in", flow, StoppableSource(replay))
+    decoded: Any = op.flat_map_batch("decode", raw, Decoder(plan, check_keys=cfg.kafka))
     store = cfg.store if cfg.load_state_from_store else None
     prefetch = Prefetch(plan, store) if store is not None else None
     if prefetch is not None:
@@ -327,7 +416,7 @@ def build_flow(fs: FeatureSet, cfg: StreamConfig) -> Dataflow:
     late_all: Any = op.merge("late", *lates)
     late_topic = f"{cfg.topic}.late"
     if cfg.kafka:
-        msgs = op.map("late_msg", late_all, lambda x: _late_message(plan, x, late_topic))
+        msgs = op.map("late_msg", late_all, lambda x: _late_message(x, late_topic))
         kop.output("late_out", msgs, brokers=[cfg.brokers], topic=late_topic)
     else:
         recs = op.map(

@@ -46,6 +46,10 @@ class _Metrics:
             "skewless_stream_rows_written", "entity rows written to the online store"
         )
         self.retries = Counter("skewless_stream_store_retries", "online store writes retried")
+        self.key_mismatches = Counter(
+            "skewless_stream_key_mismatches",
+            "Kafka messages whose key is not the primary entity's id (or no key)",
+        )
         self.write_seconds = Histogram(
             "skewless_stream_sink_write_seconds", "one batched online-store write",
             buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
@@ -85,9 +89,12 @@ def serve_metrics(port: int) -> None:
 
 @dataclass(frozen=True)
 class DeadLetter:
+    """An invalid message: its original bytes and Kafka key, why, and where it was read."""
+
     raw: bytes
     reason: str
     where: dict[str, Any] = field(default_factory=dict)
+    key: bytes | None = None
 
     def to_json(self) -> str:
         try:
@@ -95,6 +102,58 @@ class DeadLetter:
         except UnicodeDecodeError:
             text, enc = self.raw.hex(), "hex"
         return json.dumps({"reason": self.reason, "raw": text, "encoding": enc, **self.where})
+
+
+# -- stopping --------------------------------------------------------------------------
+
+_stop = threading.Event()
+
+
+def request_stop() -> None:
+    """Ends every input partition at its next batch (Ctrl-C, SIGTERM): the flow then
+    finishes the batches it holds, writes them and returns, as at the end of the input."""
+    _stop.set()
+
+
+def clear_stop() -> None:
+    _stop.clear()
+
+
+def stop_requested() -> bool:
+    return _stop.is_set()
+
+
+class _StoppablePartition(StatefulSourcePartition[Any, Any]):
+    def __init__(self, part: StatefulSourcePartition[Any, Any]) -> None:
+        self.part = part
+
+    def next_batch(self) -> Any:
+        if _stop.is_set():
+            raise StopIteration
+        return self.part.next_batch()
+
+    def next_awake(self) -> datetime | None:
+        return self.part.next_awake()
+
+    def snapshot(self) -> Any:
+        return self.part.snapshot()
+
+    def close(self) -> None:
+        self.part.close()
+
+
+class StoppableSource(FixedPartitionedSource[Any, Any]):
+    """``source`` whose partitions end when :func:`request_stop` is called (one flag check
+    per batch)."""
+
+    def __init__(self, source: FixedPartitionedSource[Any, Any]) -> None:
+        self.source = source
+
+    def list_parts(self) -> list[str]:
+        return self.source.list_parts()
+
+    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _StoppablePartition:
+        return _StoppablePartition(self.source.build_part(step_id, for_part, resume_state))
 
 
 # -- online store --------------------------------------------------------------------
