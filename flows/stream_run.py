@@ -3,29 +3,57 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import signal
+import threading
 from datetime import timedelta
+from types import FrameType
 
 from features.loader import load_definitions
 from features.settings import Settings
+from flows import stream_io
 from flows.stream import build_flow, config_from_settings
 
+log = logging.getLogger("skewless.stream")
 
-def preflight(settings: Settings, timeout_s: float = 5.0) -> None:
+
+def preflight(
+    settings: Settings,
+    timeout_s: float = 5.0,
+    topic: str | None = None,
+    create_topic: bool = False,
+) -> None:
     """Fail fast, naming the service and how to start it, instead of a flow that retries
-    a dead address forever."""
+    a dead address forever. With ``topic``: refuse one that does not exist (a consumer's
+    metadata request would have the broker auto-create it, with its defaults, while the
+    stream waits on it), or create it with the broker's defaults when ``create_topic``."""
     if settings.kafka_bootstrap:
         from confluent_kafka import KafkaException
-        from confluent_kafka.admin import AdminClient
+        from confluent_kafka.admin import AdminClient, NewTopic
 
         admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "log_level": 0})
         try:
-            admin.list_topics(timeout=timeout_s)
+            topics = admin.list_topics(timeout=timeout_s).topics  # all: creates none
         except KafkaException as exc:
             raise ConnectionError(
                 f"Kafka at {settings.kafka_bootstrap} is unreachable ({exc.args[0].str()}); "
                 "start a broker with `scripts/services.sh kafka-start DIR` "
                 "or fix SKEWLESS_KAFKA_BOOTSTRAP"
             ) from None
+        if topic is not None and topic not in topics:
+            if not create_topic:
+                raise ValueError(
+                    f"topic '{topic}' does not exist on {settings.kafka_bootstrap}: create it "
+                    f"(kafka-topics.sh --create --topic {topic} --partitions N), pass "
+                    "--create-topic (broker defaults), or fix SKEWLESS_TOPIC"
+                )
+            try:
+                admin.create_topics([NewTopic(topic)])[topic].result(timeout_s * 6)
+            except KafkaException as exc:
+                if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                    raise ValueError(f"topic '{topic}': cannot create it ({exc})") from None
+            log.info("created topic %s (broker defaults)", topic)
     if settings.redis_url:
         import redis
 
@@ -53,7 +81,9 @@ def run_stream(args: argparse.Namespace, settings: Settings) -> int:
             "input: set SKEWLESS_KAFKA_BOOTSTRAP (start a broker with "
             "`scripts/services.sh kafka-start DIR`) or pass --replay EVENTS.parquet"
         )
-    preflight(settings)
+    _stop_on_signals()
+    topic = settings.topic if args.replay is None else None
+    preflight(settings, topic=topic, create_topic=getattr(args, "create_topic", False))
     fs = load_definitions(settings.definitions)
     flow = build_flow(fs, config_from_settings(settings, args.replay, tail=not args.no_tail))
     recovery = None
@@ -73,3 +103,21 @@ def run_stream(args: argparse.Namespace, settings: Settings) -> int:
         recovery_config=recovery,
     )
     return 0
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C or SIGTERM ends the input at its next batch: the flow writes what it holds
+    and ``run_stream`` returns 0 (a KeyboardInterrupt would surface inside a Bytewax
+    callback as a Rust panic and a traceback). A second signal exits at once."""
+    stream_io.clear_stop()
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers belong to the main thread (in-process tests)
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        if stream_io.stop_requested():
+            os._exit(128 + signum)
+        log.warning("%s: stopping after the current batch", signal.Signals(signum).name)
+        stream_io.request_stop()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)

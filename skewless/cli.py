@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     st.add_argument("--replay", type=Path, help="embedded mode: replay this events Parquet")
     st.add_argument("--no-tail", action="store_true", help="stop at the end of the input")
+    st.add_argument(
+        "--create-topic", action="store_true", help="create SKEWLESS_TOPIC if it does not exist"
+    )
     st.add_argument("-w", "--workers-per-process", type=int, default=1)
     st.add_argument("-i", "--process-id", type=int)
     st.add_argument("-a", "--addresses", help="cluster: host:port;host:port (one per process)")
