@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import threading
+from collections.abc import Iterator
 from datetime import timedelta
 from types import FrameType
 
@@ -74,16 +76,21 @@ def preflight(
 def run_stream(args: argparse.Namespace, settings: Settings) -> int:
     """Same flags as ``python -m bytewax.run`` (-w, -i, -a, -r, -s, -b); a recovery
     directory that does not exist yet is initialized first."""
-    from bytewax._bytewax import RecoveryConfig, cli_main, init_db_dir
-
     if not settings.kafka_bootstrap and args.replay is None:
         raise ValueError(
             "input: set SKEWLESS_KAFKA_BOOTSTRAP (start a broker with "
             "`scripts/services.sh kafka-start DIR`) or pass --replay EVENTS.parquet"
         )
-    _stop_on_signals()
-    topic = settings.topic if args.replay is None else None
-    preflight(settings, topic=topic, create_topic=getattr(args, "create_topic", False))
+    with _stop_on_signals():
+        topic = settings.topic if args.replay is None else None
+        preflight(settings, topic=topic, create_topic=getattr(args, "create_topic", False))
+        _run(args, settings)
+    return 0
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> None:
+    from bytewax._bytewax import RecoveryConfig, cli_main, init_db_dir
+
     fs = load_definitions(settings.definitions)
     flow = build_flow(fs, config_from_settings(settings, args.replay, tail=not args.no_tail))
     recovery = None
@@ -102,16 +109,17 @@ def run_stream(args: argparse.Namespace, settings: Settings) -> int:
         epoch_interval=epoch,
         recovery_config=recovery,
     )
-    return 0
 
 
-def _stop_on_signals() -> None:
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
     """Ctrl-C or SIGTERM ends the input at its next batch: the flow writes what it holds
     and ``run_stream`` returns 0 (a KeyboardInterrupt would surface inside a Bytewax
     callback as a Rust panic and a traceback). A second signal exits at once."""
     stream_io.clear_stop()
     if threading.current_thread() is not threading.main_thread():
-        return  # signal handlers belong to the main thread (in-process tests)
+        yield  # signal handlers belong to the main thread
+        return
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         if stream_io.stop_requested():
@@ -119,5 +127,9 @@ def _stop_on_signals() -> None:
         log.warning("%s: stopping after the current batch", signal.Signals(signum).name)
         stream_io.request_stop()
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:  # a caller in the same process (a test, the demo) gets its handlers back
+        for s, handler in previous.items():
+            signal.signal(s, handler)
