@@ -70,7 +70,7 @@ def add_cli(
 def _serve(args: argparse.Namespace, settings: Any) -> int:
     import logging
 
-    from serving.server import ServerConfig, serve
+    from serving.server import BindError, ServerConfig, serve
 
     log_dir = (
         None if args.no_prediction_log else args.prediction_log or settings.data_dir / "predictions"
@@ -90,8 +90,17 @@ def _serve(args: argparse.Namespace, settings: Any) -> int:
         topic=settings.topic,
         definitions=settings.definitions,
     )
-    logging.getLogger("skewless.serving").info("starting: %r", config)
-    return serve(config, on_started=lambda port: print(f"listening on port {port}", flush=True))
+
+    def started(port: int) -> None:
+        # logged once bound, so a busy port is the one line below and nothing else
+        logging.getLogger("skewless.serving").info("serving: %r", config)
+        print(f"listening on port {port}", flush=True)
+
+    try:
+        return serve(config, on_started=started)
+    except BindError as exc:
+        print(f"skewless serve: {exc}", file=sys.stderr)
+        return 2
 
 
 def _single_event(args: argparse.Namespace) -> dict[str, Any]:

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
 import signal
+import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -84,6 +86,44 @@ class ServerConfig:
 StoreFactory = Callable[[], OnlineStore]
 
 
+class BindError(OSError):
+    """The server cannot listen where it was told (the message names the setting and the
+    address; ``skewless serve`` prints it as one line and exits 2)."""
+
+
+def check_bindable(address: str, setting: str = "address") -> None:
+    """Raise :class:`BindError` when every address ``host:port`` resolves to is taken.
+
+    gRPC reports a busy port as a C-core log line plus a ``RuntimeError`` that says only
+    "Failed to bind"; a plain socket with the options gRPC sets (``SO_REUSEADDR``, no
+    ``SO_REUSEPORT``) tells why, first. Other forms (``unix:``, ``dns:///``) and other
+    socket errors are left to gRPC.
+    """
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or int(port) == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(
+            host.strip("[]") or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (OSError, UnicodeError):
+        return
+    refusals: list[OSError] = []
+    for family, kind, proto, _, sockaddr in infos:
+        try:
+            with socket.socket(family, kind, proto) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(sockaddr)
+            return  # gRPC needs one of the resolved addresses
+        except OSError as exc:
+            if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
+                return
+            refusals.append(exc)
+    if refusals:
+        reason = (refusals[0].strerror or str(refusals[0])).lower()
+        raise BindError(f"{setting}: cannot bind {address}: {reason}")
+
+
 class ScoringServer:
     """``await start()`` binds and serves (NOT_SERVING until ready); ``await stop()``."""
 
@@ -145,6 +185,33 @@ class ScoringServer:
             ("grpc.max_send_message_length", cfg.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
+        check_bindable(cfg.address)
+        if self.metrics is not None:
+            try:
+                self.metrics.serve(cfg.metrics_port)
+            except OSError as exc:
+                reason = (exc.strerror or str(exc)).lower()
+                raise BindError(
+                    f"metrics_port: cannot bind 127.0.0.1:{cfg.metrics_port}: {reason}"
+                ) from None
+        try:
+            server = self._grpc_server(options)
+        except BaseException:
+            if self.metrics is not None:
+                self.metrics.close()
+            raise
+        await self._set_health(NOT_SERVING)
+        await server.start()
+        self._server = server
+        if self.predictions is not None:
+            self.predictions.start()
+        self._tasks.append(asyncio.create_task(self._become_ready(), name="readiness"))
+        log.info("scoring server listening on port %d (health NOT_SERVING until ready)", self.port)
+        return self.port
+
+    def _grpc_server(self, options: list[tuple[str, Any]]) -> aio.Server:
+        """The gRPC server with every service added and the port bound (``self.port``)."""
+        cfg = self.config
         server = aio.server(
             interceptors=interceptors(cfg.auth_token, self.metrics), options=options
         )
@@ -156,19 +223,13 @@ class ScoringServer:
              reflection.SERVICE_NAME),
             server,
         )  # fmt: skip
-        await self._set_health(NOT_SERVING)
-        self.port = server.add_insecure_port(cfg.address)
+        try:
+            self.port = server.add_insecure_port(cfg.address)
+        except RuntimeError:  # lost a race with another process after check_bindable
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"grpc_address: cannot bind {cfg.address}")
-        await server.start()
-        self._server = server
-        if self.predictions is not None:
-            self.predictions.start()
-        if self.metrics is not None:
-            self.metrics.serve(cfg.metrics_port)
-        self._tasks.append(asyncio.create_task(self._become_ready(), name="readiness"))
-        log.info("scoring server listening on port %d (health NOT_SERVING until ready)", self.port)
-        return self.port
+            raise BindError(f"address: cannot bind {cfg.address}")
+        return server
 
     async def _set_health(self, status: Any) -> None:
         for name in ("", SERVICE_NAME):

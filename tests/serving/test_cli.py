@@ -173,3 +173,42 @@ def test_sigterm_stops_gracefully(served: tuple[subprocess.Popen[str], str, Path
     files = sorted((data / "predictions").glob("predictions-*.parquet"))
     logged = pq.read_table(files).column("transaction_id").to_pylist() if files else []
     assert logged == got  # flushed on shutdown
+
+
+@pytest.mark.parametrize("setting", ["address", "metrics_port"])
+def test_serve_on_a_busy_port_says_so_in_one_line(
+    registry: Path, tmp_path: Path, setting: str
+) -> None:
+    """The real console entry (``python -m skewless serve``) while another socket holds the
+    port: one line on stderr naming the setting and the address, exit code 2, no traceback."""
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        address = f"127.0.0.1:{port}"
+        env = {
+            **os.environ,
+            "SKEWLESS_DATA_DIR": str(tmp_path),
+            "SKEWLESS_REGISTRY_DIR": str(registry),
+            "SKEWLESS_REDIS_URL": "",
+            "SKEWLESS_KAFKA_BOOTSTRAP": "",
+            "SKEWLESS_METRICS_PORT": "0",
+        }
+        for leaked in ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR"):
+            env.pop(leaked, None)  # set by feast's import in this test process
+        flags = (
+            ["--address", address]
+            if setting == "address"
+            else ["--address", "127.0.0.1:0", "--metrics-port", str(port)]
+        )
+        proc = subprocess.run(
+            [sys.executable, "-m", "skewless", "serve", *flags, "--no-prediction-log"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"skewless serve: {setting}: cannot bind {address}: address already in use"
+    ]
+    assert proc.returncode == 2
