@@ -23,7 +23,7 @@ import signal
 import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from features.loader import load_definitions
+from features.settings import masked_url
 from features.store import OnlineStore, StoreConfig, StoreUnavailableError, open_store
 from serving._proto.skewless.v1 import scorer_pb2 as pb
 from serving._proto.skewless.v1 import scorer_pb2_grpc as pb_grpc
@@ -75,6 +76,18 @@ class ServerConfig:
     topic: str = "transactions"
     #: the definitions module or file (empty: the reference fraud set)
     definitions: str = ""
+
+    def __repr__(self) -> str:
+        """Every field, the auth token hidden and the Redis password masked (it is logged)."""
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "auth_token":
+                value = "***" if value else ""
+            elif f.name == "redis_url":
+                value = masked_url(value)
+            shown.append(f"{f.name}={value!r}")
+        return f"ServerConfig({', '.join(shown)})"
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:

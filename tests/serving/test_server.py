@@ -296,3 +296,9 @@ def test_metrics_endpoint(
     assert 'skewless_grpc_server_handling_seconds_count{method="Score"} 4.0' in text
     assert 'skewless_model_info{version="v0001"} 1.0' in text
     assert "skewless_serving 1.0" in text
+
+
+def test_server_config_repr_masks_the_redis_password_and_the_token(tmp_path: Path) -> None:
+    cfg = ServerConfig(tmp_path, redis_url="rediss://u:s3cret@127.0.0.1:6380/0", auth_token="tok")
+    text = repr(cfg)
+    assert "s3cret" not in text and "tok'" not in text and "rediss://u:***@127.0.0.1:6380/0" in text
