@@ -13,7 +13,7 @@ from datetime import timedelta
 from types import FrameType
 
 from features.loader import load_definitions
-from features.settings import Settings
+from features.settings import Settings, masked_url
 from flows import stream_io
 from flows.stream import build_flow, config_from_settings
 
@@ -66,7 +66,7 @@ def preflight(
             client.ping()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise ConnectionError(
-                f"Redis at {settings.redis_url} is unreachable ({exc}); start it with "
+                f"Redis at {masked_url(settings.redis_url)} is unreachable ({exc}); start it with "
                 "`scripts/services.sh redis-start DIR` or fix SKEWLESS_REDIS_URL"
             ) from None
         finally:
