@@ -54,15 +54,7 @@ class Settings:
         return "redis" if self.redis_url else "sqlite"
 
     def __repr__(self) -> str:
-        shown = []
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "auth_token":
-                value = "***" if value else ""
-            elif f.name == "redis_url":
-                value = masked_url(value)
-            shown.append(f"{f.name}={value!r}")
-        return f"Settings({', '.join(shown)})"
+        return masked_repr(self)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **overrides: object) -> Settings:
@@ -88,6 +80,20 @@ def _convert(f: dataclasses.Field[object], raw: str) -> object:
             f"{_PREFIX}{f.name.upper()}: {raw!r} is not a valid {type(default).__name__}"
         ) from None
     return raw
+
+
+def masked_repr(config: Any) -> str:
+    """A config dataclass's repr with its secrets hidden: ``auth_token`` as ``***`` and the
+    password of ``redis_url`` masked (configs are logged and printed)."""
+    shown = []
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if f.name == "auth_token":
+            value = "***" if value else ""
+        elif f.name == "redis_url":
+            value = masked_url(value)
+        shown.append(f"{f.name}={value!r}")
+    return f"{type(config).__name__}({', '.join(shown)})"
 
 
 def masked_url(url: str) -> str:

@@ -23,7 +23,7 @@ import signal
 import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from features.loader import load_definitions
-from features.settings import masked_url
+from features.settings import masked_repr
 from features.store import OnlineStore, StoreConfig, StoreUnavailableError, open_store
 from serving._proto.skewless.v1 import scorer_pb2 as pb
 from serving._proto.skewless.v1 import scorer_pb2_grpc as pb_grpc
@@ -77,17 +77,8 @@ class ServerConfig:
     #: the definitions module or file (empty: the reference fraud set)
     definitions: str = ""
 
-    def __repr__(self) -> str:
-        """Every field, the auth token hidden and the Redis password masked (it is logged)."""
-        shown = []
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "auth_token":
-                value = "***" if value else ""
-            elif f.name == "redis_url":
-                value = masked_url(value)
-            shown.append(f"{f.name}={value!r}")
-        return f"ServerConfig({', '.join(shown)})"
+    def __repr__(self) -> str:  # logged at start: secrets hidden
+        return masked_repr(self)
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
