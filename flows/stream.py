@@ -21,12 +21,12 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, TypeGuard
+from typing import Any, TypeGuard
 
 import bytewax.operators as op
-from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSource, KafkaSourceMessage
+from bytewax.connectors.kafka import KafkaSourceMessage
 from bytewax.connectors.kafka import operators as kop
-from bytewax.dataflow import Dataflow, operator
+from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 
 from features.definitions import FeatureSet
@@ -37,11 +37,15 @@ from features.store import OnlineRow, StoreConfig, StoreUnavailableError
 from flows import stream_io
 from flows.stream_io import (
     DeadLetter,
+    Ingested,
     JsonlSink,
+    LateOut,
     OnlineStoreSink,
     ParquetReplaySource,
+    RowOut,
     StoppableSource,
 )
+from flows.stream_kafka import KeyCheck, dlq_message, kafka_in, late_message
 
 log = logging.getLogger("skewless.stream")
 
@@ -63,64 +67,6 @@ class StreamConfig:
     @property
     def kafka(self) -> bool:
         return bool(self.brokers)
-
-
-@dataclass(frozen=True)
-class Ingested:
-    """A valid event, its original bytes and Kafka key, and when it entered the system
-    (Kafka timestamp or read time, ms)."""
-
-    event: Any
-    produced_ms: int
-    raw: bytes = b""
-    key: bytes | None = None
-
-
-class KeyCheck:
-    """Counts Kafka messages whose key is not the primary entity's id: they spread one
-    entity's events over partitions, so its events arrive out of order (and late). Warns
-    at most once per ``interval_s``, naming the first offenders since the last warning."""
-
-    interval_s = 30.0
-    shown = 5
-
-    def __init__(self, plan: Plan) -> None:
-        self.key = plan.primary.key
-        self.join_key = plan.fs.primary.join_key
-        self.lock = threading.Lock()
-        self.last = -float("inf")
-        self.pending = 0
-        self.first: list[str] = []
-
-    def __call__(self, msgs: list[Any], out: list[Ingested | DeadLetter]) -> None:
-        key = self.key
-        bad = [
-            i for i, x in enumerate(out)
-            if type(x) is Ingested and x.key != str(key(x.event)).encode()
-        ]  # fmt: skip
-        if bad:
-            self.report(msgs, out, bad)
-
-    def report(self, msgs: list[Any], out: list[Any], bad: list[int]) -> None:
-        stream_io.METRICS.key_mismatches.inc(len(bad))
-        with self.lock:
-            self.pending += len(bad)
-            for i in bad[: max(self.shown - len(self.first), 0)]:
-                m = msgs[i]
-                self.first.append(
-                    f"partition {m.partition} offset {m.offset}: key {m.key!r}, "
-                    f"expected {self.join_key} {self.key(out[i].event)}"
-                )
-            now = time.monotonic()
-            if now - self.last < self.interval_s:
-                return
-            self.last = now
-            n, first, self.pending, self.first = self.pending, self.first, 0, []
-        log.warning(
-            "%d message key(s) are not the %s (key each message by it, or one entity's "
-            "events spread over partitions and arrive late): %s",
-            n, self.join_key, "; ".join(first),
-        )  # fmt: skip
 
 
 class Decoder:
@@ -157,21 +103,6 @@ class Decoder:
 
 _APPLIED, _DUPLICATE, _LATE = 0, 1, 2  # native update outcomes
 _txid = txid_hash_native  # == features.layout.txid_hash (tests/features/test_native.py)
-
-
-class RowOut(NamedTuple):
-    """An entity's new online row (the newest Kafka timestamp it includes: freshness)."""
-
-    entity: str
-    row: OnlineRow
-    produced_ms: int
-
-
-class LateOut(NamedTuple):
-    """An event too late for ``entity`` (it may still count for the others)."""
-
-    item: Ingested
-    entity: str
 
 
 def _is_row(x: RowOut | LateOut) -> TypeGuard[RowOut]:
@@ -314,55 +245,6 @@ class _EntityContext:
         return self.core.new_state()
 
 
-# A dead letter fits Kafka's default limits (producer message.max.bytes 1,000,000; a
-# topic's max.message.bytes 1,048,588) whatever the input topic allowed: a message the
-# DLQ refused would stop the flow at it on every restart.
-DLQ_MAX_VALUE = 900_000
-DLQ_MAX_KEY = 16_384
-DLQ_MAX_REASON = 2_048
-
-
-def _dlq_message(d: DeadLetter, topic: str) -> KafkaSinkMessage[bytes | None, bytes]:
-    """The original key and bytes (truncated past the limits above, saying so in the
-    ``truncated`` / ``key_truncated`` headers with the original length), the reason and
-    where it was read."""
-    reason = d.reason if len(d.reason) <= DLQ_MAX_REASON else d.reason[:DLQ_MAX_REASON] + "..."
-    headers = [("reason", reason.encode()), *((k, str(v).encode()) for k, v in d.where.items())]
-    value, key = d.raw, d.key
-    if len(value) > DLQ_MAX_VALUE:
-        headers.append(("truncated", str(len(value)).encode()))
-        value = value[:DLQ_MAX_VALUE]
-    if key is not None and len(key) > DLQ_MAX_KEY:
-        headers.append(("key_truncated", str(len(key)).encode()))
-        key = key[:DLQ_MAX_KEY]
-    return KafkaSinkMessage(key=key, value=value, topic=topic, headers=headers)
-
-
-def _late_message(late: LateOut, topic: str) -> KafkaSinkMessage[bytes | None, bytes]:
-    """The original key and bytes, naming the entity that dropped it."""
-    return KafkaSinkMessage(
-        key=late.item.key,
-        value=late.item.raw,
-        topic=topic,
-        headers=[("reason", b"late"), ("late_for", late.entity.encode())],
-    )
-
-
-@operator
-def _kafka_in(
-    step_id: str, flow: Dataflow, brokers: str, topic: str, tail: bool, batch_size: int
-) -> kop.KafkaOpOut[Any, Any]:
-    """``kop.input`` with stoppable partitions, under the same step ids (so a recovery
-    snapshot of an older version still resumes its offsets)."""
-    source = KafkaSource(
-        [brokers], [topic], tail, batch_size=batch_size, raise_on_errors=False,
-        add_config={"fetch.wait.max.ms": "20"},
-    )  # fmt: skip
-    msgs = op.input("kafka_input", flow, StoppableSource(source))
-    split = op.branch("split_err", msgs, lambda m: isinstance(m, KafkaSourceMessage))
-    return kop.KafkaOpOut(split.trues, split.falses)
-
-
 def _entity_step(
     plan: Plan, name: str, up: Any, store: StoreConfig | None, prefetch: Prefetch | None
 ) -> tuple[Any, Any]:
@@ -385,7 +267,7 @@ def build_flow(fs: FeatureSet, cfg: StreamConfig) -> Dataflow:
     flow = Dataflow("skewless_stream")
     raw: Any
     if cfg.kafka:
-        kin = _kafka_in("kafka_in", flow, cfg.brokers, cfg.topic, cfg.tail, cfg.batch_size)
+        kin = kafka_in("kafka_in", flow, cfg.brokers, cfg.topic, cfg.tail, cfg.batch_size)
         raw = kin.oks
         op.output("kafka_errors", op.map("kafka_err", kin.errs, lambda e: DeadLetter(
             e.msg.value or b"", f"kafka: {e.err}", {"partition": e.msg.partition}, e.msg.key)),
@@ -403,7 +285,7 @@ def build_flow(fs: FeatureSet, cfg: StreamConfig) -> Dataflow:
     split: Any = op.branch("valid", decoded, lambda x: type(x) is Ingested)
     dead: Any = split.falses
     if cfg.kafka:
-        kop.output("dlq", op.map("dlq_msg", dead, lambda d: _dlq_message(d, f"{cfg.topic}.dlq")),
+        kop.output("dlq", op.map("dlq_msg", dead, lambda d: dlq_message(d, f"{cfg.topic}.dlq")),
                    brokers=[cfg.brokers], topic=f"{cfg.topic}.dlq")  # fmt: skip
     else:
         op.output("dlq", dead, JsonlSink(cfg.out_dir / "dlq"))
@@ -416,7 +298,7 @@ def build_flow(fs: FeatureSet, cfg: StreamConfig) -> Dataflow:
     late_all: Any = op.merge("late", *lates)
     late_topic = f"{cfg.topic}.late"
     if cfg.kafka:
-        msgs = op.map("late_msg", late_all, lambda x: _late_message(x, late_topic))
+        msgs = op.map("late_msg", late_all, lambda x: late_message(x, late_topic))
         kop.output("late_out", msgs, brokers=[cfg.brokers], topic=late_topic)
     else:
         recs = op.map(

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -154,6 +154,35 @@ class StoppableSource(FixedPartitionedSource[Any, Any]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _StoppablePartition:
         return _StoppablePartition(self.source.build_part(step_id, for_part, resume_state))
+
+
+# -- the flow's items ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """A valid event, its original bytes and Kafka key, and when it entered the system
+    (Kafka timestamp or read time, ms)."""
+
+    event: Any
+    produced_ms: int
+    raw: bytes = b""
+    key: bytes | None = None
+
+
+class RowOut(NamedTuple):
+    """An entity's new online row (the newest Kafka timestamp it includes: freshness)."""
+
+    entity: str
+    row: OnlineRow
+    produced_ms: int
+
+
+class LateOut(NamedTuple):
+    """An event too late for ``entity`` (it may still count for the others)."""
+
+    item: Ingested
+    entity: str
 
 
 # -- online store --------------------------------------------------------------------

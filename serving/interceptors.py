@@ -4,7 +4,7 @@
 the servicer and the scorer just raise. An unexpected exception becomes ``INTERNAL``
 with its traceback in the server log (never a bare ``UNKNOWN`` with no trace).
 
-Request bytes are parsed strictly (:func:`strict_parser`): corrupt protobuf, or a known
+Request bytes are parsed strictly (:func:`serving.wire.strict_parser`): corrupt protobuf, or a known
 field sent with the wrong wire type (which protobuf would file under unknown fields, so
 the field read as missing), is ``INVALID_ARGUMENT`` naming the problem, counted in
 ``skewless_grpc_malformed_requests`` and logged at most once per
@@ -30,9 +30,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias
 
 import grpc
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
-from google.protobuf.message import DecodeError, Message
-from google.protobuf.unknown_fields import UnknownFieldSet
 from grpc import aio
 
 from features.layout import QueryTooOldError
@@ -44,6 +41,7 @@ from serving.scorer import (
     InvalidRequestError,
     NotReadyError,
 )
+from serving.wire import MalformedRequestError, RateLimitedLog, strict_parser
 
 log = logging.getLogger("skewless.serving")
 
@@ -79,131 +77,6 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         if isinstance(exc, kind):
             return code, str(exc)
     return Code.INTERNAL, f"internal error: {type(exc).__name__} (see the server log)"
-
-
-class MalformedRequestError(InvalidRequestError):
-    """The request's bytes are not a valid message: ``problem`` is ``corrupt`` (they do
-    not parse) or ``wire_type`` (a known field with the wrong wire type)."""
-
-    def __init__(self, message: str, problem: str = "corrupt") -> None:
-        super().__init__(message)
-        self.problem = problem
-
-
-_WIRE = {0: "varint", 1: "64-bit", 2: "length-delimited", 3: "group start", 4: "group end",
-         5: "32-bit"}  # fmt: skip
-_T = FieldDescriptor
-_TYPES: dict[int, tuple[str, int]] = {
-    _T.TYPE_DOUBLE: ("double", 1), _T.TYPE_FLOAT: ("float", 5), _T.TYPE_INT64: ("int64", 0),
-    _T.TYPE_UINT64: ("uint64", 0), _T.TYPE_INT32: ("int32", 0), _T.TYPE_FIXED64: ("fixed64", 1),
-    _T.TYPE_FIXED32: ("fixed32", 5), _T.TYPE_BOOL: ("bool", 0), _T.TYPE_STRING: ("string", 2),
-    _T.TYPE_GROUP: ("group", 3), _T.TYPE_MESSAGE: ("message", 2), _T.TYPE_BYTES: ("bytes", 2),
-    _T.TYPE_UINT32: ("uint32", 0), _T.TYPE_ENUM: ("enum", 0), _T.TYPE_SFIXED32: ("sfixed32", 5),
-    _T.TYPE_SFIXED64: ("sfixed64", 1), _T.TYPE_SINT32: ("sint32", 0), _T.TYPE_SINT64: ("sint64", 0),
-}  # fmt: skip
-
-
-def wire_type_problem(msg: Message, path: str = "") -> str | None:
-    """The first known field sent with the wrong wire type in ``msg`` or a message inside
-    it, named by its path (``transaction: field 2 (card_id) has the wrong wire type: ...``);
-    None when there is none. protobuf files such a field under unknown fields, so without
-    this it reads as missing (or, for an optional one, silently as its default)."""
-    desc: Descriptor = msg.DESCRIPTOR
-    for u in UnknownFieldSet(msg):
-        fd = desc.fields_by_number.get(u.field_number)
-        if fd is None:
-            continue  # an unknown field number: skipped, as proto3 prescribes
-        type_name, want = _TYPES[fd.type]
-        packed = want in (0, 1, 5) and fd.is_repeated and u.wire_type == 2
-        if u.wire_type != want and not packed:
-            got = _WIRE.get(u.wire_type, f"wire type {u.wire_type}")
-            return (
-                f"{path or 'request'}: field {u.field_number} ({fd.name}) has the wrong wire "
-                f"type: {got}, but {fd.name} ({type_name}) is {_WIRE[want]}"
-            )
-    for fd, value in msg.ListFields():
-        if fd.message_type is None:
-            continue
-        at = f"{path}.{fd.name}" if path else fd.name
-        items: Any
-        if fd.message_type.GetOptions().map_entry:
-            if fd.message_type.fields_by_name["value"].message_type is None:
-                continue
-            items = ((f"{at}[{k!r}]", value[k]) for k in sorted(value))
-        elif fd.is_repeated:
-            items = ((f"{at}[{i}]", m) for i, m in enumerate(value))
-        else:
-            items = ((at, value),)
-        for where, sub in items:
-            problem = wire_type_problem(sub, where)
-            if problem is not None:
-                return problem
-    return None
-
-
-def strict_parser(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
-    """A request deserializer that never raises: gRPC would log a traceback and answer
-    ``UNKNOWN`` with the exception's class. A bad request comes back as a
-    :class:`MalformedRequestError` *value*, which the error interceptor raises inside the
-    call. Deserializers of non-protobuf handlers are returned as they are.
-
-    Per valid request it costs one recursive ``DiscardUnknownFields`` and one ``ByteSize``
-    (~0.3 us for a ScoreRequest, 0.2 us per event in a batch; a walk over every nested
-    message's unknown fields costs twice that): a message re-encodes to the bytes' length
-    unless something was dropped. Only then (or for a non-canonical encoding, which is
-    rare and then accepted) is the request parsed again and walked to name the field."""
-    cls = getattr(deserialize, "__self__", None)
-    if deserialize is None or not (isinstance(cls, type) and issubclass(cls, Message)):
-        return deserialize
-    parse = deserialize
-    name = cls.DESCRIPTOR.full_name  # type: ignore[attr-defined]
-
-    def strict(data: bytes) -> Any:
-        try:
-            msg = parse(data)
-        except DecodeError:
-            return MalformedRequestError(
-                f"request: not a valid {name} ({len(data)} bytes that do not parse as protobuf)"
-            )
-        msg.DiscardUnknownFields()
-        if msg.ByteSize() == len(data):
-            return msg
-        msg = parse(data)
-        problem = wire_type_problem(msg)
-        if problem is not None:
-            return MalformedRequestError(problem, "wire_type")
-        msg.DiscardUnknownFields()
-        return msg
-
-    return strict
-
-
-class RateLimitedLog:
-    """At most one warning per ``every_s`` for a recurring problem, with the count since
-    the previous line and the latest detail."""
-
-    def __init__(
-        self,
-        logger: logging.Logger,
-        what: str,
-        every_s: float,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.logger, self.what, self.every_s, self.clock = logger, what, every_s, clock
-        self._count = 0
-        self._next = float("-inf")
-
-    def add(self, detail: str) -> None:
-        self._count += 1
-        now = self.clock()
-        if now < self._next:
-            return
-        self.logger.warning(
-            "%s: %d since the previous report (one report per %g s at most); latest: %s",
-            self.what, self._count, self.every_s, detail,
-        )  # fmt: skip
-        self._count = 0
-        self._next = now + self.every_s
 
 
 def _rewrap(handler: Handler, method: str, wrap: Wrap, strict: bool = False) -> Handler:

@@ -1,4 +1,5 @@
-//! `EntityLayout` (features/engine.py) and `StateCodec` (features/codec.py), bit for bit.
+//! `EntityLayout` (features/layout.py) run as the Python reference (features/reference_engine.py,
+//! features/reference_codec.py) runs it, bit for bit.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -35,7 +36,7 @@ impl Op {
     }
 }
 
-/// Tile components, named as `features.codec` names them; a level stores its own subset,
+/// Tile components, named as `features.layout` names them; a level stores its own subset,
 /// in the order the codec lists them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Comp {
@@ -62,7 +63,7 @@ impl Comp {
     }
 }
 
-// -- state bytes, layout v1 (features/codec.py documents it) ------------------------
+// -- state bytes, layout v1 (features/reference_codec.py documents it) ------------------------
 pub const MAGIC: &[u8; 2] = b"SK";
 pub const VERSION: u8 = 1;
 const HAS_MAX: u8 = 1;
@@ -71,7 +72,7 @@ const HAS_LAST: u8 = 2;
 /// n_ids), followed by one u32 tile count per level.
 pub const HEAD: usize = 32;
 
-/// What an update did, named as `features.engine.Outcome` values.
+/// What an update did, named as `features.layout.Outcome` values.
 #[derive(Clone, Copy)]
 pub enum Outcome {
     Applied = 0,

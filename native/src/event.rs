@@ -557,7 +557,7 @@ fn rfc3339_ms(s: &str) -> Option<i64> {
     Some((secs * 1_000_000 + micros).div_euclid(1000))
 }
 
-/// `features.engine.txid_hash`: blake2b with an 8-byte digest, little-endian u64.
+/// `features.layout.txid_hash`: blake2b with an 8-byte digest, little-endian u64.
 #[pyfunction]
 pub fn txid_hash(transaction_id: &str) -> u64 {
     use blake2::digest::{Update, VariableOutput};

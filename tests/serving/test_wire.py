@@ -168,7 +168,7 @@ def test_malformed_requests_are_counted(
 
 
 def test_rate_limited_log_counts_what_it_held_back(caplog: pytest.LogCaptureFixture) -> None:
-    from serving.interceptors import RateLimitedLog
+    from serving.wire import RateLimitedLog
 
     now = [100.0]
     rl = RateLimitedLog(logging.getLogger("skewless.test"), "malformed requests", 10.0,
