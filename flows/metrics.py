@@ -1,8 +1,13 @@
-"""Binary-classifier metrics in numpy: ranking, operating point and calibration.
+"""Binary-classifier metrics: ranking, operating point and calibration.
 
-Written here rather than imported from scikit-learn so training carries no extra
-dependency; definitions follow scikit-learn's (average precision is the step-wise PR-AUC,
-ties share one threshold), and the tests pin them on hand-computed cases.
+Ranking curves, areas, log loss and Brier score are scikit-learn's (``sklearn.metrics``):
+the numbers the hand-written versions gave, to the last bit or within a few ulp (pinned by
+tests/flows/test_metrics_sklearn.py on arrays with ties). Three things stay here, for
+reasons: the threshold rule counts false positives exactly (a budget is a whole number of
+negatives), the confusion summary at a threshold is three sums, and the reliability bins
+carry their row counts and support equal-expected-positive bins, which
+``sklearn.calibration.calibration_curve`` neither returns nor offers (its quantile bins
+also merge when scores tie, so the number of bins moves).
 
 >>> y = np.array([0, 0, 1, 1]); p = np.array([0.1, 0.4, 0.35, 0.8])
 >>> roc_auc(y, p), round(average_precision(y, p), 4)
@@ -19,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import sklearn.metrics as skm
 
 FloatArray = npt.NDArray[np.float64]
 ArrayLike = npt.ArrayLike
@@ -36,89 +42,112 @@ def _yp(y: ArrayLike, p: ArrayLike) -> tuple[FloatArray, FloatArray]:
     return ya, pa
 
 
-def _curve_counts(y: FloatArray, p: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """Cumulative (true positives, false positives) at each distinct score, highest first."""
-    order = np.argsort(-p, kind="stable")
-    ys, ps = y[order], p[order]
-    last_of_tie = np.r_[np.flatnonzero(np.diff(ps)), len(ps) - 1]
-    tps = np.cumsum(ys)[last_of_tie]
-    fps = (last_of_tie + 1) - tps
-    return tps, fps, ps[last_of_tie]
+def _both_classes(y: FloatArray, what: str) -> None:
+    if y.sum() == 0 or y.sum() == len(y):
+        raise ValueError(f"labels: {what} needs both classes")
 
 
 def roc_curve(y: ArrayLike, p: ArrayLike) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """``(fpr, tpr, thresholds)``, starting at (0, 0) with threshold +inf."""
+    """``(fpr, tpr, thresholds)`` at every distinct score (none dropped), starting at
+    (0, 0) with threshold +inf."""
     ya, pa = _yp(y, p)
-    tps, fps, thr = _curve_counts(ya, pa)
-    pos, neg = ya.sum(), len(ya) - ya.sum()
-    if pos == 0 or neg == 0:
-        raise ValueError("labels: ROC needs both classes")
-    return np.r_[0.0, fps / neg], np.r_[0.0, tps / pos], np.r_[np.inf, thr]
+    _both_classes(ya, "ROC")
+    fpr, tpr, thr = skm.roc_curve(ya, pa, drop_intermediate=False)
+    return fpr, tpr, thr
 
 
 def roc_auc(y: ArrayLike, p: ArrayLike) -> float:
     """Area under the ROC curve (trapezoids; ties count one half)."""
-    fpr, tpr, _ = roc_curve(y, p)
-    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))
+    ya, pa = _yp(y, p)
+    _both_classes(ya, "ROC")
+    return float(skm.roc_auc_score(ya, pa))
 
 
 def pr_curve(y: ArrayLike, p: ArrayLike) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """``(precision, recall, thresholds)`` at each distinct score, highest first."""
+    """``(precision, recall, thresholds)`` at each distinct score, highest first
+    (scikit-learn's curve reversed, without its closing (recall 0, precision 1) point)."""
     ya, pa = _yp(y, p)
-    tps, fps, thr = _curve_counts(ya, pa)
     if ya.sum() == 0:
         raise ValueError("labels: precision-recall needs positives")
-    return tps / (tps + fps), tps / ya.sum(), thr
+    precision, recall, thr = skm.precision_recall_curve(ya, pa)
+    return precision[-2::-1], recall[-2::-1], thr[::-1]
 
 
 def average_precision(y: ArrayLike, p: ArrayLike) -> float:
     """PR-AUC as average precision: sum of precision weighted by each recall step
     (no interpolation, so it is not optimistic on imbalanced data)."""
-    precision, recall, _ = pr_curve(y, p)
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    ya, pa = _yp(y, p)
+    if ya.sum() == 0:
+        raise ValueError("labels: precision-recall needs positives")
+    return float(skm.average_precision_score(ya, pa))
 
 
 def log_loss(y: ArrayLike, p: ArrayLike, eps: float = 1e-15) -> float:
-    """Mean negative log-likelihood, probabilities clipped to ``[eps, 1 - eps]``.
+    """Mean negative log-likelihood, probabilities clipped to ``[eps, 1 - eps]`` (here:
+    scikit-learn clips at the float64 epsilon, 2.2e-16, and has no ``eps`` any more).
 
     >>> round(log_loss([1, 0], [0.9, 0.2]), 6)
     0.164252
     """
     ya, pa = _yp(y, p)
-    pc = np.clip(pa, eps, 1.0 - eps)
-    return float(-np.mean(ya * np.log(pc) + (1.0 - ya) * np.log1p(-pc)))
+    return float(skm.log_loss(ya, np.clip(pa, eps, 1.0 - eps), labels=[0.0, 1.0]))
 
 
 def brier(y: ArrayLike, p: ArrayLike) -> float:
     """Mean squared error of the probabilities.
 
-    >>> brier([1, 0], [0.9, 0.2])
+    >>> round(brier([1, 0], [0.9, 0.2]), 12)
     0.025
     """
     ya, pa = _yp(y, p)
-    return float(np.mean((pa - ya) ** 2))
+    return float(skm.brier_score_loss(ya, pa, pos_label=1.0))
 
 
-def reliability(y: ArrayLike, p: ArrayLike, bins: int = 10) -> dict[str, Any]:
-    """Calibration summary on equal-count bins of the score (equal-width bins would put
-    nearly every row of a 1%-positive problem into the first bin).
+#: how :func:`reliability` cuts the sorted scores into bins
+BIN_STRATEGIES = ("count", "expected")
 
-    Returns the per-bin mean prediction, observed positive rate and row count, and the
-    expected calibration error ``sum(count / n * |mean_p - rate|)``.
+
+def reliability(
+    y: ArrayLike, p: ArrayLike, bins: int = 10, strategy: str = "count"
+) -> dict[str, Any]:
+    """Calibration summary on bins of the sorted score, never on equal-width bins (they
+    would put nearly every row of a 1%-positive problem into the first one).
+
+    ``strategy="count"``: bins of equal row counts (quantiles of the score); the expected
+    calibration error ``sum(count / n * |mean_p - rate|)`` is computed on these.
+    ``strategy="expected"``: bins of equal expected positives (equal sums of ``p``), for a
+    reliability diagram of a rare class: with ~1% positives, 8 of 10 equal-count bins hold
+    no positive at all, while equal-expected bins spread from the bulk near 0 to the few
+    rows scored near 1, each bin with about the same number of positives to estimate its
+    rate from. Returns the per-bin mean prediction, observed positive rate, row count and
+    positive count.
 
     >>> r = reliability([0, 0, 1, 1], [0.1, 0.2, 0.7, 0.9], bins=2)
     >>> [(round(b["mean_p"], 6), b["rate"], b["count"]) for b in r["bins"]], round(r["ece"], 6)
     ([(0.15, 0.0, 2), (0.8, 1.0, 2)], 0.175)
+    >>> r = reliability([0, 0, 0, 0, 1, 1], [0.1, 0.1, 0.1, 0.1, 0.6, 0.9], 2, "expected")
+    >>> [(b["count"], b["positives"]) for b in r["bins"]]
+    [(5, 1), (1, 1)]
     """
+    if strategy not in BIN_STRATEGIES:
+        raise ValueError(f"strategy: one of {', '.join(BIN_STRATEGIES)}, got {strategy!r}")
     ya, pa = _yp(y, p)
     order = np.argsort(pa, kind="stable")
+    cum = np.cumsum(pa[order])
+    if strategy == "count" or not len(cum) or cum[-1] <= 0.0:
+        groups = np.array_split(order, min(bins, len(pa)))
+    else:
+        cuts = np.searchsorted(cum, cum[-1] * np.arange(1, bins) / bins, side="left") + 1
+        groups = [g for g in np.split(order, np.unique(np.minimum(cuts, len(cum)))) if len(g)]
     rows = []
     ece = 0.0
-    for idx in np.array_split(order, min(bins, len(pa))):
+    for idx in groups:
         mean_p, rate = float(pa[idx].mean()), float(ya[idx].mean())
-        rows.append({"mean_p": mean_p, "rate": rate, "count": len(idx)})
+        rows.append(
+            {"mean_p": mean_p, "rate": rate, "count": len(idx), "positives": int(ya[idx].sum())}
+        )
         ece += len(idx) / len(pa) * abs(mean_p - rate)
-    return {"bins": rows, "ece": ece}
+    return {"strategy": strategy, "bins": rows, "ece": ece}
 
 
 def threshold_at_fpr(y: ArrayLike, p: ArrayLike, budget: float) -> float:
@@ -129,9 +158,10 @@ def threshold_at_fpr(y: ArrayLike, p: ArrayLike, budget: float) -> float:
     if not 0.0 <= budget < 1.0:
         raise ValueError(f"budget: must be in [0, 1), got {budget}")
     ya, pa = _yp(y, p)
-    _, fps, thr = _curve_counts(ya, pa)
-    neg = len(ya) - ya.sum()
-    ok = np.flatnonzero(fps <= np.floor(budget * neg + 1e-9))
+    thr = np.unique(pa)[::-1]  # each distinct score, highest first
+    negatives = np.sort(pa[ya == 0])
+    fps = len(negatives) - np.searchsorted(negatives, thr, side="left")  # negatives >= t
+    ok = np.flatnonzero(fps <= np.floor(budget * len(negatives) + 1e-9))
     if len(ok) == 0:
         return float(np.nextafter(thr[0], np.inf))
     return float(thr[ok[-1]])
@@ -164,4 +194,5 @@ def summary(y: ArrayLike, p: ArrayLike, threshold: float, bins: int = 10) -> dic
         "brier": brier(ya, pa),
         **{f"{k}_at_threshold": v for k, v in at_threshold(ya, pa, threshold).items()},
         "calibration": reliability(ya, pa, bins),
+        "reliability_diagram": reliability(ya, pa, bins, strategy="expected"),
     }
