@@ -33,9 +33,14 @@ from features.settings import Settings
 ROOT = Path(__file__).resolve().parents[1]
 
 
+#: when each step of the running demo began (perf_counter): the report's step timings
+_STARTED: dict[str, float] = {}
+
+
 def _step(name: str) -> float:
     print(f"-> {name}", flush=True)
-    return time.perf_counter()
+    _STARTED[name] = time.perf_counter()
+    return _STARTED[name]
 
 
 def _free_port() -> int:
@@ -77,6 +82,7 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     out.mkdir(parents=True)
     report: dict[str, Any] = {"out": str(out)}
     began = time.perf_counter()
+    _STARTED.clear()
 
     t = _step(f"simulate {args.events:,} events")
     table = simulate(SimulationConfig(events=args.events), progress=sys.stderr.isatty())
@@ -125,6 +131,7 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     stream_s = time.perf_counter() - t
     report["stream"] = {
         "events": latest.num_rows, "seconds": round(stream_s, 1),
+        "source": "kafka" if kafka else "replay",
         "events_per_s": round(latest.num_rows / stream_s),
         "freshness": _hist_summary(_hist(METRICS.freshness), fresh_before),
     }  # fmt: skip
@@ -154,9 +161,11 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
 
     want = compute_features(REFERENCE, scored, accepted)
     report["skew_scored"] = _compare_scored(used, want)
+    from skewless.demo_report import step_seconds, write_html
+
+    report["steps"] = step_seconds(_STARTED, time.perf_counter())
     report["total_seconds"] = round(time.perf_counter() - began, 1)
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    from skewless.demo_report import write_html
 
     write_html(out, report, latencies, trained.version_dir)
     _print(report)
@@ -193,6 +202,7 @@ def _hist_summary(
     p50 = next((le for le, c in counts if total and c >= 0.5 * total), float("nan"))
     p99 = next((le for le, c in counts if total and c >= 0.99 * total), float("nan"))
     return {"rows": int(total), "p50_ms_at_most": p50 * 1000, "p99_ms_at_most": p99 * 1000,
+            "buckets": [[le, c] for le, c in counts if le != float("inf")],
             "share_within_500ms": round(within / total, 4) if total else None}  # fmt: skip
 
 

@@ -1,61 +1,389 @@
-"""The demo's HTML report: one self-contained page (pictures inlined)."""
+"""The demo's HTML report: one self-contained page (pictures inlined), read in a browser.
+
+Tables for the numbers, a grid of equal, square pictures, the tolerances in DESIGN.md's
+words, step timings and stream freshness. ``report.json`` beside it has every number.
+tests/skewless/test_report_browser.py renders it in headless Chromium.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
-import io
 import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from skewless.demo_report_plots import latency_png, reliability_png
+
+#: DESIGN.md, "Window semantics", word for word
+TOLERANCE = (
+    "float64 throughout. Count/min/max agree exactly between paths; sums/means/std agree "
+    "to a relative 1e-9."
+)
+
+CSS = """
+*{box-sizing:border-box}
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:0 auto;padding:1em;
+ line-height:1.4;color:#222}
+h2{margin-top:1.6em;border-bottom:1px solid #ddd}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(300px,100%),1fr));gap:12px}
+figure{margin:0;padding:6px;border:1px solid #ddd;min-width:0}
+figure img{display:block;width:100%;max-width:100%;height:auto;aspect-ratio:1/1;
+ object-fit:contain}
+figcaption{font-size:.85em;color:#444;margin-top:4px}
+.tables{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(340px,100%),1fr));
+ gap:12px 28px;align-items:start}
+table{border-collapse:collapse;width:100%}
+caption{text-align:left;font-weight:bold;padding:4px 0}
+td,th{padding:2px 8px;text-align:left;border-bottom:1px solid #eee;overflow-wrap:break-word}
+td.n,th.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+.ok{color:#1a7f37}.bad{color:#c62828}
+blockquote{margin:.5em 0;padding:.3em 1em;border-left:3px solid #bbb;background:#f7f7f7}
+code{overflow-wrap:anywhere}
+"""
+
+
+def step_seconds(starts: Mapping[str, float], end: float) -> dict[str, float]:
+    """Wall seconds per step from each step's start (in order) and the end of the last.
+
+    >>> step_seconds({"simulate": 10.0, "backfill": 12.5, "train": 13.0}, 33.25)
+    {'simulate': 2.5, 'backfill': 0.5, 'train': 20.2}
+    """
+    names, times = list(starts), [*starts.values(), end]
+    return {n: round(times[i + 1] - times[i], 1) for i, n in enumerate(names)}
+
+
+def bucket_quantile(buckets: Sequence[Sequence[float]], rows: int, q: float) -> tuple[float, ...]:
+    """``(estimate, low, high)`` of quantile ``q`` from cumulative histogram buckets
+    ``[[upper_bound, count_at_most], ...]`` (finite bounds; ``rows`` in all): linear within
+    the bucket that holds it, as Prometheus' ``histogram_quantile``. ``high`` is inf past
+    the last bound; NaNs when nothing was observed.
+
+    >>> bucket_quantile([[0.1, 0], [0.5, 50], [1.0, 100]], 100, 0.5)
+    (0.5, 0.1, 0.5)
+    >>> bucket_quantile([[0.1, 0], [0.5, 50], [1.0, 100]], 100, 0.99)
+    (0.99, 0.5, 1.0)
+    """
+    if rows <= 0:
+        return (math.nan, math.nan, math.nan)
+    rank, lower, below = q * rows, 0.0, 0.0
+    for le, cum in buckets:
+        if cum >= rank:
+            inside = cum - below
+            frac = (rank - below) / inside if inside else 1.0
+            return (lower + (le - lower) * frac, lower, le)
+        lower, below = le, cum
+    return (lower, lower, math.inf)
+
 
 def _img(data: bytes, alt: str) -> str:
-    return f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+    src = f"data:image/png;base64,{base64.b64encode(data).decode()}"
+    return f'<img alt="{html.escape(alt)}" src="{src}">'
 
 
-def _latency_png(latencies: list[float]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
-    ax.hist(latencies, bins=50, color="#3b6ea5")
-    ax.set_xlabel("Score round trip (ms), client in another process")
-    ax.set_ylabel("requests")
-    ax.set_title("gRPC scoring latency")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    plt.close(fig)
-    return buf.getvalue()
+def _figure(data: bytes, alt: str, caption: str) -> str:
+    return f"<figure>{_img(data, alt)}<figcaption>{caption}</figcaption></figure>"
 
 
-def write_html(out: Path, report: dict[str, Any], latencies: list[float], model_dir: Path) -> Path:
-    pictures = [_img(_latency_png(latencies), "latency")]
-    for name in ("roc.png", "pr.png", "calibration.png", "feature_importance.png"):
-        p = model_dir / name
-        if p.exists():
-            pictures.append(_img(p.read_bytes(), name))
-    skew = report["skew_scored"]["per_feature"]
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in skew.items())
-    css = (
-        "body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
-        "img{margin:4px;border:1px solid #ddd}td,th{padding:2px 10px;text-align:left}"
-        "pre{background:#f6f6f6;padding:1em}"
+def _cell(v: Any) -> str:
+    if isinstance(v, bool) or v is None:
+        return f"<td>{'-' if v is None else v}</td>"
+    if isinstance(v, int):
+        return f'<td class="n">{v:,}</td>'
+    if isinstance(v, float):
+        text = "-" if math.isnan(v) else f"{v:,.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
+        return f'<td class="n">{text}</td>'
+    return f"<td>{v}</td>"  # already HTML (escaped by the caller where it is data)
+
+
+def _table(caption: str, head: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    ths = "".join(f'<th class="{"n" if i else ""}">{h}</th>' for i, h in enumerate(head))
+    body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows)
+    return f"<table><caption>{caption}</caption><tr>{ths}</tr>{body}</table>"
+
+
+def _ms(seconds: float) -> str:
+    return (
+        "-"
+        if math.isnan(seconds)
+        else "&gt; 30 s"
+        if math.isinf(seconds)
+        else (f"{seconds * 1000:,.0f} ms")
     )
+
+
+def _metadata(model_dir: Path) -> dict[str, Any]:
+    p = model_dir / "metadata.json"
+    return dict(json.loads(p.read_text())) if p.exists() else {}
+
+
+def _reliability_bins(meta: Mapping[str, Any]) -> tuple[list[dict[str, Any]], str]:
+    """The diagram's bins and how they were cut (older models: equal-count bins only)."""
+    test = meta.get("metrics", {}).get("test", {})
+    if "reliability_diagram" in test:
+        return list(test["reliability_diagram"]["bins"]), "expected"
+    bins = [dict(b) for b in test.get("calibration", {}).get("bins", [])]
+    for b in bins:
+        b.setdefault("positives", round(b["rate"] * b["count"]))
+    return bins, "count"
+
+
+def _agreement(report: Mapping[str, Any]) -> str:
     online, scored = report["skew_online_state"], report["skew_scored"]
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>skewless demo</title>
-<style>{css}</style></head><body>
+    bad = online["mismatches"] + scored["mismatches"]
+    verdict = (
+        '<p class="ok"><b>0 mismatches</b>: every value agrees with the backfill.</p>'
+        if bad == 0
+        else f'<p class="bad"><b>{bad:,} mismatches</b> with the backfill (see below).</p>'
+    )
+    rows = [
+        (
+            "online state vs backfill, at exact query times",
+            online["compared"],
+            online["mismatches"],
+        ),
+        (
+            "features <code>Score</code> used vs backfill at the same event time",
+            scored["compared"],
+            scored["mismatches"],
+        ),
+    ]
+    return (
+        verdict
+        + _table("Skew checks", ["check", "values", "mismatches"], rows)
+        + f"<p>Tolerances, as DESIGN.md words them:</p><blockquote>{TOLERANCE}</blockquote>"
+        "<p>So counts, min and max are compared with <code>==</code>; every other value "
+        "(sums, means, std, seconds since last, request-time features) within a relative "
+        "1e-9, a std near 0 also within an absolute 1e-9 &times; the largest value (the "
+        "scored check takes 1e7 as that scale). Not bit for bit: the backfill and the "
+        "online path add the same events in another order, and sums and means differ in "
+        "the last bit (1 ulp) now and then, within the tolerance.</p>"
+    )
+
+
+def _model_tables(report: Mapping[str, Any], meta: Mapping[str, Any]) -> list[str]:
+    model = report.get("model", {})
+    test = meta.get("metrics", {}).get("test", {})
+    valid = meta.get("metrics", {}).get("validation", {})
+    keys = [
+        ("rows", "rows"),
+        ("frauds", "positives"),
+        ("ROC-AUC", "roc_auc"),
+        ("PR-AUC (average precision)", "pr_auc"),
+        ("log loss", "log_loss"),
+        ("Brier", "brier"),
+        ("precision at the threshold", "precision_at_threshold"),
+        ("recall at the threshold", "recall_at_threshold"),
+        ("false-positive rate at the threshold", "fpr_at_threshold"),
+    ]
+    if test:
+        rows: list[Sequence[Any]] = [(lbl, test.get(k), valid.get(k)) for lbl, k in keys]
+        ece = (
+            "calibration error (ECE, deciles)",
+            test.get("calibration", {}).get("ece"),
+            valid.get("calibration", {}).get("ece"),
+        )
+        rows.append(ece)
+        head = ["metric", "test", "validation"]
+    else:
+        rows = [(k.replace("_", " "), v) for k, v in model.items() if k != "version"]
+        head = ["metric", "test"]
+    threshold = meta.get("threshold", model.get("threshold"))
+    caption = f"Model {html.escape(str(model.get('version', meta.get('version', ''))))}"
+    if threshold is not None:
+        caption += f" (flag when p &ge; {threshold:.4g})"
+    out = [_table(caption, head, rows)]
+    ab = meta.get("ablation")
+    if ab:
+        n_req, n_all = len(ab["request_features"]), len(meta.get("feature_names", []))
+        out.append(
+            _table(
+                "What the window features are worth (test)",
+                ["features", "ROC-AUC", "PR-AUC"],
+                [
+                    (
+                        f"request-time only ({n_req})",
+                        ab["request_only"]["roc_auc"],
+                        ab["request_only"]["pr_auc"],
+                    ),
+                    (f"all ({n_all})", ab["all_features"]["roc_auc"], ab["all_features"]["pr_auc"]),
+                ],
+            )
+        )
+    splits = meta.get("splits")
+    if splits:
+        out.append(
+            _table(
+                "Time-based splits",
+                ["split", "rows", "frauds", "from", "to"],
+                [
+                    (
+                        name,
+                        s["rows"],
+                        s["positives"],
+                        html.escape(s["start"][:16].replace("T", " ")),
+                        html.escape(s["end"][:16].replace("T", " ")),
+                    )
+                    for name, s in splits.items()
+                ],
+            )
+        )
+    return out
+
+
+def _run_tables(report: Mapping[str, Any]) -> list[str]:
+    st, sc = report.get("stream", {}), report.get("scoring", {})
+    fresh = st.get("freshness", {})
+    rows_seen = int(fresh.get("rows") or 0)
+    stream_rows: list[Sequence[Any]] = [
+        ("events", st.get("events")),
+        ("seconds", st.get("seconds")),
+        ("events per second", st.get("events_per_s")),
+    ]
+    if "buckets" in fresh:
+        for q in (0.5, 0.99):
+            est, lo, hi = bucket_quantile(fresh["buckets"], rows_seen, q)
+            where = "" if math.isnan(est) else f" (in the bucket {_ms(lo)} to {_ms(hi)})"
+            stream_rows.append((f"freshness p{int(q * 100)}", f"&asymp; {_ms(est)}{where}"))
+    else:
+        for name in ("p50", "p99"):
+            at_most = float(fresh.get(f"{name}_ms_at_most", math.nan))
+            stream_rows.append((f"freshness {name}", f"&le; {_ms(at_most / 1000)}"))
+    stream_rows.append(("online rows written (freshness samples)", rows_seen))
+    tables = [_table("Stream (Bytewax)", ["", "value"], stream_rows)]
+    tables.append(
+        _table(
+            "Scoring over gRPC (one in flight)",
+            ["", "value"],
+            [
+                ("requests", sc.get("requests")),
+                ("p50 (ms)", sc.get("p50_ms")),
+                ("p99 (ms)", sc.get("p99_ms")),
+            ],
+        )
+    )
+    ev, bf = report.get("events", {}), report.get("backfill", {})
+    tables.append(
+        _table(
+            "Events",
+            ["", "value"],
+            [
+                ("history (backfill, training)", ev.get("history")),
+                ("latest day (streamed)", ev.get("latest_day")),
+                ("rejected by the backfill", bf.get("rejected")),
+                ("duplicates", bf.get("duplicates")),
+                ("late", bf.get("late")),
+            ],
+        )
+    )
+    steps = report.get("steps", {})
+    if steps:
+        total = report.get("total_seconds") or sum(steps.values())
+        rows = [
+            (html.escape(name), float(s), round(100.0 * s / total, 1) if total else math.nan)
+            for name, s in steps.items()
+        ]
+        rows.append(("<b>all</b>", float(total), 100.0))
+        tables.append(_table("Step timings (wall clock)", ["step", "seconds", "%"], rows))
+    return tables
+
+
+def _freshness_note(report: Mapping[str, Any]) -> str:
+    mode = "Kafka" if report.get("stream", {}).get("source") == "kafka" else "replay"
+    return (
+        "<p>Freshness: the time from an event's arrival to its entity's row being readable "
+        "in the online store (histogram <code>skewless_stream_freshness_seconds</code>, "
+        "interpolated within its buckets). "
+        + (
+            "Here the events come from a Parquet replay read as fast as possible, so "
+            "arrival is when the replay read the event's batch (5,000 events), and the "
+            "figure is the time a whole batch spends in the flow, first-batch start-up "
+            "included: a drain, not a steady rate. DESIGN.md's budget (p99 &le; 100 ms at "
+            "5,000 events/s from Kafka) is measured by <code>skewless bench</code>.</p>"
+            if mode == "replay"
+            else "Here arrival is the Kafka message timestamp.</p>"
+        )
+    )
+
+
+def write_html(
+    out: Path, report: dict[str, Any], latencies: Sequence[float], model_dir: Path
+) -> Path:
+    """``out/report.html`` from the demo's ``report`` (as in ``report.json``: ``steps``
+    holds seconds per step, ``stream.freshness`` its histogram), the scoring round trips
+    and the trained model's folder (its ``metadata.json`` and pictures)."""
+    meta = _metadata(model_dir)
+    bins, strategy = _reliability_bins(meta)
+    lat = sorted(latencies)
+    figures = [
+        _figure(
+            latency_png(lat),
+            "scoring latency histogram",
+            f"{len(lat):,} <code>Score</code> calls, one at a time.",
+        )
+    ]
+    captions = {
+        "roc.png": "ROC on the test split, with the request-time-only model for contrast.",
+        "pr.png": "Precision-recall on the test split; the dotted line is the fraud rate.",
+    }
+    for name, caption in captions.items():
+        if (model_dir / name).exists():
+            figures.append(_figure((model_dir / name).read_bytes(), name, caption))
+    if bins:
+        why = (
+            "Fraud is rare, so the bins are quantiles of the score weighted by the score: "
+            "each holds the same expected number of frauds (sum of predicted "
+            "probabilities). Equal-count deciles would leave most bins with no fraud at "
+            "all, piled at (0, 0); equal-width bins would put nearly every row in the first."
+            if strategy == "expected"
+            else "Bins of equal row counts (deciles of the score): with rare fraud most "
+            "hold none and sit at (0, 0)."
+        )
+        figures.append(
+            _figure(
+                reliability_png(bins, meta.get("threshold")),
+                "reliability diagram",
+                "Reliability: per bin of test rows, mean predicted probability against the "
+                "observed fraud rate (95% Wilson interval; n: the bin's rows where there is room, "
+                f"the table lists them all); the dotted diagonal is perfect calibration. {why}",
+            )
+        )
+    if (model_dir / "feature_importance.png").exists():
+        figures.append(
+            _figure(
+                (model_dir / "feature_importance.png").read_bytes(),
+                "feature importance",
+                "Share of total gain per feature.",
+            )
+        )
+    per_feature = report["skew_scored"]["per_feature"]
+    skew_rows = [(html.escape(k), v) for k, v in per_feature.items()]
+    tables = [*_model_tables(report, meta), *_run_tables(report)]
+    tables.append(
+        _table("Skew per feature (scored requests)", ["feature", "mismatches"], skew_rows)
+    )
+    if bins:
+        tables.append(
+            _table(
+                "Reliability bins (test)",
+                ["bin", "rows", "frauds", "mean p", "observed"],
+                [
+                    (i + 1, int(b["count"]), int(b["positives"]), b["mean_p"], b["rate"])
+                    for i, b in enumerate(bins)
+                ],
+            )
+        )
+    page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>skewless demo</title><style>{CSS}</style></head><body>
 <h1>skewless demo</h1>
-<p>Online state vs backfill: <b>{online["mismatches"]}</b> mismatches in
-{online["compared"]:,} values. Features used by <code>Score</code> vs backfill:
-<b>{scored["mismatches"]}</b> mismatches in {scored["compared"]:,} values.</p>
-<h2>Pictures</h2>{"".join(pictures)}
-<h2>Skew per feature (scored requests)</h2>
-<table><tr><th>feature</th><th>mismatches</th></tr>{rows}</table>
-<h2>Everything</h2><pre>{html.escape(json.dumps(report, indent=2))}</pre></body></html>"""
+<h2>Do the paths agree?</h2>{_agreement(report)}
+<h2>Pictures</h2><div class="grid">{"".join(figures)}</div>
+<h2>Numbers</h2>{_freshness_note(report)}<div class="tables">{"".join(tables)}</div>
+<p>Every number: <a href="report.json">report.json</a> in this folder.</p>
+</body></html>"""
     path = out / "report.html"
     path.write_text(page)
     return path
