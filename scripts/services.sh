@@ -3,7 +3,7 @@
 # No Docker: the broker runs from the official Apache Kafka jars resolved with Maven
 # (scripts/kafka-pom.xml), Redis from the Debian package. Loopback only, free ports.
 #
-#   scripts/services.sh install          jars + redis-server (idempotent)
+#   scripts/services.sh install          jars + redis-server + chromium (idempotent)
 #   scripts/services.sh kafka-start DIR  start (or restart, same ports/data) a broker in DIR;
 #                                        last stdout line: 127.0.0.1:PORT
 #   scripts/services.sh kafka-stop DIR   SIGTERM, 20 s grace, SIGKILL (idempotent)
@@ -178,9 +178,24 @@ install_kafka_libs() {
     say "kafka $KAFKA_VERSION jars: done ($(jar_count "$KAFKA_LIBS") jars)"
 }
 
+# Headless Chromium (Debian's package) for the demo report's browser test
+# (tests/skewless/test_report_browser.py drives it with Playwright; no browser download).
+install_chromium() {
+    if command -v chromium >/dev/null 2>&1; then
+        say "chromium: present ($(command -v chromium))"
+        return 0
+    fi
+    say "chromium: installing with apt-get (chromium)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    command -v chromium >/dev/null 2>&1 || die "chromium still missing after apt-get install"
+    say "chromium: installed ($(command -v chromium))"
+}
+
 cmd_install() {
     install_redis
     install_kafka_libs
+    install_chromium
     say "install: done"
 }
 

@@ -161,7 +161,8 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
 
     want = compute_features(REFERENCE, scored, accepted)
     report["skew_scored"] = _compare_scored(used, want)
-    from skewless.demo_report import step_seconds, write_html
+    from skewless.demo_report import write_html
+    from skewless.demo_report_tables import step_seconds
 
     report["steps"] = step_seconds(_STARTED, time.perf_counter())
     report["total_seconds"] = round(time.perf_counter() - began, 1)

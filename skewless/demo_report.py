@@ -10,12 +10,12 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from skewless.demo_report_plots import latency_png, reliability_png
+from skewless.demo_report_tables import extra_tables, model_tables, run_tables, table
 
 #: DESIGN.md, "Window semantics", word for word
 TOLERANCE = (
@@ -42,40 +42,8 @@ td.n,th.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .ok{color:#1a7f37}.bad{color:#c62828}
 blockquote{margin:.5em 0;padding:.3em 1em;border-left:3px solid #bbb;background:#f7f7f7}
 code{overflow-wrap:anywhere}
+@media (max-width:480px){td,th{padding:2px 4px;font-size:.9em}}
 """
-
-
-def step_seconds(starts: Mapping[str, float], end: float) -> dict[str, float]:
-    """Wall seconds per step from each step's start (in order) and the end of the last.
-
-    >>> step_seconds({"simulate": 10.0, "backfill": 12.5, "train": 13.0}, 33.25)
-    {'simulate': 2.5, 'backfill': 0.5, 'train': 20.2}
-    """
-    names, times = list(starts), [*starts.values(), end]
-    return {n: round(times[i + 1] - times[i], 1) for i, n in enumerate(names)}
-
-
-def bucket_quantile(buckets: Sequence[Sequence[float]], rows: int, q: float) -> tuple[float, ...]:
-    """``(estimate, low, high)`` of quantile ``q`` from cumulative histogram buckets
-    ``[[upper_bound, count_at_most], ...]`` (finite bounds; ``rows`` in all): linear within
-    the bucket that holds it, as Prometheus' ``histogram_quantile``. ``high`` is inf past
-    the last bound; NaNs when nothing was observed.
-
-    >>> bucket_quantile([[0.1, 0], [0.5, 50], [1.0, 100]], 100, 0.5)
-    (0.5, 0.1, 0.5)
-    >>> bucket_quantile([[0.1, 0], [0.5, 50], [1.0, 100]], 100, 0.99)
-    (0.99, 0.5, 1.0)
-    """
-    if rows <= 0:
-        return (math.nan, math.nan, math.nan)
-    rank, lower, below = q * rows, 0.0, 0.0
-    for le, cum in buckets:
-        if cum >= rank:
-            inside = cum - below
-            frac = (rank - below) / inside if inside else 1.0
-            return (lower + (le - lower) * frac, lower, le)
-        lower, below = le, cum
-    return (lower, lower, math.inf)
 
 
 def _img(data: bytes, alt: str) -> str:
@@ -85,33 +53,6 @@ def _img(data: bytes, alt: str) -> str:
 
 def _figure(data: bytes, alt: str, caption: str) -> str:
     return f"<figure>{_img(data, alt)}<figcaption>{caption}</figcaption></figure>"
-
-
-def _cell(v: Any) -> str:
-    if isinstance(v, bool) or v is None:
-        return f"<td>{'-' if v is None else v}</td>"
-    if isinstance(v, int):
-        return f'<td class="n">{v:,}</td>'
-    if isinstance(v, float):
-        text = "-" if math.isnan(v) else f"{v:,.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
-        return f'<td class="n">{text}</td>'
-    return f"<td>{v}</td>"  # already HTML (escaped by the caller where it is data)
-
-
-def _table(caption: str, head: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    ths = "".join(f'<th class="{"n" if i else ""}">{h}</th>' for i, h in enumerate(head))
-    body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows)
-    return f"<table><caption>{caption}</caption><tr>{ths}</tr>{body}</table>"
-
-
-def _ms(seconds: float) -> str:
-    return (
-        "-"
-        if math.isnan(seconds)
-        else "&gt; 30 s"
-        if math.isinf(seconds)
-        else (f"{seconds * 1000:,.0f} ms")
-    )
 
 
 def _metadata(model_dir: Path) -> dict[str, Any]:
@@ -152,7 +93,7 @@ def _agreement(report: Mapping[str, Any]) -> str:
     ]
     return (
         verdict
-        + _table("Skew checks", ["check", "values", "mismatches"], rows)
+        + table("Skew checks", ["check", "values", "mismatches"], rows)
         + f"<p>Tolerances, as DESIGN.md words them:</p><blockquote>{TOLERANCE}</blockquote>"
         "<p>So counts, min and max are compared with <code>==</code>; every other value "
         "(sums, means, std, seconds since last, request-time features) within a relative "
@@ -161,133 +102,6 @@ def _agreement(report: Mapping[str, Any]) -> str:
         "online path add the same events in another order, and sums and means differ in "
         "the last bit (1 ulp) now and then, within the tolerance.</p>"
     )
-
-
-def _model_tables(report: Mapping[str, Any], meta: Mapping[str, Any]) -> list[str]:
-    model = report.get("model", {})
-    test = meta.get("metrics", {}).get("test", {})
-    valid = meta.get("metrics", {}).get("validation", {})
-    keys = [
-        ("rows", "rows"),
-        ("frauds", "positives"),
-        ("ROC-AUC", "roc_auc"),
-        ("PR-AUC (average precision)", "pr_auc"),
-        ("log loss", "log_loss"),
-        ("Brier", "brier"),
-        ("precision at the threshold", "precision_at_threshold"),
-        ("recall at the threshold", "recall_at_threshold"),
-        ("false-positive rate at the threshold", "fpr_at_threshold"),
-    ]
-    if test:
-        rows: list[Sequence[Any]] = [(lbl, test.get(k), valid.get(k)) for lbl, k in keys]
-        ece = (
-            "calibration error (ECE, deciles)",
-            test.get("calibration", {}).get("ece"),
-            valid.get("calibration", {}).get("ece"),
-        )
-        rows.append(ece)
-        head = ["metric", "test", "validation"]
-    else:
-        rows = [(k.replace("_", " "), v) for k, v in model.items() if k != "version"]
-        head = ["metric", "test"]
-    threshold = meta.get("threshold", model.get("threshold"))
-    caption = f"Model {html.escape(str(model.get('version', meta.get('version', ''))))}"
-    if threshold is not None:
-        caption += f" (flag when p &ge; {threshold:.4g})"
-    out = [_table(caption, head, rows)]
-    ab = meta.get("ablation")
-    if ab:
-        n_req, n_all = len(ab["request_features"]), len(meta.get("feature_names", []))
-        out.append(
-            _table(
-                "What the window features are worth (test)",
-                ["features", "ROC-AUC", "PR-AUC"],
-                [
-                    (
-                        f"request-time only ({n_req})",
-                        ab["request_only"]["roc_auc"],
-                        ab["request_only"]["pr_auc"],
-                    ),
-                    (f"all ({n_all})", ab["all_features"]["roc_auc"], ab["all_features"]["pr_auc"]),
-                ],
-            )
-        )
-    splits = meta.get("splits")
-    if splits:
-        out.append(
-            _table(
-                "Time-based splits",
-                ["split", "rows", "frauds", "from", "to"],
-                [
-                    (
-                        name,
-                        s["rows"],
-                        s["positives"],
-                        html.escape(s["start"][:16].replace("T", " ")),
-                        html.escape(s["end"][:16].replace("T", " ")),
-                    )
-                    for name, s in splits.items()
-                ],
-            )
-        )
-    return out
-
-
-def _run_tables(report: Mapping[str, Any]) -> list[str]:
-    st, sc = report.get("stream", {}), report.get("scoring", {})
-    fresh = st.get("freshness", {})
-    rows_seen = int(fresh.get("rows") or 0)
-    stream_rows: list[Sequence[Any]] = [
-        ("events", st.get("events")),
-        ("seconds", st.get("seconds")),
-        ("events per second", st.get("events_per_s")),
-    ]
-    if "buckets" in fresh:
-        for q in (0.5, 0.99):
-            est, lo, hi = bucket_quantile(fresh["buckets"], rows_seen, q)
-            where = "" if math.isnan(est) else f" (in the bucket {_ms(lo)} to {_ms(hi)})"
-            stream_rows.append((f"freshness p{int(q * 100)}", f"&asymp; {_ms(est)}{where}"))
-    else:
-        for name in ("p50", "p99"):
-            at_most = float(fresh.get(f"{name}_ms_at_most", math.nan))
-            stream_rows.append((f"freshness {name}", f"&le; {_ms(at_most / 1000)}"))
-    stream_rows.append(("online rows written (freshness samples)", rows_seen))
-    tables = [_table("Stream (Bytewax)", ["", "value"], stream_rows)]
-    tables.append(
-        _table(
-            "Scoring over gRPC (one in flight)",
-            ["", "value"],
-            [
-                ("requests", sc.get("requests")),
-                ("p50 (ms)", sc.get("p50_ms")),
-                ("p99 (ms)", sc.get("p99_ms")),
-            ],
-        )
-    )
-    ev, bf = report.get("events", {}), report.get("backfill", {})
-    tables.append(
-        _table(
-            "Events",
-            ["", "value"],
-            [
-                ("history (backfill, training)", ev.get("history")),
-                ("latest day (streamed)", ev.get("latest_day")),
-                ("rejected by the backfill", bf.get("rejected")),
-                ("duplicates", bf.get("duplicates")),
-                ("late", bf.get("late")),
-            ],
-        )
-    )
-    steps = report.get("steps", {})
-    if steps:
-        total = report.get("total_seconds") or sum(steps.values())
-        rows = [
-            (html.escape(name), float(s), round(100.0 * s / total, 1) if total else math.nan)
-            for name, s in steps.items()
-        ]
-        rows.append(("<b>all</b>", float(total), 100.0))
-        tables.append(_table("Step timings (wall clock)", ["step", "seconds", "%"], rows))
-    return tables
 
 
 def _freshness_note(report: Mapping[str, Any]) -> str:
@@ -360,13 +174,11 @@ def write_html(
         )
     per_feature = report["skew_scored"]["per_feature"]
     skew_rows = [(html.escape(k), v) for k, v in per_feature.items()]
-    tables = [*_model_tables(report, meta), *_run_tables(report)]
-    tables.append(
-        _table("Skew per feature (scored requests)", ["feature", "mismatches"], skew_rows)
-    )
+    tables = [*model_tables(report, meta), *run_tables(report), *extra_tables(report)]
+    tables.append(table("Skew per feature (scored requests)", ["feature", "mismatches"], skew_rows))
     if bins:
         tables.append(
-            _table(
+            table(
                 "Reliability bins (test)",
                 ["bin", "rows", "frauds", "mean p", "observed"],
                 [

@@ -19,7 +19,8 @@ from features.reference import REFERENCE, REQUEST_FEATURES
 from flows.metrics import summary, threshold_at_fpr
 from flows.plots import write_plots
 from flows.train_report import ablation
-from skewless.demo_report import TOLERANCE, bucket_quantile, step_seconds, write_html
+from skewless.demo_report import TOLERANCE, write_html
+from skewless.demo_report_tables import bucket_quantile, step_seconds
 
 ROOT = Path(__file__).resolve().parents[2]
 
