@@ -24,10 +24,17 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import sklearn.metrics as skm
 
 FloatArray = npt.NDArray[np.float64]
 ArrayLike = npt.ArrayLike
+
+
+def _skm() -> Any:
+    """``sklearn.metrics``, imported on first use: importing it costs ~1.9 s, and the CLI
+    imports this module (through ``flows.train``) for every command, ``--help`` included."""
+    import sklearn.metrics
+
+    return sklearn.metrics
 
 
 def _yp(y: ArrayLike, p: ArrayLike) -> tuple[FloatArray, FloatArray]:
@@ -52,7 +59,7 @@ def roc_curve(y: ArrayLike, p: ArrayLike) -> tuple[FloatArray, FloatArray, Float
     (0, 0) with threshold +inf."""
     ya, pa = _yp(y, p)
     _both_classes(ya, "ROC")
-    fpr, tpr, thr = skm.roc_curve(ya, pa, drop_intermediate=False)
+    fpr, tpr, thr = _skm().roc_curve(ya, pa, drop_intermediate=False)
     return fpr, tpr, thr
 
 
@@ -60,7 +67,7 @@ def roc_auc(y: ArrayLike, p: ArrayLike) -> float:
     """Area under the ROC curve (trapezoids; ties count one half)."""
     ya, pa = _yp(y, p)
     _both_classes(ya, "ROC")
-    return float(skm.roc_auc_score(ya, pa))
+    return float(_skm().roc_auc_score(ya, pa))
 
 
 def pr_curve(y: ArrayLike, p: ArrayLike) -> tuple[FloatArray, FloatArray, FloatArray]:
@@ -69,7 +76,7 @@ def pr_curve(y: ArrayLike, p: ArrayLike) -> tuple[FloatArray, FloatArray, FloatA
     ya, pa = _yp(y, p)
     if ya.sum() == 0:
         raise ValueError("labels: precision-recall needs positives")
-    precision, recall, thr = skm.precision_recall_curve(ya, pa)
+    precision, recall, thr = _skm().precision_recall_curve(ya, pa)
     return precision[-2::-1], recall[-2::-1], thr[::-1]
 
 
@@ -79,7 +86,7 @@ def average_precision(y: ArrayLike, p: ArrayLike) -> float:
     ya, pa = _yp(y, p)
     if ya.sum() == 0:
         raise ValueError("labels: precision-recall needs positives")
-    return float(skm.average_precision_score(ya, pa))
+    return float(_skm().average_precision_score(ya, pa))
 
 
 def log_loss(y: ArrayLike, p: ArrayLike, eps: float = 1e-15) -> float:
@@ -90,7 +97,7 @@ def log_loss(y: ArrayLike, p: ArrayLike, eps: float = 1e-15) -> float:
     0.164252
     """
     ya, pa = _yp(y, p)
-    return float(skm.log_loss(ya, np.clip(pa, eps, 1.0 - eps), labels=[0.0, 1.0]))
+    return float(_skm().log_loss(ya, np.clip(pa, eps, 1.0 - eps), labels=[0.0, 1.0]))
 
 
 def brier(y: ArrayLike, p: ArrayLike) -> float:
@@ -100,7 +107,7 @@ def brier(y: ArrayLike, p: ArrayLike) -> float:
     0.025
     """
     ya, pa = _yp(y, p)
-    return float(skm.brier_score_loss(ya, pa, pos_label=1.0))
+    return float(_skm().brier_score_loss(ya, pa, pos_label=1.0))
 
 
 #: how :func:`reliability` cuts the sorted scores into bins
