@@ -3,7 +3,7 @@
 # No Docker: the broker runs from the official Apache Kafka jars resolved with Maven
 # (scripts/kafka-pom.xml), Redis from the Debian package. Loopback only, free ports.
 #
-#   scripts/services.sh install          jars + redis-server (idempotent)
+#   scripts/services.sh install          jars + redis-server + ghz (idempotent)
 #   scripts/services.sh kafka-start DIR  start (or restart, same ports/data) a broker in DIR;
 #                                        last stdout line: 127.0.0.1:PORT
 #   scripts/services.sh kafka-stop DIR   SIGTERM, 20 s grace, SIGKILL (idempotent)
@@ -178,9 +178,49 @@ install_kafka_libs() {
     say "kafka $KAFKA_VERSION jars: done ($(jar_count "$KAFKA_LIBS") jars)"
 }
 
+# ---------------------------------------------------------------- ghz
+
+# ghz, the Go gRPC load tool that tests/interop runs against a real `skewless serve`:
+# built from the Go module proxy with `go install` (go from PATH, /usr/local/go, or
+# Debian's golang-go), into /usr/local/bin, or $SERVICES_HOME/bin when that is not
+# writable. Optional: when it cannot be built, the ghz tests are skipped, said loudly.
+install_ghz() {
+    local version="${SKEWLESS_GHZ_VERSION:-v0.120.0}" found go bindir log
+    for found in "$(command -v ghz 2>/dev/null || true)" "$SERVICES_HOME/bin/ghz"; do
+        if [[ -n "$found" && -x "$found" ]]; then
+            say "ghz: present ($found)"
+            return 0
+        fi
+    done
+    go="$(command -v go 2>/dev/null || true)"
+    [[ -z "$go" && -x /usr/local/go/bin/go ]] && go=/usr/local/go/bin/go
+    if [[ -z "$go" ]]; then
+        say "ghz: go missing, installing with apt-get (golang-go)"
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go; } \
+            >/dev/null 2>&1 || true
+        go="$(command -v go 2>/dev/null || true)"
+    fi
+    if [[ -z "$go" ]]; then
+        err "ghz: NOT installed (no Go toolchain); the ghz tests (tests/interop) will be skipped"
+        return 0
+    fi
+    bindir=/usr/local/bin
+    [[ -w "$bindir" ]] || bindir="$SERVICES_HOME/bin"
+    mkdir -p "$bindir" "$SERVICES_HOME"
+    log="$SERVICES_HOME/ghz-install.log"
+    say "ghz: building github.com/bojand/ghz/cmd/ghz@$version with $("$go" version | cut -d' ' -f3) into $bindir (a few minutes the first time)"
+    if ! GOBIN="$bindir" "$go" install "github.com/bojand/ghz/cmd/ghz@$version" >"$log" 2>&1; then
+        tail -n 20 "$log" >&2
+        err "ghz: NOT installed (go install failed, log $log); the ghz tests (tests/interop) will be skipped"
+        return 0
+    fi
+    say "ghz: installed ($bindir/ghz)"
+}
+
 cmd_install() {
     install_redis
     install_kafka_libs
+    install_ghz
     say "install: done"
 }
 
