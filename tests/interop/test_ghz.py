@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from tests.serving.conftest import HISTORY, NOW
 REPO = Path(__file__).resolve().parents[2]
 PROTO_ROOT = REPO / "protos"
 PROTO = PROTO_ROOT / "skewless" / "v1" / "scorer.proto"
+README = (REPO / "README.md").read_text()
 CALLS = 50
 
 
@@ -118,18 +120,31 @@ def address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def protoset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A descriptor set of scorer.proto (with its imports), built by grpc_tools' protoc."""
-    from grpc_tools import protoc
-
+    """The README's descriptor-set command (grpc_tools' protoc), output to a temp dir."""
+    m = re.search(r"`(python -m\s+grpc_tools\.protoc[^`]*)`", README)
+    assert m, "README lost its protoset command"
     out = tmp_path_factory.mktemp("protoset") / "scorer.protoset"
-    well_known = resources.files("grpc_tools") / "_proto"
-    args = ["protoc", f"-I{PROTO_ROOT}", f"-I{well_known}", "--include_imports",
-            f"--descriptor_set_out={out}", str(PROTO.relative_to(PROTO_ROOT))]  # fmt: skip
-    assert protoc.main(args) == 0, f"protoc failed: {args}"
+    args = [
+        f"--descriptor_set_out={out}" if a.startswith("--descriptor_set_out=") else a
+        for a in m.group(1).split()
+    ]
+    run = subprocess.run([sys.executable, *args[1:]], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0 and out.is_file(), f"{args}: {run.stderr}"
     return out
 
 
-def ghz(address: str, call: str, data: dict[str, Any], schema: list[str]) -> dict[str, Any]:
+def readme_ghz_command(address: str) -> list[str]:
+    """The README's ghz command, bounded to CALLS calls (2 in flight), at ``address``."""
+    m = re.search(r"<!-- ghz-example -->\n```bash\n(.*?)```", README, re.S)
+    assert m, "README lost its ghz example"
+    words = shlex.split(m.group(1).replace("\\\n", " "))
+    assert words[0] == "ghz" and words[-1] == "127.0.0.1:50051", words
+    for flag, value in (("-n", str(CALLS)), ("-c", "2")):
+        words[words.index(flag) + 1] = value
+    return [*words[:-1], "--format", "json", address]
+
+
+def ghz(address: str, call: str, data: Any, schema: list[str]) -> dict[str, Any]:
     """Run ghz for CALLS calls (2 in flight, one connection); its JSON report."""
     assert GHZ is not None
     cmd = [GHZ, "--insecure", *schema, "--call", f"skewless.v1.Scorer.{call}",
@@ -170,11 +185,22 @@ def test_ghz_scores_every_call_ok(address: str, protoset: Path, source: str) -> 
     assert report["count"] == CALLS
 
 
-def test_ghz_every_unary_rpc_with_the_proto(address: str) -> None:
-    batch = {"transactions": [TX, {**TX, "transaction_id": "ghz-2", "card_id": 2}]}
-    assert statuses(ghz(address, "ScoreBatch", batch, PROTO_FLAGS)) == {"OK": CALLS}
+def test_the_readmes_ghz_command(address: str) -> None:
+    assert GHZ is not None
+    cmd = readme_ghz_command(address)
+    run = subprocess.run([GHZ, *cmd[1:]], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    assert statuses(json.loads(run.stdout)) == {"OK": CALLS}
+
+
+def test_ghz_every_rpc_with_the_proto(address: str) -> None:
+    two = [TX, {**TX, "transaction_id": "ghz-2", "card_id": 2}]
+    assert statuses(ghz(address, "ScoreBatch", {"transactions": two}, PROTO_FLAGS)) == {"OK": CALLS}
     at = {"entity": "card", "entity_id": 1, "at": AT}
     assert statuses(ghz(address, "GetFeatures", at, PROTO_FLAGS)) == {"OK": CALLS}
+    # a bidirectional stream per call, sending both requests
+    stream = [{"transaction": t} for t in two]
+    assert statuses(ghz(address, "ScoreStream", stream, PROTO_FLAGS)) == {"OK": CALLS}
 
 
 def test_ghz_keeps_presence_a_missing_card_is_refused_a_zero_card_is_not(address: str) -> None:
