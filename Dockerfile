@@ -30,6 +30,7 @@ COPY flows/ flows/
 COPY serving/ serving/
 COPY skewless/ skewless/
 COPY bench/ bench/
+COPY feature_repo/ feature_repo/
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 # ---- runtime: Python 3.11, the two wheels and their pinned dependencies, no toolchain

@@ -12,7 +12,11 @@ import fnmatch
 import json
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 import tomllib
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,16 +146,55 @@ def test_every_copied_path_exists_and_is_in_the_build_context(dockerfile: list[S
 def test_the_wheel_gets_every_python_package(dockerfile: list[Stage]) -> None:
     """Each top-level package pyproject packages is copied into the stage that builds the
     wheel (a package added later and not copied would be missing from the image)."""
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())
-    include = project["tool"]["setuptools"]["packages"]["find"]["include"]
+    find = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    find = find["packages"]["find"]
+    namespaces = find.get("namespaces", True)  # pyproject's default: folders without __init__
     packages = {
         d.name for d in REPO.iterdir()
-        if (d / "__init__.py").is_file() and any(fnmatch.fnmatch(d.name, p) for p in include)
+        if any(fnmatch.fnmatch(d.name, p) for p in find["include"])
+        and ((d / "__init__.py").is_file() or (namespaces and any(d.glob("*.py"))))
     }  # fmt: skip
+    assert {"features", "serving", "skewless"} <= packages
     builder = next(s for s in dockerfile if any("wheel" in r and " ." in r for r in s.args("RUN")))
     copied = {src.strip("/") for rest in builder.args("COPY") for src in copy_parts(rest)[1]}
     assert packages <= copied, f"not copied into the image: {sorted(packages - copied)}"
     assert {"pyproject.toml", "README.md", "native"} <= copied
+
+
+def test_the_wheel_builds_from_what_the_builder_copies(
+    dockerfile: list[Stage], tmp_path: Path
+) -> None:
+    """The builder's context, rebuilt from its COPY lines and .dockerignore, makes a wheel
+    with every module of the source tree (the native core's cargo build is left out)."""
+    rules = dockerignore()
+    builder = next(s for s in dockerfile if any("wheel" in r and " ." in r for r in s.args("RUN")))
+    ctx = tmp_path / "ctx"
+    for rest in builder.args("COPY"):
+        flags, sources, dest = copy_parts(rest)
+        if "from" in flags or "native" in sources[0]:
+            continue
+        for src in sources:
+            for f in [REPO / src] if (REPO / src).is_file() else (REPO / src).rglob("*"):
+                rel = str(f.relative_to(REPO))
+                if f.is_file() and not ignored(rel, rules):
+                    target = ctx / (rel if dest.endswith("/") or dest == "./" else dest)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(f, target)
+    run = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+         "--wheel-dir", str(tmp_path / "wheels"), str(ctx)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    (wheel,) = (tmp_path / "wheels").glob("skewless-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    packaged = {n.split("/")[0] for n in names if n.endswith(".py")}
+    modules = {
+        str(f.relative_to(REPO)) for p in packaged for f in (REPO / p).rglob("*.py")
+        if "__pycache__" not in f.parts and not ignored(str(f.relative_to(REPO)), rules)
+    }  # fmt: skip
+    assert modules - names == set(), f"missing from the wheel: {sorted(modules - names)[:5]}"
+    assert {"features", "flows", "serving", "skewless"} <= packaged
 
 
 def test_builder_builds_the_native_core_and_runtime_is_slim_python_311(
