@@ -64,7 +64,7 @@ TX = {
 }  # fmt: skip
 
 
-def _wait_serving(address: str, proc: subprocess.Popen[str], timeout: float = 60) -> None:
+def _wait_serving(address: str, proc: subprocess.Popen[str], timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
@@ -98,14 +98,16 @@ def address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "SKEWLESS_KAFKA_BOOTSTRAP": "",
         "SKEWLESS_AUTH_TOKEN": "",
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "skewless", "serve", "--no-prediction-log"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    log = data / "serve.log"  # a file, not a pipe: nobody reads it while ghz runs
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "skewless", "serve", "--no-prediction-log"],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=err, text=True,
+        )  # fmt: skip
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()  # blocks until bound (or the process died)
-        assert line.startswith("listening on port "), proc.stderr.read() if proc.stderr else line
+        assert line.startswith("listening on port "), log.read_text()[-3000:]
         addr = f"127.0.0.1:{int(line.split()[-1])}"
         _wait_serving(addr, proc)
         yield addr
