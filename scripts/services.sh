@@ -3,7 +3,7 @@
 # No Docker: the broker runs from the official Apache Kafka jars resolved with Maven
 # (scripts/kafka-pom.xml), Redis from the Debian package. Loopback only, free ports.
 #
-#   scripts/services.sh install          jars + redis-server + ghz (idempotent)
+#   scripts/services.sh install          jars + redis-server (idempotent)
 #   scripts/services.sh kafka-start DIR  start (or restart, same ports/data) a broker in DIR;
 #                                        last stdout line: 127.0.0.1:PORT
 #   scripts/services.sh kafka-stop DIR   SIGTERM, 20 s grace, SIGKILL (idempotent)
@@ -20,6 +20,7 @@
 #   SKEWLESS_KAFKA_HEAP_OPTS     JVM heap options (default -Xmx512m -Xms256m)
 #   SKEWLESS_KAFKA_START_TIMEOUT seconds to wait for the broker (default 90)
 #   SKEWLESS_REDIS_START_TIMEOUT seconds to wait for redis (default 20)
+#   SKEWLESS_GHZ_VERSION         ghz (gRPC load tool) that install builds (default v0.120.0)
 #   SKEWLESS_REDIS_TLS=1         redis-start serves TLS only (a self-signed CA and server
 #                                certificate in DIR) with an ACL user `skewless` and a random
 #                                password, the default user off; DIR/redis.url holds the
@@ -178,6 +179,13 @@ install_kafka_libs() {
     say "kafka $KAFKA_VERSION jars: done ($(jar_count "$KAFKA_LIBS") jars)"
 }
 
+cmd_install() {
+    install_ghz
+    install_redis
+    install_kafka_libs
+    say "install: done"
+}
+
 # ---------------------------------------------------------------- ghz
 
 # ghz, the Go gRPC load tool that tests/interop runs against a real `skewless serve`:
@@ -215,13 +223,6 @@ install_ghz() {
         return 0
     fi
     say "ghz: installed ($bindir/ghz)"
-}
-
-cmd_install() {
-    install_redis
-    install_kafka_libs
-    install_ghz
-    say "install: done"
 }
 
 # ---------------------------------------------------------------- kafka
