@@ -20,6 +20,7 @@
 #   SKEWLESS_KAFKA_HEAP_OPTS     JVM heap options (default -Xmx512m -Xms256m)
 #   SKEWLESS_KAFKA_START_TIMEOUT seconds to wait for the broker (default 90)
 #   SKEWLESS_REDIS_START_TIMEOUT seconds to wait for redis (default 20)
+#   SKEWLESS_GHZ_VERSION         ghz (gRPC load tool) that install builds (default v0.120.0)
 #   SKEWLESS_REDIS_TLS=1         redis-start serves TLS only (a self-signed CA and server
 #                                certificate in DIR) with an ACL user `skewless` and a random
 #                                password, the default user off; DIR/redis.url holds the
@@ -193,10 +194,50 @@ install_chromium() {
 }
 
 cmd_install() {
+    install_ghz
     install_redis
     install_kafka_libs
     install_chromium
     say "install: done"
+}
+
+# ---------------------------------------------------------------- ghz
+
+# ghz, the Go gRPC load tool that tests/interop runs against a real `skewless serve`:
+# built from the Go module proxy with `go install` (go from PATH, /usr/local/go, or
+# Debian's golang-go), into /usr/local/bin, or $SERVICES_HOME/bin when that is not
+# writable. Optional: when it cannot be built, the ghz tests are skipped, said loudly.
+install_ghz() {
+    local version="${SKEWLESS_GHZ_VERSION:-v0.120.0}" found go bindir log
+    for found in "$(command -v ghz 2>/dev/null || true)" "$SERVICES_HOME/bin/ghz"; do
+        if [[ -n "$found" && -x "$found" ]]; then
+            say "ghz: present ($found)"
+            return 0
+        fi
+    done
+    go="$(command -v go 2>/dev/null || true)"
+    [[ -z "$go" && -x /usr/local/go/bin/go ]] && go=/usr/local/go/bin/go
+    if [[ -z "$go" ]]; then
+        say "ghz: go missing, installing with apt-get (golang-go)"
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go; } \
+            >/dev/null 2>&1 || true
+        go="$(command -v go 2>/dev/null || true)"
+    fi
+    if [[ -z "$go" ]]; then
+        err "ghz: NOT installed (no Go toolchain); the ghz tests (tests/interop) will be skipped"
+        return 0
+    fi
+    bindir=/usr/local/bin
+    [[ -w "$bindir" ]] || bindir="$SERVICES_HOME/bin"
+    mkdir -p "$bindir" "$SERVICES_HOME"
+    log="$SERVICES_HOME/ghz-install.log"
+    say "ghz: building github.com/bojand/ghz/cmd/ghz@$version with $("$go" version | cut -d' ' -f3) into $bindir (a few minutes the first time)"
+    if ! GOBIN="$bindir" "$go" install "github.com/bojand/ghz/cmd/ghz@$version" >"$log" 2>&1; then
+        tail -n 20 "$log" >&2
+        err "ghz: NOT installed (go install failed, log $log); the ghz tests (tests/interop) will be skipped"
+        return 0
+    fi
+    say "ghz: installed ($bindir/ghz)"
 }
 
 # ---------------------------------------------------------------- kafka

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18skewless/v1/scorer.proto\x12\x0bskewless.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfe\x01\n\x0bTransaction\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x14\n\x07\x63\x61rd_id\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x18\n\x0bmerchant_id\x18\x03 \x01(\x03H\x01\x88\x01\x01\x12\x13\n\x06\x61mount\x18\x04 \x01(\x01H\x02\x88\x01\x01\x12\x10\n\x08\x63urrency\x18\x05 \x01(\t\x12\x0f\n\x07\x63ountry\x18\x06 \x01(\t\x12\x10\n\x03mcc\x18\x07 \x01(\x05H\x03\x88\x01\x01\x12.\n\nevent_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\n\n\x08_card_idB\x0e\n\x0c_merchant_idB\t\n\x07_amountB\x06\n\x04_mcc\"\xa1\x01\n\x05Value\x12\x13\n\tint_value\x18\x01 \x01(\x03H\x00\x12\x16\n\x0c\x64ouble_value\x18\x02 \x01(\x01H\x00\x12\x16\n\x0cstring_value\x18\x03 \x01(\tH\x00\x12\x14\n\nbool_value\x18\x04 \x01(\x08H\x00\x12\x35\n\x0ftimestamp_value\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x42\x06\n\x04kind\"z\n\x05\x45vent\x12.\n\x06\x66ields\x18\x01 \x03(\x0b\x32\x1e.skewless.v1.Event.FieldsEntry\x1a\x41\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.skewless.v1.Value:\x02\x38\x01\"\x8c\x01\n\x0cScoreRequest\x12/\n\x0btransaction\x18\x01 \x01(\x0b\x32\x18.skewless.v1.TransactionH\x00\x12#\n\x05\x65vent\x18\x03 \x01(\x0b\x32\x12.skewless.v1.EventH\x00\x12\x18\n\x10include_features\x18\x02 \x01(\x08\x42\x0c\n\nevent_kind\"\x81\x01\n\x11ScoreBatchRequest\x12.\n\x0ctransactions\x18\x01 \x03(\x0b\x32\x18.skewless.v1.Transaction\x12\x18\n\x10include_features\x18\x02 \x01(\x08\x12\"\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x12.skewless.v1.Event\"7\n\x07\x46\x65\x61ture\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x0f\n\x07missing\x18\x03 \x01(\x08\"\x86\x01\n\x0b\x45ntityState\x12\x0e\n\x06\x65ntity\x18\x01 \x01(\t\x12\x11\n\tentity_id\x18\x02 \x01(\x03\x12\r\n\x05\x66ound\x18\x03 \x01(\x08\x12\x0e\n\x06\x61ge_ms\x18\x04 \x01(\x03\x12\x35\n\x11newest_event_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd8\x01\n\rScoreResponse\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x10\n\x08\x64\x65\x63ision\x18\x03 \x01(\x08\x12\x11\n\tthreshold\x18\x04 \x01(\x01\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12&\n\x08\x66\x65\x61tures\x18\x06 \x03(\x0b\x32\x14.skewless.v1.Feature\x12*\n\x08\x65ntities\x18\x07 \x03(\x0b\x32\x18.skewless.v1.EntityState\x12\x10\n\x08warnings\x18\x08 \x03(\t\"C\n\x12ScoreBatchResponse\x12-\n\tresponses\x18\x01 \x03(\x0b\x32\x1a.skewless.v1.ScoreResponse\"r\n\x12GetFeaturesRequest\x12\x0e\n\x06\x65ntity\x18\x01 \x01(\t\x12\x16\n\tentity_id\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x0c\n\n_entity_id\"x\n\x13GetFeaturesResponse\x12\'\n\x05state\x18\x01 \x01(\x0b\x32\x18.skewless.v1.EntityState\x12&\n\x08\x66\x65\x61tures\x18\x02 \x03(\x0b\x32\x14.skewless.v1.Feature\x12\x10\n\x08warnings\x18\x03 \x03(\t2\xb3\x02\n\x06Scorer\x12>\n\x05Score\x12\x19.skewless.v1.ScoreRequest\x1a\x1a.skewless.v1.ScoreResponse\x12M\n\nScoreBatch\x12\x1e.skewless.v1.ScoreBatchRequest\x1a\x1f.skewless.v1.ScoreBatchResponse\x12H\n\x0bScoreStream\x12\x19.skewless.v1.ScoreRequest\x1a\x1a.skewless.v1.ScoreResponse(\x01\x30\x01\x12P\n\x0bGetFeatures\x12\x1f.skewless.v1.GetFeaturesRequest\x1a .skewless.v1.GetFeaturesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18skewless/v1/scorer.proto\x12\x0bskewless.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8e\x02\n\x0bTransaction\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x11\n\x07\x63\x61rd_id\x18\x02 \x01(\x03H\x00\x12\x15\n\x0bmerchant_id\x18\x03 \x01(\x03H\x01\x12\x10\n\x06\x61mount\x18\x04 \x01(\x01H\x02\x12\x10\n\x08\x63urrency\x18\x05 \x01(\t\x12\x0f\n\x07\x63ountry\x18\x06 \x01(\t\x12\r\n\x03mcc\x18\x07 \x01(\x05H\x03\x12.\n\nevent_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x11\n\x0f\x63\x61rd_id_presentB\x15\n\x13merchant_id_presentB\x10\n\x0e\x61mount_presentB\r\n\x0bmcc_present\"\xa1\x01\n\x05Value\x12\x13\n\tint_value\x18\x01 \x01(\x03H\x00\x12\x16\n\x0c\x64ouble_value\x18\x02 \x01(\x01H\x00\x12\x16\n\x0cstring_value\x18\x03 \x01(\tH\x00\x12\x14\n\nbool_value\x18\x04 \x01(\x08H\x00\x12\x35\n\x0ftimestamp_value\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x42\x06\n\x04kind\"z\n\x05\x45vent\x12.\n\x06\x66ields\x18\x01 \x03(\x0b\x32\x1e.skewless.v1.Event.FieldsEntry\x1a\x41\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.skewless.v1.Value:\x02\x38\x01\"\x8c\x01\n\x0cScoreRequest\x12/\n\x0btransaction\x18\x01 \x01(\x0b\x32\x18.skewless.v1.TransactionH\x00\x12#\n\x05\x65vent\x18\x03 \x01(\x0b\x32\x12.skewless.v1.EventH\x00\x12\x18\n\x10include_features\x18\x02 \x01(\x08\x42\x0c\n\nevent_kind\"\x81\x01\n\x11ScoreBatchRequest\x12.\n\x0ctransactions\x18\x01 \x03(\x0b\x32\x18.skewless.v1.Transaction\x12\x18\n\x10include_features\x18\x02 \x01(\x08\x12\"\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x12.skewless.v1.Event\"7\n\x07\x46\x65\x61ture\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x0f\n\x07missing\x18\x03 \x01(\x08\"\x86\x01\n\x0b\x45ntityState\x12\x0e\n\x06\x65ntity\x18\x01 \x01(\t\x12\x11\n\tentity_id\x18\x02 \x01(\x03\x12\r\n\x05\x66ound\x18\x03 \x01(\x08\x12\x0e\n\x06\x61ge_ms\x18\x04 \x01(\x03\x12\x35\n\x11newest_event_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd8\x01\n\rScoreResponse\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x10\n\x08\x64\x65\x63ision\x18\x03 \x01(\x08\x12\x11\n\tthreshold\x18\x04 \x01(\x01\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12&\n\x08\x66\x65\x61tures\x18\x06 \x03(\x0b\x32\x14.skewless.v1.Feature\x12*\n\x08\x65ntities\x18\x07 \x03(\x0b\x32\x18.skewless.v1.EntityState\x12\x10\n\x08warnings\x18\x08 \x03(\t\"C\n\x12ScoreBatchResponse\x12-\n\tresponses\x18\x01 \x03(\x0b\x32\x1a.skewless.v1.ScoreResponse\"v\n\x12GetFeaturesRequest\x12\x0e\n\x06\x65ntity\x18\x01 \x01(\t\x12\x13\n\tentity_id\x18\x02 \x01(\x03H\x00\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x13\n\x11\x65ntity_id_present\"x\n\x13GetFeaturesResponse\x12\'\n\x05state\x18\x01 \x01(\x0b\x32\x18.skewless.v1.EntityState\x12&\n\x08\x66\x65\x61tures\x18\x02 \x03(\x0b\x32\x14.skewless.v1.Feature\x12\x10\n\x08warnings\x18\x03 \x03(\t2\xb3\x02\n\x06Scorer\x12>\n\x05Score\x12\x19.skewless.v1.ScoreRequest\x1a\x1a.skewless.v1.ScoreResponse\x12M\n\nScoreBatch\x12\x1e.skewless.v1.ScoreBatchRequest\x1a\x1f.skewless.v1.ScoreBatchResponse\x12H\n\x0bScoreStream\x12\x19.skewless.v1.ScoreRequest\x1a\x1a.skewless.v1.ScoreResponse(\x01\x30\x01\x12P\n\x0bGetFeatures\x12\x1f.skewless.v1.GetFeaturesRequest\x1a .skewless.v1.GetFeaturesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,29 +35,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVENT_FIELDSENTRY']._loaded_options = None
   _globals['_EVENT_FIELDSENTRY']._serialized_options = b'8\001'
   _globals['_TRANSACTION']._serialized_start=75
-  _globals['_TRANSACTION']._serialized_end=329
-  _globals['_VALUE']._serialized_start=332
-  _globals['_VALUE']._serialized_end=493
-  _globals['_EVENT']._serialized_start=495
-  _globals['_EVENT']._serialized_end=617
-  _globals['_EVENT_FIELDSENTRY']._serialized_start=552
-  _globals['_EVENT_FIELDSENTRY']._serialized_end=617
-  _globals['_SCOREREQUEST']._serialized_start=620
-  _globals['_SCOREREQUEST']._serialized_end=760
-  _globals['_SCOREBATCHREQUEST']._serialized_start=763
-  _globals['_SCOREBATCHREQUEST']._serialized_end=892
-  _globals['_FEATURE']._serialized_start=894
-  _globals['_FEATURE']._serialized_end=949
-  _globals['_ENTITYSTATE']._serialized_start=952
-  _globals['_ENTITYSTATE']._serialized_end=1086
-  _globals['_SCORERESPONSE']._serialized_start=1089
-  _globals['_SCORERESPONSE']._serialized_end=1305
-  _globals['_SCOREBATCHRESPONSE']._serialized_start=1307
-  _globals['_SCOREBATCHRESPONSE']._serialized_end=1374
-  _globals['_GETFEATURESREQUEST']._serialized_start=1376
-  _globals['_GETFEATURESREQUEST']._serialized_end=1490
-  _globals['_GETFEATURESRESPONSE']._serialized_start=1492
-  _globals['_GETFEATURESRESPONSE']._serialized_end=1612
-  _globals['_SCORER']._serialized_start=1615
-  _globals['_SCORER']._serialized_end=1922
+  _globals['_TRANSACTION']._serialized_end=345
+  _globals['_VALUE']._serialized_start=348
+  _globals['_VALUE']._serialized_end=509
+  _globals['_EVENT']._serialized_start=511
+  _globals['_EVENT']._serialized_end=633
+  _globals['_EVENT_FIELDSENTRY']._serialized_start=568
+  _globals['_EVENT_FIELDSENTRY']._serialized_end=633
+  _globals['_SCOREREQUEST']._serialized_start=636
+  _globals['_SCOREREQUEST']._serialized_end=776
+  _globals['_SCOREBATCHREQUEST']._serialized_start=779
+  _globals['_SCOREBATCHREQUEST']._serialized_end=908
+  _globals['_FEATURE']._serialized_start=910
+  _globals['_FEATURE']._serialized_end=965
+  _globals['_ENTITYSTATE']._serialized_start=968
+  _globals['_ENTITYSTATE']._serialized_end=1102
+  _globals['_SCORERESPONSE']._serialized_start=1105
+  _globals['_SCORERESPONSE']._serialized_end=1321
+  _globals['_SCOREBATCHRESPONSE']._serialized_start=1323
+  _globals['_SCOREBATCHRESPONSE']._serialized_end=1390
+  _globals['_GETFEATURESREQUEST']._serialized_start=1392
+  _globals['_GETFEATURESREQUEST']._serialized_end=1510
+  _globals['_GETFEATURESRESPONSE']._serialized_start=1512
+  _globals['_GETFEATURESRESPONSE']._serialized_end=1632
+  _globals['_SCORER']._serialized_start=1635
+  _globals['_SCORER']._serialized_end=1942
 # @@protoc_insertion_point(module_scope)
