@@ -48,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--days", type=float, default=30.0)
     s.add_argument("--seed", type=int, default=7)
     s.add_argument("--fraud-rate", type=float, default=0.01)
+    s.add_argument(
+        "--labels", type=Path, help="labels file with chargeback delays (default: "
+        "<out>.labels.parquet beside --out; 'none' to skip)",
+    )  # fmt: skip
 
     b = sub.add_parser("backfill", help="point-in-time features for every spine row")
     b.add_argument("--events", type=Path, required=True)
@@ -69,8 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("-s", "--snapshot-interval", type=float, default=5.0, help="seconds")
     st.add_argument("-b", "--backup-interval", type=float, default=0.0, help="seconds")
 
-    pr = sub.add_parser("produce", help="replay an events Parquet into Kafka")
-    pr.add_argument("--events", type=Path, required=True)
+    pr = sub.add_parser("produce", help="replay an events (or labels) Parquet into Kafka")
+    pr.add_argument("--events", type=Path)
+    pr.add_argument("--labels", type=Path, help="a labels Parquet, to <topic>.labels")
     pr.add_argument("--rate", type=float, default=0.0, help="events/s (0 = as fast as possible)")
     pr.add_argument("--topic", help="default: SKEWLESS_TOPIC")
 
@@ -134,6 +139,15 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
     fraud = sum(table.column("is_fraud").to_pylist())
     share = fraud / max(table.num_rows, 1)
     print(f"wrote {table.num_rows:,} events ({share:.2%} fraud) to {args.out}")
+    if str(args.labels) != "none":
+        from features.loader import load_definitions
+        from flows.labels import write_labels
+        from flows.sim_labels import simulate_labels
+
+        path = args.labels or args.out.with_name(args.out.stem + ".labels.parquet")
+        labels = simulate_labels(table, load_definitions(None), seed=args.seed)
+        write_labels(labels, path)
+        print(f"wrote {labels.num_rows:,} labels to {path}")
     return 0
 
 
@@ -172,11 +186,24 @@ def _produce(args: argparse.Namespace, settings: Settings) -> int:
     from features.loader import load_definitions
 
     fs = load_definitions(settings.definitions)
-    report = produce_file(
-        fs, settings.kafka_bootstrap, topic, args.events, args.rate, sys.stderr.isatty()
-    )
-    print(report.to_json())
-    return 0 if report.failed == 0 else 1
+    if not args.events and not args.labels:
+        raise ValueError("give --events FILE, --labels FILE or both")
+    failed = 0
+    if args.events:
+        report = produce_file(
+            fs, settings.kafka_bootstrap, topic, args.events, args.rate, sys.stderr.isatty()
+        )
+        print(report.to_json())
+        failed += report.failed
+    if args.labels:
+        from flows.labels_kafka import produce_labels
+
+        report = produce_labels(
+            fs, settings.kafka_bootstrap, topic, args.labels, args.rate, sys.stderr.isatty()
+        )
+        print(report.to_json())
+        failed += report.failed
+    return 0 if failed == 0 else 1
 
 
 @command("verify")
