@@ -48,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--days", type=float, default=30.0)
     s.add_argument("--seed", type=int, default=7)
     s.add_argument("--fraud-rate", type=float, default=0.01)
+    s.add_argument("--drift-day", type=float, help="drift scenarios start on this day")
+    s.add_argument("--drift-amount", type=float, default=1.0, help="amounts x this from the day")
+    s.add_argument("--drift-country", help="a new country (2 letters) appears from the day")
+    s.add_argument("--drift-country-share", type=float, default=0.1, help="its traffic share")
+    s.add_argument("--drift-fraud", type=float, default=0.0, help="new fraud pattern share")
     s.add_argument(
         "--labels", type=Path, help="labels file with chargeback delays (default: "
         "<out>.labels.parquet beside --out; 'none' to skip)",
@@ -119,6 +124,9 @@ def _parser() -> argparse.ArgumentParser:
     from flows.train import add_cli as add_train_cli  # `train` and `models`
 
     add_train_cli(sub, command)
+    from flows.monitor_cli import add_cli as add_monitor_cli  # `monitor`
+
+    add_monitor_cli(sub, command)
     from serving.cli import add_cli as add_serving_cli  # `serve` and `score`
 
     add_serving_cli(sub, command)
@@ -134,6 +142,16 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
         seed=args.seed, fraud_rate=args.fraud_rate,
     )  # fmt: skip
     table = simulate(cfg, progress=sys.stderr.isatty())
+    if args.drift_day is not None:
+        from flows.sim_drift import DriftScenario, apply_drift
+
+        scenario = DriftScenario(
+            day=args.drift_day, amount_factor=args.drift_amount, new_country=args.drift_country,
+            new_country_share=args.drift_country_share, new_fraud_share=args.drift_fraud,
+        )  # fmt: skip
+        table = apply_drift(table, cfg, scenario)
+    elif args.drift_amount != 1.0 or args.drift_country or args.drift_fraud:
+        raise ValueError("--drift-amount, --drift-country, --drift-fraud: need --drift-day D")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_events(table, args.out)
     fraud = sum(table.column("is_fraud").to_pylist())
