@@ -104,3 +104,39 @@ def test_labels_round_trip_through_kafka(kafka_bootstrap: str, tmp_path: Path) -
         "t2": True,
     }
     assert pc.max(read_labels(REFERENCE, store)[0].column("label_time")).as_py() is not None
+
+
+def test_monitor_reads_labels_from_kafka(kafka_bootstrap: str, tmp_path: Path) -> None:
+    from flows.artifacts import read_artifacts
+    from flows.labels import write_labels
+    from flows.sim_labels import LabelDelays, simulate_labels
+    from flows.simulate import SimulationConfig, simulate
+    from tests.flows.monitor_support import features_of, train_on, write_log
+
+    events = simulate(SimulationConfig(events=8_000, cards=300, merchants=40, days=4.0))
+    features = features_of(REFERENCE, events)
+    art = read_artifacts(train_on(REFERENCE, features, tmp_path), REFERENCE.fingerprint())
+    write_log(REFERENCE, features, art, tmp_path / "log")
+    labels = simulate_labels(events, REFERENCE, 7, LabelDelays(median_days=1.0, min_days=0.1))
+    write_labels(labels, tmp_path / "labels.parquet")
+    topic = _topic(kafka_bootstrap, partitions=1)
+    assert produce_labels(REFERENCE, kafka_bootstrap, topic, tmp_path / "labels.parquet").sent
+    out = tmp_path / "monitor"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SKEWLESS_KAFKA_BOOTSTRAP", kafka_bootstrap)
+        mp.setenv("SKEWLESS_TOPIC", topic)
+        argv = ["monitor", "--labels-from-kafka", "--predictions", str(tmp_path / "log"),
+                "--registry", str(tmp_path / "registry"), "--out", str(out),
+                "--label-horizon", "2d"]  # fmt: skip
+        assert main(argv) == 0
+    from_kafka = json.loads((out / "monitor.json").read_text())
+    assert read_labels(REFERENCE, out / "labels.parquet")[0].equals(
+        read_labels(REFERENCE, tmp_path / "labels.parquet")[0]
+    )
+    argv = ["monitor", "--labels", str(tmp_path / "labels.parquet"), "--predictions",
+            str(tmp_path / "log"), "--registry", str(tmp_path / "registry"),
+            "--out", str(tmp_path / "file"), "--label-horizon", "2d"]  # fmt: skip
+    assert main(argv) == 0
+    from_file = json.loads((tmp_path / "file" / "monitor.json").read_text())
+    assert from_kafka["quality_total"] == from_file["quality_total"]
+    assert from_kafka["quality_total"]["rows"] > 0
