@@ -38,7 +38,9 @@ def write_plots(out: Path, result: dict[str, Any]) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    windows, th = result["windows"], result["config"]["thresholds"]
+    th = result["config"]["thresholds"]
+    # windows too small to judge are left out: their PSI is sampling noise
+    windows = [w for w in result["windows"] if w["judged"]]
     t = _times(windows)
     paths = []
 
@@ -53,12 +55,12 @@ def write_plots(out: Path, result: dict[str, Any]) -> list[Path]:
     names = list(windows[0]["psi"]) if windows else []
     worst = sorted(names, key=lambda n: -np.nan_to_num(np.nanmax(_series(windows, "psi", n))))
     for n in names:
-        ax.plot(t, _series(windows, "psi", n), lw=1.2 if n in worst[:5] else 0.6,
+        ax.plot(t, _series(windows, "psi", n), ".-", lw=1.2 if n in worst[:5] else 0.6, ms=2,
                 label=n if n in worst[:8] else None)  # fmt: skip
     ax.plot(t, _series(windows, "score", "psi"), "k--", lw=1.2, label="score")
     ax.axhline(th["psi_warn"], color="orange", ls=":", label="warn")
     ax.axhline(th["psi_alert"], color="red", ls=":", label="alert")
-    ax.set(title="PSI per feature and window (the 8 highest named)", ylabel="PSI")
+    ax.set(title="PSI per feature, windows with enough rows (the 8 highest named)", ylabel="PSI")
     ax.legend(fontsize=7, ncol=2)
     save(fig, "psi.png")
 
@@ -90,10 +92,10 @@ def write_plots(out: Path, result: dict[str, Any]) -> list[Path]:
             ax.plot(tq, _series(q, k), marker=".", lw=1, label=k)
         ax.axhline(result["quality_total"]["alert_below"], color="red", ls=":", label="alert")
         ax.set_ylim(0, 1.05)
+        ax.legend(fontsize=7)
     else:
         ax.text(0.5, 0.5, "no labelled predictions past the label horizon", ha="center")
     ax.set(title="quality of due predictions (labels known at as_of)")
-    ax.legend(fontsize=7)
     save(fig, "quality.png")
     return paths
 
