@@ -47,8 +47,10 @@ class Thresholds:
     psi_alert: float = 0.25
     unseen_warn: float = 0.01
     unseen_alert: float = 0.05
-    #: PR-AUC alerts below the model's test PR-AUC minus this
-    pr_auc_margin: float = 0.1
+    #: PR-AUC alerts below the model's test PR-AUC minus this. Served labels are worse
+    #: than the test split's (fraud never reported, reversed chargebacks): on a no-drift
+    #: simulation a week's PR-AUC ran 0.64-0.76 against a test PR-AUC of 0.78
+    pr_auc_margin: float = 0.2
     #: windows with fewer rows are reported but never warn (PSI of 50 rows is noise)
     min_rows: int = 300
     #: a drift statistic alerts when it is at the alert level in this many consecutive

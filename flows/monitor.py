@@ -52,7 +52,11 @@ def iso(ms: int) -> str:
 @dataclass(frozen=True)
 class MonitorConfig:
     window_ms: int = 3_600_000
-    quality_window_ms: int = 86_400_000
+    #: quality is judged over rolling windows of this length, one every step: a day's
+    #: PR-AUC swings with that day's mix of fraud patterns (0.33 to 0.90 on a no-drift
+    #: simulation), a week's does not
+    quality_window_ms: int = 7 * 86_400_000
+    quality_step_ms: int = 86_400_000
     horizon_ms: int = 30 * 86_400_000
     #: labels known at, and the "now" of the horizon (None: the newest event in the log)
     as_of_ms: int | None = None
@@ -63,6 +67,7 @@ class MonitorConfig:
     def to_dict(self) -> dict[str, Any]:
         return {
             "window": self.window_ms, "quality_window": self.quality_window_ms,
+            "quality_step": self.quality_step_ms,
             "label_horizon": self.horizon_ms, "as_of": self.as_of_ms,
             "all_versions": self.all_versions, "thresholds": self.thresholds.to_dict(),
         }  # fmt: skip
@@ -223,19 +228,19 @@ def _quality(
     test_pr_auc = float(profile["metrics"]["pr_auc"])
     floor = test_pr_auc - th.pr_auc_margin
     rows, alerts = [], []
-    if mask.any():
-        w = Windows.of(tm, cfg.quality_window_ms)
-        order = np.argsort(w.index, kind="stable")
-        bounds = np.concatenate([[0], np.cumsum(w.rows)])
-        for i, start in enumerate(w.starts.tolist()):
-            sel = order[bounds[i] : bounds[i + 1]]
-            q = {k: finite(v) if isinstance(v, float) else v
-                 for k, v in quality(y[sel], p[sel], threshold).items()}  # fmt: skip
-            end = start + cfg.quality_window_ms
-            rows.append({"start": iso(start), "end": iso(end), **q})
-            pr = q["pr_auc"]
-            if pr is not None and int(q["positives"] or 0) >= th.min_positives and pr < floor:
-                alerts.append(_alert(start, end, "pr_auc", "model", pr, "alert", floor))
+    order = np.argsort(tm, kind="stable")
+    y, p, tm = y[order], p[order], tm[order]
+    step, length = cfg.quality_step_ms, cfg.quality_window_ms
+    # rolling windows [end - length, end), one per step that holds due rows
+    for end in (np.unique(tm // step) + 1) * step if len(tm) else []:
+        start = int(end) - length
+        lo, hi = np.searchsorted(tm, [start, int(end)])
+        q = {k: finite(v) if isinstance(v, float) else v
+             for k, v in quality(y[lo:hi], p[lo:hi], threshold).items()}  # fmt: skip
+        rows.append({"start": iso(start), "end": iso(int(end)), **q})
+        pr = q["pr_auc"]
+        if pr is not None and int(q["positives"] or 0) >= th.min_positives and pr < floor:
+            alerts.append(_alert(start, int(end), "pr_auc", "model", pr, "alert", floor))
     total = {
         k: finite(v) if isinstance(v, float) else v for k, v in quality(y, p, threshold).items()
     }

@@ -38,14 +38,15 @@ def add_cli(
     m.add_argument("--registry", type=Path, help="default: SKEWLESS_REGISTRY_DIR")
     m.add_argument("--model", help="alias or version to monitor (default SKEWLESS_MODEL_ALIAS)")
     m.add_argument("--window", default="1h", help="drift window of event time (1h)")
-    m.add_argument("--quality-window", default="1d", help="quality window (1d)")
+    m.add_argument("--quality-window", default="7d", help="rolling quality window (7d)")
+    m.add_argument("--quality-step", default="1d", help="one quality window per (1d)")
     m.add_argument("--label-horizon", default="30d", help="labels are due after this (30d)")
     m.add_argument("--as-of", help="RFC 3339: labels known at (default: newest logged event)")
     m.add_argument("--min-rows", type=int, default=300, help="rows for a window to warn")
     m.add_argument(
         "--persist", type=int, default=2, help="consecutive windows at the alert level to alert"
     )
-    m.add_argument("--pr-auc-margin", type=float, default=0.1, help="below test PR-AUC by")
+    m.add_argument("--pr-auc-margin", type=float, default=0.2, help="below test PR-AUC by")
     m.add_argument(
         "--all-versions", action="store_true", help="every logged row, not only --model's"
     )
@@ -78,6 +79,7 @@ def run(args: argparse.Namespace, settings: Any) -> int:
         as_of = int(dt.timestamp() * 1000)
     cfg = MonitorConfig(
         window_ms=duration_ms(args.window), quality_window_ms=duration_ms(args.quality_window),
+        quality_step_ms=duration_ms(args.quality_step),
         horizon_ms=duration_ms(args.label_horizon), as_of_ms=as_of, all_versions=args.all_versions,
         thresholds=Thresholds(
             min_rows=args.min_rows, persist=args.persist, pr_auc_margin=args.pr_auc_margin

@@ -119,7 +119,12 @@ def test_quality_counts_only_predictions_past_the_label_horizon(world: dict[str,
     assert late.num_rows > 0
     again = monitor(log_table, profile, REFERENCE, art.version, cfg, known)
     assert again["quality_total"] == total
-    assert sum(q["rows"] for q in got["quality"]) == total["rows"]
+    due_t = np.sort(t[t <= as_of - 2 * DAY_MS])
+    for q in got["quality"]:  # rolling 7 d windows, one per day, over due rows only
+        lo, hi = (datetime.fromisoformat(q[k]).timestamp() * 1000 for k in ("start", "end"))
+        assert hi - lo == 7 * DAY_MS
+        assert q["rows"] == int(np.sum((due_t >= lo) & (due_t < hi)))
+    assert got["quality"][-1]["end"] == "2026-01-10T00:00:00+00:00"
     assert 0.0 <= total["pr_auc"] <= 1.0 and total["test_pr_auc"] == profile["metrics"]["pr_auc"]
 
 
