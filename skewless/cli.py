@@ -190,6 +190,8 @@ def _stream(args: argparse.Namespace, settings: Settings) -> int:
 def _produce(args: argparse.Namespace, settings: Settings) -> int:
     from flows.produce import produce_file
 
+    if not args.events and not args.labels:
+        raise ValueError("give --events FILE, --labels FILE or both")
     if not settings.kafka_bootstrap:
         print(
             "skewless produce: Kafka is not configured; start a broker with "
@@ -204,8 +206,6 @@ def _produce(args: argparse.Namespace, settings: Settings) -> int:
     from features.loader import load_definitions
 
     fs = load_definitions(settings.definitions)
-    if not args.events and not args.labels:
-        raise ValueError("give --events FILE, --labels FILE or both")
     failed = 0
     if args.events:
         report = produce_file(

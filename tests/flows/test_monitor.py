@@ -177,3 +177,24 @@ def test_cli_errors_are_one_line(world: dict[str, Any], tmp_path: Path, capsys: 
     assert err.count("\n") == 0 and "lacks column(s) f_amount" in err
     assert main([*argv[:2], str(tmp_path / "nothing"), *argv[3:]]) == 2
     assert "is not a directory" in capsys.readouterr().err
+
+
+def test_only_the_monitored_versions_rows_count(world: dict[str, Any], tmp_path: Path) -> None:
+    import dataclasses
+
+    from tests.flows.monitor_support import features_of
+
+    art, profile = world["art"], world["profile"]
+    rows = features_of(REFERENCE, simulate(CFG)).slice(70_000, 2_000)
+    write_log(REFERENCE, rows.slice(0, 1_500), art, tmp_path / "log")
+    other = dataclasses.replace(art, version="v0009")
+    write_log(REFERENCE, rows.slice(1_500), other, tmp_path / "log")
+    log_table = read_log(tmp_path / "log", log_columns(REFERENCE, profile, False))
+    mine = monitor(log_table, profile, REFERENCE, art.version)
+    assert mine["rows"] == 1_500 and mine["versions_in_log"] == {art.version: 1_500, "v0009": 500}
+    every = monitor(log_table, profile, REFERENCE, art.version, MonitorConfig(all_versions=True))
+    assert every["rows"] == 2_000
+    with pytest.raises(
+        ValueError, match=r"no row was scored by v0042 \(versions in the log: v0001"
+    ):
+        monitor(log_table, profile, REFERENCE, "v0042")
