@@ -55,8 +55,9 @@ def _write_log(features: pa.Table, scores: np.ndarray, names: tuple[str, ...], v
         "decision": pa.array(scores >= threshold),
         "warnings": pa.array([[]] * n, pa.list_(pa.string())),
     }
-    for name in names:
-        cols[f"f_{name}"] = pc.cast(features.column(name), pa.float64())
+    for name in names:  # missing as null, as the server writes it
+        x = pc.cast(features.column(name), pa.float64()).to_numpy(zero_copy_only=False)
+        cols[f"f_{name}"] = pa.array(x, pa.float64(), from_pandas=True)
     table = pa.table(cols)
     directory.mkdir(parents=True, exist_ok=True)
     for i, start in enumerate(range(0, n, SHARD)):

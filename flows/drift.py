@@ -15,8 +15,8 @@ one ``bincount`` per feature, so a million logged predictions take about a secon
   those points; a lower bound of the full KS statistic).
 - **Unseen share** per categorical field: rows whose value training never saw.
 - **Quality** (labelled, due rows only): precision and recall at the threshold,
-  PR-AUC (scikit-learn's average precision), calibration (mean score vs positive rate,
-  and the expected calibration error over 10 score bins).
+  PR-AUC (scikit-learn's average precision, on rows sorted once), calibration (mean
+  score vs positive rate, and the expected calibration error over 10 score bins).
 
 >>> levels = Thresholds()
 >>> [levels.level(v) for v in (0.05, 0.1, 0.3, float("nan"))]
@@ -161,18 +161,39 @@ def unseen_share(values: pa.ChunkedArray | pa.Array, p: dict[str, Any], w: Windo
     return np.bincount(w.index, weights=unseen, minlength=len(w)) / w.rows
 
 
-def quality(y: np.ndarray, p: np.ndarray, threshold: float, bins: int = 10) -> dict[str, Any]:
-    """Precision, recall at ``threshold``, PR-AUC and calibration of labelled rows.
+def average_precision(y: np.ndarray, p: np.ndarray) -> float:
+    """PR-AUC as scikit-learn's ``average_precision_score`` defines it (held equal by a
+    test), for rows already sorted by descending score: the monitor sorts a million
+    rows once, then takes each rolling window's rows in that order with a mask, where
+    scikit-learn would sort every window again (3 s of the bench's 1M rows).
+
+    >>> round(average_precision(np.array([1, 0, 1, 0.0]), np.array([0.9, 0.6, 0.4, 0.1])), 4)
+    0.8333
+    """
+    pos = float(y.sum())
+    if len(y) == 0 or pos == 0 or pos == len(y):
+        return math.nan
+    last = np.flatnonzero(np.r_[p[1:] != p[:-1], True])  # the last row of each distinct score
+    tps = np.cumsum(y)[last]
+    precision = tps / (last + 1)
+    recall = tps / pos
+    return float(np.sum(np.diff(recall, prepend=0.0) * precision))
+
+
+def quality(
+    y: np.ndarray, p: np.ndarray, threshold: float, bins: int = 10, ordered: bool = False
+) -> dict[str, Any]:
+    """Precision, recall at ``threshold``, PR-AUC and calibration of labelled rows
+    (``ordered``: the rows are sorted by descending score already).
 
     >>> q = quality(np.array([0, 0, 1, 1.0]), np.array([0.1, 0.6, 0.4, 0.9]), 0.5)
     >>> q["precision"], q["recall"], round(q["pr_auc"], 4)
     (0.5, 0.5, 0.8333)
     """
-    from sklearn.metrics import average_precision_score
-
     y = np.asarray(y, dtype=np.float64)
     p = np.asarray(p, dtype=np.float64)
     n, pos = len(y), int(y.sum())
+    order = slice(None) if ordered else np.argsort(-p, kind="stable")
     flag = p >= threshold
     flagged = int(flag.sum())
     tp = float(np.sum(flag & (y == 1)))
@@ -182,7 +203,7 @@ def quality(y: np.ndarray, p: np.ndarray, threshold: float, bins: int = 10) -> d
         "flagged": flagged,
         "precision": tp / flagged if flagged else math.nan,
         "recall": tp / pos if pos else math.nan,
-        "pr_auc": float(average_precision_score(y, p)) if 0 < pos < n else math.nan,
+        "pr_auc": average_precision(y[order], p[order]),
         "mean_score": float(p.mean()) if n else math.nan,
         "positive_rate": pos / n if n else math.nan,
     }

@@ -106,7 +106,8 @@ def _ms(col: pa.ChunkedArray) -> np.ndarray:
 
 
 def _score_quantiles(score: np.ndarray, w: Windows) -> dict[str, np.ndarray]:
-    order = np.lexsort((score, w.index))
+    by_score = np.argsort(score, kind="stable")  # then by window (a radix sort): no lexsort
+    order = by_score[np.argsort(w.index[by_score], kind="stable")]
     s = score[order]
     first = np.concatenate([[0], np.cumsum(w.rows)[:-1]])
     out = {f"p{q}": s[first + ((w.rows - 1) * q) // 100] for q in (10, 50, 90, 99)}
@@ -228,21 +229,22 @@ def _quality(
     test_pr_auc = float(profile["metrics"]["pr_auc"])
     floor = test_pr_auc - th.pr_auc_margin
     rows, alerts = [], []
-    order = np.argsort(tm, kind="stable")
+    order = np.argsort(-p, kind="stable")  # once: every window takes its rows in this order
     y, p, tm = y[order], p[order], tm[order]
     step, length = cfg.quality_step_ms, cfg.quality_window_ms
     # rolling windows [end - length, end), one per step that holds due rows
     for end in (np.unique(tm // step) + 1) * step if len(tm) else []:
         start = int(end) - length
-        lo, hi = np.searchsorted(tm, [start, int(end)])
+        sel = (tm >= start) & (tm < end)
         q = {k: finite(v) if isinstance(v, float) else v
-             for k, v in quality(y[lo:hi], p[lo:hi], threshold).items()}  # fmt: skip
+             for k, v in quality(y[sel], p[sel], threshold, ordered=True).items()}  # fmt: skip
         rows.append({"start": iso(start), "end": iso(int(end)), **q})
         pr = q["pr_auc"]
         if pr is not None and int(q["positives"] or 0) >= th.min_positives and pr < floor:
             alerts.append(_alert(start, int(end), "pr_auc", "model", pr, "alert", floor))
     total = {
-        k: finite(v) if isinstance(v, float) else v for k, v in quality(y, p, threshold).items()
+        k: finite(v) if isinstance(v, float) else v
+        for k, v in quality(y, p, threshold, ordered=True).items()
     }
     total |= {
         "test_pr_auc": test_pr_auc,

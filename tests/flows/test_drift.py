@@ -97,3 +97,37 @@ def test_thresholds_refuse_nonsense() -> None:
     with pytest.raises(ValueError, match="psi_warn"):
         Thresholds(psi_warn=0.3, psi_alert=0.25)
     assert Thresholds().level(0.05, "unseen") == "alert"
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_average_precision_equals_scikit_learn(seed: int) -> None:
+    from sklearn.metrics import average_precision_score
+
+    from flows.drift import average_precision, quality
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 3_000))
+    y = (rng.random(n) < rng.uniform(0.01, 0.5)).astype(np.float64)
+    p = np.round(rng.random(n), int(rng.integers(1, 4)))  # many ties
+    if 0 < y.sum() < n:
+        want = average_precision_score(y, p)
+        order = np.argsort(-p, kind="stable")
+        assert average_precision(y[order], p[order]) == pytest.approx(want, rel=1e-12)
+        assert quality(y, p, 0.5)["pr_auc"] == pytest.approx(want, rel=1e-12)
+    else:
+        assert np.isnan(quality(y, p, 0.5)["pr_auc"])
+
+
+def test_score_quantiles_per_window_are_numpys() -> None:
+    from flows.monitor import _score_quantiles
+
+    rng = np.random.default_rng(3)
+    t = rng.integers(0, 10 * HOUR, 5_000)
+    score = rng.random(5_000)
+    w = Windows.of(t, HOUR)
+    got = _score_quantiles(score, w)
+    for i in range(len(w)):
+        s = np.sort(score[w.index == i])
+        assert got["p50"][i] == s[(len(s) - 1) * 50 // 100]
+        assert got["p99"][i] == s[(len(s) - 1) * 99 // 100]
+        assert got["mean"][i] == pytest.approx(s.mean(), rel=1e-12)
