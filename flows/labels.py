@@ -40,7 +40,6 @@ from features.validate import Validator
 __all__ = [
     "LABEL",
     "LABEL_TIME",
-    "Validator",
     "due",
     "join",
     "known_at",
