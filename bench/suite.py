@@ -42,6 +42,10 @@ def run_suites(args: argparse.Namespace, settings: Settings) -> int:
             from bench import monitor
 
             results[name] = monitor.run(rows=args.events)
+        elif name == "detection":  # on request only: alerts on drift scenarios, not speed
+            from bench import detection
+
+            results[name] = detection.run()
         results[name]["suite_seconds"] = round(time.perf_counter() - start, 1)
     text = json.dumps(results, indent=2, default=str)
     print(text)

@@ -110,7 +110,10 @@ def _parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks, JSON results with same-run baselines")
     bench.add_argument(
-        "suites", nargs="*", default=[], help="backfill, stream, serve, monitor (default: all)"
+        "suites",
+        nargs="*",
+        default=[],
+        help="backfill, stream, serve, monitor (default: all); detection on request",
     )
     bench.add_argument("--events", type=int, default=1_000_000)
     bench.add_argument("--out", type=Path, help="also write the JSON here")
