@@ -17,9 +17,9 @@ import numpy as np
 PLOTS = ("psi.png", "score.png", "unseen.png", "quality.png")
 
 
-def _times(rows: list[dict[str, Any]]) -> np.ndarray:
+def _times(rows: list[dict[str, Any]], key: str = "start") -> np.ndarray:
     # UTC: the ISO strings end in +00:00, numpy wants them naive
-    return np.array([r["start"][:19] for r in rows], dtype="datetime64[s]")
+    return np.array([r[key][:19] for r in rows], dtype="datetime64[s]")
 
 
 def _series(rows: list[dict[str, Any]], *path: str) -> np.ndarray:
@@ -87,7 +87,7 @@ def write_plots(out: Path, result: dict[str, Any]) -> list[Path]:
     fig, ax = plt.subplots(figsize=(11, 3.5))
     q = result.get("quality", [])
     if q:
-        tq = _times(q)
+        tq = _times(q, "end")  # a rolling window is drawn where it ends
         for k in ("precision", "recall", "pr_auc"):
             ax.plot(tq, _series(q, k), marker=".", lw=1, label=k)
         ax.axhline(result["quality_total"]["alert_below"], color="red", ls=":", label="alert")
@@ -95,7 +95,7 @@ def write_plots(out: Path, result: dict[str, Any]) -> list[Path]:
         ax.legend(fontsize=7)
     else:
         ax.text(0.5, 0.5, "no labelled predictions past the label horizon", ha="center")
-    ax.set(title="quality of due predictions (labels known at as_of)")
+    ax.set(title="quality of due predictions, rolling windows by their end (labels known at as_of)")
     save(fig, "quality.png")
     return paths
 
@@ -107,8 +107,9 @@ def write_report(out: Path, result: dict[str, Any]) -> Path:
     s = result["summary"]
     alerts = result["alerts"]
     rows = "".join(
-        f"<tr><td>{a['start']}</td><td>{a['level']}</td><td>{a['kind']}</td>"
-        f"<td>{html.escape(a['subject'])}</td><td>{a['value']:.4g}</td><td>{a['threshold']:.4g}</td></tr>"
+        f"<tr><td>{a['start'][:16]} to {a['end'][:16]}</td><td>{a['level']}</td>"
+        f"<td>{a['kind']}</td><td>{html.escape(a['subject'])}</td><td>{a['value']:.4g}</td>"
+        f"<td>{a['threshold']:.4g}</td></tr>"
         for a in alerts[:500]
     )
     more = f"<p>... and {len(alerts) - 500} more in monitor.json</p>" if len(alerts) > 500 else ""
