@@ -12,7 +12,7 @@ from typing import Any
 
 from features.settings import Settings
 
-SUITES = ("backfill", "stream", "serve")
+SUITES = ("backfill", "stream", "serve", "monitor")
 
 
 def run_suites(args: argparse.Namespace, settings: Settings) -> int:
@@ -38,6 +38,14 @@ def run_suites(args: argparse.Namespace, settings: Settings) -> int:
             from bench import serve
 
             results[name] = serve.run()
+        elif name == "monitor":
+            from bench import monitor
+
+            results[name] = monitor.run(rows=args.events)
+        elif name == "detection":  # on request only: alerts on drift scenarios, not speed
+            from bench import detection
+
+            results[name] = detection.run()
         results[name]["suite_seconds"] = round(time.perf_counter() - start, 1)
     text = json.dumps(results, indent=2, default=str)
     print(text)

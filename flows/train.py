@@ -215,12 +215,19 @@ def train_model(
         )
     seconds = time.perf_counter() - started
     imp = importance(booster, data.feature_names)
+    from flows.profiles import build_profile, write_profile  # the drift reference
+
+    holdout = np.concatenate([p_va, p_te])
+    profile = build_profile(
+        fs, features_path, data, valid.start, holdout, metrics["test"], threshold
+    )
 
     def write(d: Path) -> None:
         booster.save_model(str(d / MODEL_FILE))
         (d / ONNX_FILE).write_bytes(onnx_bytes)
         calibration = metrics["test"]["calibration"]["bins"]
         write_plots(d, y_te, p_te, imp, calibration, threshold, (p_base, "request-time only"))
+        write_profile(d, profile)
 
     meta = {
         "feature_names": list(data.feature_names),

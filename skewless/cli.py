@@ -48,6 +48,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--days", type=float, default=30.0)
     s.add_argument("--seed", type=int, default=7)
     s.add_argument("--fraud-rate", type=float, default=0.01)
+    s.add_argument("--drift-day", type=float, help="drift scenarios start on this day")
+    s.add_argument("--drift-amount", type=float, default=1.0, help="amounts x this from the day")
+    s.add_argument("--drift-country", help="a new country (2 letters) appears from the day")
+    s.add_argument("--drift-country-share", type=float, default=0.1, help="its traffic share")
+    s.add_argument("--drift-fraud", type=float, default=0.0, help="new fraud pattern share")
+    s.add_argument(
+        "--labels", type=Path, help="labels file with chargeback delays (default: "
+        "<out>.labels.parquet beside --out; 'none' to skip)",
+    )  # fmt: skip
 
     b = sub.add_parser("backfill", help="point-in-time features for every spine row")
     b.add_argument("--events", type=Path, required=True)
@@ -69,8 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("-s", "--snapshot-interval", type=float, default=5.0, help="seconds")
     st.add_argument("-b", "--backup-interval", type=float, default=0.0, help="seconds")
 
-    pr = sub.add_parser("produce", help="replay an events Parquet into Kafka")
-    pr.add_argument("--events", type=Path, required=True)
+    pr = sub.add_parser("produce", help="replay an events (or labels) Parquet into Kafka")
+    pr.add_argument("--events", type=Path)
+    pr.add_argument("--labels", type=Path, help="a labels Parquet, to <topic>.labels")
     pr.add_argument("--rate", type=float, default=0.0, help="events/s (0 = as fast as possible)")
     pr.add_argument("--topic", help="default: SKEWLESS_TOPIC")
 
@@ -100,7 +110,10 @@ def _parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks, JSON results with same-run baselines")
     bench.add_argument(
-        "suites", nargs="*", default=[], help="backfill, stream, serve (default: all)"
+        "suites",
+        nargs="*",
+        default=[],
+        help="backfill, stream, serve, monitor (default: all); detection on request",
     )
     bench.add_argument("--events", type=int, default=1_000_000)
     bench.add_argument("--out", type=Path, help="also write the JSON here")
@@ -114,6 +127,9 @@ def _parser() -> argparse.ArgumentParser:
     from flows.train import add_cli as add_train_cli  # `train` and `models`
 
     add_train_cli(sub, command)
+    from flows.monitor_cli import add_cli as add_monitor_cli  # `monitor`
+
+    add_monitor_cli(sub, command)
     from serving.cli import add_cli as add_serving_cli  # `serve` and `score`
 
     add_serving_cli(sub, command)
@@ -129,11 +145,30 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
         seed=args.seed, fraud_rate=args.fraud_rate,
     )  # fmt: skip
     table = simulate(cfg, progress=sys.stderr.isatty())
+    if args.drift_day is not None:
+        from flows.sim_drift import DriftScenario, apply_drift
+
+        scenario = DriftScenario(
+            day=args.drift_day, amount_factor=args.drift_amount, new_country=args.drift_country,
+            new_country_share=args.drift_country_share, new_fraud_share=args.drift_fraud,
+        )  # fmt: skip
+        table = apply_drift(table, cfg, scenario)
+    elif args.drift_amount != 1.0 or args.drift_country or args.drift_fraud:
+        raise ValueError("--drift-amount, --drift-country, --drift-fraud: need --drift-day D")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_events(table, args.out)
     fraud = sum(table.column("is_fraud").to_pylist())
     share = fraud / max(table.num_rows, 1)
     print(f"wrote {table.num_rows:,} events ({share:.2%} fraud) to {args.out}")
+    if str(args.labels) != "none":
+        from features.loader import load_definitions
+        from flows.labels import write_labels
+        from flows.sim_labels import simulate_labels
+
+        path = args.labels or args.out.with_name(args.out.stem + ".labels.parquet")
+        labels = simulate_labels(table, load_definitions(None), seed=args.seed)
+        write_labels(labels, path)
+        print(f"wrote {labels.num_rows:,} labels to {path}")
     return 0
 
 
@@ -158,6 +193,8 @@ def _stream(args: argparse.Namespace, settings: Settings) -> int:
 def _produce(args: argparse.Namespace, settings: Settings) -> int:
     from flows.produce import produce_file
 
+    if not args.events and not args.labels:
+        raise ValueError("give --events FILE, --labels FILE or both")
     if not settings.kafka_bootstrap:
         print(
             "skewless produce: Kafka is not configured; start a broker with "
@@ -172,11 +209,22 @@ def _produce(args: argparse.Namespace, settings: Settings) -> int:
     from features.loader import load_definitions
 
     fs = load_definitions(settings.definitions)
-    report = produce_file(
-        fs, settings.kafka_bootstrap, topic, args.events, args.rate, sys.stderr.isatty()
-    )
-    print(report.to_json())
-    return 0 if report.failed == 0 else 1
+    failed = 0
+    if args.events:
+        report = produce_file(
+            fs, settings.kafka_bootstrap, topic, args.events, args.rate, sys.stderr.isatty()
+        )
+        print(report.to_json())
+        failed += report.failed
+    if args.labels:
+        from flows.labels_kafka import produce_labels
+
+        report = produce_labels(
+            fs, settings.kafka_bootstrap, topic, args.labels, args.rate, sys.stderr.isatty()
+        )
+        print(report.to_json())
+        failed += report.failed
+    return 0 if failed == 0 else 1
 
 
 @command("verify")

@@ -155,6 +155,7 @@ def test_metadata_is_complete(trained: tuple[Any, list[str]], features: Path) ->
         "model.json",
         "model.onnx",
         "pr.png",
+        "profile.json",
         "roc.png",
     ]
     for png in ("roc.png", "pr.png", "feature_importance.png", "calibration.png"):
