@@ -25,11 +25,24 @@ def command(name: str) -> Callable[[Command], Command]:
     return register
 
 
+def version() -> str:
+    """The installed distribution's version (package metadata, so it cannot drift from
+    ``pyproject.toml``)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("skewless")
+    except PackageNotFoundError:  # a source tree on PYTHONPATH without `pip install -e .`
+        return "unknown (not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="skewless",
         description="Unified streaming feature and inference pipeline: zero training/serving skew.",
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     p.add_argument("--data-dir", type=Path, help="default output folder (SKEWLESS_DATA_DIR)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING (SKEWLESS_LOG_LEVEL)")
     p.add_argument(
@@ -151,13 +164,19 @@ def _backfill(args: argparse.Namespace, settings: Settings) -> int:
 def _stream(args: argparse.Namespace, settings: Settings) -> int:
     from flows.stream_run import run_stream
 
+    if args.replay is not None:  # before the flow starts: inside it, a Bytewax traceback
+        from flows.inputs import read_parquet_schema
+
+        read_parquet_schema(args.replay, "--replay")
     return run_stream(args, settings)
 
 
 @command("produce")
 def _produce(args: argparse.Namespace, settings: Settings) -> int:
+    from flows.inputs import read_parquet_schema
     from flows.produce import produce_file
 
+    read_parquet_schema(args.events, "--events")
     if not settings.kafka_bootstrap:
         print(
             "skewless produce: Kafka is not configured; start a broker with "
@@ -241,6 +260,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _COMMANDS[args.command](args, settings)
     except (SchemaError, ValueError, FileNotFoundError, ConnectionError) as exc:
         print(f"skewless {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # an output path that is a file, a folder without permission...
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"skewless {args.command}: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
 
 

@@ -69,7 +69,9 @@ def test_relative_data_folder_is_taken_from_where_feast_runs(tmp_path: Path) -> 
         assert done.returncode == 0, done.stdout + done.stderr
     store = FeatureStore(repo_path=str(tmp_path / "repo"), fs_yaml_file=tmp_path / yaml)
     view = store.get_feature_view("card_features")
-    assert view.batch_source.path == str(tmp_path.resolve() / "bf" / "feast" / "card_features.parquet")
+    assert view.batch_source.path == str(
+        tmp_path.resolve() / "bf" / "feast" / "card_features.parquet"
+    )
     ids = sorted(set(simulate(cfg).column("card_id").to_pylist()))
     got = store.get_online_features(
         features=["card_features:card_txn_count_24h"], entity_rows=[{"card_id": i} for i in ids]
