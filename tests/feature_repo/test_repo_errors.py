@@ -77,3 +77,32 @@ def test_relative_data_folder_is_taken_from_where_feast_runs(tmp_path: Path) -> 
         features=["card_features:card_txn_count_24h"], entity_rows=[{"card_id": i} for i in ids]
     ).to_dict()["card_txn_count_24h"]
     assert len(got) == len(ids) and all(v is not None for v in got), got
+
+
+@pytest.mark.integration
+def test_apply_and_materialize_into_redis_from_a_url(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checked store is Feast's Redis store: a ``redis://`` URL works as well as
+    Feast's own form, and the Feast SDK reads back what ``materialize`` wrote."""
+    import redis
+
+    url = redis_url.rsplit("/", 1)[0] + "/10"
+    redis.Redis.from_url(url).flushdb()
+    cfg = SimulationConfig(events=1_000, cards=15, merchants=4, days=1.0, seed=5)
+    write_events(simulate(cfg), tmp_path / "ev.parquet")
+    run_backfill(REFERENCE, tmp_path / "ev.parquet", tmp_path / "bf")
+    shutil.copytree(ROOT / "feature_repo", tmp_path / "repo")
+    env = _env(tmp_path, SKEWLESS_FEAST_REDIS=url, SKEWLESS_FEAST_DATA=str(tmp_path / "bf/feast"))
+    for command in (["apply"], MATERIALIZE):
+        done = _feast(tmp_path, ["-c", "repo", *command], env)
+        assert done.returncode == 0, done.stdout + done.stderr
+    monkeypatch.setenv("SKEWLESS_FEAST_REDIS", url)
+    store = FeatureStore(repo_path=str(tmp_path / "repo"))
+    host_port = url.split("//", 1)[1].split("/", 1)[0]
+    assert store.config.online_store.connection_string == f"{host_port},db=10"
+    ids = sorted(set(simulate(cfg).column("card_id").to_pylist()))
+    got = store.get_online_features(
+        features=["card_features:card_txn_count_24h"], entity_rows=[{"card_id": i} for i in ids]
+    ).to_dict()["card_txn_count_24h"]
+    assert len(got) == len(ids) and all(v is not None for v in got), got
