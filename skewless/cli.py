@@ -37,6 +37,13 @@ def version() -> str:
         return "unknown (not installed)"
 
 
+def _suite(name: str) -> str:
+    # a type, not choices: argparse checks choices against the [] default of nargs="*" too
+    if name not in ("backfill", "stream", "serve"):
+        raise argparse.ArgumentTypeError(f"{name!r} is not one of backfill, stream, serve")
+    return name
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="skewless",
@@ -113,7 +120,11 @@ def _parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks, JSON results with same-run baselines")
     bench.add_argument(
-        "suites", nargs="*", default=[], help="backfill, stream, serve (default: all)"
+        "suites",
+        nargs="*",
+        default=[],
+        type=_suite,
+        help="backfill, stream, serve (default: all)",
     )
     bench.add_argument("--events", type=int, default=1_000_000)
     bench.add_argument("--out", type=Path, help="also write the JSON here")
@@ -251,6 +262,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"skewless: {exc}", file=sys.stderr)
         return 2
+    if not isinstance(logging.getLevelName(settings.log_level.upper()), int):
+        print(
+            f"skewless: --log-level: {settings.log_level!r} is not one of DEBUG, INFO, WARNING, "
+            "ERROR (SKEWLESS_LOG_LEVEL)",
+            file=sys.stderr,
+        )
+        return 2
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -260,6 +278,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _COMMANDS[args.command](args, settings)
     except (SchemaError, ValueError, FileNotFoundError, ConnectionError) as exc:
         print(f"skewless {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except SyntaxError as exc:  # in the user's definitions file: where, not a traceback
+        print(
+            f"skewless {args.command}: definitions: {exc.filename}, line {exc.lineno}: {exc.msg}",
+            file=sys.stderr,
+        )
         return 2
     except OSError as exc:  # an output path that is a file, a folder without permission...
         where = f"{exc.filename}: " if exc.filename else ""

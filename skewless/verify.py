@@ -231,6 +231,10 @@ def run_verify(args: Any, settings: Any) -> int:
     else:
         topic = args.topic or settings.topic
         source = f"topic {topic}"
+        if settings.kafka_bootstrap:  # a dead broker or a missing topic: one line, not a hang
+            from flows.stream_run import preflight
+
+            preflight(settings, topic=topic)
         table = read_topic(fs, settings.kafka_bootstrap, topic, args.to_offset)
     _, events, _, _ = load_events(fs, table, BackfillReport())
     if not any(len(e.keys) for e in events.by_entity.values()):

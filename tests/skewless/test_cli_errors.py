@@ -38,7 +38,10 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     ("argv", "what"),
     [
         (["backfill", "--events", "{missing}", "--out", "{tmp}/bf"], "events"),
-        (["backfill", "--events", "{events}", "--out", "{tmp}/bf", "--spine", "{missing}"], "spine"),
+        (
+            ["backfill", "--events", "{events}", "--out", "{tmp}/bf", "--spine", "{missing}"],
+            "spine",
+        ),
         (["train", "--features", "{missing}", "--registry", "{tmp}/reg"], "features"),
         (["produce", "--events", "{missing}"], "--events"),
         (["stream", "--replay", "{missing}", "--no-tail"], "--replay"),
@@ -102,3 +105,45 @@ def test_version_comes_from_the_package_metadata(capsys: pytest.CaptureFixture[s
         main(["--version"])
     assert done.value.code == 0
     assert capsys.readouterr().out == f"skewless {version('skewless')}\n"
+
+
+def test_an_unknown_log_level_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _run(capsys, "--log-level", "LOUD", "models", "list", "--registry", "nowhere")
+    assert code == 2
+    assert err == (
+        "skewless: --log-level: 'LOUD' is not one of DEBUG, INFO, WARNING, ERROR "
+        "(SKEWLESS_LOG_LEVEL)\n"
+    )
+
+
+def test_a_definitions_file_with_a_syntax_error_names_file_and_line(
+    events: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "mine.py"
+    bad.write_text("from features.definitions import FeatureSet\nDEFINITIONS = (\n")
+    argv = ["--definitions", str(bad), "backfill", "--events", str(events), "--out", "bf"]
+    code, err = _run(capsys, *argv)
+    assert code == 2
+    assert err == f"skewless backfill: definitions: {bad}, line 2: '(' was never closed\n"
+
+
+def test_an_unknown_bench_suite_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["bench", "backfil"])
+    assert done.value.code == 2
+    assert "argument suites: 'backfil' is not one of backfill, stream, serve" in (
+        capsys.readouterr().err
+    )
+
+
+def test_verify_from_a_topic_on_a_dead_broker_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        bootstrap = f"127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setenv("SKEWLESS_KAFKA_BOOTSTRAP", bootstrap)
+    code, err = _run(capsys, "--data-dir", str(tmp_path), "verify", "--topic", "transactions")
+    assert code == 2
+    assert err.startswith(f"skewless verify: Kafka at {bootstrap} is unreachable (")
+    assert "scripts/services.sh kafka-start DIR" in err and err.count("\n") == 1

@@ -102,7 +102,9 @@ def test_a_missing_or_unflushed_prediction_log_is_said_not_skipped(
         assert code == 0, err
         note = json.loads(out)["predictions"]["skipped"]
         assert note.startswith(f"the prediction log {log} is empty (0 files, 0 rows): nothing ")
-        assert "flushed yet" in note and err == f"skewless verify: {note}; predictions not checked\n"
+        assert (
+            "flushed yet" in note and err == f"skewless verify: {note}; predictions not checked\n"
+        )
         # a flushed file with no rows is empty too
         schema = pa.schema([("transaction_id", pa.string()), ("score", pa.float64())])
         pq.write_table(schema.empty_table(), log / "predictions-000000.parquet")
