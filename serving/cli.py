@@ -227,7 +227,8 @@ def not_connected(code: Any, details: str, address: str) -> str | None:
     )
     if "failed to connect to all addresses" in details and "Connection refused" in details:
         return f"no skewless server at {address} (connection refused); {how}"
-    if any(s in details for s in ("failed to connect to all", "DNS resolution", "errors resolving")):
+    never_reached = ("failed to connect to all", "DNS resolution", "errors resolving")
+    if any(s in details for s in never_reached):
         reason = details.split("last error: ", 1)[-1]
         return f"cannot reach a skewless server at {address} ({reason}); {how}"
     return None

@@ -147,3 +147,13 @@ def test_verify_from_a_topic_on_a_dead_broker_names_it(
     assert code == 2
     assert err.startswith(f"skewless verify: Kafka at {bootstrap} is unreachable (")
     assert "scripts/services.sh kafka-start DIR" in err and err.count("\n") == 1
+
+
+def test_score_to_a_host_that_does_not_resolve_says_so(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["score", "--address", "no-such-host.invalid:50051", "--card-id", "7", "--amount", "1"]
+    code, err = _run(capsys, *argv)
+    assert code == 2
+    assert err.startswith("skewless score: cannot reach a skewless server at no-such-host.invalid")
+    assert "`skewless serve --address no-such-host.invalid:50051`" in err
