@@ -226,6 +226,8 @@ def run_verify(args: Any, settings: Any) -> int:
     from flows.inputs import read_parquet
 
     fs = load_definitions(settings.definitions)
+    if args.registry is not None and not args.registry.is_dir():
+        raise ValueError(f"--registry: no such folder: {args.registry}")
     if args.events is not None:
         source, table = str(args.events), read_parquet(args.events, "--events")
     else:
@@ -256,7 +258,13 @@ def run_verify(args: Any, settings: Any) -> int:
         body["predictions"] = {"skipped": note}
     else:
         registry = args.registry or settings.registry_dir
-        preds = check_predictions(fs, log, events, registry if registry.exists() else None)
+        if not registry.is_dir():
+            print(
+                f"skewless verify: no model registry at {registry}: the predictions' score "
+                "impact (max_score_delta, max_logged_score_error) is not computed; pass --registry",
+                file=sys.stderr,
+            )
+        preds = check_predictions(fs, log, events, registry if registry.is_dir() else None)
         body["predictions"] = {**asdict(preds), "mismatches": preds.mismatches}
         total += preds.mismatches
     body["mismatches"] = total

@@ -122,3 +122,42 @@ def test_a_missing_or_unflushed_prediction_log_is_said_not_skipped(
         for f in log.iterdir():
             f.unlink()
         log.rmdir()
+
+
+def test_a_log_checked_without_a_registry_says_the_score_impact_is_not_computed(
+    streamed: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A prediction log whose served vectors are the backfill's: 0 mismatches; without a
+    registry the score impact is said to be skipped (it read as 0.0 before)."""
+    from flows.backfill import BackfillReport, compute_features, load_events
+
+    events, data = streamed
+    table = pq.read_table(events)
+    _, accepted, _, _ = load_events(REFERENCE, table, BackfillReport())
+    spine = table.slice(100, 20)
+    want = compute_features(REFERENCE, spine, accepted)
+    log = spine.append_column("model_version", pa.array(["1"] * 20)).append_column(
+        "score", pa.array([0.5] * 20)
+    )
+    for name in REFERENCE.feature_names:
+        log = log.append_column(f"f_{name}", want.column(name).cast(pa.float64()))
+    logdir = tmp_path / "log"
+    logdir.mkdir()
+    pq.write_table(log, logdir / "predictions-000000.parquet")
+    monkeypatch.setenv("SKEWLESS_REGISTRY_DIR", str(tmp_path / "no-registry"))
+    argv = ["--events", str(events), "--predictions", str(logdir)]
+    code, out, err = _verify(capsys, data, *argv)
+    assert code == 0, out + err
+    body = json.loads(out)
+    assert body["predictions"]["rows"] == 20 and body["predictions"]["mismatches"] == 0
+    assert err == (
+        f"skewless verify: no model registry at {tmp_path / 'no-registry'}: the predictions' score "
+        "impact (max_score_delta, max_logged_score_error) is not computed; pass --registry\n"
+    )
+    code, out, err = _verify(capsys, data, *argv, "--registry", str(tmp_path / "nope"))
+    assert (
+        code == 2 and err == f"skewless verify: --registry: no such folder: {tmp_path / 'nope'}\n"
+    )
