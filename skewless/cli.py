@@ -276,6 +276,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("feast").setLevel(logging.WARNING)
     try:
         return _COMMANDS[args.command](args, settings)
+    except BrokenPipeError:  # `skewless verify ... | head`: the reader left, nothing to say
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the flush at exit does not fail again
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C: the stream stops itself; the others just end
+        print(f"\nskewless {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (SchemaError, ValueError, FileNotFoundError, ConnectionError) as exc:
         print(f"skewless {args.command}: {exc}", file=sys.stderr)
         return 2

@@ -157,3 +157,16 @@ def test_score_to_a_host_that_does_not_resolve_says_so(
     assert code == 2
     assert err.startswith("skewless score: cannot reach a skewless server at no-such-host.invalid")
     assert "`skewless serve --address no-such-host.invalid:50051`" in err
+
+
+def test_ctrl_c_ends_a_command_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from skewless import cli
+
+    def interrupted(args: object, settings: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli._COMMANDS, "simulate", interrupted)
+    code, err = _run(capsys, "simulate", "--out", "x.parquet")
+    assert code == 130 and err == "\nskewless simulate: interrupted\n"
