@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from features.feast_objects import build_feast_objects
+from features.feast_objects import build_feast_objects, offline_table_name
 from features.feast_request import request_time_views
 from features.loader import DEFAULT, load_definitions
 
@@ -30,15 +30,7 @@ def _data_dir() -> Path:
     raw = os.environ.get("SKEWLESS_FEAST_DATA", "")
     if not raw:
         return (Path(__file__).parent / "data").resolve()
-    path = _from_caller(raw)
-    if not path.is_dir():
-        print(
-            f"feature_repo: SKEWLESS_FEAST_DATA={raw} is {path}, which does not exist (yet); "
-            "`feast materialize` reads <entity>_features.parquet there "
-            "(`skewless backfill --out DIR` writes them to DIR/feast)",
-            file=sys.stderr,
-        )
-    return path
+    return _from_caller(raw)
 
 
 _DATA = _data_dir()
@@ -50,6 +42,13 @@ try:
 except ValueError as exc:  # one line, not the traceback the Feast CLI prints for the rest
     raise SystemExit(f"feature_repo: {exc} (SKEWLESS_DEFINITIONS)") from None
 _OBJECTS = build_feast_objects(_FS, _DATA)
+_MISSING = [n for n in map(offline_table_name, _FS.entities) if not (_DATA / n).is_file()]
+if _MISSING:  # said now: `feast materialize` would fail on it with a dask traceback
+    print(
+        f"feature_repo: note: {_DATA} has no {', '.join(_MISSING)} (yet); `feast materialize` "
+        "reads them: run `skewless backfill --out DIR` and set SKEWLESS_FEAST_DATA=DIR/feast",
+        file=sys.stderr,
+    )
 
 # Feast discovers objects among this module's globals; the on-demand views give request-time
 # values (pass request_time_ms in each entity row), the feature views as of the last event.

@@ -63,10 +63,20 @@ def test_relative_data_folder_is_taken_from_where_feast_runs(tmp_path: Path) -> 
     run_backfill(REFERENCE, tmp_path / "ev.parquet", tmp_path / "bf")
     shutil.copytree(ROOT / "feature_repo", tmp_path / "repo")
     yaml = "repo/embedded/feature_store.yaml"
+    # a folder without the backfill's tables is said at apply, before materialize needs them
+    done = _feast(
+        tmp_path, ["-c", "repo", "-f", yaml, "apply"], _env(tmp_path, SKEWLESS_FEAST_DATA="bf")
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (
+        f"feature_repo: note: {tmp_path.resolve() / 'bf'} has no card_features.parquet, "
+        "merchant_features.parquet (yet)"
+    ) in done.stderr
     env = _env(tmp_path, SKEWLESS_FEAST_DATA="bf/feast")
     for command in (["apply"], MATERIALIZE):
         done = _feast(tmp_path, ["-c", "repo", "-f", yaml, *command], env)
         assert done.returncode == 0, done.stdout + done.stderr
+        assert "note:" not in done.stderr
     store = FeatureStore(repo_path=str(tmp_path / "repo"), fs_yaml_file=tmp_path / yaml)
     view = store.get_feature_view("card_features")
     assert view.batch_source.path == str(
