@@ -56,6 +56,10 @@ def read_parquet_schema(path: str | Path, what: str) -> pa.Schema:
     reads the file later, in another process or deep in a flow."""
     path = require_file(path, what)
     try:
+        if path.is_dir():  # a folder of Parquet files, read as one table
+            import pyarrow.dataset as ds
+
+            return ds.dataset(path, format="parquet").schema
         return pq.read_schema(path)
     except (OSError, pa.ArrowInvalid) as exc:
         raise UnreadableInputError(f"{what}: cannot read {path} as Parquet ({exc})") from None
