@@ -307,14 +307,13 @@ def _run(
         report.seconds[name] = round(now - clock, 3)
         clock = now
 
-    try:
-        table = pq.read_table(events_path)
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise SchemaError(f"events: cannot read {events_path} as Parquet ({exc})") from None
+    from flows.inputs import read_parquet
+
+    table = read_parquet(events_path, "events")
     lap("read")
     valid, events, rejects, late = load_events(fs, table, report)
     lap("validate_dedup_late")
-    spine = pq.read_table(spine_path) if spine_path else valid
+    spine = read_parquet(spine_path, "spine") if spine_path else valid
     report.spine_rows = spine.num_rows
     names = [e.name for e in fs.entities]
     indexes = dict(zip(names, each(events.index, names), strict=True))

@@ -56,10 +56,9 @@ def _iso(ms: int) -> str:
 def load_dataset(path: Path, fs: FeatureSet) -> Dataset:
     """Read the backfill's ``features.parquet``: the label, the event time and every
     feature of ``fs`` (refusing a file built from other definitions)."""
-    try:
-        schema = pq.read_schema(path)
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise ValueError(f"features: cannot read {path} as Parquet ({exc})") from None
+    from flows.inputs import read_parquet_schema
+
+    schema = read_parquet_schema(path, "features")
     stored = (schema.metadata or {}).get(b"skewless.fingerprint")
     if stored is not None and stored.decode() != fs.fingerprint():
         raise ValueError(

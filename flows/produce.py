@@ -13,7 +13,6 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from features.definitions import FeatureSet
@@ -99,7 +98,9 @@ def produce_file(
     progress: bool = False,
 ) -> DeliveryReport:
     """Replay ``path`` (events Parquet) in file order, key = the primary entity's id."""
-    table = pq.read_table(path)
+    from flows.inputs import read_parquet
+
+    table = read_parquet(path, "events")
     key = fs.primary.join_key
     if key not in table.column_names:
         raise SchemaError(f"column '{key}': missing (the Kafka message key of {fs.project})")

@@ -105,7 +105,10 @@ def _serve(args: argparse.Namespace, settings: Any) -> int:
 
 def _single_event(args: argparse.Namespace) -> dict[str, Any]:
     if args.json:
-        obj = json.loads(args.json)
+        try:
+            obj = json.loads(args.json)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--json: not JSON ({exc})") from None
         if not isinstance(obj, dict):
             raise ValueError("--json: must be a JSON object")
         return obj
@@ -138,9 +141,10 @@ def read_events(path: Path, plan: Any) -> Iterator[Any]:
                     print(f"{path}:{n}: skipped: {exc}", file=sys.stderr)
         return
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
-    valid, rejects = plan.validator.validate_table(pq.read_table(path))
+    from flows.inputs import read_parquet
+
+    valid, rejects = plan.validator.validate_table(read_parquet(path, "--file"))
     rows, reasons = rejects.column("row").to_pylist(), rejects.column("reason").to_pylist()
     for row, reason in zip(rows, reasons, strict=True):
         print(f"{path}: row {row}: skipped: {reason}", file=sys.stderr)
@@ -161,11 +165,14 @@ def _score(args: argparse.Namespace, settings: Any) -> int:
 
     from features.loader import load_definitions
     from features.plan import compile_plan
+    from flows.inputs import require_file
     from serving._proto.skewless.v1 import scorer_pb2 as pb
     from serving._proto.skewless.v1 import scorer_pb2_grpc as pb_grpc
     from serving.convert import event_message, response_dict
 
     plan = compile_plan(load_definitions(settings.definitions))
+    if args.file is not None:  # before connecting: a typo is not a server problem
+        require_file(args.file, "--file")
     address = args.address or settings.grpc_address
     metadata = [("authorization", f"Bearer {settings.auth_token}")] if settings.auth_token else []
     with grpc.insecure_channel(address) as channel:
@@ -190,5 +197,38 @@ def _score(args: argparse.Namespace, settings: Any) -> int:
                 for r in out.responses:
                     print(json.dumps(response_dict(r)))
         except grpc.RpcError as exc:
+            unreachable = not_connected(exc.code(), exc.details() or "", address)
+            if unreachable:
+                print(f"skewless score: {unreachable}", file=sys.stderr)
+                return 2
             print(f"skewless score: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
+
+
+def not_connected(code: Any, details: str, address: str) -> str | None:
+    """The one-line message for a call that never reached a server, else None (an
+    ``UNAVAILABLE`` the server itself sent, e.g. no model yet, is reported as it is).
+
+    >>> import grpc
+    >>> not_connected(grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses; "
+    ...     "last error: UNKNOWN: ipv4:127.0.0.1:1: Failed to connect to remote host: "
+    ...     "connect: Connection refused (111)", "127.0.0.1:1")[:57]
+    'no skewless server at 127.0.0.1:1 (connection refused); s'
+    >>> not_connected(grpc.StatusCode.UNAVAILABLE, "no model is served yet", "h:1") is None
+    True
+    """
+    import grpc
+
+    if code is not grpc.StatusCode.UNAVAILABLE:
+        return None
+    how = (
+        f"start one with `skewless serve --address {address}`, or point --address "
+        "(SKEWLESS_GRPC_ADDRESS) at a running one"
+    )
+    if "failed to connect to all addresses" in details and "Connection refused" in details:
+        return f"no skewless server at {address} (connection refused); {how}"
+    never_reached = ("failed to connect to all", "DNS resolution", "errors resolving")
+    if any(s in details for s in never_reached):
+        reason = details.split("last error: ", 1)[-1]
+        return f"cannot reach a skewless server at {address} ({reason}); {how}"
+    return None

@@ -25,11 +25,35 @@ def command(name: str) -> Callable[[Command], Command]:
     return register
 
 
+def version() -> str:
+    """The installed distribution's version (package metadata, so it cannot drift from
+    ``pyproject.toml``)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("skewless")
+    except PackageNotFoundError:  # a source tree on PYTHONPATH without `pip install -e .`
+        return "unknown (not installed)"
+
+
+#: `skewless bench` suites (bench/suite.py runs them; detection only on request)
+BENCH_SUITES = ("backfill", "stream", "serve", "monitor", "detection")
+
+
+def _suite(name: str) -> str:
+    # a type, not choices: argparse checks choices against the [] default of nargs="*" too
+    if name not in BENCH_SUITES:
+        raise argparse.ArgumentTypeError(f"{name!r} is not one of {', '.join(BENCH_SUITES)}")
+    return name
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="skewless",
         description="Unified streaming feature and inference pipeline: zero training/serving skew.",
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     p.add_argument("--data-dir", type=Path, help="default output folder (SKEWLESS_DATA_DIR)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING (SKEWLESS_LOG_LEVEL)")
     p.add_argument(
@@ -113,6 +137,7 @@ def _parser() -> argparse.ArgumentParser:
         "suites",
         nargs="*",
         default=[],
+        type=_suite,
         help="backfill, stream, serve, monitor (default: all); detection on request",
     )
     bench.add_argument("--events", type=int, default=1_000_000)
@@ -186,15 +211,24 @@ def _backfill(args: argparse.Namespace, settings: Settings) -> int:
 def _stream(args: argparse.Namespace, settings: Settings) -> int:
     from flows.stream_run import run_stream
 
+    if args.replay is not None:  # before the flow starts: inside it, a Bytewax traceback
+        from flows.inputs import read_parquet_schema
+
+        read_parquet_schema(args.replay, "--replay")
     return run_stream(args, settings)
 
 
 @command("produce")
 def _produce(args: argparse.Namespace, settings: Settings) -> int:
+    from flows.inputs import read_parquet_schema
     from flows.produce import produce_file
 
     if not args.events and not args.labels:
         raise ValueError("give --events FILE, --labels FILE or both")
+    if args.events:
+        read_parquet_schema(args.events, "--events")
+    if args.labels:
+        read_parquet_schema(args.labels, "--labels")
     if not settings.kafka_bootstrap:
         print(
             "skewless produce: Kafka is not configured; start a broker with "
@@ -280,6 +314,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"skewless: {exc}", file=sys.stderr)
         return 2
+    if not isinstance(logging.getLevelName(settings.log_level.upper()), int):
+        print(
+            f"skewless: --log-level: {settings.log_level!r} is not one of DEBUG, INFO, WARNING, "
+            "ERROR (SKEWLESS_LOG_LEVEL)",
+            file=sys.stderr,
+        )
+        return 2
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -287,8 +328,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("feast").setLevel(logging.WARNING)
     try:
         return _COMMANDS[args.command](args, settings)
+    except BrokenPipeError:  # `skewless verify ... | head`: the reader left, nothing to say
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the flush at exit does not fail again
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C: the stream stops itself; the others just end
+        print(f"\nskewless {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (SchemaError, ValueError, FileNotFoundError, ConnectionError) as exc:
         print(f"skewless {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except SyntaxError as exc:  # in the user's definitions file: where, not a traceback
+        print(
+            f"skewless {args.command}: definitions: {exc.filename}, line {exc.lineno}: {exc.msg}",
+            file=sys.stderr,
+        )
+        return 2
+    except OSError as exc:  # an output path that is a file, a folder without permission...
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"skewless {args.command}: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -215,38 +216,108 @@ def pc_fill(col: Any) -> np.ndarray:
 
 
 def run_verify(args: Any, settings: Any) -> int:
-    """``skewless verify``: print the skew report as JSON; exit 1 on any mismatch."""
+    """``skewless verify``: print the skew report as JSON; exit 1 on any mismatch. An
+    empty input, an empty or missing store and an explicitly named prediction log that is
+    missing or empty are refused (exit 2, one line); a default one is reported and skipped."""
     import json as _json
 
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     from features.loader import load_definitions
-    from features.store import StoreConfig, open_store
     from flows.backfill import BackfillReport, load_events
+    from flows.inputs import read_parquet
 
     fs = load_definitions(settings.definitions)
+    if args.registry is not None and not args.registry.is_dir():
+        raise ValueError(f"--registry: no such folder: {args.registry}")
     if args.events is not None:
-        table = pq.read_table(args.events)
+        source, table = str(args.events), read_parquet(args.events, "--events")
     else:
         topic = args.topic or settings.topic
+        source = f"topic {topic}"
+        if settings.kafka_bootstrap:  # a dead broker or a missing topic: one line, not a hang
+            from flows.stream_run import preflight
+
+            preflight(settings, topic=topic)
         table = read_topic(fs, settings.kafka_bootstrap, topic, args.to_offset)
     _, events, _, _ = load_events(fs, table, BackfillReport())
-    store = open_store(StoreConfig(settings.redis_url, settings.data_dir / "feast"), fs)
+    if not any(len(e.keys) for e in events.by_entity.values()):
+        raise ValueError(f"{source}: no valid events ({table.num_rows} rows): nothing to verify")
+    store, where = _open_existing_store(settings, fs)
     state = check_online_states(fs, store, events, sample_per_entity=args.sample)
+    if state.entities and state.missing_states == state.entities:
+        raise ValueError(
+            f"online store {where} holds no state for any of the {sum(state.entities.values())} "
+            f"entities sampled from {source}: it is empty, or not the store the stream wrote "
+            "(fill it with `skewless stream`, or `feast materialize` after a backfill; "
+            "or point --data-dir / SKEWLESS_REDIS_URL at the one it wrote)"
+        )
     body: dict[str, Any] = {"online_state": _json.loads(state.to_json())}
     total = state.mismatches
-    pred_dir = args.predictions or settings.data_dir / "predictions"
-    files = sorted(pred_dir.glob("predictions-*.parquet")) if pred_dir.exists() else []
-    if files:
-        log = pa.concat_tables([pq.read_table(f) for f in files])
+    log, note = _prediction_log(args, settings)
+    if log is None:
+        print(f"skewless verify: {note}; predictions not checked", file=sys.stderr)
+        body["predictions"] = {"skipped": note}
+    else:
         registry = args.registry or settings.registry_dir
-        preds = check_predictions(fs, log, events, registry if registry.exists() else None)
+        if not registry.is_dir():
+            print(
+                f"skewless verify: no model registry at {registry}: the predictions' score "
+                "impact (max_score_delta, max_logged_score_error) is not computed; pass --registry",
+                file=sys.stderr,
+            )
+        preds = check_predictions(fs, log, events, registry if registry.is_dir() else None)
         body["predictions"] = {**asdict(preds), "mismatches": preds.mismatches}
         total += preds.mismatches
     body["mismatches"] = total
     print(_json.dumps(body, indent=2, sort_keys=True))
     return 1 if total else 0
+
+
+def _open_existing_store(settings: Any, fs: FeatureSet) -> tuple[OnlineStore, str]:
+    """The store the stream wrote, never a new one: opening Feast's SQLite store creates
+    it, and an empty store would report every sampled entity as a mismatch."""
+    from features.settings import masked_url
+    from features.store import StoreConfig, open_store
+
+    cfg = StoreConfig(settings.redis_url, settings.data_dir / "feast")
+    if cfg.backend == "redis":
+        return open_store(cfg, fs), masked_url(settings.redis_url)
+    db = cfg.workdir / "online.db"
+    if not db.is_file():
+        raise ValueError(
+            f"no online store at {db} (the embedded SQLite store under --data-dir "
+            f"{settings.data_dir}): run `skewless stream --replay EVENTS --no-tail` (or "
+            "`skewless demo`) first, or set --data-dir / SKEWLESS_REDIS_URL to the store "
+            "the stream wrote"
+        )
+    return open_store(cfg, fs), str(db)
+
+
+def _prediction_log(args: Any, settings: Any) -> tuple[Any, str]:
+    """(the flushed prediction log as one table, "") or (None, why there is none). A log
+    named by ``--predictions`` that is missing or empty is an error."""
+    import pyarrow as pa
+
+    from flows.inputs import read_parquet
+
+    pred_dir = args.predictions or settings.data_dir / "predictions"
+    files = sorted(pred_dir.glob("predictions-*.parquet")) if pred_dir.is_dir() else []
+    tables = [read_parquet(f, "--predictions") for f in files]
+    rows = sum(t.num_rows for t in tables)
+    if rows:
+        return pa.concat_tables(tables), ""
+    if not pred_dir.is_dir():
+        why = f"no prediction log at {pred_dir}"
+        if settings.kafka_bootstrap:
+            why += f" (with SKEWLESS_KAFKA_BOOTSTRAP set, the server logs to {settings.topic}"
+            why += ".predictions, which verify does not read)"
+    else:
+        why = (
+            f"the prediction log {pred_dir} is empty ({len(files)} files, 0 rows): nothing "
+            "flushed yet (a running `skewless serve` writes it every 60 s and when it stops)"
+        )
+    if args.predictions is not None:
+        raise ValueError(f"--predictions: {why}")
+    return None, why
 
 
 def read_topic(fs: FeatureSet, bootstrap: str, topic: str, to_offset: int | None = None) -> Any:

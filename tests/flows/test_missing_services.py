@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from flows.simulate import SimulationConfig, simulate, write_events
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -47,6 +49,10 @@ def test_missing_service_is_named_with_how_to_start_it(
     env: dict[str, str], args: list[str], service: str, script: str, tmp_path: Path
 ) -> None:
     port = _dead_port()
+    # a real input: the input is checked first (no such file), the service after it
+    write_events(
+        simulate(SimulationConfig(events=10, cards=2, merchants=2)), tmp_path / "x.parquet"
+    )
     full = {k: v for k, v in os.environ.items() if not k.startswith("SKEWLESS_")}
     full.update({k: v.format(port=port) for k, v in env.items()})
     start = time.monotonic()
