@@ -42,12 +42,12 @@ from features.settings import masked_repr
 from features.store import OnlineStore, StoreConfig, StoreUnavailableError, open_store
 from serving._proto.skewless.v1 import scorer_pb2 as pb
 from serving._proto.skewless.v1 import scorer_pb2_grpc as pb_grpc
+from serving.coalesce import CoalescingServicer
 from serving.interceptors import Metrics, interceptors
 from serving.predlog import KafkaPredictionLog, ParquetPredictionLog
 from serving.reflection import enable_reflection
 from serving.reload import Loader, ModelWatcher
 from serving.scorer import NotReadyError, Scorer
-from serving.servicer import ScorerServicer
 from serving.tls import server_credentials
 
 log = logging.getLogger("skewless.serving")
@@ -241,7 +241,7 @@ class ScoringServer:
         cfg = self.config
         chain = interceptors(cfg.auth_token, self.metrics, open_reflection=cfg.open_reflection)
         server = aio.server(interceptors=chain, options=options)
-        servicer = ScorerServicer(self.scorer, cfg.max_batch_size, self._executor)
+        servicer = CoalescingServicer(self.scorer, cfg.max_batch_size, self._executor)
         pb_grpc.add_ScorerServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name

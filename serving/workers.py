@@ -133,6 +133,8 @@ def serve_workers(
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         for i in range(workers):
+            if stopping.is_set():
+                break
             pool.append(_Worker(i, worker_config(config, i, port), log_level))
         ready = all([w.started() for w in pool])
         if held is not None:
