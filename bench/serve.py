@@ -11,7 +11,11 @@ is the client. Measured for both, in the same run:
 * ``ScoreBatch`` events/s, with one batch in flight and with ``batch_inflight`` (capacity);
 * server RSS after the runs;
 * the gRPC floor: the same ``grpc.aio`` server and interceptors with a ``Score`` that does
-  nothing, so each server's own time above it (and their ratio) is reported too.
+  nothing, so each server's own time above it (and their ratio) is reported too;
+* ``Score`` throughput at ``inflight`` in flight for the floor, ours with one process and
+  ours with ``serve --workers 2``, from an asyncio client over ``connections`` TCP
+  connections (the kernel spreads connections, not calls, over the workers), measured in
+  alternating rounds so that a change in the machine's load hits all three alike.
 
 Every loop is bounded by a count *and* a time budget. :func:`run` prints nothing and
 returns a JSON-able dict with the naive baseline and the ratios beside our results.
@@ -32,22 +36,28 @@ from typing import Any
 
 import numpy as np
 
+from bench.serve_throughput import compare_throughput, percentiles
+
 REPO = Path(__file__).resolve().parents[1]
 SERVICES = REPO / "scripts" / "services.sh"
 TARGETS = {"p50_ms": 1.0, "p99_ms": 5.0, "batch_events_per_s": 50_000, "p50_ratio": 3.0,
-           "rss_mb": 500}  # fmt: skip
+           "rss_mb": 500, "workers_vs_floor": 0.8}  # fmt: skip
 
 #: our server as a process (prometheus_client imported before feast: see interceptors)
 _OURS = """
 import json, sys
 import prometheus_client
 from serving.server import ServerConfig, serve
+from serving.workers import serve_workers
 from pathlib import Path
 c = json.loads(sys.argv[1])
 cfg = ServerConfig(registry_dir=Path(c["registry"]), redis_url=c["redis_url"],
                    address="127.0.0.1:0", prediction_log_dir=Path(c["predictions"]),
                    max_batch_size=c["max_batch"], grace_s=1.0)
-serve(cfg, on_started=lambda port: print(f"listening on port {port}", flush=True))
+started = lambda port: print(f"listening on port {port}", flush=True)
+if c.get("workers", 1) > 1:
+    sys.exit(serve_workers(cfg, c["workers"], started, "WARNING"))
+serve(cfg, on_started=started)
 """
 
 #: the gRPC floor: the same grpc.aio server and interceptors, a Score that does nothing
@@ -106,11 +116,14 @@ def _process(argv: list[str], log: Path, timeout: float = 180.0) -> Iterator[tup
             proc.wait(10)
 
 
-def _wait_serving(address: str, timeout: float = 180.0) -> None:
+def _wait_serving(address: str, timeout: float = 180.0, fresh: bool = False) -> None:
+    """Until ``address`` is SERVING; ``fresh``: over a new TCP connection (with
+    ``--workers``, each connection reaches one worker)."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(address) as ch:
+    opts = [("grpc.use_local_subchannel_pool", 1)] if fresh else []
+    with grpc.insecure_channel(address, options=opts) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -119,16 +132,6 @@ def _wait_serving(address: str, timeout: float = 180.0) -> None:
                     return
             time.sleep(0.1)
     raise TimeoutError(f"{address}: not SERVING after {timeout:.0f} s")
-
-
-def _percentiles(lat: list[float]) -> dict[str, float]:
-    a = np.asarray(lat) * 1000
-    return {
-        "p50_ms": round(float(np.percentile(a, 50)), 4),
-        "p99_ms": round(float(np.percentile(a, 99)), 4),
-        "mean_ms": round(float(a.mean()), 4),
-        "requests": len(lat),
-    }
 
 
 def _one_in_flight(stub: Any, reqs: list[Any], n: int, seconds: float) -> dict[str, float]:
@@ -142,7 +145,7 @@ def _one_in_flight(stub: Any, reqs: list[Any], n: int, seconds: float) -> dict[s
         lat.append(time.perf_counter() - t)
         if time.monotonic() > end:
             break
-    return _percentiles(lat)
+    return percentiles(lat)
 
 
 def _measure_one(address: str, reqs: list[Any], n: int, seconds: float) -> dict[str, Any]:
@@ -184,7 +187,7 @@ def _measure(address: str, reqs: list[Any], batches: list[Any], n: int, seconds:
         elapsed = time.perf_counter() - start
         out[f"score_{inflight}_in_flight"] = {
             "requests_per_s": round(done / elapsed, 1),
-            **_percentiles(lat),
+            **percentiles(lat),
         }
 
         for b in batches[:2]:  # warm-up: the batch path's first call
@@ -253,6 +256,8 @@ def run(
     requests: int = 5_000,
     naive_requests: int = 1_000,
     inflight: int = 32,
+    connections: int = 16,
+    throughput_requests: int = 60_000,
     batch_size: int = 500,
     batches: int = 40,
     seconds: float = 20.0,
@@ -298,13 +303,27 @@ def run(
                 "max_batch": batch_size,
             }
             argv = [sys.executable, "-c", _OURS, json.dumps(ours_cfg)]
-            with _process(argv, work / "ours.log") as (pid, port):
+            workers_cfg = {**ours_cfg, "workers": 2, "predictions": str(work / "predictions-w2")}
+            argv_w2 = [sys.executable, "-c", _OURS, json.dumps(workers_cfg)]
+            with contextlib.ExitStack() as servers:
+                pid, port = servers.enter_context(_process(argv, work / "ours.log"))
+                _, floor_port = servers.enter_context(
+                    _process([sys.executable, "-c", _FLOOR], work / "floor.log")
+                )
+                _, w2_port = servers.enter_context(_process(argv_w2, work / "workers.log"))
                 _wait_serving(f"127.0.0.1:{port}")
                 results["ours"] = _measure(f"127.0.0.1:{port}", reqs, batch_reqs, requests,
                                            seconds, inflight)  # fmt: skip
                 results["ours"]["server_rss_mb"] = _rss_mb(pid)
-            with _process([sys.executable, "-c", _FLOOR], work / "floor.log") as (_, port):
-                results["grpc_floor"] = _measure_one(f"127.0.0.1:{port}", reqs, requests, seconds)
+                floor = f"127.0.0.1:{floor_port}"
+                results["grpc_floor"] = _measure_one(floor, reqs, requests, seconds)
+                for _ in range(4 * connections):  # every worker, whichever a connection hits
+                    _wait_serving(f"127.0.0.1:{w2_port}", fresh=True)
+                targets = {"grpc_floor": floor, "workers_1": f"127.0.0.1:{port}",
+                           "workers_2": f"127.0.0.1:{w2_port}"}  # fmt: skip
+                results["throughput"] = compare_throughput(
+                    targets, reqs, throughput_requests, seconds, inflight, connections
+                )
             naive_cfg = {"redis_url": redis_url, "feast_dir": str(work / "feast"),
                          "version_dir": str(resolve(registry, "production"))}  # fmt: skip
             argv = [sys.executable, "-m", "bench.serve_naive", json.dumps(naive_cfg)]
@@ -340,12 +359,15 @@ def run(
         "batch_events_per_s": ours["score_batch"]["events_per_s"] >= TARGETS["batch_events_per_s"],
         "p50_ratio": results["ratio_vs_naive"]["score_p50"] >= TARGETS["p50_ratio"],
         "rss_mb": ours["server_rss_mb"] <= TARGETS["rss_mb"],
+        "workers_vs_floor": results["throughput"]["ratio_vs_floor"]["workers_2"]
+        >= TARGETS["workers_vs_floor"],
     }
     results["setup"] = {
         "cards": cards, "merchants": merchants, "events": events, "days": days,
         "model": {"rounds": rounds, "max_depth": max_depth, "synthetic": True},
         "store": "redis (scripts/services.sh)", "prediction_log": "parquet (on)",
-        "client": "separate process (this one), sync grpc channel",
+        "client": "separate process (this one), sync grpc channel; throughput: asyncio, "
+                  f"{connections} connections",
         "setup_seconds": round(setup_s, 1),
         "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
     }  # fmt: skip

@@ -3,7 +3,7 @@
 # No Docker: the broker runs from the official Apache Kafka jars resolved with Maven
 # (scripts/kafka-pom.xml), Redis from the Debian package. Loopback only, free ports.
 #
-#   scripts/services.sh install          jars + redis-server + chromium (idempotent)
+#   scripts/services.sh install          jars + redis-server + chromium + grpcurl + ghz (idempotent)
 #   scripts/services.sh kafka-start DIR  start (or restart, same ports/data) a broker in DIR;
 #                                        last stdout line: 127.0.0.1:PORT
 #   scripts/services.sh kafka-stop DIR   SIGTERM, 20 s grace, SIGKILL (idempotent)
@@ -193,11 +193,31 @@ install_chromium() {
     say "chromium: installed ($(command -v chromium))"
 }
 
+# grpcurl (the gRPC CLI the reflection tests drive), built with the Go toolchain from the
+# Go module proxy. Into /usr/local/bin when writable, else $SERVICES_HOME/bin (the tests
+# look there too). SKEWLESS_GRPCURL_VERSION overrides the pinned version.
+install_grpcurl() {
+    local version="${SKEWLESS_GRPCURL_VERSION:-v1.9.4}" bin=/usr/local/bin
+    [[ -w "$bin" ]] || bin="$SERVICES_HOME/bin"
+    if command -v grpcurl >/dev/null 2>&1 || [[ -x "$SERVICES_HOME/bin/grpcurl" ]]; then
+        say "grpcurl: present ($(command -v grpcurl || echo "$SERVICES_HOME/bin/grpcurl"))"
+        return 0
+    fi
+    local go
+    go="$(command -v go || echo /usr/local/go/bin/go)"
+    [[ -x "$go" ]] || die "grpcurl: needs the Go toolchain (https://go.dev/dl/) to build it"
+    mkdir -p "$bin"
+    say "grpcurl: building $version with $("$go" version | cut -d' ' -f3) into $bin"
+    GOBIN="$bin" "$go" install "github.com/fullstorydev/grpcurl/cmd/grpcurl@$version"
+    say "grpcurl: installed ($bin/grpcurl)"
+}
+
 cmd_install() {
     install_ghz
     install_redis
     install_kafka_libs
     install_chromium
+    install_grpcurl
     say "install: done"
 }
 

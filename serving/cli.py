@@ -46,6 +46,20 @@ def add_cli(
         "a Kafka topic <topic>.predictions when SKEWLESS_KAFKA_BOOTSTRAP is set)",
     )  # fmt: skip
     s.add_argument("--no-prediction-log", action="store_true")
+    s.add_argument(
+        "--workers", type=int, default=1,
+        help="server processes sharing the port (SO_REUSEPORT); each logs to its own shard",
+    )  # fmt: skip
+    s.add_argument("--tls-cert", type=Path, help="TLS: the server certificate chain (PEM)")
+    s.add_argument("--tls-key", type=Path, help="TLS: the server private key (PEM)")
+    s.add_argument(
+        "--tls-client-ca", type=Path,
+        help="mutual TLS: require client certificates signed by this CA (PEM)",
+    )  # fmt: skip
+    s.add_argument(
+        "--open-reflection", action="store_true",
+        help="server reflection without the auth token (health never needs it)",
+    )  # fmt: skip
     command("serve")(_serve)
 
     c = sub.add_parser("score", help="score events against a running `skewless serve`")
@@ -64,6 +78,9 @@ def add_cli(
     c.add_argument("--include-features", action="store_true")
     c.add_argument("--batch-size", type=int, default=500)
     c.add_argument("--timeout", type=float, default=10.0, help="deadline per call, seconds")
+    c.add_argument("--tls-ca", type=Path, help="TLS: the CA that signed the server's certificate")
+    c.add_argument("--tls-cert", type=Path, help="mutual TLS: the client certificate (PEM)")
+    c.add_argument("--tls-key", type=Path, help="mutual TLS: the client private key (PEM)")
     command("score")(_score)
 
 
@@ -71,6 +88,7 @@ def _serve(args: argparse.Namespace, settings: Any) -> int:
     import logging
 
     from serving.server import BindError, ServerConfig, serve
+    from serving.workers import serve_workers
 
     log_dir = (
         None if args.no_prediction_log else args.prediction_log or settings.data_dir / "predictions"
@@ -89,6 +107,10 @@ def _serve(args: argparse.Namespace, settings: Any) -> int:
         kafka_bootstrap="" if args.no_prediction_log else settings.kafka_bootstrap,
         topic=settings.topic,
         definitions=settings.definitions,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        open_reflection=args.open_reflection,
     )
 
     def started(port: int) -> None:
@@ -97,6 +119,8 @@ def _serve(args: argparse.Namespace, settings: Any) -> int:
         print(f"listening on port {port}", flush=True)
 
     try:
+        if args.workers != 1:
+            return serve_workers(config, args.workers, started, settings.log_level)
         return serve(config, on_started=started)
     except BindError as exc:
         print(f"skewless serve: {exc}", file=sys.stderr)
@@ -169,13 +193,14 @@ def _score(args: argparse.Namespace, settings: Any) -> int:
     from serving._proto.skewless.v1 import scorer_pb2 as pb
     from serving._proto.skewless.v1 import scorer_pb2_grpc as pb_grpc
     from serving.convert import event_message, response_dict
+    from serving.tls import client_channel
 
     plan = compile_plan(load_definitions(settings.definitions))
     if args.file is not None:  # before connecting: a typo is not a server problem
         require_file(args.file, "--file")
     address = args.address or settings.grpc_address
     metadata = [("authorization", f"Bearer {settings.auth_token}")] if settings.auth_token else []
-    with grpc.insecure_channel(address) as channel:
+    with client_channel(address, args.tls_ca, args.tls_cert, args.tls_key) as channel:
         stub = pb_grpc.ScorerStub(channel)
         try:
             if args.file is None:

@@ -63,6 +63,11 @@ MALFORMED_LOG_EVERY_S = 10.0
 
 #: methods reachable without a token (load balancers probe health unauthenticated)
 PUBLIC_PREFIXES = ("/grpc.health.v1.Health/",)
+#: server reflection (both versions' paths), public only with ``open_reflection``
+REFLECTION_PREFIXES = (
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
 
 #: a ``grpc.RpcMethodHandler`` (grpc ships no type hints)
 Handler: TypeAlias = Any
@@ -198,12 +203,14 @@ def _stream_checked(behavior: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class AuthInterceptor(aio.ServerInterceptor):
-    """Requires ``authorization: Bearer <token>`` metadata (constant-time compare)."""
+    """Requires ``authorization: Bearer <token>`` metadata (constant-time compare), except
+    on the ``public`` method prefixes."""
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, public: tuple[str, ...] = PUBLIC_PREFIXES) -> None:
         if not token:
             raise ValueError("auth_token: must not be empty when auth is enabled")
         self._expected = f"Bearer {token}".encode()
+        self._public = public
         self._deny: dict[str, Handler] = {}
 
     def _authorized(self, metadata: Any) -> bool:
@@ -217,7 +224,7 @@ class AuthInterceptor(aio.ServerInterceptor):
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Handler | None:
         method = handler_call_details.method
-        if method.startswith(PUBLIC_PREFIXES) or self._authorized(
+        if method.startswith(self._public) or self._authorized(
             handler_call_details.invocation_metadata
         ):
             return await continuation(handler_call_details)
@@ -352,12 +359,16 @@ class MetricsInterceptor(_Wrapping):
         return unary
 
 
-def interceptors(auth_token: str, metrics: Metrics | None) -> list[aio.ServerInterceptor]:
-    """In call order: metrics (sees everything), auth, then error mapping."""
+def interceptors(
+    auth_token: str, metrics: Metrics | None, *, open_reflection: bool = False
+) -> list[aio.ServerInterceptor]:
+    """In call order: metrics (sees everything), auth, then error mapping. Health is
+    always public; reflection too with ``open_reflection``."""
     chain: list[aio.ServerInterceptor] = []
     if metrics is not None:
         chain.append(MetricsInterceptor(metrics))
     if auth_token:
-        chain.append(AuthInterceptor(auth_token))
+        public = PUBLIC_PREFIXES + (REFLECTION_PREFIXES if open_reflection else ())
+        chain.append(AuthInterceptor(auth_token, public))
     chain.append(ErrorInterceptor(metrics))
     return chain

@@ -9,7 +9,8 @@ Off the hot path: a scorer call only appends one tuple to a buffer; a background
 turns buffered rows into Parquet files (embedded mode) or Kafka messages. Parquet files
 are ``<dir>/predictions-<n>.parquet``, one per flush (every ``flush_rows`` rows, every
 ``flush_interval_s`` and on close); numbering continues after existing files, so a restart
-never overwrites a log.
+never overwrites a log. A ``shard`` (one per ``serve --workers`` process) writes
+``<dir>/predictions-<shard>-<n>.parquet`` and numbers its own files.
 
 >>> import tempfile, pathlib
 >>> d = pathlib.Path(tempfile.mkdtemp())
@@ -48,7 +49,6 @@ RESERVED = ("scored_at", "model_version", "score", "decision", "warnings")
 log = logging.getLogger("skewless.serving.predlog")
 
 _Entry = tuple[int, Sequence[Event], Sequence[ScoreResult]]
-_FILE = re.compile(r"^predictions-(\d+)\.parquet$")
 
 
 class _Buffered:
@@ -120,7 +120,8 @@ def _rows(entries: list[_Entry]) -> list[tuple[int, Event, ScoreResult]]:
 
 
 class ParquetPredictionLog(_Buffered):
-    """Embedded mode: ``<directory>/predictions-<n>.parquet``, one column per feature."""
+    """Embedded mode: ``<directory>/predictions-[<shard>-]<n>.parquet``, one column per
+    feature."""
 
     def __init__(
         self,
@@ -128,12 +129,17 @@ class ParquetPredictionLog(_Buffered):
         plan: Plan,
         flush_rows: int = 10_000,
         flush_interval_s: float = 60.0,
+        shard: str | None = None,
     ) -> None:
         super().__init__(flush_rows, flush_interval_s)
+        if shard is not None and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", shard):
+            raise ValueError(f"shard: must be a letter then letters, digits or _, got {shard!r}")
         self.schema = _checked(plan.schema)
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        taken = [int(m.group(1)) for p in self.directory.iterdir() if (m := _FILE.match(p.name))]
+        self._prefix = "predictions-" if shard is None else f"predictions-{shard}-"
+        pattern = re.compile(rf"^{re.escape(self._prefix)}(\d+)\.parquet$")
+        taken = [int(m.group(1)) for p in self.directory.iterdir() if (m := pattern.match(p.name))]
         self._next = max(taken, default=-1) + 1
 
     def _write(self, entries: list[_Entry]) -> int:
@@ -142,7 +148,7 @@ class ParquetPredictionLog(_Buffered):
         for row in rows:
             by_names.setdefault(row[2].feature_names, []).append(row)
         for names, group in by_names.items():
-            path = self.directory / f"predictions-{self._next:06d}.parquet"
+            path = self.directory / f"{self._prefix}{self._next:06d}.parquet"
             self._next += 1
             tmp = path.with_name(f".{path.name}.tmp")
             pq.write_table(_table(self.schema, names, group), tmp)

@@ -2,7 +2,12 @@
 
 * Health (``grpc.health.v1``) is ``NOT_SERVING`` until the online store answers and a
   model is loaded, then ``SERVING``; it drops back to ``NOT_SERVING`` while the store is
-  unreachable, and a background probe restores it. Server reflection is on.
+  unreachable, and a background probe restores it. Health never needs the token;
+  server reflection (:mod:`serving.reflection`) does unless ``open_reflection``.
+* TLS when ``tls_cert``/``tls_key`` are set, mutual TLS with ``tls_client_ca``
+  (:mod:`serving.tls`).
+* ``reuse_port`` lets several processes share the port (``serve --workers``,
+  :mod:`serving.workers`); each then writes its own prediction-log shard ``worker``.
 * Models follow the registry alias (:mod:`serving.reload`).
 * ``stop()`` (SIGTERM/SIGINT in :func:`serve`) stops accepting calls, lets in-flight ones
   finish within ``grace_s``, flushes the prediction log and closes the store.
@@ -31,18 +36,19 @@ import prometheus_client  # noqa: F401  # before feast: see serving.interceptors
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
 
 from features.loader import load_definitions
 from features.settings import masked_repr
 from features.store import OnlineStore, StoreConfig, StoreUnavailableError, open_store
 from serving._proto.skewless.v1 import scorer_pb2 as pb
 from serving._proto.skewless.v1 import scorer_pb2_grpc as pb_grpc
+from serving.coalesce import CoalescingServicer
 from serving.interceptors import Metrics, interceptors
 from serving.predlog import KafkaPredictionLog, ParquetPredictionLog
+from serving.reflection import enable_reflection
 from serving.reload import Loader, ModelWatcher
 from serving.scorer import NotReadyError, Scorer
-from serving.servicer import ScorerServicer
+from serving.tls import server_credentials
 
 log = logging.getLogger("skewless.serving")
 
@@ -76,6 +82,17 @@ class ServerConfig:
     topic: str = "transactions"
     #: the definitions module or file (empty: the reference fraud set)
     definitions: str = ""
+    #: TLS: the server's certificate chain and key (PEM); both or neither
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: mutual TLS: clients must present a certificate signed by this CA
+    tls_client_ca: Path | None = None
+    #: reflection without the token (health never needs it)
+    open_reflection: bool = False
+    #: share the port with other processes (SO_REUSEPORT); the caller checked it is free
+    reuse_port: bool = False
+    #: this process's index among ``serve --workers`` (names its prediction-log shard)
+    worker: int | None = None
 
     def __repr__(self) -> str:  # logged at start: secrets hidden
         return masked_repr(self)
@@ -149,8 +166,9 @@ class ScoringServer:
             self.predictions = KafkaPredictionLog(config.kafka_bootstrap, config.topic, plan)
         elif config.prediction_log_dir is not None:
             self.predictions = ParquetPredictionLog(
-                config.prediction_log_dir, plan, flush_rows=config.prediction_flush_rows
-            )
+                config.prediction_log_dir, plan, flush_rows=config.prediction_flush_rows,
+                shard=None if config.worker is None else f"w{config.worker}",
+            )  # fmt: skip
         self.scorer.sink = self.predictions
         self.watcher = ModelWatcher(
             config.registry_dir,
@@ -187,9 +205,11 @@ class ScoringServer:
         options = [
             ("grpc.max_receive_message_length", cfg.max_message_bytes),
             ("grpc.max_send_message_length", cfg.max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if cfg.reuse_port else 0),
         ]
-        check_bindable(cfg.address)
+        credentials = server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
+        if not cfg.reuse_port:
+            check_bindable(cfg.address)
         if self.metrics is not None:
             try:
                 self.metrics.serve(cfg.metrics_port)
@@ -199,7 +219,7 @@ class ScoringServer:
                     f"metrics_port: cannot bind 127.0.0.1:{cfg.metrics_port}: {reason}"
                 ) from None
         try:
-            server = self._grpc_server(options)
+            server = self._grpc_server(options, credentials)
         except BaseException:
             if self.metrics is not None:
                 self.metrics.close()
@@ -210,25 +230,27 @@ class ScoringServer:
         if self.predictions is not None:
             self.predictions.start()
         self._tasks.append(asyncio.create_task(self._become_ready(), name="readiness"))
-        log.info("scoring server listening on port %d (health NOT_SERVING until ready)", self.port)
+        log.info(
+            "scoring server listening on port %d%s (health NOT_SERVING until ready)",
+            self.port, "" if credentials is None else " with TLS",
+        )  # fmt: skip
         return self.port
 
-    def _grpc_server(self, options: list[tuple[str, Any]]) -> aio.Server:
+    def _grpc_server(self, options: list[tuple[str, Any]], credentials: Any) -> aio.Server:
         """The gRPC server with every service added and the port bound (``self.port``)."""
         cfg = self.config
-        server = aio.server(
-            interceptors=interceptors(cfg.auth_token, self.metrics), options=options
-        )
-        servicer = ScorerServicer(self.scorer, cfg.max_batch_size, self._executor)
+        chain = interceptors(cfg.auth_token, self.metrics, open_reflection=cfg.open_reflection)
+        server = aio.server(interceptors=chain, options=options)
+        servicer = CoalescingServicer(self.scorer, cfg.max_batch_size, self._executor)
         pb_grpc.add_ScorerServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME),
-            server,
-        )  # fmt: skip
+        health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+        enable_reflection((SERVICE_NAME, health_name), server)
         try:
-            self.port = server.add_insecure_port(cfg.address)
+            if credentials is None:
+                self.port = server.add_insecure_port(cfg.address)
+            else:
+                self.port = server.add_secure_port(cfg.address, credentials)
         except RuntimeError:  # lost a race with another process after check_bindable
             self.port = 0
         if self.port == 0:

@@ -166,16 +166,8 @@ PROTO_FLAGS = ["--proto", str(PROTO.relative_to(REPO)), "--import-paths", "proto
 
 
 #: ghz asks reflection for the file of the *method* symbol (skewless.v1.Scorer.Score), which
-#: Python's grpcio-reflection cannot resolve (grpc/grpc#34743, open): "Symbol not found".
-#: grpcurl asks for the service and works. strict: this fails once the server answers it.
-REFLECTION_GAP = pytest.mark.xfail(
-    reason="grpcio-reflection does not resolve method symbols (grpc/grpc#34743)", strict=True
-)
-
-
-@pytest.mark.parametrize(
-    "source", ["proto", "protoset", pytest.param("reflection", marks=REFLECTION_GAP)]
-)
+#: stock grpcio-reflection cannot resolve (grpc/grpc#34743, open); serving/reflection.py does.
+@pytest.mark.parametrize("source", ["proto", "protoset", "reflection"])
 def test_ghz_scores_every_call_ok(address: str, protoset: Path, source: str) -> None:
     schema = {
         "proto": PROTO_FLAGS,

@@ -63,6 +63,28 @@ def test_numbering_continues_after_a_restart(tmp_path: Path) -> None:
     assert (tmp_path / "predictions-000008.parquet").exists()
 
 
+def test_shards_number_their_own_files(tmp_path: Path) -> None:
+    """``serve --workers``: one shard per process in one directory, none overwriting."""
+    (tmp_path / "predictions-000007.parquet").write_bytes(b"")
+    (tmp_path / "predictions-w1-000003.parquet").write_bytes(b"")
+    plan = compile_plan(REFERENCE)
+    r = ScoreResult("s1", 0.5, True, 0.5, "v0001", ("amount",), [1.0], (), ())
+    for shard in ("w0", "w1"):
+        log = ParquetPredictionLog(tmp_path, plan, flush_rows=1, shard=shard).start()
+        log([ev(f"s-{shard}", 1, 10, 2.0, NOW)], [r])
+        log.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "predictions-000007.parquet",
+        "predictions-w0-000000.parquet",
+        "predictions-w1-000003.parquet",
+        "predictions-w1-000004.parquet",
+    ]
+    t = pq.read_table(tmp_path / "predictions-w0-000000.parquet")
+    assert t.column("transaction_id").to_pylist() == ["s-w0"]
+    with pytest.raises(ValueError, match=r"^shard: must be a letter"):
+        ParquetPredictionLog(tmp_path, plan, shard="../x")
+
+
 @pytest.mark.integration
 def test_kafka_log(kafka_bootstrap: str) -> None:
     from confluent_kafka import Consumer

@@ -1,0 +1,94 @@
+"""``Score`` throughput of several servers, compared in the same run (``bench.serve``).
+
+A closed loop of ``inflight`` calls from an asyncio client over ``connections`` TCP
+connections: with ``serve --workers``, the kernel spreads connections (not calls) over
+the worker processes, so one connection would measure one worker. The targets are
+measured in alternating rounds, so a change in the machine's load hits all of them alike.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+
+def percentiles(lat: list[float]) -> dict[str, float]:
+    a = np.asarray(lat) * 1000
+    return {
+        "p50_ms": round(float(np.percentile(a, 50)), 4),
+        "p99_ms": round(float(np.percentile(a, 99)), 4),
+        "mean_ms": round(float(a.mean()), 4),
+        "requests": len(lat),
+    }
+
+
+def _throughput(
+    address: str, reqs: list[Any], n: int, seconds: float, inflight: int, connections: int
+) -> dict[str, float]:
+    """``Score`` with ``inflight`` calls in flight (closed loop) over ``connections`` TCP
+    connections, from an asyncio client (a sync client's futures cost more per call than
+    the floor server does)."""
+    import asyncio
+
+    from grpc import aio
+
+    from serving._proto.skewless.v1 import scorer_pb2_grpc as pb_grpc
+
+    async def main() -> dict[str, float]:
+        opts = [("grpc.use_local_subchannel_pool", 1)]  # one TCP connection per channel
+        channels = [aio.insecure_channel(address, options=opts) for _ in range(connections)]
+        stubs = [pb_grpc.ScorerStub(ch) for ch in channels]
+        try:
+            for stub in stubs:  # warm-up: connect every channel
+                for r in reqs[:20]:
+                    await stub.Score(r, timeout=30)
+            lat: list[float] = []
+            end = time.monotonic() + seconds
+
+            async def loop(k: int) -> None:
+                stub, i = stubs[k % connections], k
+                while len(lat) < n and time.monotonic() < end:
+                    t = time.perf_counter()
+                    await stub.Score(reqs[i % len(reqs)], timeout=30)
+                    lat.append(time.perf_counter() - t)
+                    i += inflight
+
+            start = time.perf_counter()
+            await asyncio.gather(*(loop(k) for k in range(inflight)))
+            elapsed = time.perf_counter() - start
+        finally:
+            for ch in channels:
+                await ch.close()
+        return {"requests_per_s": round(len(lat) / elapsed, 1), **percentiles(lat)}
+
+    return asyncio.run(main())
+
+
+def compare_throughput(
+    targets: dict[str, str], reqs: list[Any], n: int, seconds: float, inflight: int,
+    connections: int, rounds: int = 5,
+) -> dict[str, Any]:  # fmt: skip
+    """Each target's median round, and its ratio to the floor: the median over rounds of
+    the rate divided by the floor's rate in the same round (a round measures every target
+    back to back, so a slow drift of the machine's load cancels out). ``targets``: name ->
+    address, the floor named ``grpc_floor``."""
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+    for _ in range(rounds):
+        for name, address in targets.items():
+            runs[name].append(
+                _throughput(address, reqs, n // rounds, seconds / rounds, inflight, connections)
+            )
+    out: dict[str, Any] = {"in_flight": inflight, "connections": connections, "rounds": rounds}
+    for name, samples in runs.items():
+        rates = sorted(r["requests_per_s"] for r in samples)
+        median = next(r for r in samples if r["requests_per_s"] == rates[len(rates) // 2])
+        out[name] = {**median, "rounds_requests_per_s": [r["requests_per_s"] for r in samples]}
+    floor = [r["requests_per_s"] for r in runs["grpc_floor"]]
+    out["ratio_vs_floor"] = {}
+    for name in targets:
+        if name != "grpc_floor":
+            ratios = sorted(r["requests_per_s"] / f for r, f in zip(runs[name], floor, strict=True))
+            out["ratio_vs_floor"][name] = round(ratios[len(ratios) // 2], 3)
+    return out

@@ -1,0 +1,57 @@
+"""``Score`` calls in flight together are scored as one batch (one store round trip), with
+the answers each would get alone, errors included."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from serving._proto.skewless.v1 import scorer_pb2 as pb
+from serving.convert import event_transaction
+from tests.serving.conftest import HOUR, NOW, T0, RunningServer, ev
+
+
+def _requests() -> list[pb.ScoreRequest]:
+    events = [ev(f"co{i}", 1 + i % 4, 10 + i % 2, 5.0 + i, NOW - i * 1000) for i in range(31)]
+    events.insert(7, ev("old", 1, 10, 5.0, T0 + 8 * HOUR))  # too old for card 1's state
+    return [
+        pb.ScoreRequest(transaction=event_transaction(e), include_features=True) for e in events
+    ]
+
+
+def test_calls_in_flight_share_a_round_trip_and_get_their_own_answers(
+    server: RunningServer,
+) -> None:
+    store = server.server.scorer.store
+    assert store is not None
+    reads: list[int] = []
+    read_states = store.read_states
+
+    def counted(keys: Any) -> Any:
+        reads.append(len(keys))
+        return read_states(keys)
+
+    reqs = _requests()
+    alone: list[Any] = []
+    for r in reqs:  # one at a time: each call is a batch of one
+        try:
+            alone.append(server.stub.Score(r, timeout=10))
+        except grpc.RpcError as exc:
+            alone.append((exc.code(), exc.details()))
+    store.read_states = counted  # type: ignore[method-assign,assignment]
+    try:
+        futures = [server.stub.Score.future(r, timeout=10) for r in reqs]
+        together: list[Any] = []
+        for f in futures:
+            try:
+                together.append(f.result())
+            except grpc.RpcError as exc:
+                together.append((exc.code(), exc.details()))
+    finally:
+        del store.read_states
+    assert together == alone
+    code, details = alone[7]
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert details.startswith("transaction.event_time: ")
+    assert len(reads) < len(reqs)  # coalesced: fewer round trips than calls
