@@ -252,6 +252,12 @@ def not_connected(code: Any, details: str, address: str) -> str | None:
     )
     if "failed to connect to all addresses" in details and "Connection refused" in details:
         return f"no skewless server at {address} (connection refused); {how}"
+    if "Socket closed" in details or "handshake" in details.lower():
+        # something listens but ends the connection: most often a TLS server, plaintext call
+        return (
+            f"the server at {address} closed the connection; if it serves TLS, pass --tls-ca "
+            "(and --tls-cert/--tls-key when it asks for a client certificate)"
+        )
     never_reached = ("failed to connect to all", "DNS resolution", "errors resolving")
     if any(s in details for s in never_reached):
         reason = details.split("last error: ", 1)[-1]
