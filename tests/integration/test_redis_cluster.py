@@ -29,7 +29,7 @@ from features.feast_objects import view_name
 from features.reference import REFERENCE
 from features.reference_codec import StateCodec
 from features.reference_engine import Engine
-from features.store import StoreConfig, open_store
+from features.store import OnlineRow, StoreConfig, open_store
 from features.store.redis import RedisSetupError
 from features.store.redis_cluster import RedisClusterStore, key_slot, parse_cluster_url
 from flows.backfill import run_backfill
@@ -276,6 +276,62 @@ def test_a_single_node_url_on_a_cluster_node_is_one_clear_line(
     store = open_store(StoreConfig(f"redis://127.0.0.1:{ports[0]}/0"), REFERENCE)
     with pytest.raises(RedisSetupError, match=r"is a Redis Cluster node .*redis\+cluster://"):
         store.read_states([("card", i) for i in range(50)])  # some slots are elsewhere
+
+
+def _owners(cluster: RedisClusterNodes, slot: int) -> set[int]:
+    """The master port each live node believes serves ``slot``."""
+    seen = set()
+    for port in cluster.ports():
+        with contextlib.suppress(redis.ConnectionError):
+            for start, end, master, *_ in _node(cluster, port).execute_command("CLUSTER SLOTS"):
+                if start <= slot <= end:
+                    seen.add(int(master[1]))
+    return seen
+
+
+def _row(card: int) -> OnlineRow:
+    n = len(REFERENCE.for_entity("card"))
+    return OnlineRow(card, 1_000 + card, [1.0] * n, b"state-%d" % card)
+
+
+def test_moved_and_ask_redirects_are_followed(redis_cluster: RedisClusterNodes) -> None:
+    _flush(redis_cluster)
+    store = open_store(StoreConfig(redis_cluster.url), REFERENCE)
+    assert store.read_states([("card", 1), ("card", 2)]) == [None, None]  # the map is loaded
+    ids = {p: _node(redis_cluster, p).execute_command("CLUSTER MYID").decode()
+           for p in _masters(redis_cluster)}  # fmt: skip
+    # MOVED: card 1's (empty) slot is given to another master behind the client's back
+    slot = key_slot(store.key("card", 1))
+    [owner] = _owners(redis_cluster, slot)
+    target = next(p for p in ids if p != owner)
+    for p in ids:
+        _node(redis_cluster, p).execute_command("CLUSTER SETSLOT", slot, "NODE", ids[target])
+    deadline = time.monotonic() + 30
+    while _owners(redis_cluster, slot) != {target}:
+        assert time.monotonic() < deadline, "the slot move did not spread"
+        time.sleep(0.1)
+    store.write("card", [_row(1)])
+    assert _node(redis_cluster, target).exists(store.key("card", 1)) == 1
+    assert store.read_states([("card", 1)]) == [b"state-1"]
+    # ASK: card 2's slot is being migrated; the key is not on the source, so it is asked for
+    slot2 = key_slot(store.key("card", 2))
+    [source] = _owners(redis_cluster, slot2)
+    dest = next(p for p in ids if p != source)
+    _node(redis_cluster, dest).execute_command("CLUSTER SETSLOT", slot2, "IMPORTING", ids[source])
+    _node(redis_cluster, source).execute_command("CLUSTER SETSLOT", slot2, "MIGRATING", ids[dest])
+    try:
+        store.write("card", [_row(2)])
+        assert store.read_states([("card", 2), ("card", 1)]) == [b"state-2", b"state-1"]
+        pipe = _node(redis_cluster, dest).pipeline(transaction=False)
+        pipe.execute_command("ASKING")
+        pipe.exists(store.key("card", 2))
+        assert pipe.execute()[1] == 1  # it went where the source sent it
+        pipe.execute_command("ASKING")
+        pipe.delete(store.key("card", 2))
+        pipe.execute()
+    finally:
+        for p in (source, dest):
+            _node(redis_cluster, p).execute_command("CLUSTER SETSLOT", slot2, "STABLE")
 
 
 def _wait_until_exact(
