@@ -18,8 +18,9 @@ UNAVAILABLE), and the next call starts from a fresh map.
 from __future__ import annotations
 
 import binascii
+import struct
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,7 @@ _CLUSTER_SLOTS = _resp("CLUSTER", "SLOTS")
 _TRANSIENT = ("TRYAGAIN", "CLUSTERDOWN", "LOADING", "MASTERDOWN", "READONLY")
 
 Address = tuple[str, int]
+_ID = struct.Struct("<q")  # the int64 entity id inside Feast's key
 
 
 def key_slot(key: bytes) -> int:
@@ -289,7 +291,14 @@ class RedisClusterStore(RedisStore):
 
     def build(self, timeout_s: float = 2.0) -> RedisClusterStore:
         self._client = RedisClusterWire(self.url, timeout_s)
+        # key = head + int64 id + project: ~2x faster than building it with self.key
+        cut = -(_ID.size + len(self.project))
+        self._key_head = {e: self.key(e, 0)[:cut] for e in self._join}
         return self
+
+    def _slots_of(self, keys: Iterable[tuple[str, int]]) -> list[int]:
+        head, tail, pack = self._key_head, self.project, _ID.pack
+        return [key_slot(head[e] + pack(i) + tail) for e, i in keys]
 
     def _unavailable(self, exc: Exception) -> StoreUnavailableError:
         return StoreUnavailableError(
@@ -307,14 +316,14 @@ class RedisClusterStore(RedisStore):
     def write(self, entity: str, rows: Sequence[OnlineRow]) -> None:
         if not rows:
             return
-        enc, key = self._hset[entity].command, self.key
+        enc = self._hset[entity].command
         commands = [enc(r.entity_id, list(r.values), r.state, r.event_ts_ms) for r in rows]
-        self._call([key_slot(key(entity, r.entity_id)) for r in rows], commands)
+        self._call(self._slots_of([(entity, r.entity_id) for r in rows]), commands)
 
     def read_states(
         self, keys: Sequence[tuple[str, int]], bootstrap: bool = False
     ) -> list[bytes | None]:
         fields = self._boot_field if bootstrap else self._state_field
-        hset, key = self._hset, self.key
+        hset = self._hset
         commands = [hset[e].hget(i, fields[e]) for e, i in keys]
-        return self._unwrap(self._call([key_slot(key(e, i)) for e, i in keys], commands))
+        return self._unwrap(self._call(self._slots_of(keys), commands))

@@ -82,3 +82,10 @@ def test_cluster_commands_are_the_single_node_bytes() -> None:
         reader.feed(cmd)
         args = reader.gets()
         assert args[0] == b"HSET" and args[1] == single.key("card", r.entity_id)
+
+
+def test_slots_of_feast_keys_are_the_slots_of_the_keys() -> None:
+    store = open_store(StoreConfig("redis+cluster://127.0.0.1:1"), REFERENCE)
+    assert isinstance(store, RedisClusterStore)
+    keys = [(e, i) for e in ("card", "merchant") for i in (0, 1, 0x7B7D, -1, 2**63 - 1)]
+    assert store._slots_of(keys) == [key_slot(store.key(e, i)) for e, i in keys]
