@@ -14,6 +14,8 @@
 #                                        or restart its stopped nodes; last stdout line (and
 #                                        DIR/redis.url): redis+cluster://127.0.0.1:P1,...
 #   scripts/services.sh redis-cluster-stop DIR   stop every node of it (idempotent)
+#                                        (SKEWLESS_REDIS_TLS=1: TLS only, as for redis-start,
+#                                        the bus and replication too; rediss+cluster:// URL)
 #   scripts/services.sh up DIR           both (DIR/kafka, DIR/redis) + DIR/env
 #   scripts/services.sh down DIR         stop both
 #   scripts/services.sh status DIR       what runs in DIR
@@ -567,10 +569,14 @@ cluster_node_howto() { # dir i port bus
     echo "redis-cli --cluster create 127.0.0.1:PORT1 ... 127.0.0.1:PORT6 --cluster-replicas 1 --cluster-yes"
 }
 
-cluster_healthy() { # ports... -> 0 if every node sees a healthy cluster, all slots served
-    local port info
+cluster_healthy() { # dir ports... -> 0 if every node sees a healthy cluster, all slots served
+    local dir="$1" port info
+    shift
+    local -a extra=()
+    mapfile -t extra < <(redis_cli_args "$dir")
     for port in "$@"; do
-        info="$(timeout 2 redis-cli -h 127.0.0.1 -p "$port" cluster info 2>/dev/null | tr -d '\r')" || return 1
+        info="$(timeout 2 redis-cli "${extra[@]}" --no-auth-warning -h 127.0.0.1 -p "$port" \
+            cluster info 2>/dev/null | tr -d '\r')" || return 1
         grep -qx 'cluster_state:ok' <<<"$info" || return 1
         grep -qx 'cluster_slots_ok:16384' <<<"$info" || return 1
         grep -qx "cluster_known_nodes:$#" <<<"$info" || return 1
@@ -581,17 +587,31 @@ cmd_redis_cluster_start() {
     local dir i port bus nd pid
     dir="$(abs_dir "${1:-}")"
     command -v redis-server >/dev/null 2>&1 || install_redis >&2 || die "redis-server is not installed"
-    local -a ports=() lines=()
+    local -a ports=() lines=() tls=() extra=()
+    if [[ "${SKEWLESS_REDIS_TLS:-0}" == 1 ]]; then
+        redis_tls_files "$dir"
+        local pass
+        pass="$(cat "$dir/redis.pass")"
+        tls=(--tls-cluster yes --tls-replication yes --tls-cert-file "$dir/redis.crt"
+            --tls-key-file "$dir/redis.key" --tls-ca-cert-file "$dir/ca.crt" --tls-auth-clients no
+            --user default off --user skewless on ">$pass" '~*' '&*' '+@all'
+            --masteruser skewless --masterauth "$pass")
+    else
+        rm -f "$dir/redis.pass"
+    fi
+    mapfile -t extra < <(redis_cli_args "$dir")
     mapfile -t lines < <(cluster_ports "$dir")
     for i in "${!lines[@]}"; do
         read -r port bus <<<"${lines[$i]}"
         ports+=("$port")
         nd="$dir/n$i"
         mkdir -p "$nd"
-        pid_matches "$nd/redis.pid" redis-server >/dev/null && redis_ping "$port" && continue
+        pid_matches "$nd/redis.pid" redis-server >/dev/null && redis_ping "$port" "$dir" && continue
         rm -f "$nd/redis.pid"
+        local -a listen=(--port "$port")
+        ((${#tls[@]})) && listen=(--port 0 --tls-port "$port" "${tls[@]}")
         # shellcheck disable=SC2094  # redis-server and our redirection both append to the log
-        if ! redis-server --port "$port" --cluster-port "$bus" --bind 127.0.0.1 \
+        if ! redis-server "${listen[@]}" --cluster-port "$bus" --bind 127.0.0.1 \
             --cluster-enabled yes --cluster-config-file "$nd/nodes.conf" \
             --cluster-node-timeout "$REDIS_CLUSTER_NODE_TIMEOUT" \
             --cluster-replica-validity-factor 0 --save '' --appendonly no \
@@ -604,7 +624,7 @@ cmd_redis_cluster_start() {
     done
     local start=$SECONDS deadline=$((SECONDS + REDIS_CLUSTER_TIMEOUT))
     for i in "${!ports[@]}"; do
-        while ! redis_ping "${ports[$i]}"; do
+        while ! redis_ping "${ports[$i]}" "$dir"; do
             if ((SECONDS >= deadline)); then
                 report_failure "Redis Cluster node $i" "$dir/n$i/redis.log" \
                     "no PONG on 127.0.0.1:${ports[$i]} after ${REDIS_CLUSTER_TIMEOUT} s" \
@@ -617,15 +637,16 @@ cmd_redis_cluster_start() {
     if [[ ! -f "$dir/created" ]]; then
         local -a addrs=()
         for port in "${ports[@]}"; do addrs+=("127.0.0.1:$port"); done
-        if ! timeout "$REDIS_CLUSTER_TIMEOUT" redis-cli --cluster create "${addrs[@]}" \
-            --cluster-replicas 1 --cluster-yes >"$dir/create.log" 2>&1; then
+        if ! timeout "$REDIS_CLUSTER_TIMEOUT" redis-cli "${extra[@]}" --no-auth-warning \
+            --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes \
+            >"$dir/create.log" 2>&1; then
             report_failure "Redis Cluster" "$dir/create.log" "redis-cli --cluster create failed" \
                 "$(cluster_node_howto "$dir" 0 "${ports[0]}" "?")"
             exit 1
         fi
         touch "$dir/created"
     fi
-    while ! cluster_healthy "${ports[@]}"; do
+    while ! cluster_healthy "$dir" "${ports[@]}"; do
         if ((SECONDS >= deadline)); then
             report_failure "Redis Cluster" "$dir/create.log" \
                 "not cluster_state:ok with 16384 slots on every node after ${REDIS_CLUSTER_TIMEOUT} s" \
@@ -634,8 +655,13 @@ cmd_redis_cluster_start() {
         fi
         sleep 0.2
     done
-    local url="redis+cluster://" sep=""
+    local url="redis+cluster://" sep="" query=""
+    if ((${#tls[@]})); then
+        url="rediss+cluster://skewless:$(cat "$dir/redis.pass")@"
+        query="?ssl_ca_certs=$dir/ca.crt"
+    fi
     for port in "${ports[@]}"; do url+="${sep}127.0.0.1:$port" && sep=","; done
+    url+="$query"
     echo "$url" >"$dir/redis.url"
     err "redis cluster: ready on ${#ports[@]} nodes after $((SECONDS - start)) s (dir $dir)"
     echo "$url"
@@ -645,12 +671,14 @@ cmd_redis_cluster_stop() {
     local dir i port bus pid
     dir="$(abs_dir "${1:-}")"
     [[ -s "$dir/ports" ]] || { err "redis cluster: nothing in $dir"; return 0; }
-    local -a lines=()
+    local -a lines=() extra=()
     mapfile -t lines <"$dir/ports"
+    mapfile -t extra < <(redis_cli_args "$dir")
     for i in "${!lines[@]}"; do
         read -r port bus <<<"${lines[$i]}"
         pid="$(pid_matches "$dir/n$i/redis.pid" redis-server)" || continue
-        timeout 5 redis-cli -h 127.0.0.1 -p "$port" shutdown nosave >/dev/null 2>&1 || true
+        timeout 5 redis-cli "${extra[@]}" --no-auth-warning -h 127.0.0.1 -p "$port" shutdown nosave \
+            >/dev/null 2>&1 || true
         if ! wait_gone "$pid" 5; then
             kill -KILL "$pid" 2>/dev/null || true
             wait_gone "$pid" 5 || die "redis cluster: pid $pid survived SIGKILL"
