@@ -148,6 +148,12 @@ class _NodeWire(RedisWire):
             raise
         return out
 
+    def reset(self) -> None:
+        """Close this thread's connection, if any (the next call reconnects)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            self._drop(conn[0])
+
     def _drop(self, sock: Any) -> None:
         self._local.conn = None
         with self._lock:
@@ -237,13 +243,21 @@ class RedisClusterWire:
                     retry += idx
                     stale, problem = True, f"{address[0]}:{address[1]} {exc}"
             asked, ask = ask, {}
-            for wire, idx in sent:
-                try:
-                    replies = wire.receive(len(idx) + sum(i in asked for i in idx))
-                except OSError as exc:
-                    retry += idx
-                    stale, problem = True, f"{wire.address[0]}:{wire.address[1]} {exc}"
-                    continue
+            received: list[tuple[list[int], list[Any]]] = []
+            try:  # read every node's answers before looking at any
+                for wire, idx in sent:
+                    try:
+                        received.append(
+                            (idx, wire.receive(len(idx) + sum(i in asked for i in idx)))
+                        )
+                    except OSError as exc:
+                        retry += idx
+                        stale, problem = True, f"{wire.address[0]}:{wire.address[1]} {exc}"
+            except BaseException:  # never leave unread answers on a socket
+                for wire, _ in sent:
+                    wire.reset()
+                raise
+            for idx, replies in received:
                 pos = 0
                 for i in idx:
                     pos += i in asked  # the ASKING's own +OK

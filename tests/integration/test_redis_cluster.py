@@ -30,7 +30,7 @@ from features.reference import REFERENCE
 from features.reference_codec import StateCodec
 from features.reference_engine import Engine
 from features.store import OnlineRow, StoreConfig, open_store
-from features.store.redis import RedisSetupError
+from features.store.redis import RedisReplyError, RedisSetupError
 from features.store.redis_cluster import RedisClusterStore, key_slot, parse_cluster_url
 from flows.backfill import run_backfill
 from serving._proto.skewless.v1 import scorer_pb2 as pb
@@ -332,6 +332,24 @@ def test_moved_and_ask_redirects_are_followed(redis_cluster: RedisClusterNodes) 
     finally:
         for p in (source, dest):
             _node(redis_cluster, p).execute_command("CLUSTER SETSLOT", slot2, "STABLE")
+
+
+def test_a_command_error_leaves_no_answer_behind(redis_cluster: RedisClusterNodes) -> None:
+    """An error answer on one node (WRONGTYPE) fails the call, and every other node's
+    answers of that call are read or dropped: the next call gets its own answers."""
+    _flush(redis_cluster)
+    store = open_store(StoreConfig(redis_cluster.url), REFERENCE)
+    store.write("card", [_row(c) for c in range(60)])
+    bad = store.key("card", 5)
+    [owner] = _owners(redis_cluster, key_slot(bad))
+    _node(redis_cluster, owner).set(bad, b"not a hash")
+    others = [
+        c for c in range(60) if _owners(redis_cluster, key_slot(store.key("card", c))) != {owner}
+    ]
+    with pytest.raises(RedisReplyError, match="WRONGTYPE"):
+        store.read_states([("card", 5)] + [("card", c) for c in others[:20]])
+    again = others[20:40]
+    assert store.read_states([("card", c) for c in again]) == [b"state-%d" % c for c in again]
 
 
 def _wait_until_exact(
