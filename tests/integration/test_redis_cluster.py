@@ -31,7 +31,7 @@ from features.reference_codec import StateCodec
 from features.reference_engine import Engine
 from features.store import OnlineRow, StoreConfig, open_store
 from features.store.redis import RedisReplyError, RedisSetupError
-from features.store.redis_cluster import RedisClusterStore, key_slot, parse_cluster_url
+from features.store.redis_cluster import key_slot, parse_cluster_url
 from flows.backfill import run_backfill
 from serving._proto.skewless.v1 import scorer_pb2 as pb
 from serving._proto.skewless.v1 import scorer_pb2_grpc as pb_grpc
@@ -100,7 +100,7 @@ def test_key_slots_equal_cluster_keyslot_for_binary_keys(redis_cluster: RedisClu
         raw = rng.choice(braces, size=int(rng.integers(1, 12)))
         keys.append(bytes(raw.astype(np.uint8)) + bytes([int(rng.integers(0, 256))]))
     store = open_store(StoreConfig(redis_cluster.url), REFERENCE)
-    assert isinstance(store, RedisClusterStore)
+    assert type(store).__name__ == "RedisClusterStore"
     feast_keys = [store.key(e, i) for e in ("card", "merchant") for i in (0, 123, 0x7B7D, -5)]
     keys += feast_keys  # Feast's own keys, one with { } bytes in its int64 value
     assert any(b"{" in k and b"}" in k for k in feast_keys)
