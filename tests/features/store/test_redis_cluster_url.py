@@ -8,7 +8,7 @@ import pytest
 
 from features.reference import REFERENCE
 from features.settings import masked_url
-from features.store import OnlineRow, StoreConfig, open_store
+from features.store import OnlineRow, StoreConfig, StoreUnavailableError, open_store
 from features.store.feast import feast_connection_string, repo_config
 from features.store.redis import RedisStore
 from features.store.redis_cluster import (
@@ -91,3 +91,21 @@ def test_slots_of_feast_keys_are_the_slots_of_the_keys() -> None:
     store = RedisClusterStore("redis+cluster://127.0.0.1:1", REFERENCE).build()
     keys = [(e, i) for e in ("card", "merchant") for i in (0, 1, 0x7B7D, -1, 2**63 - 1)]
     assert store._slots_of(keys) == [key_slot(store.key(e, i)) for e, i in keys]
+
+
+def test_no_reachable_node_is_one_clear_line() -> None:
+    import socket
+
+    ports = []
+    for _ in range(2):  # ports nothing listens on
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    url = f"redis+cluster://u:secret@127.0.0.1:{ports[0]},127.0.0.1:{ports[1]}"
+    store = open_store(StoreConfig(url, timeout_s=1.0), REFERENCE)
+    with pytest.raises(StoreUnavailableError) as info:
+        store.read_states([("card", 1)])
+    msg = str(info.value)
+    assert "no Redis Cluster node answered" in msg and "redis-cluster-start" in msg
+    assert all(f"127.0.0.1:{p}" in msg for p in ports)
+    assert "secret" not in msg and "\n" not in msg
