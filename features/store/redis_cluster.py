@@ -233,23 +233,20 @@ class RedisClusterWire:
             retry: list[int] = []
             stale = False
             sent: list[tuple[_NodeWire, list[int]]] = []
-            for address, idx in groups.items():
-                wire = self._wire(address)
-                try:
-                    wire.send(b"".join([_ASKING + commands[i] if i in ask else commands[i]
-                                        for i in idx]))  # fmt: skip
-                    sent.append((wire, idx))
-                except OSError as exc:
-                    retry += idx
-                    stale, problem = True, f"{address[0]}:{address[1]} {exc}"
-            asked, ask = ask, {}
             received: list[tuple[list[int], list[Any]]] = []
-            try:  # read every node's answers before looking at any
+            try:  # every node's pipeline out, then every node's answers in, then a look
+                for address, idx in groups.items():
+                    wire = self._wire(address)
+                    try:
+                        wire.send(b"".join([_ASKING + commands[i] if i in ask else commands[i]
+                                            for i in idx]))  # fmt: skip
+                        sent.append((wire, idx))
+                    except OSError as exc:
+                        retry += idx
+                        stale, problem = True, f"{address[0]}:{address[1]} {exc}"
                 for wire, idx in sent:
                     try:
-                        received.append(
-                            (idx, wire.receive(len(idx) + sum(i in asked for i in idx)))
-                        )
+                        received.append((idx, wire.receive(len(idx) + sum(i in ask for i in idx))))
                     except OSError as exc:
                         retry += idx
                         stale, problem = True, f"{wire.address[0]}:{wire.address[1]} {exc}"
@@ -257,6 +254,7 @@ class RedisClusterWire:
                 for wire, _ in sent:
                     wire.reset()
                 raise
+            asked, ask = ask, {}
             for idx, replies in received:
                 pos = 0
                 for i in idx:
@@ -281,7 +279,7 @@ class RedisClusterWire:
             if stale:
                 self._slots = None
         raise ConnectionError(
-            f"Redis Cluster: {len(todo)} command(s) not served after a slot map refresh ({problem})"
+            f"Redis Cluster: {len(todo)} command(s) not served after one retry ({problem})"
         )
 
     def close(self) -> None:
