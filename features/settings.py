@@ -108,7 +108,8 @@ def masked_url(url: str) -> str:
     if not u.password:
         return url
     user = f"{u.username}:" if u.username else ":"
-    return u._replace(netloc=f"{user}***@{u.hostname}:{u.port}").geturl()
+    hosts = u.netloc.rpartition("@")[2]  # host:port, or a cluster's host:port,host:port
+    return u._replace(netloc=f"{user}***@{hosts}").geturl()
 
 
 #: grpcio experiments switched off unless ``GRPC_EXPERIMENTS`` is set (see serving/__init__)

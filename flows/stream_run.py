@@ -59,8 +59,15 @@ def preflight(
     if settings.redis_url:
         import redis
 
+        from features.store.redis_cluster import is_cluster_url, parse_cluster_url
+
+        url = settings.redis_url
+        if is_cluster_url(url):  # one PONG from a seed is enough; the client finds the rest
+            c = parse_cluster_url(url)
+            urls = [c.node_url(s) for s in c.seeds]
+            url = next((u for u in urls if _pong(u, timeout_s)), urls[0])
         client = redis.Redis.from_url(
-            settings.redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
         )
         try:
             client.ping()
@@ -71,6 +78,18 @@ def preflight(
             ) from None
         finally:
             client.close()
+
+
+def _pong(url: str, timeout_s: float) -> bool:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    try:
+        return bool(client.ping())
+    except (redis.ConnectionError, redis.TimeoutError):
+        return False
+    finally:
+        client.close()
 
 
 def run_stream(args: argparse.Namespace, settings: Settings) -> int:

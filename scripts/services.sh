@@ -10,6 +10,12 @@
 #   scripts/services.sh redis-start DIR  start (or restart, same port) redis in DIR;
 #                                        last stdout line: 127.0.0.1:PORT
 #   scripts/services.sh redis-stop DIR   SHUTDOWN NOSAVE, then kill (idempotent)
+#   scripts/services.sh redis-cluster-start DIR  a Redis Cluster (3 masters, 3 replicas) in DIR,
+#                                        or restart its stopped nodes; last stdout line (and
+#                                        DIR/redis.url): redis+cluster://127.0.0.1:P1,...
+#   scripts/services.sh redis-cluster-stop DIR   stop every node of it (idempotent)
+#                                        (SKEWLESS_REDIS_TLS=1: TLS only, as for redis-start,
+#                                        the bus and replication too; rediss+cluster:// URL)
 #   scripts/services.sh up DIR           both (DIR/kafka, DIR/redis) + DIR/env
 #   scripts/services.sh down DIR         stop both
 #   scripts/services.sh status DIR       what runs in DIR
@@ -561,6 +567,147 @@ cmd_redis_stop() {
     err "redis: stopped (pid $pid)"
 }
 
+# ---------------------------------------------------------------- redis cluster
+
+# 3 masters + 3 replicas, so a killed master fails over; a short node timeout (ms) makes a
+# failover take seconds (SKEWLESS_REDIS_CLUSTER_NODE_TIMEOUT), the wait for a healthy
+# cluster is bounded (SKEWLESS_REDIS_CLUSTER_TIMEOUT, seconds)
+REDIS_CLUSTER_NODES=6
+REDIS_CLUSTER_NODE_TIMEOUT="${SKEWLESS_REDIS_CLUSTER_NODE_TIMEOUT:-2000}"
+REDIS_CLUSTER_TIMEOUT="${SKEWLESS_REDIS_CLUSTER_TIMEOUT:-60}"
+
+cluster_ports() { # dir -> "port busport" per node, chosen once (the bus port is explicit:
+    local dir="$1"  # port+10000 may be out of range for an ephemeral port)
+    if [[ ! -s "$dir/ports" ]]; then
+        free_ports $((2 * REDIS_CLUSTER_NODES)) | tr ' ' '\n' | paste -d' ' - - >"$dir/ports"
+    fi
+    cat "$dir/ports"
+}
+
+cluster_node_howto() { # dir i port bus
+    echo "redis-server --port $3 --cluster-port $4 --cluster-enabled yes --cluster-config-file $1/n$2/nodes.conf --bind 127.0.0.1 --save '' --daemonize yes --dir $1/n$2"
+    echo "redis-cli --cluster create 127.0.0.1:PORT1 ... 127.0.0.1:PORT6 --cluster-replicas 1 --cluster-yes"
+}
+
+cluster_healthy() { # dir ports... -> 0 if every node sees a healthy cluster, all slots served
+    local dir="$1" port info
+    shift
+    local -a extra=()
+    mapfile -t extra < <(redis_cli_args "$dir")
+    for port in "$@"; do
+        info="$(timeout 2 redis-cli "${extra[@]}" --no-auth-warning -h 127.0.0.1 -p "$port" \
+            cluster info 2>/dev/null | tr -d '\r')" || return 1
+        grep -qx 'cluster_state:ok' <<<"$info" || return 1
+        grep -qx 'cluster_slots_ok:16384' <<<"$info" || return 1
+        grep -qx "cluster_known_nodes:$#" <<<"$info" || return 1
+    done
+}
+
+cmd_redis_cluster_start() {
+    local dir i port bus nd pid
+    dir="$(abs_dir "${1:-}")"
+    command -v redis-server >/dev/null 2>&1 || install_redis >&2 || die "redis-server is not installed"
+    local -a ports=() lines=() tls=() extra=()
+    if [[ "${SKEWLESS_REDIS_TLS:-0}" == 1 ]]; then
+        redis_tls_files "$dir"
+        local pass
+        pass="$(cat "$dir/redis.pass")"
+        tls=(--tls-cluster yes --tls-replication yes --tls-cert-file "$dir/redis.crt"
+            --tls-key-file "$dir/redis.key" --tls-ca-cert-file "$dir/ca.crt" --tls-auth-clients no
+            --user default off --user skewless on ">$pass" '~*' '&*' '+@all'
+            --masteruser skewless --masterauth "$pass")
+    else
+        rm -f "$dir/redis.pass"
+    fi
+    mapfile -t extra < <(redis_cli_args "$dir")
+    mapfile -t lines < <(cluster_ports "$dir")
+    for i in "${!lines[@]}"; do
+        read -r port bus <<<"${lines[$i]}"
+        ports+=("$port")
+        nd="$dir/n$i"
+        mkdir -p "$nd"
+        pid_matches "$nd/redis.pid" redis-server >/dev/null && redis_ping "$port" "$dir" && continue
+        rm -f "$nd/redis.pid"
+        local -a listen=(--port "$port")
+        ((${#tls[@]})) && listen=(--port 0 --tls-port "$port" "${tls[@]}")
+        # shellcheck disable=SC2094  # redis-server and our redirection both append to the log
+        if ! redis-server "${listen[@]}" --cluster-port "$bus" --bind 127.0.0.1 \
+            --cluster-enabled yes --cluster-config-file "$nd/nodes.conf" \
+            --cluster-node-timeout "$REDIS_CLUSTER_NODE_TIMEOUT" \
+            --cluster-replica-validity-factor 0 --save '' --appendonly no \
+            --daemonize yes --pidfile "$nd/redis.pid" --logfile "$nd/redis.log" --dir "$nd" \
+            </dev/null >>"$nd/redis.log" 2>&1; then
+            report_failure "Redis Cluster node $i" "$nd/redis.log" "redis-server exited with an error" \
+                "$(cluster_node_howto "$dir" "$i" "$port" "$bus")"
+            exit 1
+        fi
+    done
+    local start=$SECONDS deadline=$((SECONDS + REDIS_CLUSTER_TIMEOUT))
+    for i in "${!ports[@]}"; do
+        while ! redis_ping "${ports[$i]}" "$dir"; do
+            if ((SECONDS >= deadline)); then
+                report_failure "Redis Cluster node $i" "$dir/n$i/redis.log" \
+                    "no PONG on 127.0.0.1:${ports[$i]} after ${REDIS_CLUSTER_TIMEOUT} s" \
+                    "$(cluster_node_howto "$dir" "$i" "${ports[$i]}" "?")"
+                exit 1
+            fi
+            sleep 0.1
+        done
+    done
+    if [[ ! -f "$dir/created" ]]; then
+        local -a addrs=()
+        for port in "${ports[@]}"; do addrs+=("127.0.0.1:$port"); done
+        if ! timeout "$REDIS_CLUSTER_TIMEOUT" redis-cli "${extra[@]}" --no-auth-warning \
+            --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes \
+            >"$dir/create.log" 2>&1; then
+            report_failure "Redis Cluster" "$dir/create.log" "redis-cli --cluster create failed" \
+                "$(cluster_node_howto "$dir" 0 "${ports[0]}" "?")"
+            exit 1
+        fi
+        touch "$dir/created"
+    fi
+    while ! cluster_healthy "$dir" "${ports[@]}"; do
+        if ((SECONDS >= deadline)); then
+            report_failure "Redis Cluster" "$dir/create.log" \
+                "not cluster_state:ok with 16384 slots on every node after ${REDIS_CLUSTER_TIMEOUT} s" \
+                "$(cluster_node_howto "$dir" 0 "${ports[0]}" "?")"
+            exit 1
+        fi
+        sleep 0.2
+    done
+    local url="redis+cluster://" sep="" query=""
+    if ((${#tls[@]})); then
+        url="rediss+cluster://skewless:$(cat "$dir/redis.pass")@"
+        query="?ssl_ca_certs=$dir/ca.crt"
+    fi
+    for port in "${ports[@]}"; do url+="${sep}127.0.0.1:$port" && sep=","; done
+    url+="$query"
+    echo "$url" >"$dir/redis.url"
+    err "redis cluster: ready on ${#ports[@]} nodes after $((SECONDS - start)) s (dir $dir)"
+    echo "$url"
+}
+
+cmd_redis_cluster_stop() {
+    local dir i port bus pid
+    dir="$(abs_dir "${1:-}")"
+    [[ -s "$dir/ports" ]] || { err "redis cluster: nothing in $dir"; return 0; }
+    local -a lines=() extra=()
+    mapfile -t lines <"$dir/ports"
+    mapfile -t extra < <(redis_cli_args "$dir")
+    for i in "${!lines[@]}"; do
+        read -r port bus <<<"${lines[$i]}"
+        pid="$(pid_matches "$dir/n$i/redis.pid" redis-server)" || continue
+        timeout 5 redis-cli "${extra[@]}" --no-auth-warning -h 127.0.0.1 -p "$port" shutdown nosave \
+            >/dev/null 2>&1 || true
+        if ! wait_gone "$pid" 5; then
+            kill -KILL "$pid" 2>/dev/null || true
+            wait_gone "$pid" 5 || die "redis cluster: pid $pid survived SIGKILL"
+        fi
+        rm -f "$dir/n$i/redis.pid"
+    done
+    err "redis cluster: stopped ($dir)"
+}
+
 # ---------------------------------------------------------------- both
 
 cmd_up() {
@@ -616,6 +763,8 @@ main() {
         kafka-stop) cmd_kafka_stop "$@" ;;
         redis-start) cmd_redis_start "$@" ;;
         redis-stop) cmd_redis_stop "$@" ;;
+        redis-cluster-start) cmd_redis_cluster_start "$@" ;;
+        redis-cluster-stop) cmd_redis_cluster_stop "$@" ;;
         up) cmd_up "$@" ;;
         down) cmd_down "$@" ;;
         status) cmd_status "$@" ;;

@@ -43,11 +43,13 @@ import pytest
 __all__ = [
     "SERVICES_SH",
     "KafkaBroker",
+    "RedisClusterNodes",
     "RedisServer",
     "ServiceError",
     "kafka_admin_topic",
     "kafka_bootstrap",
     "kafka_broker",
+    "redis_cluster",
     "redis_server",
     "redis_url",
 ]
@@ -257,3 +259,39 @@ def kafka_admin_topic(kafka_bootstrap: str) -> Callable[..., str]:
         return name
 
     return make
+
+
+class RedisClusterNodes(_Service):
+    """A Redis Cluster on 127.0.0.1: 3 masters and 3 replicas, a 2 s node timeout (a killed
+    master fails over in seconds), no persistence. ``start()`` restarts stopped nodes."""
+
+    _start_cmd = "redis-cluster-start"
+    _stop_cmd = "redis-cluster-stop"
+    _log_name = "n0/redis.log"
+
+    @property
+    def url(self) -> str:
+        """``redis+cluster://127.0.0.1:P1,...,127.0.0.1:P6`` (every node a seed)."""
+        return self._address()
+
+    def ports(self) -> list[int]:
+        return [
+            int(line.split()[0])
+            for line in (self.workdir / "ports").read_text().split("\n")
+            if line
+        ]
+
+    def pid(self, port: int) -> int:
+        """The pid of the node on ``port`` (for a ``kill -9``)."""
+        i = self.ports().index(port)
+        return int((self.workdir / f"n{i}" / "redis.pid").read_text().strip())
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
+    cluster = RedisClusterNodes(tmp_path_factory.mktemp("redis-cluster"))
+    _started(cluster)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

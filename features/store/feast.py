@@ -28,12 +28,21 @@ def feast_connection_string(url: str) -> str:
 
     >>> feast_connection_string("rediss://u:p%40ss@127.0.0.1:6380/2?ssl_ca_certs=/ca.crt")
     '127.0.0.1:6380,db=2,ssl=true,username=u,password=p@ss'
+    >>> feast_connection_string("redis+cluster://127.0.0.1:7000,127.0.0.1:7001")
+    '127.0.0.1:7000,127.0.0.1:7001'
     """
     from urllib.parse import unquote, urlparse
 
+    from features.store.redis_cluster import is_cluster_url, parse_cluster_url
+
     u = urlparse(url)
-    db = (u.path or "/0").lstrip("/") or "0"
-    parts = [f"{u.hostname}:{u.port or 6379}", f"db={db}"]
+    if is_cluster_url(url):  # seeds only: Feast's cluster client takes no db
+        c = parse_cluster_url(url)
+        parts = [f"{h}:{p}" for h, p in c.seeds]
+        u = urlparse(c.node_url(c.seeds[0]))
+    else:
+        db = (u.path or "/0").lstrip("/") or "0"
+        parts = [f"{u.hostname}:{u.port or 6379}", f"db={db}"]
     if u.scheme == "rediss":
         parts.append("ssl=true")
     if u.username:
@@ -55,6 +64,8 @@ def repo_config(cfg: StoreConfig, project: str) -> Any:
             "type": "redis",
             "connection_string": feast_connection_string(cfg.redis_url),
         }
+        if cfg.redis_type != "redis":
+            online["redis_type"] = cfg.redis_type
     else:
         online = {"type": "sqlite", "path": str(workdir / "online.db")}
     return RepoConfig(
@@ -104,7 +115,7 @@ def write_feast_repo(cfg: StoreConfig, fs: FeatureSet, spec: str, out: Path) -> 
         "online_store": {
             k: v
             for k, v in config.online_config.items()
-            if k in ("type", "path", "connection_string")
+            if k in ("type", "redis_type", "path", "connection_string")
         },
         "offline_store": {"type": "file"},
         "entity_key_serialization_version": 3,

@@ -212,6 +212,13 @@ class RedisStore:
             return self._client.call(payload, replies)
         except OSError as exc:  # ConnectionError and socket timeouts included
             raise self._unavailable(exc) from exc
+        except RedisReplyError as exc:
+            if str(exc).startswith("MOVED "):  # one node of a cluster, named as one server
+                raise RedisSetupError(
+                    f"online store: Redis at {masked_url(self.url)} is a Redis Cluster node "
+                    f"({exc}); use redis+cluster://host:port[,host:port...]"
+                ) from None
+            raise
 
     def read_states(
         self, keys: Sequence[tuple[str, int]], bootstrap: bool = False
