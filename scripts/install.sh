@@ -41,7 +41,9 @@ stage 2/4 "building the native core (Rust: cargo --release, ~1-2 min) in the bac
 native=$!
 trap 'kill $native 2>/dev/null || true' EXIT
 
-stage 3/4 "installing the pinned Python dependencies meanwhile (pip: ~100 packages; a first run downloads ~400 MB)"
+stage 3/4 "installing the pinned Python dependencies meanwhile (pip: ~100 packages, ~250 MB of wheels on a first run)"
+# no -q: pip says what it downloads and installs. --no-compile: a module compiles to .pyc
+# when first imported instead of every file of ~100 packages up front
 "$BIN/python" -m pip install --no-compile -c constraints.txt -e .
 
 stage 4/4 "installing the native core (waiting for cargo if it is still building)"
@@ -55,5 +57,9 @@ fi
 trap - EXIT
 printf '    the native core built in %s s (in parallel with stage 3)\n' "$(cat "$native_log.seconds")"
 "$BIN/python" -m pip install --quiet --no-deps --force-reinstall "$wheels"/skewless_native-*.whl
-printf '    [%s] took %d s\n==> %s ready in %d s\n' "$current" $((SECONDS - stage_began)) "$VENV" \
-  $((SECONDS - began))
+printf '    [%s] took %d s\n' "$current" $((SECONDS - stage_began))
+# CPU of every stage (children): far less than the wall time means a busy machine or network
+times >"$VENV/.install-times"
+read -r cpu_user cpu_sys < <(tail -n 1 "$VENV/.install-times")
+printf '==> %s ready in %d s (CPU: %s user, %s sys)\n' "$VENV" $((SECONDS - began)) "$cpu_user" \
+  "$cpu_sys"

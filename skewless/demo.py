@@ -16,7 +16,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -82,19 +81,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _warm_imports() -> None:
-    """Feast (several seconds of imports, needed at the materialize step) and XGBoost load
-    on a second thread while the first simulates, backfills and trains on one core."""
-
-    def load() -> None:
-        import feast.feature_store  # noqa: F401
-        import xgboost  # noqa: F401
-
-    threading.Thread(target=load, name="warm-imports", daemon=True).start()
-
-
 def run_demo(args: argparse.Namespace, settings: Settings) -> int:
-    _warm_imports()
     from bytewax.testing import run_main
 
     from features.store import StoreConfig, open_feature_store, open_store

@@ -89,7 +89,7 @@ def print_commands(
     )
     print()
     print("next, on this demo's folder (a data root: registry, online store, prediction log):")
-    print(f"  {serve}")
+    print(f"  {serve}   # {settings.grpc_address}; ready once it logs 'is now served'")
     print(f"  {score}   # in a 2nd terminal")
     print(f"  {verify}")
     print(f"  {models}")
