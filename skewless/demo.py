@@ -33,7 +33,7 @@ from features.settings import Settings
 ROOT = Path(__file__).resolve().parents[1]
 
 
-#: what a demo folder holds; a folder holding anything else is not the demo's to wipe
+#: marks a folder the demo wrote (and may wipe); any other non-empty folder is refused
 MARKER = ".skewless-demo"
 
 
