@@ -4,6 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 
 .DEFAULT_GOAL := help
 
@@ -13,24 +14,30 @@ help: ## list the targets
 NATIVE_SRC := native/Cargo.toml native/Cargo.lock native/pyproject.toml $(wildcard native/src/*.rs)
 
 $(STAMP): pyproject.toml constraints.txt $(NATIVE_SRC)
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q ./native
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
-	touch $(STAMP)
+	@scripts/install.sh $(PYTHON) $(VENV)
+	@touch $(STAMP)
+
+# what `make demo` needs; the development tools (pytest, ruff, mypy, scikit-learn...) come
+# with the first `make test` or `make lint`, so the first demo downloads a quarter less
+$(DEV_STAMP): $(STAMP) pyproject.toml constraints.txt
+	@echo "==> installing the development tools (pytest, hypothesis, ruff, mypy, scikit-learn, import-linter)"
+	$(BIN)/python -m pip install --no-compile -c constraints.txt -e '.[dev]'
+	@touch $(DEV_STAMP)
 
 install: $(STAMP) ## create .venv/ and install skewless (+ its native core, built with cargo) with pinned dependencies
+
+install-dev: $(DEV_STAMP) ## install + the development tools (test, lint)
 
 services: ## install what the real Kafka broker and Redis server need (jars via Maven, redis-server via apt)
 	scripts/services.sh install
 
-demo: install ## run the whole loop on embedded defaults (no Kafka/Redis needed)
-	$(BIN)/skewless demo
+demo: install ## run the whole loop on embedded defaults (no Kafka/Redis needed), in out/demo
+	$(BIN)/skewless --data-dir out/demo demo
 
-test: install services ## run every test; integration tests start a real Kafka broker and Redis
+test: install-dev services ## run every test; integration tests start a real Kafka broker and Redis
 	$(BIN)/python -m pytest
 
-lint: install ## ruff + mypy + import contracts (layers: pyproject.toml), rustfmt + clippy for the native core
+lint: install-dev ## ruff + mypy + import contracts (layers: pyproject.toml), rustfmt + clippy for the native core
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy features flows serving skewless bench
@@ -43,4 +50,4 @@ bench: install services ## the benchmark suite, JSON results
 clean: ## remove the virtualenv and build outputs
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache native/target
 
-.PHONY: help install services demo test lint bench clean
+.PHONY: help install install-dev services demo test lint bench clean

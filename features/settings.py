@@ -12,6 +12,13 @@ line (``skewless.cli``) builds it.
 False
 >>> "pw" in repr(Settings.from_env({"SKEWLESS_REDIS_URL": "rediss://u:pw@127.0.0.1:6380/0"}))
 False
+
+One data root moves everything: the registry follows ``data_dir`` unless set on its own.
+
+>>> Settings.from_env({}, data_dir=Path("out/demo")).registry_dir.as_posix()
+'out/demo/registry'
+>>> Settings.from_env({"SKEWLESS_REGISTRY_DIR": "models"}, data_dir=Path("x")).registry_dir
+PosixPath('models')
 """
 
 from __future__ import annotations
@@ -31,14 +38,16 @@ _PREFIX = "SKEWLESS_"
 class Settings:
     """Runtime configuration; every field can be set as ``SKEWLESS_<FIELD>``."""
 
-    #: where jobs write by default (events, features, registry, online store for the demo)
+    #: the data root: the embedded online store (``feast/``), the stream's dead-letter and
+    #: late files (``stream/``), the prediction log (``predictions/``) and, unless
+    #: ``registry_dir`` is set, the model registry (``registry/``)
     data_dir: Path = Path("out")
     #: Kafka bootstrap servers; empty means the embedded file-replay mode
     kafka_bootstrap: str = ""
     topic: str = "transactions"
     #: Redis URL of the Feast online store; empty means the embedded SQLite store
     redis_url: str = ""
-    #: model registry directory and the alias served
+    #: model registry directory (default ``<data_dir>/registry``) and the alias served
     registry_dir: Path = Path("out/registry")
     model_alias: str = "production"
     grpc_address: str = "127.0.0.1:50051"
@@ -65,6 +74,8 @@ class Settings:
             if raw is not None:
                 values[f.name] = _convert(f, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if "registry_dir" not in values:  # follows the data root
+            values["registry_dir"] = Path(values.get("data_dir", cls.data_dir)) / "registry"
         return dataclasses.replace(cls(), **values)
 
 

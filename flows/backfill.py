@@ -42,6 +42,7 @@ from features.layout import compile_layouts
 from features.plan import compile_plan
 from features.schema import SchemaError
 from features.state_build import build_states
+from flows.progress import Stages
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -300,25 +301,27 @@ def _run(
 ) -> BackfillReport:
     report = BackfillReport()
     clock = time.perf_counter()
+    stages = Stages("backfill", _STAGES)
 
-    def lap(name: str) -> None:
+    def lap(name: str, detail: str = "") -> None:
         nonlocal clock
         now = time.perf_counter()
         report.seconds[name] = round(now - clock, 3)
+        stages.done(name, now - clock, detail)
         clock = now
 
     from flows.inputs import read_parquet
 
     table = read_parquet(events_path, "events")
-    lap("read")
+    lap("read", f"{table.num_rows:,} events")
     valid, events, rejects, late = load_events(fs, table, report)
-    lap("validate_dedup_late")
+    lap("validate_dedup_late", f"{report.rejected:,} rejected, {report.late:,} late")
     spine = read_parquet(spine_path, "spine") if spine_path else valid
     report.spine_rows = spine.num_rows
     names = [e.name for e in fs.entities]
     indexes = dict(zip(names, each(events.index, names), strict=True))
     features = compute_features(fs, spine, events, indexes)
-    lap("features")
+    lap("features", f"{spine.num_rows:,} rows")
     states = end_states(fs, events, indexes)
     report.entities = {name: len(s) for name, s in states.items()}
     lap("end_states")
@@ -330,5 +333,9 @@ def _run(
     files += [(offline[e.name], f"feast/{offline_table_name(e)}") for e in fs.entities]
     each(lambda f: _write(f[0], out_dir / f[1]), files)
     lap("write")
+    stages.close()
     (out_dir / "summary.json").write_text(report.to_json())
     return report
+
+
+_STAGES = ("read", "validate_dedup_late", "features", "end_states", "feast_tables", "write")

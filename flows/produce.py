@@ -13,10 +13,9 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from features.definitions import FeatureSet
 from features.schema import SchemaError
+from flows.progress import Count
 from flows.stream_io import table_to_messages
 
 
@@ -48,9 +47,10 @@ def produce_messages(
     messages: Iterable[tuple[bytes | None, bytes]],
     rate: float = 0.0,
     total: int | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> DeliveryReport:
-    """Send ``(key, value)`` pairs at ``rate`` messages/s (0 = unlimited)."""
+    """Send ``(key, value)`` pairs at ``rate`` messages/s (0 = unlimited). Progress: a bar
+    on a terminal (``progress`` True), else log lines (see :mod:`flows.progress`)."""
     from confluent_kafka import KafkaException, Producer
 
     report = DeliveryReport()
@@ -64,7 +64,7 @@ def produce_messages(
 
     producer = Producer(producer_config(bootstrap))
     start = time.perf_counter()
-    bar = tqdm(total=total, unit="ev", disable=not progress, desc=f"produce {topic}")
+    bar = Count(f"produce {topic}", total, "events", tty=progress)
     for i, (key, value) in enumerate(messages):
         if rate > 0:
             ahead = (i / rate) - (time.perf_counter() - start)
@@ -84,7 +84,7 @@ def produce_messages(
         bar.update(1)
     remaining = producer.flush(60)
     report.failed += remaining
-    bar.close()
+    bar.close(f"{report.sent:,} delivered, {report.failed:,} failed")
     report.seconds = round(time.perf_counter() - start, 3)
     return report
 
@@ -95,7 +95,7 @@ def produce_file(
     topic: str,
     path: Path,
     rate: float = 0.0,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> DeliveryReport:
     """Replay ``path`` (events Parquet) in file order, key = the primary entity's id."""
     from flows.inputs import read_parquet

@@ -122,7 +122,8 @@ def resolve(root: Path, alias_or_version: str) -> Path:
         if not path.is_file():
             raise RegistryError(
                 f"alias: {alias_or_version!r} is not set in {root} "
-                "(train a model with `skewless train`, then `skewless models promote`)"
+                "(train a model with `skewless train`, then `skewless models promote`; "
+                "a registry lives in its data root: pass the same --data-dir)"
             )
         version = path.read_text().strip()
     d = root / "versions" / version

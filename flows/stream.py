@@ -46,6 +46,7 @@ from flows.stream_io import (
     StoppableSource,
 )
 from flows.stream_kafka import KeyCheck, dlq_message, kafka_in, late_message
+from flows.stream_summary import COVERED
 
 log = logging.getLogger("skewless.stream")
 
@@ -118,6 +119,8 @@ class EntityLogic(StatefulBatchLogic[Ingested, RowOut | LateOut, bytes]):
     def __init__(self, ctx: _EntityContext, resume: bytes | None) -> None:
         self.ctx = ctx
         self.state: Any = ctx.core.restore(resume) if resume is not None else None
+        #: the bootstrap state's newest event time: not applied at or before it = covered
+        self.covered_until: int | None = None
 
     def on_batch(self, values: list[Ingested]) -> tuple[Iterable[RowOut | LateOut], bool]:
         ctx = self.ctx
@@ -127,16 +130,20 @@ class EntityLogic(StatefulBatchLogic[Ingested, RowOut | LateOut, bytes]):
         entity_id = key(values[0].event)
         if self.state is None:
             self.state = ctx.load(entity_id)
-        state = self.state
+            self.covered_until = self.state.max_seen
+        state, until = self.state, self.covered_until
         out: list[RowOut | LateOut] = []
-        changed, newest, late, dups = False, 0, 0, 0
+        changed, newest, late, dups, covered = False, 0, 0, 0, 0
         for item in values:
             e = item.event
-            outcome = core.update(state, time_of(e), values_of(e), _txid(id_of(e)))
+            t = time_of(e)
+            outcome = core.update(state, t, values_of(e), _txid(id_of(e)))
             if outcome == _APPLIED:
                 changed = True
                 if item.produced_ms > newest:
                     newest = item.produced_ms
+            elif until is not None and t <= until:
+                covered += 1  # the bootstrap holds it (flows/stream_summary.py)
             elif outcome == _LATE:
                 late += 1
                 out.append(LateOut(item, ctx.name))
@@ -146,6 +153,8 @@ class EntityLogic(StatefulBatchLogic[Ingested, RowOut | LateOut, bytes]):
             stream_io.METRICS.late.labels(ctx.name).inc(late)
         if dups:
             stream_io.METRICS.duplicates.labels(ctx.name).inc(dups)
+        if covered:
+            COVERED.labels(ctx.name).inc(covered)
         if changed:
             features, blob = core.row(state)
             row = OnlineRow(entity_id, state.max_seen, features, blob)

@@ -16,6 +16,7 @@ from features.loader import load_definitions
 from features.settings import Settings, masked_url
 from flows import stream_io
 from flows.stream import build_flow, config_from_settings
+from flows.stream_summary import print_summary, replay_rows, watch
 
 log = logging.getLogger("skewless.stream")
 
@@ -111,7 +112,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
     from bytewax._bytewax import RecoveryConfig, cli_main, init_db_dir
 
     fs = load_definitions(settings.definitions)
-    flow = build_flow(fs, config_from_settings(settings, args.replay, tail=not args.no_tail))
+    cfg = config_from_settings(settings, args.replay, tail=not args.no_tail)
+    flow = build_flow(fs, cfg)
     recovery = None
     epoch = timedelta(seconds=args.snapshot_interval)
     if args.recovery_directory is not None:
@@ -120,14 +122,16 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
             init_db_dir(args.recovery_directory, 1)
         recovery = RecoveryConfig(args.recovery_directory, timedelta(seconds=args.backup_interval))
     addresses = args.addresses.split(";") if args.addresses else None
-    cli_main(
-        flow,
-        workers_per_process=args.workers_per_process,
-        process_id=args.process_id,
-        addresses=addresses,
-        epoch_interval=epoch,
-        recovery_config=recovery,
-    )
+    with watch(replay_rows(args.replay)) as before:  # progress, then the summary
+        cli_main(
+            flow,
+            workers_per_process=args.workers_per_process,
+            process_id=args.process_id,
+            addresses=addresses,
+            epoch_interval=epoch,
+            recovery_config=recovery,
+        )
+    print_summary(before, fs, cfg)
 
 
 @contextlib.contextmanager

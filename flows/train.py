@@ -122,11 +122,19 @@ class TrainConfig:
 
 
 def fit(
-    data: Dataset, train: Split, valid: Split, cfg: TrainConfig, columns: list[int] | None = None
+    data: Dataset,
+    train: Split,
+    valid: Split,
+    cfg: TrainConfig,
+    columns: list[int] | None = None,
+    label: str = "train",
 ) -> Any:
     """A booster early-stopped on validation PR-AUC and cut to its best iteration, so
-    model.json, the ONNX artifact and every prediction use the same trees."""
+    model.json, the ONNX artifact and every prediction use the same trees. Progress:
+    boosting rounds (a bar, or log lines; ``label`` names them)."""
     import xgboost as xgb
+
+    from flows.progress import Count, xgboost_rounds
 
     cols = list(range(len(data.feature_names))) if columns is None else columns
     names = [data.feature_names[c] for c in cols]
@@ -143,10 +151,13 @@ def fit(
         x_tr, y_tr, feature_names=names, nthread=cfg.nthread, max_bin=cfg.max_bin
     )
     dvalid = xgb.QuantileDMatrix(x_va, y_va, feature_names=names, nthread=cfg.nthread, ref=dtrain)
-    booster = xgb.train(
-        cfg.params(), dtrain, num_boost_round=cfg.max_rounds, evals=[(dvalid, "valid")],
-        early_stopping_rounds=cfg.early_stopping_rounds, verbose_eval=False,
-    )  # fmt: skip
+    with Count(label, cfg.max_rounds, "boosting rounds") as rounds:
+        booster = xgb.train(
+            cfg.params(), dtrain, num_boost_round=cfg.max_rounds, evals=[(dvalid, "valid")],
+            early_stopping_rounds=cfg.early_stopping_rounds, verbose_eval=False,
+            callbacks=[xgboost_rounds(rounds)],
+        )  # fmt: skip
+        rounds.close(f"best round {booster.best_iteration + 1}, early stopping")
     best = booster.best_iteration
     model = booster[: best + 1]
     model.set_attr(best_iteration=str(best))
@@ -188,10 +199,13 @@ def train_model(
 ) -> TrainResult:
     """Train, evaluate, export, check parity, publish, optionally promote and track."""
     from flows.plots import write_plots
+    from flows.progress import Stages
 
     mlflow = tracking.require_mlflow() if mlflow_uri else None
     started = time.perf_counter()
+    stages = Stages("train", ("load", "model", "ablation", "onnx_parity", "publish"))
     data = load_dataset(features_path, fs)
+    stages.lap("load", f"{len(data.y):,} rows, {len(data.feature_names)} features")
     train, valid, test = time_split(data.ts, cfg.train_fraction, cfg.valid_fraction)
     booster = fit(data, train, valid, cfg)
     y_va, y_te = data.y[valid.start : valid.stop], data.y[test.start : test.stop]
@@ -201,10 +215,12 @@ def train_model(
         "test": summary(y_te, p_te, threshold, cfg.calibration_bins),
         "validation": summary(y_va, p_va, threshold, cfg.calibration_bins),
     }
+    stages.lap("model")
     request_cols = [data.feature_names.index(n) for n in fs.request_features]
-    baseline = fit(data, train, valid, cfg, request_cols)
+    baseline = fit(data, train, valid, cfg, request_cols, label="train, request-time only")
     p_base = predict(baseline, data, test, request_cols)
     ab = ablation(y_te, p_base, p_te, [data.feature_names[c] for c in request_cols])
+    stages.lap("ablation")
     onnx_bytes = export_onnx(booster, len(data.feature_names))
     x_te = data.X[test.start : test.stop]
     parity = float(np.max(np.abs(onnx_probability(onnx_session(onnx_bytes), x_te) - p_te)))
@@ -213,6 +229,7 @@ def train_model(
             f"parity: ONNX differs from XGBoost by {parity:.3g} on test "
             f"(tolerance {PARITY_TOLERANCE}); not published"
         )
+    stages.lap("onnx_parity", f"max |diff| {parity:.2g}")
     seconds = time.perf_counter() - started
     imp = importance(booster, data.feature_names)
     from flows.profiles import build_profile, write_profile  # the drift reference
@@ -263,6 +280,8 @@ def train_model(
     version = publish(registry, write, meta)
     if promote:
         set_alias(registry, alias, version)
+    stages.lap("publish", f"{version} in {registry}")
+    stages.close()
     version_dir = registry / "versions" / version
     meta = {**meta, "version": version}
     if mlflow is not None:

@@ -145,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the whole loop on embedded defaults")
     d.add_argument("--events", type=int, default=200_000)
-    d.add_argument("--out", type=Path, help="demo folder (default: <data-dir>/demo)")
+    d.add_argument("--out", type=Path, help="demo folder, a data root (default: the data dir)")
     d.add_argument("--score", type=int, default=1000, help="events scored over gRPC")
     d.add_argument("--kafka", action="store_true", help="stream through SKEWLESS_KAFKA_BOOTSTRAP")
     d.add_argument("--redis", action="store_true", help="online store on SKEWLESS_REDIS_URL")

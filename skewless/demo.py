@@ -33,14 +33,46 @@ from features.settings import Settings
 ROOT = Path(__file__).resolve().parents[1]
 
 
-#: when each step of the running demo began (perf_counter): the report's step timings
-_STARTED: dict[str, float] = {}
+#: marks a folder the demo wrote (and may wipe); any other non-empty folder is refused
+MARKER = ".skewless-demo"
 
 
-def _step(name: str) -> float:
-    print(f"-> {name}", flush=True)
-    _STARTED[name] = time.perf_counter()
-    return _STARTED[name]
+class Steps:
+    """Prints each step as it starts and its time when it ends; the seconds land in
+    ``seconds`` (the report's ``steps``)."""
+
+    def __init__(self, seconds: dict[str, float]) -> None:
+        self.seconds = seconds
+        self.name = ""
+        self.began = 0.0
+
+    def __call__(self, name: str, label: str) -> float:
+        self.done()
+        print(f"-> {label}", flush=True)
+        self.name, self.began = name, time.perf_counter()
+        return self.began
+
+    def done(self) -> None:
+        if self.name:
+            self.seconds[self.name] = round(time.perf_counter() - self.began, 1)
+            print(f"   {self.seconds[self.name]} s", flush=True)
+            self.name = ""
+
+
+def prepare(out: Path) -> None:
+    """An empty folder for the demo: a new one, or one an earlier demo wrote (wiped). A
+    folder with other data is refused, naming it: the demo writes a data root (registry,
+    store, logs) and must not mix its model and state with someone else's."""
+    if out.exists() and any(out.iterdir()):
+        earlier = (out / "report.json").exists() and (out / "history.parquet").exists()
+        if not (out / MARKER).exists() and not earlier:
+            raise ValueError(
+                f"demo: {out} already holds data the demo did not write; run it in its own "
+                f"data root, e.g. `skewless --data-dir {out / 'demo'} demo`"
+            )
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by `skewless demo`; the next demo run wipes this folder\n")
 
 
 def _free_port() -> int:
@@ -57,10 +89,13 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     from flows.simulate import SimulationConfig, simulate, write_events
     from flows.stream import StreamConfig, build_flow
     from flows.stream_io import METRICS
+    from flows.stream_summary import print_summary, watch
     from flows.train import train_model
     from skewless.verify import check_online_states
 
-    out: Path = (args.out or settings.data_dir / "demo").resolve()
+    # the demo's folder is a data root: `skewless --data-dir OUT models|serve|verify` find
+    # its registry, online store and prediction log there
+    out: Path = (args.out or settings.data_dir).resolve()
     kafka = settings.kafka_bootstrap if args.kafka else ""
     redis_url = settings.redis_url if args.redis else ""
     if args.kafka and not kafka:
@@ -77,14 +112,12 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
         from flows.stream_run import preflight
 
         preflight(dataclasses.replace(settings, kafka_bootstrap=kafka, redis_url=redis_url))
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    report: dict[str, Any] = {"out": str(out)}
+    prepare(out)
+    report: dict[str, Any] = {"out": str(out), "steps": {}}
     began = time.perf_counter()
-    _STARTED.clear()
+    step = Steps(report["steps"])
 
-    t = _step(f"simulate {args.events:,} events")
+    step("simulate", f"simulate {args.events:,} events")
     table = simulate(SimulationConfig(events=args.events), progress=sys.stderr.isatty())
     write_events(table, out / "events.parquet")
     ms = pc.cast(table.column("event_time"), pa.int64())
@@ -96,20 +129,21 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     pq.write_table(latest, out / "latest_day.parquet")
     report["events"] = {"history": history.num_rows, "latest_day": latest.num_rows}
 
-    t = _step("backfill the history")
+    t = step("backfill", "backfill the history")
     bf = run_backfill(REFERENCE, out / "history.parquet", out / "backfill")
     report["backfill_seconds"] = round(time.perf_counter() - t, 1)
     report["backfill"] = {"rejected": bf.rejected, "duplicates": bf.duplicates, "late": bf.late}
 
-    t = _step("train (time-based split, ablation, ONNX parity)")
+    t = step("train", "train (time-based split, ablation, ONNX parity)")
+    registry = out / "registry"  # its own, even when SKEWLESS_REGISTRY_DIR names another
     trained = train_model(
-        out / "backfill" / "features.parquet", out / "registry", REFERENCE, out=lambda _: None
+        out / "backfill" / "features.parquet", registry, REFERENCE, out=lambda _: None
     )
     meta = trained.metadata
     report["model"] = {"version": trained.version, **_pick(meta)}
     report["train_seconds"] = round(time.perf_counter() - t, 1)
 
-    t = _step("feast materialize the backfill's end state (bootstrap)")
+    step("materialize", "feast materialize the backfill's end state (bootstrap)")
     store_cfg = StoreConfig(redis_url=redis_url, workdir=out / "feast")
     fstore = open_feature_store(store_cfg, REFERENCE, data_dir=out / "backfill" / "feast")
     from datetime import UTC, datetime
@@ -117,7 +151,8 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     fstore.materialize(datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
 
     source = f"Kafka at {kafka}" if kafka else "a Parquet replay"
-    t = _step(f"stream the latest day ({latest.num_rows:,} events) from {source} through Bytewax")
+    label = f"stream the latest day ({latest.num_rows:,} events) from {source} through Bytewax"
+    t = step("stream", label)
     topic = ""
     if kafka:
         topic = _produce(kafka, latest)
@@ -127,16 +162,19 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
         replay_path=replay, out_dir=out / "stream", tail=False,
     )  # fmt: skip
     fresh_before = _hist(METRICS.freshness)
-    run_main(build_flow(REFERENCE, cfg))
+    with watch(latest.num_rows) as counted:
+        run_main(build_flow(REFERENCE, cfg))
+    counts = print_summary(counted, REFERENCE, cfg)
     stream_s = time.perf_counter() - t
     report["stream"] = {
         "events": latest.num_rows, "seconds": round(stream_s, 1),
         "source": "kafka" if kafka else "replay",
         "events_per_s": round(latest.num_rows / stream_s),
         "freshness": _hist_summary(_hist(METRICS.freshness), fresh_before),
+        "counts": counts.to_dict(),
     }  # fmt: skip
 
-    t = _step("skew check: online state vs backfill over all events")
+    step("skew_online", "skew check: online state vs backfill over all events")
     _, accepted, _, _ = load_events(REFERENCE, table, BackfillReport())
     store = open_store(store_cfg, REFERENCE)
     skew = check_online_states(
@@ -144,32 +182,35 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     )
     report["skew_online_state"] = {"compared": skew.compared, "mismatches": skew.mismatches}
 
-    t = _step("serve over gRPC and score the last hour's events")
+    step("serve_score", "serve over gRPC and score the last hour's events")
     scored = latest.filter(
         pc.greater_equal(pc.cast(latest.column("event_time"), pa.int64()), end - MS_PER_HOUR)
     )
     scored = scored.slice(0, args.score)
-    latencies, used = _score_over_grpc(out, scored, redis_url)
+    apart = settings.registry_dir != settings.data_dir / "registry"  # SKEWLESS_REGISTRY_DIR
+    latencies, used = _score_over_grpc(out, scored, redis_url, registry_apart=apart)
     report["scoring"] = {
         "requests": len(latencies),
         "p50_ms": round(float(np.percentile(latencies, 50)), 3),
         "p99_ms": round(float(np.percentile(latencies, 99)), 3),
     }
 
-    t = _step("skew check: features the server used vs the backfill at the same event time")
+    step("skew_scored", "skew check: features the server used vs the backfill at the same time")
     from flows.backfill import compute_features
 
     want = compute_features(REFERENCE, scored, accepted)
     report["skew_scored"] = _compare_scored(used, want)
     from skewless.demo_report import write_html
-    from skewless.demo_report_tables import step_seconds
 
-    report["steps"] = step_seconds(_STARTED, time.perf_counter())
+    step.done()
     report["total_seconds"] = round(time.perf_counter() - began, 1)
     (out / "report.json").write_text(json.dumps(report, indent=2))
 
     write_html(out, report, latencies, trained.version_dir)
     _print(report)
+    from skewless.demo_commands import print_commands
+
+    print_commands(out, settings, scored, kafka=bool(kafka), redis=bool(redis_url))
     return 0 if report["skew_scored"]["mismatches"] == 0 and skew.mismatches == 0 else 1
 
 
@@ -225,7 +266,7 @@ def _produce(bootstrap: str, table: pa.Table) -> str:
 
 
 def _score_over_grpc(
-    out: Path, scored: pa.Table, redis_url: str = ""
+    out: Path, scored: pa.Table, redis_url: str = "", registry_apart: bool = False
 ) -> tuple[list[float], list[dict[str, float]]]:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -238,9 +279,11 @@ def _score_over_grpc(
     plan = compile_plan(REFERENCE)
     port = _free_port()
     log = (out / "serve.log").open("wb")
+    # as the printed `serve` command: the data root says where registry, store and log are
     cmd = [sys.executable, "-m", "skewless", "--data-dir", str(out), "serve",
-           "--address", f"127.0.0.1:{port}", "--registry", str(out / "registry"),
-           "--redis-url", redis_url]  # fmt: skip
+           "--address", f"127.0.0.1:{port}", "--redis-url", redis_url]  # fmt: skip
+    if registry_apart:
+        cmd += ["--registry", str(out / "registry")]
     server = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")

@@ -19,16 +19,6 @@ KNOWN = {
 }  # fmt: skip
 
 
-def step_seconds(starts: Mapping[str, float], end: float) -> dict[str, float]:
-    """Wall seconds per step from each step's start (in order) and the end of the last.
-
-    >>> step_seconds({"simulate": 10.0, "backfill": 12.5, "train": 13.0}, 33.25)
-    {'simulate': 2.5, 'backfill': 0.5, 'train': 20.2}
-    """
-    names, times = list(starts), [*starts.values(), end]
-    return {n: round(times[i + 1] - times[i], 1) for i, n in enumerate(names)}
-
-
 def bucket_quantile(buckets: Sequence[Sequence[float]], rows: int, q: float) -> tuple[float, ...]:
     """``(estimate, low, high)`` of quantile ``q`` from cumulative histogram buckets
     ``[[upper_bound, count_at_most], ...]`` (finite bounds; ``rows`` in all): linear within

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -319,12 +320,15 @@ def test_demo_against_real_kafka_and_redis(
     env.update(
         SKEWLESS_KAFKA_BOOTSTRAP=kafka_bootstrap, SKEWLESS_REDIS_URL=sup.redis_db_url(redis_url, 9)
     )
-    cmd = [sys.executable, "-m", "skewless", "--data-dir", str(tmp_path), "demo", "--kafka", "--redis",
+    cmd = [sys.executable, "-m", "skewless", "--data-dir", str(tmp_path / "demo"), "demo", "--kafka", "--redis",
            "--events", "30000", "--score", "100"]  # fmt: skip
     done = subprocess.run(cmd, cwd=sup.ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert "Kafka at" in done.stdout
+    # not a terminal: produce and the stream log a line each with their count and time
+    assert re.search(r"produce skewless-demo-\d+: [\d,]+ events in \d+\.\d s", done.stderr)
+    assert re.search(r"stream: [\d,]+ events in \d+\.\d s", done.stderr)
     assert (
         report["skew_online_state"]["mismatches"] == 0
         and report["skew_online_state"]["compared"] > 1000

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -30,7 +31,9 @@ def _skewless(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
     data = tmp_path_factory.mktemp("demo")
     # a relative data dir, as `make demo` uses
-    done = _skewless("--data-dir", "out", "demo", "--events", "40000", "--score", "200", cwd=data)
+    done = _skewless(
+        "--data-dir", "out/demo", "demo", "--events", "40000", "--score", "200", cwd=data
+    )
     return data / "out" / "demo", done
 
 
@@ -89,3 +92,46 @@ def test_verify_passes_on_the_demo_and_catches_a_tampered_prediction(
     assert body["predictions"]["features"]["card_txn_count_24h"]["mismatches"] == log.num_rows
     assert body["predictions"]["features"]["card_amount_sum_24h"]["mismatches"] == 0
     assert body["predictions"]["max_score_delta"] > 0
+
+
+def _printed(stdout: str, subcommand: str) -> list[str]:
+    """The command the demo printed for ``subcommand``, as argv (comment cut)."""
+    [line] = [x for x in stdout.splitlines() if f" {subcommand} " in f"{x} " and "--data-dir" in x]
+    return shlex.split(line.split("#")[0])
+
+
+def test_the_data_dir_moves_everything_and_the_printed_commands_work(
+    demo: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    """`skewless --data-dir out/demo demo`, then `--data-dir out/demo` finds the demo's
+    registry (models list, serve's alias), store and prediction log (verify): the demo's
+    closing commands, run exactly as printed from the same working directory."""
+    out, done = demo
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (out / "registry" / "aliases" / "production").is_file()
+    assert not (out / "demo").exists()  # the data dir is the demo's folder, not its parent
+    for sub in ("serve", "score", "verify", "models"):
+        assert _printed(done.stdout, sub)[1:3] == ["--data-dir", "out/demo"]
+
+    listed = subprocess.run(
+        _printed(done.stdout, "models"), cwd=out.parent.parent, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    assert "v0001" in listed.stdout and "production" in listed.stdout, listed.stdout
+
+    verified = subprocess.run(
+        _printed(done.stdout, "verify"), cwd=out.parent.parent, capture_output=True,
+        text=True, timeout=600,
+    )  # fmt: skip
+    assert verified.returncode == 0, verified.stdout[-2000:] + verified.stderr[-2000:]
+    body = json.loads(verified.stdout)
+    assert body["mismatches"] == 0 and body["predictions"]["rows"] > 0
+
+
+def test_the_demo_refuses_a_folder_holding_other_data(tmp_path: Path) -> None:
+    (tmp_path / "registry").mkdir()
+    done = _skewless("--data-dir", str(tmp_path), "demo", "--events", "1000")
+    assert done.returncode == 2
+    assert "already holds data the demo did not write" in done.stderr
+    assert (tmp_path / "registry").is_dir()
