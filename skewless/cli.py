@@ -130,6 +130,9 @@ def _parser() -> argparse.ArgumentParser:
     from flows.monitor_cli import add_cli as add_monitor_cli  # `monitor`
 
     add_monitor_cli(sub, command)
+    from flows.predict import add_cli as add_predict_cli  # `predict`
+
+    add_predict_cli(sub, command)
     from serving.cli import add_cli as add_serving_cli  # `serve` and `score`
 
     add_serving_cli(sub, command)
