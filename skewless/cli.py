@@ -133,6 +133,9 @@ def _parser() -> argparse.ArgumentParser:
     from flows.predict import add_cli as add_predict_cli  # `predict`
 
     add_predict_cli(sub, command)
+    from flows.retrain import add_cli as add_retrain_cli  # `retrain`
+
+    add_retrain_cli(sub, command)
     from serving.cli import add_cli as add_serving_cli  # `serve` and `score`
 
     add_serving_cli(sub, command)
