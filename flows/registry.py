@@ -33,6 +33,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from flows.alias_history import record
+
 METADATA = "metadata.json"
 _VERSION = re.compile(r"^v(\d{4,})$")
 #: keys every metadata.json must have (training writes more)
@@ -105,9 +107,7 @@ def set_alias(root: Path, alias: str, version: str, action: str = "set") -> None
     tmp = root / "aliases" / f".{alias}.tmp"
     tmp.write_text(version + "\n")
     os.replace(tmp, root / "aliases" / alias)
-    from flows.alias_history import record  # the history is a log beside the aliases
-
-    record(root, alias, version, before, action)
+    record(root, alias, version, before, action)  # the alias history, beside the aliases
 
 
 def aliases(root: Path) -> dict[str, str]:

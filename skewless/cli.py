@@ -127,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     from flows.train import add_cli as add_train_cli  # `train` and `models`
 
     add_train_cli(sub, command)
-    from flows.alias_history import add_cli as add_rollback_cli  # `models rollback`
+    from flows.rollback import add_cli as add_rollback_cli  # `models rollback`
 
     add_rollback_cli(sub, command, _COMMANDS["models"])
     from flows.monitor_cli import add_cli as add_monitor_cli  # `monitor`
