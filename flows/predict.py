@@ -34,6 +34,8 @@ from flows.registry import resolve
 class PredictReport:
     events: int = 0
     rejected: int = 0
+    #: where the invalid events went, with their reasons (none: no file)
+    rejects_path: str | None = None
     scored: int = 0
     flagged: int = 0
     model_version: str = ""
@@ -62,9 +64,10 @@ def score_spine(
 
 def predict_table(
     fs: FeatureSet, events: pa.Table, model: ModelArtifacts, spine: pa.Table | None = None
-) -> tuple[pa.Table, PredictReport]:
+) -> tuple[pa.Table, PredictReport, pa.Table]:
     """Score ``spine`` (default: the valid events themselves, first copies) with features
-    from ``events``. Rows: the event id, event time, score, decision, threshold, version."""
+    from ``events``. Returns (rows: the event id, event time, score, decision, threshold,
+    version; the summary; the invalid events with ``row`` and ``reason``)."""
     report = BackfillReport()
     first, accepted, rejects, _ = load_events(fs, events, report)
     rows = first if spine is None else spine
@@ -86,7 +89,7 @@ def predict_table(
         flagged=int(model.flag(p).sum()),
         model_version=model.version,
     )
-    return out, summary
+    return out, summary, rejects
 
 
 def run_predict(
@@ -97,13 +100,18 @@ def run_predict(
     model_ref: str,
     spine_path: Path | None = None,
 ) -> PredictReport:
-    """``skewless predict``: read, score, write Parquet; returns the summary."""
+    """``skewless predict``: read, score, write Parquet (invalid events beside it as
+    ``<out>.rejects.parquet`` with their reasons); returns the summary."""
     model = read_artifacts(resolve(registry, model_ref), fs.fingerprint())
     events = pq.read_table(events_path)
     spine = pq.read_table(spine_path) if spine_path is not None else None
-    table, report = predict_table(fs, events, model, spine)
+    table, report, rejects = predict_table(fs, events, model, spine)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, out_path)
+    if rejects.num_rows:  # not scored, not lost
+        path = out_path.with_name(f"{out_path.stem}.rejects.parquet")
+        pq.write_table(rejects, path)
+        report.rejects_path = str(path)
     return report
 
 

@@ -134,7 +134,7 @@ def test_predict_equals_score(kind: str, tmp_path: Path) -> None:
     publish_synthetic_model(registry, fs=fs, rounds=60, max_depth=4, seed=3)
 
     model = read_artifacts(resolve(registry, "production"), fs.fingerprint())
-    predicted, report = predict_table(fs, history, model, spine=sample)
+    predicted, report, _ = predict_table(fs, history, model, spine=sample)
     assert report.scored == sample.num_rows == 180
 
     config = ServerConfig(
@@ -146,22 +146,30 @@ def test_predict_equals_score(kind: str, tmp_path: Path) -> None:
         server.wait_health("SERVING")
         messages = [event_message(r, plan) for r in _wire(fs, sample)]
         single = [server.stub.Score(pb.ScoreRequest(event=m), timeout=10) for m in messages]
+        batch = [
+            r
+            for i in range(0, len(messages), 100)
+            for r in server.stub.ScoreBatch(
+                pb.ScoreBatchRequest(events=messages[i : i + 100]), timeout=10
+            ).responses
+        ]
     finally:
         server.stop(0)
     served = [r.score for r in single]
     want = predicted.column("score").to_pylist()
     diff = [(i, a, b) for i, (a, b) in enumerate(zip(served, want, strict=True)) if a != b]
     assert diff == [], f"{len(diff)} of {len(want)} scores differ, e.g. {diff[:3]}"
+    assert [r.score for r in batch] == want  # ScoreBatch too
     assert predicted.column(fs.schema.event_id).to_pylist() == [r.transaction_id for r in single]
     assert [r.model_version for r in single] == predicted.column("model_version").to_pylist()
     assert len(set(served)) > 20  # the sample really exercises the model
     assert any(r.warnings for r in single[150:])  # the unknown entities were unknown
 
-    # verify's check over the server's prediction log: zero mismatches, and it can fail
+    # verify's check over the server's prediction log (Score and ScoreBatch): zero mismatches
     log = pa.concat_tables([pq.read_table(f) for f in sorted((tmp_path / "log").glob("*.parquet"))])
     _, accepted, _, _ = load_events(fs, history, BackfillReport())
     same = check_predict(fs, log, accepted, registry)
-    assert (same.compared, same.mismatches, same.max_abs_diff) == (180, 0, 0.0)
+    assert (same.compared, same.mismatches, same.max_abs_diff) == (360, 0, 0.0)
     scores = log.column("score").to_numpy().copy()
     scores[7] = np.nextafter(scores[7], 2.0)
     tampered = log.set_column(log.schema.get_field_index("score"), "score", pa.array(scores))
@@ -175,6 +183,10 @@ def test_predict_cli(tmp_path: Path) -> None:
     fs, _, events = _world("reference")
     registry = tmp_path / "registry"
     publish_synthetic_model(registry, fs=fs, rounds=10, seed=3)
+    bad = events.slice(0, 1)
+    bad = bad.set_column(bad.schema.get_field_index("amount"), "amount", pa.array([-1.0]))
+    bad = bad.set_column(0, "transaction_id", pa.array(["bad-1"]))
+    events = pa.concat_tables([events, bad])
     pq.write_table(events, tmp_path / "events.parquet")
     out = tmp_path / "pred" / "scores.parquet"
     argv = ["predict", "--events", str(tmp_path / "events.parquet"), "--out", str(out),
@@ -189,4 +201,7 @@ def test_predict_cli(tmp_path: Path) -> None:
     p = got.column("score").to_numpy()
     assert ((p >= 0) & (p <= 1)).all()
     assert (got.column("decision").to_numpy(zero_copy_only=False) == (p >= 0.5)).all()
+    rejects = pq.read_table(tmp_path / "pred" / "scores.rejects.parquet")
+    assert "bad-1" in rejects.column("transaction_id").to_pylist()
+    assert "bad-1" not in got.column("transaction_id").to_pylist()
     assert main([*argv[:-1], str(tmp_path / "nowhere")]) == 2  # a missing registry: one line
