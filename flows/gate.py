@@ -15,6 +15,8 @@ With no champion (nothing served yet) only the first rule applies.
 >>> chall = {"pr_auc": 0.72, "calibration": {"ece": 0.015}, "positives": 40}
 >>> judge(Gate(), champ, chall).promote
 True
+>>> judge(Gate(), None, chall).passed[-1]
+'champion: none is served; the challenger is the first model'
 >>> v = judge(Gate(min_gain=0.2), champ, chall); v.promote, v.failed[0]
 (False, 'pr_auc: challenger 0.7200 < champion 0.6000 + min_gain 0.2000')
 """

@@ -184,6 +184,12 @@ def retrain(
             f"eval window: no labelled events in {iso(start)} .. {iso(cutoff)} "
             "(now - horizon); give a later --now or a shorter --horizon"
         )
+    champion_version = aliases(registry).get(cfg.alias)
+    champion = (  # first: a champion serving would refuse stops the run before training
+        read_artifacts(resolve(registry, champion_version), fs.fingerprint())
+        if champion_version
+        else None
+    )
     work_dir.mkdir(parents=True, exist_ok=True)
     train_path = work_dir / f"train-features-{now_ms}.parquet"
     pq.write_table(train_rows, train_path)
@@ -191,12 +197,6 @@ def retrain(
         train_path, registry, fs, cfg.train, promote=False, alias=cfg.alias, out=lambda _: None
     )
     challenger = read_artifacts(result.version_dir, fs.fingerprint())
-    champion_version = aliases(registry).get(cfg.alias)
-    champion = (
-        read_artifacts(resolve(registry, champion_version), fs.fingerprint())
-        if champion_version
-        else None
-    )
     m_chall = _metrics(challenger, window, y)
     m_champ = _metrics(champion, window, y) if champion is not None else None
     verdict = judge(cfg.gate, m_champ, m_chall)
