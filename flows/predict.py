@@ -103,6 +103,8 @@ def run_predict(
     """``skewless predict``: read, score, write Parquet (invalid events beside it as
     ``<out>.rejects.parquet`` with their reasons); returns the summary."""
     model = read_artifacts(resolve(registry, model_ref), fs.fingerprint())
+    if not Path(events_path).is_file():
+        raise FileNotFoundError(f"events: {events_path} does not exist")
     events = pq.read_table(events_path)
     spine = pq.read_table(spine_path) if spine_path is not None else None
     table, report, rejects = predict_table(fs, events, model, spine)

@@ -165,6 +165,8 @@ def retrain(
     """One retraining run (see the module docstring); returns the decision record."""
     if fs.label is None:
         raise ValueError(f"label: the definitions (project {fs.project}) name no label column")
+    if not Path(events_path).is_file():
+        raise FileNotFoundError(f"events: {events_path} does not exist")
     events = pq.read_table(events_path)
     history = events.filter(pa.array(_ms(events.column(fs.schema.event_time)) <= now_ms))
     first, accepted, _, _ = load_events(fs, history, BackfillReport())
