@@ -33,6 +33,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from flows.alias_history import record
+
 METADATA = "metadata.json"
 _VERSION = re.compile(r"^v(\d{4,})$")
 #: keys every metadata.json must have (training writes more)
@@ -96,14 +98,16 @@ def publish(root: Path, write: Callable[[Path], Any], metadata: dict[str, Any]) 
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def set_alias(root: Path, alias: str, version: str) -> None:
-    """Point ``alias`` at ``version`` atomically."""
+def set_alias(root: Path, alias: str, version: str, action: str = "set") -> None:
+    """Point ``alias`` at ``version`` atomically; the move is appended to its history."""
     if not (root / "versions" / version).is_dir():
         raise RegistryError(f"version: {version} is not in {root}")
     (root / "aliases").mkdir(parents=True, exist_ok=True)
+    before = aliases(root).get(alias)
     tmp = root / "aliases" / f".{alias}.tmp"
     tmp.write_text(version + "\n")
     os.replace(tmp, root / "aliases" / alias)
+    record(root, alias, version, before, action)  # the alias history, beside the aliases
 
 
 def aliases(root: Path) -> dict[str, str]:

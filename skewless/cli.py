@@ -152,9 +152,18 @@ def _parser() -> argparse.ArgumentParser:
     from flows.train import add_cli as add_train_cli  # `train` and `models`
 
     add_train_cli(sub, command)
+    from flows.rollback import add_cli as add_rollback_cli  # `models rollback`
+
+    add_rollback_cli(sub, command, _COMMANDS["models"])
     from flows.monitor_cli import add_cli as add_monitor_cli  # `monitor`
 
     add_monitor_cli(sub, command)
+    from flows.predict import add_cli as add_predict_cli  # `predict`
+
+    add_predict_cli(sub, command)
+    from flows.retrain import add_cli as add_retrain_cli  # `retrain`
+
+    add_retrain_cli(sub, command)
     from serving.cli import add_cli as add_serving_cli  # `serve` and `score`
 
     add_serving_cli(sub, command)

@@ -267,6 +267,11 @@ def run_verify(args: Any, settings: Any) -> int:
         preds = check_predictions(fs, log, events, registry if registry.is_dir() else None)
         body["predictions"] = {**asdict(preds), "mismatches": preds.mismatches}
         total += preds.mismatches
+        if registry.exists():  # predict == Score, bit for bit
+            from skewless.verify_predict import check_predict
+
+            same = check_predict(fs, log, events, registry)
+            body["predict_equals_score"], total = same.to_dict(), total + same.mismatches
     body["mismatches"] = total
     print(_json.dumps(body, indent=2, sort_keys=True))
     return 1 if total else 0
