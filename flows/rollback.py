@@ -19,7 +19,6 @@ flows.registry.RegistryError: alias: 'production' has no earlier version recorde
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,45 +46,3 @@ def rollback(root: Path, alias: str, check: Callable[[Path], Any] | None = None)
         check(root / "versions" / target)
     set_alias(root, alias, target, action="rollback")
     return current, target
-
-
-Handler = Callable[[argparse.Namespace, Any], int]
-
-
-def add_cli(
-    sub: argparse._SubParsersAction,
-    command: Callable[[str], Callable[[Handler], Handler]],
-    models: Handler,
-) -> None:
-    """Add ``skewless models rollback`` beside the actions ``models`` (its handler)
-    already has.
-
-    >>> p = argparse.ArgumentParser(prog="skewless"); sub = p.add_subparsers(dest="command")
-    >>> from flows.train import add_cli as add_train
-    >>> add_train(sub, lambda name: lambda fn: fn)
-    >>> add_cli(sub, lambda name: lambda fn: fn, lambda a, s: 0)
-    >>> a = p.parse_args(["models", "rollback", "--alias", "canary"]); (a.models_command, a.alias)
-    ('rollback', 'canary')
-    """
-    parser = sub.choices["models"]
-    actions = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    rb = actions.add_parser("rollback", help="move an alias back to its previous version")
-    rb.add_argument("--alias", help="default: SKEWLESS_MODEL_ALIAS (production)")
-    rb.add_argument("--registry", type=Path, help="default: SKEWLESS_REGISTRY_DIR")
-
-    def handler(args: argparse.Namespace, settings: Any) -> int:
-        if args.models_command != "rollback":
-            return models(args, settings)
-        from features.loader import load_definitions
-        from flows.artifacts import read_artifacts
-
-        fingerprint = load_definitions(settings.definitions).fingerprint()
-        alias = args.alias or settings.model_alias
-        before, after = rollback(
-            args.registry or settings.registry_dir, alias,
-            check=lambda d: read_artifacts(d, fingerprint),  # refuse what serving would
-        )  # fmt: skip
-        print(f"{alias}: {before} -> {after} (rollback)")
-        return 0
-
-    command("models")(handler)

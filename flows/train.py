@@ -46,12 +46,11 @@ from flows.artifacts import (
     export_onnx,
     onnx_probability,
     onnx_session,
-    read_artifacts,
 )
 from flows.dataset import Dataset, Split, load_dataset, time_split
 from flows.metrics import summary, threshold_at_fpr
-from flows.registry import aliases, publish, resolve, set_alias, sha256_file
-from flows.train_report import ablation, models_table, report
+from flows.registry import publish, set_alias, sha256_file
+from flows.train_report import ablation, report
 
 #: the parity the ONNX artifact must reach against XGBoost on the test split
 PARITY_TOLERANCE = 1e-5
@@ -296,13 +295,13 @@ Handler = Callable[[argparse.Namespace, Any], int]
 def add_cli(
     sub: argparse._SubParsersAction, command: Callable[[str], Callable[[Handler], Handler]]
 ) -> None:
-    """Add ``skewless train`` and ``skewless models {list,promote}`` to the CLI; handlers
-    are registered with ``command(name)`` and receive ``(args, settings)``.
+    """Add ``skewless train`` to the CLI (``models`` lives in :mod:`flows.models_cli`);
+    the handler is registered with ``command(name)`` and receives ``(args, settings)``.
 
     >>> p = argparse.ArgumentParser(prog="skewless"); sub = p.add_subparsers(dest="command")
     >>> add_cli(sub, lambda name: lambda fn: fn)
-    >>> a = p.parse_args(["models", "promote", "v0002"]); (a.models_command, a.version, a.alias)
-    ('promote', 'v0002', None)
+    >>> p.parse_args(["train", "--features", "f.parquet"]).features
+    PosixPath('f.parquet')
     """
     d = TrainConfig()
     t = sub.add_parser(
@@ -329,20 +328,7 @@ def add_cli(
     t.add_argument("--no-promote", action="store_true", help="register without moving the alias")
     t.add_argument("--mlflow-uri", help="also log the run to MLflow (SKEWLESS_MLFLOW_URI)")
 
-    m = sub.add_parser("models", help="list registered model versions, move aliases")
-    actions = m.add_subparsers(dest="models_command", required=True, metavar="ACTION")
-    ls = actions.add_parser("list", help="every version, its aliases, test metrics and integrity")
-    ls.add_argument(
-        "--registry", type=Path, help="registry directory (default: SKEWLESS_REGISTRY_DIR)"
-    )
-    pr = actions.add_parser("promote", help="point an alias at a version (checked first)")
-    pr.add_argument("version")
-    pr.add_argument("--alias", help="default: SKEWLESS_MODEL_ALIAS (production)")
-    pr.add_argument(
-        "--registry", type=Path, help="registry directory (default: SKEWLESS_REGISTRY_DIR)"
-    )
     command("train")(_train_command)
-    command("models")(_models_command)
 
 
 def _train_command(args: argparse.Namespace, settings: Any) -> int:
@@ -364,22 +350,4 @@ def _train_command(args: argparse.Namespace, settings: Any) -> int:
         args.features, args.registry or settings.registry_dir, fs, cfg,
         promote=not args.no_promote, alias=args.alias or settings.model_alias, mlflow_uri=uri,
     )  # fmt: skip
-    return 0
-
-
-def _models_command(args: argparse.Namespace, settings: Any) -> int:
-    from features.loader import load_definitions
-
-    fs = load_definitions(settings.definitions)
-
-    root = args.registry or settings.registry_dir
-    if args.models_command == "list":
-        print(models_table(root, fs.fingerprint()))
-        return 0
-    alias = args.alias or settings.model_alias
-    # refuse what serving would refuse
-    read_artifacts(resolve(root, args.version), fs.fingerprint())
-    before = aliases(root).get(alias)
-    set_alias(root, alias, args.version)
-    print(f"{alias}: {before or '(unset)'} -> {args.version}")
     return 0

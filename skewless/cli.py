@@ -149,12 +149,12 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--score", type=int, default=1000, help="events scored over gRPC")
     d.add_argument("--kafka", action="store_true", help="stream through SKEWLESS_KAFKA_BOOTSTRAP")
     d.add_argument("--redis", action="store_true", help="online store on SKEWLESS_REDIS_URL")
-    from flows.train import add_cli as add_train_cli  # `train` and `models`
+    from flows.train import add_cli as add_train_cli  # `train`
 
     add_train_cli(sub, command)
-    from flows.rollback import add_cli as add_rollback_cli  # `models rollback`
+    from flows.models_cli import add_cli as add_models_cli  # `models`
 
-    add_rollback_cli(sub, command, _COMMANDS["models"])
+    add_models_cli(sub, command)
     from flows.monitor_cli import add_cli as add_monitor_cli  # `monitor`
 
     add_monitor_cli(sub, command)

@@ -35,6 +35,7 @@ from flows.metrics import (
     summary,
     threshold_at_fpr,
 )
+from flows.models_cli import add_cli as add_models_cli
 from flows.registry import RegistryError, aliases, read_metadata, versions
 from flows.simulate import SimulationConfig, simulate
 from flows.tracking import log_mlflow
@@ -336,6 +337,7 @@ def test_cli_train_list_promote(
     parser = argparse.ArgumentParser(prog="skewless")
     sub = parser.add_subparsers(dest="command", required=True)
     add_cli(sub, command)
+    add_models_cli(sub, command)
     settings = Settings(registry_dir=tmp_path / "reg")
 
     def run(*argv: str) -> int:
@@ -372,6 +374,10 @@ def test_cli_train_list_promote(
     assert aliases(tmp_path / "reg") == {"production": "v0002"}
     with pytest.raises(RegistryError, match=r"^version: v0009 is not in "):
         run("models", "promote", "v0009")
+    # v0001 is corrupt now: rolling production back to it is refused, nothing moves
+    with pytest.raises(RegistryError, match=r"does not match its sha256$"):
+        run("models", "rollback")
+    assert aliases(tmp_path / "reg") == {"production": "v0002"}
     # the tracking URI also comes from the environment; without mlflow the run stops early
     monkeypatch.setenv("SKEWLESS_MLFLOW_URI", "file:///tmp/mlruns")
     monkeypatch.setitem(sys.modules, "mlflow", None)
