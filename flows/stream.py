@@ -46,7 +46,7 @@ from flows.stream_io import (
     StoppableSource,
 )
 from flows.stream_kafka import KeyCheck, dlq_message, kafka_in, late_message
-from flows.stream_sink import HeldStates, OnlineStoreSink
+from flows.stream_sink import HeldStates, LossTicks, OnlineStoreSink
 
 log = logging.getLogger("skewless.stream")
 
@@ -328,6 +328,8 @@ def build_flow(fs: FeatureSet, cfg: StreamConfig) -> Dataflow:
             "late_rec", late_all, lambda x: DeadLetter(x.item.raw, "late", {"late_for": x.entity})
         )
         op.output("late_out", recs, JsonlSink(cfg.out_dir / "late"))
+    if cfg.tail and cfg.store.backend == "redis":  # an idle worker still checks its marker
+        rows.append(op.input("loss_ticks", flow, LossTicks()))
     op.output("online_store", op.merge("all_rows", *rows), OnlineStoreSink(cfg.store, fs, held))
     return flow
 

@@ -93,12 +93,16 @@ def _stop(proc: subprocess.Popen[Any], log: Path) -> None:
     assert rc == 0, log.read_text()[-2000:]
 
 
-@pytest.mark.parametrize("when", ["under_the_stream", "while_the_stream_was_down"])
+@pytest.mark.parametrize(
+    "when", ["under_the_stream", "under_an_idle_stream", "while_the_stream_was_down"]
+)
 def test_redis_restart_without_persistence_loses_no_entity(
     kafka_broker: KafkaBroker, kafka_admin_topic: Any, tmp_path: Path, when: str
 ) -> None:
-    """``while_the_stream_was_down``: the stream stops, Redis restarts empty, the stream
-    resumes from its recovery snapshot (its states come back, Redis has none of them)."""
+    """``under_an_idle_stream``: no event comes after the restart (the stream's once-a-
+    second check finds the loss). ``while_the_stream_was_down``: the stream stops, Redis
+    restarts empty, the stream resumes from its recovery snapshot (its states come back,
+    Redis has none of them)."""
     table = sup.events(3_000, seed=41, cards=300, merchants=40, days=2.0)
     first, rest = table.slice(0, 2_980), table.slice(2_980)
     server = RedisServer(tmp_path / "redis")  # its own: a restart empties every db
@@ -110,26 +114,31 @@ def test_redis_restart_without_persistence_loses_no_entity(
         log = tmp_path / "flow.log"
         env = sup.stream_env(kafka_broker.bootstrap, server.url, topic, tmp_path)
         env["SKEWLESS_METRICS_PORT"] = str(metrics := _free_port())
-        args = ("-r", str(tmp_path / "recovery"), "-s", "1") if when != "under_the_stream" else ()
+        down = when == "while_the_stream_was_down"
+        args = ("-r", str(tmp_path / "recovery"), "-s", "1") if down else ()
         proc = _start(env, log, *args)
         _wait_exact(server.url, first, proc, log)
         before = sup.dump(server.url)
         assert len(before) == len(_entity_keys(server.url, first))
 
-        if when != "under_the_stream":
+        if down:
             _stop(proc, log)
         server.stop()  # SHUTDOWN NOSAVE: the restart comes back empty
         server.start()
         assert redis.Redis.from_url(server.url).dbsize() == 0
-        if when != "under_the_stream":
+        if down:
             proc = _start(env, log, *args)
-        sup.produce_mixed(kafka_broker.bootstrap, topic, rest, [])
+        if when == "under_an_idle_stream":
+            table, rest = first, first.slice(0, 0)
+        else:
+            sup.produce_mixed(kafka_broker.bootstrap, topic, rest, [])
         _wait_exact(server.url, table, proc, log)
 
         after = sup.dump(server.url)
         touched = _entity_keys(server.url, rest)
         untouched = set(before) - touched
         assert len(untouched) > len(before) // 2  # most entities get no event after the loss
+        assert len(untouched) == len(before) or when != "under_an_idle_stream"
         assert {k: after.get(k) for k in untouched} == {k: before[k] for k in untouched}
         assert set(after) == _entity_keys(server.url, table)
 
