@@ -4,7 +4,8 @@ Steps: decode + validate with the definitions' schema (invalid -> dead letters w
 original bytes and a reason) -> for every entity of the definitions: key by its join key ->
 its engine (dedup, too-late routing, update: each entity decides on its own events) -> one
 batched write per batch of every touched entity's state and as-of-last-event features, in
-Feast's layout. Too-late events go to the late output naming the entity that dropped them.
+Feast's layout (``flows/stream_sink.py``: it also rewrites every held state when Redis
+lost its data). Too-late events go to the late output naming the entity that dropped them.
 
 Run it as ``skewless stream`` or ``python -m bytewax.run flows.stream:flow`` (settings from
 ``SKEWLESS_*`` variables). With recovery (``-r DIR -s 5 -b 0``) a restart resumes from
@@ -40,12 +41,12 @@ from flows.stream_io import (
     Ingested,
     JsonlSink,
     LateOut,
-    OnlineStoreSink,
     ParquetReplaySource,
     RowOut,
     StoppableSource,
 )
 from flows.stream_kafka import KeyCheck, dlq_message, kafka_in, late_message
+from flows.stream_sink import HeldStates, LossTicks, OnlineStoreSink
 from flows.stream_summary import COVERED
 
 log = logging.getLogger("skewless.stream")
@@ -110,17 +111,28 @@ def _is_row(x: RowOut | LateOut) -> TypeGuard[RowOut]:
     return type(x) is RowOut
 
 
-class EntityLogic(StatefulBatchLogic[Ingested, RowOut | LateOut, bytes]):
+class EntityLogic(StatefulBatchLogic[Ingested, RowOut | LateOut, tuple[int | None, bytes]]):
     """One entity's engine state (native core). Every entity sees every valid event and
     decides duplicates and lateness on its own events. Emits one :class:`RowOut` per batch
     that changed the state and a :class:`LateOut` per too-late event. Snapshots carry the
-    exact big-integer sums, so a resumed run stays byte-equal."""
+    entity id and the exact big-integer sums, so a resumed run stays byte-equal (and can
+    rewrite the state before its next event, should Redis lose it). The worker's
+    :class:`HeldStates` knows every logic that holds a state."""
 
-    def __init__(self, ctx: _EntityContext, resume: bytes | None) -> None:
+    def __init__(
+        self, ctx: _EntityContext, resume: tuple[int | None, bytes] | bytes | None
+    ) -> None:
         self.ctx = ctx
-        self.state: Any = ctx.core.restore(resume) if resume is not None else None
+        self.entity_id: int | None = None
+        self.state: Any = None
         #: the bootstrap state's newest event time: not applied at or before it = covered
         self.covered_until: int | None = None
+        if resume is not None:
+            if isinstance(resume, bytes):  # a snapshot from before the id was kept
+                resume = (None, resume)
+            self.entity_id, self.state = resume[0], ctx.core.restore(resume[1])
+            if self.entity_id is not None:
+                ctx.held.worker().add(ctx.name, ctx.core, self.entity_id, self, resumed=True)
 
     def on_batch(self, values: list[Ingested]) -> tuple[Iterable[RowOut | LateOut], bool]:
         ctx = self.ctx
@@ -128,9 +140,12 @@ class EntityLogic(StatefulBatchLogic[Ingested, RowOut | LateOut, bytes]):
             ctx.core, ctx.plan.key, ctx.plan.values, ctx.event_time, ctx.event_id
         )  # fmt: skip
         entity_id = key(values[0].event)
-        if self.state is None:
-            self.state = ctx.load(entity_id)
-            self.covered_until = self.state.max_seen
+        if self.entity_id is None:
+            if self.state is None:
+                self.state = ctx.load(entity_id)
+                self.covered_until = self.state.max_seen
+            self.entity_id = entity_id
+            ctx.held.worker().add(ctx.name, ctx.core, entity_id, self, resumed=False)
         state, until = self.state, self.covered_until
         out: list[RowOut | LateOut] = []
         changed, newest, late, dups, covered = False, 0, 0, 0, 0
@@ -161,10 +176,10 @@ class EntityLogic(StatefulBatchLogic[Ingested, RowOut | LateOut, bytes]):
             out.append(RowOut(ctx.name, row, newest))
         return out, StatefulBatchLogic.RETAIN
 
-    def snapshot(self) -> bytes:
-        # a logic exists only once a batch loaded its state (on_batch runs first)
+    def snapshot(self) -> tuple[int | None, bytes]:
+        # a logic exists only once a batch or a snapshot gave it a state
         assert self.state is not None
-        return self.ctx.core.snapshot(self.state)
+        return self.entity_id, self.ctx.core.snapshot(self.state)
 
 
 _MISSING = object()
@@ -230,6 +245,7 @@ class _EntityContext:
         entity: str,
         store: StoreConfig | None,
         prefetch: Prefetch | None = None,
+        held: HeldStates | None = None,
     ) -> None:
         self.plan = plan.entity(entity)
         self.fs = plan.fs
@@ -240,6 +256,7 @@ class _EntityContext:
         self.event_id = plan.event_id
         self.store = store
         self.prefetch = prefetch
+        self.held = held if held is not None else HeldStates()
 
     def load(self, entity_id: int) -> Any:
         """State for an entity this worker has no state for: the bootstrap state that
@@ -255,10 +272,15 @@ class _EntityContext:
 
 
 def _entity_step(
-    plan: Plan, name: str, up: Any, store: StoreConfig | None, prefetch: Prefetch | None
+    plan: Plan,
+    name: str,
+    up: Any,
+    store: StoreConfig | None,
+    prefetch: Prefetch | None,
+    held: HeldStates,
 ) -> tuple[Any, Any]:
     """One entity's step over every valid event: (its rows, its late events)."""
-    ctx = _EntityContext(plan, name, store, prefetch)
+    ctx = _EntityContext(plan, name, store, prefetch, held)
     key = ctx.plan.key
     keyed = op.key_on("key_" + name, up, lambda i: str(key(i.event)))
     out = op.key_rm(
@@ -300,8 +322,9 @@ def build_flow(fs: FeatureSet, cfg: StreamConfig) -> Dataflow:
         op.output("dlq", dead, JsonlSink(cfg.out_dir / "dlq"))
 
     rows, lates = [], []
+    held = HeldStates()
     for entity in plan.entities:
-        r, late = _entity_step(plan, entity.name, split.trues, store, prefetch)
+        r, late = _entity_step(plan, entity.name, split.trues, store, prefetch, held)
         rows.append(r)
         lates.append(late)
     late_all: Any = op.merge("late", *lates)
@@ -314,7 +337,9 @@ def build_flow(fs: FeatureSet, cfg: StreamConfig) -> Dataflow:
             "late_rec", late_all, lambda x: DeadLetter(x.item.raw, "late", {"late_for": x.entity})
         )
         op.output("late_out", recs, JsonlSink(cfg.out_dir / "late"))
-    op.output("online_store", op.merge("all_rows", *rows), OnlineStoreSink(cfg.store, fs))
+    if cfg.tail and cfg.store.backend == "redis":  # an idle worker still checks its marker
+        rows.append(op.input("loss_ticks", flow, LossTicks()))
+    op.output("online_store", op.merge("all_rows", *rows), OnlineStoreSink(cfg.store, fs, held))
     return flow
 
 

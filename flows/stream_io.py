@@ -25,7 +25,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from prometheus_client import Counter, Histogram, start_http_server
 
 from features.definitions import FeatureSet
-from features.store import OnlineRow, OnlineStore, StoreConfig, StoreUnavailableError, open_store
+from features.store import OnlineRow, OnlineStore, StoreConfig, open_store
 
 log = logging.getLogger("skewless.stream")
 
@@ -49,6 +49,13 @@ class _Metrics:
         self.key_mismatches = Counter(
             "skewless_stream_key_mismatches",
             "Kafka messages whose key is not the primary entity's id (or no key)",
+        )
+        self.redis_losses = Counter(
+            "skewless_stream_redis_data_lost",
+            "times a worker found Redis without its marker (restart, flush, failover)",
+        )
+        self.states_rewritten = Counter(
+            "skewless_stream_states_rewritten", "held entity states rewritten after a loss"
         )
         self.write_seconds = Histogram(
             "skewless_stream_sink_write_seconds", "one batched online-store write",
@@ -200,49 +207,6 @@ def store_for(cfg: StoreConfig, fs: FeatureSet) -> OnlineStore:
         if store is None:
             store = _stores[key] = open_store(cfg, fs)
         return store
-
-
-class _StorePartition(StatelessSinkPartition[tuple[str, OnlineRow, int]]):
-    def __init__(self, cfg: StoreConfig, fs: FeatureSet) -> None:
-        self.store = store_for(cfg, fs)
-
-    def write_batch(self, items: list[tuple[str, OnlineRow, int]]) -> None:
-        latest: dict[tuple[str, int], tuple[OnlineRow, int]] = {}
-        for entity, row, produced in items:  # the last row of a key holds its newest state
-            latest[(entity, row.entity_id)] = (row, produced)
-        by_entity: dict[str, list[OnlineRow]] = {}
-        for (entity, _), (row, _) in latest.items():
-            by_entity.setdefault(entity, []).append(row)
-        backoff = 0.1
-        while True:
-            start = time.perf_counter()
-            try:
-                for entity, rows in by_entity.items():
-                    self.store.write(entity, rows)
-                break
-            except StoreUnavailableError as exc:
-                METRICS.retries.inc()
-                log.warning("online store write failed: %s; retrying in %.1fs", exc, backoff)
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-        METRICS.write_seconds.observe(time.perf_counter() - start)
-        METRICS.rows.inc(len(latest))
-        now = time.time() * 1000
-        observe_many(
-            METRICS.freshness,
-            [max(now - produced, 0.0) / 1000 for _, produced in latest.values() if produced],
-        )
-
-
-class OnlineStoreSink(DynamicSink[tuple[str, OnlineRow, int]]):
-    """Batched writes of each touched entity's latest row; retries with backoff, forever,
-    so an outage stalls the flow (and Kafka buffers) instead of losing updates."""
-
-    def __init__(self, cfg: StoreConfig, fs: FeatureSet) -> None:
-        self.cfg, self.fs = cfg, fs
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _StorePartition:
-        return _StorePartition(self.cfg, self.fs)
 
 
 # -- files ---------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from features.loader import load_definitions
 from features.settings import Settings, masked_url
 from flows import stream_io
 from flows.stream import build_flow, config_from_settings
+from flows.stream_cluster import parse_addresses, wait_for_members
 from flows.stream_summary import print_summary, replay_rows, watch
 
 log = logging.getLogger("skewless.stream")
@@ -95,20 +96,27 @@ def _pong(url: str, timeout_s: float) -> bool:
 
 def run_stream(args: argparse.Namespace, settings: Settings) -> int:
     """Same flags as ``python -m bytewax.run`` (-w, -i, -a, -r, -s, -b); a recovery
-    directory that does not exist yet is initialized first."""
+    directory that does not exist yet is initialized first. A cluster member (-a, -i)
+    waits at most ``--cluster-timeout`` seconds for the others before Bytewax starts."""
     if not settings.kafka_bootstrap and args.replay is None:
         raise ValueError(
             "input: set SKEWLESS_KAFKA_BOOTSTRAP (start a broker with "
             "`scripts/services.sh kafka-start DIR`) or pass --replay EVENTS.parquet"
         )
+    members = parse_addresses(args.addresses, args.process_id)
+    timeout_s = getattr(args, "cluster_timeout", 60.0)
+    if timeout_s <= 0:
+        raise ValueError(f"--cluster-timeout: {timeout_s:g} must be > 0 seconds")
     with _stop_on_signals():
         topic = settings.topic if args.replay is None else None
         preflight(settings, topic=topic, create_topic=getattr(args, "create_topic", False))
-        _run(args, settings)
+        _run(args, settings, members, timeout_s)
     return 0
 
 
-def _run(args: argparse.Namespace, settings: Settings) -> None:
+def _run(
+    args: argparse.Namespace, settings: Settings, members: list[str] | None, timeout_s: float
+) -> None:
     from bytewax._bytewax import RecoveryConfig, cli_main, init_db_dir
 
     fs = load_definitions(settings.definitions)
@@ -121,13 +129,17 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
             args.recovery_directory.mkdir(parents=True)
             init_db_dir(args.recovery_directory, 1)
         recovery = RecoveryConfig(args.recovery_directory, timedelta(seconds=args.backup_interval))
-    addresses = args.addresses.split(";") if args.addresses else None
+    me = args.process_id or 0
+    if members is not None and not wait_for_members(
+        members, me, timeout_s, stream_io.stop_requested
+    ):
+        return  # Ctrl-C while waiting for the others
     with watch(replay_rows(args.replay)) as before:  # progress, then the summary
         cli_main(
             flow,
             workers_per_process=args.workers_per_process,
-            process_id=args.process_id,
-            addresses=addresses,
+            process_id=None if members is None else me,
+            addresses=members,
             epoch_interval=epoch,
             recovery_config=recovery,
         )

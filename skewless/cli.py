@@ -98,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("-w", "--workers-per-process", type=int, default=1)
     st.add_argument("-i", "--process-id", type=int)
     st.add_argument("-a", "--addresses", help="cluster: host:port;host:port (one per process)")
+    st.add_argument(
+        "--cluster-timeout", type=float, default=60.0, help="seconds to wait for the members"
+    )
     st.add_argument("-r", "--recovery-directory", type=Path)
     st.add_argument("-s", "--snapshot-interval", type=float, default=5.0, help="seconds")
     st.add_argument("-b", "--backup-interval", type=float, default=0.0, help="seconds")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from features.definitions import FeatureSet
@@ -206,6 +206,23 @@ class RedisStore:
         enc = self._hset[entity].command
         payload = b"".join([enc(r.entity_id, list(r.values), r.state, r.event_ts_ms) for r in rows])
         self._send(payload, len(rows))
+
+    def write_rows(
+        self,
+        by_entity: Mapping[str, Sequence[OnlineRow]],
+        then: Sequence[Sequence[str | bytes]] = (),
+    ) -> list[Any]:
+        """Every entity's rows, then the commands ``then``, in one pipeline; returns the
+        replies of ``then`` (the stream's loss marker rides along with its writes)."""
+        parts, n = [], 0
+        for entity, rows in by_entity.items():
+            enc = self._hset[entity].command
+            parts += [enc(r.entity_id, list(r.values), r.state, r.event_ts_ms) for r in rows]
+            n += len(rows)
+        parts += [_resp(*c) for c in then]
+        if not parts:
+            return []
+        return self._send(b"".join(parts), len(parts))[n:]
 
     def _send(self, payload: bytes, replies: int) -> list[Any]:
         try:

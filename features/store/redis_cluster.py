@@ -20,7 +20,7 @@ from __future__ import annotations
 import binascii
 import struct
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -331,6 +331,30 @@ class RedisClusterStore(RedisStore):
         enc = self._hset[entity].command
         commands = [enc(r.entity_id, list(r.values), r.state, r.event_ts_ms) for r in rows]
         self._call(self._slots_of([(entity, r.entity_id) for r in rows]), commands)
+
+    def write_rows(
+        self,
+        by_entity: Mapping[str, Sequence[OnlineRow]],
+        then: Sequence[Sequence[str | bytes]] = (),
+    ) -> list[Any]:
+        """As :meth:`RedisStore.write_rows`, each command sent to the node of its key (the
+        second word of each ``then`` command). The stream's loss marker lives on one node:
+        only that node's loss is noticed (README, Redis Cluster)."""
+        commands: list[bytes] = []
+        keys: list[tuple[str, int]] = []
+        for entity, rows in by_entity.items():
+            enc = self._hset[entity].command
+            commands += [enc(r.entity_id, list(r.values), r.state, r.event_ts_ms) for r in rows]
+            keys += [(entity, r.entity_id) for r in rows]
+        slots = self._slots_of(keys)
+        n = len(commands)
+        for c in then:
+            key = c[1] if isinstance(c[1], bytes) else c[1].encode()
+            slots.append(key_slot(key))
+            commands.append(_resp(*c))
+        if not commands:
+            return []
+        return self._call(slots, commands)[n:]
 
     def read_states(
         self, keys: Sequence[tuple[str, int]], bootstrap: bool = False

@@ -1,0 +1,288 @@
+"""The stream's online-store sink: one pipelined write per batch, retried while the store
+is down, and recovery from a Redis that lost its data.
+
+Redis can come back empty (a restart without persistence, a FLUSHALL) or older (a failover
+to a replica that lagged). The stream would then rewrite only the entities it touches
+again; the others would stay missing for good. So each worker's sink owns a marker key
+(``skewless:stream:<project>:live:<random>``) and rotates its token with every batch, in
+the same pipeline after the batch's rows: Redis applies a connection's commands in
+order, and a replica replicates them in order, so a marker that is not the token written
+last (or is missing) proves that some of this worker's writes are gone. The worker then
+rewrites every state it holds (:class:`HeldStates`), the very rows it wrote last.
+
+Why a marker rather than Redis' ``run_id``: the marker costs one command per batch and
+no extra round trip; it also catches a FLUSHALL (same ``run_id``) and a failover to a
+replica, lagging or not, that lacks the last token. A persistent per-worker key
+(``skewless:stream:<project>:worker:<index>``), read and set by a run's first check,
+tells a run resumed from a recovery snapshot that Redis lost the data while the stream
+was down: a worker whose key was missing rewrites its resumed states (they may come in
+after that first check: Bytewax builds them when the stateful step first runs).
+
+Bytewax workers are threads and a worker's stateful steps and its sink partition run on
+that worker's thread (rows are not exchanged before the sink), so the rewrite never reads
+a state halfway through an update.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any, Protocol, TypeVar
+
+from bytewax.inputs import DynamicSource, StatelessSourcePartition
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from features.definitions import FeatureSet
+from features.store import OnlineRow, StoreConfig, StoreUnavailableError
+from features.store.redis import RedisStore
+from flows.stream_io import METRICS, RowOut, observe_many, stop_requested, store_for
+
+log = logging.getLogger("skewless.stream")
+
+T = TypeVar("T")
+REWRITE_CHUNK = 2_000  # rows per pipeline when rewriting (states are a few KB each)
+MARKER_TTL_S = 7 * 86_400  # a stream idle longer than this rewrites once, needlessly
+TICK_S = 1.0  # an idle worker checks its marker this often
+
+
+class Tick:
+    """A worker's nudge to its own sink: check the marker even when no rows come (an idle
+    stream would otherwise notice a loss only at its next event)."""
+
+    __slots__ = ()
+
+
+TICK = Tick()
+
+
+class _TickPartition(StatelessSourcePartition[Tick]):
+    def __init__(self) -> None:
+        self.due = datetime.now(UTC) + timedelta(seconds=TICK_S)
+
+    def next_batch(self) -> list[Tick]:
+        if stop_requested():
+            raise StopIteration
+        now = datetime.now(UTC)
+        if now < self.due:
+            return []
+        self.due = now + timedelta(seconds=TICK_S)
+        return [TICK]
+
+    def next_awake(self) -> datetime:
+        return self.due
+
+
+class LossTicks(DynamicSource[Tick]):
+    """One :data:`TICK` per second on every worker (a tailing flow only: it never ends but
+    on a stop request). Merged straight into the sink's input, so each tick reaches the
+    sink of the worker that made it."""
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _TickPartition:
+        return _TickPartition()
+
+
+class _Holder(Protocol):
+    state: Any
+
+
+class _Held:
+    """One worker's held states: per entity, its native core and ``{id: logic}``."""
+
+    def __init__(self) -> None:
+        self.by_entity: dict[str, tuple[Any, dict[int, _Holder]]] = {}
+        self.resumed = 0
+
+    def add(self, entity: str, core: Any, entity_id: int, logic: _Holder, resumed: bool) -> None:
+        held = self.by_entity.get(entity)
+        if held is None:
+            held = self.by_entity[entity] = (core, {})
+        held[1][entity_id] = logic
+        self.resumed += resumed
+
+    def rows(self) -> dict[str, list[OnlineRow]]:
+        """The row of every held state, as the entity step writes it after a change."""
+        out: dict[str, list[OnlineRow]] = {}
+        for entity, (core, logics) in self.by_entity.items():
+            rows = out[entity] = []
+            for entity_id, logic in logics.items():
+                state = logic.state
+                if state is not None:
+                    features, blob = core.row(state)
+                    rows.append(OnlineRow(entity_id, state.max_seen, features, blob))
+        return out
+
+
+class HeldStates:
+    """Every entity state the flow's workers hold, one registry per worker thread. The
+    sink partition starts its worker's registry when built (before any state: Bytewax
+    builds sinks first, then the resumed states), the entity steps add to it."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def start_worker(self) -> _Held:
+        held = self._local.held = _Held()
+        return held
+
+    def worker(self) -> _Held:
+        held: _Held | None = getattr(self._local, "held", None)
+        return held if held is not None else self.start_worker()
+
+
+class LossWatch:
+    """A worker's marker in Redis: rotated with each pipelined write, checked on the reply."""
+
+    def __init__(self, store: RedisStore, worker_index: int) -> None:
+        self.store = store
+        self.run = secrets.token_hex(8).encode()
+        head = b"skewless:stream:" + store.project
+        self.key = head + b":live:" + self.run
+        self.start_key = head + b":worker:%d" % worker_index
+        self.seq = 0
+        self.last: bytes | None = None  # the token Redis holds after our last write
+        self.start_missing: bool | None = None  # the worker's key, at this run's first check
+        self.covered = 0  # resumed states already checked (or rewritten)
+
+    def write(self, by_entity: Mapping[str, Sequence[OnlineRow]], resumed: int) -> str:
+        """Write the rows and rotate the marker; '' if Redis kept everything, else why not.
+        ``resumed``: how many states the worker resumed from a snapshot so far."""
+        token = b"%s:%d" % (self.run, self.seq + 1)
+        then: list[tuple[str | bytes, ...]] = [
+            ("SET", self.key, token, "EX", str(MARKER_TTL_S), "GET")
+        ]
+        if self.start_missing is None:
+            then.append(("SET", self.start_key, b"1", "GET"))
+        replies = self.store.write_rows(by_entity, then)
+        old = replies[0]
+        # the token itself: a retried pipeline whose first try had landed
+        lost = "" if old in (self.last, token) else "missing" if old is None else "stale"
+        if self.start_missing is None:
+            self.start_missing = replies[1] is None
+        if self.start_missing and resumed > self.covered:
+            lost = lost or "missing"  # lost while the stream was down
+        if lost:
+            self.covered = resumed  # the rewrite that follows holds them all
+        self.seq, self.last = self.seq + 1, token
+        return lost and f"marker {lost}"
+
+    def close(self) -> None:
+        with contextlib.suppress(StoreUnavailableError, OSError, RuntimeError):
+            self.store.write_rows({}, [("DEL", self.key)])  # else it expires by itself
+
+
+def _retrying(write: Callable[[], T]) -> T:
+    """``write()`` until the store answers: an outage stalls the flow (and Kafka buffers)
+    instead of losing updates."""
+    backoff = 0.1
+    while True:
+        try:
+            return write()
+        except StoreUnavailableError as exc:
+            METRICS.retries.inc()
+            log.warning("online store write failed: %s; retrying in %.1fs", exc, backoff)
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+
+def _chunks(rows: dict[str, list[OnlineRow]], size: int) -> Iterator[dict[str, list[OnlineRow]]]:
+    chunk: dict[str, list[OnlineRow]] = {}
+    n = 0
+    for entity, entity_rows in rows.items():
+        for i in range(0, len(entity_rows), size):
+            part = entity_rows[i : i + size]
+            chunk.setdefault(entity, []).extend(part)
+            n += len(part)
+            if n >= size:
+                yield chunk
+                chunk, n = {}, 0
+    yield chunk
+
+
+class _StorePartition(StatelessSinkPartition[RowOut | Tick]):
+    def __init__(
+        self, cfg: StoreConfig, fs: FeatureSet, held: HeldStates, worker_index: int
+    ) -> None:
+        self.store = store_for(cfg, fs)
+        self.held = held.start_worker()
+        store = self.store
+        self.watch = LossWatch(store, worker_index) if isinstance(store, RedisStore) else None
+        self.checked = -float("inf")  # when the marker was last checked (monotonic)
+
+    def _write(self, by_entity: dict[str, list[OnlineRow]]) -> str:
+        if self.watch is None:
+            for entity, rows in by_entity.items():
+                self.store.write(entity, rows)
+            return ""
+        return self.watch.write(by_entity, self.held.resumed)
+
+    def write_batch(self, items: list[RowOut | Tick]) -> None:
+        latest: dict[tuple[str, int], tuple[OnlineRow, int]] = {}
+        for item in items:  # the last row of a key holds its newest state
+            if type(item) is RowOut:
+                latest[(item.entity, item.row.entity_id)] = (item.row, item.produced_ms)
+        if not latest:
+            self._tick()
+            return
+        by_entity: dict[str, list[OnlineRow]] = {}
+        for (entity, _), (row, _) in latest.items():
+            by_entity.setdefault(entity, []).append(row)
+        start = time.perf_counter()
+        lost = _retrying(lambda: self._write(by_entity))
+        self.checked = time.monotonic()
+        METRICS.write_seconds.observe(time.perf_counter() - start)
+        METRICS.rows.inc(len(latest))
+        now = time.time() * 1000
+        observe_many(
+            METRICS.freshness,
+            [max(now - produced, 0.0) / 1000 for _, produced in latest.values() if produced],
+        )
+        while lost:
+            lost = self._rewrite(lost)
+
+    def _tick(self) -> None:
+        """An idle worker's marker check, at most once a second; a store that does not
+        answer is tried again at the next tick (rows to write retry until it does)."""
+        if self.watch is None or time.monotonic() - self.checked < TICK_S:
+            return
+        try:
+            lost = self._write({})
+        except StoreUnavailableError:
+            return
+        self.checked = time.monotonic()
+        while lost:
+            lost = self._rewrite(lost)
+
+    def _rewrite(self, why: str) -> str:
+        """Every held state's row again; the marker rotates with each chunk, so a loss
+        during the rewrite starts it over."""
+        rows = self.held.rows()
+        n = sum(len(r) for r in rows.values())
+        log.warning("Redis lost its data (%s); rewriting %d held states", why, n)
+        METRICS.redis_losses.inc()
+        again = ""
+        for chunk in _chunks(rows, REWRITE_CHUNK):
+            again = _retrying(partial(self._write, chunk)) or again
+        METRICS.states_rewritten.inc(n)
+        return again
+
+    def close(self) -> None:
+        if self.watch is not None:
+            self.watch.close()
+
+
+class OnlineStoreSink(DynamicSink[RowOut | Tick]):
+    """Batched writes of each touched entity's latest row; retries with backoff, forever,
+    so an outage stalls the flow (and Kafka buffers) instead of losing updates; rewrites
+    the worker's held states when Redis lost them."""
+
+    def __init__(self, cfg: StoreConfig, fs: FeatureSet, held: HeldStates) -> None:
+        self.cfg, self.fs, self.held = cfg, fs, held
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _StorePartition:
+        return _StorePartition(self.cfg, self.fs, self.held, worker_index)
