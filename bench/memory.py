@@ -10,7 +10,8 @@ row compacts the state and encodes it), every state held in a dict by card id. R
   before the first reading);
 * ``heap_bytes_per_card``: what the core counts of its own allocations per state
   (``State.heap_bytes``; absent from a build that cannot count them);
-* ``encoded_bytes_per_card``: the mean serialized state, for scale.
+* ``encoded_bytes_per_card``: the mean serialized state, for scale;
+* ``events_per_s``: the feeding rate (update and row, one Python call each), for scale.
 
 The budget (DESIGN.md, performance budget: memory) is 2 KB live state per active card.
 ``SKEWLESS_BENCH_MEMORY_CARDS`` (comma-separated) sets the sizes; the default is 10k and
@@ -24,6 +25,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from typing import Any
 
 import numpy as np
@@ -59,6 +61,7 @@ def measure(cards: int, per_card: int = 8) -> dict[str, Any]:
     core = compile_core(compile_layouts(REFERENCE)["card"])
     ids, ts, amounts = events(cards, per_card)
     before = _rss()
+    start = time.perf_counter()
     states: dict[int, Any] = {}
     for i, (card, t, amount) in enumerate(zip(ids, ts, amounts, strict=True)):
         state = states.get(card)
@@ -66,12 +69,14 @@ def measure(cards: int, per_card: int = 8) -> dict[str, Any]:
             state = states[card] = core.new_state()
         if core.update(state, t, [amount], txid_hash_native(str(i))) == 0:
             core.row(state)
+    seconds = time.perf_counter() - start
     grown = _rss() - before
     heap = [getattr(s, "heap_bytes", None) for s in states.values()]
     encoded_total = sum(len(core.encode(s)) for s in states.values())
     out: dict[str, Any] = {
         "cards": cards,
         "events": len(ids),
+        "events_per_s": round(len(ids) / seconds),
         "rss_bytes_per_card": round(grown / cards),
         "encoded_bytes_per_card": round(encoded_total / cards),
         "budget_bytes": BUDGET_BYTES,
