@@ -12,7 +12,7 @@ from typing import Any
 
 from features.settings import Settings
 
-SUITES = ("backfill", "stream", "serve", "monitor")
+SUITES = ("backfill", "stream", "serve", "monitor", "memory")
 
 
 def run_suites(args: argparse.Namespace, settings: Settings) -> int:
@@ -46,6 +46,10 @@ def run_suites(args: argparse.Namespace, settings: Settings) -> int:
             from bench import detection
 
             results[name] = detection.run()
+        elif name == "memory":
+            from bench import memory
+
+            results[name] = memory.run()
         results[name]["suite_seconds"] = round(time.perf_counter() - start, 1)
     text = json.dumps(results, indent=2, default=str)
     print(text)

@@ -94,6 +94,12 @@ class State:
     def n_tiles(self) -> list[int]: ...
     @property
     def readonly(self) -> bool: ...
+    @property
+    def heap_bytes(self) -> int:
+        """Bytes the state holds: its own size and every allocation it owns."""
+    @property
+    def n_big_tiles(self) -> int:
+        """Tiles whose exact sums outgrew the inline integers."""
 
 class StateHeader:
     """The header of a state's bytes."""

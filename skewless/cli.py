@@ -38,7 +38,7 @@ def version() -> str:
 
 
 #: `skewless bench` suites (bench/suite.py runs them; detection only on request)
-BENCH_SUITES = ("backfill", "stream", "serve", "monitor", "detection")
+BENCH_SUITES = ("backfill", "stream", "serve", "monitor", "memory", "detection")
 
 
 def _suite(name: str) -> str:
@@ -141,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
         nargs="*",
         default=[],
         type=_suite,
-        help="backfill, stream, serve, monitor (default: all); detection on request",
+        help="backfill, stream, serve, monitor, memory (default: all); detection on request",
     )
     bench.add_argument("--events", type=int, default=1_000_000)
     bench.add_argument("--out", type=Path, help="also write the JSON here")

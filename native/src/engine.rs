@@ -1,9 +1,9 @@
 //! `EntityLayout` (features/layout.py) run as the Python reference (features/reference_engine.py,
 //! features/reference_codec.py) runs it, bit for bit.
 
-use std::collections::{BTreeMap, HashMap};
-
-use crate::moments::{exact, Tile};
+use crate::ids::Ids;
+use crate::level::Level;
+use crate::moments::Tile;
 
 /// The window ops, named as `features.definitions.Op` names them (the layout spec
 /// passes those names; an op this core lacks is refused by name).
@@ -128,9 +128,28 @@ pub struct State {
     pub last_before_raw: Option<i64>,
     pub raw_ts: Vec<i64>,
     pub raw_vals: Vec<f64>, // nf values per raw event
-    pub ids: HashMap<u64, i64>,
-    pub levels: Vec<BTreeMap<i64, Vec<Tile>>>,
+    pub ids: Ids,
+    pub levels: Vec<Level>,
     pub readonly: bool,
+}
+
+impl State {
+    /// Heap bytes this state owns beyond its own size (capacities, not lengths).
+    pub fn heap_bytes(&self) -> usize {
+        self.raw_ts.capacity() * 8
+            + self.raw_vals.capacity() * 8
+            + self.ids.heap_bytes()
+            + self.levels.capacity() * std::mem::size_of::<Level>()
+            + self.levels.iter().map(Level::heap_bytes).sum::<usize>()
+    }
+}
+
+/// Room for `n` more, growing by an eighth at most (a doubling vector's slack, per entity,
+/// was most of the memory of the raw events it held).
+fn room<T>(v: &mut Vec<T>, n: usize) {
+    if v.capacity() - v.len() < n {
+        v.reserve_exact(n.max(v.len() / 8));
+    }
 }
 
 fn bisect_left(v: &[i64], x: i64) -> usize {
@@ -300,7 +319,7 @@ pub fn write_header(
 impl Spec {
     pub fn new_state(&self) -> State {
         State {
-            levels: vec![BTreeMap::new(); self.hops.len()],
+            levels: vec![Level::default(); self.hops.len()],
             ..Default::default()
         }
     }
@@ -316,7 +335,7 @@ impl Spec {
     pub fn update(&self, st: &mut State, ts: i64, values: &[f64], txid: Option<u64>) -> Outcome {
         if self.primary {
             if let Some(h) = txid {
-                if st.ids.contains_key(&h) {
+                if st.ids.contains(h) {
                     return Outcome::Duplicate;
                 }
             }
@@ -335,7 +354,6 @@ impl Spec {
         };
         let zero = [0.0];
         let values = if values.is_empty() { &zero[..] } else { values };
-        let exacts: Vec<_> = values.iter().map(|&x| exact(x)).collect();
         let base = ms - self.horizon;
         for (j, level) in st.levels.iter_mut().enumerate() {
             let hop = self.hops[j];
@@ -343,11 +361,8 @@ impl Spec {
             if bucket < fdiv(base, hop) - self.keep[j] {
                 continue;
             }
-            let tiles = level
-                .entry(bucket)
-                .or_insert_with(|| vec![Tile::empty(); self.nf]);
-            for ((tile, &x), (m, k)) in tiles.iter_mut().zip(values).zip(&exacts) {
-                tile.add(x, m, *k);
+            for (tile, &x) in level.entry(bucket, self.nf).iter_mut().zip(values) {
+                tile.add(x);
             }
         }
         if ts >= self.raw_floor(ms) {
@@ -360,6 +375,8 @@ impl Spec {
             {
                 pos += 1;
             }
+            room(&mut st.raw_ts, 1);
+            room(&mut st.raw_vals, nf);
             st.raw_ts.insert(pos, ts);
             let at = pos * nf;
             st.raw_vals.splice(at..at, values.iter().copied());
@@ -385,17 +402,18 @@ impl Spec {
             }
             st.raw_ts.drain(..cut);
             st.raw_vals.drain(..cut * self.nf);
+            if st.raw_ts.capacity() > st.raw_ts.len() + st.raw_ts.len() / 4 + 1 {
+                st.raw_ts.shrink_to_fit();
+                st.raw_vals.shrink_to_fit();
+            }
         }
         let base = ms - self.horizon;
         for (j, level) in st.levels.iter_mut().enumerate() {
-            let lf = fdiv(base, self.hops[j]) - self.keep[j];
-            if level.keys().next().is_some_and(|&b| b < lf) {
-                *level = level.split_off(&lf);
-            }
+            level.drop_before(fdiv(base, self.hops[j]) - self.keep[j], self.nf);
         }
         if let Some(late) = self.lateness {
             let id_floor = ms - late;
-            st.ids.retain(|_, ts| *ts >= id_floor);
+            st.ids.retain_from(id_floor);
         }
     }
 
@@ -451,16 +469,16 @@ impl Spec {
     fn collect(&self, st: &mut State, g: &Group, t: i64, accs: &mut [Acc]) {
         let need_m2 = g.need_m2;
         // (level, bucket) of the window's tiles, in canonical order
-        let mut found: Vec<(usize, i64)> = Vec::new();
+        let mut found: Vec<(usize, usize)> = Vec::new();
         let cursor = self.window_parts(g, t, |j, lo, hi| {
-            found.extend(st.levels[j].range(lo..hi).map(|(&b, _)| (j, b)));
+            found.extend(st.levels[j].range(lo, hi).map(|i| (j, i)));
         });
         let i0 = bisect_left(&st.raw_ts, cursor);
         let i1 = bisect_left(&st.raw_ts, t);
         let nf = self.nf;
         for (f, acc) in accs.iter_mut().enumerate() {
-            for &(j, b) in &found {
-                let tile = &mut st.levels[j].get_mut(&b).unwrap()[f];
+            for &(j, i) in &found {
+                let tile = &mut st.levels[j].at_mut(i, nf)[f];
                 if tile.n == 0 {
                     continue;
                 }
@@ -486,7 +504,7 @@ impl Spec {
     pub fn encode(&self, st: &mut State) -> Vec<u8> {
         self.compact(st);
         let ms = st.max_seen.unwrap_or(0);
-        let mut ids: Vec<(i64, u64)> = st.ids.iter().map(|(&h, &ts)| (ts, h)).collect();
+        let mut ids: Vec<(i64, u64)> = st.ids.pairs().into_iter().map(|(h, ts)| (ts, h)).collect();
         ids.sort_unstable();
         let n_raw = st.raw_ts.len();
         let nf = self.nf;
@@ -519,16 +537,16 @@ impl Spec {
                 continue;
             }
             let cur = fdiv(ms, self.hops[j]);
-            for &b in level.keys() {
+            for &b in level.buckets() {
                 out.extend_from_slice(&((cur - b) as u32).to_le_bytes());
             }
-            for tiles in level.values() {
-                out.extend_from_slice(&(tiles[0].n as u32).to_le_bytes());
+            for i in 0..level.len() {
+                out.extend_from_slice(&(level.at(i, nf)[0].n as u32).to_le_bytes());
             }
             for f in 0..nf {
                 for &comp in &self.needs[j] {
-                    for tiles in level.values_mut() {
-                        let tile = &mut tiles[f];
+                    for i in 0..level.len() {
+                        let tile = &mut level.at_mut(i, nf)[f];
                         let v = match comp {
                             Comp::Sum => tile.summary().0,
                             Comp::M2 => tile.summary().1,
@@ -584,6 +602,7 @@ impl Spec {
                 *v = r.f64();
             }
             let level = &mut st.levels[j];
+            level.reserve_exact(count, nf);
             for i in 0..count {
                 let mut tiles = Vec::with_capacity(nf);
                 for f in 0..nf {
@@ -617,7 +636,7 @@ impl Spec {
         for &v in &st.raw_vals {
             out.extend_from_slice(&v.to_le_bytes());
         }
-        let mut ids: Vec<(u64, i64)> = st.ids.iter().map(|(&h, &ts)| (h, ts)).collect();
+        let mut ids = st.ids.pairs();
         ids.sort_unstable();
         out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
         for (h, ts) in ids {
@@ -626,9 +645,9 @@ impl Spec {
         }
         for level in &st.levels {
             out.extend_from_slice(&(level.len() as u32).to_le_bytes());
-            for (&b, tiles) in level {
+            for (i, &b) in level.buckets().iter().enumerate() {
                 out.extend_from_slice(&b.to_le_bytes());
-                for t in tiles {
+                for t in level.at(i, self.nf) {
                     t.write_exact(&mut out);
                 }
             }
@@ -754,15 +773,6 @@ impl Reader<'_> {
         let max = self.f64();
         let s1 = self.big();
         let s2 = self.big();
-        Tile {
-            n,
-            s1,
-            s2,
-            k,
-            min,
-            max,
-            d,
-            cache: None,
-        }
+        Tile::from_exact(n, k, d, min, max, s1, s2, None)
     }
 }

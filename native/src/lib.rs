@@ -6,9 +6,12 @@
 
 mod engine;
 mod event;
+mod ids;
+mod level;
 mod moments;
 mod resp;
 mod view;
+mod wide;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -190,6 +193,16 @@ impl State {
     #[getter]
     fn readonly(&self) -> bool {
         self.inner.readonly
+    }
+    /// Bytes this state holds: its own size and every allocation it owns (capacities).
+    #[getter]
+    fn heap_bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + self.inner.heap_bytes()
+    }
+    /// Tiles whose exact sums outgrew the inline integers (kept as big integers).
+    #[getter]
+    fn n_big_tiles(&self) -> usize {
+        self.inner.levels.iter().map(|l| l.n_big()).sum()
     }
 }
 
