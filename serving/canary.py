@@ -18,12 +18,9 @@ True
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from serving.scorer import ScoreResult, _Plan
 
 _MASK = (1 << 64) - 1
 #: buckets per unit of fraction (the share is exact to 1 / 2**32)
@@ -38,7 +35,21 @@ def bucket(key: int) -> int:
     return (z ^ (z >> 31)) >> 32
 
 
-class Canary:
+class _Plan(Protocol):
+    """What the canary needs of :class:`serving.scorer._Plan` (a model ready to score)."""
+
+    model: Any
+    names: tuple[str, ...]
+    version: str
+    threshold: float
+
+    def order_from(self, names: tuple[str, ...]) -> list[int]: ...
+
+
+P = TypeVar("P", bound=_Plan)
+
+
+class Canary(Generic[P]):
     """Routes ``fraction`` of the keys (``key(event)``) to :attr:`plan` once one is
     installed; :attr:`plan` is swapped atomically by the alias watcher."""
 
@@ -47,9 +58,9 @@ class Canary:
             raise ValueError(f"canary_fraction: must be in [0, 1], got {fraction}")
         self.fraction, self.key = fraction, key
         self.cut = round(fraction * BUCKETS)
-        self.plan: _Plan | None = None
+        self.plan: P | None = None
 
-    def install(self, plan: _Plan) -> None:
+    def install(self, plan: P) -> None:
         self.plan = plan
 
     @property
@@ -61,9 +72,7 @@ class Canary:
         """True when the canary model decides ``event`` (always the same for one key)."""
         return self.plan is not None and bucket(self.key(event)) < self.cut
 
-    def rescore(
-        self, plan: _Plan, X: np.ndarray, events: Sequence[Any], results: list[ScoreResult]
-    ) -> None:
+    def rescore(self, plan: P, X: np.ndarray, events: Sequence[Any], results: list[Any]) -> None:
         """Replace, in ``results``, the answers of the events the canary decides: the same
         feature rows (``X``, in ``plan``'s order) through the canary model."""
         canary = self.plan

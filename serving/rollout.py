@@ -17,7 +17,8 @@ log alone when neither is on.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from serving.canary import Canary
 from serving.drift_gauges import DriftGauges, tee
@@ -27,15 +28,31 @@ from serving.shadow import Shadow
 
 if TYPE_CHECKING:
     from serving.interceptors import Metrics
-    from serving.server import ServerConfig
 
 log = logging.getLogger("skewless.serving.rollout")
+
+
+class RolloutConfig(Protocol):
+    """The settings of :class:`serving.server.ServerConfig` used here."""
+
+    @property
+    def registry_dir(self) -> Path: ...
+    @property
+    def reload_interval_s(self) -> float: ...
+    @property
+    def shadow_alias(self) -> str: ...
+    @property
+    def canary_alias(self) -> str: ...
+    @property
+    def canary_fraction(self) -> float: ...
+    @property
+    def drift_interval_s(self) -> float: ...
 
 
 class Rollout:
     def __init__(
         self,
-        config: ServerConfig,
+        config: RolloutConfig,
         scorer: Scorer,
         predictions: PredictionSink | None,
         metrics: Metrics | None,

@@ -228,7 +228,7 @@ class Scorer:
         self._by_entity = {r.name: r for r in self._readers}
         self._plan: _Plan | None = None
         #: a second model deciding a fixed share of the primary entities (serving.canary)
-        self.canary: Canary | None = None
+        self.canary: Canary[_Plan] | None = None
         self._event_id = self.plan.event_id
         self._event_time = self.plan.event_time
 

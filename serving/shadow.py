@@ -124,7 +124,8 @@ class Shadow:
         except Exception as exc:  # the shadow must never cost a prediction
             self._failed(plan.version, exc, n)
             return entries
-        version, out, at = plan.version, [], 0
+        version, at = plan.version, 0
+        out: list[_Entry] = []
         for events, rs in entries:
             out.append(
                 (events, [r._replace(shadow_score=s, shadow_version=version)
