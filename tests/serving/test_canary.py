@@ -119,3 +119,24 @@ def test_canary_server_decides_by_card_and_reloads(
     )
     assert logged == {f"k{c}": (v3 if expect[c] == v2 else "v0001") for c in cards}
     assert "shadow_score" not in t.column_names  # no shadow: the log's columns as before
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--canary-alias", "canary"], "--canary-alias and --canary-fraction go together"),
+        (["--canary-fraction", "0.1"], "--canary-alias and --canary-fraction go together"),
+        (["--canary-alias", "c", "--canary-fraction", "1.5"], "must be a number in [0, 1]"),
+    ],
+)
+def test_serve_flags_refused_in_one_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from skewless.cli import main
+
+    try:
+        code = main(["serve", *argv])
+    except SystemExit as exc:  # argparse's own refusal
+        code = exc.code  # type: ignore[assignment]
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
