@@ -108,6 +108,14 @@ def test_canary_server_decides_by_card_and_reloads(
         s.stub.Score(pb.ScoreRequest(transaction=event_transaction(e)), timeout=5) for e in evs
     ]
     assert [r.model_version for r in again] == [v3 if expect[c] == v2 else "v0001" for c in cards]
+    # and production still follows its own alias beside the canary
+    v4 = publish_synthetic_model(registry, seed=4, alias=None, fs=REFERENCE)
+    set_alias(registry, "production", v4)
+    _wait(lambda: s.server.watcher.version == v4, "production alias move never served")
+    again = [
+        s.stub.Score(pb.ScoreRequest(transaction=event_transaction(e)), timeout=5) for e in evs
+    ]
+    assert [r.model_version for r in again] == [v3 if expect[c] == v2 else v4 for c in cards]
     s.stop()
     t = pq.read_table(sorted(log_dir.glob("predictions-*.parquet")))
     logged = dict(
@@ -117,7 +125,7 @@ def test_canary_server_decides_by_card_and_reloads(
             strict=True,
         )
     )
-    assert logged == {f"k{c}": (v3 if expect[c] == v2 else "v0001") for c in cards}
+    assert logged == {f"k{c}": (v3 if expect[c] == v2 else v4) for c in cards}
     assert "shadow_score" not in t.column_names  # no shadow: the log's columns as before
 
 
