@@ -165,3 +165,45 @@ def test_kafka_record_carries_the_shadow_only_when_on() -> None:
     both = record(schema, 0, e, _result(1)._replace(shadow_score=0.25, shadow_version="v0002"))
     assert (both["shadow_score"], both["shadow_version"]) == (0.25, "v0002")
     assert not math.isnan(both["score"])
+
+
+@pytest.mark.integration
+def test_shadow_and_canary_together_on_redis(
+    redis_url: str,
+    start_server: Callable[..., RunningServer],
+    base_config: ServerConfig,
+    registry: Path,
+    tmp_path: Path,
+) -> None:
+    from serving.canary import bucket
+    from tests.serving.test_redis import OFFSET, populate
+
+    populate(redis_url)
+    v2 = publish_synthetic_model(registry, seed=2, alias="shadow", fs=REFERENCE)
+    v3 = publish_synthetic_model(registry, seed=3, alias="canary", fs=REFERENCE)
+    log_dir = tmp_path / "predictions"
+    cfg = replace(
+        base_config, redis_url=redis_url, prediction_log_dir=log_dir, shadow_alias="shadow",
+        canary_alias="canary", canary_fraction=0.5,
+    )  # fmt: skip
+    s = start_server(cfg)
+    rollout = s.server.rollout
+    assert rollout.shadow is not None and rollout.canary is not None
+    _wait(lambda: rollout.shadow.version == v2 and rollout.canary.version == v3, "not loaded")
+    cards = [OFFSET + c for c in range(1, 21)]
+    evs = [ev(f"r{i}", c, 10 + OFFSET, 50.0, NOW) for i, c in enumerate(cards)]
+    batch = s.stub.ScoreBatch(
+        pb.ScoreBatchRequest(transactions=[event_transaction(e) for e in evs]), timeout=5
+    )
+    cut = rollout.canary.cut
+    want = [v3 if bucket(c) < cut else "v0001" for c in cards]
+    assert [r.model_version for r in batch.responses] == want
+    assert set(want) == {v3, "v0001"}
+    s.stop()
+    t = pq.read_table(sorted(log_dir.glob("predictions-*.parquet")))
+    assert t.column("model_version").to_pylist() == want
+    assert t.column("shadow_version").to_pylist() == [v2] * len(cards)
+    # card 1 (+OFFSET) has history in Redis: its vector is not the empty-window one
+    assert t.column("f_card_txn_count_10m").to_pylist()[0] == 6.0
+    want_shadow = load_model(resolve(registry, v2), REFERENCE.fingerprint()).predict(_features(t))
+    assert t.column("shadow_score").to_numpy() == pytest.approx(want_shadow, abs=1e-6)
