@@ -194,11 +194,9 @@ class _Plan:
 
     def order_from(self, names: tuple[str, ...]) -> list[int]:
         """Where each of this model's inputs is in a vector ordered by ``names``."""
-        order = self._orders.get(names)
-        if order is None:
-            pos = {n: i for i, n in enumerate(names)}
-            order = self._orders[names] = [pos[n] for n in self.names]
-        return order
+        if names not in self._orders:
+            self._orders[names] = [names.index(n) for n in self.names]
+        return self._orders[names]
 
     def row(self) -> np.ndarray:
         """A reusable (1, F) float64 model input for this thread."""
