@@ -124,6 +124,7 @@ def run(
                         out.append(clock() - t)
         finally:
             gauges.close()
+            gauges.update()  # what arrived since the thread's last pass
             shadow.close()
             log.close()
         p50 = {k: float(np.percentile(v, 50)) / 1e6 for k, v in times.items()}
