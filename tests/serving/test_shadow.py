@@ -4,7 +4,10 @@ are logged, a failing shadow costs no response and no log row, the alias hot-rel
 from __future__ import annotations
 
 import math
+import socket
+import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,6 +45,12 @@ def _score_all(s: RunningServer, n: int, tag: str) -> list[Any]:
     singles = [s.stub.Score(pb.ScoreRequest(transaction=t), timeout=5) for t in txs[: n // 2]]
     batch = s.stub.ScoreBatch(pb.ScoreBatchRequest(transactions=txs[n // 2 :]), timeout=5)
     return [*singles, *batch.responses]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _features(t: Any) -> np.ndarray:
@@ -114,7 +123,8 @@ def test_a_failing_shadow_costs_no_response_and_no_log_row(
         return Broken(model) if version_dir.name == v2 else model
 
     log_dir = tmp_path / "predictions"
-    cfg = replace(base_config, shadow_alias="shadow", prediction_log_dir=log_dir)
+    port = _free_port()
+    cfg = replace(base_config, shadow_alias="shadow", prediction_log_dir=log_dir, metrics_port=port)
     s = start_server(cfg, loader=loader)
     shadow = s.server.rollout.shadow
     assert shadow is not None
@@ -124,6 +134,8 @@ def test_a_failing_shadow_costs_no_response_and_no_log_row(
         _wait(lambda: shadow.errors >= 1, "a shadow failure never counted")
         responses += _score_all(s, 6, "y")
         _wait(lambda: shadow.errors >= 2, "a second shadow failure never counted")
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        assert f"skewless_shadow_errors_total {float(shadow.errors)}" in r.read().decode()
     s.stop()
     assert len(responses) == 12 and {r.model_version for r in responses} == {"v0001"}
     t = pq.read_table(sorted(log_dir.glob("predictions-*.parquet")))
@@ -165,6 +177,53 @@ def test_kafka_record_carries_the_shadow_only_when_on() -> None:
     both = record(schema, 0, e, _result(1)._replace(shadow_score=0.25, shadow_version="v0002"))
     assert (both["shadow_score"], both["shadow_version"]) == (0.25, "v0002")
     assert not math.isnan(both["score"])
+
+
+@dataclass
+class Blocked:
+    """A registry model whose predict waits until the test lets it go."""
+
+    inner: LoadedModel
+    release: threading.Event
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def predict(self, X: Any) -> np.ndarray:
+        assert self.release.wait(30), "the test never released the shadow"
+        return self.inner.predict(X)
+
+
+def test_responses_never_wait_for_the_shadow(
+    start_server: Callable[..., RunningServer],
+    base_config: ServerConfig,
+    registry: Path,
+    tmp_path: Path,
+) -> None:
+    v2 = publish_synthetic_model(registry, seed=2, alias="shadow", fs=REFERENCE)
+    release = threading.Event()
+
+    def loader(version_dir: Path, fingerprint: str) -> Any:
+        model = load_model(version_dir, fingerprint)
+        return Blocked(model, release) if version_dir.name == v2 else model
+
+    log_dir = tmp_path / "predictions"
+    cfg = replace(base_config, shadow_alias="shadow", prediction_log_dir=log_dir)
+    s = start_server(cfg, loader=loader)
+    shadow = s.server.rollout.shadow
+    assert shadow is not None
+    _wait(lambda: shadow.version == v2, "shadow model never loaded")
+    try:
+        first = _score_all(s, 6, "p")
+        _wait(lambda: shadow._lock.locked(), "the shadow never started scoring")
+        # the shadow is stuck in predict: every call still answers
+        responses = [*first, *_score_all(s, 10, "q")]
+    finally:
+        release.set()
+    assert len(responses) == 16 and {r.model_version for r in responses} == {"v0001"}
+    s.stop()
+    t = pq.read_table(sorted(log_dir.glob("predictions-*.parquet")))
+    assert t.num_rows == 16 and t.column("shadow_version").to_pylist() == [v2] * 16
 
 
 @pytest.mark.integration
