@@ -12,6 +12,7 @@ is the client. Measured for both, in the same run:
 * server RSS after the runs;
 * the gRPC floor: the same ``grpc.aio`` server and interceptors with a ``Score`` that does
   nothing, so each server's own time above it (and their ratio) is reported too;
+* what the shadow model and the drift gauges add to a ``Score`` (:mod:`bench.serve_sidecars`);
 * ``Score`` throughput at ``inflight`` in flight for the floor, ours with one process and
   ours with ``serve --workers 2``, from an asyncio client over ``connections`` TCP
   connections (the kernel spreads connections, not calls, over the workers), measured in
@@ -36,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from bench import serve_sidecars
 from bench.serve_throughput import compare_throughput, percentiles
 
 REPO = Path(__file__).resolve().parents[1]
@@ -352,6 +354,8 @@ def run(
         # the feature/model path alone, with the shared gRPC cost taken out
         "ratio": round((naive_one["p50_ms"] - floor) / max(one["p50_ms"] - floor, 1e-6), 2),
     }
+    # the shadow model's and the drift gauges' cost per Score (in-process, same run)
+    results["sidecars"] = serve_sidecars.run()
     results["targets"] = TARGETS
     results["met"] = {
         "p50_ms": ours["score_one_in_flight"]["p50_ms"] <= TARGETS["p50_ms"],
@@ -361,6 +365,7 @@ def run(
         "rss_mb": ours["server_rss_mb"] <= TARGETS["rss_mb"],
         "workers_vs_floor": results["throughput"]["ratio_vs_floor"]["workers_2"]
         >= TARGETS["workers_vs_floor"],
+        "sidecars_ms": all(results["sidecars"]["met"].values()),
     }
     results["setup"] = {
         "cards": cards, "merchants": merchants, "events": events, "days": days,

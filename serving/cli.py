@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import sys
 import time
 import uuid
@@ -60,6 +61,16 @@ def add_cli(
         "--open-reflection", action="store_true",
         help="server reflection without the auth token (health never needs it)",
     )  # fmt: skip
+    s.add_argument(
+        "--shadow-alias", default="",
+        help="also score every request with this alias's model, off the response path "
+        "(both scores in the prediction log)",
+    )  # fmt: skip
+    s.add_argument(
+        "--canary-alias", default="",
+        help="let this alias's model decide --canary-fraction of the cards (hash of the key)",
+    )  # fmt: skip
+    s.add_argument("--canary-fraction", type=_fraction, default=None, help="in [0, 1]")
     command("serve")(_serve)
 
     c = sub.add_parser("score", help="score events against a running `skewless serve`")
@@ -84,12 +95,25 @@ def add_cli(
     command("score")(_score)
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}")
+    return value
+
+
 def _serve(args: argparse.Namespace, settings: Any) -> int:
     import logging
 
     from serving.server import BindError, ServerConfig, serve
     from serving.workers import serve_workers
 
+    if bool(args.canary_alias) != (args.canary_fraction is not None):
+        print("skewless serve: --canary-alias and --canary-fraction go together", file=sys.stderr)
+        return 2
     log_dir = (
         None if args.no_prediction_log else args.prediction_log or settings.data_dir / "predictions"
     )
@@ -111,6 +135,9 @@ def _serve(args: argparse.Namespace, settings: Any) -> int:
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
         open_reflection=args.open_reflection,
+        shadow_alias=args.shadow_alias,
+        canary_alias=args.canary_alias,
+        canary_fraction=args.canary_fraction or 0.0,
     )
 
     def started(port: int) -> None:

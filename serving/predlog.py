@@ -44,7 +44,8 @@ from serving.scorer import ScoreResult
 
 Event = Any
 #: columns of the log itself; a schema field may not take one of these names
-RESERVED = ("scored_at", "model_version", "score", "decision", "warnings")
+RESERVED = ("scored_at", "model_version", "score", "decision", "warnings", "shadow_score",
+            "shadow_version")  # fmt: skip
 
 log = logging.getLogger("skewless.serving.predlog")
 
@@ -178,7 +179,9 @@ def _table(
     at, events, results = zip(*rows, strict=True)
     # events and results are named tuples: one C-level transpose gives every column
     fields = zip(*events, strict=True)
-    _, score, decision, _, version, _, features, _, warnings = zip(*results, strict=True)
+    _, score, decision, _, version, _, features, _, warnings, shadow, shadow_version = zip(
+        *results, strict=True
+    )
     X = np.array(features, dtype=np.float64).reshape(len(rows), len(names))
     cols: dict[str, pa.Array] = {"scored_at": pa.array(at, pa.int64()).cast(ms)}
     for f, values in zip(schema.fields, fields, strict=True):
@@ -192,6 +195,9 @@ def _table(
         "decision": pa.array(decision, pa.bool_()),
         "warnings": pa.array(warnings, pa.list_(pa.string())),
     }
+    if any(v is not None for v in shadow_version):  # serve --shadow-alias: both scores
+        cols["shadow_score"] = pa.array(shadow, pa.float64())
+        cols["shadow_version"] = pa.array(shadow_version, pa.string())
     for j, name in enumerate(names):
         cols[f"f_{name}"] = pa.array(X[:, j], pa.float64(), from_pandas=True)
     return pa.table(cols)
@@ -210,6 +216,11 @@ def record(schema: EventSchema, at: int, e: Event, r: ScoreResult) -> dict[str, 
             for n, v in zip(r.feature_names, r.features, strict=True)
         },
         "warnings": list(r.warnings),
+        **(
+            {"shadow_score": r.shadow_score, "shadow_version": r.shadow_version}
+            if r.shadow_version is not None
+            else {}
+        ),
     }
 
 

@@ -41,6 +41,7 @@ from flows.registry import RegistryError
 
 if TYPE_CHECKING:  # only the type is needed
     from features.store import OnlineStore
+    from serving.canary import Canary
 
 #: an event record of the definitions' schema (a named tuple, schema order)
 Event = Any
@@ -108,6 +109,9 @@ class ScoreResult(NamedTuple):
     features: Sequence[float]
     entities: tuple[EntityStateInfo, ...]
     warnings: tuple[str, ...]
+    #: the shadow model's score of the same vector (set off the response path, for the log)
+    shadow_score: float | None = None
+    shadow_version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +190,13 @@ class _Plan:
         self.columns = tuple(tuple(pos[n] for n in r.names) for r in readers)
         self.request_columns = tuple(pos[n] for n in fs.request_features)
         self._local = threading.local()
+        self._orders: dict[tuple[str, ...], list[int]] = {}
+
+    def order_from(self, names: tuple[str, ...]) -> list[int]:
+        """Where each of this model's inputs is in a vector ordered by ``names``."""
+        if names not in self._orders:
+            self._orders[names] = [names.index(n) for n in self.names]
+        return self._orders[names]
 
     def row(self) -> np.ndarray:
         """A reusable (1, F) float64 model input for this thread."""
@@ -214,6 +225,8 @@ class Scorer:
         self._readers = tuple(_Reader(p, time_field) for p in self.plan.entities)
         self._by_entity = {r.name: r for r in self._readers}
         self._plan: _Plan | None = None
+        #: a second model deciding a fixed share of the primary entities (serving.canary)
+        self.canary: Canary[_Plan] | None = None
         self._event_id = self.plan.event_id
         self._event_time = self.plan.event_time
 
@@ -221,12 +234,16 @@ class Scorer:
     def install(self, model: Model) -> None:
         """Make ``model`` the one every new request uses (atomic; in-flight requests
         finish on the model they started with). Refuses a model whose inputs differ."""
+        self._plan = self.plan_for(model)
+
+    def plan_for(self, model: Model) -> _Plan:
+        """``model`` checked against the running definitions, ready to score."""
         if model.fingerprint != self.fs.fingerprint():
             raise RegistryError(
                 f"model {model.version}: trained on definitions {model.fingerprint}, running "
                 f"{self.fs.fingerprint()}"
             )
-        self._plan = _Plan(model, self.fs, self._readers)
+        return _Plan(model, self.fs, self._readers)
 
     @property
     def model(self) -> Model | None:
@@ -246,6 +263,9 @@ class Scorer:
         """Score one validated event (the latency path: :meth:`score_batch`'s rules, for
         one event, with as little in between as possible; the tests hold them equal)."""
         store, plan = self._ready()
+        canary = self.canary
+        if canary is not None and (cp := canary.plan) is not None and canary.chooses(event):
+            plan = cp
         readers, t = self._readers, self._event_time(event)
         keys = [(r.name, r.key(event)) for r in readers]
         raws = store.read_states(keys)
@@ -345,6 +365,8 @@ class Scorer:
             )
             for k, e in enumerate(events)
         ]  # fmt: skip
+        if self.canary is not None:
+            self.canary.rescore(plan, X, events, results)
         if self.sink is not None:
             self.sink(events, results)
         return results

@@ -8,7 +8,8 @@
   (:mod:`serving.tls`).
 * ``reuse_port`` lets several processes share the port (``serve --workers``,
   :mod:`serving.workers`); each then writes its own prediction-log shard ``worker``.
-* Models follow the registry alias (:mod:`serving.reload`).
+* Models follow the registry alias (:mod:`serving.reload`); a shadow alias, a canary alias
+  and the drift gauges run beside it (:mod:`serving.rollout`).
 * ``stop()`` (SIGTERM/SIGINT in :func:`serve`) stops accepting calls, lets in-flight ones
   finish within ``grace_s``, flushes the prediction log and closes the store.
 * Limits: message size, batch size; the store's socket timeouts are short so an
@@ -47,6 +48,7 @@ from serving.interceptors import Metrics, interceptors
 from serving.predlog import KafkaPredictionLog, ParquetPredictionLog
 from serving.reflection import enable_reflection
 from serving.reload import Loader, ModelWatcher
+from serving.rollout import Rollout
 from serving.scorer import NotReadyError, Scorer
 from serving.tls import server_credentials
 
@@ -93,6 +95,13 @@ class ServerConfig:
     reuse_port: bool = False
     #: this process's index among ``serve --workers`` (names its prediction-log shard)
     worker: int | None = None
+    #: a second model scoring every request off the response path (both scores logged)
+    shadow_alias: str = ""
+    #: a model deciding ``canary_fraction`` of the primary entities (hash of the key)
+    canary_alias: str = ""
+    canary_fraction: float = 0.0
+    #: how often the drift gauges are recomputed (with ``metrics_port``)
+    drift_interval_s: float = 10.0
 
     def __repr__(self) -> str:  # logged at start: secrets hidden
         return masked_repr(self)
@@ -102,6 +111,10 @@ class ServerConfig:
             raise ValueError(f"max_batch_size: must be >= 1, got {self.max_batch_size}")
         if self.grace_s < 0:
             raise ValueError(f"grace_s: must be >= 0, got {self.grace_s}")
+        if not 0.0 <= self.canary_fraction <= 1.0:
+            raise ValueError(f"canary_fraction: must be in [0, 1], got {self.canary_fraction}")
+        if self.canary_fraction and not self.canary_alias:
+            raise ValueError("canary_fraction: needs canary_alias (the model it routes to)")
 
 
 StoreFactory = Callable[[], OnlineStore]
@@ -169,7 +182,7 @@ class ScoringServer:
                 config.prediction_log_dir, plan, flush_rows=config.prediction_flush_rows,
                 shard=None if config.worker is None else f"w{config.worker}",
             )  # fmt: skip
-        self.scorer.sink = self.predictions
+        self.rollout = Rollout(config, self.scorer, self.predictions, self.metrics, loader)
         self.watcher = ModelWatcher(
             config.registry_dir,
             config.model_alias,
@@ -229,6 +242,7 @@ class ScoringServer:
         self._server = server
         if self.predictions is not None:
             self.predictions.start()
+        self.rollout.start()
         self._tasks.append(asyncio.create_task(self._become_ready(), name="readiness"))
         log.info(
             "scoring server listening on port %d%s (health NOT_SERVING until ready)",
@@ -290,6 +304,7 @@ class ScoringServer:
             if self.scorer.model is None:
                 await asyncio.sleep(self.config.reload_interval_s)
         self.watcher.start()
+        await loop.run_in_executor(self._executor, self.rollout.ready)
         # Everything loaded so far (feast, xgboost, the model: ~200k objects) lives as long
         # as the process; a full GC pass over it pauses the event loop for ~100+ ms. Frozen
         # objects are never scanned again, which keeps those pauses out of the tail latency.
@@ -327,11 +342,13 @@ class ScoringServer:
                 await task
         self._tasks.clear()
         self.watcher.stop()
+        self.rollout.stop_watchers()
         if self._server is not None:
             await self.health.enter_graceful_shutdown()
             await self._server.stop(grace)
             self._server = None
         self._executor.shutdown(wait=True, cancel_futures=True)
+        self.rollout.close()
         if self.predictions is not None:
             self.predictions.close()
         if self.scorer.store is not None:
