@@ -1,0 +1,300 @@
+"""The backfill on Dask distributed: the same job as :func:`flows.backfill.run_backfill`,
+the same output files (byte for byte), for inputs larger than one process's memory.
+
+Entities are independent, so each entity's events are split by hash of its key into
+partitions (card and merchant each get their own split), and the single-process kernel
+runs once per partition as a Dask task:
+
+1. **split** (this process, in Parquet batches): validate, write the rejects, keep the
+   valid rows in a temporary file, and append each entity's (original row, key, time,
+   event id, fields) to its partition's file, in file order; that order decides dedup and
+   lateness, and the original row travels with every event.
+2. **accept** (tasks): dedup and lateness per partition; the rows dropped come back, with
+   the spread of the values (the exact window sums must use the whole file's digits:
+   :mod:`flows.backfill_part`).
+3. **features and states** (tasks): per partition, the features at its rows and its Feast
+   table with end states, each written sorted.
+4. **assemble** (this process, in batches): partition outputs merged back into file
+   order (features, late rows) and key order (Feast tables).
+
+The temporary files live in ``OUT/.backfill-partitions-*`` (so on a real cluster ``OUT``
+must be on a filesystem every worker sees) and are removed at the end. ``LocalCluster``
+by default; ``scheduler`` names a running one (``dask scheduler`` + ``dask worker``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from features.definitions import FeatureSet
+from features.feast_objects import offline_table_name
+from features.plan import compile_plan
+from flows.backfill import BackfillReport, _ms, small_pages
+from flows.backfill_part import ROW, accept_stats, merge_stats, run_partition
+from flows.backfill_split import ROW_GROUP, AlignedWriter, merged, split_events, split_spine
+
+#: events per partition when not given: what one task holds in memory, about 1 GB
+PARTITION_EVENTS = 1_000_000
+
+
+class ClusterError(ConnectionError):
+    """The Dask scheduler cannot be reached or has no workers; the message says how to
+    start one."""
+
+
+@contextlib.contextmanager
+def dask_client(workers: int, scheduler: str | None) -> Iterator[Any]:
+    """A client of ``scheduler``, or of a ``LocalCluster`` of ``workers`` processes."""
+    from dask.distributed import Client, LocalCluster
+
+    if scheduler is None:
+        with (
+            LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True,
+                dashboard_address=None, silence_logs=logging.ERROR,
+            ) as cluster,
+            Client(cluster) as client,
+        ):  # fmt: skip
+            yield client
+        return
+    how = (
+        f"start one with `dask scheduler --host HOST --port PORT` and workers with "
+        f"`dask worker {scheduler}` (PYTHONPATH set to the skewless checkout), or leave out "
+        f"--scheduler for a local cluster"
+    )
+    try:
+        client = Client(scheduler, timeout=10)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise ClusterError(
+            f"cannot reach the Dask scheduler at {scheduler} ({type(exc).__name__}); {how}"
+        ) from None
+    with client:
+        try:
+            client.wait_for_workers(1, timeout=30)
+        except (OSError, TimeoutError) as exc:
+            raise ClusterError(
+                f"the Dask scheduler at {scheduler} has no workers ({type(exc).__name__}); {how}"
+            ) from None
+        yield client
+
+
+def run_backfill_dask(
+    fs: FeatureSet,
+    events_path: Path,
+    out_dir: Path,
+    spine_path: Path | None = None,
+    *,
+    workers: int = 2,
+    scheduler: str | None = None,
+    partitions: int | None = None,
+    batch_rows: int = ROW_GROUP,
+) -> BackfillReport:
+    """The backfill job on Dask; the output is the single-process job's, file for file."""
+    with dask_client(workers, scheduler) as client, small_pages():
+        return _run(fs, events_path, out_dir, spine_path, client, partitions, batch_rows)
+
+
+def _run(
+    fs: FeatureSet,
+    events_path: Path,
+    out_dir: Path,
+    spine_path: Path | None,
+    client: Any,
+    partitions: int | None,
+    batch_rows: int,
+) -> BackfillReport:
+    report = BackfillReport()
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        report.seconds[name] = round(now - clock, 3)
+        clock = now
+
+    if partitions is None:
+        rows = pq.ParquetFile(events_path).metadata.num_rows if events_path.exists() else 0
+        workers = max(len(client.nthreads()), 1)
+        partitions = max(2 * workers, math.ceil(rows / PARTITION_EVENTS))
+    names = [e.name for e in compile_plan(fs).entities]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "feast").mkdir(exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".backfill-partitions-", dir=out_dir))
+    try:
+        split, counts = split_events(fs, events_path, tmp, out_dir, partitions, batch_rows)
+        queries = split_spine(fs, spine_path, tmp, partitions, batch_rows) if spine_path else None
+        report.events, report.rejected = counts["events"], counts["rejected"]
+        lap("split")
+
+        blob = cloudpickle.dumps(fs)
+        jobs = [(n, p) for n in names for p in range(partitions)]
+        stats = client.gather(
+            [client.submit(accept_stats, blob, n, str(split.paths[n][p]), pure=False)
+             for n, p in jobs]
+        )  # fmt: skip
+        lap("accept")
+        by_name: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+        for (n, _), s in zip(jobs, stats, strict=True):
+            by_name[n].append(s)
+        plans = {n: merge_stats(by_name[n]) for n in names}
+        (tmp / "out").mkdir()
+        futures = [
+            client.submit(
+                run_partition, blob, n, str(split.paths[n][p]),
+                str(queries.paths[n][p]) if queries else None, str(tmp / "out" / f"{n}-{p}"),
+                plans[n], pure=False,
+            )
+            for n, p in jobs
+        ]  # fmt: skip
+        entities = client.gather(futures)
+        lap("features_states")
+
+        dropped = {
+            n: {k: np.sort(np.concatenate([s[k] for s in by_name[n]]))
+                for k in ("duplicate_rows", "late_rows")}
+            for n in names
+        }  # fmt: skip
+        for n in names:
+            late, dups = len(dropped[n]["late_rows"]), len(dropped[n]["duplicate_rows"])
+            accepted = sum(s["n"] for s in by_name[n])
+            report.by_entity[n] = {"accepted": accepted, "duplicates": dups, "late": late}
+            report.entities[n] = sum(c for (m, _), c in zip(jobs, entities, strict=True) if m == n)
+        report.duplicates = report.by_entity[fs.primary.name]["duplicates"]
+        report.accepted = report.by_entity[fs.primary.name]["accepted"]
+        outs = {n: [tmp / "out" / f"{n}-{p}" for p in range(partitions)] for n in names}
+        _assemble(fs, tmp, out_dir, spine_path, outs, dropped, report, batch_rows)
+        for e in fs.entities:
+            paths = [Path(f"{o}-feast.parquet") for o in outs[e.name]]
+            w = AlignedWriter(out_dir / "feast" / offline_table_name(e), pq.read_schema(paths[0]))
+            for t in merged(paths, e.join_key, batch_rows):
+                w.write(t)
+            w.close()
+        lap("assemble_write")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    (out_dir / "summary.json").write_text(report.to_json())
+    return report
+
+
+class _Take:
+    """The next ``n`` rows of a stream of tables."""
+
+    def __init__(self, stream: Iterator[pa.Table]) -> None:
+        self.stream = stream
+        self.buf: pa.Table | None = None
+
+    def __call__(self, n: int) -> pa.Table:
+        parts: list[pa.Table] = [self.buf] if self.buf is not None else []
+        have = sum(t.num_rows for t in parts)
+        while have < n:
+            t = next(self.stream)
+            parts.append(t)
+            have += t.num_rows
+        whole = pa.concat_tables(parts)
+        self.buf = whole.slice(n)
+        return whole.slice(0, n)
+
+
+def _assemble(
+    fs: FeatureSet,
+    tmp: Path,
+    out_dir: Path,
+    spine_path: Path | None,
+    outs: dict[str, list[Path]],
+    dropped: dict[str, dict[str, np.ndarray]],
+    report: BackfillReport,
+    rows: int,
+) -> None:
+    """features.parquet and late.parquet, batch by batch in file (spine) order."""
+    from flows.backfill_split import _batches
+
+    plan = compile_plan(fs)
+    names = [e.name for e in plan.entities]
+    takes = {
+        n: _Take(merged([Path(f"{o}-features.parquet") for o in outs[n]], ROW, rows)) for n in names
+    }
+    features = AlignedWriter(out_dir / "features.parquet")
+    late_out = AlignedWriter(out_dir / "late.parquet")
+    dups = dropped[fs.primary.name]["duplicate_rows"]
+    source = (
+        _batches(spine_path, "spine", rows)
+        if spine_path
+        else _batches(tmp / "valid.parquet", "valid rows", rows)
+    )
+    done = 0
+    for chunk in source:
+        values: dict[str, np.ndarray] = {}
+        want = np.arange(done, done + chunk.num_rows) if spine_path else None
+        at = chunk.column("row").to_numpy() if want is None else want
+        for n in names:
+            t = takes[n](chunk.num_rows)
+            if not np.array_equal(t.column(ROW).to_numpy(), at):
+                raise RuntimeError(f"backfill: partition outputs of {n} out of order")
+            values.update({c: t.column(c).to_numpy() for c in t.column_names if c != ROW})
+        done += chunk.num_rows
+        spine = chunk
+        if spine_path is None:
+            late_out.write(_late(chunk, names, dropped, report))
+            first = ~np.isin(at, dups)
+            if not first.all():
+                spine = chunk.filter(pa.array(first))
+                values = {k: v[first] for k, v in values.items()}
+        report.spine_rows += spine.num_rows
+        features.write(_feature_table(fs, spine, values))
+    features.close()
+    if spine_path is not None:  # late rows in file order, from the valid rows
+        for chunk in _batches(tmp / "valid.parquet", "valid rows", rows):
+            late_out.write(_late(chunk, names, dropped, report))
+    late_out.close()
+
+
+def _late(
+    valid: pa.Table,
+    names: list[str],
+    dropped: dict[str, dict[str, np.ndarray]],
+    report: BackfillReport,
+) -> pa.Table:
+    """The valid rows too late for some entity, with ``late_for`` naming which."""
+    at = valid.column("row").to_numpy()
+    late = [np.isin(at, dropped[n]["late_rows"]) for n in names]
+    late_any = np.logical_or.reduce(late)
+    report.late += int(late_any.sum())
+    who = np.stack(late, axis=1)[late_any]
+    labels = np.array(names, object)
+    return valid.filter(pa.array(late_any)).append_column(
+        "late_for", pa.array([",".join(labels[r]) for r in who], pa.string())
+    )
+
+
+def _feature_table(fs: FeatureSet, spine: pa.Table, values: dict[str, np.ndarray]) -> pa.Table:
+    """As :func:`flows.backfill.compute_features` lays it out, from the window values."""
+    time_col = fs.schema.event_time
+    q_t = _ms(spine.column(time_col), time_col)
+
+    def column(name: str) -> np.ndarray | None:
+        if name in values:
+            return values[name]
+        if name == time_col:
+            return q_t
+        if name in spine.column_names:
+            return spine.column(name).to_numpy(zero_copy_only=False)
+        return None
+
+    values = {**values, **compile_plan(fs).request_many(column, spine.num_rows)}
+    names = [n for n in fs.feature_names if n in values and n not in spine.column_names]
+    return pa.Table.from_arrays(
+        [*spine.columns, *(pa.array(values[n]) for n in names)], [*spine.column_names, *names]
+    )

@@ -1,0 +1,186 @@
+"""The backfill on Dask distributed writes the single-process job's files, byte for byte:
+adversarial histories (out of order, duplicates split across file batches and
+partitions, late events, ties, extreme values, invalid rows) on a real ``LocalCluster``
+of 2 worker processes, a spine file, and a real ``dask scheduler`` + ``dask worker``
+reached with ``--scheduler``; an unreachable scheduler gets one line saying how to start one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from features.definitions import FeatureSet
+from features.reference import REFERENCE
+from flows import backfill_part
+from flows.backfill import BackfillReport, run_backfill
+from flows.backfill_dask import _run, dask_client
+from tests.features.test_backfill_job import SCHEMA, WIDE, _events
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Any]:
+    with dask_client(2, None) as c:
+        assert len(c.nthreads()) == 2
+        yield c
+
+
+def _history(seed: int) -> pa.Table:
+    """``_events`` plus invalid rows (each rejected for a different field)."""
+    rnd = random.Random(seed)
+    rows = _events(seed, rnd.randint(1, 250), extreme=seed % 5 == 4)
+    for k, patch in enumerate([{"amount": -1.0}, {"currency": "eur"}, {"card_id": -3}]):
+        if rnd.random() < 0.5:
+            rows.insert(
+                rnd.randrange(len(rows) + 1), {**rows[0], "transaction_id": f"b{k}", **patch}
+            )
+    return pa.Table.from_pylist(rows, SCHEMA)
+
+
+def _outputs(out: Path) -> list[str]:
+    names = ["features.parquet", "rejects.parquet", "late.parquet"]
+    return names + sorted(f"feast/{p.name}" for p in (out / "feast").iterdir())
+
+
+def _same(a: Path, b: Path, ra: BackfillReport, rb: BackfillReport) -> None:
+    assert _outputs(a) == _outputs(b)
+    for name in _outputs(a):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    assert {**ra.__dict__, "seconds": {}} == {**rb.__dict__, "seconds": {}}
+    assert not [p.name for p in b.iterdir() if p.name.startswith(".backfill-partitions")]
+
+
+def _both(
+    client: Any, fs: FeatureSet, d: Path, spine: Path | None = None, partitions: int = 3
+) -> tuple[Path, Path, BackfillReport, BackfillReport]:
+    # batches of 7 rows: duplicates and late events land in other batches than their first copy
+    ra = run_backfill(fs, d / "events.parquet", d / "single", spine)
+    rb = _run(fs, d / "events.parquet", d / "dask", spine, client, partitions, 7)
+    return d / "single", d / "dask", ra, rb
+
+
+@pytest.mark.parametrize("fs", [REFERENCE, WIDE], ids=["reference", "wide"])
+def test_dask_backfill_files_equal_the_single_process_job(
+    client: Any, fs: FeatureSet, tmp_path: Path
+) -> None:
+    seen = {"duplicates": 0, "late": 0, "rejected": 0}
+    for seed in range(10):
+        d = tmp_path / str(seed)
+        d.mkdir()
+        pq.write_table(_history(seed), d / "events.parquet")
+        a, b, ra, rb = _both(client, fs, d, partitions=1 + seed % 4)
+        _same(a, b, ra, rb)
+        for k in seen:
+            seen[k] += getattr(ra, k)
+    assert all(seen.values()), seen  # the histories did exercise each path
+
+
+def test_dask_backfill_with_a_spine_file(client: Any, tmp_path: Path) -> None:
+    events = _history(2)
+    pq.write_table(events, tmp_path / "events.parquet")
+    rng = np.random.default_rng(0)
+    spine = events.select(["merchant_id", "event_time", "card_id", "amount"])
+    spine = spine.take(pa.array(rng.permutation(spine.num_rows)[: spine.num_rows // 2]))
+    spine = spine.append_column("label", pa.array(rng.integers(0, 2, spine.num_rows)))
+    pq.write_table(spine, tmp_path / "spine.parquet")
+    a, b, ra, rb = _both(client, REFERENCE, tmp_path, tmp_path / "spine.parquet")
+    _same(a, b, ra, rb)
+    assert pq.read_table(b / "features.parquet").column_names[:5] == spine.column_names
+
+
+def test_window_sums_use_the_whole_files_digits(
+    client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the whole file's digit plan (each partition choosing its own, as the plain
+    kernel would), some window sum rounds differently: the plan is what keeps the bytes."""
+    rows = _events(4, 240, extreme=True)
+    pq.write_table(pa.Table.from_pylist(rows, SCHEMA), tmp_path / "events.parquet")
+    a, b, ra, rb = _both(client, REFERENCE, tmp_path, partitions=4)
+    _same(a, b, ra, rb)
+    ours = pq.read_table(b / "features.parquet")
+
+    def own_digits(self: Any, field: str, squares: bool) -> Any:
+        from features.backfill import EventIndex
+
+        return EventIndex.moments(self, field, squares)
+
+    monkeypatch.setattr(backfill_part.PlannedIndex, "moments", own_digits)
+    _run(REFERENCE, tmp_path / "events.parquet", tmp_path / "plain", None, client, 4, 7)
+    plain = pq.read_table(tmp_path / "plain" / "features.parquet")
+    assert not plain.equals(ours)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [str(BIN / "skewless"), *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_scheduler_address_runs_on_a_real_scheduler_and_worker(tmp_path: Path) -> None:
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    common = ["--no-dashboard"]
+    host, port = address.removeprefix("tcp://").split(":")
+    procs = [
+        subprocess.Popen(
+            [str(BIN / "dask"), "scheduler", "--host", host, "--port", port, *common],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ),
+        subprocess.Popen(
+            [str(BIN / "dask"), "worker", address, "--nworkers", "1", "--nthreads", "1",
+             "--memory-limit", "2GB", *common],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ),
+    ]  # fmt: skip
+    try:
+        pq.write_table(_history(5), tmp_path / "events.parquet")
+        events = str(tmp_path / "events.parquet")
+        got = _cli("backfill", "--events", events, "--out", str(tmp_path / "dask"),
+                   "--engine", "dask", "--scheduler", address, "--partitions", "2")  # fmt: skip
+        assert got.returncode == 0, got.stderr
+        single = run_backfill(REFERENCE, tmp_path / "events.parquet", tmp_path / "single")
+        report = BackfillReport(**json.loads(got.stdout))
+        _same(tmp_path / "single", tmp_path / "dask", single, report)
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in reversed(procs):
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def test_unreachable_scheduler_is_one_line_naming_it(tmp_path: Path) -> None:
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    pq.write_table(_history(1), tmp_path / "events.parquet")
+    got = _cli("backfill", "--events", str(tmp_path / "events.parquet"),
+               "--out", str(tmp_path / "out"), "--scheduler", address, timeout=120)  # fmt: skip
+    assert got.returncode == 2
+    lines = got.stderr.strip().splitlines()
+    assert len(lines) == 1, got.stderr
+    assert address in lines[0] and "dask scheduler" in lines[0] and "dask worker" in lines[0]
+    assert "Traceback" not in got.stderr and not (tmp_path / "out").exists()
