@@ -43,7 +43,14 @@ from features.definitions import FeatureSet
 from features.feast_objects import offline_table_name
 from features.plan import compile_plan
 from flows.backfill import BackfillReport, _ms, small_pages
-from flows.backfill_part import ROW, accept_stats, merge_stats, run_partition
+from flows.backfill_part import (
+    ROW,
+    accept_stats,
+    arrow_batches,
+    merge_stats,
+    prepare,
+    run_partition,
+)  # fmt: skip
 from flows.backfill_split import ROW_GROUP, AlignedWriter, merged, split_events, split_spine
 
 #: events per partition when not given: what one task holds in memory, about 1 GB
@@ -68,6 +75,7 @@ def dask_client(workers: int, scheduler: str | None) -> Iterator[Any]:
             ) as cluster,
             Client(cluster) as client,
         ):  # fmt: skip
+            client.run(_warm)
             yield client
         return
     how = (
@@ -84,11 +92,17 @@ def dask_client(workers: int, scheduler: str | None) -> Iterator[Any]:
     with client:
         try:
             client.wait_for_workers(1, timeout=30)
+            client.run(_warm)
         except (OSError, TimeoutError) as exc:
             raise ClusterError(
                 f"the Dask scheduler at {scheduler} has no workers ({type(exc).__name__}); {how}"
             ) from None
         yield client
+
+
+def _warm() -> None:
+    """Import the task code on a worker (once, at cluster start, not in the first task)."""
+    import flows.backfill_part  # noqa: F401
 
 
 def run_backfill_dask(
@@ -103,7 +117,22 @@ def run_backfill_dask(
     batch_rows: int = ROW_GROUP,
 ) -> BackfillReport:
     """The backfill job on Dask; the output is the single-process job's, file for file."""
-    with dask_client(workers, scheduler) as client, small_pages():
+    with dask_client(workers, scheduler) as client:
+        return backfill_on(client, fs, events_path, out_dir, spine_path, partitions, batch_rows)
+
+
+def backfill_on(
+    client: Any,
+    fs: FeatureSet,
+    events_path: Path,
+    out_dir: Path,
+    spine_path: Path | None = None,
+    partitions: int | None = None,
+    batch_rows: int = ROW_GROUP,
+) -> BackfillReport:
+    """The job on an open Dask ``client`` (``partitions`` per entity; ``batch_rows`` read,
+    merged and written at a time)."""
+    with small_pages():
         return _run(fs, events_path, out_dir, spine_path, client, partitions, batch_rows)
 
 
@@ -117,7 +146,7 @@ def _run(
     batch_rows: int,
 ) -> BackfillReport:
     report = BackfillReport()
-    clock = time.perf_counter()
+    clock, cpu = time.perf_counter(), time.process_time()
 
     def lap(name: str) -> None:
         nonlocal clock
@@ -133,14 +162,20 @@ def _run(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "feast").mkdir(exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".backfill-partitions-", dir=out_dir))
+    blob = cloudpickle.dumps(fs)
+    # each worker compiles the definitions while this process splits
+    warm = [
+        client.submit(prepare, blob, workers=[w], pure=False)
+        for w in client.scheduler_info()["workers"]
+    ]
     try:
         split, counts = split_events(fs, events_path, tmp, out_dir, partitions, batch_rows)
         queries = split_spine(fs, spine_path, tmp, partitions, batch_rows) if spine_path else None
         report.events, report.rejected = counts["events"], counts["rejected"]
         lap("split")
 
-        blob = cloudpickle.dumps(fs)
         jobs = [(n, p) for n in names for p in range(partitions)]
+        client.gather(warm)
         stats = client.gather(
             [client.submit(accept_stats, blob, n, str(split.paths[n][p]), pure=False)
              for n, p in jobs]
@@ -155,12 +190,14 @@ def _run(
             client.submit(
                 run_partition, blob, n, str(split.paths[n][p]),
                 str(queries.paths[n][p]) if queries else None, str(tmp / "out" / f"{n}-{p}"),
-                plans[n], pure=False,
+                plans[n], batch_rows, pure=False,
             )
             for n, p in jobs
         ]  # fmt: skip
-        entities = client.gather(futures)
+        done = client.gather(futures)
         lap("features_states")
+        report.seconds["cpu_accept_tasks"] = round(sum(s["cpu"] for s in stats), 3)
+        report.seconds["cpu_partition_tasks"] = round(sum(d["cpu"] for d in done), 3)
 
         dropped = {
             n: {k: np.sort(np.concatenate([s[k] for s in by_name[n]]))
@@ -171,18 +208,22 @@ def _run(
             late, dups = len(dropped[n]["late_rows"]), len(dropped[n]["duplicate_rows"])
             accepted = sum(s["n"] for s in by_name[n])
             report.by_entity[n] = {"accepted": accepted, "duplicates": dups, "late": late}
-            report.entities[n] = sum(c for (m, _), c in zip(jobs, entities, strict=True) if m == n)
+            report.entities[n] = sum(
+                d["entities"] for (m, _), d in zip(jobs, done, strict=True) if m == n
+            )
         report.duplicates = report.by_entity[fs.primary.name]["duplicates"]
         report.accepted = report.by_entity[fs.primary.name]["accepted"]
         outs = {n: [tmp / "out" / f"{n}-{p}" for p in range(partitions)] for n in names}
         _assemble(fs, tmp, out_dir, spine_path, outs, dropped, report, batch_rows)
         for e in fs.entities:
-            paths = [Path(f"{o}-feast.parquet") for o in outs[e.name]]
-            w = AlignedWriter(out_dir / "feast" / offline_table_name(e), pq.read_schema(paths[0]))
-            for t in merged(paths, e.join_key, batch_rows):
+            paths = [Path(f"{o}-feast.arrow") for o in outs[e.name]]
+            schema = pa.ipc.open_file(pa.memory_map(str(paths[0]))).schema
+            w = AlignedWriter(out_dir / "feast" / offline_table_name(e), schema)
+            for t in merged(paths, e.join_key):
                 w.write(t)
             w.close()
         lap("assemble_write")
+        report.seconds["cpu_this_process"] = round(time.process_time() - cpu, 3)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     (out_dir / "summary.json").write_text(report.to_json())
@@ -223,16 +264,12 @@ def _assemble(
 
     plan = compile_plan(fs)
     names = [e.name for e in plan.entities]
-    takes = {
-        n: _Take(merged([Path(f"{o}-features.parquet") for o in outs[n]], ROW, rows)) for n in names
-    }
+    takes = {n: _Take(merged([Path(f"{o}-features.arrow") for o in outs[n]], ROW)) for n in names}
     features = AlignedWriter(out_dir / "features.parquet")
     late_out = AlignedWriter(out_dir / "late.parquet")
     dups = dropped[fs.primary.name]["duplicate_rows"]
     source = (
-        _batches(spine_path, "spine", rows)
-        if spine_path
-        else _batches(tmp / "valid.parquet", "valid rows", rows)
+        _batches(spine_path, "spine", rows) if spine_path else arrow_batches(tmp / "valid.arrow")
     )
     done = 0
     for chunk in source:
@@ -256,7 +293,7 @@ def _assemble(
         features.write(_feature_table(fs, spine, values))
     features.close()
     if spine_path is not None:  # late rows in file order, from the valid rows
-        for chunk in _batches(tmp / "valid.parquet", "valid rows", rows):
+        for chunk in arrow_batches(tmp / "valid.arrow"):
             late_out.write(_late(chunk, names, dropped, report))
     late_out.close()
 

@@ -18,6 +18,9 @@ the whole file would have had. The output is then identical bit for bit.
 
 from __future__ import annotations
 
+import hashlib
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,20 +28,51 @@ from typing import Any
 import cloudpickle
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from features.backfill import EventIndex, accept
 from features.definitions import FeatureSet
 from features.feast_objects import TIMESTAMP_FIELD, bootstrap_field, state_field
+from features.native import compile_core
 from features.plan import EntityPlan, compile_plan
 from features.range_folds import _MAX_DIGITS, Digits, Moments, _prefix
 from features.state_build import build_states
+from flows.backfill import small_pages
 
 ROW, KEY, TS, TXID = "__row", "__key", "__ts", "__txid"
 
 
 def field_column(name: str) -> str:
     return f"__f_{name}"
+
+
+# The intermediate files are Arrow IPC: written and read (memory-mapped) about 10x faster
+# than Parquet here, and they never leave the job.
+
+
+def write_arrow(path: str | Path, table: pa.Table, rows: int | None = None) -> None:
+    with pa.OSFile(str(path), "wb") as f, pa.ipc.new_file(f, table.schema) as w:
+        w.write_table(table, max_chunksize=rows)
+
+
+def read_arrow(path: str | Path) -> pa.Table:
+    return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+
+
+def arrow_batches(path: str | Path) -> Iterator[pa.Table]:
+    reader = pa.ipc.open_file(pa.memory_map(str(path)))
+    for i in range(reader.num_record_batches):
+        yield pa.Table.from_batches([reader.get_batch(i)], reader.schema)
+
+
+_LOADED: dict[bytes, FeatureSet] = {}
+
+
+def load_fs(blob: bytes) -> FeatureSet:
+    """The pickled definitions, unpickled once per worker (their plan compiles once)."""
+    digest = hashlib.sha1(blob).digest()
+    if digest not in _LOADED:
+        _LOADED[digest] = cloudpickle.loads(blob)
+    return _LOADED[digest]
 
 
 @dataclass(frozen=True)
@@ -157,12 +191,25 @@ class PlannedIndex(EventIndex):
         )  # fmt: skip
 
 
+def prepare(blob: bytes) -> None:
+    """Unpickle and compile the definitions on a worker ahead of its first task, and run
+    the kernel once on two events (Arrow compute initializes lazily, ~0.5 s)."""
+    fs = load_fs(blob)
+    keys, ts, ids = np.array([1, 1]), np.array([0, 1]), pa.array(["a", "b"])
+    for e in compile_plan(fs).entities:
+        compile_core(e.layout)
+        accept(e.layout.lateness_ms, keys, ids, ts)
+        index = EventIndex(keys, ts, {f: np.ones(2) for f in e.fields})
+        index.features(fs, e.name, keys, ts + 1)
+        build_states(e.layout, index, ids)
+
+
 def _entity(fs: FeatureSet, name: str) -> EntityPlan:
     return next(e for e in compile_plan(fs).entities if e.name == name)
 
 
 def _accepted(fs: FeatureSet, name: str, path: Path) -> tuple[EntityPlan, pa.Table, Any]:
-    e, t = _entity(fs, name), pq.read_table(path)
+    e, t = _entity(fs, name), read_arrow(path)
     txids = t.column(TXID).combine_chunks()
     acc = accept(e.layout.lateness_ms, t.column(KEY).to_numpy(), txids, t.column(TS).to_numpy())
     return e, t, acc
@@ -171,8 +218,10 @@ def _accepted(fs: FeatureSet, name: str, path: Path) -> tuple[EntityPlan, pa.Tab
 def accept_stats(fs_blob: bytes, name: str, path: str) -> dict[str, Any]:
     """Pass 1: acceptance counts, the rows dropped (duplicates, too late) and the spread
     of every field (and its squares) over the accepted events."""
-    fs = cloudpickle.loads(fs_blob)
-    e, t, acc = _accepted(fs, name, Path(path))
+    start = time.thread_time()
+    fs = load_fs(fs_blob)
+    with small_pages():
+        e, t, acc = _accepted(fs, name, Path(path))
     rows = t.column(ROW).to_numpy()
     spread = {}
     for f in e.fields:
@@ -183,6 +232,7 @@ def accept_stats(fs_blob: bytes, name: str, path: str) -> dict[str, Any]:
         "duplicate_rows": rows[acc.duplicate],
         "late_rows": rows[acc.late],
         "spread": spread,
+        "cpu": time.thread_time() - start,
     }
 
 
@@ -193,20 +243,35 @@ def run_partition(
     queries: str | None,
     out: str,
     plans: dict[str, FieldPlan],
+    rows: int,
+) -> dict[str, Any]:
+    """Pass 2: this partition's features at its query rows (``out``-features.arrow, by
+    ``__row``) and its Feast table with end states (``out``-feast.arrow, by key, time).
+    Returns the number of entities and the task's CPU seconds."""
+    start = time.thread_time()
+    with small_pages():
+        n = _run_partition(load_fs(fs_blob), name, path, queries, out, plans, rows)
+    return {"entities": n, "cpu": time.thread_time() - start}
+
+
+def _run_partition(
+    fs: FeatureSet,
+    name: str,
+    path: str,
+    queries: str | None,
+    out: str,
+    plans: dict[str, FieldPlan],
+    rows: int,
 ) -> int:
-    """Pass 2: this partition's features at its query rows (``out``-features.parquet, by
-    ``__row``) and its Feast table with end states (``out``-feast.parquet, by key, time).
-    Returns the number of entities."""
-    fs: FeatureSet = cloudpickle.loads(fs_blob)
     e, t, acc = _accepted(fs, name, Path(path))
     sel = pa.array(acc.accepted)
     ok = t.filter(sel)
     fields = {f: ok.column(field_column(f)).to_numpy() for f in e.fields}
     index = PlannedIndex(ok.column(KEY).to_numpy(), ok.column(TS).to_numpy(), fields, plans)
-    q = pq.read_table(queries) if queries else t
+    q = read_arrow(queries) if queries else t
     values = index.features(fs, name, q.column(KEY).to_numpy(), q.column(TS).to_numpy())
     feats = pa.table({ROW: q.column(ROW), **{k: pa.array(v) for k, v in values.items()}})
-    pq.write_table(feats, f"{out}-features.parquet")
+    write_arrow(f"{out}-features.arrow", feats, rows)
 
     blobs_list = build_states(e.layout, index, ok.column(TXID).combine_chunks())
     keys, ts, last, vals = index.features_after_events(fs, name)
@@ -219,5 +284,5 @@ def run_partition(
         state_field(e.entity): blobs.take(at),
         bootstrap_field(e.entity): blobs.take(at),
     }
-    pq.write_table(pa.table(cols), f"{out}-feast.parquet")
+    write_arrow(f"{out}-feast.arrow", pa.table(cols), rows)
     return len(index.uniq)

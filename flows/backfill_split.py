@@ -20,7 +20,7 @@ from features.definitions import FeatureSet
 from features.plan import compile_plan
 from features.schema import SchemaError
 from flows.backfill import _ms, parquet_options
-from flows.backfill_part import KEY, ROW, TS, TXID, field_column
+from flows.backfill_part import KEY, ROW, TS, TXID, arrow_batches, field_column
 
 #: pyarrow's default row group length (``write_table`` without ``row_group_size``)
 ROW_GROUP = 1024 * 1024
@@ -90,10 +90,10 @@ class Splitter:
 
     def __init__(self, root: Path, names: list[str], partitions: int) -> None:
         self.partitions = partitions
-        self.paths = {n: [root / n / f"{p}.parquet" for p in range(partitions)] for n in names}
+        self.paths = {n: [root / n / f"{p}.arrow" for p in range(partitions)] for n in names}
         for n in names:
             (root / n).mkdir(parents=True, exist_ok=True)
-        self._writers: dict[tuple[str, int], pq.ParquetWriter] = {}
+        self._writers: dict[tuple[str, int], Any] = {}
 
     def add(self, name: str, cols: dict[str, Any]) -> None:
         table = pa.table(cols)
@@ -104,7 +104,8 @@ class Splitter:
         for p in range(self.partitions):
             w = self._writers.get((name, p))
             if w is None:
-                w = self._writers[name, p] = pq.ParquetWriter(self.paths[name][p], table.schema)
+                w = pa.ipc.new_file(str(self.paths[name][p]), table.schema)
+                self._writers[name, p] = w
             w.write_table(table.slice(cuts[p], cuts[p + 1] - cuts[p]))
 
     def close(self) -> None:
@@ -116,11 +117,11 @@ def split_events(
     fs: FeatureSet, events: Path, tmp: Path, out_dir: Path, partitions: int, rows: int
 ) -> tuple[Splitter, dict[str, int]]:
     """Validate the events batch by batch: rejects to ``out_dir/rejects.parquet``, valid
-    rows to ``tmp/valid.parquet``, and each entity's columns split into partitions."""
+    rows to ``tmp/valid.arrow``, and each entity's columns split into partitions."""
     plan = compile_plan(fs)
     split = Splitter(tmp / "events", [e.name for e in plan.entities], partitions)
     rejects = AlignedWriter(out_dir / "rejects.parquet")
-    valid_out: pq.ParquetWriter | None = None
+    valid_out: Any = None
     offset, n_valid = 0, 0
     for table in _batches(events, "events", rows):
         valid, bad = plan.validator.validate_table(table)
@@ -129,7 +130,7 @@ def split_events(
         n_valid += valid.num_rows
         rejects.write(bad)
         if valid_out is None:
-            valid_out = pq.ParquetWriter(tmp / "valid.parquet", valid.schema)
+            valid_out = pa.ipc.new_file(str(tmp / "valid.arrow"), valid.schema)
         valid_out.write_table(valid)
         ts = pc.cast(valid.column(fs.schema.event_time), pa.int64())
         txids = valid.column(fs.schema.event_id)
@@ -169,11 +170,10 @@ def split_spine(fs: FeatureSet, spine: Path, tmp: Path, partitions: int, rows: i
     return split
 
 
-def merged(paths: list[Path], key: str, rows: int) -> Iterator[pa.Table]:
+def merged(paths: list[Path], key: str) -> Iterator[pa.Table]:
     """Files each sorted by ``key`` (a key's rows all in one file) as one sorted stream."""
-    files = [pq.ParquetFile(p) for p in paths]
-    iters = [f.iter_batches(batch_size=rows) for f in files]
-    bufs = [f.schema_arrow.empty_table() for f in files]
+    iters = [arrow_batches(p) for p in paths]
+    bufs = [pa.ipc.open_file(pa.memory_map(str(p))).schema.empty_table() for p in paths]
     done = [False] * len(iters)
 
     def pull(s: int) -> None:
@@ -181,7 +181,7 @@ def merged(paths: list[Path], key: str, rows: int) -> Iterator[pa.Table]:
         if batch is None:
             done[s] = True
             return
-        bufs[s] = pa.concat_tables([bufs[s], pa.Table.from_batches([batch], bufs[s].schema)])
+        bufs[s] = pa.concat_tables([bufs[s], batch])
 
     while True:
         for s in range(len(iters)):

@@ -26,7 +26,7 @@ from features.definitions import FeatureSet
 from features.reference import REFERENCE
 from flows import backfill_part
 from flows.backfill import BackfillReport, run_backfill
-from flows.backfill_dask import _run, dask_client
+from flows.backfill_dask import backfill_on, dask_client
 from tests.features.test_backfill_job import SCHEMA, WIDE, _events
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,7 +70,7 @@ def _both(
 ) -> tuple[Path, Path, BackfillReport, BackfillReport]:
     # batches of 7 rows: duplicates and late events land in other batches than their first copy
     ra = run_backfill(fs, d / "events.parquet", d / "single", spine)
-    rb = _run(fs, d / "events.parquet", d / "dask", spine, client, partitions, 7)
+    rb = backfill_on(client, fs, d / "events.parquet", d / "dask", spine, partitions, 7)
     return d / "single", d / "dask", ra, rb
 
 
@@ -120,7 +120,7 @@ def test_window_sums_use_the_whole_files_digits(
         return EventIndex.moments(self, field, squares)
 
     monkeypatch.setattr(backfill_part.PlannedIndex, "moments", own_digits)
-    _run(REFERENCE, tmp_path / "events.parquet", tmp_path / "plain", None, client, 4, 7)
+    backfill_on(client, REFERENCE, tmp_path / "events.parquet", tmp_path / "plain", None, 4, 7)
     plain = pq.read_table(tmp_path / "plain" / "features.parquet")
     assert not plain.equals(ours)
 
