@@ -39,19 +39,27 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from features.definitions import FeatureSet
+from features.definitions import Entity, FeatureSet
 from features.feast_objects import offline_table_name
 from features.plan import compile_plan
-from flows.backfill import BackfillReport, _ms, small_pages
+from flows.backfill import BackfillReport, _ms, each, small_pages
 from flows.backfill_part import (
     ROW,
     accept_stats,
-    arrow_batches,
     merge_stats,
     prepare,
     run_partition,
 )  # fmt: skip
-from flows.backfill_split import ROW_GROUP, AlignedWriter, merged, split_events, split_spine
+from flows.backfill_split import (
+    ROW_GROUP,
+    AlignedWriter,
+    merged,
+    piece_path,
+    pieces,
+    pieces_of,
+    split_piece,
+    split_spine,
+)
 
 #: events per partition when not given: what one task holds in memory, about 1 GB
 PARTITION_EVENTS = 1_000_000
@@ -71,7 +79,7 @@ def dask_client(workers: int, scheduler: str | None) -> Iterator[Any]:
         with (
             LocalCluster(
                 n_workers=workers, threads_per_worker=1, processes=True,
-                dashboard_address=None, silence_logs=logging.ERROR,
+                dashboard_address=":0", silence_logs=logging.ERROR,
             ) as cluster,
             Client(cluster) as client,
         ):  # fmt: skip
@@ -154,8 +162,9 @@ def _run(
         report.seconds[name] = round(now - clock, 3)
         clock = now
 
+    split_tasks = pieces_of(events_path)  # one per row group; fails here on a bad file
     if partitions is None:
-        rows = pq.ParquetFile(events_path).metadata.num_rows if events_path.exists() else 0
+        rows = pq.ParquetFile(events_path).metadata.num_rows
         workers = max(len(client.nthreads()), 1)
         partitions = max(2 * workers, math.ceil(rows / PARTITION_EVENTS))
     names = [e.name for e in compile_plan(fs).entities]
@@ -163,21 +172,33 @@ def _run(
     (out_dir / "feast").mkdir(exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".backfill-partitions-", dir=out_dir))
     blob = cloudpickle.dumps(fs)
-    # each worker compiles the definitions while this process splits
-    warm = [
+    warm = [  # each worker compiles the definitions first
         client.submit(prepare, blob, workers=[w], pure=False)
         for w in client.scheduler_info()["workers"]
     ]
     try:
-        split, counts = split_events(fs, events_path, tmp, out_dir, partitions, batch_rows)
+        splits = [
+            client.submit(
+                split_piece, blob, str(events_path), group, offset, str(tmp), partitions,
+                batch_rows, k, pure=False,
+            )
+            for k, (group, offset) in enumerate(split_tasks)
+        ]  # fmt: skip
         queries = split_spine(fs, spine_path, tmp, partitions, batch_rows) if spine_path else None
-        report.events, report.rejected = counts["events"], counts["rejected"]
+        counts = client.gather(splits)
+        client.gather(warm)
+        report.events = sum(c["events"] for c in counts)
+        report.rejected = report.events - sum(c["valid"] for c in counts)
         lap("split")
+        parts = {
+            n: [[str(piece_path(tmp / "events", n, p, k)) for k in range(len(split_tasks))]
+                for p in range(partitions)]
+            for n in names
+        }  # fmt: skip
 
         jobs = [(n, p) for n in names for p in range(partitions)]
-        client.gather(warm)
         stats = client.gather(
-            [client.submit(accept_stats, blob, n, str(split.paths[n][p]), pure=False)
+            [client.submit(accept_stats, blob, n, parts[n][p], pure=False)
              for n, p in jobs]
         )  # fmt: skip
         lap("accept")
@@ -188,7 +209,7 @@ def _run(
         (tmp / "out").mkdir()
         futures = [
             client.submit(
-                run_partition, blob, n, str(split.paths[n][p]),
+                run_partition, blob, n, parts[n][p],
                 str(queries.paths[n][p]) if queries else None, str(tmp / "out" / f"{n}-{p}"),
                 plans[n], batch_rows, pure=False,
             )
@@ -196,6 +217,7 @@ def _run(
         ]  # fmt: skip
         done = client.gather(futures)
         lap("features_states")
+        report.seconds["cpu_split_tasks"] = round(sum(c["cpu"] for c in counts), 3)
         report.seconds["cpu_accept_tasks"] = round(sum(s["cpu"] for s in stats), 3)
         report.seconds["cpu_partition_tasks"] = round(sum(d["cpu"] for d in done), 3)
 
@@ -214,14 +236,33 @@ def _run(
         report.duplicates = report.by_entity[fs.primary.name]["duplicates"]
         report.accepted = report.by_entity[fs.primary.name]["accepted"]
         outs = {n: [tmp / "out" / f"{n}-{p}" for p in range(partitions)] for n in names}
-        _assemble(fs, tmp, out_dir, spine_path, outs, dropped, report, batch_rows)
-        for e in fs.entities:
+
+        def feast(e: Entity) -> None:
             paths = [Path(f"{o}-feast.arrow") for o in outs[e.name]]
             schema = pa.ipc.open_file(pa.memory_map(str(paths[0]))).schema
             w = AlignedWriter(out_dir / "feast" / offline_table_name(e), schema)
             for t in merged(paths, e.join_key):
                 w.write(t)
             w.close()
+
+        def rejects() -> None:
+            w = AlignedWriter(out_dir / "rejects.parquet")
+            for t in pieces(tmp, "rejects", len(split_tasks)):
+                w.write(t)
+            w.close()
+
+        # the workers are idle now: the outputs are merged and written side by side
+        valid = pieces(tmp, "valid", len(split_tasks))
+        each(
+            lambda job: job(),
+            [
+                lambda: _assemble(
+                    fs, valid, out_dir, spine_path, outs, dropped, report, batch_rows
+                ),
+                rejects,
+                *(lambda e=e: feast(e) for e in fs.entities),
+            ],
+        )
         lap("assemble_write")
         report.seconds["cpu_this_process"] = round(time.process_time() - cpu, 3)
     finally:
@@ -251,7 +292,7 @@ class _Take:
 
 def _assemble(
     fs: FeatureSet,
-    tmp: Path,
+    valid: Iterator[pa.Table],
     out_dir: Path,
     spine_path: Path | None,
     outs: dict[str, list[Path]],
@@ -268,9 +309,7 @@ def _assemble(
     features = AlignedWriter(out_dir / "features.parquet")
     late_out = AlignedWriter(out_dir / "late.parquet")
     dups = dropped[fs.primary.name]["duplicate_rows"]
-    source = (
-        _batches(spine_path, "spine", rows) if spine_path else arrow_batches(tmp / "valid.arrow")
-    )
+    source = _batches(spine_path, "spine", rows) if spine_path else valid
     done = 0
     for chunk in source:
         values: dict[str, np.ndarray] = {}
@@ -293,7 +332,7 @@ def _assemble(
         features.write(_feature_table(fs, spine, values))
     features.close()
     if spine_path is not None:  # late rows in file order, from the valid rows
-        for chunk in arrow_batches(tmp / "valid.arrow"):
+        for chunk in valid:
             late_out.write(_late(chunk, names, dropped, report))
     late_out.close()
 

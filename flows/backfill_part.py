@@ -59,9 +59,12 @@ def read_arrow(path: str | Path) -> pa.Table:
 
 
 def arrow_batches(path: str | Path) -> Iterator[pa.Table]:
+    """The file's batches as tables; one empty table (its schema) when it has none."""
     reader = pa.ipc.open_file(pa.memory_map(str(path)))
     for i in range(reader.num_record_batches):
         yield pa.Table.from_batches([reader.get_batch(i)], reader.schema)
+    if not reader.num_record_batches:
+        yield reader.schema.empty_table()
 
 
 _LOADED: dict[bytes, FeatureSet] = {}
@@ -208,20 +211,21 @@ def _entity(fs: FeatureSet, name: str) -> EntityPlan:
     return next(e for e in compile_plan(fs).entities if e.name == name)
 
 
-def _accepted(fs: FeatureSet, name: str, path: Path) -> tuple[EntityPlan, pa.Table, Any]:
-    e, t = _entity(fs, name), read_arrow(path)
+def _accepted(fs: FeatureSet, name: str, paths: list[str]) -> tuple[EntityPlan, pa.Table, Any]:
+    """The partition's pieces in file order, and their acceptance."""
+    e, t = _entity(fs, name), pa.concat_tables([read_arrow(p) for p in paths])
     txids = t.column(TXID).combine_chunks()
     acc = accept(e.layout.lateness_ms, t.column(KEY).to_numpy(), txids, t.column(TS).to_numpy())
     return e, t, acc
 
 
-def accept_stats(fs_blob: bytes, name: str, path: str) -> dict[str, Any]:
+def accept_stats(fs_blob: bytes, name: str, paths: list[str]) -> dict[str, Any]:
     """Pass 1: acceptance counts, the rows dropped (duplicates, too late) and the spread
     of every field (and its squares) over the accepted events."""
     start = time.thread_time()
     fs = load_fs(fs_blob)
     with small_pages():
-        e, t, acc = _accepted(fs, name, Path(path))
+        e, t, acc = _accepted(fs, name, paths)
     rows = t.column(ROW).to_numpy()
     spread = {}
     for f in e.fields:
@@ -239,7 +243,7 @@ def accept_stats(fs_blob: bytes, name: str, path: str) -> dict[str, Any]:
 def run_partition(
     fs_blob: bytes,
     name: str,
-    path: str,
+    paths: list[str],
     queries: str | None,
     out: str,
     plans: dict[str, FieldPlan],
@@ -250,20 +254,20 @@ def run_partition(
     Returns the number of entities and the task's CPU seconds."""
     start = time.thread_time()
     with small_pages():
-        n = _run_partition(load_fs(fs_blob), name, path, queries, out, plans, rows)
+        n = _run_partition(load_fs(fs_blob), name, paths, queries, out, plans, rows)
     return {"entities": n, "cpu": time.thread_time() - start}
 
 
 def _run_partition(
     fs: FeatureSet,
     name: str,
-    path: str,
+    paths: list[str],
     queries: str | None,
     out: str,
     plans: dict[str, FieldPlan],
     rows: int,
 ) -> int:
-    e, t, acc = _accepted(fs, name, Path(path))
+    e, t, acc = _accepted(fs, name, paths)
     sel = pa.array(acc.accepted)
     ok = t.filter(sel)
     fields = {f: ok.column(field_column(f)).to_numpy() for f in e.fields}

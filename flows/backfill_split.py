@@ -1,12 +1,13 @@
-"""The distributed backfill's disk plumbing, all in bounded memory: the events (and an
-optional spine) read in Parquet batches and split by hash of each entity's key into
-per-partition files; sorted partition outputs merged back in order; output Parquet
+"""The distributed backfill's disk plumbing, all in bounded memory: the events (one task
+per row group) and an optional spine read in Parquet batches and split by hash of each
+entity's key into per-partition files; sorted partition outputs merged back in order; output Parquet
 written in the row groups ``pyarrow.parquet.write_table`` would have made, so the files
 equal the single-process job's.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from features.definitions import FeatureSet
 from features.plan import compile_plan
 from features.schema import SchemaError
 from flows.backfill import _ms, parquet_options
-from flows.backfill_part import KEY, ROW, TS, TXID, arrow_batches, field_column
+from flows.backfill_part import KEY, ROW, TS, TXID, arrow_batches, field_column, load_fs
 
 #: pyarrow's default row group length (``write_table`` without ``row_group_size``)
 ROW_GROUP = 1024 * 1024
@@ -86,13 +87,15 @@ def _batches(path: Path, what: str, rows: int) -> Iterator[pa.Table]:
 
 
 class Splitter:
-    """Per entity and partition, an open Parquet file the rows hashed there are appended to."""
+    """Per entity and partition, an open Arrow file (``ROOT/entity/partition/piece.arrow``)
+    the rows hashed there are appended to, in file order."""
 
-    def __init__(self, root: Path, names: list[str], partitions: int) -> None:
+    def __init__(self, root: Path, names: list[str], partitions: int, piece: int = 0) -> None:
         self.partitions = partitions
-        self.paths = {n: [root / n / f"{p}.arrow" for p in range(partitions)] for n in names}
+        self.paths = {n: [piece_path(root, n, p, piece) for p in range(partitions)] for n in names}
         for n in names:
-            (root / n).mkdir(parents=True, exist_ok=True)
+            for p in range(partitions):
+                self.paths[n][p].parent.mkdir(parents=True, exist_ok=True)
         self._writers: dict[tuple[str, int], Any] = {}
 
     def add(self, name: str, cols: dict[str, Any]) -> None:
@@ -113,25 +116,57 @@ class Splitter:
             w.close()
 
 
-def split_events(
-    fs: FeatureSet, events: Path, tmp: Path, out_dir: Path, partitions: int, rows: int
-) -> tuple[Splitter, dict[str, int]]:
-    """Validate the events batch by batch: rejects to ``out_dir/rejects.parquet``, valid
-    rows to ``tmp/valid.arrow``, and each entity's columns split into partitions."""
-    plan = compile_plan(fs)
-    split = Splitter(tmp / "events", [e.name for e in plan.entities], partitions)
-    rejects = AlignedWriter(out_dir / "rejects.parquet")
-    valid_out: Any = None
-    offset, n_valid = 0, 0
-    for table in _batches(events, "events", rows):
+def piece_path(root: Path, name: str, partition: int, piece: int) -> Path:
+    return root / name / str(partition) / f"{piece:06d}.arrow"
+
+
+def pieces_of(events: Path) -> list[tuple[int | None, int]]:
+    """(row group, its first row) per split task; one task on no row group when empty."""
+    try:
+        meta = pq.ParquetFile(events).metadata
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise SchemaError(f"events: cannot read {events} as Parquet ({exc})") from None
+    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    if not sizes:
+        return [(None, 0)]
+    starts = np.r_[0, np.cumsum(sizes)[:-1]].tolist()
+    return list(zip(range(len(sizes)), starts, strict=True))
+
+
+def split_piece(
+    fs_blob: bytes, events: str, row_group: int | None, offset: int, tmp: str, partitions: int,
+    rows: int, piece: int,
+) -> dict[str, Any]:  # fmt: skip
+    """A Dask task: validate one row group of the events batch by batch; its rejects and
+    valid rows to ``tmp/rejects|valid/piece.arrow``, each entity's columns to its
+    partitions' ``piece`` files."""
+    start = time.thread_time()
+    fs = load_fs(fs_blob)
+    plan, root = compile_plan(fs), Path(tmp)
+    split = Splitter(root / "events", [e.name for e in plan.entities], partitions, piece)
+    sinks: dict[str, Any] = {}
+    n, n_valid = 0, 0
+    pf = pq.ParquetFile(events)
+
+    def batches() -> Iterator[pa.Table]:
+        seen = False
+        groups = [] if row_group is None else [row_group]
+        for b in pf.iter_batches(batch_size=rows, row_groups=groups) if groups else []:
+            seen = True
+            yield pa.Table.from_batches([b], pf.schema_arrow)
+        if not seen:  # every output file exists, with its schema
+            yield pf.schema_arrow.empty_table()
+
+    for table in batches():
         valid, bad = plan.validator.validate_table(table)
-        valid, bad = _shift_rows(valid, offset), _shift_rows(bad, offset)
-        offset += table.num_rows
+        valid, bad = _shift_rows(valid, offset + n), _shift_rows(bad, offset + n)
+        n += table.num_rows
         n_valid += valid.num_rows
-        rejects.write(bad)
-        if valid_out is None:
-            valid_out = pa.ipc.new_file(str(tmp / "valid.arrow"), valid.schema)
-        valid_out.write_table(valid)
+        for kind, t in (("rejects", bad), ("valid", valid)):
+            if kind not in sinks:
+                (root / kind).mkdir(exist_ok=True)
+                sinks[kind] = pa.ipc.new_file(str(root / kind / f"{piece:06d}.arrow"), t.schema)
+            sinks[kind].write_table(t)
         ts = pc.cast(valid.column(fs.schema.event_time), pa.int64())
         txids = valid.column(fs.schema.event_id)
         for e in plan.entities:
@@ -140,11 +175,10 @@ def split_events(
                 x = valid.column(f).to_numpy(zero_copy_only=False).astype(np.float64)
                 cols[field_column(f)] = x
             split.add(e.name, cols)
-    rejects.close()
-    assert valid_out is not None
-    valid_out.close()
+    for sink in sinks.values():
+        sink.close()
     split.close()
-    return split, {"events": offset, "valid": n_valid, "rejected": offset - n_valid}
+    return {"events": n, "valid": n_valid, "cpu": time.thread_time() - start}
 
 
 def _shift_rows(table: pa.Table, offset: int) -> pa.Table:
@@ -170,6 +204,12 @@ def split_spine(fs: FeatureSet, spine: Path, tmp: Path, partitions: int, rows: i
     return split
 
 
+def pieces(tmp: Path, kind: str, count: int) -> Iterator[pa.Table]:
+    """The split tasks' rejects or valid rows, in file order."""
+    for k in range(count):
+        yield from arrow_batches(tmp / kind / f"{k:06d}.arrow")
+
+
 def merged(paths: list[Path], key: str) -> Iterator[pa.Table]:
     """Files each sorted by ``key`` (a key's rows all in one file) as one sorted stream."""
     iters = [arrow_batches(p) for p in paths]
@@ -177,11 +217,12 @@ def merged(paths: list[Path], key: str) -> Iterator[pa.Table]:
     done = [False] * len(iters)
 
     def pull(s: int) -> None:
-        batch = next(iters[s], None)
-        if batch is None:
-            done[s] = True
-            return
-        bufs[s] = pa.concat_tables([bufs[s], batch])
+        """Append stream ``s``'s next non-empty batch, or mark it done."""
+        for batch in iters[s]:
+            if batch.num_rows:
+                bufs[s] = pa.concat_tables([bufs[s], batch])
+                return
+        done[s] = True
 
     while True:
         for s in range(len(iters)):

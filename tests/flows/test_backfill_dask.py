@@ -22,12 +22,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from features.backfill import EventIndex
 from features.definitions import FeatureSet
 from features.reference import REFERENCE
 from flows import backfill_part
 from flows.backfill import BackfillReport, run_backfill
 from flows.backfill_dask import backfill_on, dask_client
-from tests.features.test_backfill_job import SCHEMA, WIDE, _events
+from flows.backfill_split import partition_of
+from tests.features.test_backfill_job import SCHEMA, T0, WIDE, _events
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -103,26 +105,44 @@ def test_dask_backfill_with_a_spine_file(client: Any, tmp_path: Path) -> None:
     assert pq.read_table(b / "features.parquet").column_names[:5] == spine.column_names
 
 
-def test_window_sums_use_the_whole_files_digits(
-    client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Without the whole file's digit plan (each partition choosing its own, as the plain
-    kernel would), some window sum rounds differently: the plan is what keeps the bytes."""
-    rows = _events(4, 240, extreme=True)
-    pq.write_table(pa.Table.from_pylist(rows, SCHEMA), tmp_path / "events.parquet")
-    a, b, ra, rb = _both(client, REFERENCE, tmp_path, partitions=4)
+def _own_digits(self: Any, field: str, squares: bool) -> Any:
+    """The plain kernel's choice: digits from this partition's values alone."""
+    return EventIndex.moments(self, field, squares)
+
+
+_PLANNED = backfill_part.PlannedIndex.moments
+
+
+def _plain_kernel(plain: bool) -> None:
+    """On a worker: switch the partitions' digit choice to their own values, or back."""
+    backfill_part.PlannedIndex.moments = _own_digits if plain else _PLANNED  # type: ignore[method-assign]
+
+
+def test_window_sums_use_the_whole_files_digits(client: Any, tmp_path: Path) -> None:
+    """One card's 1e-300 makes exact digits impossible for the whole file (so window sums
+    are lifted), while another card's partition alone could use digits: with each
+    partition choosing for itself, as the plain kernel would, the sums round differently.
+    The whole file's plan is what keeps the bytes."""
+    rnd = random.Random(1)
+    rows = [
+        {"transaction_id": f"x{i}", "card_id": 0, "merchant_id": 0, "currency": "EUR",
+         "amount": rnd.randint(1, 10**6) / 100, "country": "FR", "mcc": 5411,
+         "event_time": T0 + i * 60_000}
+        for i in range(300)
+    ]  # fmt: skip
+    tiny = {**rows[0], "transaction_id": "tiny", "card_id": 2, "merchant_id": 2, "amount": 1e-300}
+    assert len(set(partition_of(np.array([0, 2]), 2).tolist())) == 2  # apart
+    pq.write_table(pa.Table.from_pylist([*rows, tiny], SCHEMA), tmp_path / "events.parquet")
+    a, b, ra, rb = _both(client, REFERENCE, tmp_path, partitions=2)
     _same(a, b, ra, rb)
-    ours = pq.read_table(b / "features.parquet")
-
-    def own_digits(self: Any, field: str, squares: bool) -> Any:
-        from features.backfill import EventIndex
-
-        return EventIndex.moments(self, field, squares)
-
-    monkeypatch.setattr(backfill_part.PlannedIndex, "moments", own_digits)
-    backfill_on(client, REFERENCE, tmp_path / "events.parquet", tmp_path / "plain", None, 4, 7)
-    plain = pq.read_table(tmp_path / "plain" / "features.parquet")
-    assert not plain.equals(ours)
+    plain = tmp_path / "plain"
+    client.run(_plain_kernel, True)
+    try:
+        backfill_on(client, REFERENCE, tmp_path / "events.parquet", plain, None, 2, 7)
+    finally:
+        client.run(_plain_kernel, False)
+    for name in ("features.parquet", "feast/card_features.parquet"):
+        assert (plain / name).read_bytes() != (a / name).read_bytes(), name
 
 
 def _free_port() -> int:
