@@ -71,7 +71,7 @@ class AlignedWriter:
         self._writer.close()
 
 
-def _batches(path: Path, what: str, rows: int) -> Iterator[pa.Table]:
+def parquet_batches(path: Path, what: str, rows: int) -> Iterator[pa.Table]:
     """A Parquet file as tables of ``rows`` (one empty table for an empty file)."""
     try:
         pf = pq.ParquetFile(path)
@@ -190,7 +190,7 @@ def split_spine(fs: FeatureSet, spine: Path, tmp: Path, partitions: int, rows: i
     """The spine's (row, key, time) per entity and partition (features are asked there)."""
     split = Splitter(tmp / "spine", [e.name for e in fs.entities], partitions)
     offset = 0
-    for table in _batches(spine, "spine", rows):
+    for table in parquet_batches(spine, "spine", rows):
         for col in [*(e.join_key for e in fs.entities), fs.schema.event_time]:
             if col not in table.column_names:
                 raise SchemaError(f"column '{col}': missing from the spine")
@@ -210,9 +210,20 @@ def pieces(tmp: Path, kind: str, count: int) -> Iterator[pa.Table]:
         yield from arrow_batches(tmp / kind / f"{k:06d}.arrow")
 
 
+#: rows pulled from one sorted file at a time when merging: memory is files x this
+MERGE_STEP = 1 << 16
+
+
+def _slices(tables: Iterator[pa.Table], step: int) -> Iterator[pa.Table]:
+    for t in tables:
+        for at in range(0, t.num_rows, step):
+            yield t.slice(at, step)  # zero-copy views of the memory-mapped file
+
+
 def merged(paths: list[Path], key: str) -> Iterator[pa.Table]:
-    """Files each sorted by ``key`` (a key's rows all in one file) as one sorted stream."""
-    iters = [arrow_batches(p) for p in paths]
+    """Files each sorted by ``key`` (a key's rows all in one file) as one sorted stream,
+    holding at most a few ``MERGE_STEP`` rows per file."""
+    iters = [_slices(arrow_batches(p), MERGE_STEP) for p in paths]
     bufs = [pa.ipc.open_file(pa.memory_map(str(p))).schema.empty_table() for p in paths]
     done = [False] * len(iters)
 
