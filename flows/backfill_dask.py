@@ -77,13 +77,34 @@ class ClusterError(ConnectionError):
 @contextlib.contextmanager
 def dask_client(workers: int, scheduler: str | None) -> Iterator[Any]:
     """A client of ``scheduler``, or of a ``LocalCluster`` of ``workers`` processes."""
+    with _quiet():
+        yield from _client(workers, scheduler)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Dask's own logging off (but at DEBUG): a task's error reaches the caller as its
+    exception, which the CLI prints as one line."""
+    import distributed  # noqa: F401  (it sets its loggers' levels on import)
+
+    log = logging.getLogger("distributed")
+    before = log.level
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(before)
+
+
+def _client(workers: int, scheduler: str | None) -> Iterator[Any]:
     from dask.distributed import Client, LocalCluster
 
     if scheduler is None:
         with (
             LocalCluster(
                 n_workers=workers, threads_per_worker=1, processes=True,
-                dashboard_address=":0", silence_logs=logging.ERROR,
+                dashboard_address=":0", silence_logs=logging.CRITICAL,
             ) as cluster,
             Client(cluster) as client,
         ):  # fmt: skip
@@ -172,8 +193,8 @@ def _run(
         workers = max(len(client.nthreads()), 1)
         partitions = max(2 * workers, math.ceil(rows / PARTITION_EVENTS))
     names = [e.name for e in compile_plan(fs).entities]
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "feast").mkdir(exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".backfill-partitions-", dir=out_dir))
     blob = cloudpickle.dumps(fs)
     warm = [  # each worker compiles the definitions first
@@ -240,6 +261,7 @@ def _run(
         report.duplicates = report.by_entity[fs.primary.name]["duplicates"]
         report.accepted = report.by_entity[fs.primary.name]["accepted"]
         outs = {n: [tmp / "out" / f"{n}-{p}" for p in range(partitions)] for n in names}
+        (out_dir / "feast").mkdir(exist_ok=True)
 
         def feast(e: Entity) -> None:
             paths = [Path(f"{o}-feast.arrow") for o in outs[e.name]]
@@ -267,6 +289,10 @@ def _run(
         )
         lap("assemble_write")
         report.seconds["cpu_this_process"] = round(time.process_time() - cpu, 3)
+    except BaseException:
+        if created:  # a failed job leaves no half-written output folder behind
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     (out_dir / "summary.json").write_text(report.to_json())

@@ -204,3 +204,17 @@ def test_unreachable_scheduler_is_one_line_naming_it(tmp_path: Path) -> None:
     assert len(lines) == 1, got.stderr
     assert address in lines[0] and "dask scheduler" in lines[0] and "dask worker" in lines[0]
     assert "Traceback" not in got.stderr and not (tmp_path / "out").exists()
+
+
+def test_bad_events_file_is_one_line_and_leaves_no_output(tmp_path: Path) -> None:
+    """The split task's schema error reaches the CLI as its one-line message; Dask's own
+    logs (the worker's "Compute Failed") stay quiet, and no half-written folder is left."""
+    pq.write_table(_history(1).drop_columns(["amount"]), tmp_path / "events.parquet")
+    got = _cli("backfill", "--events", str(tmp_path / "events.parquet"),
+               "--out", str(tmp_path / "out"), "--engine", "dask", timeout=120)  # fmt: skip
+    assert got.returncode == 2
+    assert got.stderr.strip().splitlines() == [
+        "skewless backfill: column 'amount': missing (found transaction_id, card_id, "
+        "merchant_id, currency, country, mcc, event_time)"
+    ]
+    assert not (tmp_path / "out").exists()
