@@ -11,7 +11,9 @@ On ``events`` simulated transactions (``events // 50`` cards, ``events // 1000``
   subsample of the same spine (Feast manages ~100-200 rows/s here, so the default is
   2,000 rows), and ours on exactly that subsample, our index over all events included:
   rows/s for both and the ratio ours / Feast, against the 10x target;
-* the serialized end state per card (mean, p50, p99, max bytes) against the 4 KB budget.
+* the serialized end state per card (mean, p50, p99, max bytes) against the 4 KB budget;
+* the Dask backfill (:mod:`bench.backfill_dask`): 1 -> 2 local workers on twice the
+  events (2M by default) against the single-process job in the same run.
 
 :func:`run` prints nothing and returns a JSON-able dict: every result beside its target or
 baseline as a ratio.
@@ -45,8 +47,19 @@ def _ratio(a: float, b: float) -> float:
     return round(a / b, 2) if b else float("inf")
 
 
-def run(events: int = 1_000_000, seed: int = 7, feast_rows: int = 2_000) -> dict[str, Any]:
-    """Simulate, backfill, time ours and Feast on the same spine; see the module docstring."""
+def run(
+    events: int = 1_000_000, seed: int = 7, feast_rows: int = 2_000, dask_events: int | None = None
+) -> dict[str, Any]:
+    """Simulate, backfill, time ours and Feast on the same spine; see the module docstring.
+    Then the Dask backfill, 1 -> 2 local workers, on ``dask_events`` (default 2 x events)."""
+    from bench import backfill_dask
+
+    result = _run(events, seed, feast_rows)
+    result["distributed"] = backfill_dask.run(dask_events or 2 * events, seed)
+    return result
+
+
+def _run(events: int, seed: int, feast_rows: int) -> dict[str, Any]:
     from features.feast_objects import offline_table_name, state_field, view_name
     from features.reference import REFERENCE as FS
     from features.store import StoreConfig, open_feature_store

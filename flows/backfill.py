@@ -263,11 +263,14 @@ def each(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         return list(pool.map(fn, items))
 
 
-def _write(table: pa.Table, path: Path) -> None:
+def parquet_options(schema: pa.Schema) -> dict[str, Any]:
     """Parquet with dictionary pages only for strings: on numeric columns they cost more
-    time than they save space."""
-    dictionary = [f.name for f in table.schema if pa.types.is_string(f.type)]
-    pq.write_table(table, path, use_dictionary=dictionary)
+    time than they save space. (The distributed backfill writes with the same options.)"""
+    return {"use_dictionary": [f.name for f in schema if pa.types.is_string(f.type)]}
+
+
+def _write(table: pa.Table, path: Path) -> None:
+    pq.write_table(table, path, **parquet_options(table.schema))
 
 
 @contextlib.contextmanager

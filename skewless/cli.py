@@ -86,6 +86,13 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--events", type=Path, required=True)
     b.add_argument("--out", type=Path, required=True)
     b.add_argument("--spine", type=Path, help="rows to compute features for (default: the events)")
+    b.add_argument(
+        "--engine", choices=("single", "dask"), default="single",
+        help="dask: partitions by entity key, one Dask task each (same output files)",
+    )  # fmt: skip
+    b.add_argument("--workers", type=int, default=2, help="dask: local worker processes")
+    b.add_argument("--scheduler", metavar="ADDRESS", help="dask: a running scheduler, tcp://...")
+    b.add_argument("--partitions", type=int, help="dask: per entity (default: by input size)")
 
     st = sub.add_parser(
         "stream", help="the Bytewax flow: Kafka (or --replay FILE) -> Feast online store"
@@ -214,7 +221,16 @@ def _backfill(args: argparse.Namespace, settings: Settings) -> int:
     from features.loader import load_definitions
     from flows.backfill import run_backfill
 
-    report = run_backfill(load_definitions(settings.definitions), args.events, args.out, args.spine)
+    fs = load_definitions(settings.definitions)
+    if args.engine == "dask" or args.scheduler:
+        from flows.backfill_dask import run_backfill_dask
+
+        report = run_backfill_dask(
+            fs, args.events, args.out, args.spine, workers=args.workers,
+            scheduler=args.scheduler, partitions=args.partitions,
+        )  # fmt: skip
+    else:
+        report = run_backfill(fs, args.events, args.out, args.spine)
     print(report.to_json())
     return 0
 

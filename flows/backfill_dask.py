@@ -1,0 +1,299 @@
+"""The backfill on Dask distributed: the same job as :func:`flows.backfill.run_backfill`,
+the same output files (byte for byte), for inputs larger than one process's memory.
+
+Entities are independent, so each entity's events are split by hash of its key into
+partitions (card and merchant each get their own split), and the single-process kernel
+runs once per partition as a Dask task:
+
+1. **split** (a task per row group of the events, read in batches): validate, keep the
+   rejects and the valid rows in temporary files, and append each entity's (original row,
+   key, time, event id, fields) to that row group's piece of its partition, in file
+   order; a partition is its pieces in row-group order, so file order, which decides
+   dedup and lateness, survives the shuffle, and the original row travels with every
+   event. The intermediate files are Arrow IPC (memory-mapped; Parquet cost ~10x more
+   to write here), the outputs Parquet.
+2. **accept** (tasks): dedup and lateness per partition; the rows dropped come back, with
+   the spread of the values (the exact window sums must use the whole file's digits:
+   :mod:`flows.backfill_part`).
+3. **features and states** (tasks): per partition, the features at its rows and its Feast
+   table with end states, each written sorted.
+4. **assemble** (this process, in batches, the files on parallel threads): partition
+   outputs merged back into file order (features, rejects, late rows) and key order
+   (Feast tables), written in the row groups ``pyarrow.parquet.write_table`` makes.
+
+The temporary files live in ``OUT/.backfill-partitions-*`` (so on a real cluster ``OUT``
+must be on a filesystem every worker sees) and are removed at the end. ``LocalCluster``
+by default; ``scheduler`` names a running one (``dask scheduler`` + ``dask worker``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from features.definitions import Entity, FeatureSet
+from features.feast_objects import offline_table_name
+from features.plan import compile_plan
+from flows.backfill import BackfillReport, each, small_pages
+from flows.backfill_assemble import assemble
+from flows.backfill_part import (
+    accept_stats,
+    merge_stats,
+    prepare,
+    run_partition,
+)  # fmt: skip
+from flows.backfill_split import (
+    ROW_GROUP,
+    AlignedWriter,
+    merged,
+    piece_path,
+    pieces,
+    pieces_of,
+    split_piece,
+    split_spine,
+)
+
+#: events per partition when not given: what one task holds in memory, about 1 GB
+PARTITION_EVENTS = 1_000_000
+
+
+class ClusterError(ConnectionError):
+    """The Dask scheduler cannot be reached or has no workers; the message says how to
+    start one."""
+
+
+@contextlib.contextmanager
+def dask_client(workers: int, scheduler: str | None) -> Iterator[Any]:
+    """A client of ``scheduler``, or of a ``LocalCluster`` of ``workers`` processes."""
+    with _quiet():
+        yield from _client(workers, scheduler)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Dask's own logging off (but at DEBUG): a task's error reaches the caller as its
+    exception, which the CLI prints as one line."""
+    import distributed  # noqa: F401  (it sets its loggers' levels on import)
+
+    log = logging.getLogger("distributed")
+    before = log.level
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(before)
+
+
+def _client(workers: int, scheduler: str | None) -> Iterator[Any]:
+    from dask.distributed import Client, LocalCluster
+
+    if scheduler is None:
+        with (
+            LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True,
+                dashboard_address=":0", silence_logs=logging.CRITICAL,
+            ) as cluster,
+            Client(cluster) as client,
+        ):  # fmt: skip
+            client.run(_warm)
+            yield client
+        return
+    how = (
+        f"start one with `dask scheduler --host HOST --port PORT` and workers with "
+        f"`dask worker {scheduler}` (PYTHONPATH set to the skewless checkout), or leave out "
+        f"--scheduler for a local cluster"
+    )
+    try:
+        client = Client(scheduler, timeout=10)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise ClusterError(
+            f"cannot reach the Dask scheduler at {scheduler} ({type(exc).__name__}); {how}"
+        ) from None
+    with client:
+        try:
+            client.wait_for_workers(1, timeout=30)
+            client.run(_warm)
+        except (OSError, TimeoutError) as exc:
+            raise ClusterError(
+                f"the Dask scheduler at {scheduler} has no workers ({type(exc).__name__}); {how}"
+            ) from None
+        yield client
+
+
+def _warm() -> None:
+    """Import the task code on a worker (once, at cluster start, not in the first task)."""
+    import flows.backfill_part  # noqa: F401
+
+
+def run_backfill_dask(
+    fs: FeatureSet,
+    events_path: Path,
+    out_dir: Path,
+    spine_path: Path | None = None,
+    *,
+    workers: int = 2,
+    scheduler: str | None = None,
+    partitions: int | None = None,
+    batch_rows: int = ROW_GROUP,
+) -> BackfillReport:
+    """The backfill job on Dask; the output is the single-process job's, file for file."""
+    with dask_client(workers, scheduler) as client:
+        return backfill_on(client, fs, events_path, out_dir, spine_path, partitions, batch_rows)
+
+
+def backfill_on(
+    client: Any,
+    fs: FeatureSet,
+    events_path: Path,
+    out_dir: Path,
+    spine_path: Path | None = None,
+    partitions: int | None = None,
+    batch_rows: int = ROW_GROUP,
+) -> BackfillReport:
+    """The job on an open Dask ``client`` (``partitions`` per entity; ``batch_rows`` read,
+    merged and written at a time)."""
+    with small_pages():
+        return _run(fs, events_path, out_dir, spine_path, client, partitions, batch_rows)
+
+
+def _run(
+    fs: FeatureSet,
+    events_path: Path,
+    out_dir: Path,
+    spine_path: Path | None,
+    client: Any,
+    partitions: int | None,
+    batch_rows: int,
+) -> BackfillReport:
+    report = BackfillReport()
+    clock, cpu = time.perf_counter(), time.process_time()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        report.seconds[name] = round(now - clock, 3)
+        clock = now
+
+    split_tasks = pieces_of(events_path)  # one per row group; fails here on a bad file
+    if partitions is None:
+        rows = pq.ParquetFile(events_path).metadata.num_rows
+        workers = max(len(client.nthreads()), 1)
+        partitions = max(2 * workers, math.ceil(rows / PARTITION_EVENTS))
+    names = [e.name for e in compile_plan(fs).entities]
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".backfill-partitions-", dir=out_dir))
+    blob = cloudpickle.dumps(fs)
+    warm = [  # each worker compiles the definitions first
+        client.submit(prepare, blob, workers=[w], pure=False)
+        for w in client.scheduler_info()["workers"]
+    ]
+    try:
+        splits = [
+            client.submit(
+                split_piece, blob, str(events_path), group, offset, str(tmp), partitions,
+                batch_rows, k, pure=False,
+            )
+            for k, (group, offset) in enumerate(split_tasks)
+        ]  # fmt: skip
+        queries = split_spine(fs, spine_path, tmp, partitions, batch_rows) if spine_path else None
+        counts = client.gather(splits)
+        client.gather(warm)
+        report.events = sum(c["events"] for c in counts)
+        report.rejected = report.events - sum(c["valid"] for c in counts)
+        lap("split")
+        parts = {
+            n: [[str(piece_path(tmp / "events", n, p, k)) for k in range(len(split_tasks))]
+                for p in range(partitions)]
+            for n in names
+        }  # fmt: skip
+
+        jobs = [(n, p) for n in names for p in range(partitions)]
+        stats = client.gather(
+            [client.submit(accept_stats, blob, n, parts[n][p], pure=False)
+             for n, p in jobs]
+        )  # fmt: skip
+        lap("accept")
+        by_name: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+        for (n, _), s in zip(jobs, stats, strict=True):
+            by_name[n].append(s)
+        plans = {n: merge_stats(by_name[n]) for n in names}
+        (tmp / "out").mkdir()
+        futures = [
+            client.submit(
+                run_partition, blob, n, parts[n][p],
+                str(queries.paths[n][p]) if queries else None, str(tmp / "out" / f"{n}-{p}"),
+                plans[n], batch_rows, pure=False,
+            )
+            for n, p in jobs
+        ]  # fmt: skip
+        done = client.gather(futures)
+        lap("features_states")
+        report.seconds["cpu_split_tasks"] = round(sum(c["cpu"] for c in counts), 3)
+        report.seconds["cpu_accept_tasks"] = round(sum(s["cpu"] for s in stats), 3)
+        report.seconds["cpu_partition_tasks"] = round(sum(d["cpu"] for d in done), 3)
+
+        dropped = {
+            n: {k: np.sort(np.concatenate([s[k] for s in by_name[n]]))
+                for k in ("duplicate_rows", "late_rows")}
+            for n in names
+        }  # fmt: skip
+        for n in names:
+            late, dups = len(dropped[n]["late_rows"]), len(dropped[n]["duplicate_rows"])
+            accepted = sum(s["n"] for s in by_name[n])
+            report.by_entity[n] = {"accepted": accepted, "duplicates": dups, "late": late}
+            report.entities[n] = sum(
+                d["entities"] for (m, _), d in zip(jobs, done, strict=True) if m == n
+            )
+        report.duplicates = report.by_entity[fs.primary.name]["duplicates"]
+        report.accepted = report.by_entity[fs.primary.name]["accepted"]
+        outs = {n: [tmp / "out" / f"{n}-{p}" for p in range(partitions)] for n in names}
+        (out_dir / "feast").mkdir(exist_ok=True)
+
+        def feast(e: Entity) -> None:
+            paths = [Path(f"{o}-feast.arrow") for o in outs[e.name]]
+            schema = pa.ipc.open_file(pa.memory_map(str(paths[0]))).schema
+            w = AlignedWriter(out_dir / "feast" / offline_table_name(e), schema)
+            for t in merged(paths, e.join_key):
+                w.write(t)
+            w.close()
+
+        def rejects() -> None:
+            w = AlignedWriter(out_dir / "rejects.parquet")
+            for t in pieces(tmp, "rejects", len(split_tasks)):
+                w.write(t)
+            w.close()
+
+        # the workers are idle now: the outputs are merged and written side by side
+        valid = pieces(tmp, "valid", len(split_tasks))
+        each(
+            lambda job: job(),
+            [
+                lambda: assemble(fs, valid, out_dir, spine_path, outs, dropped, report, batch_rows),
+                rejects,
+                *(lambda e=e: feast(e) for e in fs.entities),
+            ],
+        )
+        lap("assemble_write")
+        report.seconds["cpu_this_process"] = round(time.process_time() - cpu, 3)
+    except BaseException:
+        if created:  # a failed job leaves no half-written output folder behind
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    (out_dir / "summary.json").write_text(report.to_json())
+    return report

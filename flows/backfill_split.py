@@ -1,0 +1,264 @@
+"""The distributed backfill's disk plumbing, all in bounded memory: the events (one task
+per row group) and an optional spine read in Parquet batches and split by hash of each
+entity's key into per-partition files; sorted partition outputs merged back in order; output Parquet
+written in the row groups ``pyarrow.parquet.write_table`` would have made, so the files
+equal the single-process job's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from features.definitions import FeatureSet
+from features.plan import compile_plan
+from features.schema import SchemaError
+from flows.backfill import _ms, parquet_options
+from flows.backfill_part import KEY, ROW, TS, TXID, arrow_batches, field_column, load_fs
+
+#: pyarrow's default row group length (``write_table`` without ``row_group_size``)
+ROW_GROUP = 1024 * 1024
+
+
+def partition_of(keys: np.ndarray, partitions: int) -> np.ndarray:
+    """Partition per key: a multiplicative hash (spreads sequential ids evenly)."""
+    h = (keys.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(33)
+    return (h % np.uint64(partitions)).astype(np.int64)
+
+
+class AlignedWriter:
+    """Appends tables to one Parquet file in ``ROW_GROUP``-row groups, one chunk each."""
+
+    def __init__(self, path: Path, schema: pa.Schema | None = None) -> None:
+        self.path, self.schema = path, schema
+        self._buf: list[pa.Table] = []
+        self._rows = 0
+        self._writer: pq.ParquetWriter | None = None
+
+    def write(self, table: pa.Table) -> None:
+        if self.schema is None:
+            self.schema = table.schema
+        self._buf.append(table)
+        self._rows += table.num_rows
+        while self._rows >= ROW_GROUP:
+            self._flush(ROW_GROUP)
+
+    def _flush(self, n: int) -> None:
+        assert self.schema is not None
+        whole = pa.concat_tables(self._buf) if self._buf else self.schema.empty_table()
+        self._open().write_table(whole.slice(0, n).combine_chunks())
+        rest = whole.slice(n)
+        self._buf, self._rows = ([rest] if rest.num_rows else []), rest.num_rows
+
+    def _open(self) -> pq.ParquetWriter:
+        if self._writer is None:
+            assert self.schema is not None
+            opts = parquet_options(self.schema)
+            self._writer = pq.ParquetWriter(self.path, self.schema, **opts)
+        return self._writer
+
+    def close(self) -> None:
+        if self._rows or self._writer is None:
+            self._flush(self._rows)
+        assert self._writer is not None
+        self._writer.close()
+
+
+def parquet_batches(path: Path, what: str, rows: int) -> Iterator[pa.Table]:
+    """A Parquet file as tables of ``rows`` (one empty table for an empty file)."""
+    try:
+        pf = pq.ParquetFile(path)
+        schema = pf.schema_arrow
+        empty = True
+        for batch in pf.iter_batches(batch_size=rows):
+            empty = False
+            yield pa.Table.from_batches([batch], schema)
+        if empty:
+            yield schema.empty_table()
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise SchemaError(f"{what}: cannot read {path} as Parquet ({exc})") from None
+
+
+class Splitter:
+    """Per entity and partition, an open Arrow file (``ROOT/entity/partition/piece.arrow``)
+    the rows hashed there are appended to, in file order."""
+
+    def __init__(self, root: Path, names: list[str], partitions: int, piece: int = 0) -> None:
+        self.partitions = partitions
+        self.paths = {n: [piece_path(root, n, p, piece) for p in range(partitions)] for n in names}
+        for n in names:
+            for p in range(partitions):
+                self.paths[n][p].parent.mkdir(parents=True, exist_ok=True)
+        self._writers: dict[tuple[str, int], Any] = {}
+
+    def add(self, name: str, cols: dict[str, Any]) -> None:
+        table = pa.table(cols)
+        part = partition_of(table.column(KEY).to_numpy(), self.partitions)
+        order = np.argsort(part, kind="stable")  # file order within each partition
+        cuts = np.searchsorted(part[order], np.arange(self.partitions + 1))
+        table = table.take(pa.array(order))
+        for p in range(self.partitions):
+            w = self._writers.get((name, p))
+            if w is None:
+                w = pa.ipc.new_file(str(self.paths[name][p]), table.schema)
+                self._writers[name, p] = w
+            w.write_table(table.slice(cuts[p], cuts[p + 1] - cuts[p]))
+
+    def close(self) -> None:
+        for w in self._writers.values():
+            w.close()
+
+
+def piece_path(root: Path, name: str, partition: int, piece: int) -> Path:
+    return root / name / str(partition) / f"{piece:06d}.arrow"
+
+
+def pieces_of(events: Path) -> list[tuple[int | None, int]]:
+    """(row group, its first row) per split task; one task on no row group when empty."""
+    try:
+        meta = pq.ParquetFile(events).metadata
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise SchemaError(f"events: cannot read {events} as Parquet ({exc})") from None
+    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    if not sizes:
+        return [(None, 0)]
+    starts = np.r_[0, np.cumsum(sizes)[:-1]].tolist()
+    return list(zip(range(len(sizes)), starts, strict=True))
+
+
+def split_piece(
+    fs_blob: bytes, events: str, row_group: int | None, offset: int, tmp: str, partitions: int,
+    rows: int, piece: int,
+) -> dict[str, Any]:  # fmt: skip
+    """A Dask task: validate one row group of the events batch by batch; its rejects and
+    valid rows to ``tmp/rejects|valid/piece.arrow``, each entity's columns to its
+    partitions' ``piece`` files."""
+    start = time.thread_time()
+    fs = load_fs(fs_blob)
+    plan, root = compile_plan(fs), Path(tmp)
+    split = Splitter(root / "events", [e.name for e in plan.entities], partitions, piece)
+    sinks: dict[str, Any] = {}
+    n, n_valid = 0, 0
+    pf = pq.ParquetFile(events)
+
+    def batches() -> Iterator[pa.Table]:
+        seen = False
+        groups = [] if row_group is None else [row_group]
+        for b in pf.iter_batches(batch_size=rows, row_groups=groups) if groups else []:
+            seen = True
+            yield pa.Table.from_batches([b], pf.schema_arrow)
+        if not seen:  # every output file exists, with its schema
+            yield pf.schema_arrow.empty_table()
+
+    for table in batches():
+        valid, bad = plan.validator.validate_table(table)
+        valid, bad = _shift_rows(valid, offset + n), _shift_rows(bad, offset + n)
+        n += table.num_rows
+        n_valid += valid.num_rows
+        for kind, t in (("rejects", bad), ("valid", valid)):
+            if kind not in sinks:
+                (root / kind).mkdir(exist_ok=True)
+                sinks[kind] = pa.ipc.new_file(str(root / kind / f"{piece:06d}.arrow"), t.schema)
+            sinks[kind].write_table(t)
+        ts = pc.cast(valid.column(fs.schema.event_time), pa.int64())
+        txids = valid.column(fs.schema.event_id)
+        for e in plan.entities:
+            cols = {ROW: valid.column("row"), KEY: valid.column(e.join_key), TS: ts, TXID: txids}
+            for f in e.fields:
+                x = valid.column(f).to_numpy(zero_copy_only=False).astype(np.float64)
+                cols[field_column(f)] = x
+            split.add(e.name, cols)
+    for sink in sinks.values():
+        sink.close()
+    split.close()
+    return {"events": n, "valid": n_valid, "cpu": time.thread_time() - start}
+
+
+def _shift_rows(table: pa.Table, offset: int) -> pa.Table:
+    i = table.schema.get_field_index("row")
+    return table.set_column(i, "row", pc.add(table.column(i), pa.scalar(offset, pa.int64())))
+
+
+def split_spine(fs: FeatureSet, spine: Path, tmp: Path, partitions: int, rows: int) -> Splitter:
+    """The spine's (row, key, time) per entity and partition (features are asked there)."""
+    split = Splitter(tmp / "spine", [e.name for e in fs.entities], partitions)
+    offset = 0
+    for table in parquet_batches(spine, "spine", rows):
+        for col in [*(e.join_key for e in fs.entities), fs.schema.event_time]:
+            if col not in table.column_names:
+                raise SchemaError(f"column '{col}': missing from the spine")
+        row = pa.array(np.arange(offset, offset + table.num_rows, dtype=np.int64))
+        q_t = _ms(table.column(fs.schema.event_time), fs.schema.event_time)
+        for e in fs.entities:
+            key = pc.cast(table.column(e.join_key), pa.int64())
+            split.add(e.name, {ROW: row, KEY: key, TS: q_t})
+        offset += table.num_rows
+    split.close()
+    return split
+
+
+def pieces(tmp: Path, kind: str, count: int) -> Iterator[pa.Table]:
+    """The split tasks' rejects or valid rows, in file order."""
+    for k in range(count):
+        yield from arrow_batches(tmp / kind / f"{k:06d}.arrow")
+
+
+#: rows pulled from one sorted file at a time when merging: memory is files x this
+MERGE_STEP = 1 << 16
+
+
+def _slices(tables: Iterator[pa.Table], step: int) -> Iterator[pa.Table]:
+    for t in tables:
+        for at in range(0, t.num_rows, step):
+            yield t.slice(at, step)  # zero-copy views of the memory-mapped file
+
+
+def merged(paths: list[Path], key: str) -> Iterator[pa.Table]:
+    """Files each sorted by ``key`` (a key's rows all in one file) as one sorted stream,
+    holding at most a few ``MERGE_STEP`` rows per file."""
+    iters = [_slices(arrow_batches(p), MERGE_STEP) for p in paths]
+    bufs = [pa.ipc.open_file(pa.memory_map(str(p))).schema.empty_table() for p in paths]
+    done = [False] * len(iters)
+
+    def pull(s: int) -> None:
+        """Append stream ``s``'s next non-empty batch, or mark it done."""
+        for batch in iters[s]:
+            if batch.num_rows:
+                bufs[s] = pa.concat_tables([bufs[s], batch])
+                return
+        done[s] = True
+
+    while True:
+        for s in range(len(iters)):
+            if not done[s] and not bufs[s].num_rows:
+                pull(s)
+        active = [s for s in range(len(iters)) if not done[s]]
+        ends = [bufs[s].column(key)[-1].as_py() for s in active]
+        frontier = min(ends) if active else None
+        out, rest = [], []
+        for b in bufs:
+            if not b.num_rows:
+                rest.append(b)
+                continue
+            below = b if frontier is None else b.filter(pc.less(b.column(key), frontier))
+            out.append(below)
+            rest.append(b.slice(below.num_rows))
+        bufs = rest
+        got = [t for t in out if t.num_rows]
+        if got:
+            whole = pa.concat_tables(got)
+            order = np.argsort(whole.column(key).to_numpy(), kind="stable")
+            yield whole.take(pa.array(order))
+        elif frontier is None:
+            return
+        else:
+            for s, end in zip(active, ends, strict=True):
+                if end == frontier:
+                    pull(s)
