@@ -177,6 +177,8 @@ def predictor_figures(
 ) -> dict[str, Any]:  # fmt: skip
     """Per predictor: ms for 1 row and for ``batch_size`` rows (alternating rounds), the
     max difference from XGBoost's own answer and whether it equals serving's answer."""
+    from serving.model import PREDICTOR
+
     preds = _predictors(model, workdir)
     ref = np.asarray(model.booster.inplace_predict(X), dtype=np.float64)
     serving = np.asarray(model.predict(X), dtype=np.float64)
@@ -197,7 +199,7 @@ def predictor_figures(
             "one_row": _summary(times[name]["1"], 1),
             f"rows_{batch_size}": _summary(times[name]["n"], batch_size),
         }
-    out["serving_predictor"] = getattr(model, "predictor_name", "onnx")
+    out["serving_predictor"] = PREDICTOR
     return out
 
 
