@@ -162,8 +162,36 @@ class BatchQueue:
         self.flush()
         self._close()
 
+    def register(self, registry: Any) -> None:
+        """Expose the queue's counters in a Prometheus ``registry`` (the server's)."""
+        registry.register(_Collector(self))
+
     def _write(self, entries: list[ScoredBatch]) -> int:
         raise NotImplementedError
 
     def _close(self) -> None:
         pass
+
+
+class _Collector:
+    """The queue's counters, read at scrape time (nothing on the request path)."""
+
+    def __init__(self, queue: BatchQueue) -> None:
+        self.queue = queue
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        q, p = self.queue, "skewless_prediction_log_"
+        yield GaugeMetricFamily(f"{p}pending_rows", "Rows queued, not yet written", q.pending_rows)
+        yield CounterMetricFamily(f"{p}rows_written", "Rows written", q.rows_written)
+        yield CounterMetricFamily(f"{p}write_errors", "Writes that failed", q.errors)
+        yield CounterMetricFamily(
+            f"{p}blocked_calls", "Scorer calls that waited for a full queue", q.blocked_calls
+        )
+        yield CounterMetricFamily(
+            f"{p}blocked_seconds", "Time scorer calls waited for a full queue", q.blocked_s
+        )

@@ -223,3 +223,20 @@ def test_close_writes_every_row_exactly_once(tmp_path: Path) -> None:
     expected = [f"x{c}-{b}-{k}" for c in range(4) for b in range(20) for k in range(7)]
     assert sorted(ids.to_pylist()) == sorted(expected)
     assert log.rows_written == len(expected) and log.errors == 0
+
+
+def test_the_queue_counters_are_prometheus_metrics(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    log = ParquetPredictionLog(tmp_path, compile_plan(REFERENCE))
+    log.register(registry)
+    events, results, X = _batch("g", 3)
+    log(events, results, X)
+    p = "skewless_prediction_log_"
+    assert registry.get_sample_value(f"{p}pending_rows") == 3
+    log.close()
+    assert registry.get_sample_value(f"{p}pending_rows") == 0
+    assert registry.get_sample_value(f"{p}rows_written_total") == 3
+    assert registry.get_sample_value(f"{p}blocked_calls_total") == 0
+    assert registry.get_sample_value(f"{p}write_errors_total") == 0
