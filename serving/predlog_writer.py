@@ -85,7 +85,7 @@ class BatchQueue:
         self._write_lock = threading.Lock()
         self._buf: list[ScoredBatch] = []
         self.pending_rows = 0
-        self._stop = False
+        self._stop = self._closed = False
         self._thread: threading.Thread | None = None
         self.rows_written = 0
         self.errors = 0
@@ -108,6 +108,10 @@ class BatchQueue:
             self.pending_rows += len(results)
             if self.pending_rows >= self.flush_rows:
                 self._cond.notify_all()
+            late = self._closed
+        if late:  # scored after close: written now, not left in a queue nobody drains
+            log.warning("prediction log: %d rows scored after close; writing them now", entry.n)
+            self.flush()
 
     def _writing(self) -> bool:
         """A writer thread runs that will drain the queue (else appending never blocks)."""
@@ -159,6 +163,8 @@ class BatchQueue:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        with self._cond:
+            self._closed = True
         self.flush()
         self._close()
 

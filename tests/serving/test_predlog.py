@@ -240,3 +240,12 @@ def test_the_queue_counters_are_prometheus_metrics(tmp_path: Path) -> None:
     assert registry.get_sample_value(f"{p}rows_written_total") == 3
     assert registry.get_sample_value(f"{p}blocked_calls_total") == 0
     assert registry.get_sample_value(f"{p}write_errors_total") == 0
+
+
+def test_rows_scored_after_close_are_still_written(tmp_path: Path) -> None:
+    log = ParquetPredictionLog(tmp_path, compile_plan(REFERENCE)).start()
+    log.close()
+    events, results, X = _batch("late", 2)
+    log(events, results, X)
+    t = pq.read_table(sorted(tmp_path.glob("predictions-*.parquet")))
+    assert t.column("transaction_id").to_pylist() == ["late0", "late1"]
