@@ -16,7 +16,9 @@ is the client. Measured for both, in the same run:
 * ``Score`` throughput at ``inflight`` in flight for the floor, ours with one process and
   ours with ``serve --workers 2``, from an asyncio client over ``connections`` TCP
   connections (the kernel spreads connections, not calls, over the workers), measured in
-  alternating rounds so that a change in the machine's load hits all three alike.
+  alternating rounds so that a change in the machine's load hits all three alike;
+* in-process (:mod:`bench.serve_inproc`): ``ScoreBatch`` events/s with the prediction
+  log on against off, and the predictors (ONNX, XGBoost, compiled) per row and per batch.
 
 Every loop is bounded by a count *and* a time budget. :func:`run` prints nothing and
 returns a JSON-able dict with the naive baseline and the ratios beside our results.
@@ -38,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from bench import serve_sidecars
+from bench.serve_inproc import run as serve_inproc
 from bench.serve_throughput import compare_throughput, percentiles
 
 REPO = Path(__file__).resolve().parents[1]
@@ -336,6 +339,8 @@ def run(
     finally:
         if tmp is not None:
             tmp.cleanup()
+    results["inproc"] = serve_inproc(batch_size=batch_size, model_rounds=rounds,
+                                     max_depth=max_depth, seed=seed)  # fmt: skip
     ours, naive = results["ours"], results["naive"]
     key = f"score_{inflight}_in_flight"
     one, naive_one = ours["score_one_in_flight"], naive["score_one_in_flight"]

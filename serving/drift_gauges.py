@@ -79,7 +79,9 @@ class DriftGauges:
         )
         self.values: dict[str, float] = {}
 
-    def __call__(self, events: Sequence[Any], results: Sequence[ScoreResult]) -> None:
+    def __call__(
+        self, events: Sequence[Any], results: Sequence[ScoreResult], X: Any = None
+    ) -> None:
         """The scorer's sink: one deque append (bounded: the oldest calls drop)."""
         self._inbox.append((events, results))
 
@@ -153,16 +155,16 @@ class DriftGauges:
         return out
 
 
-def tee(*sinks: Callable[[Sequence[Any], Sequence[Any]], None] | None) -> Any:
+def tee(*sinks: Callable[..., None] | None) -> Any:
     """One sink calling each given one in order (None when there is none)."""
     live = [s for s in sinks if s is not None]
     if len(live) <= 1:
         return live[0] if live else None
     first, *rest = live
 
-    def both(events: Sequence[Any], results: Sequence[Any]) -> None:
-        first(events, results)
+    def both(events: Sequence[Any], results: Sequence[Any], X: Any = None) -> None:
+        first(events, results, X)
         for sink in rest:
-            sink(events, results)
+            sink(events, results, X)
 
     return both

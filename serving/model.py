@@ -6,6 +6,14 @@ The model format, the checks and the batch path live in :mod:`flows.artifacts`
 row takes a preallocated path: the row is copied into a per-thread float32 buffer already
 bound to the ONNX session, and the output is written into a bound buffer, so the call
 costs a few microseconds rather than the ~200 µs of an XGBoost ``inplace_predict``.
+
+The predictor is chosen by measurement (``skewless bench``, serve suite ``predictors``;
+the table is in docs/perf-plan.md): ONNX Runtime for one row *and* for a batch, since
+``Score`` and ``ScoreBatch`` must give the same score to the bit and predictors differ in
+the last float32 bits. One row (the latency path): ONNX bound 7 µs, a tl2cgen-compiled
+model 12–20 µs, XGBoost 190 µs. 500 rows: tl2cgen 4.4 ms, XGBoost 6.2 ms, ONNX 7 ms.
+The compiled model would win the batch but lose the single row and needs a C compiler
+and seconds of build per model load, so ONNX stays.
 """
 
 from __future__ import annotations
@@ -19,6 +27,9 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from flows.artifacts import ONNX_OUTPUT, FloatArray, ModelArtifacts, read_artifacts
+
+#: the predictor both serving paths run (see the module docstring for the measurement)
+PREDICTOR = "onnx"
 
 
 class _Bound:

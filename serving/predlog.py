@@ -5,8 +5,11 @@ serving, joinable on the schema's event id with the backfill's vector for the sa
 Every field of the definitions' schema is logged under its own name, the features as
 ``f_<name>``.
 
-Off the hot path: a scorer call only appends one tuple to a buffer; a background thread
-turns buffered rows into Parquet files (embedded mode) or Kafka messages. Parquet files
+Off the hot path: a scorer call only appends one entry (its events, results and, for a
+batch, the model input matrix as it is) to a bounded queue; a writer thread turns queued
+batches into Parquet files a column at a time (embedded mode) or Kafka messages
+(:mod:`serving.predlog_writer`: back-pressure instead of loss, every row written on
+close). Parquet files
 are ``<dir>/predictions-<n>.parquet``, one per flush (every ``flush_rows`` rows, every
 ``flush_interval_s`` and on close); numbering continues after existing files, so a restart
 never overwrites a log. A ``shard`` (one per ``serve --workers`` process) writes
@@ -27,10 +30,7 @@ import json
 import logging
 import math
 import re
-import threading
-import time
-from collections import deque
-from collections.abc import Sequence
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 
 from features.plan import Plan
 from features.schema import EventSchema, FieldType
+from serving.predlog_writer import BatchQueue, ScoredBatch
 from serving.scorer import ScoreResult
 
 Event = Any
@@ -49,78 +50,24 @@ RESERVED = ("scored_at", "model_version", "score", "decision", "warnings", "shad
 
 log = logging.getLogger("skewless.serving.predlog")
 
-_Entry = tuple[int, Sequence[Event], Sequence[ScoreResult]]
+
+def _rows(entries: list[ScoredBatch]) -> list[tuple[int, Event, ScoreResult]]:
+    """Per-row results again (the Kafka log writes one message per row)."""
+    rows = []
+    for e in entries:
+        c = e.columns
+        features = e.X.tolist() if e.X is not None else c["features"]
+        for k, ev in enumerate(e.events):
+            r = ScoreResult(
+                c["transaction_id"][k], c["score"][k], c["decision"][k], c["threshold"][k],
+                c["model_version"][k], e.feature_names, features[k], (), c["warnings"][k],
+                c["shadow_score"][k], c["shadow_version"][k],
+            )  # fmt: skip
+            rows.append((e.at_ms, ev, r))
+    return rows
 
 
-class _Buffered:
-    """Buffer + background flusher; subclasses implement :meth:`_write`."""
-
-    def __init__(self, flush_rows: int = 10_000, flush_interval_s: float = 60.0) -> None:
-        if flush_rows < 1:
-            raise ValueError(f"flush_rows: must be >= 1, got {flush_rows}")
-        self.flush_rows, self.flush_interval_s = flush_rows, flush_interval_s
-        self._buf: deque[_Entry] = deque()
-        self._pending = 0
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.rows_written = 0
-        self.errors = 0
-
-    def __call__(self, events: Sequence[Event], results: Sequence[ScoreResult]) -> None:
-        """The scorer's sink: O(1), never blocks on I/O."""
-        self._buf.append((time.time_ns() // 1_000_000, events, results))
-        self._pending += len(results)
-        if self._pending >= self.flush_rows:
-            self._wake.set()
-
-    def start(self) -> _Buffered:
-        self._thread = threading.Thread(target=self._run, name=type(self).__name__, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(self.flush_interval_s)
-            self._wake.clear()
-            self.flush()
-
-    def flush(self) -> None:
-        entries: list[_Entry] = []
-        while self._buf:
-            entries.append(self._buf.popleft())
-        if not entries:
-            return
-        self._pending = max(self._pending - sum(len(r) for _, _, r in entries), 0)
-        try:
-            self.rows_written += self._write(entries)
-        except Exception:  # the log must never take the server down
-            self.errors += 1
-            log.exception("prediction log: write failed; %d entries dropped", len(entries))
-
-    def close(self) -> None:
-        """Stop the thread and flush what is buffered."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-        self.flush()
-        self._close()
-
-    def _write(self, entries: list[_Entry]) -> int:
-        raise NotImplementedError
-
-    def _close(self) -> None:
-        pass
-
-
-def _rows(entries: list[_Entry]) -> list[tuple[int, Event, ScoreResult]]:
-    return [
-        (at, e, r) for at, events, results in entries for e, r in zip(events, results, strict=True)
-    ]
-
-
-class ParquetPredictionLog(_Buffered):
+class ParquetPredictionLog(BatchQueue):
     """Embedded mode: ``<directory>/predictions-[<shard>-]<n>.parquet``, one column per
     feature."""
 
@@ -131,11 +78,16 @@ class ParquetPredictionLog(_Buffered):
         flush_rows: int = 10_000,
         flush_interval_s: float = 60.0,
         shard: str | None = None,
+        max_pending_rows: int | None = None,
     ) -> None:
-        super().__init__(flush_rows, flush_interval_s)
+        super().__init__(flush_rows, flush_interval_s, max_pending_rows)
         if shard is not None and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", shard):
             raise ValueError(f"shard: must be a letter then letters, digits or _, got {shard!r}")
         self.schema = _checked(plan.schema)
+        self._dictionary = [
+            f.name for f in self.schema.fields
+            if f.type is FieldType.STRING and f.name != plan.schema.event_id
+        ] + ["model_version"]  # fmt: skip
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._prefix = "predictions-" if shard is None else f"predictions-{shard}-"
@@ -143,18 +95,23 @@ class ParquetPredictionLog(_Buffered):
         taken = [int(m.group(1)) for p in self.directory.iterdir() if (m := pattern.match(p.name))]
         self._next = max(taken, default=-1) + 1
 
-    def _write(self, entries: list[_Entry]) -> int:
-        rows = _rows(entries)
-        by_names: dict[tuple[str, ...], list[tuple[int, Event, ScoreResult]]] = {}
-        for row in rows:
-            by_names.setdefault(row[2].feature_names, []).append(row)
+    def _write(self, entries: list[ScoredBatch]) -> int:
+        by_names: dict[tuple[str, ...], list[ScoredBatch]] = {}
+        for e in entries:  # one scorer call = one model = one feature order
+            if e.n:
+                by_names.setdefault(e.feature_names, []).append(e)
+        n = 0
         for names, group in by_names.items():
             path = self.directory / f"{self._prefix}{self._next:06d}.parquet"
             self._next += 1
             tmp = path.with_name(f".{path.name}.tmp")
-            pq.write_table(_table(self.schema, names, group), tmp)
+            table = _table(self.schema, names, group)
+            # dictionaries only where values repeat: on floats and ids they cost 2x the
+            # write time for nothing (measured: docs/perf-plan.md)
+            pq.write_table(table, tmp, use_dictionary=self._dictionary)
             tmp.rename(path)
-        return len(rows)
+            n += table.num_rows
+        return n
 
 
 def _checked(schema: EventSchema) -> EventSchema:
@@ -172,17 +129,28 @@ _ARROW = {
 }
 
 
-def _table(
-    schema: EventSchema, names: tuple[str, ...], rows: list[tuple[int, Event, ScoreResult]]
-) -> pa.Table:
+def _matrix(e: ScoredBatch, n_features: int) -> np.ndarray:
+    """The batch's model input: the scorer's own matrix, or the single rows' features."""
+    if e.X is not None:
+        return e.X
+    return np.array(e.columns["features"], dtype=np.float64).reshape(e.n, n_features)
+
+
+def _table(schema: EventSchema, names: tuple[str, ...], entries: list[ScoredBatch]) -> pa.Table:
+    """One Parquet table from queued batches, a column at a time (same model per call)."""
     ms = pa.timestamp("ms", tz="UTC")
-    at, events, results = zip(*rows, strict=True)
-    # events and results are named tuples: one C-level transpose gives every column
+    at = np.repeat(np.array([e.at_ms for e in entries], dtype=np.int64), [e.n for e in entries])
+    events = list(chain.from_iterable(e.events for e in entries))
+    # events are named tuples: one C-level transpose gives every column
     fields = zip(*events, strict=True)
-    _, score, decision, _, version, _, features, _, warnings, shadow, shadow_version = zip(
-        *results, strict=True
-    )
-    X = np.array(features, dtype=np.float64).reshape(len(rows), len(names))
+
+    def result(name: str) -> list[Any]:
+        return list(chain.from_iterable(e.columns[name] for e in entries))
+
+    score, decision = result("score"), result("decision")
+    version, warnings = result("model_version"), result("warnings")
+    XT = np.ascontiguousarray(np.concatenate([_matrix(e, len(names)) for e in entries]).T)
+    shadow, shadow_version = result("shadow_score"), result("shadow_version")
     cols: dict[str, pa.Array] = {"scored_at": pa.array(at, pa.int64()).cast(ms)}
     for f, values in zip(schema.fields, fields, strict=True):
         if f.type is FieldType.TIMESTAMP:
@@ -199,7 +167,7 @@ def _table(
         cols["shadow_score"] = pa.array(shadow, pa.float64())
         cols["shadow_version"] = pa.array(shadow_version, pa.string())
     for j, name in enumerate(names):
-        cols[f"f_{name}"] = pa.array(X[:, j], pa.float64(), from_pandas=True)
+        cols[f"f_{name}"] = pa.array(XT[j], pa.float64(), from_pandas=True)
     return pa.table(cols)
 
 
@@ -224,7 +192,7 @@ def record(schema: EventSchema, at: int, e: Event, r: ScoreResult) -> dict[str, 
     }
 
 
-class KafkaPredictionLog(_Buffered):
+class KafkaPredictionLog(BatchQueue):
     """Production: JSON messages on ``<topic>.predictions``, keyed by the primary entity."""
 
     def __init__(
@@ -235,8 +203,9 @@ class KafkaPredictionLog(_Buffered):
         flush_rows: int = 1_000,
         flush_interval_s: float = 0.5,
         producer_config: dict[str, Any] | None = None,
+        max_pending_rows: int | None = None,
     ) -> None:
-        super().__init__(flush_rows, flush_interval_s)
+        super().__init__(flush_rows, flush_interval_s, max_pending_rows)
         from confluent_kafka import Producer
 
         self.topic = f"{topic}.predictions"
@@ -257,7 +226,7 @@ class KafkaPredictionLog(_Buffered):
             self.delivery_errors += 1
             log.warning("prediction log: delivery to %s failed: %s", self.topic, err)
 
-    def _write(self, entries: list[_Entry]) -> int:
+    def _write(self, entries: list[ScoredBatch]) -> int:
         rows = _rows(entries)
         for at, e, r in rows:
             value = json.dumps(

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -122,8 +122,13 @@ class EntityFeatures:
     warnings: tuple[str, ...]
 
 
-#: receives the scored events and their results (features included); must not block
-PredictionSink = Callable[[Sequence[Event], Sequence[ScoreResult]], None]
+class PredictionSink(Protocol):
+    """Receives the scored events and their results (features included) and, from a
+    batch, the model input ``X`` as scored (fresh per call: the sink may keep it)."""
+
+    def __call__(
+        self, events: Sequence[Event], results: Sequence[ScoreResult], X: Any = None
+    ) -> None: ...
 
 
 def _max_seen(raw: bytes | None) -> int | None:
@@ -368,7 +373,7 @@ class Scorer:
         if self.canary is not None:
             self.canary.rescore(plan, X, events, results)
         if self.sink is not None:
-            self.sink(events, results)
+            self.sink(events, results, X)
         return results
 
     def entity_features(self, entity: str, entity_id: int, t: int) -> EntityFeatures:

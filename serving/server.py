@@ -183,6 +183,8 @@ class ScoringServer:
                 shard=None if config.worker is None else f"w{config.worker}",
             )  # fmt: skip
         self.rollout = Rollout(config, self.scorer, self.predictions, self.metrics, loader)
+        if self.predictions is not None and self.metrics is not None:
+            self.predictions.register(self.metrics.registry)
         self.watcher = ModelWatcher(
             config.registry_dir,
             config.model_alias,

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("skewless.serving.shadow")
 
-_Entry = tuple[Sequence[Any], Sequence["ScoreResult"]]
+#: one scorer call: its events, results and (from a batch) the model input as scored
+_Entry = tuple[Sequence[Any], Sequence["ScoreResult"], Any]
 
 
 class Shadow:
@@ -72,14 +73,16 @@ class Shadow:
         plan = self.plan
         return None if plan is None else plan.version
 
-    def __call__(self, events: Sequence[Any], results: Sequence[ScoreResult]) -> None:
+    def __call__(
+        self, events: Sequence[Any], results: Sequence[ScoreResult], X: Any = None
+    ) -> None:
         """The scorer's sink: O(1), never blocks."""
         if self._pending >= self.max_pending:
             self.skipped += len(results)
             if self.downstream is not None:
-                self.downstream(events, results)
+                self.downstream(events, results, X)
             return
-        self._buf.append((events, results))
+        self._buf.append((events, results, X))
         self._pending += len(results)
 
     def start(self) -> Shadow:
@@ -100,20 +103,20 @@ class Shadow:
                 entries.append(self._buf.popleft())
             if not entries:
                 return 0
-            n = sum(len(r) for _, r in entries)
+            n = sum(len(r) for _, r, _ in entries)
             self._pending = max(self._pending - n, 0)
             plan = self.plan
             if plan is not None:
                 entries = self._scored(plan, entries, n)
             if self.downstream is not None:
-                for events, results in entries:
-                    self.downstream(events, results)
+                for events, results, X in entries:
+                    self.downstream(events, results, X)
             return n
 
     def _scored(self, plan: _Plan, entries: list[_Entry], n: int) -> list[_Entry]:
         """``entries`` with the shadow's score in every result (unchanged on failure)."""
         try:
-            results = [r for _, rs in entries for r in rs]
+            results = [r for _, rs, _ in entries for r in rs]
             X = np.empty((n, plan.n), dtype=np.float64)
             groups: dict[tuple[str, ...], list[int]] = {}
             for k, r in enumerate(results):
@@ -126,10 +129,10 @@ class Shadow:
             return entries
         version, at = plan.version, 0
         out: list[_Entry] = []
-        for events, rs in entries:
+        for events, rs, X in entries:
             out.append(
                 (events, [r._replace(shadow_score=s, shadow_version=version)
-                          for r, s in zip(rs, scores[at : at + len(rs)], strict=True)])
+                          for r, s in zip(rs, scores[at : at + len(rs)], strict=True)], X)
             )  # fmt: skip
             at += len(rs)
         self.scored += n

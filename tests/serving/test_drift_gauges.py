@@ -103,7 +103,7 @@ def test_no_profile_leaves_nan(registry: Path) -> None:
 
 def test_tee_calls_each_sink() -> None:
     seen: list[str] = []
-    sink = tee(None, lambda e, r: seen.append("a"), lambda e, r: seen.append("b"))
+    sink = tee(None, lambda e, r, X=None: seen.append("a"), lambda e, r, X=None: seen.append("b"))
     sink((), ())
     assert seen == ["a", "b"] and tee(None) is None
 

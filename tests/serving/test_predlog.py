@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -118,3 +120,132 @@ def test_kafka_log(kafka_bootstrap: str) -> None:
     assert first["transaction_id"] == "k0" and first["model_version"] == "v0003"
     assert first["features"] == {"card_txn_count_10m": 0.0, "amount_to_card_mean_7d": None}
     assert first["event_time"] == NOW and isinstance(first["scored_at"], int)
+
+
+NAMES = tuple(REFERENCE.feature_names)
+
+
+def _batch(prefix: str, n: int) -> tuple[list[Any], list[ScoreResult], np.ndarray]:
+    """A scored batch as the scorer hands it over: events, results and the model input."""
+    X = np.arange(n * len(NAMES), dtype=np.float64).reshape(n, len(NAMES))
+    X[0, 3] = math.nan
+    rows = X.tolist()
+    events = [ev(f"{prefix}{k}", 1 + k % 3, 10, 2.0 + k, NOW + k) for k in range(n)]
+    results = [
+        ScoreResult(e.transaction_id, k / n, k / n >= 0.5, 0.5, "v0002", NAMES, rows[k], (), ())
+        for k, e in enumerate(events)
+    ]
+    return events, results, X
+
+
+def test_a_batch_is_queued_as_its_columns(tmp_path: Path) -> None:
+    """The request path keeps the scorer's matrix as it is, and no per-row result object."""
+    log = ParquetPredictionLog(tmp_path, compile_plan(REFERENCE))
+    events, results, X = _batch("c", 4)
+    log(events, results, X)
+    [entry] = log._buf
+    assert entry.X is X
+    assert entry.columns["score"] == (0.0, 0.25, 0.5, 0.75)
+    assert not any(isinstance(v, ScoreResult) for col in entry.columns.values() for v in col)
+    assert "features" not in entry.columns  # the matrix is the features
+    log.close()
+    t = pq.read_table(sorted(tmp_path.glob("predictions-*.parquet")))
+    assert t.column("f_" + NAMES[1]).to_pylist() == X[:, 1].tolist()
+    assert t.column("f_" + NAMES[3]).to_pylist()[0] is None  # NaN = missing = null
+
+
+def test_singles_and_batches_share_one_file(tmp_path: Path) -> None:
+    log = ParquetPredictionLog(tmp_path, compile_plan(REFERENCE))
+    events, results, X = _batch("m", 3)
+    log(events[:1], results[:1])  # Score: no matrix, the result's features
+    log(events[1:], results[1:], X[1:])
+    log.close()
+    t = pq.read_table(sorted(tmp_path.glob("predictions-*.parquet")))
+    assert t.column("transaction_id").to_pylist() == ["m0", "m1", "m2"]
+    got = np.array([t.column(f"f_{n}").to_pylist() for n in NAMES], dtype=np.float64).T
+    np.testing.assert_array_equal(got, X)
+
+
+class _Gated(ParquetPredictionLog):
+    """A log whose writes wait for a gate: a writer that cannot keep up."""
+
+    gate = threading.Event()
+    writing = threading.Event()
+
+    def _write(self, entries: list[Any]) -> int:
+        self.writing.set()
+        self.gate.wait(30)
+        return super()._write(entries)
+
+
+def test_a_full_queue_blocks_the_caller_and_loses_nothing(tmp_path: Path) -> None:
+    log = _Gated(tmp_path, compile_plan(REFERENCE), flush_rows=2, max_pending_rows=2)
+    log.gate, log.writing = threading.Event(), threading.Event()
+    log.start()
+    events, results, X = _batch("q", 6)
+    log(events[:2], results[:2], X[:2])  # taken by the writer, which then waits
+    assert log.writing.wait(30)
+    log(events[2:4], results[2:4], X[2:4])  # queued: the queue is now full
+    caller = threading.Thread(target=log, args=(events[4:], results[4:], X[4:]))
+    caller.start()
+    deadline = time.monotonic() + 30
+    while log.blocked_calls == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert log.blocked_calls == 1 and caller.is_alive()  # blocked, not dropped
+    log.gate.set()
+    caller.join(30)
+    log.close()
+    t = pq.read_table(sorted(tmp_path.glob("predictions-*.parquet")))
+    assert sorted(t.column("transaction_id").to_pylist()) == [f"q{k}" for k in range(6)]
+    assert log.rows_written == 6 and log.blocked_s > 0
+    with pytest.raises(ValueError, match=r"^max_pending_rows: must be >= flush_rows \(5\)"):
+        ParquetPredictionLog(tmp_path, compile_plan(REFERENCE), flush_rows=5, max_pending_rows=4)
+
+
+def test_close_writes_every_row_exactly_once(tmp_path: Path) -> None:
+    """Many callers while the writer runs, then shutdown: every row once, none twice."""
+    log = ParquetPredictionLog(
+        tmp_path, compile_plan(REFERENCE), flush_rows=50, max_pending_rows=100
+    ).start()
+
+    def caller(c: int) -> None:
+        for b in range(20):
+            events, results, X = _batch(f"x{c}-{b}-", 7)
+            log(events, results, X)
+
+    threads = [threading.Thread(target=caller, args=(c,)) for c in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    log.close()
+    ids = pq.read_table(sorted(tmp_path.glob("predictions-*.parquet"))).column("transaction_id")
+    expected = [f"x{c}-{b}-{k}" for c in range(4) for b in range(20) for k in range(7)]
+    assert sorted(ids.to_pylist()) == sorted(expected)
+    assert log.rows_written == len(expected) and log.errors == 0
+
+
+def test_the_queue_counters_are_prometheus_metrics(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    log = ParquetPredictionLog(tmp_path, compile_plan(REFERENCE))
+    log.register(registry)
+    events, results, X = _batch("g", 3)
+    log(events, results, X)
+    p = "skewless_prediction_log_"
+    assert registry.get_sample_value(f"{p}pending_rows") == 3
+    log.close()
+    assert registry.get_sample_value(f"{p}pending_rows") == 0
+    assert registry.get_sample_value(f"{p}rows_written_total") == 3
+    assert registry.get_sample_value(f"{p}blocked_calls_total") == 0
+    assert registry.get_sample_value(f"{p}write_errors_total") == 0
+
+
+def test_rows_scored_after_close_are_still_written(tmp_path: Path) -> None:
+    log = ParquetPredictionLog(tmp_path, compile_plan(REFERENCE)).start()
+    log.close()
+    events, results, X = _batch("late", 2)
+    log(events, results, X)
+    t = pq.read_table(sorted(tmp_path.glob("predictions-*.parquet")))
+    assert t.column("transaction_id").to_pylist() == ["late0", "late1"]

@@ -248,7 +248,7 @@ def test_install_refuses_other_definitions(model: LoadedModel, tmp_path: Path) -
 def test_sink_receives_every_scored_event(model: LoadedModel) -> None:
     got: list[tuple[str, float, tuple[float, ...]]] = []
 
-    def sink(events: Sequence[Event], results: Sequence[ScoreResult]) -> None:
+    def sink(events: Sequence[Event], results: Sequence[ScoreResult], X: object = None) -> None:
         for e, r in zip(events, results, strict=True):
             got.append((e.transaction_id, r.score, tuple(r.features)))
 

@@ -153,7 +153,7 @@ def _result(i: int, version: str = "v0001") -> ScoreResult:
 def test_off_the_path_bounded_and_drained_on_close(model_registry: Path) -> None:
     model = load_model(resolve(model_registry, "production"), REFERENCE.fingerprint())
     got: list[ScoreResult] = []
-    shadow = Shadow(lambda events, results: got.extend(results), max_pending=4)
+    shadow = Shadow(lambda events, results, X=None: got.extend(results), max_pending=4)
     shadow.install(Scorer(REFERENCE).plan_for(model))
     for i in range(3):  # no thread: the sink only buffers, nothing is scored on the path
         shadow((None,), (_result(i),))
