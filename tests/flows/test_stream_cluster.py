@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from flows.simulate import SimulationConfig, simulate, write_events
 from flows.stream_cluster import parse_addresses, wait_for_members
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,6 +32,9 @@ def _free_ports(n: int) -> list[int]:
 def _stream(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SKEWLESS_", "BYTEWAX_"))}
     env["SKEWLESS_DATA_DIR"] = str(tmp_path)
+    # a real (empty) events file: the replay file is checked before the cluster flags
+    simulated = simulate(SimulationConfig(events=10, cards=2, merchants=2))
+    write_events(simulated.slice(0, 0), tmp_path / "e.parquet")
     return subprocess.run(
         [sys.executable, "-m", "skewless", "stream", "--replay", str(tmp_path / "e.parquet"),
          *args],
