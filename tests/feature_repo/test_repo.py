@@ -34,7 +34,10 @@ def test_feast_apply_registers_the_generated_objects(tmp_path: Path) -> None:
         "merchant": "merchant_id",
     }
     views = {v.name: v for v in store.list_feature_views()}
-    assert sorted(views) == ["card_features", "merchant_features"]
+    assert sorted(views) == [
+        "card_features_as_of_last_event",
+        "merchant_features_as_of_last_event",
+    ]
     for entity in REFERENCE.entities:
         view = views[view_name(entity)]
         want = {
