@@ -10,7 +10,7 @@ engine state bytes from which the exact value at any request time is finalized (
 >>> from features.reference import REFERENCE
 >>> objs = build_feast_objects(REFERENCE, Path("/data"))
 >>> [v.name for v in objs.views]
-['card_features', 'merchant_features']
+['card_features_as_of_last_event', 'merchant_features_as_of_last_event']
 >>> sorted(f.name for f in objs.views[1].schema)  # doctest: +NORMALIZE_WHITESPACE
 ['merchant_amount_mean_7d', 'merchant_state', 'merchant_state_bootstrap',
  'merchant_txn_count_1h', 'merchant_txn_count_24h']
@@ -30,7 +30,11 @@ TIMESTAMP_FIELD = "event_timestamp"
 
 
 def view_name(entity: Def) -> str:
-    return f"{entity.name}_features"
+    """The feature view of the values as of the entity's last ingested event (its name says
+    so: the request-time values are the on-demand ``<entity>_features_at_request``). Every
+    name that carries it follows from here: the Redis field hashes ``<view>:<feature>``, the
+    offline table, the sources and the Feast repo."""
+    return f"{entity.name}_features_as_of_last_event"
 
 
 def state_field(entity: Def) -> str:

@@ -78,7 +78,7 @@ def request_time_views(spec: str, views: Any) -> list[Any]:
     ``<entity>_features_at_request``, over the entity's feature view (``views``: the
     :class:`~features.feast_objects.FeastObjects`) and the ``request_time_ms`` request field.
     Its features have the window features' names; the feature view keeps the values as of
-    the entity's last event under ``<entity>_features``."""
+    the entity's last event under ``<entity>_features_as_of_last_event``."""
     from feast import Field, OnDemandFeatureView, RequestSource
     from feast.transformation.python_transformation import PythonTransformation
     from feast.types import Float64, Int64

@@ -2,7 +2,7 @@
 
 ``DIR/features.parquet``
     one row per spine row: the spine's columns, then every feature by name.
-``DIR/feast/<entity>_features.parquet``
+``DIR/feast/<entity>_features_as_of_last_event.parquet``
     Feast's offline source: one row per (entity, event time) with the features as of
     just after that event; the entity's last row also carries its engine state, so
     ``feast materialize`` bootstraps the online store (R4).

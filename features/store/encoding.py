@@ -75,7 +75,8 @@ def feast_field(name: str) -> bytes:
     a test; computed here so the stream never imports Feast).
 
     >>> from feast.infra.online_stores.helpers import _mmh3
-    >>> feast_field("card_features:card_txn_count_1h") == _mmh3("card_features:card_txn_count_1h")
+    >>> f = "card_features_as_of_last_event:card_txn_count_1h"
+    >>> feast_field(f) == _mmh3(f)
     True
     """
     import mmh3

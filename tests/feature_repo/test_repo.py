@@ -22,7 +22,11 @@ def test_feast_apply_registers_the_generated_objects(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "feature_repo", repo)
     feast = str(Path(sys.executable).parent / "feast")
     yaml = str(repo / "embedded" / "feature_store.yaml")
-    env = {"PATH": str(Path(sys.executable).parent), "SKEWLESS_FEAST_DATA": str(tmp_path / "data")}
+    env = {  # this checkout's code first, as in the test process
+        "PATH": str(Path(sys.executable).parent),
+        "PYTHONPATH": str(ROOT),
+        "SKEWLESS_FEAST_DATA": str(tmp_path / "data"),
+    }
     done = subprocess.run(
         [feast, "-f", yaml, "apply"], cwd=repo, env=env, capture_output=True, text=True, timeout=300
     )
@@ -34,7 +38,10 @@ def test_feast_apply_registers_the_generated_objects(tmp_path: Path) -> None:
         "merchant": "merchant_id",
     }
     views = {v.name: v for v in store.list_feature_views()}
-    assert sorted(views) == ["card_features", "merchant_features"]
+    assert sorted(views) == [
+        "card_features_as_of_last_event",
+        "merchant_features_as_of_last_event",
+    ]
     for entity in REFERENCE.entities:
         view = views[view_name(entity)]
         want = {

@@ -69,8 +69,8 @@ def test_relative_data_folder_is_taken_from_where_feast_runs(tmp_path: Path) -> 
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert (
-        f"feature_repo: note: {tmp_path.resolve() / 'bf'} has no card_features.parquet, "
-        "merchant_features.parquet (yet)"
+        f"feature_repo: note: {tmp_path.resolve() / 'bf'} has no card_features_as_of_last_event"
+        ".parquet, merchant_features_as_of_last_event.parquet (yet)"
     ) in done.stderr
     env = _env(tmp_path, SKEWLESS_FEAST_DATA="bf/feast")
     for command in (["apply"], MATERIALIZE):
@@ -78,13 +78,14 @@ def test_relative_data_folder_is_taken_from_where_feast_runs(tmp_path: Path) -> 
         assert done.returncode == 0, done.stdout + done.stderr
         assert "note:" not in done.stderr
     store = FeatureStore(repo_path=str(tmp_path / "repo"), fs_yaml_file=tmp_path / yaml)
-    view = store.get_feature_view("card_features")
+    view = store.get_feature_view("card_features_as_of_last_event")
     assert view.batch_source.path == str(
-        tmp_path.resolve() / "bf" / "feast" / "card_features.parquet"
+        tmp_path.resolve() / "bf" / "feast" / "card_features_as_of_last_event.parquet"
     )
     ids = sorted(set(simulate(cfg).column("card_id").to_pylist()))
     got = store.get_online_features(
-        features=["card_features:card_txn_count_24h"], entity_rows=[{"card_id": i} for i in ids]
+        features=["card_features_as_of_last_event:card_txn_count_24h"],
+        entity_rows=[{"card_id": i} for i in ids],
     ).to_dict()["card_txn_count_24h"]
     assert len(got) == len(ids) and all(v is not None for v in got), got
 
@@ -113,6 +114,7 @@ def test_apply_and_materialize_into_redis_from_a_url(
     assert store.config.online_store.connection_string == f"{host_port},db=10"
     ids = sorted(set(simulate(cfg).column("card_id").to_pylist()))
     got = store.get_online_features(
-        features=["card_features:card_txn_count_24h"], entity_rows=[{"card_id": i} for i in ids]
+        features=["card_features_as_of_last_event:card_txn_count_24h"],
+        entity_rows=[{"card_id": i} for i in ids],
     ).to_dict()["card_txn_count_24h"]
     assert len(got) == len(ids) and all(v is not None for v in got), got

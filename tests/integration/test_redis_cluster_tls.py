@@ -69,7 +69,8 @@ def test_stream_writes_and_verify_and_feast_read_a_tls_cluster(
         feast = open_feature_store(StoreConfig(redis_url=url, workdir=tmp_path / "feast"),
                                    REFERENCE)  # fmt: skip
         got = feast.get_online_features(
-            features=[f"card_features:{name}"], entity_rows=[{"card_id": c} for c in cards]
+            features=[f"card_features_as_of_last_event:{name}"],
+            entity_rows=[{"card_id": c} for c in cards],
         ).to_dict()[name]
     want = [
         layout.as_of_last(codec.decode(b, readonly=True))[layout.names.index(name)]

@@ -69,7 +69,8 @@ def test_stream_writes_and_scorer_and_feast_read_over_tls(
             StoreConfig(redis_url=url, workdir=tmp_path / "feast"), REFERENCE
         )
         got = feast.get_online_features(
-            features=["card_features:card_txn_count_24h"], entity_rows=[{"card_id": card}]
+            features=["card_features_as_of_last_event:card_txn_count_24h"],
+            entity_rows=[{"card_id": card}],
         ).to_dict()["card_txn_count_24h"]
     assert got[0] is not None and got[0] >= 1
 

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from features.feast_objects import build_feast_objects
+from features.feast_objects import build_feast_objects, view_name
 from features.loader import DefinitionsError, load_definitions
 from features.store import StoreConfig, open_store
 from flows.backfill import BackfillReport, compute_features, load_events
@@ -71,7 +71,7 @@ def _write(d: Path, text: str, name: str = "defs.py") -> Path:
 def test_stream_backfill_feast_and_serving_agree_on_the_mcc_aggregation(run: Path) -> None:
     fs = load_definitions(run / "my_features.py")
     objs = build_feast_objects(fs, run / "bf" / "feast")
-    assert "card_mcc_max_24h" in {f.name for f in objs.view("card_features").schema}
+    assert "card_mcc_max_24h" in {f.name for f in objs.view(view_name(fs.entity("card"))).schema}
     events = pq.read_table(run / "ev.parquet")
     _, accepted, _, _ = load_events(fs, events, BackfillReport())
     store = open_store(StoreConfig(workdir=run / "data" / "feast"), fs)
