@@ -24,6 +24,7 @@ import pytest
 
 from features.backfill import EventIndex
 from features.definitions import FeatureSet
+from features.feast_objects import view_name
 from features.reference import REFERENCE
 from flows import backfill_part
 from flows.backfill import BackfillReport, run_backfill
@@ -141,7 +142,8 @@ def test_window_sums_use_the_whole_files_digits(client: Any, tmp_path: Path) -> 
         backfill_on(client, REFERENCE, tmp_path / "events.parquet", plain, None, 2, 7)
     finally:
         client.run(_plain_kernel, False)
-    for name in ("features.parquet", "feast/card_features.parquet"):
+    card_table = f"feast/{view_name(REFERENCE.primary)}.parquet"
+    for name in ("features.parquet", card_table):
         assert (plain / name).read_bytes() != (a / name).read_bytes(), name
 
 
