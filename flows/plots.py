@@ -79,20 +79,26 @@ def write_plots(
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
     mean_p = [b["mean_p"] for b in calibration]
     rate = [b["rate"] for b in calibration]
-    top = min(max([*mean_p, *rate, threshold, 1e-3]), 1.0)
+    top = min(1.08 * max([*mean_p, *rate, 0.01]), 1.0)
     ax.plot([0, top], [0, top], color="grey", linestyle=":", linewidth=0.8, label="perfect")
-    ax.plot(mean_p, rate, marker="o", linewidth=1.2, label="model (equal-count bins)")
-    ax.axvline(threshold, color="tab:red", linewidth=0.8, label=f"threshold {threshold:.3g}")
+    ax.plot(mean_p, rate, marker="o", linewidth=1.2, label="model (bins of equal expected fraud)")
+    labelled = -1.0
+    for x, y, b in zip(mean_p, rate, calibration, strict=True):
+        if x - labelled < 0.08 * top:  # crowded: metadata.json lists every bin
+            continue
+        labelled = x
+        ax.annotate(f"n={int(b['count']):,}", (x, y), textcoords="offset points",
+                    xytext=(5, -11), fontsize=7, color="#333")  # fmt: skip
+    if threshold <= top:
+        ax.axvline(threshold, color="tab:red", linewidth=0.8, label=f"threshold {threshold:.3g}")
     ax.set(
-        xlabel="mean predicted probability",
-        ylabel="observed fraud rate",
-        title="Calibration (test)",
+        xlabel="mean predicted probability (per bin)",
+        ylabel="observed fraud rate (per bin)",
+        title="Reliability (test); n = rows per bin",
+        xlim=(0, top),
+        ylim=(0, top),
     )
-    # symlog: linear near 0 (empty bins), logarithmic over the decades a 1% base rate spans
-    ax.set_xscale("symlog", linthresh=1e-4)
-    ax.set_yscale("symlog", linthresh=1e-4)
-    ax.set(xlim=(0, top * 1.5), ylim=(0, top * 1.5))
-    ax.legend(loc="upper left")
+    ax.legend(loc="upper left", fontsize=8)
     fig.subplots_adjust(left=0.15, bottom=0.11, right=0.96, top=0.93)
     fig.savefig(paths[3], metadata=meta)
     plt.close(fig)

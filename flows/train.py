@@ -241,7 +241,7 @@ def train_model(
     def write(d: Path) -> None:
         booster.save_model(str(d / MODEL_FILE))
         (d / ONNX_FILE).write_bytes(onnx_bytes)
-        calibration = metrics["test"]["calibration"]["bins"]
+        calibration = metrics["test"]["reliability_diagram"]["bins"]
         write_plots(d, y_te, p_te, imp, calibration, threshold, (p_base, "request-time only"))
         write_profile(d, profile)
 
