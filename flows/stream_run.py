@@ -120,7 +120,10 @@ def _run(
     from bytewax._bytewax import RecoveryConfig, cli_main, init_db_dir
 
     fs = load_definitions(settings.definitions)
-    cfg = config_from_settings(settings, args.replay, tail=not args.no_tail)
+    evict = getattr(args, "evict_after", 0.0) or 0.0
+    if evict < 0:
+        raise ValueError(f"--evict-after: {evict:g} must be >= 0 seconds (0: never)")
+    cfg = config_from_settings(settings, args.replay, tail=not args.no_tail, evict_after_s=evict)
     flow = build_flow(fs, cfg)
     recovery = None
     epoch = timedelta(seconds=args.snapshot_interval)

@@ -1,0 +1,82 @@
+"""The stream's prefetch of start states: one pipelined read per batch for the keys a
+worker does not hold (bootstrap states; with idle eviction, evicted snapshots first)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from features.definitions import FeatureSet
+from features.plan import Plan
+from features.store import StoreConfig, StoreUnavailableError
+from flows import stream_io
+from flows.stream_evict import Evictions, Returned, read_evicted
+from flows.stream_io import Ingested
+
+log = logging.getLogger("skewless.stream")
+
+MISSING = object()
+
+
+class Prefetch:
+    """Reads the bootstrap state of every entity this process has not seen yet, one
+    pipelined round trip per batch, before the batch is keyed; the entity steps then take
+    it from here instead of one round trip per new key. (A key resumed from a recovery
+    snapshot never asks: its prefetched entry is dropped when the key shows up again.)"""
+
+    def __init__(self, plan: Plan, store: StoreConfig, evictions: Evictions | None) -> None:
+        self.store, self.evictions = store, evictions
+        self.fs = plan.fs
+        self.entities = tuple((p.name, p.key) for p in plan.entities)
+        self.seen: dict[str, set[int]] = {name: set() for name, _ in self.entities}
+        self.cache: dict[tuple[str, int], bytes | Returned | None] = {}
+        self.lock = threading.Lock()
+        if evictions is not None:  # with eviction, ``seen`` is what the workers hold
+            evictions.seen, evictions.seen_lock = self.seen, self.lock
+
+    def __call__(self, items: list[Any]) -> list[Any]:
+        events = [x.event for x in items if isinstance(x, Ingested)]
+        keys: list[tuple[str, int]] = []
+        with self.lock:
+            for name, key in self.entities:
+                seen = self.seen[name]
+                for e in events:
+                    entity_id = key(e)
+                    if entity_id not in seen:
+                        seen.add(entity_id)
+                        keys.append((name, entity_id))
+        if keys:
+            raws = read_start(self.store, self.fs, keys, self.evictions is not None)
+            with self.lock:
+                self.cache.update(zip(keys, raws, strict=True))
+        return items
+
+    def take(self, key: tuple[str, int]) -> object:
+        with self.lock:
+            return self.cache.pop(key, MISSING)
+
+
+def read_start(
+    store: StoreConfig, fs: FeatureSet, keys: list[tuple[str, int]], evicting: bool
+) -> list[bytes | Returned | None]:
+    """Start states: an evicted key's snapshot, else the bootstrap state; retried with
+    backoff while the store is down (never skipped: a missing start state would silently
+    lose the backfill's history)."""
+    backoff = 0.2
+    while True:
+        try:
+            s = stream_io.store_for(store, fs)
+            out: list[bytes | Returned | None] = [None] * len(keys)
+            if evicting:
+                out = [None if b is None else Returned(b) for b in read_evicted(s, keys)]
+            todo = [i for i, x in enumerate(out) if x is None]
+            boot = s.read_states([keys[i] for i in todo], bootstrap=True) if todo else []
+            for i, b in zip(todo, boot, strict=True):
+                out[i] = b
+            return out
+        except StoreUnavailableError as exc:
+            log.warning("%s; retrying in %.1fs", exc, backoff)
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
