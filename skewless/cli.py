@@ -104,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument(
         "--evict-after",
         type=float,
-        default=float(os.environ.get("SKEWLESS_STREAM_EVICT_AFTER") or 0),
+        default=os.environ.get("SKEWLESS_STREAM_EVICT_AFTER") or "0",  # argparse converts
         help="drop entities idle this many seconds (wall clock), read back when they return "
         "(default 0: never; env SKEWLESS_STREAM_EVICT_AFTER)",
     )
