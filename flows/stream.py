@@ -10,7 +10,8 @@ lost its data). Too-late events go to the late output naming the entity that dro
 Run it as ``skewless stream`` or ``python -m bytewax.run flows.stream:flow`` (settings from
 ``SKEWLESS_*`` variables). With recovery (``-r DIR -s 5 -b 0``) a restart resumes from
 the snapshot with its Kafka offsets; without, it rereads the topic and the state's dedup
-ids and too-late routing keep the online values exact.
+ids and too-late routing keep the online values exact. ``--evict-after`` bounds the
+memory: idle entities leave the worker and come back exact (``flows/stream_evict.py``).
 """
 
 from __future__ import annotations

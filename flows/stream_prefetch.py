@@ -21,10 +21,12 @@ MISSING = object()
 
 
 class Prefetch:
-    """Reads the bootstrap state of every entity this process has not seen yet, one
-    pipelined round trip per batch, before the batch is keyed; the entity steps then take
-    it from here instead of one round trip per new key. (A key resumed from a recovery
-    snapshot never asks: its prefetched entry is dropped when the key shows up again.)"""
+    """Reads the start state of every entity this process does not hold, one pipelined
+    round trip per batch, before the batch is keyed; the entity steps then take it from
+    here instead of one round trip per new key. (A key resumed from a recovery snapshot
+    needs none: its prefetched entry is dropped at its first batch.) With idle eviction an
+    entity leaves ``seen`` once its eviction is written (flows/stream_evict.py), so
+    ``seen`` stays as small as what the workers hold."""
 
     def __init__(self, plan: Plan, store: StoreConfig, evictions: Evictions | None) -> None:
         self.store, self.evictions = store, evictions
