@@ -133,12 +133,14 @@ class EntityLogic(StatefulBatchLogic[Ingested, Any, tuple[int | None, bytes]]):
         self.covered_until: int | None = None
         self.touched = datetime.now(UTC)  # the last batch (idle eviction)
         self.resumed = resume is not None
+        self.registry: Any = None  # the worker's HeldStates registry that holds it
         if resume is not None:
             if isinstance(resume, bytes):  # a snapshot from before the id was kept
                 resume = (None, resume)
             self.entity_id, self.state = resume[0], ctx.core.restore(resume[1])
             if self.entity_id is not None:
-                ctx.held.worker().add(ctx.name, ctx.core, self.entity_id, self, resumed=True)
+                self.registry = ctx.held.worker()
+                self.registry.add(ctx.name, ctx.core, self.entity_id, self, resumed=True)
 
     def on_batch(self, values: list[Ingested]) -> tuple[Iterable[RowOut | LateOut], bool]:
         ctx = self.ctx
@@ -152,7 +154,8 @@ class EntityLogic(StatefulBatchLogic[Ingested, Any, tuple[int | None, bytes]]):
             if self.state is None:
                 self.state, self.covered_until = ctx.load(entity_id)
             self.entity_id = entity_id
-            ctx.held.worker().add(ctx.name, ctx.core, entity_id, self, resumed=False)
+            self.registry = ctx.held.worker()
+            self.registry.add(ctx.name, ctx.core, entity_id, self, resumed=False)
         elif self.resumed:  # a prefetch made for a key resumed from a snapshot: unused
             self.resumed = False
             if ctx.prefetch is not None:
@@ -198,7 +201,7 @@ class EntityLogic(StatefulBatchLogic[Ingested, Any, tuple[int | None, bytes]]):
             return (), StatefulBatchLogic.RETAIN
         if datetime.now(UTC) < self.touched + timedelta(seconds=ev.after_s):
             return (), StatefulBatchLogic.RETAIN
-        ctx.held.worker().remove(ctx.name, self.entity_id)
+        self.registry.remove(ctx.name, self.entity_id)  # the one it was added to
         blob = pack(self.covered_until, ctx.core.snapshot(self.state))
         return [ev.evict(ctx.name, self.entity_id, blob)], StatefulBatchLogic.DISCARD
 
@@ -248,6 +251,7 @@ class _EntityContext:
             [raw] = read_start(self.store, self.fs, [(self.name, entity_id)], bool(self.evictions))
         if isinstance(raw, Returned):
             covered, snap = unpack(raw.blob)
+            stream_io.METRICS.returned.inc()
             return self.core.restore(snap), covered
         state = self.core.decode(raw) if isinstance(raw, bytes) else self.core.new_state()
         return state, state.max_seen

@@ -71,8 +71,7 @@ class Evictions:
         self.after_s = after_s
         self.pending: dict[tuple[str, int], bytes] = {}
         self.lock = threading.Lock()
-        self.seen: dict[str, set[int]] | None = None  # the prefetch's, when there is one
-        self.seen_lock: Any = None
+        self.prefetch: Any = None  # the flow's Prefetch, when there is one
 
     def evict(self, entity: str, entity_id: int, blob: bytes) -> Evicted:
         with self.lock:
@@ -94,10 +93,8 @@ class Evictions:
                 if self.pending.get(key) is ev.blob:
                     del self.pending[key]
                     gone.append(key)
-        if self.seen is not None and gone:
-            with self.seen_lock:
-                for entity, entity_id in gone:
-                    self.seen[entity].discard(entity_id)
+        if self.prefetch is not None and gone:
+            self.prefetch.forget(gone)
 
 
 def read_evicted(store: Any, keys: list[tuple[str, int]]) -> list[bytes | None]:

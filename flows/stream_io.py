@@ -63,6 +63,9 @@ class _Metrics:
         self.evicted = Counter(
             "skewless_stream_entities_evicted", "entity states dropped after --evict-after idle"
         )
+        self.returned = Counter(
+            "skewless_stream_entities_returned", "evicted entities read back when they returned"
+        )
         self.write_seconds = Histogram(
             "skewless_stream_sink_write_seconds", "one batched online-store write",
             buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),

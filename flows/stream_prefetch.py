@@ -35,13 +35,15 @@ class Prefetch:
         self.seen: dict[str, set[int]] = {name: set() for name, _ in self.entities}
         self.cache: dict[tuple[str, int], bytes | Returned | None] = {}
         self.lock = threading.Lock()
+        self.generation = 0  # bumped by each forget: a read that spans one is dropped
         if evictions is not None:  # with eviction, ``seen`` is what the workers hold
-            evictions.seen, evictions.seen_lock = self.seen, self.lock
+            evictions.prefetch = self
 
     def __call__(self, items: list[Any]) -> list[Any]:
         events = [x.event for x in items if isinstance(x, Ingested)]
         keys: list[tuple[str, int]] = []
         with self.lock:
+            generation = self.generation
             for name, key in self.entities:
                 seen = self.seen[name]
                 for e in events:
@@ -52,8 +54,20 @@ class Prefetch:
         if keys:
             raws = read_start(self.store, self.fs, keys, self.evictions is not None)
             with self.lock:
-                self.cache.update(zip(keys, raws, strict=True))
+                # an eviction written meanwhile may be newer than what was read: leave the
+                # keys to the entity step's own read (they stay in ``seen``)
+                if generation == self.generation:
+                    self.cache.update(zip(keys, raws, strict=True))
         return items
+
+    def forget(self, keys: list[tuple[str, int]]) -> None:
+        """Evicted keys whose snapshot is written: the next batch with one reads it again
+        (a cached read from before is stale: dropped)."""
+        with self.lock:
+            self.generation += 1
+            for name, entity_id in keys:
+                self.seen[name].discard(entity_id)
+                self.cache.pop((name, entity_id), None)
 
     def take(self, key: tuple[str, int]) -> object:
         with self.lock:

@@ -138,7 +138,12 @@ class HeldStates:
         self._local = threading.local()
 
     def start_worker(self) -> _Held:
-        held = self._local.held = _Held()
+        """This thread's registry, made if none: with several workers Bytewax may build a
+        sink partition after its worker's first states (a fresh registry here lost them:
+        evicted states were then never removed, nor counted)."""
+        held: _Held | None = getattr(self._local, "held", None)
+        if held is None:
+            held = self._local.held = _Held()
         return held
 
     def worker(self) -> _Held:

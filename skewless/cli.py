@@ -101,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument(
         "--cluster-timeout", type=float, default=60.0, help="seconds to wait for the members"
     )
+    st.add_argument("--batch-size", type=int, default=5000, help="messages per batch and partition")
     st.add_argument(
         "--evict-after",
         type=float,

@@ -4,10 +4,13 @@ byte-identical to a run that never evicts, across a kill -9, with a bounded held
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import redis
@@ -22,7 +25,12 @@ from tests.integration import stream_support as sup
 
 pytestmark = pytest.mark.integration
 
-EVICT = ["--evict-after", "0.02"]  # tiny: cards go idle and return many times per run
+EVICT = [
+    "--evict-after",
+    "0.02",
+    "--batch-size",
+    "300",
+]  # tiny: cards go idle and return many times per run
 
 
 def _fresh(base_url: str, db: int) -> str:
@@ -34,6 +42,13 @@ def _fresh(base_url: str, db: int) -> str:
     return url
 
 
+def _read_back(log: Path) -> int:
+    """Entities read back after an eviction, from the run's last summary line."""
+    found = re.findall(r"idle eviction: (\d+) entities evicted, (\d+) read back", log.read_text())
+    assert found, log.read_text()[-2000:]
+    return int(found[-1][1])
+
+
 def _evicted_keys(url: str) -> int:
     client = redis.Redis.from_url(url)
     try:
@@ -42,14 +57,33 @@ def _evicted_keys(url: str) -> int:
         client.close()
 
 
+def _phased() -> pa.Table:
+    """Three phases in time order: ~200 cards (days 0-3), ~200 other cards (days 3-6), the
+    first cards again (days 6-9): each card idles for a third of the run, then returns."""
+    day = pa.scalar(3 * 86_400_000, pa.duration("ms"))
+    parts = []
+    for phase, seed in enumerate((21, 22, 21)):
+        t = sup.events(7_000, seed=seed, cards=200, merchants=60, days=3.0)
+        cards = t.column("card_id")
+        if phase == 1:
+            cards = pc.add(cards, 1_000_000)
+        t = t.set_column(t.schema.get_field_index("card_id"), "card_id", cards)
+        shifted = pc.add(t.column("event_time"), pc.multiply(day, phase)) if phase else None
+        if shifted is not None:
+            t = t.set_column(t.schema.get_field_index("event_time"), "event_time", shifted)
+        txid = pc.binary_join_element_wise(f"p{phase}", t.column("transaction_id"), "")
+        parts.append(t.set_column(0, "transaction_id", txid))
+    return pa.concat_tables(parts)
+
+
 @pytest.fixture(scope="module")
 def clean_run(
     kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Any]:
-    """20,000 events over 400 cards on a 3-partition topic, and one run without eviction."""
+    """~21,000 events on a 3-partition topic, and one run without eviction."""
     topic = "evict"
     sup.create_topic(kafka_bootstrap, topic, 3)
-    table = sup.events(20_000, seed=21, cards=400, merchants=60)
+    table = _phased()
     sup.produce_mixed(kafka_bootstrap, topic, table, sup.malformed(30))
     url = _fresh(redis_url, 7)
     out = tmp_path_factory.mktemp("evict-clean")
@@ -73,6 +107,7 @@ def test_evicted_cards_return_exact_and_byte_identical(
     log = tmp_path / "flow.log"
     sup.wait(sup.start_stream(env, *EVICT, "-w", str(workers), log=log), log)
     assert _evicted_keys(url) > 100, "no card went idle: the test proves nothing"
+    assert _read_back(log) > 100, "no card returned after its eviction"
     assert sup.dump(url) == clean_run["clean"]
     store = open_store(StoreConfig(redis_url=url), REFERENCE)
     ev = sup.accepted(clean_run["table"])
@@ -94,6 +129,7 @@ def test_kill_9_with_eviction_then_recovery_is_byte_identical(
     assert first.wait(30) == -9
     sup.wait(sup.start_stream(env, *rec, log=log), log)
     assert _evicted_keys(url) > 100
+    assert _read_back(log) > 0
     assert sup.dump(url) == clean_run["clean"]
 
 
