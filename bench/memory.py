@@ -106,12 +106,101 @@ def run(sizes: tuple[int, ...] | None = None) -> dict[str, Any]:
     return {"sizes": results, "budget_bytes": BUDGET_BYTES}
 
 
+def stream_rss(
+    sizes: tuple[int, ...] = DEFAULT_CARDS,
+    evict_after_s: float = 1.0,
+    per_card: int = 4,
+    redis_url: str = "",
+) -> dict[str, Any]:
+    """Peak RSS of the real stream (``skewless stream --replay --no-tail``, one worker)
+    against distinct cards, without and with ``--evict-after`` (issue 12). Each size is a
+    simulated history of ``per_card`` events per card over 30 days, replayed as fast as
+    the flow goes; the RSS of the stream's process is sampled every 50 ms (the peak is
+    reported, with the number of evicted snapshots left in Redis). Starts its own
+    Redis (``scripts/services.sh redis-start``) unless ``redis_url`` is given. 1M cards:
+    ``python -m bench.memory --stream --cards 10000,100000,1000000``."""
+    import tempfile
+    from pathlib import Path
+
+    import psutil
+    import redis
+
+    from flows.simulate import SimulationConfig, simulate, write_events
+
+    root = Path(__file__).resolve().parents[1]
+    work = Path(tempfile.mkdtemp(prefix="skewless-bench-memstream-"))
+    services = str(root / "scripts" / "services.sh")
+    started = not redis_url
+    if started:
+        proc = subprocess.run(
+            [services, "redis-start", str(work / "redis")], capture_output=True, text=True
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"redis-start failed: {proc.stderr.strip()[-500:]}")
+        redis_url = f"redis://{proc.stdout.strip().splitlines()[-1]}/0"
+    base = redis_url.rsplit("/", 1)[0]
+    rows: list[dict[str, Any]] = []
+    try:
+        for cards in sizes:
+            table = simulate(
+                SimulationConfig(events=cards * per_card, cards=cards, merchants=200, days=30.0)
+            )
+            path = work / f"events-{cards}.parquet"
+            write_events(table, path)
+            distinct = len(set(table.column("card_id").to_pylist()))
+            for evict in (0.0, evict_after_s):
+                url = f"{base}/14"
+                client = redis.Redis.from_url(url)
+                client.flushdb()
+                env = {k: v for k, v in os.environ.items() if not k.startswith("SKEWLESS_")}
+                env.update(
+                    SKEWLESS_REDIS_URL=url, SKEWLESS_DATA_DIR=str(work / "data"),
+                    PYTHONPATH=os.environ.get("PYTHONPATH", str(root)),
+                )  # fmt: skip
+                args = [sys.executable, "-m", "skewless", "stream", "--replay", str(path)]
+                args += ["--no-tail", "--evict-after", str(evict)]
+                start = time.perf_counter()
+                p = subprocess.Popen(
+                    args, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+                )
+                peak = 0
+                ps = psutil.Process(p.pid)
+                while p.poll() is None:
+                    try:
+                        peak = max(peak, ps.memory_info().rss)
+                    except psutil.Error:
+                        break
+                    time.sleep(0.05)
+                err = p.stderr.read().decode() if p.stderr else ""
+                if p.wait() != 0:
+                    raise RuntimeError(f"stream --replay ({cards} cards) failed: {err[-800:]}")
+                evicted = sum(1 for _ in client.scan_iter(match=b"skewless:*:evicted:*"))
+                client.close()
+                rows.append(
+                    {
+                        "cards": distinct, "events": table.num_rows, "evict_after_s": evict,
+                        "peak_rss_mb": round(peak / 2**20, 1),
+                        "seconds": round(time.perf_counter() - start, 1),
+                        "evicted_snapshots_in_redis": evicted,
+                    }
+                )  # fmt: skip
+    finally:
+        if started:
+            subprocess.run([services, "redis-stop", str(work / "redis")], capture_output=True)
+    return {"stream_rss": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cards", type=int, required=True)
+    parser.add_argument("--cards", required=True, help="N (with --stream: N,N,...)")
     parser.add_argument("--per-card", type=int, default=8)
+    parser.add_argument("--stream", action="store_true", help="the real stream's RSS: stream_rss")
     args = parser.parse_args()
-    print(json.dumps(measure(args.cards, args.per_card)))
+    if args.stream:
+        sizes = tuple(int(x) for x in args.cards.split(","))
+        print(json.dumps(stream_rss(sizes), indent=1))
+        return
+    print(json.dumps(measure(int(args.cards), args.per_card)))
 
 
 if __name__ == "__main__":

@@ -10,17 +10,18 @@ lost its data). Too-late events go to the late output naming the entity that dro
 Run it as ``skewless stream`` or ``python -m bytewax.run flows.stream:flow`` (settings from
 ``SKEWLESS_*`` variables). With recovery (``-r DIR -s 5 -b 0``) a restart resumes from
 the snapshot with its Kafka offsets; without, it rereads the topic and the state's dedup
-ids and too-late routing keep the online values exact.
+ids and too-late routing keep the online values exact. ``--evict-after`` bounds the
+memory: idle entities leave the worker and come back exact (``flows/stream_evict.py``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeGuard
 
@@ -34,8 +35,9 @@ from features.definitions import FeatureSet
 from features.native import NativeLayout, txid_hash_native
 from features.plan import Plan, compile_plan
 from features.schema import InvalidEventError
-from features.store import OnlineRow, StoreConfig, StoreUnavailableError
+from features.store import OnlineRow, StoreConfig
 from flows import stream_io
+from flows.stream_evict import Evicted, Evictions, Returned, pack, unpack
 from flows.stream_io import (
     DeadLetter,
     Ingested,
@@ -46,6 +48,7 @@ from flows.stream_io import (
     StoppableSource,
 )
 from flows.stream_kafka import KeyCheck, dlq_message, kafka_in, late_message
+from flows.stream_prefetch import MISSING, Prefetch, read_start
 from flows.stream_sink import HeldStates, LossTicks, OnlineStoreSink
 from flows.stream_summary import COVERED
 
@@ -65,6 +68,7 @@ class StreamConfig:
     batch_size: int = 5000
     metrics_port: int = 0
     load_state_from_store: bool = True
+    evict_after_s: float = 0.0  # 0: never (flows/stream_evict.py)
 
     @property
     def kafka(self) -> bool:
@@ -107,11 +111,11 @@ _APPLIED, _DUPLICATE, _LATE = 0, 1, 2  # native update outcomes
 _txid = txid_hash_native  # == features.layout.txid_hash (tests/features/test_native.py)
 
 
-def _is_row(x: RowOut | LateOut) -> TypeGuard[RowOut]:
-    return type(x) is RowOut
+def _is_row(x: RowOut | LateOut | Evicted) -> TypeGuard[RowOut | Evicted]:
+    return type(x) is not LateOut
 
 
-class EntityLogic(StatefulBatchLogic[Ingested, RowOut | LateOut, tuple[int | None, bytes]]):
+class EntityLogic(StatefulBatchLogic[Ingested, Any, tuple[int | None, bytes]]):
     """One entity's engine state (native core). Every entity sees every valid event and
     decides duplicates and lateness on its own events. Emits one :class:`RowOut` per batch
     that changed the state and a :class:`LateOut` per too-late event. Snapshots carry the
@@ -127,12 +131,16 @@ class EntityLogic(StatefulBatchLogic[Ingested, RowOut | LateOut, tuple[int | Non
         self.state: Any = None
         #: the bootstrap state's newest event time: not applied at or before it = covered
         self.covered_until: int | None = None
+        self.touched = datetime.now(UTC)  # the last batch (idle eviction)
+        self.resumed = resume is not None
+        self.registry: Any = None  # the worker's HeldStates registry that holds it
         if resume is not None:
             if isinstance(resume, bytes):  # a snapshot from before the id was kept
                 resume = (None, resume)
             self.entity_id, self.state = resume[0], ctx.core.restore(resume[1])
             if self.entity_id is not None:
-                ctx.held.worker().add(ctx.name, ctx.core, self.entity_id, self, resumed=True)
+                self.registry = ctx.held.worker()
+                self.registry.add(ctx.name, ctx.core, self.entity_id, self, resumed=True)
 
     def on_batch(self, values: list[Ingested]) -> tuple[Iterable[RowOut | LateOut], bool]:
         ctx = self.ctx
@@ -140,12 +148,18 @@ class EntityLogic(StatefulBatchLogic[Ingested, RowOut | LateOut, tuple[int | Non
             ctx.core, ctx.plan.key, ctx.plan.values, ctx.event_time, ctx.event_id
         )  # fmt: skip
         entity_id = key(values[0].event)
+        if ctx.evictions is not None:
+            self.touched = datetime.now(UTC)
         if self.entity_id is None:
             if self.state is None:
-                self.state = ctx.load(entity_id)
-                self.covered_until = self.state.max_seen
+                self.state, self.covered_until = ctx.load(entity_id)
             self.entity_id = entity_id
-            ctx.held.worker().add(ctx.name, ctx.core, entity_id, self, resumed=False)
+            self.registry = ctx.held.worker()
+            self.registry.add(ctx.name, ctx.core, entity_id, self, resumed=False)
+        elif self.resumed:  # a prefetch made for a key resumed from a snapshot: unused
+            self.resumed = False
+            if ctx.prefetch is not None:
+                ctx.prefetch.take((ctx.name, entity_id))
         state, until = self.state, self.covered_until
         out: list[RowOut | LateOut] = []
         changed, newest, late, dups, covered = False, 0, 0, 0, 0
@@ -176,64 +190,25 @@ class EntityLogic(StatefulBatchLogic[Ingested, RowOut | LateOut, tuple[int | Non
             out.append(RowOut(ctx.name, row, newest))
         return out, StatefulBatchLogic.RETAIN
 
+    def notify_at(self) -> datetime | None:
+        ev = self.ctx.evictions
+        return None if ev is None else self.touched + timedelta(seconds=ev.after_s)
+
+    def on_notify(self) -> tuple[Iterable[Evicted], bool]:
+        """Idle past ``--evict-after``: leave the exact snapshot to the sink, drop the key."""
+        ctx, ev = self.ctx, self.ctx.evictions
+        if ev is None or self.entity_id is None or self.state is None:
+            return (), StatefulBatchLogic.RETAIN
+        if datetime.now(UTC) < self.touched + timedelta(seconds=ev.after_s):
+            return (), StatefulBatchLogic.RETAIN
+        self.registry.remove(ctx.name, self.entity_id)  # the one it was added to
+        blob = pack(self.covered_until, ctx.core.snapshot(self.state))
+        return [ev.evict(ctx.name, self.entity_id, blob)], StatefulBatchLogic.DISCARD
+
     def snapshot(self) -> tuple[int | None, bytes]:
         # a logic exists only once a batch or a snapshot gave it a state
         assert self.state is not None
         return self.entity_id, self.ctx.core.snapshot(self.state)
-
-
-_MISSING = object()
-
-
-class Prefetch:
-    """Reads the bootstrap state of every entity this process has not seen yet, one
-    pipelined round trip per batch, before the batch is keyed; the entity steps then take
-    it from here instead of one round trip per new key. (A key resumed from a recovery
-    snapshot never asks: its prefetched entry is dropped when the key shows up again.)"""
-
-    def __init__(self, plan: Plan, store: StoreConfig) -> None:
-        self.store = store
-        self.fs = plan.fs
-        self.entities = tuple((p.name, p.key) for p in plan.entities)
-        self.seen: dict[str, set[int]] = {name: set() for name, _ in self.entities}
-        self.cache: dict[tuple[str, int], bytes | None] = {}
-        self.lock = threading.Lock()
-
-    def __call__(self, items: list[Any]) -> list[Any]:
-        events = [x.event for x in items if isinstance(x, Ingested)]
-        keys: list[tuple[str, int]] = []
-        with self.lock:
-            for name, key in self.entities:
-                seen = self.seen[name]
-                for e in events:
-                    entity_id = key(e)
-                    if entity_id not in seen:
-                        seen.add(entity_id)
-                        keys.append((name, entity_id))
-        if keys:
-            raws = _read_bootstrap(self.store, self.fs, keys)
-            with self.lock:
-                self.cache.update(zip(keys, raws, strict=True))
-        return items
-
-    def take(self, key: tuple[str, int]) -> object:
-        with self.lock:
-            return self.cache.pop(key, _MISSING)
-
-
-def _read_bootstrap(
-    store: StoreConfig, fs: FeatureSet, keys: list[tuple[str, int]]
-) -> list[bytes | None]:
-    """Bootstrap states, retried with backoff while the store is down (never skipped:
-    a missing start state would silently lose the backfill's history)."""
-    backoff = 0.2
-    while True:
-        try:
-            return stream_io.store_for(store, fs).read_states(keys, bootstrap=True)
-        except StoreUnavailableError as exc:
-            log.warning("%s; retrying in %.1fs", exc, backoff)
-            time.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
 
 
 class _EntityContext:
@@ -246,6 +221,7 @@ class _EntityContext:
         store: StoreConfig | None,
         prefetch: Prefetch | None = None,
         held: HeldStates | None = None,
+        evictions: Evictions | None = None,
     ) -> None:
         self.plan = plan.entity(entity)
         self.fs = plan.fs
@@ -257,18 +233,28 @@ class _EntityContext:
         self.store = store
         self.prefetch = prefetch
         self.held = held if held is not None else HeldStates()
+        self.evictions = evictions
 
-    def load(self, entity_id: int) -> Any:
-        """State for an entity this worker has no state for: the bootstrap state that
-        ``feast materialize`` wrote, else empty. Never the stream's own last write: that
-        may be ahead of a recovery snapshot, and replaying on top of it would count twice."""
-        if self.store is not None:
-            raw = _MISSING if self.prefetch is None else self.prefetch.take((self.name, entity_id))
-            if raw is _MISSING:
-                [raw] = _read_bootstrap(self.store, self.fs, [(self.name, entity_id)])
-            if isinstance(raw, bytes):
-                return self.core.decode(raw)
-        return self.core.new_state()
+    def load(self, entity_id: int) -> tuple[Any, int | None]:
+        """(State, covered until) for an entity this worker has no state for: its exact
+        snapshot if it was evicted (flows/stream_evict.py), else the bootstrap state that
+        ``feast materialize`` wrote, else empty. Never the stream's own last row: rounded,
+        it would not continue byte-identically."""
+        raw: object = MISSING
+        if self.evictions is not None:
+            blob = self.evictions.take(self.name, entity_id)
+            raw = MISSING if blob is None else Returned(blob)
+        if self.prefetch is not None:
+            cached = self.prefetch.take((self.name, entity_id))
+            raw = cached if raw is MISSING else raw
+        if raw is MISSING and self.store is not None:
+            [raw] = read_start(self.store, self.fs, [(self.name, entity_id)], bool(self.evictions))
+        if isinstance(raw, Returned):
+            covered, snap = unpack(raw.blob)
+            stream_io.METRICS.returned.inc()
+            return self.core.restore(snap), covered
+        state = self.core.decode(raw) if isinstance(raw, bytes) else self.core.new_state()
+        return state, state.max_seen
 
 
 def _entity_step(
@@ -278,9 +264,10 @@ def _entity_step(
     store: StoreConfig | None,
     prefetch: Prefetch | None,
     held: HeldStates,
+    evictions: Evictions | None,
 ) -> tuple[Any, Any]:
-    """One entity's step over every valid event: (its rows, its late events)."""
-    ctx = _EntityContext(plan, name, store, prefetch, held)
+    """One entity's step over every valid event: (its rows and evictions, its lates)."""
+    ctx = _EntityContext(plan, name, store, prefetch, held, evictions)
     key = ctx.plan.key
     keyed = op.key_on("key_" + name, up, lambda i: str(key(i.event)))
     out = op.key_rm(
@@ -310,7 +297,12 @@ def build_flow(fs: FeatureSet, cfg: StreamConfig) -> Dataflow:
         raw = op.input("replay_in", flow, StoppableSource(replay))
     decoded: Any = op.flat_map_batch("decode", raw, Decoder(plan, check_keys=cfg.kafka))
     store = cfg.store if cfg.load_state_from_store else None
-    prefetch = Prefetch(plan, store) if store is not None else None
+    evictions = None
+    if cfg.evict_after_s > 0:
+        if store is None or cfg.store.backend != "redis":
+            raise ValueError("--evict-after: needs the Redis online store (SKEWLESS_REDIS_URL)")
+        evictions = Evictions(cfg.evict_after_s)
+    prefetch = Prefetch(plan, store, evictions) if store is not None else None
     if prefetch is not None:
         decoded = op.flat_map_batch("prefetch", decoded, prefetch)
     split: Any = op.branch("valid", decoded, lambda x: type(x) is Ingested)
@@ -324,7 +316,7 @@ def build_flow(fs: FeatureSet, cfg: StreamConfig) -> Dataflow:
     rows, lates = [], []
     held = HeldStates()
     for entity in plan.entities:
-        r, late = _entity_step(plan, entity.name, split.trues, store, prefetch, held)
+        r, late = _entity_step(plan, entity.name, split.trues, store, prefetch, held, evictions)
         rows.append(r)
         lates.append(late)
     late_all: Any = op.merge("late", *lates)
@@ -339,12 +331,14 @@ def build_flow(fs: FeatureSet, cfg: StreamConfig) -> Dataflow:
         op.output("late_out", recs, JsonlSink(cfg.out_dir / "late"))
     if cfg.tail and cfg.store.backend == "redis":  # an idle worker still checks its marker
         rows.append(op.input("loss_ticks", flow, LossTicks()))
-    op.output("online_store", op.merge("all_rows", *rows), OnlineStoreSink(cfg.store, fs, held))
+    op.output(
+        "online_store", op.merge("all_rows", *rows), OnlineStoreSink(cfg.store, fs, held, evictions)
+    )
     return flow
 
 
 def config_from_settings(
-    settings: Any, replay_path: Path | None = None, tail: bool = True
+    settings: Any, replay_path: Path | None = None, tail: bool = True, evict_after_s: float = 0.0
 ) -> StreamConfig:
     store = StoreConfig(redis_url=settings.redis_url, workdir=settings.data_dir / "feast")
     return StreamConfig(
@@ -355,6 +349,7 @@ def config_from_settings(
         out_dir=settings.data_dir / "stream",
         tail=tail,
         metrics_port=settings.metrics_port,
+        evict_after_s=evict_after_s,
     )
 
 
@@ -367,9 +362,10 @@ def __getattr__(name: str) -> Any:
         settings = Settings.from_env(os.environ)
         replay = os.environ.get("SKEWLESS_REPLAY_PATH")
         tail = os.environ.get("SKEWLESS_STREAM_TAIL", "1") != "0"
+        evict = float(os.environ.get("SKEWLESS_STREAM_EVICT_AFTER") or 0)
         return build_flow(
             load_definitions(settings.definitions),
-            config_from_settings(settings, Path(replay) if replay else None, tail),
+            config_from_settings(settings, Path(replay) if replay else None, tail, evict),
         )
     raise AttributeError(name)
 

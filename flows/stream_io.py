@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from features.definitions import FeatureSet
 from features.store import OnlineRow, OnlineStore, StoreConfig, open_store
@@ -56,6 +56,15 @@ class _Metrics:
         )
         self.states_rewritten = Counter(
             "skewless_stream_states_rewritten", "held entity states rewritten after a loss"
+        )
+        self.held = Gauge(
+            "skewless_stream_entities_held", "entity states the workers hold in memory"
+        )
+        self.evicted = Counter(
+            "skewless_stream_entities_evicted", "entity states dropped after --evict-after idle"
+        )
+        self.returned = Counter(
+            "skewless_stream_entities_returned", "evicted entities read back when they returned"
         )
         self.write_seconds = Histogram(
             "skewless_stream_sink_write_seconds", "one batched online-store write",

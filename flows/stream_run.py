@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -120,7 +121,14 @@ def _run(
     from bytewax._bytewax import RecoveryConfig, cli_main, init_db_dir
 
     fs = load_definitions(settings.definitions)
-    cfg = config_from_settings(settings, args.replay, tail=not args.no_tail)
+    evict = getattr(args, "evict_after", 0.0) or 0.0
+    if evict < 0:
+        raise ValueError(f"--evict-after: {evict:g} must be >= 0 seconds (0: never)")
+    batch = getattr(args, "batch_size", 5000)
+    if batch < 1:
+        raise ValueError(f"--batch-size: {batch} must be >= 1")
+    cfg = config_from_settings(settings, args.replay, tail=not args.no_tail, evict_after_s=evict)
+    cfg = dataclasses.replace(cfg, batch_size=batch)
     flow = build_flow(fs, cfg)
     recovery = None
     epoch = timedelta(seconds=args.snapshot_interval)
@@ -144,6 +152,12 @@ def _run(
             recovery_config=recovery,
         )
     print_summary(before, fs, cfg)
+    if cfg.evict_after_s:
+        m = stream_io.METRICS
+        log.info(
+            "idle eviction: %d entities evicted, %d read back, %d held at the end",
+            m.evicted._value.get(), m.returned._value.get(), m.held._value.get(),
+        )  # fmt: skip
 
 
 @contextlib.contextmanager

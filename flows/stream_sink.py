@@ -41,6 +41,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from features.definitions import FeatureSet
 from features.store import OnlineRow, StoreConfig, StoreUnavailableError
 from features.store.redis import RedisStore
+from flows.stream_evict import Evicted, Evictions, write_commands
 from flows.stream_io import METRICS, RowOut, observe_many, stop_requested, store_for
 
 log = logging.getLogger("skewless.stream")
@@ -102,8 +103,18 @@ class _Held:
         held = self.by_entity.get(entity)
         if held is None:
             held = self.by_entity[entity] = (core, {})
-        held[1][entity_id] = logic
+        if held[1].setdefault(entity_id, logic) is not logic:
+            held[1][entity_id] = logic
+        else:
+            METRICS.held.inc()
         self.resumed += resumed
+
+    def remove(self, entity: str, entity_id: int) -> None:
+        """An evicted entity: no longer held (nor rewritten after a loss)."""
+        held = self.by_entity.get(entity)
+        if held is not None and held[1].pop(entity_id, None) is not None:
+            METRICS.held.dec()
+            METRICS.evicted.inc()
 
     def rows(self) -> dict[str, list[OnlineRow]]:
         """The row of every held state, as the entity step writes it after a change."""
@@ -127,7 +138,12 @@ class HeldStates:
         self._local = threading.local()
 
     def start_worker(self) -> _Held:
-        held = self._local.held = _Held()
+        """This thread's registry, made if none: with several workers Bytewax may build a
+        sink partition after its worker's first states (a fresh registry here lost them:
+        evicted states were then never removed, nor counted)."""
+        held: _Held | None = getattr(self._local, "held", None)
+        if held is None:
+            held = self._local.held = _Held()
         return held
 
     def worker(self) -> _Held:
@@ -149,7 +165,12 @@ class LossWatch:
         self.start_missing: bool | None = None  # the worker's key, at this run's first check
         self.covered = 0  # resumed states already checked (or rewritten)
 
-    def write(self, by_entity: Mapping[str, Sequence[OnlineRow]], resumed: int) -> str:
+    def write(
+        self,
+        by_entity: Mapping[str, Sequence[OnlineRow]],
+        resumed: int,
+        extra: Sequence[tuple[str | bytes, ...]] = (),
+    ) -> str:
         """Write the rows and rotate the marker; '' if Redis kept everything, else why not.
         ``resumed``: how many states the worker resumed from a snapshot so far."""
         token = b"%s:%d" % (self.run, self.seq + 1)
@@ -158,6 +179,7 @@ class LossWatch:
         ]
         if self.start_missing is None:
             then.append(("SET", self.start_key, b"1", "GET"))
+        then += extra
         replies = self.store.write_rows(by_entity, then)
         old = replies[0]
         # the token itself: a retried pipeline whose first try had landed
@@ -204,28 +226,45 @@ def _chunks(rows: dict[str, list[OnlineRow]], size: int) -> Iterator[dict[str, l
     yield chunk
 
 
-class _StorePartition(StatelessSinkPartition[RowOut | Tick]):
+class _StorePartition(StatelessSinkPartition[RowOut | Tick | Evicted]):
     def __init__(
-        self, cfg: StoreConfig, fs: FeatureSet, held: HeldStates, worker_index: int
+        self,
+        cfg: StoreConfig,
+        fs: FeatureSet,
+        held: HeldStates,
+        worker_index: int,
+        evictions: Evictions | None = None,
     ) -> None:
+        self.evictions = evictions
         self.store = store_for(cfg, fs)
         self.held = held.start_worker()
         store = self.store
         self.watch = LossWatch(store, worker_index) if isinstance(store, RedisStore) else None
         self.checked = -float("inf")  # when the marker was last checked (monotonic)
 
-    def _write(self, by_entity: dict[str, list[OnlineRow]]) -> str:
+    def _write(self, by_entity: dict[str, list[OnlineRow]], evicted: list[Evicted] = []) -> str:  # noqa: B006
+        extra = write_commands(self.store, evicted) if evicted else []
         if self.watch is None:
             for entity, rows in by_entity.items():
                 self.store.write(entity, rows)
+            if extra:
+                self.store.write_rows({}, extra)  # type: ignore[attr-defined]
             return ""
-        return self.watch.write(by_entity, self.held.resumed)
+        return self.watch.write(by_entity, self.held.resumed, extra)
 
-    def write_batch(self, items: list[RowOut | Tick]) -> None:
+    def write_batch(self, items: list[RowOut | Tick | Evicted]) -> None:
         latest: dict[tuple[str, int], tuple[OnlineRow, int]] = {}
+        evicted: list[Evicted] = []
         for item in items:  # the last row of a key holds its newest state
             if type(item) is RowOut:
                 latest[(item.entity, item.row.entity_id)] = (item.row, item.produced_ms)
+            elif type(item) is Evicted:
+                evicted.append(item)
+        if evicted and self.evictions is not None:  # written with the rows, same epoch
+            lost = _retrying(lambda: self._write({}, evicted))
+            self.evictions.written(evicted)
+            while lost:
+                lost = self._rewrite(lost)
         if not latest:
             self._tick()
             return
@@ -276,13 +315,15 @@ class _StorePartition(StatelessSinkPartition[RowOut | Tick]):
             self.watch.close()
 
 
-class OnlineStoreSink(DynamicSink[RowOut | Tick]):
+class OnlineStoreSink(DynamicSink[RowOut | Tick | Evicted]):
     """Batched writes of each touched entity's latest row; retries with backoff, forever,
     so an outage stalls the flow (and Kafka buffers) instead of losing updates; rewrites
     the worker's held states when Redis lost them."""
 
-    def __init__(self, cfg: StoreConfig, fs: FeatureSet, held: HeldStates) -> None:
-        self.cfg, self.fs, self.held = cfg, fs, held
+    def __init__(
+        self, cfg: StoreConfig, fs: FeatureSet, held: HeldStates, evictions: Evictions | None = None
+    ) -> None:
+        self.cfg, self.fs, self.held, self.evictions = cfg, fs, held, evictions
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _StorePartition:
-        return _StorePartition(self.cfg, self.fs, self.held, worker_index)
+        return _StorePartition(self.cfg, self.fs, self.held, worker_index, self.evictions)

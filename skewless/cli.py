@@ -108,6 +108,14 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument(
         "--cluster-timeout", type=float, default=60.0, help="seconds to wait for the members"
     )
+    st.add_argument("--batch-size", type=int, default=5000, help="messages per batch and partition")
+    st.add_argument(
+        "--evict-after",
+        type=float,
+        default=os.environ.get("SKEWLESS_STREAM_EVICT_AFTER") or "0",  # argparse converts
+        help="drop entities idle this many seconds (wall clock), read back when they return "
+        "(default 0: never; env SKEWLESS_STREAM_EVICT_AFTER)",
+    )
     st.add_argument("-r", "--recovery-directory", type=Path)
     st.add_argument("-s", "--snapshot-interval", type=float, default=5.0, help="seconds")
     st.add_argument("-b", "--backup-interval", type=float, default=0.0, help="seconds")
