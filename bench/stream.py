@@ -114,7 +114,7 @@ def naive_push(redis_url: str, table: pa.Table, work: Path, limit: int) -> dict[
     """Per event: engine update, then ``FeatureStore.push`` of the entity's features."""
     import pandas as pd
 
-    from features.feast_objects import bootstrap_field, state_field
+    from features.feast_objects import bootstrap_field, push_name, state_field
     from features.native import NativeLayout
     from features.store import StoreConfig, open_feature_store
 
@@ -135,7 +135,7 @@ def naive_push(redis_url: str, table: pa.Table, work: Path, limit: int) -> dict[
             df = pd.DataFrame(
                 [{e.join_key: r[e.join_key], "event_timestamp": r["event_time"], **values}]
             )
-            store.push(f"{e.name}_features_push", df)
+            store.push(push_name(e), df)
     wall = time.perf_counter() - start
     return {
         "events": len(rows),

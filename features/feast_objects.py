@@ -37,6 +37,11 @@ def view_name(entity: Def) -> str:
     return f"{entity.name}_features_as_of_last_event"
 
 
+def push_name(entity: Def) -> str:
+    """The push source feeding :func:`view_name` (``FeatureStore.push`` takes this name)."""
+    return f"{view_name(entity)}_push"
+
+
 def state_field(entity: Def) -> str:
     return f"{entity.name}_state"
 
@@ -88,7 +93,7 @@ def build_feast_objects(fs: FeatureSet, data_dir: Path) -> FeastObjects:
             path=str(data_dir / offline_table_name(d)),
             timestamp_field=TIMESTAMP_FIELD,
         )
-        push = PushSource(name=f"{view_name(d)}_push", batch_source=source)
+        push = PushSource(name=push_name(d), batch_source=source)
         schema = [
             Field(name=a.name, dtype=Int64 if a.op is Op.COUNT else Float64)
             for a in fs.for_entity(d)
