@@ -23,6 +23,22 @@ from features.store.encoding import entity_key_bytes, feast_field
 from features.store.protocol import OnlineRow, StoreUnavailableError
 
 
+def read_replies(sock: socket.socket, reader: Any, replies: int) -> list[Any]:
+    """``replies`` parsed replies from ``sock`` (hiredis ``reader``); error replies come
+    back as values, a closed connection raises."""
+    out: list[Any] = []
+    while len(out) < replies:
+        reply = reader.gets()
+        if reply is False:
+            data = sock.recv(1 << 16)
+            if not data:
+                raise ConnectionError("connection closed by server")
+            reader.feed(data)
+            continue
+        out.append(reply)
+    return out
+
+
 class RedisWire:
     """Pre-encoded RESP pipelines over one plain socket per thread (TCP_NODELAY), replies
     parsed by hiredis. Half the latency of a redis-py pipeline on the serving hot path
@@ -83,18 +99,10 @@ class RedisWire:
         import hiredis
 
         sock.sendall(payload)
-        out: list[Any] = []
-        while len(out) < replies:
-            reply = reader.gets()
-            if reply is False:
-                data = sock.recv(1 << 16)
-                if not data:
-                    raise ConnectionError("connection closed by server")
-                reader.feed(data)
-                continue
+        out = read_replies(sock, reader, replies)
+        for reply in out:
             if isinstance(reply, hiredis.ReplyError):
                 raise RedisReplyError(str(reply))
-            out.append(reply)
         return out
 
     def call(self, payload: bytes, replies: int) -> list[Any]:

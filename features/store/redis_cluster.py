@@ -26,7 +26,14 @@ from typing import Any
 
 from features.settings import masked_url
 from features.store.protocol import OnlineRow, StoreUnavailableError
-from features.store.redis import RedisReplyError, RedisSetupError, RedisStore, RedisWire, _resp
+from features.store.redis import (
+    RedisReplyError,
+    RedisSetupError,
+    RedisStore,
+    RedisWire,
+    _resp,
+    read_replies,
+)
 
 SLOTS = 16384
 _SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
@@ -132,21 +139,11 @@ class _NodeWire(RedisWire):
 
     def receive(self, replies: int) -> list[Any]:
         sock, reader = self._local.conn
-        out: list[Any] = []
         try:
-            while len(out) < replies:
-                reply = reader.gets()
-                if reply is False:
-                    data = sock.recv(1 << 16)
-                    if not data:
-                        raise ConnectionError("connection closed by server")
-                    reader.feed(data)
-                    continue
-                out.append(reply)
+            return read_replies(sock, reader, replies)
         except BaseException:
             self._drop(sock)
             raise
-        return out
 
     def reset(self) -> None:
         """Close this thread's connection, if any (the next call reconnects)."""
