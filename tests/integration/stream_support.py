@@ -95,6 +95,18 @@ def redis_db_url(base_url: str, db: int) -> str:
     return base_url.rsplit("/", 1)[0] + f"/{db}"
 
 
+def fresh_db_url(base_url: str, db: int) -> str:
+    """Database ``db`` of the session's Redis, emptied first: modules share the 16 numbers,
+    and a state left by an earlier test would be read as this test's bootstrap."""
+    url = redis_db_url(base_url, db)
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return url
+
+
 def dump(url: str) -> dict[bytes, dict[bytes, bytes]]:
     """Every hash in the database: the whole online store content (not the stream's
     loss markers, ``skewless:*``: random per run)."""

@@ -33,15 +33,6 @@ EVICT = [
 ]  # tiny: cards go idle and return many times per run
 
 
-def _fresh(base_url: str, db: int) -> str:
-    """A database of the session's Redis, emptied (other modules use the same numbers)."""
-    url = sup.redis_db_url(base_url, db)
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    client.close()
-    return url
-
-
 def _read_back(log: Path) -> int:
     """Entities read back after an eviction, from the run's last summary line."""
     found = re.findall(r"idle eviction: (\d+) entities evicted, (\d+) read back", log.read_text())
@@ -85,7 +76,7 @@ def clean_run(
     sup.create_topic(kafka_bootstrap, topic, 3)
     table = _phased()
     sup.produce_mixed(kafka_bootstrap, topic, table, sup.malformed(30))
-    url = _fresh(redis_url, 7)
+    url = sup.fresh_db_url(redis_url, 7)
     out = tmp_path_factory.mktemp("evict-clean")
     log = out / "flow.log"
     sup.wait(sup.start_stream(sup.stream_env(kafka_bootstrap, url, topic, out), log=log), log)
@@ -102,7 +93,7 @@ def test_evicted_cards_return_exact_and_byte_identical(
     workers: int,
     db: int,
 ) -> None:
-    url = _fresh(redis_url, db)
+    url = sup.fresh_db_url(redis_url, db)
     env = sup.stream_env(kafka_bootstrap, url, clean_run["topic"], tmp_path)
     log = tmp_path / "flow.log"
     sup.wait(sup.start_stream(env, *EVICT, "-w", str(workers), log=log), log)
@@ -119,7 +110,7 @@ def test_evicted_cards_return_exact_and_byte_identical(
 def test_kill_9_with_eviction_then_recovery_is_byte_identical(
     clean_run: dict[str, Any], kafka_bootstrap: str, redis_url: str, tmp_path: Path
 ) -> None:
-    url = _fresh(redis_url, 9)
+    url = sup.fresh_db_url(redis_url, 9)
     env = sup.stream_env(kafka_bootstrap, url, clean_run["topic"], tmp_path)
     log = tmp_path / "flow.log"
     rec = ["-r", str(tmp_path / "recovery"), "-s", "0.3", "-b", "0", *EVICT]
@@ -140,7 +131,7 @@ def test_held_entities_stay_bounded_with_many_distinct_cards(
     table = sup.events(100_000, seed=5, cards=cards, merchants=200, days=30.0)
     path = tmp_path / "events.parquet"
     pq.write_table(table, path)
-    url = _fresh(redis_url, 10)
+    url = sup.fresh_db_url(redis_url, 10)
     cfg = StreamConfig(
         store=StoreConfig(redis_url=url), replay_path=path, out_dir=tmp_path, tail=False,
         batch_size=500, evict_after_s=0.2,

@@ -318,7 +318,7 @@ def test_demo_against_real_kafka_and_redis(
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKEWLESS_")}
     env.update(
-        SKEWLESS_KAFKA_BOOTSTRAP=kafka_bootstrap, SKEWLESS_REDIS_URL=sup.redis_db_url(redis_url, 9)
+        SKEWLESS_KAFKA_BOOTSTRAP=kafka_bootstrap, SKEWLESS_REDIS_URL=sup.fresh_db_url(redis_url, 9)
     )
     cmd = [sys.executable, "-m", "skewless", "--data-dir", str(tmp_path / "demo"), "demo", "--kafka", "--redis",
            "--events", "30000", "--score", "100"]  # fmt: skip
