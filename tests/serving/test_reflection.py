@@ -26,9 +26,16 @@ SERVICES_HOME = Path(os.environ.get("SKEWLESS_SERVICES_HOME", Path.home() / ".ca
 GRPCURL = shutil.which("grpcurl") or (
     str(SERVICES_HOME / "bin/grpcurl") if (SERVICES_HOME / "bin/grpcurl").exists() else None
 )
-needs_grpcurl = pytest.mark.skipif(
-    GRPCURL is None, reason="grpcurl is not installed (scripts/services.sh install)"
-)
+
+
+@pytest.fixture
+def _grpcurl() -> None:
+    # `make test` installs grpcurl (scripts/services.sh install): missing is a failure
+    if GRPCURL is None:
+        pytest.fail("grpcurl is not installed: run `scripts/services.sh install`")
+
+
+needs_grpcurl = pytest.mark.usefixtures("_grpcurl")
 TOKEN = "s3cret"
 NOW_RFC3339 = datetime.fromtimestamp(NOW / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 REQUEST = {

@@ -28,7 +28,13 @@ from tests.serving.pki import PKI, make_pki
 from tests.serving.test_cli import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+
+
+@pytest.fixture(autouse=True)
+def _openssl() -> None:
+    # the certificates are made with the openssl CLI (Debian's openssl, always on the machine)
+    if shutil.which("openssl") is None:
+        pytest.fail("the openssl command is missing: apt-get install openssl")
 
 
 @pytest.fixture(scope="module")

@@ -44,13 +44,14 @@ def _chromium() -> str:
         (p for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None
     )
     if not exe:
-        pytest.skip("chromium is not installed: run `scripts/services.sh install`")
+        pytest.fail("chromium is not installed: run `scripts/services.sh install`")
     return exe
 
 
 @pytest.fixture(scope="module")
 def browser() -> Any:
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]'")
+    from playwright import sync_api  # a dev dependency: `make test` installs it
+
     exe = _chromium()
     with sync_api.sync_playwright() as pw:
         # root in a container: Chromium's sandbox needs user namespaces it may not have
