@@ -39,7 +39,7 @@ from features.feast_objects import (
     state_field,
 )
 from features.layout import compile_layouts
-from features.plan import compile_plan
+from features.plan import Plan, compile_plan
 from features.schema import SchemaError
 from features.state_build import build_states
 from flows.progress import Stages
@@ -184,6 +184,16 @@ def compute_features(
     values: dict[str, np.ndarray] = {}
     for v in each(one, fs.entities):
         values.update(v)
+    return feature_table(fs, plan, spine, q_t, values)
+
+
+def feature_table(
+    fs: FeatureSet, plan: Plan, spine: pa.Table, q_t: np.ndarray, values: dict[str, np.ndarray]
+) -> pa.Table:
+    """The spine's columns, then every feature in definition order: the window values
+    given, then the request features computed from them, the spine and its times ``q_t``
+    (the single-process and the Dask backfill lay out their output here)."""
+    time_col = fs.schema.event_time
 
     def column(name: str) -> np.ndarray | None:
         if name in values:
@@ -194,7 +204,7 @@ def compute_features(
             return spine.column(name).to_numpy(zero_copy_only=False)
         return None
 
-    values.update(plan.request_many(column, spine.num_rows))
+    values = {**values, **plan.request_many(column, spine.num_rows)}
     names = [n for n in fs.feature_names if n in values and n not in spine.column_names]
     return pa.Table.from_arrays(
         [*spine.columns, *(pa.array(values[n]) for n in names)], [*spine.column_names, *names]

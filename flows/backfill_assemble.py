@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from features.definitions import FeatureSet
 from features.plan import compile_plan
-from flows.backfill import BackfillReport, _ms
+from flows.backfill import BackfillReport, _ms, feature_table
 from flows.backfill_part import ROW
 from flows.backfill_split import AlignedWriter, merged, parquet_batches
 
@@ -103,19 +103,4 @@ def _late(
 def _feature_table(fs: FeatureSet, spine: pa.Table, values: dict[str, np.ndarray]) -> pa.Table:
     """As :func:`flows.backfill.compute_features` lays it out, from the window values."""
     time_col = fs.schema.event_time
-    q_t = _ms(spine.column(time_col), time_col)
-
-    def column(name: str) -> np.ndarray | None:
-        if name in values:
-            return values[name]
-        if name == time_col:
-            return q_t
-        if name in spine.column_names:
-            return spine.column(name).to_numpy(zero_copy_only=False)
-        return None
-
-    values = {**values, **compile_plan(fs).request_many(column, spine.num_rows)}
-    names = [n for n in fs.feature_names if n in values and n not in spine.column_names]
-    return pa.Table.from_arrays(
-        [*spine.columns, *(pa.array(values[n]) for n in names)], [*spine.column_names, *names]
-    )
+    return feature_table(fs, compile_plan(fs), spine, _ms(spine.column(time_col), time_col), values)
