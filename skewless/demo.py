@@ -112,6 +112,10 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
         from flows.stream_run import preflight
 
         preflight(dataclasses.replace(settings, kafka_bootstrap=kafka, redis_url=redis_url))
+    if redis_url:
+        from skewless.demo_redis import guard
+
+        guard(redis_url, REFERENCE, reset=args.reset_redis)
     prepare(out)
     report: dict[str, Any] = {"out": str(out), "steps": {}}
     began = time.perf_counter()
