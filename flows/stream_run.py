@@ -81,6 +81,10 @@ def preflight(
             ) from None
         finally:
             client.close()
+        from features.loader import load_definitions
+        from features.store.layout import check_layout
+
+        check_layout(settings.redis_url, load_definitions(settings.definitions))
 
 
 def _pong(url: str, timeout_s: float) -> bool:

@@ -41,6 +41,7 @@ from grpc_health.v1.health import aio as health_aio
 from features.loader import load_definitions
 from features.settings import masked_repr
 from features.store import OnlineStore, StoreConfig, StoreUnavailableError, open_store
+from features.store.layout import StoreLayoutError
 from serving._proto.skewless.v1 import scorer_pb2 as pb
 from serving._proto.skewless.v1 import scorer_pb2_grpc as pb_grpc
 from serving.coalesce import CoalescingServicer
@@ -291,7 +292,7 @@ class ScoringServer:
                 await loop.run_in_executor(self._executor, self.scorer.check_store)
             except Exception as exc:  # keep trying: the store may come up later
                 self.scorer.store = None
-                expected = isinstance(exc, StoreUnavailableError | OSError)
+                expected = isinstance(exc, StoreUnavailableError | StoreLayoutError | OSError)
                 log.warning(
                     "online store not ready: %s; retrying in %.1fs", exc, delay,
                     exc_info=None if expected else exc,

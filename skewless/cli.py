@@ -177,6 +177,9 @@ def _parser() -> argparse.ArgumentParser:
     from flows.models_cli import add_cli as add_models_cli  # `models`
 
     add_models_cli(sub, command)
+    from skewless.store_cli import add_cli as add_store_cli  # `store`
+
+    add_store_cli(sub, command)
     from flows.monitor_cli import add_cli as add_monitor_cli  # `monitor`
 
     add_monitor_cli(sub, command)
