@@ -57,6 +57,16 @@ class Settings:
     log_level: str = "INFO"
     #: the definitions module or file every command runs (empty: the reference fraud set)
     definitions: str = ""
+    #: `serve` TLS (PEM paths; empty: plaintext): certificate chain, key, and the CA that
+    #: client certificates must chain to (mutual TLS); flags override them
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    #: `score` TLS: the CA that signed the server's certificate, and for mutual TLS the
+    #: client's certificate and key
+    tls_ca: str = ""
+    tls_client_cert: str = ""
+    tls_client_key: str = ""
 
     @property
     def online_store(self) -> str:

@@ -51,11 +51,15 @@ def add_cli(
         "--workers", type=int, default=1,
         help="server processes sharing the port (SO_REUSEPORT); each logs to its own shard",
     )  # fmt: skip
-    s.add_argument("--tls-cert", type=Path, help="TLS: the server certificate chain (PEM)")
-    s.add_argument("--tls-key", type=Path, help="TLS: the server private key (PEM)")
+    s.add_argument(
+        "--tls-cert", type=Path, help="TLS: the server certificate chain (PEM; SKEWLESS_TLS_CERT)"
+    )
+    s.add_argument(
+        "--tls-key", type=Path, help="TLS: the server private key (PEM; SKEWLESS_TLS_KEY)"
+    )
     s.add_argument(
         "--tls-client-ca", type=Path,
-        help="mutual TLS: require client certificates signed by this CA (PEM)",
+        help="mutual TLS: client certificates must chain to this CA (SKEWLESS_TLS_CLIENT_CA)",
     )  # fmt: skip
     s.add_argument(
         "--open-reflection", action="store_true",
@@ -89,9 +93,21 @@ def add_cli(
     c.add_argument("--include-features", action="store_true")
     c.add_argument("--batch-size", type=int, default=500)
     c.add_argument("--timeout", type=float, default=10.0, help="deadline per call, seconds")
-    c.add_argument("--tls-ca", type=Path, help="TLS: the CA that signed the server's certificate")
-    c.add_argument("--tls-cert", type=Path, help="mutual TLS: the client certificate (PEM)")
-    c.add_argument("--tls-key", type=Path, help="mutual TLS: the client private key (PEM)")
+    c.add_argument(
+        "--tls-ca",
+        type=Path,
+        help="TLS: the CA that signed the server's certificate (SKEWLESS_TLS_CA)",
+    )
+    c.add_argument(
+        "--tls-cert",
+        type=Path,
+        help="mutual TLS: the client certificate (PEM; SKEWLESS_TLS_CLIENT_CERT)",
+    )
+    c.add_argument(
+        "--tls-key",
+        type=Path,
+        help="mutual TLS: the client private key (PEM; SKEWLESS_TLS_CLIENT_KEY)",
+    )
     command("score")(_score)
 
 
@@ -131,9 +147,9 @@ def _serve(args: argparse.Namespace, settings: Any) -> int:
         kafka_bootstrap="" if args.no_prediction_log else settings.kafka_bootstrap,
         topic=settings.topic,
         definitions=settings.definitions,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        tls_client_ca=args.tls_client_ca,
+        tls_cert=args.tls_cert or _path(settings.tls_cert),
+        tls_key=args.tls_key or _path(settings.tls_key),
+        tls_client_ca=args.tls_client_ca or _path(settings.tls_client_ca),
         open_reflection=args.open_reflection,
         shadow_alias=args.shadow_alias,
         canary_alias=args.canary_alias,
@@ -211,6 +227,11 @@ def read_events(path: Path, plan: Any) -> Iterator[Any]:
         yield plan.record._make(values)
 
 
+def _path(setting: str) -> Path | None:
+    """A ``SKEWLESS_TLS_*`` path setting; empty means not set."""
+    return Path(setting) if setting else None
+
+
 def _score(args: argparse.Namespace, settings: Any) -> int:
     import grpc
 
@@ -227,7 +248,10 @@ def _score(args: argparse.Namespace, settings: Any) -> int:
         require_file(args.file, "--file")
     address = args.address or settings.grpc_address
     metadata = [("authorization", f"Bearer {settings.auth_token}")] if settings.auth_token else []
-    with client_channel(address, args.tls_ca, args.tls_cert, args.tls_key) as channel:
+    ca = args.tls_ca or _path(settings.tls_ca)
+    cert = args.tls_cert or _path(settings.tls_client_cert)
+    key = args.tls_key or _path(settings.tls_client_key)
+    with client_channel(address, ca, cert, key) as channel:
         stub = pb_grpc.ScorerStub(channel)
         try:
             if args.file is None:

@@ -148,3 +148,39 @@ def test_the_cli_says_which_file_in_one_line(registry: Path, tmp_path: Path, pki
             f"skewless {command}: {setting}: cannot read {missing}: No such file or directory"
         ], proc.stderr
         assert proc.returncode == 2
+
+
+def test_tls_from_skewless_variables(
+    start_server: Callable[..., RunningServer],
+    base_config: ServerConfig,
+    pki: PKI,
+    tmp_path: Path,
+    registry: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``SKEWLESS_TLS_CA`` / ``_CLIENT_CERT`` / ``_CLIENT_KEY`` reach ``score`` (mutual TLS);
+    ``SKEWLESS_TLS_CERT`` reaches ``serve`` (the real console entry reads it)."""
+    s = start_server(_tls(base_config, pki, mutual=True), ready=False)
+    with client_channel(s.address, pki.ca, pki.client_cert, pki.client_key) as ch:
+        _wait_serving(ch)
+    env = {"SKEWLESS_GRPC_ADDRESS": s.address, "SKEWLESS_TLS_CA": str(pki.ca),
+           "SKEWLESS_TLS_CLIENT_CERT": str(pki.client_cert),
+           "SKEWLESS_TLS_CLIENT_KEY": str(pki.client_key)}  # fmt: skip
+    argv = ["score", "--card-id", "1", "--amount", "12.5"]
+    assert run_cli(argv, Settings.from_env(env)) == 0
+    assert '"model_version": "v0001"' in capsys.readouterr().out
+    no_cert = {k: v for k, v in env.items() if "CLIENT" not in k}
+    assert run_cli(argv, Settings.from_env(no_cert)) == 2  # mutual TLS wants the certificate
+    capsys.readouterr()
+    missing = tmp_path / "nope.crt"
+    env = {**os.environ, "SKEWLESS_DATA_DIR": str(tmp_path), "SKEWLESS_REGISTRY_DIR": str(registry),
+           "SKEWLESS_REDIS_URL": "", "SKEWLESS_KAFKA_BOOTSTRAP": "", "SKEWLESS_METRICS_PORT": "0",
+           "SKEWLESS_TLS_CERT": str(missing), "SKEWLESS_TLS_KEY": str(pki.server_key)}  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "skewless", "serve", "--address", "127.0.0.1:0",
+         "--no-prediction-log"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.stderr.splitlines() == [
+        f"skewless serve: tls_cert: cannot read {missing}: No such file or directory"
+    ], proc.stderr
