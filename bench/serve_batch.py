@@ -66,7 +66,7 @@ def batch_throughput(
     redis_url: str | None = None,
     seconds: float = 20.0,
     depth: int = 4,
-    connections: int = 8,
+    connections: int = 16,
     rounds: int = 3,
 ) -> dict[str, Any]:
     """Per target: ``events_per_s`` over all its rounds (``depth`` batches in flight,
