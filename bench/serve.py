@@ -9,6 +9,8 @@ is the client. Measured for both, in the same run:
 * ``Score`` latency with one request in flight (p50, p99);
 * ``Score`` throughput with ``inflight`` requests in flight;
 * ``ScoreBatch`` events/s, with one batch in flight and with ``batch_inflight`` (capacity);
+  and (:mod:`bench.serve_batch`) beside the ScoreBatch floor, 1 vs 2 processes, with CPU
+  per event and a table by stage;
 * server RSS after the runs;
 * the gRPC floor: the same ``grpc.aio`` server and interceptors with a ``Score`` that does
   nothing, so each server's own time above it (and their ratio) is reported too;
@@ -39,13 +41,13 @@ from typing import Any
 
 import numpy as np
 
-from bench import serve_sidecars
+from bench import serve_batch, serve_sidecars
 from bench.serve_inproc import run as serve_inproc
 from bench.serve_throughput import compare_throughput, percentiles
 
 REPO = Path(__file__).resolve().parents[1]
 SERVICES = REPO / "scripts" / "services.sh"
-TARGETS = {"p50_ms": 1.0, "p99_ms": 5.0, "batch_events_per_s": 50_000, "p50_ratio": 3.0,
+TARGETS = {"p50_ms": 1.0, "p99_ms": 5.0, "batch_events_per_s": 150_000, "p50_ratio": 3.0,
            "rss_mb": 500, "workers_vs_floor": 0.8}  # fmt: skip
 
 #: our server as a process (prometheus_client imported before feast: see interceptors)
@@ -58,21 +60,24 @@ from pathlib import Path
 c = json.loads(sys.argv[1])
 cfg = ServerConfig(registry_dir=Path(c["registry"]), redis_url=c["redis_url"],
                    address="127.0.0.1:0", prediction_log_dir=Path(c["predictions"]),
-                   max_batch_size=c["max_batch"], grace_s=1.0)
+                   max_batch_size=c["max_batch"], grace_s=1.0,
+                   store_timeout_s=2.0)  # a loaded shared machine stalls Redis beyond 0.25 s
 started = lambda port: print(f"listening on port {port}", flush=True)
 if c.get("workers", 1) > 1:
     sys.exit(serve_workers(cfg, c["workers"], started, "WARNING"))
 serve(cfg, on_started=started)
 """
 
-#: the gRPC floor: the same grpc.aio server and interceptors, a Score that does nothing
+#: the gRPC floor: the same grpc.aio server and interceptors, a Score that does nothing and a
+#: ScoreBatch that returns a fixed response of the request's length (strict parsing included)
 _FLOOR = """
 import asyncio
 from grpc import aio
 from serving._proto.skewless.v1 import scorer_pb2 as pb, scorer_pb2_grpc as pb_grpc
 from serving.interceptors import interceptors
+from bench.serve_batch import FloorScoreBatch
 
-class Floor(pb_grpc.ScorerServicer):
+class Floor(FloorScoreBatch, pb_grpc.ScorerServicer):
     async def Score(self, request, context):
         return pb.ScoreResponse(transaction_id=request.transaction.transaction_id)
 
@@ -312,10 +317,10 @@ def run(
             argv_w2 = [sys.executable, "-c", _OURS, json.dumps(workers_cfg)]
             with contextlib.ExitStack() as servers:
                 pid, port = servers.enter_context(_process(argv, work / "ours.log"))
-                _, floor_port = servers.enter_context(
+                floor_pid, floor_port = servers.enter_context(
                     _process([sys.executable, "-c", _FLOOR], work / "floor.log")
                 )
-                _, w2_port = servers.enter_context(_process(argv_w2, work / "workers.log"))
+                w2_pid, w2_port = servers.enter_context(_process(argv_w2, work / "workers.log"))
                 _wait_serving(f"127.0.0.1:{port}")
                 results["ours"] = _measure(f"127.0.0.1:{port}", reqs, batch_reqs, requests,
                                            seconds, inflight)  # fmt: skip
@@ -329,6 +334,16 @@ def run(
                 results["throughput"] = compare_throughput(
                     targets, reqs, throughput_requests, seconds, inflight, connections
                 )
+                # ScoreBatch: floor, 1 vs 2 processes (alternating rounds) and by stage
+                results["score_batch"] = serve_batch.measure(
+                    {"floor": floor, "workers_1": targets["workers_1"],
+                     "workers_2": targets["workers_2"]},
+                    [b.SerializeToString() for b in batch_reqs], batch_size,
+                    pids={"floor": floor_pid, "workers_1": pid, "workers_2": w2_pid},
+                    redis_url=redis_url, feast_dir=work / "feast",
+                    version_dir=resolve(registry, "production"),
+                    predictions_dir=work / "predictions-stages", seconds=seconds,
+                )  # fmt: skip
             naive_cfg = {"redis_url": redis_url, "feast_dir": str(work / "feast"),
                          "version_dir": str(resolve(registry, "production"))}  # fmt: skip
             argv = [sys.executable, "-m", "bench.serve_naive", json.dumps(naive_cfg)]
@@ -365,7 +380,8 @@ def run(
     results["met"] = {
         "p50_ms": ours["score_one_in_flight"]["p50_ms"] <= TARGETS["p50_ms"],
         "p99_ms": ours["score_one_in_flight"]["p99_ms"] <= TARGETS["p99_ms"],
-        "batch_events_per_s": ours["score_batch"]["events_per_s"] >= TARGETS["batch_events_per_s"],
+        "batch_events_per_s": serve_batch.best(results["score_batch"])
+        >= TARGETS["batch_events_per_s"],
         "p50_ratio": results["ratio_vs_naive"]["score_p50"] >= TARGETS["p50_ratio"],
         "rss_mb": ours["server_rss_mb"] <= TARGETS["rss_mb"],
         "workers_vs_floor": results["throughput"]["ratio_vs_floor"]["workers_2"]

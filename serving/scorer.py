@@ -19,17 +19,15 @@ The model is swapped atomically by :meth:`Scorer.install`: a request reads the c
 >>> Scorer(REFERENCE).score(None)  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-serving.scorer.NotReadyError: store: the online store is not connected yet
+serving.score_types.NotReadyError: store: the online store is not connected yet
 """
 
 from __future__ import annotations
 
 import math
 import threading
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,97 +36,31 @@ from features.layout import QueryTooOldError
 from features.native import NativeLayout
 from features.plan import EntityPlan, Plan, compile_plan
 from flows.registry import RegistryError
+from serving.score_batch import BatchScoring
+from serving.score_types import (
+    BatchItemError,
+    CorruptStateError,
+    DeadlineExceededError,
+    EntityFeatures,
+    EntityStateInfo,
+    Event,
+    InvalidRequestError,
+    Model,
+    NotReadyError,
+    PredictionSink,
+    ScoreResult,
+)
 
 if TYPE_CHECKING:  # only the type is needed
     from features.store import OnlineStore
     from serving.canary import Canary
 
-#: an event record of the definitions' schema (a named tuple, schema order)
-Event = Any
-
-
-class NotReadyError(RuntimeError):
-    """The store is not connected or no model is loaded yet (maps to UNAVAILABLE)."""
-
-
-class InvalidRequestError(ValueError):
-    """A request field breaks a rule; the message starts with the field's name."""
-
-
-class CorruptStateError(ValueError):
-    """A stored entity state cannot be decoded (maps to DATA_LOSS)."""
-
-
-class DeadlineExceededError(TimeoutError):
-    """The caller's deadline passed while the work was still running."""
-
-
-class BatchItemError(Exception):
-    """Item ``index`` of a batch failed with ``error`` (the transport names the field)."""
-
-    def __init__(self, index: int, error: Exception) -> None:
-        super().__init__(f"[{index}] {error}")
-        self.index, self.error = index, error
-
-
-class Model(Protocol):
-    """What the scorer needs from a loaded model (see :mod:`serving.model`)."""
-
-    @property
-    def version(self) -> str: ...
-    @property
-    def feature_names(self) -> tuple[str, ...]: ...
-    @property
-    def threshold(self) -> float: ...
-    @property
-    def fingerprint(self) -> str: ...
-    def predict(self, X: Any) -> np.ndarray: ...
-
-
-class EntityStateInfo(NamedTuple):
-    """How fresh an entity's online state was: ``age_ms = t - newest ingested event``
-    (negative when the stream already holds events at or after ``t``; they are excluded)."""
-
-    entity: str
-    entity_id: int
-    found: bool
-    newest_event_ms: int | None
-    age_ms: int | None
-
-
-class ScoreResult(NamedTuple):
-    """One scored event (a named tuple: built once per event on the hot path)."""
-
-    transaction_id: str
-    score: float
-    decision: bool
-    threshold: float
-    model_version: str
-    #: the model input, in ``feature_names`` order (NaN = missing)
-    feature_names: tuple[str, ...]
-    features: Sequence[float]
-    entities: tuple[EntityStateInfo, ...]
-    warnings: tuple[str, ...]
-    #: the shadow model's score of the same vector (set off the response path, for the log)
-    shadow_score: float | None = None
-    shadow_version: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class EntityFeatures:
-    names: tuple[str, ...]
-    values: list[float]
-    state: EntityStateInfo
-    warnings: tuple[str, ...]
-
-
-class PredictionSink(Protocol):
-    """Receives the scored events and their results (features included) and, from a
-    batch, the model input ``X`` as scored (fresh per call: the sink may keep it)."""
-
-    def __call__(
-        self, events: Sequence[Event], results: Sequence[ScoreResult], X: Any = None
-    ) -> None: ...
+#: the data types live in serving.score_types (shared with the batch path); import them here
+__all__ = [
+    "BatchItemError", "CorruptStateError", "DeadlineExceededError", "EntityFeatures",
+    "EntityStateInfo", "Event", "InvalidRequestError", "Model", "NotReadyError",
+    "PredictionSink", "ScoreResult", "Scorer",
+]  # fmt: skip
 
 
 def _max_seen(raw: bytes | None) -> int | None:
@@ -211,7 +143,7 @@ class _Plan:
         return buf
 
 
-class Scorer:
+class Scorer(BatchScoring):
     """Features at request time + model. ``store`` may be attached later (server start);
     until both a store and a model are there, scoring raises :class:`NotReadyError`."""
 
@@ -307,74 +239,7 @@ class Scorer:
         raise :class:`BatchItemError` (for a single event: the error itself)."""
         if len(events) == 1:
             return [self.score(events[0])]
-        return self._score_columns(events, deadline)
-
-    def _score_columns(self, events: Sequence[Event], deadline: float | None) -> list[ScoreResult]:
-        """:meth:`score_batch` for two or more events: :meth:`score`'s values, computed a
-        column at a time (one native call per entity for all rows, vectorized request
-        features, one predict). The tests hold the two equal."""
-        store, plan = self._ready()
-        readers, n = self._readers, len(events)
-        ids = [[r.key(e) for e in events] for r in readers]
-        unique = list(
-            dict.fromkeys((r.name, i) for r, col in zip(readers, ids, strict=True) for i in col)
-        )
-        raws = dict(zip(unique, store.read_states(unique), strict=True))
-        if deadline is not None and time.monotonic() > deadline:
-            raise DeadlineExceededError(f"deadline: passed after 0 of {n} events")
-        time_of = self._event_time
-        t = np.fromiter((time_of(e) for e in events), dtype=np.int64, count=n)
-        t_list = t.tolist()
-        X = np.empty((n, plan.n), dtype=np.float64)
-        infos: list[list[EntityStateInfo]] = [[] for _ in range(n)]
-        warnings: list[list[str]] = [[] for _ in range(n)]
-        for j, (r, col) in enumerate(zip(readers, ids, strict=True)):
-            datas = [raws[(r.name, i)] for i in col]
-            try:
-                block = r.core.features_many(datas, t_list)
-            except ValueError as exc:
-                index, error = exc.args if len(exc.args) == 2 else (0, exc)
-                if isinstance(error, QueryTooOldError):
-                    raise BatchItemError(index, r.too_old(error)) from None
-                raise CorruptStateError(f"{r.name} {col[index]}: {error}") from None
-            X[:, plan.columns[j]] = np.frombuffer(block, dtype=np.float64).reshape(n, -1)
-            newest = {i: _max_seen(raws[(r.name, i)]) for i in set(col)}
-            for k, (i, data, tk) in enumerate(zip(col, datas, t_list, strict=True)):
-                infos[k].append(r.info(data, i, newest[i], tk, warnings[k]))
-        where = {
-            name: plan.columns[j][i]
-            for j, r in enumerate(readers)
-            for i, name in enumerate(r.names)
-        }
-        schema = self.plan.schema
-
-        def column(name: str) -> np.ndarray | None:
-            if name in where:
-                return X[:, where[name]]
-            if name == schema.event_time:
-                return t
-            at = schema.position(name)
-            return np.array([e[at] for e in events], dtype=object)
-
-        request = self.plan.request_many(column, n)
-        for c, name in zip(plan.request_columns, self.fs.request_features, strict=True):
-            X[:, c] = request[name]
-        p = plan.model.predict(X).tolist()
-        rows = X.tolist()
-        threshold, version, names = plan.threshold, plan.version, plan.names
-        event_id = self._event_id
-        results = [
-            ScoreResult(
-                event_id(e), p[k], p[k] >= threshold, threshold, version, names, rows[k],
-                tuple(infos[k]), tuple(warnings[k]),
-            )
-            for k, e in enumerate(events)
-        ]  # fmt: skip
-        if self.canary is not None:
-            self.canary.rescore(plan, X, events, results)
-        if self.sink is not None:
-            self.sink(events, results, X)
-        return results
+        return self.score_columns(events, deadline)
 
     def entity_features(self, entity: str, entity_id: int, t: int) -> EntityFeatures:
         """One entity's window features at query time ``t`` (epoch ms), no model needed."""

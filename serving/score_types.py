@@ -1,0 +1,101 @@
+"""The scorer's data types: errors, results and the protocols it talks to.
+
+Apart from :mod:`serving.scorer` so that the batch path (:mod:`serving.score_batch`), which
+the scorer mixes in, builds the same results without importing the scorer. Import them
+from :mod:`serving.scorer`, which re-exports them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+
+#: an event record of the definitions' schema (a named tuple, schema order)
+Event = Any
+
+
+class NotReadyError(RuntimeError):
+    """The store is not connected or no model is loaded yet (maps to UNAVAILABLE)."""
+
+
+class InvalidRequestError(ValueError):
+    """A request field breaks a rule; the message starts with the field's name."""
+
+
+class CorruptStateError(ValueError):
+    """A stored entity state cannot be decoded (maps to DATA_LOSS)."""
+
+
+class DeadlineExceededError(TimeoutError):
+    """The caller's deadline passed while the work was still running."""
+
+
+class BatchItemError(Exception):
+    """Item ``index`` of a batch failed with ``error`` (the transport names the field)."""
+
+    def __init__(self, index: int, error: Exception) -> None:
+        super().__init__(f"[{index}] {error}")
+        self.index, self.error = index, error
+
+
+class Model(Protocol):
+    """What the scorer needs from a loaded model (see :mod:`serving.model`)."""
+
+    @property
+    def version(self) -> str: ...
+    @property
+    def feature_names(self) -> tuple[str, ...]: ...
+    @property
+    def threshold(self) -> float: ...
+    @property
+    def fingerprint(self) -> str: ...
+    def predict(self, X: Any) -> np.ndarray: ...
+
+
+class EntityStateInfo(NamedTuple):
+    """How fresh an entity's online state was: ``age_ms = t - newest ingested event``
+    (negative when the stream already holds events at or after ``t``; they are excluded)."""
+
+    entity: str
+    entity_id: int
+    found: bool
+    newest_event_ms: int | None
+    age_ms: int | None
+
+
+class ScoreResult(NamedTuple):
+    """One scored event (a named tuple: built once per event on the hot path)."""
+
+    transaction_id: str
+    score: float
+    decision: bool
+    threshold: float
+    model_version: str
+    #: the model input, in ``feature_names`` order (NaN = missing)
+    feature_names: tuple[str, ...]
+    features: Sequence[float]
+    entities: tuple[EntityStateInfo, ...]
+    warnings: tuple[str, ...]
+    #: the shadow model's score of the same vector (set off the response path, for the log)
+    shadow_score: float | None = None
+    shadow_version: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EntityFeatures:
+    names: tuple[str, ...]
+    values: list[float]
+    state: EntityStateInfo
+    warnings: tuple[str, ...]
+
+
+class PredictionSink(Protocol):
+    """Receives the scored events and their results (features included) and, from a
+    batch, the model input ``X`` as scored (fresh per call: the sink may keep it)."""
+
+    def __call__(
+        self, events: Sequence[Event], results: Sequence[ScoreResult], X: Any = None
+    ) -> None: ...

@@ -1,0 +1,51 @@
+"""The ScoreBatch bench's parts run end to end on a real Redis (their numbers belong to the
+bench run; here: the floor answers one response per event, the stage table times every
+stage of the production path, the predictor figure checks its bits)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from bench.serve_batch import FloorScoreBatch, predictor_rows_per_s, stage_table
+from features.reference import REFERENCE
+from features.store import StoreConfig, open_store
+from flows.registry import resolve
+from serving._proto.skewless.v1 import scorer_pb2 as pb
+from serving.convert import event_transaction
+from serving.score_batch import STAGES
+from serving.testing import fold_states, publish_synthetic_model, write_states
+from tests.integration.stream_support import fresh_db_url
+from tests.serving.conftest import HISTORY, NOW
+
+
+def test_floor_answers_one_fixed_response_per_event() -> None:
+    txs = [event_transaction(e._replace(event_time=NOW)) for e in HISTORY[:3]]
+    floor = FloorScoreBatch()
+    out = asyncio.run(floor.ScoreBatch(pb.ScoreBatchRequest(transactions=txs), None))
+    assert len(out.responses) == 3 and out.responses[0].transaction_id == "floor-0000"
+
+
+def test_stage_table_times_every_stage(redis_url: str, tmp_path: Path) -> None:
+    url = fresh_db_url(redis_url, 13)
+    store = open_store(StoreConfig(url, tmp_path / "feast"), REFERENCE)
+    write_states(store, fold_states(HISTORY, REFERENCE), REFERENCE)
+    store.close()
+    registry = tmp_path / "registry"
+    version = publish_synthetic_model(registry, fs=REFERENCE)
+    events = [e._replace(transaction_id=f"q{i}", event_time=NOW + i) for i, e in enumerate(HISTORY)]
+    raw = [
+        pb.ScoreBatchRequest(
+            transactions=[event_transaction(e) for e in events]
+        ).SerializeToString()
+    ]
+    out = stage_table(
+        url, tmp_path / "feast", resolve(registry, version), raw, tmp_path / "log", calls=3
+    )
+    stages = ("request_decode", "convert", *STAGES, "response_encode")
+    assert tuple(out["us_per_event"]) == tuple(out["cpu_us_per_event"]) == stages
+    assert out["batch_size"] == len(events) and out["calls"] == 3
+    assert all(v >= 0 for v in out["us_per_event"].values())
+    assert out["us_per_event"]["predict"] > 0
+    figure = predictor_rows_per_s(resolve(registry, version), 50, calls=3)
+    assert figure["one_row_equals_batch"] is True and figure["rows"] == 50

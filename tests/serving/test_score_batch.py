@@ -1,0 +1,74 @@
+"""``ScoreBatch``'s column path (serving.score_batch): every field equal to ``Score`` per
+event, on the benchmark's model (300 trees, past ONNX Runtime's 80-tree threshold for
+splitting a row's trees over threads), with entities missing in any combination; and the
+stage hook the benchmark times it through."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from features.reference import REFERENCE
+from flows.registry import resolve
+from serving.model import LoadedModel, load_model
+from serving.score_batch import STAGES
+from serving.testing import publish_synthetic_model, synthetic_training_data
+from tests.serving.conftest import NOW, ev
+from tests.serving.test_scorer import make_scorer
+
+#: the benchmark's model; ONNX Runtime splits a row's trees over threads past 80 trees
+ROUNDS = 300
+
+
+@pytest.fixture(scope="module")
+def big_model(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    reg: Path = tmp_path_factory.mktemp("registry-big")
+    version = publish_synthetic_model(reg, rounds=ROUNDS, max_depth=6, seed=7, fs=REFERENCE)
+    return load_model(resolve(reg, version), REFERENCE.fingerprint())
+
+
+def test_predictor_runs_one_thread_so_a_row_alone_gives_the_batch_bits(
+    big_model: LoadedModel,
+) -> None:
+    """With two intra-op threads ONNX Runtime splits a row's trees over them and the
+    float32 sum changes: 14 of the bench's 500 rows differ in the last bits from one
+    thread (onnxruntime 1.31; ``skewless bench`` reports the count). A score must not depend on
+    the server's thread setting or cores, so one thread; and a row scored alone (``Score``)
+    gives the bits of the same row in a batch (``ScoreBatch``)."""
+    opts = big_model.session.get_session_options()
+    assert (opts.intra_op_num_threads, opts.inter_op_num_threads) == (1, 1)
+    X, _ = synthetic_training_data(big_model.feature_names, rows=500, seed=3)
+    batch = big_model.predict(X)
+    alone = np.array([big_model.predict(X[k : k + 1])[0] for k in range(len(X))])
+    assert alone.tobytes() == batch.tobytes()
+
+
+def test_batch_equals_singles_with_entities_missing_in_every_combination(
+    big_model: LoadedModel,
+) -> None:
+    scorer, store = make_scorer(big_model)
+    cards, merchants = [1, 2, 404, 3, 405], [10, 11, 909, 909, 12, 10]
+    events = [
+        ev(f"m{i}", cards[i % len(cards)], merchants[i % len(merchants)], 3.0 + i, NOW + i * 991)
+        for i in range(60)
+    ]
+    batch = scorer.score_batch(events)
+    assert store.round_trips == 1
+    assert {len(r.warnings) for r in batch} == {0, 1, 2}  # none, one and both missing
+    for got, want in zip(batch, map(scorer.score, events), strict=True):
+        assert type(got) is type(want)
+        assert [repr(x) for x in got.features] == [repr(x) for x in want.features]
+        assert got.score.hex() == want.score.hex()
+        assert got._replace(features=()) == want._replace(features=())  # every other field
+        assert all(type(e) is type(w) for e, w in zip(got.entities, want.entities, strict=True))
+
+
+def test_stage_hook_sees_every_stage_in_order(big_model: LoadedModel) -> None:
+    scorer, _ = make_scorer(big_model)
+    seen: list[str] = []
+    events = [ev(f"s{i}", 1 + i % 3, 10 + i % 2, 5.0 + i, NOW + i) for i in range(5)]
+    results = scorer.score_columns(events, None, seen.append)
+    assert tuple(seen) == STAGES
+    assert results == scorer.score_columns(events)
