@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import signal
@@ -128,7 +129,9 @@ def _run(
     if batch < 1:
         raise ValueError(f"--batch-size: {batch} must be >= 1")
     cfg = config_from_settings(settings, args.replay, tail=not args.no_tail, evict_after_s=evict)
-    cfg = dataclasses.replace(cfg, batch_size=batch)
+    thin = getattr(args, "kafka_source", "thin") == "thin"
+    snapshots = args.recovery_directory is not None
+    cfg = dataclasses.replace(cfg, batch_size=batch, thin_source=thin, snapshots=snapshots)
     flow = build_flow(fs, cfg)
     recovery = None
     epoch = timedelta(seconds=args.snapshot_interval)
@@ -142,6 +145,7 @@ def _run(
         members, me, timeout_s, stream_io.stop_requested
     ):
         return  # Ctrl-C while waiting for the others
+    _tune_gc()
     with watch(replay_rows(args.replay)) as before:  # progress, then the summary
         cli_main(
             flow,
@@ -158,6 +162,17 @@ def _run(
             "idle eviction: %d entities evicted, %d read back, %d held at the end",
             m.evicted._value.get(), m.returned._value.get(), m.held._value.get(),
         )  # fmt: skip
+
+
+def _tune_gc() -> None:
+    """The flow makes a few short-lived objects per event and holds every entity's
+    logic: with CPython's default thresholds the cyclic GC took ~12% of a drain's samples
+    (py-spy), rescanning the held logics. What exists now is frozen out of the scans, and
+    the youngest generation is collected every 50,000 allocations instead of 700."""
+    if os.environ.get("SKEWLESS_STREAM_GC") == "default":
+        return
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
 
 
 @contextlib.contextmanager
