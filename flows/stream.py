@@ -30,7 +30,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 
 from features.definitions import FeatureSet
-from features.native import NativeLayout, txid_hash_native
+from features.native import NativeLayout
 from features.plan import Plan, compile_plan
 from features.store import OnlineRow, StoreConfig
 from flows import stream_io
@@ -78,7 +78,6 @@ class StreamConfig:
 
 
 _APPLIED, _DUPLICATE, _LATE = 0, 1, 2  # native update outcomes
-_txid = txid_hash_native  # == features.layout.txid_hash (tests/features/test_native.py)
 
 
 def _is_row(x: RowOut | LateOut | Evicted) -> TypeGuard[RowOut | Evicted]:
@@ -114,13 +113,11 @@ class EntityLogic(StatefulBatchLogic[Ingested, Any, tuple[int | None, bytes]]):
 
     def on_batch(self, values: list[Ingested]) -> tuple[Iterable[RowOut | LateOut], bool]:
         ctx = self.ctx
-        core, key, values_of, time_of, id_of = (
-            ctx.core, ctx.plan.key, ctx.plan.values, ctx.event_time, ctx.event_id
-        )  # fmt: skip
-        entity_id = key(values[0].event)
+        entity_id = self.entity_id
         if ctx.evictions is not None:
             self.touched = datetime.now(UTC)
-        if self.entity_id is None:
+        if entity_id is None:
+            entity_id = ctx.plan.key(values[0].event)
             if self.state is None:
                 self.state, self.covered_until = ctx.load(entity_id)
             self.entity_id = entity_id
@@ -130,13 +127,14 @@ class EntityLogic(StatefulBatchLogic[Ingested, Any, tuple[int | None, bytes]]):
             self.resumed = False
             if ctx.prefetch is not None:
                 ctx.prefetch.take((ctx.name, entity_id))
+        core, values_of, time_of = ctx.core, ctx.plan.values, ctx.event_time
         state, until = self.state, self.covered_until
         out: list[RowOut | LateOut] = []
         changed, newest, late, dups, covered = False, 0, 0, 0, 0
         for item in values:
             e = item.event
             t = time_of(e)
-            outcome = core.update(state, t, values_of(e), _txid(id_of(e)))
+            outcome = core.update(state, t, values_of(e), item.txid)
             if outcome == _APPLIED:
                 changed = True
                 if item.produced_ms > newest:

@@ -7,6 +7,7 @@ from typing import Any
 
 from bytewax.connectors.kafka import KafkaSourceMessage
 
+from features.native import txid_hash_native
 from features.plan import Plan
 from features.schema import InvalidEventError
 from flows import stream_io
@@ -22,6 +23,7 @@ class Decoder:
 
     def __init__(self, plan: Plan, check_keys: bool = False) -> None:
         self.parse = plan.validator.parse
+        self.id_of = plan.event_id
         self.check_keys = KeyCheck(plan) if check_keys else None
 
     def __call__(self, msgs: list[Any]) -> list[Ingested | DeadLetter]:
@@ -41,12 +43,13 @@ class Decoder:
 
     def decode_batch(self, b: KafkaBatch) -> list[Ingested | DeadLetter]:
         """One poll of one partition: no per-message object but the result."""
-        parse, now = self.parse, int(time.time() * 1000)
+        parse, id_of, now = self.parse, self.id_of, int(time.time() * 1000)
         out: list[Ingested | DeadLetter] = []
         add = out.append
         for raw, key, ts, offset in zip(b.values, b.keys, b.timestamps, b.offsets, strict=True):
             try:
-                add(Ingested(parse(raw), ts or now, raw, key))
+                event = parse(raw)
+                add(Ingested(event, ts or now, txid_hash_native(id_of(event)), raw, key))
             except InvalidEventError as exc:
                 add(DeadLetter(raw, str(exc), {"partition": b.partition, "offset": offset}, key))
         return out
@@ -63,4 +66,5 @@ class Decoder:
             event = self.parse(raw)
         except InvalidEventError as exc:
             return DeadLetter(raw, str(exc), where, key)
-        return Ingested(event, produced or int(time.time() * 1000), raw, key)
+        produced = produced or int(time.time() * 1000)
+        return Ingested(event, produced, txid_hash_native(self.id_of(event)), raw, key)

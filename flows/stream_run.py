@@ -145,8 +145,7 @@ def _run(
         members, me, timeout_s, stream_io.stop_requested
     ):
         return  # Ctrl-C while waiting for the others
-    _tune_gc()
-    with watch(replay_rows(args.replay)) as before:  # progress, then the summary
+    with _tuned_gc(), watch(replay_rows(args.replay)) as before:  # progress, then the summary
         cli_main(
             flow,
             workers_per_process=args.workers_per_process,
@@ -164,15 +163,24 @@ def _run(
         )  # fmt: skip
 
 
-def _tune_gc() -> None:
+@contextlib.contextmanager
+def _tuned_gc() -> Iterator[None]:
     """The flow makes a few short-lived objects per event and holds every entity's
     logic: with CPython's default thresholds the cyclic GC took ~12% of a drain's samples
     (py-spy), rescanning the held logics. What exists now is frozen out of the scans, and
-    the youngest generation is collected every 50,000 allocations instead of 700."""
+    the youngest generation is collected every 50,000 allocations instead of 700. Undone
+    after the run (a caller in the same process gets its GC back)."""
     if os.environ.get("SKEWLESS_STREAM_GC") == "default":
+        yield
         return
+    before = gc.get_threshold()
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
 
 
 @contextlib.contextmanager
