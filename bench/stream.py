@@ -13,8 +13,10 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,6 +27,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from bench import stream_floor, stream_stages
 from features.layout import compile_layouts
 from features.reference import REFERENCE
 from flows.produce import produce_messages
@@ -79,35 +82,122 @@ def _env(
     return env
 
 
-def _drain(bootstrap: str, redis_url: str, topic: str, work: Path) -> float:
-    """Wall seconds of ``skewless stream --no-tail`` over what the topic holds."""
+def _drain(
+    bootstrap: str, redis_url: str, topic: str, work: Path, *args: str
+) -> tuple[float, float]:
+    """Wall and CPU seconds of ``skewless stream --no-tail ARGS`` over what the topic holds
+    (CPU: the process's user + system time, all its threads)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "skewless", "stream", "--no-tail"],
+        [sys.executable, "-m", "skewless", "stream", "--no-tail", *args],
         cwd=ROOT, env=_env(bootstrap, redis_url, topic, work), capture_output=True, text=True,
         timeout=1800,
     )  # fmt: skip
+    wall = time.perf_counter() - start
     if done.returncode:
         raise RuntimeError(f"stream failed: {done.stderr[-2000:]}")
-    return time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return wall, cpu
 
 
-def throughput(bootstrap: str, redis_url: str, table: pa.Table, work: Path) -> dict[str, Any]:
+def _fresh(redis_url: str) -> str:
+    """The database emptied (a drain over states left by another would read them)."""
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    return redis_url
+
+
+def throughput(
+    bootstrap: str, redis_url: str, table: pa.Table, work: Path, rounds: int = 3
+) -> dict[str, Any]:
     """Drain a topic holding ``table``; the same command on an empty topic, in the same
-    run, gives the process start and stop cost, reported apart."""
+    run, gives the process start and stop cost, reported apart. Baseline, same run: the
+    same drain through Bytewax's own KafkaSource (``--kafka-source bytewax``). The two
+    alternate for ``rounds`` rounds; each figure is the median over them (a shared
+    machine's load moves single runs by 2x)."""
     topic = _topic(bootstrap, f"bench-tp-{int(time.time() * 1000)}")
     report = produce_messages(bootstrap, topic, _pairs(table))
     assert report.failed == 0, report
     empty = _topic(bootstrap, f"bench-empty-{int(time.time() * 1000)}")
-    startup = _drain(bootstrap, redis_url, empty, work)
-    wall = _drain(bootstrap, redis_url, topic, work)
-    return {
-        "events": table.num_rows,
-        "seconds": round(wall, 2),
-        "events_per_s": round(table.num_rows / wall),
-        "start_stop_seconds": round(startup, 2),
-        "events_per_s_after_start": round(table.num_rows / max(wall - startup, 1e-9)),
-    }
+    n = table.num_rows
+    variants = {"thin": (), "bytewax_source": ("--kafka-source", "bytewax")}
+    runs: dict[str, list[tuple[float, float, float]]] = {v: [] for v in variants}
+    for _ in range(rounds):
+        for name, args in variants.items():
+            start_wall, start_cpu = _drain(bootstrap, _fresh(redis_url), empty, work, *args)
+            wall, cpu = _drain(bootstrap, _fresh(redis_url), topic, work, *args)
+            runs[name].append((wall, start_wall, cpu - start_cpu))
+    out: dict[str, Any] = {"events": n, "topic": topic, "rounds": rounds}
+    for name, got in runs.items():
+        wall, start = statistics.median(r[0] for r in got), statistics.median(r[1] for r in got)
+        after = statistics.median(r[0] - r[1] for r in got)
+        cpu = statistics.median(r[2] for r in got)
+        out[name] = {
+            "seconds": round(wall, 2),
+            "events_per_s": round(n / wall),
+            "start_stop_seconds": round(start, 2),
+            "events_per_s_after_start": round(n / max(after, 1e-9)),
+            "cpu_us_per_event_after_start": round(cpu / n * 1e6, 2),
+            "load_average_1m": round(os.getloadavg()[0], 1),
+        }
+    out.update(out["thin"])
+    out["ratio_thin_vs_bytewax_source"] = round(
+        out["bytewax_source"]["cpu_us_per_event_after_start"]
+        / max(out["thin"]["cpu_us_per_event_after_start"], 1e-9),
+        2,
+    )
+    return out
+
+
+def workers(bootstrap: str, redis_url: str, table: pa.Table, work: Path) -> dict[str, Any]:
+    """A two-partition topic drained by 1 worker, 2 workers (threads of one process) and
+    a 2-process cluster (one worker each): events/s after start, and the ratio to 1."""
+    topic = _topic(bootstrap, f"bench-w2-{int(time.time() * 1000)}", partitions=2)
+    report = produce_messages(bootstrap, topic, _pairs(table))
+    assert report.failed == 0, report
+    empty = _topic(bootstrap, f"bench-w2e-{int(time.time() * 1000)}", partitions=2)
+    n, out = table.num_rows, {}
+    for name, args in (("w1", ()), ("w2", ("-w", "2"))):
+        start, _ = _drain(bootstrap, _fresh(redis_url), empty, work, *args)
+        wall, cpu = _drain(bootstrap, _fresh(redis_url), topic, work, *args)
+        out[name] = {"events_per_s_after_start": round(n / max(wall - start, 1e-9)),
+                     "process_cpu_per_wall": round(cpu / wall, 2)}  # fmt: skip
+    start = _cluster(bootstrap, _fresh(redis_url), empty, work)
+    wall = _cluster(bootstrap, _fresh(redis_url), topic, work)
+    out["two_processes"] = {"events_per_s_after_start": round(n / max(wall - start, 1e-9))}
+    base = out["w1"]["events_per_s_after_start"]
+    for name in ("w2", "two_processes"):
+        out[name]["ratio_vs_1_worker"] = round(out[name]["events_per_s_after_start"] / base, 2)
+    return out
+
+
+def _cluster(bootstrap: str, redis_url: str, topic: str, work: Path) -> float:
+    """Wall seconds of a 2-process ``skewless stream --no-tail -i 0/1`` cluster."""
+    ports = [_free_port(), _free_port()]
+    addresses = ";".join(f"127.0.0.1:{p}" for p in ports)
+    env = _env(bootstrap, redis_url, topic, work)
+    start = time.perf_counter()
+    cmd = [sys.executable, "-m", "skewless", "stream", "--no-tail", "-a", addresses, "-i"]
+    procs = [
+        subprocess.Popen(
+            [*cmd, str(i)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(2)
+    ]  # fmt: skip
+    for p in procs:
+        _, err = p.communicate(timeout=1800)
+        if p.returncode:
+            raise RuntimeError(f"stream cluster failed: {err[-2000:]}")
+    return time.perf_counter() - start
+
+
+def stage_table(bootstrap: str, topic: str, redis_url: str, work: Path) -> dict[str, Any]:
+    """µs of CPU per event by stage (``bench/stream_stages.py``), in this process."""
+    return stream_stages.stages(REFERENCE, bootstrap, topic, redis_url, work / "stages", 5000)
 
 
 def naive_push(redis_url: str, table: pa.Table, work: Path, limit: int) -> dict[str, Any]:
@@ -244,21 +334,48 @@ def run(
     try:
         table = _simulated(events, days=10.0, seed=5)
         ours = throughput(bootstrap, f"{base}/11", table, work)
+        per_stage = stage_table(bootstrap, ours["topic"], _fresh(f"{base}/14"), work)
+        floor = {v: stream_floor.run(v, bootstrap, ours["topic"], events, 5000)
+                 for v in stream_floor.VARIANTS}  # fmt: skip
+        scaling = (
+            workers(bootstrap, f"{base}/11", table, work)
+            if len(os.sched_getaffinity(0)) > 1
+            else {}
+        )
         naive = naive_push(f"{base}/12", table, work, naive_events)
         fresh_table = _simulated(int(rate * fresh_seconds), days=1.0, seed=6)
         fresh = freshness(bootstrap, f"{base}/13", fresh_table, work, rate)
+        fast_table = _simulated(int(4 * rate * fresh_seconds), days=1.0, seed=7)
+        fresh_fast = freshness(bootstrap, _fresh(f"{base}/13"), fast_table, work, 4 * rate)
+        drain_cpu = ours["cpu_us_per_event_after_start"]
         return {
             "throughput_events_per_s_per_worker": ours["events_per_s_after_start"],
             "throughput_events_per_s_incl_process_start": ours["events_per_s"],
-            "throughput_target": 25_000,
+            "throughput_target": 100_000,
+            "baseline_bytewax_source_events_per_s": ours["bytewax_source"][
+                "events_per_s_after_start"
+            ],
+            "ratio_thin_vs_bytewax_source_cpu": ours["ratio_thin_vs_bytewax_source"],
             "baseline_naive_push_events_per_s": naive["events_per_s"],
             "ratio_vs_naive_push": round(
                 ours["events_per_s_after_start"] / max(naive["events_per_s"], 1e-9), 1
             ),
+            "drain_cpu_us_per_event": drain_cpu,
+            "per_stage_cpu_us_per_event": per_stage,
+            "bytewax_floor": floor,
+            "bytewax_floor_cpu_us_per_event": {
+                v: round(1e6 / max(f["events_per_cpu_s"], 1), 2) for v, f in floor.items()
+            },
+            "ratio_drain_cpu_vs_per_event_floor": round(
+                drain_cpu * floor["per-event"]["events_per_cpu_s"] / 1e6, 2
+            ),
+            "workers": scaling,
             "throughput_detail": ours,
             "naive_detail": naive,
             "freshness": fresh,
-            "freshness_target_p99_ms": 500,
+            "freshness_target_p99_ms": 100,
+            "freshness_4x_rate": fresh_fast,
+            "freshness_4x_rate_target_p99_ms": 250,
         }
     finally:
         if started:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,17 +25,16 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 import bytewax.operators as op
-from bytewax.connectors.kafka import KafkaSourceMessage
 from bytewax.connectors.kafka import operators as kop
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 
 from features.definitions import FeatureSet
-from features.native import NativeLayout, txid_hash_native
+from features.native import NativeLayout
 from features.plan import Plan, compile_plan
-from features.schema import InvalidEventError
 from features.store import OnlineRow, StoreConfig
 from flows import stream_io
+from flows.stream_decode import Decoder
 from flows.stream_evict import Evicted, Evictions, Returned, pack, unpack
 from flows.stream_io import (
     DeadLetter,
@@ -47,7 +45,7 @@ from flows.stream_io import (
     RowOut,
     StoppableSource,
 )
-from flows.stream_kafka import KeyCheck, dlq_message, kafka_in, late_message
+from flows.stream_kafka import dlq_message, kafka_in, late_message
 from flows.stream_prefetch import MISSING, Prefetch, read_start
 from flows.stream_sink import HeldStates, LossTicks, OnlineStoreSink
 from flows.stream_summary import COVERED
@@ -69,46 +67,17 @@ class StreamConfig:
     metrics_port: int = 0
     load_state_from_store: bool = True
     evict_after_s: float = 0.0  # 0: never (flows/stream_evict.py)
+    #: False only when no recovery store will keep them (``skewless stream`` without -r):
+    #: Bytewax still asks every touched key for its snapshot each epoch (~5% of a drain)
+    snapshots: bool = True
+    thin_source: bool = True  # one item per Kafka poll (flows/stream_source.py)
 
     @property
     def kafka(self) -> bool:
         return bool(self.brokers)
 
 
-class Decoder:
-    """Parses messages with the definitions' schema; anything invalid becomes a dead
-    letter naming the field. Counted once per batch in the metrics."""
-
-    def __init__(self, plan: Plan, check_keys: bool = False) -> None:
-        self.parse = plan.validator.parse
-        self.check_keys = KeyCheck(plan) if check_keys else None
-
-    def __call__(self, msgs: list[Any]) -> list[Ingested | DeadLetter]:
-        out = [self.decode(m) for m in msgs]
-        dead = sum(1 for x in out if type(x) is DeadLetter)
-        stream_io.METRICS.dead_letters.inc(dead)
-        stream_io.METRICS.events_in.inc(len(out) - dead)
-        if self.check_keys is not None:
-            self.check_keys(msgs, out)
-        return out
-
-    def decode(self, msg: Any) -> Ingested | DeadLetter:
-        key: bytes | None
-        if isinstance(msg, KafkaSourceMessage):
-            raw, key = msg.value or b"", msg.key
-            _, ts = msg.timestamp or (0, 0)
-            produced, where = ts, {"partition": msg.partition, "offset": msg.offset}
-        else:
-            raw, key, produced, where = msg.value, None, msg.produced_ms, {"row": msg.row}
-        try:
-            event = self.parse(raw)
-        except InvalidEventError as exc:
-            return DeadLetter(raw, str(exc), where, key)
-        return Ingested(event, produced or int(time.time() * 1000), raw, key)
-
-
 _APPLIED, _DUPLICATE, _LATE = 0, 1, 2  # native update outcomes
-_txid = txid_hash_native  # == features.layout.txid_hash (tests/features/test_native.py)
 
 
 def _is_row(x: RowOut | LateOut | Evicted) -> TypeGuard[RowOut | Evicted]:
@@ -144,13 +113,11 @@ class EntityLogic(StatefulBatchLogic[Ingested, Any, tuple[int | None, bytes]]):
 
     def on_batch(self, values: list[Ingested]) -> tuple[Iterable[RowOut | LateOut], bool]:
         ctx = self.ctx
-        core, key, values_of, time_of, id_of = (
-            ctx.core, ctx.plan.key, ctx.plan.values, ctx.event_time, ctx.event_id
-        )  # fmt: skip
-        entity_id = key(values[0].event)
+        entity_id = self.entity_id
         if ctx.evictions is not None:
             self.touched = datetime.now(UTC)
-        if self.entity_id is None:
+        if entity_id is None:
+            entity_id = ctx.plan.key(values[0].event)
             if self.state is None:
                 self.state, self.covered_until = ctx.load(entity_id)
             self.entity_id = entity_id
@@ -160,13 +127,14 @@ class EntityLogic(StatefulBatchLogic[Ingested, Any, tuple[int | None, bytes]]):
             self.resumed = False
             if ctx.prefetch is not None:
                 ctx.prefetch.take((ctx.name, entity_id))
+        core, values_of, time_of = ctx.core, ctx.plan.values, ctx.event_time
         state, until = self.state, self.covered_until
         out: list[RowOut | LateOut] = []
         changed, newest, late, dups, covered = False, 0, 0, 0, 0
         for item in values:
             e = item.event
             t = time_of(e)
-            outcome = core.update(state, t, values_of(e), _txid(id_of(e)))
+            outcome = core.update(state, t, values_of(e), item.txid)
             if outcome == _APPLIED:
                 changed = True
                 if item.produced_ms > newest:
@@ -208,6 +176,8 @@ class EntityLogic(StatefulBatchLogic[Ingested, Any, tuple[int | None, bytes]]):
     def snapshot(self) -> tuple[int | None, bytes]:
         # a logic exists only once a batch or a snapshot gave it a state
         assert self.state is not None
+        if not self.ctx.snapshots:  # no recovery: Bytewax asks anyway, and drops it
+            return self.entity_id, b""
         return self.entity_id, self.ctx.core.snapshot(self.state)
 
 
@@ -222,6 +192,7 @@ class _EntityContext:
         prefetch: Prefetch | None = None,
         held: HeldStates | None = None,
         evictions: Evictions | None = None,
+        snapshots: bool = True,
     ) -> None:
         self.plan = plan.entity(entity)
         self.fs = plan.fs
@@ -234,6 +205,7 @@ class _EntityContext:
         self.prefetch = prefetch
         self.held = held if held is not None else HeldStates()
         self.evictions = evictions
+        self.snapshots = snapshots
 
     def load(self, entity_id: int) -> tuple[Any, int | None]:
         """(State, covered until) for an entity this worker has no state for: its exact
@@ -265,9 +237,10 @@ def _entity_step(
     prefetch: Prefetch | None,
     held: HeldStates,
     evictions: Evictions | None,
+    snapshots: bool = True,
 ) -> tuple[Any, Any]:
     """One entity's step over every valid event: (its rows and evictions, its lates)."""
-    ctx = _EntityContext(plan, name, store, prefetch, held, evictions)
+    ctx = _EntityContext(plan, name, store, prefetch, held, evictions, snapshots)
     key = ctx.plan.key
     keyed = op.key_on("key_" + name, up, lambda i: str(key(i.event)))
     out = op.key_rm(
@@ -285,7 +258,8 @@ def build_flow(fs: FeatureSet, cfg: StreamConfig) -> Dataflow:
     flow = Dataflow("skewless_stream")
     raw: Any
     if cfg.kafka:
-        kin = kafka_in("kafka_in", flow, cfg.brokers, cfg.topic, cfg.tail, cfg.batch_size)
+        kin = kafka_in("kafka_in", flow, cfg.brokers, cfg.topic, cfg.tail, cfg.batch_size,
+                       cfg.thin_source)  # fmt: skip
         raw = kin.oks
         op.output("kafka_errors", op.map("kafka_err", kin.errs, lambda e: DeadLetter(
             e.msg.value or b"", f"kafka: {e.err}", {"partition": e.msg.partition}, e.msg.key)),
@@ -316,7 +290,9 @@ def build_flow(fs: FeatureSet, cfg: StreamConfig) -> Dataflow:
     rows, lates = [], []
     held = HeldStates()
     for entity in plan.entities:
-        r, late = _entity_step(plan, entity.name, split.trues, store, prefetch, held, evictions)
+        r, late = _entity_step(
+            plan, entity.name, split.trues, store, prefetch, held, evictions, cfg.snapshots
+        )
         rows.append(r)
         lates.append(late)
     late_all: Any = op.merge("late", *lates)

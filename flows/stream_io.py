@@ -175,13 +175,15 @@ class StoppableSource(FixedPartitionedSource[Any, Any]):
 # -- the flow's items ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Ingested:
-    """A valid event, its original bytes and Kafka key, and when it entered the system
-    (Kafka timestamp or read time, ms)."""
+class Ingested(NamedTuple):
+    """A valid event, its id's hash, its original bytes and Kafka key, and when it entered
+    the system (Kafka timestamp or read time, ms). A named tuple: one is made per event, in
+    0.2 µs against 0.8 µs for a frozen dataclass."""
 
     event: Any
     produced_ms: int
+    #: the event id's hash (``features.layout.txid_hash``): once here, not per entity
+    txid: int
     raw: bytes = b""
     key: bytes | None = None
 

@@ -110,6 +110,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     st.add_argument("--batch-size", type=int, default=5000, help="messages per batch and partition")
     st.add_argument(
+        "--kafka-source", choices=("thin", "bytewax"), default="thin",
+        help="thin: one item per poll (default); bytewax: Bytewax's KafkaSource, one per message",
+    )  # fmt: skip
+    st.add_argument(
         "--evict-after",
         type=float,
         default=os.environ.get("SKEWLESS_STREAM_EVICT_AFTER") or "0",  # argparse converts

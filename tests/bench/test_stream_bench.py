@@ -13,3 +13,34 @@ def test_naive_push_baseline_runs(redis_url: str, tmp_path: Path) -> None:
     table = simulate(SimulationConfig(events=40, cards=5, merchants=3, days=1.0))
     out = naive_push(redis_url, table, tmp_path, limit=20)
     assert out["events"] == 20 and out["events_per_s"] > 0, out
+
+
+def test_stage_table_and_floor_count_every_event_of_the_topic(
+    kafka_bootstrap: str, redis_url: str, tmp_path: Path
+) -> None:
+    """The per-stage harness feeds the flow's own steps: every event decoded once, the
+    same rows the flow writes; each floor variant reads the whole topic."""
+    import redis
+
+    from bench import stream_floor
+    from bench.stream import _pairs, _topic, stage_table
+    from flows.produce import produce_messages
+    from tests.integration import stream_support as sup
+
+    table = simulate(SimulationConfig(events=3_000, cards=100, merchants=10, days=1.0))
+    topic = _topic(kafka_bootstrap, "bench-stages")
+    assert produce_messages(kafka_bootstrap, topic, _pairs(table)).failed == 0
+    url = sup.fresh_db_url(redis_url, 14)
+    got = stage_table(kafka_bootstrap, topic, url, tmp_path)
+    assert got["events"] == 3_000
+    assert set(got["cpu_us_per_event"]) == {
+        "kafka source", "decode + validate", "prefetch", "key routing", "card step",
+        "merchant step", "sink encode", "redis write",
+    }  # fmt: skip
+    client = redis.Redis.from_url(url)
+    entities = {k for k in client.scan_iter(count=1000) if not k.startswith(b"skewless:")}
+    cards, merchants = (len(set(table.column(c).to_pylist())) for c in ("card_id", "merchant_id"))
+    assert len(entities) == cards + merchants
+    for variant in stream_floor.VARIANTS:
+        out = stream_floor.run(variant, kafka_bootstrap, topic, 3_000, 500)
+        assert out["events_per_cpu_s"] > 0, out

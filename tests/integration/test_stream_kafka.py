@@ -152,6 +152,29 @@ def test_kill_9_then_recovery_equals_an_uninterrupted_run(
     assert sup.dump(url) == replay_topic["clean"]
 
 
+@pytest.mark.parametrize(("before", "after"), [("bytewax", "thin"), ("thin", "bytewax")])
+def test_a_snapshot_of_either_kafka_source_resumes_with_the_other(
+    replay_topic: dict[str, Any],
+    kafka_bootstrap: str,
+    redis_url: str,
+    tmp_path: Path,
+    before: str,
+    after: str,
+) -> None:
+    """The thin source keeps KafkaSource's offsets under the same step id: a recovery
+    directory written by one resumes with the other, byte-identical after kill -9."""
+    url = sup.fresh_db_url(redis_url, 3)
+    env = sup.stream_env(kafka_bootstrap, url, replay_topic["topic"], tmp_path)
+    log = tmp_path / "flow.log"
+    rec = ["-r", str(tmp_path / "recovery"), "-s", "0.5", "-b", "0"]
+    first = sup.start_stream(env, *rec, "--kafka-source", before, log=log)
+    sup.wait_for_keys(url, 800, first)
+    first.kill()
+    assert first.wait(30) == -9
+    sup.wait(sup.start_stream(env, *rec, "--kafka-source", after, log=log), log)
+    assert sup.dump(url) == replay_topic["clean"]
+
+
 def test_two_workers_and_a_two_process_cluster_equal_one_worker(
     replay_topic: dict[str, Any], kafka_bootstrap: str, redis_url: str, tmp_path: Path
 ) -> None:

@@ -1,0 +1,148 @@
+"""A thinner Kafka source: one item per partition and poll, not one object per message.
+
+Bytewax's ``KafkaSource`` builds a ``KafkaSourceMessage`` dataclass per message (~3.6 µs
+here) that the decoder reads once and drops. :class:`ThinKafkaSource` reads the same
+partitions the same way (``Consumer.consume(batch_size)`` on an assigned partition, no
+consumer group) and emits one :class:`KafkaBatch` of plain lists per poll; errors still
+come one :class:`~bytewax.connectors.kafka.KafkaError` each. Its recovery state is
+``KafkaSource``'s own: the next offset to read per partition, under the same step id, so a
+snapshot written by either resumes with the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from bytewax.connectors.kafka import KafkaError, KafkaSource, KafkaSourceMessage
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import KafkaError as ConfluentKafkaError
+
+
+@dataclass(frozen=True)
+class KafkaBatch:
+    """The messages of one poll of one partition, column by column (timestamps in ms)."""
+
+    partition: int
+    offsets: list[int]
+    keys: list[bytes | None]
+    values: list[bytes]
+    timestamps: list[int]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+class Located(NamedTuple):
+    """Where one message of a batch was read (for warnings naming it)."""
+
+    partition: int
+    offset: int
+    key: bytes | None
+
+
+class BatchMessages:
+    """The messages of several batches, by their index in the decoded output, built only
+    when one is asked for (the key check names its first offenders)."""
+
+    def __init__(self, batches: list[KafkaBatch]) -> None:
+        self.batches = batches
+
+    def __getitem__(self, i: int) -> Located:
+        for b in self.batches:
+            if i < len(b):
+                return Located(b.partition, b.offsets[i], b.keys[i])
+            i -= len(b)
+        raise IndexError(i)
+
+
+class _ThinPartition(StatefulSourcePartition[Any, int]):
+    def __init__(
+        self, config: dict[str, Any], topic: str, part: int, resume: int | None, batch_size: int
+    ) -> None:
+        self.offset = OFFSET_BEGINNING if resume is None else resume
+        self.consumer = Consumer(config)
+        self.consumer.assign([TopicPartition(topic, part, self.offset)])
+        self.topic, self.part, self.batch_size = topic, part, batch_size
+        self.eof = False
+
+    def next_batch(self) -> list[Any]:
+        if self.eof:
+            raise StopIteration
+        msgs = self.consumer.consume(self.batch_size, 0.001)
+        if not msgs:
+            return []
+        offsets: list[int] = []
+        keys: list[bytes | None] = []
+        values: list[bytes] = []
+        stamps: list[int] = []
+        errors: list[Any] = []
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.code() == ConfluentKafkaError._PARTITION_EOF:
+                    self.eof = True  # emit what came before it; stop at the next call
+                    break
+                errors.append(KafkaError(err, _message(m)))
+                continue
+            offsets.append(m.offset() or 0)
+            keys.append(m.key())
+            values.append(m.value() or b"")
+            stamps.append(m.timestamp()[1])
+        last = max(offsets[-1] if offsets else -1, *(e.msg.offset for e in errors), -1)
+        if last >= 0:
+            self.offset = last + 1  # resume after it, as KafkaSource does
+        out: list[Any] = errors
+        if offsets:
+            out.append(KafkaBatch(self.part, offsets, keys, values, stamps))
+        return out
+
+    def snapshot(self) -> int:
+        return self.offset
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def _message(m: Any) -> KafkaSourceMessage[bytes | None, bytes | None]:
+    return KafkaSourceMessage(
+        key=m.key(), value=m.value(), topic=m.topic(), headers=m.headers() or [],
+        latency=m.latency(), offset=m.offset(), partition=m.partition(), timestamp=m.timestamp(),
+    )  # fmt: skip
+
+
+class ThinKafkaSource(FixedPartitionedSource[Any, int]):
+    """``KafkaSource``'s arguments, partitions and snapshots, emitting
+    :class:`KafkaBatch` items (and :class:`KafkaError` ones)."""
+
+    def __init__(
+        self,
+        brokers: list[str],
+        topics: list[str],
+        tail: bool = True,
+        batch_size: int = 1000,
+        raise_on_errors: bool = False,
+        add_config: dict[str, str] | None = None,
+    ) -> None:
+        if raise_on_errors:
+            raise ValueError("raise_on_errors: the thin source emits errors as items only")
+        self.brokers, self.topics, self.tail = brokers, topics, tail
+        self.batch_size, self.add_config = batch_size, dict(add_config or {})
+
+    def list_parts(self) -> list[str]:
+        """Each Kafka partition, named as ``KafkaSource`` names it."""
+        return KafkaSource(self.brokers, self.topics, add_config=self.add_config).list_parts()
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _ThinPartition:
+        idx, topic = for_part.split("-", 1)
+        if topic not in self.topics:
+            raise ValueError(f"recovery: partition {for_part} is not of topics {self.topics}")
+        config = {
+            "group.id": "BYTEWAX_IGNORED",  # offsets live in the recovery snapshots
+            "enable.auto.commit": "false",
+            "bootstrap.servers": ",".join(self.brokers),
+            "enable.partition.eof": str(not self.tail),
+            **self.add_config,
+        }
+        return _ThinPartition(config, topic, int(idx), resume_state, self.batch_size)

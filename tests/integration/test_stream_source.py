@@ -1,0 +1,61 @@
+"""The thin Kafka source against Bytewax's KafkaSource on the same real topic."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from bytewax.connectors.kafka import KafkaSource
+from confluent_kafka import Producer
+
+from flows.stream_source import KafkaBatch, ThinKafkaSource
+from tests.integration import stream_support as sup
+
+pytestmark = pytest.mark.integration
+
+
+def _read(part: Any) -> tuple[list[Any], list[int]]:
+    """Every item to the end, and the snapshot after each batch."""
+    items, snaps = [], [part.snapshot()]
+    while True:
+        try:
+            batch = part.next_batch()
+        except StopIteration:
+            part.close()
+            return items, snaps
+        items += batch
+        snaps.append(part.snapshot())
+
+
+def test_thin_source_reads_what_kafka_source_reads_with_the_same_snapshots(
+    kafka_bootstrap: str,
+) -> None:
+    topic = sup.create_topic(kafka_bootstrap, "thin-vs-bytewax", 2)
+    p = Producer({"bootstrap.servers": kafka_bootstrap})
+    for i in range(2_500):
+        key = None if i % 97 == 0 else str(i % 40).encode()
+        p.produce(topic, value=b"" if i % 501 == 0 else b"v%d" % i, key=key, partition=i % 2,
+                  timestamp=1_700_000_000_000 + i)  # fmt: skip
+    p.flush(30)
+    for part in ("0", "1"):
+        name = f"{part}-{topic}"
+        args: dict[str, Any] = {"batch_size": 300, "raise_on_errors": False}
+        old, old_snaps = _read(KafkaSource([kafka_bootstrap], [topic], False, **args)
+                               .build_part("s", name, None))  # fmt: skip
+        new, new_snaps = _read(ThinKafkaSource([kafka_bootstrap], [topic], False, **args)
+                               .build_part("s", name, None))  # fmt: skip
+        assert all(type(b) is KafkaBatch and len(b) <= 300 for b in new)
+        flat = [
+            (b.partition, o, k, v, t)
+            for b in new
+            for o, k, v, t in zip(b.offsets, b.keys, b.values, b.timestamps, strict=True)
+        ]
+        assert flat == [(m.partition, m.offset, m.key, m.value or b"", m.timestamp[1]) for m in old]
+        assert len(flat) == 1_250
+        # the offset to resume from, after every batch that brought messages
+        assert list(dict.fromkeys(new_snaps)) == list(dict.fromkeys(old_snaps))
+        assert new_snaps[-1] == old_snaps[-1] == 1_250
+        # resumed from a snapshot: the rest, exactly
+        rest, _ = _read(ThinKafkaSource([kafka_bootstrap], [topic], False, **args)
+                        .build_part("s", name, 1_000))  # fmt: skip
+        assert [o for b in rest for o in b.offsets] == list(range(1_000, 1_250))
