@@ -171,10 +171,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--score", type=int, default=1000, help="events scored over gRPC")
     d.add_argument("--kafka", action="store_true", help="stream through SKEWLESS_KAFKA_BOOTSTRAP")
     d.add_argument("--redis", action="store_true", help="online store on SKEWLESS_REDIS_URL")
-    d.add_argument(
-        "--reset-redis", action="store_true",
-        help="with --redis: first delete the project's keys an earlier run left there",
-    )  # fmt: skip
+    reset = "with --redis: first delete the project's keys an earlier run left there"
+    d.add_argument("--reset-redis", action="store_true", help=reset)
     from flows.train import add_cli as add_train_cli  # `train`
 
     add_train_cli(sub, command)
