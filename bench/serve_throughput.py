@@ -8,6 +8,7 @@ measured in alternating rounds, so a change in the machine's load hits all of th
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -24,9 +25,25 @@ def percentiles(lat: list[float]) -> dict[str, float]:
     }
 
 
+def _cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of process ``pid`` and its children (``--workers``)."""
+    if pid is None:
+        return 0.0
+    import psutil
+
+    proc = psutil.Process(pid)
+    total = 0.0
+    for p in (proc, *proc.children(recursive=True)):
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total
+
+
 def _throughput(
-    address: str, reqs: list[Any], n: int, seconds: float, inflight: int, connections: int
-) -> dict[str, float]:
+    address: str, reqs: list[Any], n: int, seconds: float, inflight: int, connections: int,
+    pid: int | None = None,
+) -> dict[str, float]:  # fmt: skip
     """``Score`` with ``inflight`` calls in flight (closed loop) over ``connections`` TCP
     connections, from an asyncio client (a sync client's futures cost more per call than
     the floor server does)."""
@@ -55,36 +72,48 @@ def _throughput(
                     lat.append(time.perf_counter() - t)
                     i += inflight
 
+            server0, client0 = _cpu_s(pid), time.process_time()
             start = time.perf_counter()
             await asyncio.gather(*(loop(k) for k in range(inflight)))
             elapsed = time.perf_counter() - start
+            server_s, client_s = _cpu_s(pid) - server0, time.process_time() - client0
         finally:
             for ch in channels:
                 await ch.close()
-        return {"requests_per_s": round(len(lat) / elapsed, 1), **percentiles(lat)}
+        cpu = {"client_cpu_us_per_call": round(client_s / len(lat) * 1e6, 1)}
+        if pid is not None:
+            cpu["server_cpu_us_per_call"] = round(server_s / len(lat) * 1e6, 1)
+        return {"requests_per_s": round(len(lat) / elapsed, 1), **percentiles(lat), **cpu}
 
     return asyncio.run(main())
 
 
 def compare_throughput(
     targets: dict[str, str], reqs: list[Any], n: int, seconds: float, inflight: int,
-    connections: int, rounds: int = 5,
+    connections: int, rounds: int = 5, pids: dict[str, int] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Each target's median round, and its ratio to the floor: the median over rounds of
     the rate divided by the floor's rate in the same round (a round measures every target
     back to back, so a slow drift of the machine's load cancels out). ``targets``: name ->
-    address, the floor named ``grpc_floor``."""
+    address, the floor named ``grpc_floor``; ``pids``: name -> server process, whose CPU
+    (children included) per call is reported beside the client's own, median over rounds:
+    on a shared machine those say where a rate is lost when the rates alone are noisy."""
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+    pids = pids or {}
     for _ in range(rounds):
         for name, address in targets.items():
-            runs[name].append(
-                _throughput(address, reqs, n // rounds, seconds / rounds, inflight, connections)
+            sample = _throughput(
+                address, reqs, n // rounds, seconds / rounds, inflight, connections, pids.get(name)
             )
+            runs[name].append(sample)
     out: dict[str, Any] = {"in_flight": inflight, "connections": connections, "rounds": rounds}
     for name, samples in runs.items():
         rates = sorted(r["requests_per_s"] for r in samples)
         median = next(r for r in samples if r["requests_per_s"] == rates[len(rates) // 2])
         out[name] = {**median, "rounds_requests_per_s": [r["requests_per_s"] for r in samples]}
+        for key in ("server_cpu_us_per_call", "client_cpu_us_per_call"):
+            if key in median:
+                out[name][key] = float(np.median([r[key] for r in samples]))
     floor = [r["requests_per_s"] for r in runs["grpc_floor"]]
     out["ratio_vs_floor"] = {}
     for name in targets:

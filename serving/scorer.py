@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # only the type is needed
 
 #: an event record of the definitions' schema (a named tuple, schema order)
 Event = Any
+Read = Callable[[Sequence[tuple[str, int]]], list[bytes | None]]
 
 
 class NotReadyError(RuntimeError):
@@ -131,9 +132,8 @@ class PredictionSink(Protocol):
     ) -> None: ...
 
 
-def _max_seen(raw: bytes | None) -> int | None:
-    """The newest event time in a state's header, read natively without decoding it."""
-    return NativeLayout.max_seen(raw)
+#: the newest event time in a state's header, read natively without decoding it
+_max_seen = NativeLayout.max_seen
 
 
 class _Reader:
@@ -264,20 +264,19 @@ class Scorer:
         return store, plan
 
     # -- scoring ---------------------------------------------------------------------
-    def score(self, event: Event) -> ScoreResult:
-        """Score one validated event (the latency path: :meth:`score_batch`'s rules, for
-        one event, with as little in between as possible; the tests hold them equal)."""
+    def score(self, event: Event, read: Read | None = None, log: bool = True) -> ScoreResult:
+        """One validated event, the latency path: :meth:`score_batch`'s rules (tests hold them
+        equal). ``read`` replaces the store's; ``log=False`` leaves the sink to the caller."""
         store, plan = self._ready()
         canary = self.canary
         if canary is not None and (cp := canary.plan) is not None and canary.chooses(event):
             plan = cp
         readers, t = self._readers, self._event_time(event)
         keys = [(r.name, r.key(event)) for r in readers]
-        raws = store.read_states(keys)
+        raws = (read or store.read_states)(keys)
         row = [math.nan] * plan.n
         warnings: list[str] = []
-        ents = []
-        window = []
+        ents, window = [], []
         for j, r in enumerate(readers):
             entity_id, raw = keys[j][1], raws[j]
             values = r.values(raw, entity_id, t)
@@ -295,21 +294,22 @@ class Scorer:
             self._event_id(event), p, p >= plan.threshold, plan.threshold, plan.version,
             plan.names, X[0].tolist(), tuple(ents), tuple(warnings),
         )  # fmt: skip
-        if self.sink is not None:
+        if log and self.sink is not None:
             self.sink((event,), (result,))
         return result
 
-    def score_batch(
-        self, events: Sequence[Event], deadline: float | None = None
-    ) -> list[ScoreResult]:
-        """Score validated events with one store round trip; ``deadline`` is a
-        ``time.monotonic()`` value checked once the states are read. Failures of one event
-        raise :class:`BatchItemError` (for a single event: the error itself)."""
+    def score_batch(self, events: Sequence[Event], deadline: float | None = None,
+                    read: Read | None = None, log: bool = True) -> list[ScoreResult]:  # fmt: skip
+        """Score validated events with one store round trip (``read``, ``log``: as in
+        :meth:`score`); ``deadline`` is a ``time.monotonic()`` value checked once the states
+        are read. Failures of one event raise :class:`BatchItemError` (one: the error)."""
         if len(events) == 1:
-            return [self.score(events[0])]
-        return self._score_columns(events, deadline)
+            return [self.score(events[0], read, log)]
+        return self._score_columns(events, deadline, read, log)
 
-    def _score_columns(self, events: Sequence[Event], deadline: float | None) -> list[ScoreResult]:
+    def _score_columns(
+        self, events: Sequence[Event], deadline: float | None, read: Read | None, log: bool
+    ) -> list[ScoreResult]:
         """:meth:`score_batch` for two or more events: :meth:`score`'s values, computed a
         column at a time (one native call per entity for all rows, vectorized request
         features, one predict). The tests hold the two equal."""
@@ -319,7 +319,7 @@ class Scorer:
         unique = list(
             dict.fromkeys((r.name, i) for r, col in zip(readers, ids, strict=True) for i in col)
         )
-        raws = dict(zip(unique, store.read_states(unique), strict=True))
+        raws = dict(zip(unique, (read or store.read_states)(unique), strict=True))
         if deadline is not None and time.monotonic() > deadline:
             raise DeadlineExceededError(f"deadline: passed after 0 of {n} events")
         time_of = self._event_time
@@ -372,7 +372,7 @@ class Scorer:
         ]  # fmt: skip
         if self.canary is not None:
             self.canary.rescore(plan, X, events, results)
-        if self.sink is not None:
+        if log and self.sink is not None:
             self.sink(events, results, X)
         return results
 

@@ -10,6 +10,7 @@ the connection (opened on first use, one per thread).
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 import threading
@@ -69,6 +70,12 @@ class RedisWire:
         self._lock = threading.Lock()
 
     def _connect(self) -> tuple[socket.socket, Any]:
+        sock, reader = self.open()
+        self._local.conn = (sock, reader)
+        return sock, reader
+
+    def open(self) -> tuple[socket.socket, Any]:
+        """A new connection, set up (AUTH, SELECT) and counted for :meth:`close`."""
         import hiredis
 
         sock = socket.create_connection(self.address, timeout=self.timeout_s)
@@ -89,10 +96,19 @@ class RedisWire:
         except BaseException:
             sock.close()
             raise
-        self._local.conn = (sock, reader)
         with self._lock:
             self._all.add(sock)
         return sock, reader
+
+    @property
+    def tls(self) -> bool:
+        return self._tls is not None
+
+    def forget(self, sock: socket.socket) -> None:
+        """Close ``sock`` (a connection :meth:`open` made) and stop counting it."""
+        with self._lock:
+            self._all.discard(sock)
+        sock.close()
 
     @staticmethod
     def _roundtrip(sock: socket.socket, reader: Any, payload: bytes, replies: int) -> list[Any]:
@@ -250,11 +266,131 @@ class RedisStore:
     ) -> list[bytes | None]:
         """State bytes per (entity, id) in one round trip; ``bootstrap`` reads the
         materialized start state instead of the current one."""
+        return self._unwrap(self._send(self._read_payload(keys, bootstrap), len(keys)))
+
+    def _read_payload(self, keys: Sequence[tuple[str, int]], bootstrap: bool = False) -> bytes:
         fields = self._boot_field if bootstrap else self._state_field
         hset = self._hset
-        payload = b"".join([hset[e].hget(i, fields[e]) for e, i in keys])
-        return self._unwrap(self._send(payload, len(keys)))
+        return b"".join([hset[e].hget(i, fields[e]) for e, i in keys])
+
+    def async_reader(self) -> AsyncStateReader | None:
+        """:meth:`read_states` to await on an event loop (None where it is not offered: TLS,
+        whose sockets asyncio cannot share, and Redis Cluster, which groups by node)."""
+        wire = self._client
+        if type(wire) is not RedisWire or wire.tls:
+            return None
+        return AsyncStateReader(self, wire)
 
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
+
+
+class AsyncStateReader:
+    """:meth:`RedisStore.read_states` awaited on the running event loop, over a connection
+    of its own (an asyncio transport, so its socket stays registered with the loop): the
+    loop keeps taking calls while Redis answers (:mod:`serving.coalesce`). One read at a
+    time: the caller serializes them. Any failure closes the connection (a half-read
+    connection is never reused); the next read reconnects. A read that takes longer than
+    the store's socket timeout fails as unavailable, as a blocking read would."""
+
+    def __init__(self, store: RedisStore, wire: RedisWire) -> None:
+        self._store, self._wire = store, wire
+        self._protocol: _Replies | None = None
+        self._sock: socket.socket | None = None
+
+    async def read_states(self, keys: Sequence[tuple[str, int]]) -> list[bytes | None]:
+
+        store = self._store
+        payload = store._read_payload(keys)
+        try:
+            async with asyncio.timeout(self._wire.timeout_s):
+                protocol = self._protocol or await self._connect()
+                replies = await protocol.call(payload, len(keys))
+        except OSError as exc:  # timeouts included
+            self.close()
+            raise store._unavailable(exc) from exc
+        except BaseException:  # cancelled mid-read: the replies would be out of step
+            self.close()
+            raise
+        import hiredis
+
+        for reply in replies:
+            if isinstance(reply, hiredis.ReplyError):
+                raise RedisReplyError(str(reply))
+        return store._unwrap(replies)
+
+    async def _connect(self) -> _Replies:
+
+        sock, reader = self._wire.open()  # blocking connect and set-up, once
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        try:
+            _, protocol = await loop.create_connection(lambda: _Replies(reader), sock=sock)
+        except BaseException:
+            self._wire.forget(sock)
+            raise
+        self._protocol, self._sock = protocol, sock
+        return protocol
+
+    def close(self) -> None:
+        protocol, self._protocol = self._protocol, None
+        if protocol is not None:
+            protocol.close()
+        if self._sock is not None:
+            self._wire.forget(self._sock)
+            self._sock = None
+
+
+class _Replies(asyncio.Protocol):
+    """The asyncio protocol of :class:`AsyncStateReader`: feeds hiredis, resolves the
+    pending call's future once its replies are all in."""
+
+    def __init__(self, reader: Any) -> None:
+        self.reader = reader
+        self.transport: Any = None
+        self._fut: Any = None
+        self._want = 0
+        self._out: list[Any] = []
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def call(self, payload: bytes, replies: int) -> Any:
+
+        if self.transport is None or self.transport.is_closing():
+            raise ConnectionError("connection closed")
+        self._fut = asyncio.get_running_loop().create_future()
+        self._want, self._out = replies, []
+        self.transport.write(payload)
+        return self._fut
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        out, fut = self._out, self._fut
+        while len(out) < self._want:
+            reply = self.reader.gets()
+            if reply is False:
+                return
+            out.append(reply)
+        if fut is not None and not fut.done():
+            self._fut = None
+            fut.set_result(out)
+
+    def eof_received(self) -> None:
+        self.connection_lost(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        fut, self._fut = self._fut, None
+        if fut is not None and not fut.done():
+            fut.set_exception(ConnectionError(f"connection closed by server ({exc})"))
+
+    def pause_writing(self) -> None:
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
