@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,24 +26,23 @@ def percentiles(lat: list[float]) -> dict[str, float]:
     }
 
 
-def _cpu_s(pid: int | None) -> float:
-    """User + system CPU seconds of process ``pid`` and its children (``--workers``)."""
-    if pid is None:
-        return 0.0
+def cpu_s(pids: Sequence[int]) -> float:
+    """User + system CPU seconds of processes ``pids`` and their children (``--workers``)."""
     import psutil
 
-    proc = psutil.Process(pid)
     total = 0.0
-    for p in (proc, *proc.children(recursive=True)):
-        with contextlib.suppress(psutil.Error):
-            t = p.cpu_times()
-            total += t.user + t.system
+    for pid in pids:
+        proc = psutil.Process(pid)
+        for p in (proc, *proc.children(recursive=True)):
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                total += t.user + t.system
     return total
 
 
 def _throughput(
     address: str, reqs: list[Any], n: int, seconds: float, inflight: int, connections: int,
-    pid: int | None = None,
+    pids: Sequence[int] = (),
 ) -> dict[str, float]:  # fmt: skip
     """``Score`` with ``inflight`` calls in flight (closed loop) over ``connections`` TCP
     connections, from an asyncio client (a sync client's futures cost more per call than
@@ -72,16 +72,16 @@ def _throughput(
                     lat.append(time.perf_counter() - t)
                     i += inflight
 
-            server0, client0 = _cpu_s(pid), time.process_time()
+            server0, client0 = cpu_s(pids), time.process_time()
             start = time.perf_counter()
             await asyncio.gather(*(loop(k) for k in range(inflight)))
             elapsed = time.perf_counter() - start
-            server_s, client_s = _cpu_s(pid) - server0, time.process_time() - client0
+            server_s, client_s = cpu_s(pids) - server0, time.process_time() - client0
         finally:
             for ch in channels:
                 await ch.close()
         cpu = {"client_cpu_us_per_call": round(client_s / len(lat) * 1e6, 1)}
-        if pid is not None:
+        if pids:
             cpu["server_cpu_us_per_call"] = round(server_s / len(lat) * 1e6, 1)
         return {"requests_per_s": round(len(lat) / elapsed, 1), **percentiles(lat), **cpu}
 
@@ -90,7 +90,7 @@ def _throughput(
 
 def compare_throughput(
     targets: dict[str, str], reqs: list[Any], n: int, seconds: float, inflight: int,
-    connections: int, rounds: int = 5, pids: dict[str, int] | None = None,
+    connections: int, rounds: int = 5, pids: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Each target's median round, and its ratio to the floor: the median over rounds of
     the rate divided by the floor's rate in the same round (a round measures every target
@@ -102,9 +102,8 @@ def compare_throughput(
     pids = pids or {}
     for _ in range(rounds):
         for name, address in targets.items():
-            sample = _throughput(
-                address, reqs, n // rounds, seconds / rounds, inflight, connections, pids.get(name)
-            )
+            sample = _throughput(address, reqs, n // rounds, seconds / rounds, inflight,
+                                 connections, pids.get(name, ()))  # fmt: skip
             runs[name].append(sample)
     out: dict[str, Any] = {"in_flight": inflight, "connections": connections, "rounds": rounds}
     for name, samples in runs.items():
@@ -120,4 +119,55 @@ def compare_throughput(
         if name != "grpc_floor":
             ratios = sorted(r["requests_per_s"] / f for r, f in zip(runs[name], floor, strict=True))
             out["ratio_vs_floor"][name] = round(ratios[len(ratios) // 2], 3)
+    return out
+
+
+def compare_lone(
+    targets: dict[str, str], reqs: list[Any], n: int, seconds: float, rounds: int = 5,
+    pids: Mapping[str, Sequence[int]] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """``Score`` one call in flight (a sync client, as a lone caller), every target in
+    each of ``rounds`` rounds back to back: per target the median round's p50 and server
+    CPU per call, and its time above the floor (``grpc_floor``) as the median over rounds
+    of p50 minus the floor's p50 in the same round (a load change hits both alike)."""
+    import grpc
+
+    from serving._proto.skewless.v1 import scorer_pb2_grpc as pb_grpc
+
+    pids = pids or {}
+    channels = {name: grpc.insecure_channel(a) for name, a in targets.items()}
+    try:
+        stubs = {name: pb_grpc.ScorerStub(ch) for name, ch in channels.items()}
+        for stub in stubs.values():  # warm-up: connections, caches, allocator
+            for r in reqs[:200]:
+                stub.Score(r, timeout=10)
+        p50s: dict[str, list[float]] = {name: [] for name in targets}
+        cpus: dict[str, list[float]] = {name: [] for name in targets}
+        per_round = max(1, n // rounds)
+        for _ in range(rounds):
+            for name, stub in stubs.items():
+                lat: list[float] = []
+                end = time.monotonic() + seconds / rounds / len(targets)
+                cpu0 = cpu_s(pids.get(name, ()))
+                for i in range(per_round):
+                    t = time.perf_counter()
+                    stub.Score(reqs[i % len(reqs)], timeout=10)
+                    lat.append(time.perf_counter() - t)
+                    if time.monotonic() > end:
+                        break
+                cpus[name].append((cpu_s(pids.get(name, ())) - cpu0) / len(lat) * 1e6)
+                p50s[name].append(float(np.median(lat)) * 1000)
+    finally:
+        for ch in channels.values():
+            ch.close()
+    floor = np.asarray(p50s["grpc_floor"])
+    out: dict[str, Any] = {"rounds": rounds}
+    for name in targets:
+        out[name] = {
+            "p50_ms": round(float(np.median(p50s[name])), 4),
+            "rounds_p50_ms": [round(x, 4) for x in p50s[name]],
+            "above_floor_ms": round(float(np.median(np.asarray(p50s[name]) - floor)), 4),
+        }
+        if name in pids:
+            out[name]["server_cpu_us_per_call"] = round(float(np.median(cpus[name])), 1)
     return out

@@ -60,21 +60,25 @@ class CoalescingServicer(ScorerServicer):
 
     async def Score(self, request: pb.ScoreRequest, context: Any) -> pb.ScoreResponse:
         event = self.convert.request_event(request)
-        future: asyncio.Future[ScoreResult] = asyncio.get_running_loop().create_future()
-        self._queue.append((event, _kind(request), future))
-        if not self._busy:  # nothing in progress: this handler scores the batch (its own)
-            self._busy = True
-            try:
-                await self._score_queued()
-            except asyncio.CancelledError:
-                future.cancel()
-                raise
-            finally:
-                self._next()
-        return score_response(await future, request.include_features)
+        loop = asyncio.get_running_loop()
+        if self._busy:  # a batch is in progress: join the next one
+            future: asyncio.Future[ScoreResult] = loop.create_future()
+            self._queue.append((event, _kind(request), future))
+            return score_response(await future, request.include_features)
+        self._busy = True  # the direct path: nothing in progress, this handler scores it
+        self.batches += 1
+        self.batched_events += 1
+        try:
+            read = await self._read_states((event,))
+            result = self._score_one(event, _kind(request), read, log=False)
+        finally:
+            self._next()
+        if self.scorer.sink is not None:  # after the answer: it goes out first
+            loop.call_soon(self.scorer.sink, (event,), (result,))
+        return score_response(result, request.include_features)
 
     def _next(self) -> None:
-        """After a handler's batch: a drain task takes what queued meanwhile."""
+        """After a direct call: a drain task takes what queued meanwhile."""
         if self._queue:
             asyncio.get_running_loop().create_task(self._drain())
         else:
