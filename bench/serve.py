@@ -6,19 +6,15 @@ each its own process on loopback: ours (``serving.server``) and the naive one
 (:mod:`bench.serve_naive`: Feast SDK read + XGBoost ``DMatrix`` per request). This process
 is the client. Measured for both, in the same run:
 
-* ``Score`` latency with one request in flight (p50, p99);
-* ``Score`` throughput with ``inflight`` requests in flight;
-* ``ScoreBatch`` events/s, with one batch in flight and with ``batch_inflight`` (capacity);
-* server RSS after the runs;
+* ``Score`` latency with one request in flight (p50, p99), throughput with ``inflight``;
+* ``ScoreBatch`` events/s, one batch in flight and ``batch_inflight``; server RSS after;
 * the gRPC floor: the same ``grpc.aio`` server and interceptors with a ``Score`` that does
-  nothing, so each server's own time above it (and their ratio) is reported too;
+  nothing; each server's time above it for a lone call, ours and the floor alternating;
 * what the shadow model and the drift gauges add to a ``Score`` (:mod:`bench.serve_sidecars`);
-* ``Score`` throughput at ``inflight`` in flight for the floor, ours with one process and
-  ours with ``serve --workers 2``, from an asyncio client over ``connections`` TCP
-  connections (the kernel spreads connections, not calls, over the workers), measured in
-  alternating rounds so that a change in the machine's load hits all three alike;
-  the floor too as two processes on one port (what ``--workers 2`` is measured against
-  where the client shares the cores); each with the server's and the client's CPU per call;
+* ``Score`` at ``inflight`` in flight, over ``connections`` TCP connections (the kernel
+  spreads connections over ``--workers``), alternating rounds: the floor (one process and
+  two on one port), ours with one process and with ``serve --workers 2``; server and
+  client CPU per call; from an asyncio client, and from ghz (Go) when it is installed;
 * in-process (:mod:`bench.serve_inproc`): ``ScoreBatch`` events/s with the prediction
   log on against off, and the predictors (ONNX, XGBoost, compiled) per row and per batch;
 * ``Score``'s µs per stage, warm and after an idle gap (:mod:`bench.serve_stages`).
@@ -32,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -338,6 +335,11 @@ def run(
                 results["throughput"] = compare_throughput(
                     targets, reqs, throughput_requests, seconds, inflight, connections, pids=pids
                 )
+                if shutil.which("ghz"):  # a leaner client: more of the cores for the servers
+                    results["throughput_ghz"] = compare_throughput(
+                        targets, reqs, throughput_requests, seconds, inflight, connections,
+                        pids=pids, ghz=shutil.which("ghz"),
+                    )  # fmt: skip
                 results["score_stages"] = serve_stages.run(registry, redis_url, reqs)
             naive_cfg = {"redis_url": redis_url, "feast_dir": str(work / "feast"),
                          "version_dir": str(resolve(registry, "production"))}  # fmt: skip

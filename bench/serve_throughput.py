@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -91,19 +92,25 @@ def _throughput(
 def compare_throughput(
     targets: dict[str, str], reqs: list[Any], n: int, seconds: float, inflight: int,
     connections: int, rounds: int = 5, pids: Mapping[str, Sequence[int]] | None = None,
+    ghz: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Each target's median round, and its ratio to the floor: the median over rounds of
     the rate divided by the floor's rate in the same round (a round measures every target
     back to back, so a slow drift of the machine's load cancels out). ``targets``: name ->
     address, the floor named ``grpc_floor``; ``pids``: name -> server process, whose CPU
     (children included) per call is reported beside the client's own, median over rounds:
-    on a shared machine those say where a rate is lost when the rates alone are noisy."""
+    on a shared machine those say where a rate is lost when the rates alone are noisy.
+    ``ghz``: the ghz binary to load with instead of the Python asyncio client."""
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
     pids = pids or {}
     for _ in range(rounds):
         for name, address in targets.items():
-            sample = _throughput(address, reqs, n // rounds, seconds / rounds, inflight,
-                                 connections, pids.get(name, ()))  # fmt: skip
+            if ghz is not None:
+                sample = ghz_throughput(address, reqs, n // rounds, inflight, connections,
+                                        pids.get(name, ()), ghz)  # fmt: skip
+            else:
+                sample = _throughput(address, reqs, n // rounds, seconds / rounds, inflight,
+                                     connections, pids.get(name, ()))  # fmt: skip
             runs[name].append(sample)
     out: dict[str, Any] = {"in_flight": inflight, "connections": connections, "rounds": rounds}
     for name, samples in runs.items():
@@ -170,4 +177,38 @@ def compare_lone(
         }
         if name in pids:
             out[name]["server_cpu_us_per_call"] = round(float(np.median(cpus[name])), 1)
+    return out
+
+
+def ghz_throughput(
+    address: str, reqs: list[Any], n: int, inflight: int, connections: int,
+    pids: Sequence[int] = (), ghz: str = "ghz",
+) -> dict[str, float]:  # fmt: skip
+    """``Score`` at ``inflight`` in flight from ghz (the Go load tool: a leaner client than
+    Python's, so more of the 2 cores is left to the servers); ghz's own CPU per call is
+    reported beside the server's (``RUSAGE_CHILDREN``)."""
+    import json
+    import resource
+    import subprocess
+
+    from google.protobuf.json_format import MessageToDict
+
+    repo = Path(__file__).resolve().parents[1]
+    data = json.dumps([MessageToDict(r, preserving_proto_field_name=True) for r in reqs[:500]])
+    cmd = [ghz, "--insecure", "--proto", "protos/skewless/v1/scorer.proto", "--import-paths",
+           "protos", "--call", "skewless.v1.Scorer.Score", "-n", str(n), "-c", str(inflight),
+           "--connections", str(connections), "--timeout", "30s", "-d", data, "--format",
+           "json", address]  # fmt: skip
+    before, server0 = resource.getrusage(resource.RUSAGE_CHILDREN), cpu_s(pids)
+    run = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600, check=False)
+    after, server_s = resource.getrusage(resource.RUSAGE_CHILDREN), cpu_s(pids) - server0
+    if run.returncode != 0:
+        raise RuntimeError(f"ghz exited {run.returncode}: {(run.stderr or run.stdout)[-500:]}")
+    report = json.loads(run.stdout)
+    ok = report.get("statusCodeDistribution", {}).get("OK", 0)
+    client_s = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    out = {"requests_per_s": round(float(report["rps"]), 1), "requests": ok,
+           "client_cpu_us_per_call": round(client_s / max(ok, 1) * 1e6, 1)}  # fmt: skip
+    if pids:
+        out["server_cpu_us_per_call"] = round(server_s / max(ok, 1) * 1e6, 1)
     return out

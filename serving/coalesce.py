@@ -11,7 +11,8 @@ Here the read is awaited on the loop itself (:meth:`features.store.RedisStore.as
 its own connection, registered with the loop), so no thread is involved:
 
 * a call that finds nothing in progress scores its event at once (a batch of one:
-  :meth:`serving.scorer.Scorer.score`), in its own handler — the direct path;
+  :meth:`serving.scorer.Scorer.score`), in its own handler — the direct path; its read
+  is sent before the request is validated, so validation overlaps the round trip;
 * calls that arrive while a batch waits on the store queue up; when it is answered, what
   is waiting (and only that) is the next batch: one pipelined read and one predict for
   all (:meth:`~serving.scorer.Scorer.score_batch`, whose values the tests hold equal to
@@ -29,7 +30,8 @@ thread instead; the rest is the same.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+import contextlib
+from collections.abc import Sequence
 from typing import Any
 
 from serving._proto.skewless.v1 import scorer_pb2 as pb
@@ -41,7 +43,6 @@ from serving.servicer import ScorerServicer, _kind
 MAX_COALESCED = 64
 
 _Pending = tuple[Any, str, "asyncio.Future[ScoreResult]"]
-_Read = Callable[[Sequence[tuple[str, int]]], Awaitable[list[bytes | None]]]
 
 
 class CoalescingServicer(ScorerServicer):
@@ -53,15 +54,19 @@ class CoalescingServicer(ScorerServicer):
         #: a batch is being read or scored (by a handler or the drain task)
         self._busy = False
         self._store: Any = None
-        self._read: _Read | None = None
+        self._async: Any = None
         self._entities = self.scorer.plan.entities
+        typed = pb.Transaction.DESCRIPTOR.fields_by_name
+        keyed = all(p.join_key in typed and typed[p.join_key].has_presence for p in self._entities)
+        #: (entity, Transaction field) of each key, when the typed message carries them all
+        self._typed_keys = [(p.name, p.join_key) for p in self._entities] if keyed else None
         #: batches scored and the events in them (a direct call is a batch of one)
         self.batches = self.batched_events = 0
 
     async def Score(self, request: pb.ScoreRequest, context: Any) -> pb.ScoreResponse:
-        event = self.convert.request_event(request)
         loop = asyncio.get_running_loop()
         if self._busy:  # a batch is in progress: join the next one
+            event = self.convert.request_event(request)
             future: asyncio.Future[ScoreResult] = loop.create_future()
             self._queue.append((event, _kind(request), future))
             return score_response(await future, request.include_features)
@@ -69,13 +74,55 @@ class CoalescingServicer(ScorerServicer):
         self.batches += 1
         self.batched_events += 1
         try:
-            read = await self._read_states((event,))
+            event, read = await self._direct(request)
             result = self._score_one(event, _kind(request), read, log=False)
         finally:
             self._next()
         if self.scorer.sink is not None:  # after the answer: it goes out first
             loop.call_soon(self.scorer.sink, (event,), (result,))
         return score_response(result, request.include_features)
+
+    async def _direct(self, request: pb.ScoreRequest) -> tuple[Any, Read | None]:
+        """The event of a direct call and its states. When the keys can be read off the
+        typed Transaction, the read is sent first and the request validated while Redis
+        answers (the keys are checked against the validated event's)."""
+        reader = self._reader()
+        keys = None if reader is None else self._request_keys(request)
+        if reader is None or keys is None:
+            event = self.convert.request_event(request)
+            return event, await self._read_states((event,))
+        reader.send(keys)
+        try:
+            event = self.convert.request_event(request)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await reader.receive()  # keeps the connection in step
+            raise
+        raws = await reader.receive()
+        if [(p.name, p.key(event)) for p in self._entities] != keys:
+            return event, await self._read_states((event,))
+        states = dict(zip(keys, raws, strict=True))
+        return event, lambda wanted: [states[k] for k in wanted]
+
+    def _request_keys(self, request: pb.ScoreRequest) -> list[tuple[str, int]] | None:
+        """The entity keys as the typed Transaction carries them (None: not all there)."""
+        if self._typed_keys is None or request.WhichOneof("event_kind") != "transaction":
+            return None
+        tx = request.transaction
+        keys = []
+        for name, field in self._typed_keys:
+            if not tx.HasField(field):
+                return None
+            keys.append((name, getattr(tx, field)))
+        return keys
+
+    def _reader(self) -> Any:
+        """The store's awaitable reader (None: no store yet, or it offers none)."""
+        store = self.scorer.store
+        if store is not self._store:  # attached or replaced
+            make = getattr(store, "async_reader", None)
+            self._store, self._async = store, None if make is None else make()
+        return self._async
 
     def _next(self) -> None:
         """After a direct call: a drain task takes what queued meanwhile."""
@@ -128,16 +175,12 @@ class CoalescingServicer(ScorerServicer):
     async def _read_states(self, events: Sequence[Any]) -> Read | None:
         """The batch's states, read once each, as a read for the scorer (None: no store
         yet; scoring says so)."""
-        store = self.scorer.store
+        store, reader = self.scorer.store, self._reader()
         if store is None:
             return None
-        if store is not self._store:  # attached or replaced: its awaitable read, if any
-            make = getattr(store, "async_reader", None)
-            reader = make() if make is not None else None
-            self._store, self._read = store, None if reader is None else reader.read_states
         keys = list(dict.fromkeys((p.name, p.key(e)) for e in events for p in self._entities))
-        if self._read is not None:
-            raws = await self._read(keys)
+        if reader is not None:
+            raws = await reader.read_states(keys)
         elif self.executor is not None:
             loop = asyncio.get_running_loop()
             raws = await loop.run_in_executor(self.executor, store.read_states, keys)

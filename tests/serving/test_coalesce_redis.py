@@ -120,3 +120,24 @@ def test_direct_path_batches_and_log(
               if i % len(alone_reqs) != 7]  # fmt: skip
     batch_ids = [r.transaction.transaction_id for r in valid]
     assert sorted(ids) == sorted(scored + batch_ids)  # each scored call once, none refused
+
+
+def test_a_refused_call_leaves_the_read_connection_in_step(
+    redis_url: str, start_server: Callable[..., RunningServer], base_config: ServerConfig
+) -> None:
+    """The direct path sends the read before validating the request: a request refused
+    after its read went out must still take that read's replies off the connection, or
+    the next call would get another card's states."""
+    populate(redis_url)
+    s = start_server(replace(base_config, redis_url=redis_url))
+    good = _requests("c")[0]  # card OFFSET + 1
+    first = s.stub.Score(good, timeout=10)
+    bad = pb.ScoreRequest()
+    bad.CopyFrom(good)
+    bad.transaction.card_id = OFFSET + 2  # another card's read goes out first
+    bad.transaction.amount = -1.0
+    with pytest.raises(grpc.RpcError) as info:
+        s.stub.Score(bad, timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith("transaction.amount: ")
+    assert s.stub.Score(good, timeout=10) == first
