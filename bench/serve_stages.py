@@ -59,6 +59,7 @@ def run(registry: Path, redis_url: str, requests: list[Any], n: int = 1500) -> d
 
     from features.reference import REFERENCE
     from features.store import StoreConfig, open_store
+    from features.store.redis_async import async_reader
     from flows.registry import resolve
     from serving._proto.skewless.v1 import scorer_pb2 as pb
     from serving.convert import EventConverter, score_response
@@ -94,7 +95,7 @@ def run(registry: Path, redis_url: str, requests: list[Any], n: int = 1500) -> d
         X = plan.row()
         X[0] = np.random.default_rng(0).random(plan.n)
         results = [scorer.score(e, log=False) for e in events]
-        reader = store.async_reader() if hasattr(store, "async_reader") else None
+        reader = async_reader(store)
 
         async def echo(request: Any, context: Any) -> Any:
             return request

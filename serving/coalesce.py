@@ -7,7 +7,7 @@ nothing while Redis answers (half the do-nothing gRPC floor's rate at 32 in flig
 Handing each call to a worker thread fixed that but cost a call alone ~0.2 ms of thread
 hops (p50 0.56 -> 0.75 ms; docs/perf-plan.md).
 
-Here the read is awaited on the loop itself (:meth:`features.store.RedisStore.async_reader`:
+Here the read is awaited on the loop itself (:func:`features.store.redis_async.async_reader`:
 its own connection, registered with the loop), so no thread is involved:
 
 * a call that finds nothing in progress scores its event at once (a batch of one:
@@ -34,6 +34,7 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
+from features.store.redis_async import async_reader
 from serving._proto.skewless.v1 import scorer_pb2 as pb
 from serving.convert import score_response
 from serving.scorer import BatchItemError, Read, ScoreResult
@@ -120,8 +121,7 @@ class CoalescingServicer(ScorerServicer):
         """The store's awaitable reader (None: no store yet, or it offers none)."""
         store = self.scorer.store
         if store is not self._store:  # attached or replaced
-            make = getattr(store, "async_reader", None)
-            self._store, self._async = store, None if make is None else make()
+            self._store, self._async = store, async_reader(store)
         return self._async
 
     def _next(self) -> None:

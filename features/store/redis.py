@@ -14,16 +14,13 @@ import socket
 import ssl
 import threading
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from features.definitions import FeatureSet
 from features.feast_objects import bootstrap_field, state_field, view_name
 from features.settings import masked_url
 from features.store.encoding import entity_key_bytes, feast_field
 from features.store.protocol import OnlineRow, StoreUnavailableError
-
-if TYPE_CHECKING:
-    from features.store.redis_async import AsyncStateReader
 
 
 def read_replies(sock: socket.socket, reader: Any, replies: int) -> list[Any]:
@@ -274,16 +271,6 @@ class RedisStore:
         fields = self._boot_field if bootstrap else self._state_field
         hset = self._hset
         return b"".join([hset[e].hget(i, fields[e]) for e, i in keys])
-
-    def async_reader(self) -> AsyncStateReader | None:
-        """:meth:`read_states` to await on an event loop (None where it is not offered: TLS,
-        whose sockets asyncio cannot share, and Redis Cluster, which groups by node)."""
-        wire = self._client
-        if type(wire) is not RedisWire or wire.tls:
-            return None
-        from features.store.redis_async import AsyncStateReader
-
-        return AsyncStateReader(self, wire)
 
     def close(self) -> None:
         if self._client is not None:

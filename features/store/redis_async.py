@@ -1,5 +1,5 @@
-"""The Redis read awaited on an event loop (:meth:`features.store.RedisStore.async_reader`),
-for the scoring server's ``Score`` path (:mod:`serving.coalesce`)."""
+"""The Redis read awaited on an event loop (:func:`async_reader`), for the scoring
+server's ``Score`` path (:mod:`serving.coalesce`)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,19 @@ import selectors
 import socket
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from features.store.redis import RedisReplyError, RedisWire
+from features.store.redis import RedisReplyError, RedisStore, RedisWire
 
-if TYPE_CHECKING:
-    from features.store.redis import RedisStore
+
+def async_reader(store: object) -> AsyncStateReader | None:
+    """``store``'s states read awaitable on an event loop; None where that is not offered:
+    other stores, TLS (whose sockets asyncio cannot share) and Redis Cluster (which groups
+    a read by node)."""
+    wire = getattr(store, "_client", None)
+    if type(store) is not RedisStore or type(wire) is not RedisWire or wire.tls:
+        return None
+    return AsyncStateReader(store, wire)
 
 
 class AsyncStateReader:
