@@ -39,7 +39,8 @@ class AsyncStateReader:
     wait back to the loop. Event loops other than asyncio's selector loop always await.
 
     Any failure closes the connection (a half-read one is never reused); the next read
-    reconnects. A read slower than the store's socket timeout fails as unavailable."""
+    reconnects. Redis not answering within the store's socket timeout is unavailable; a
+    loop too busy to look in time is not (the socket is checked once more at the end)."""
 
     def __init__(self, store: RedisStore, wire: RedisWire) -> None:
         self._store, self._wire = store, wire
@@ -130,8 +131,8 @@ class AsyncStateReader:
         try:
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                 return await waiter
-        except TimeoutError:
-            return False
+        except TimeoutError:  # a busy loop may come back late: only Redis's silence counts
+            return bool(select.select([fd], [], [], 0)[0])
         finally:
             loop.remove_reader(fd)
 
