@@ -7,16 +7,17 @@ nothing while Redis answers (half the do-nothing gRPC floor's rate at 32 in flig
 Handing each call to a worker thread fixed that but cost a call alone ~0.2 ms of thread
 hops (p50 0.56 -> 0.75 ms; docs/perf-plan.md).
 
-Here the read is awaited on the loop itself (:func:`features.store.redis_async.async_reader`:
-its own connection, registered with the loop), so no thread is involved:
+Here the read is awaited on the loop itself (its own connection:
+:func:`features.store.redis_async.async_reader`), so no thread is involved:
 
 * a call that finds nothing in progress scores its event at once (a batch of one:
   :meth:`serving.scorer.Scorer.score`), in its own handler — the direct path; its read
   is sent before the request is validated, so validation overlaps the round trip;
 * calls that arrive while a batch waits on the store queue up; when it is answered, what
-  is waiting (and only that) is the next batch: one pipelined read and one predict for
-  all (:meth:`~serving.scorer.Scorer.score_batch`, whose values the tests hold equal to
-  ``score``'s), scored by a drain task until the queue is empty;
+  is waiting (and only that) is the next batch: one pipelined read for all, and from
+  :data:`COLUMNS_FROM` events one predict (:meth:`~serving.scorer.Scorer.score_batch`,
+  whose values the tests hold equal to ``score``'s; smaller batches cost less one event
+  at a time), scored by a drain task until the queue is empty;
 * answers go out first; the batch's results reach the prediction log in the next loop
   turn (each call logged once).
 
@@ -42,6 +43,10 @@ from serving.servicer import ScorerServicer, _kind
 
 #: at most this many events per coalesced batch (the rest wait for the next turn)
 MAX_COALESCED = 64
+#: smaller batches are scored one event at a time over their shared read: the columnar
+#: path costs more per event below ~6 (µs per event, single vs columnar, states read:
+#: n=2 18 vs 33, n=4 18 vs 21, n=8 18 vs 15, n=16 19 vs 12; docs/perf-plan.md)
+COLUMNS_FROM = 6
 
 _Pending = tuple[Any, str, "asyncio.Future[ScoreResult]"]
 
@@ -191,6 +196,8 @@ class CoalescingServicer(ScorerServicer):
 
     def _score(self, batch: list[_Pending], states: Read | None) -> list[tuple[bool, Any]]:
         """(ok, result or exception) per call, in order."""
+        if len(batch) < COLUMNS_FROM:
+            return [self._alone(p, states) for p in batch]
         outcomes: dict[int, tuple[bool, Any]] = {}
         rest = list(range(len(batch)))
         while len(rest) > 1:
