@@ -107,7 +107,7 @@ def compare_throughput(
         for name, address in targets.items():
             if ghz is not None:
                 sample = ghz_throughput(address, reqs, n // rounds, inflight, connections,
-                                        pids.get(name, ()), ghz)  # fmt: skip
+                                        pids.get(name, ()), ghz, seconds / rounds)  # fmt: skip
             else:
                 sample = _throughput(address, reqs, n // rounds, seconds / rounds, inflight,
                                      connections, pids.get(name, ()))  # fmt: skip
@@ -182,7 +182,7 @@ def compare_lone(
 
 def ghz_throughput(
     address: str, reqs: list[Any], n: int, inflight: int, connections: int,
-    pids: Sequence[int] = (), ghz: str = "ghz",
+    pids: Sequence[int] = (), ghz: str = "ghz", seconds: float = 0.0,
 ) -> dict[str, float]:  # fmt: skip
     """``Score`` at ``inflight`` in flight from ghz (the Go load tool: a leaner client than
     Python's, so more of the 2 cores is left to the servers); ghz's own CPU per call is
@@ -199,6 +199,8 @@ def ghz_throughput(
            "protos", "--call", "skewless.v1.Scorer.Score", "-n", str(n), "-c", str(inflight),
            "--connections", str(connections), "--timeout", "30s", "-d", data, "--format",
            "json", address]  # fmt: skip
+    if seconds:  # with a duration ghz ignores the count: the time bounds the run
+        cmd[-1:-1] = ["-z", f"{seconds:g}s"]
     before, server0 = resource.getrusage(resource.RUSAGE_CHILDREN), cpu_s(pids)
     run = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600, check=False)
     after, server_s = resource.getrusage(resource.RUSAGE_CHILDREN), cpu_s(pids) - server0
