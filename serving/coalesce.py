@@ -59,6 +59,7 @@ class CoalescingServicer(ScorerServicer):
         self._queue: list[_Pending] = []
         #: a batch is being read or scored (by a handler or the drain task)
         self._busy = False
+        self._drainer: asyncio.Task[None] | None = None
         self._store: Any = None
         self._async: Any = None
         self._entities = self.scorer.plan.entities
@@ -131,8 +132,8 @@ class CoalescingServicer(ScorerServicer):
 
     def _next(self) -> None:
         """After a direct call: a drain task takes what queued meanwhile."""
-        if self._queue:
-            asyncio.get_running_loop().create_task(self._drain())
+        if self._queue:  # a reference kept: the loop holds tasks only weakly
+            self._drainer = asyncio.get_running_loop().create_task(self._drain())
         else:
             self._busy = False
 

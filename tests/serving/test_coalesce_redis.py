@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import pyarrow.parquet as pq
 import pytest
+import redis
 
 from serving._proto.skewless.v1 import scorer_pb2 as pb
 from serving.convert import event_transaction
@@ -82,8 +83,10 @@ def test_direct_path_batches_and_log(
         assert blocking_reads_on_loop == []
         assert set(submitted) <= {"check_store"}  # the health probe's, never a Score's
 
-        # all in flight at once: fewer batches than calls, the same answers
+        # all in flight at once, while Redis holds its answers (CLIENT PAUSE: a slow store),
+        # so that they do overlap: fewer batches than calls, the same answers
         together_reqs = _requests("b")
+        redis.Redis.from_url(redis_url).client_pause(150)
         futures = [s.stub.Score.future(r, timeout=10) for r in together_reqs]
         together = _answers(futures)
         assert servicer.batches - len(alone_reqs) < len(together_reqs)
