@@ -54,7 +54,8 @@ def test_direct_path_batches_and_log(
 ) -> None:
     populate(redis_url)
     log_dir = tmp_path / "predictions"
-    s = start_server(replace(base_config, redis_url=redis_url, prediction_log_dir=log_dir))
+    config = replace(base_config, redis_url=redis_url, prediction_log_dir=log_dir)
+    s = start_server(replace(config, store_timeout_s=2.0))  # the pause below, on a busy box
     servicer, store = s.server.servicer, s.server.scorer.store
     assert servicer is not None and store is not None
     blocking_reads_on_loop: list[int] = []
@@ -86,7 +87,7 @@ def test_direct_path_batches_and_log(
         # all in flight at once, while Redis holds its answers (CLIENT PAUSE: a slow store),
         # so that they do overlap: fewer batches than calls, the same answers
         together_reqs = _requests("b")
-        redis.Redis.from_url(redis_url).client_pause(150)
+        redis.Redis.from_url(redis_url).client_pause(50)
         futures = [s.stub.Score.future(r, timeout=10) for r in together_reqs]
         together = _answers(futures)
         assert servicer.batches - len(alone_reqs) < len(together_reqs)
