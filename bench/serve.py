@@ -6,21 +6,20 @@ each its own process on loopback: ours (``serving.server``) and the naive one
 (:mod:`bench.serve_naive`: Feast SDK read + XGBoost ``DMatrix`` per request). This process
 is the client. Measured for both, in the same run:
 
-* ``Score`` latency with one request in flight (p50, p99);
-* ``Score`` throughput with ``inflight`` requests in flight;
-* ``ScoreBatch`` events/s, with one batch in flight and with ``batch_inflight`` (capacity);
+* ``Score`` latency with one request in flight (p50, p99), throughput with ``inflight``;
+* ``ScoreBatch`` events/s, one batch in flight and ``batch_inflight``; server RSS after;
   and (:mod:`bench.serve_batch`) beside the ScoreBatch floor, 1 vs 2 processes, with CPU
   per event and a table by stage;
-* server RSS after the runs;
 * the gRPC floor: the same ``grpc.aio`` server and interceptors with a ``Score`` that does
-  nothing, so each server's own time above it (and their ratio) is reported too;
+  nothing; each server's time above it for a lone call, ours and the floor alternating;
 * what the shadow model and the drift gauges add to a ``Score`` (:mod:`bench.serve_sidecars`);
-* ``Score`` throughput at ``inflight`` in flight for the floor, ours with one process and
-  ours with ``serve --workers 2``, from an asyncio client over ``connections`` TCP
-  connections (the kernel spreads connections, not calls, over the workers), measured in
-  alternating rounds so that a change in the machine's load hits all three alike;
+* ``Score`` at ``inflight`` in flight, over ``connections`` TCP connections (the kernel
+  spreads connections over ``--workers``), alternating rounds: the floor (one process and
+  two on one port), ours with one process and with ``serve --workers 2``; server and
+  client CPU per call; from an asyncio client, and from ghz (Go) when it is installed;
 * in-process (:mod:`bench.serve_inproc`): ``ScoreBatch`` events/s with the prediction
-  log on against off, and the predictors (ONNX, XGBoost, compiled) per row and per batch.
+  log on against off, and the predictors (ONNX, XGBoost, compiled) per row and per batch;
+* ``Score``'s µs per stage, warm and after an idle gap (:mod:`bench.serve_stages`).
 
 Every loop is bounded by a count *and* a time budget. :func:`run` prints nothing and
 returns a JSON-able dict with the naive baseline and the ratios beside our results.
@@ -31,117 +30,24 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
+import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench import serve_batch, serve_sidecars
+from bench import serve_batch, serve_sidecars, serve_stages
+from bench import serve_procs as procs
 from bench.serve_inproc import run as serve_inproc
-from bench.serve_throughput import compare_throughput, percentiles
+from bench.serve_throughput import compare_lone, compare_throughput, percentiles
 
 REPO = Path(__file__).resolve().parents[1]
-SERVICES = REPO / "scripts" / "services.sh"
 TARGETS = {"p50_ms": 1.0, "p99_ms": 5.0, "batch_events_per_s": 150_000, "p50_ratio": 3.0,
-           "rss_mb": 500, "workers_vs_floor": 0.8}  # fmt: skip
-
-#: our server as a process (prometheus_client imported before feast: see interceptors)
-_OURS = """
-import json, sys
-import prometheus_client
-from serving.server import ServerConfig, serve
-from serving.workers import serve_workers
-from pathlib import Path
-c = json.loads(sys.argv[1])
-cfg = ServerConfig(registry_dir=Path(c["registry"]), redis_url=c["redis_url"],
-                   address="127.0.0.1:0", prediction_log_dir=Path(c["predictions"]),
-                   max_batch_size=c["max_batch"], grace_s=1.0,
-                   store_timeout_s=2.0)  # a loaded shared machine stalls Redis beyond 0.25 s
-started = lambda port: print(f"listening on port {port}", flush=True)
-if c.get("workers", 1) > 1:
-    sys.exit(serve_workers(cfg, c["workers"], started, "WARNING"))
-serve(cfg, on_started=started)
-"""
-
-#: the gRPC floor: the same grpc.aio server and interceptors, a Score that does nothing and a
-#: ScoreBatch that returns a fixed response of the request's length (strict parsing included)
-_FLOOR = """
-import asyncio
-from grpc import aio
-from serving._proto.skewless.v1 import scorer_pb2 as pb, scorer_pb2_grpc as pb_grpc
-from serving.interceptors import interceptors
-from bench.serve_batch import FloorScoreBatch
-
-class Floor(FloorScoreBatch, pb_grpc.ScorerServicer):
-    async def Score(self, request, context):
-        return pb.ScoreResponse(transaction_id=request.transaction.transaction_id)
-
-async def main():
-    server = aio.server(interceptors=interceptors("", None), options=[("grpc.so_reuseport", 0)])
-    pb_grpc.add_ScorerServicer_to_server(Floor(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    print(f"listening on port {port}", flush=True)
-    await server.wait_for_termination()
-
-asyncio.run(main())
-"""
-
-
-@contextlib.contextmanager
-def _redis(workdir: Path) -> Iterator[str]:
-    out = subprocess.run(
-        ["bash", str(SERVICES), "redis-start", str(workdir)],
-        capture_output=True, text=True, timeout=120, check=True,
-    )  # fmt: skip
-    address = out.stdout.strip().splitlines()[-1]
-    try:
-        yield f"redis://{address}/0"
-    finally:
-        subprocess.run(["bash", str(SERVICES), "redis-stop", str(workdir)], timeout=60, check=False)
-
-
-@contextlib.contextmanager
-def _process(argv: list[str], log: Path, timeout: float = 180.0) -> Iterator[tuple[int, int]]:
-    """A server process; yields (pid, port) once it printed its port."""
-    with log.open("w") as err:
-        proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line.startswith("listening on port "):
-            raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
-        yield proc.pid, int(line.split()[-1])
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
-def _wait_serving(address: str, timeout: float = 180.0, fresh: bool = False) -> None:
-    """Until ``address`` is SERVING; ``fresh``: over a new TCP connection (with
-    ``--workers``, each connection reaches one worker)."""
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    opts = [("grpc.use_local_subchannel_pool", 1)] if fresh else []
-    with grpc.insecure_channel(address, options=opts) as ch:
-        stub = health_pb2_grpc.HealthStub(ch)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with contextlib.suppress(grpc.RpcError):
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == 1:
-                    return
-            time.sleep(0.1)
-    raise TimeoutError(f"{address}: not SERVING after {timeout:.0f} s")
+           "rss_mb": 500, "workers_vs_floor": 0.8, "above_floor_ms": 0.10,
+           "above_floor_vs_naive": 6.0}  # fmt: skip
 
 
 def _one_in_flight(stub: Any, reqs: list[Any], n: int, seconds: float) -> dict[str, float]:
@@ -156,15 +62,6 @@ def _one_in_flight(stub: Any, reqs: list[Any], n: int, seconds: float) -> dict[s
         if time.monotonic() > end:
             break
     return percentiles(lat)
-
-
-def _measure_one(address: str, reqs: list[Any], n: int, seconds: float) -> dict[str, Any]:
-    import grpc
-
-    from serving._proto.skewless.v1 import scorer_pb2_grpc as pb_grpc
-
-    with grpc.insecure_channel(address) as ch:
-        return {"score_one_in_flight": _one_in_flight(pb_grpc.ScorerStub(ch), reqs, n, seconds)}
 
 
 def _measure(address: str, reqs: list[Any], batches: list[Any], n: int, seconds: float,
@@ -220,12 +117,6 @@ def _measure(address: str, reqs: list[Any], batches: list[Any], n: int, seconds:
                 "events": events,
             }
     return out
-
-
-def _rss_mb(pid: int) -> float:
-    import psutil
-
-    return round(psutil.Process(pid).memory_info().rss / 2**20, 1)
 
 
 def _prepare(
@@ -284,7 +175,7 @@ def run(
     tmp = None if workdir is not None else tempfile.TemporaryDirectory(prefix="skewless-bench-")
     work = Path(workdir or tmp.name)  # type: ignore[union-attr]
     try:
-        with _redis(work / "redis") as redis_url:
+        with procs.redis_server(work / "redis") as redis_url:
             t0 = time.perf_counter()
             sim = {"events": events, "cards": cards, "merchants": merchants, "days": days,
                    "seed": seed}  # fmt: skip
@@ -312,27 +203,44 @@ def run(
                 "predictions": str(work / "predictions"),
                 "max_batch": batch_size,
             }
-            argv = [sys.executable, "-c", _OURS, json.dumps(ours_cfg)]
+            argv = [sys.executable, "-c", procs.OURS, json.dumps(ours_cfg)]
             workers_cfg = {**ours_cfg, "workers": 2, "predictions": str(work / "predictions-w2")}
-            argv_w2 = [sys.executable, "-c", _OURS, json.dumps(workers_cfg)]
+            argv_w2 = [sys.executable, "-c", procs.OURS, json.dumps(workers_cfg)]
             with contextlib.ExitStack() as servers:
-                pid, port = servers.enter_context(_process(argv, work / "ours.log"))
+                pid, port = servers.enter_context(procs.server_process(argv, work / "ours.log"))
                 floor_pid, floor_port = servers.enter_context(
-                    _process([sys.executable, "-c", _FLOOR], work / "floor.log")
+                    procs.server_process([sys.executable, "-c", procs.FLOOR], work / "floor.log")
                 )
-                w2_pid, w2_port = servers.enter_context(_process(argv_w2, work / "workers.log"))
-                _wait_serving(f"127.0.0.1:{port}")
+                w2_pid, w2_port = servers.enter_context(
+                    procs.server_process(argv_w2, work / "workers.log")
+                )
+                fa = [sys.executable, "-c", procs.FLOOR]
+                floor2 = [
+                    servers.enter_context(procs.server_process([*fa, "0"], work / "floor2-0.log"))
+                ]
+                share = str(floor2[0][1])  # the second floor process shares the first's port
+                floor2.append(
+                    servers.enter_context(procs.server_process([*fa, share], work / "floor2-1.log"))
+                )
+                procs.wait_serving(f"127.0.0.1:{port}")
                 results["ours"] = _measure(f"127.0.0.1:{port}", reqs, batch_reqs, requests,
                                            seconds, inflight)  # fmt: skip
-                results["ours"]["server_rss_mb"] = _rss_mb(pid)
+                results["ours"]["server_rss_mb"] = procs.rss_mb(pid)
                 floor = f"127.0.0.1:{floor_port}"
-                results["grpc_floor"] = _measure_one(floor, reqs, requests, seconds)
+                pids = {"grpc_floor": [floor_pid], "ours": [pid], "workers_1": [pid],
+                        "workers_2": [w2_pid], "grpc_floor_2": [p for p, _ in floor2]}  # fmt: skip
+                # one call in flight, ours and the floor in alternating rounds
+                results["lone"] = compare_lone(
+                    {"grpc_floor": floor, "ours": f"127.0.0.1:{port}"}, reqs, requests, seconds,
+                    pids=pids,
+                )  # fmt: skip
                 for _ in range(4 * connections):  # every worker, whichever a connection hits
-                    _wait_serving(f"127.0.0.1:{w2_port}", fresh=True)
+                    procs.wait_serving(f"127.0.0.1:{w2_port}", fresh=True)
                 targets = {"grpc_floor": floor, "workers_1": f"127.0.0.1:{port}",
-                           "workers_2": f"127.0.0.1:{w2_port}"}  # fmt: skip
+                           "workers_2": f"127.0.0.1:{w2_port}",
+                           "grpc_floor_2": f"127.0.0.1:{floor2[0][1]}"}  # fmt: skip
                 results["throughput"] = compare_throughput(
-                    targets, reqs, throughput_requests, seconds, inflight, connections
+                    targets, reqs, throughput_requests, seconds, inflight, connections, pids=pids
                 )
                 # ScoreBatch: floor, 1 vs 2 processes (alternating rounds) and by stage
                 results["score_batch"] = serve_batch.measure(
@@ -344,13 +252,19 @@ def run(
                     version_dir=resolve(registry, "production"),
                     predictions_dir=work / "predictions-stages", seconds=seconds,
                 )  # fmt: skip
+                if shutil.which("ghz"):  # a leaner client: more of the cores for the servers
+                    results["throughput_ghz"] = compare_throughput(
+                        targets, reqs, throughput_requests, seconds, inflight, connections,
+                        pids=pids, ghz=shutil.which("ghz"),
+                    )  # fmt: skip
+                results["score_stages"] = serve_stages.run(registry, redis_url, reqs)
             naive_cfg = {"redis_url": redis_url, "feast_dir": str(work / "feast"),
                          "version_dir": str(resolve(registry, "production"))}  # fmt: skip
             argv = [sys.executable, "-m", "bench.serve_naive", json.dumps(naive_cfg)]
-            with _process(argv, work / "naive.log") as (pid, port):
+            with procs.server_process(argv, work / "naive.log") as (pid, port):
                 results["naive"] = _measure(f"127.0.0.1:{port}", reqs, batch_reqs[:8],
                                             naive_requests, seconds, inflight)  # fmt: skip
-                results["naive"]["server_rss_mb"] = _rss_mb(pid)
+                results["naive"]["server_rss_mb"] = procs.rss_mb(pid)
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -367,12 +281,13 @@ def run(
             ours["score_batch"]["events_per_s"] / naive["score_batch"]["events_per_s"], 2
         ),
     }
-    floor = results["grpc_floor"]["score_one_in_flight"]["p50_ms"]
+    floor = results["lone"]["grpc_floor"]["p50_ms"]
+    above = results["lone"]["ours"]["above_floor_ms"]  # alternating rounds: the figure
     results["above_grpc_floor_p50_ms"] = {
-        "ours": round(one["p50_ms"] - floor, 4),
+        "ours": above,
         "naive": round(naive_one["p50_ms"] - floor, 4),
         # the feature/model path alone, with the shared gRPC cost taken out
-        "ratio": round((naive_one["p50_ms"] - floor) / max(one["p50_ms"] - floor, 1e-6), 2),
+        "ratio": round((naive_one["p50_ms"] - floor) / max(above, 1e-6), 2),
     }
     # the shadow model's and the drift gauges' cost per Score (in-process, same run)
     results["sidecars"] = serve_sidecars.run()
@@ -386,6 +301,9 @@ def run(
         "rss_mb": ours["server_rss_mb"] <= TARGETS["rss_mb"],
         "workers_vs_floor": results["throughput"]["ratio_vs_floor"]["workers_2"]
         >= TARGETS["workers_vs_floor"],
+        "above_floor_ms": above <= TARGETS["above_floor_ms"],
+        "above_floor_vs_naive": results["above_grpc_floor_p50_ms"]["ratio"]
+        >= TARGETS["above_floor_vs_naive"],
         "sidecars_ms": all(results["sidecars"]["met"].values()),
     }
     results["setup"] = {

@@ -330,11 +330,15 @@ class MetricsInterceptor(_Wrapping):
         name = method.rsplit("/", 1)[-1]
         latency = self.metrics.latency.labels(name)
         handled = self.metrics.handled
+        ok = handled.labels(name, "OK")  # the common case without a labels() lookup (~3 µs)
 
         def done(started: float, context: aio.ServicerContext[Any, Any]) -> None:
             latency.observe(time.perf_counter() - started)
             code = context.code()
-            handled.labels(name, getattr(code, "name", None) or "OK").inc()
+            if code is None or code is Code.OK:
+                ok.inc()
+            else:
+                handled.labels(name, getattr(code, "name", None) or "OK").inc()
 
         if streaming:
 

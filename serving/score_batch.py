@@ -66,9 +66,12 @@ class BatchScoring:
         events: Sequence[Event],
         deadline: float | None = None,
         mark: Callable[[str], Any] | None = None,
+        read: Callable[[Sequence[tuple[str, int]]], list[bytes | None]] | None = None,
+        log: bool = True,
     ) -> list[ScoreResult]:
-        """:meth:`Scorer.score_batch` for two or more events (see the module docstring)."""
-        return _score_columns(self, events, deadline, mark)
+        """:meth:`Scorer.score_batch` for two or more events (see the module docstring);
+        ``read`` replaces the store's read, ``log=False`` leaves the sink to the caller."""
+        return _score_columns(self, events, deadline, mark, read, log)
 
 
 def _score_columns(
@@ -76,13 +79,15 @@ def _score_columns(
     events: Sequence[Event],
     deadline: float | None,
     mark: Callable[[str], Any] | None,
+    read: Callable[[Sequence[tuple[str, int]]], list[bytes | None]] | None = None,
+    log: bool = True,
 ) -> list[ScoreResult]:
     store, plan = scorer._ready()
     readers, n = scorer._readers, len(events)
     ids = [list(map(r.key, events)) for r in readers]
     distinct = [list(dict.fromkeys(col)) for col in ids]
     keys = [(r.name, i) for r, d in zip(readers, distinct, strict=True) for i in d]
-    raws = store.read_states(keys)
+    raws = (read or store.read_states)(keys)
     if mark is not None:
         mark("store_read")
     if deadline is not None and time.monotonic() > deadline:
@@ -146,7 +151,7 @@ def _score_columns(
         scorer.canary.rescore(plan, X, events, results)
     if mark is not None:
         mark("results")
-    if scorer.sink is not None:
+    if log and scorer.sink is not None:
         scorer.sink(events, results, X)
     if mark is not None:
         mark("sink")

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -59,13 +59,14 @@ if TYPE_CHECKING:  # only the type is needed
 __all__ = [
     "BatchItemError", "CorruptStateError", "DeadlineExceededError", "EntityFeatures",
     "EntityStateInfo", "Event", "InvalidRequestError", "Model", "NotReadyError",
-    "PredictionSink", "ScoreResult", "Scorer",
+    "PredictionSink", "Read", "ScoreResult", "Scorer",
 ]  # fmt: skip
+#: a store's read_states, or the coalescer's read shared by the calls in flight
+Read = Callable[[Sequence[tuple[str, int]]], list[bytes | None]]
 
 
-def _max_seen(raw: bytes | None) -> int | None:
-    """The newest event time in a state's header, read natively without decoding it."""
-    return NativeLayout.max_seen(raw)
+#: the newest event time in a state's header, read natively without decoding it
+_max_seen = NativeLayout.max_seen
 
 
 class _Reader:
@@ -196,20 +197,19 @@ class Scorer(BatchScoring):
         return store, plan
 
     # -- scoring ---------------------------------------------------------------------
-    def score(self, event: Event) -> ScoreResult:
-        """Score one validated event (the latency path: :meth:`score_batch`'s rules, for
-        one event, with as little in between as possible; the tests hold them equal)."""
+    def score(self, event: Event, read: Read | None = None, log: bool = True) -> ScoreResult:
+        """One validated event, the latency path: :meth:`score_batch`'s rules (tests hold them
+        equal). ``read`` replaces the store's; ``log=False`` leaves the sink to the caller."""
         store, plan = self._ready()
         canary = self.canary
         if canary is not None and (cp := canary.plan) is not None and canary.chooses(event):
             plan = cp
         readers, t = self._readers, self._event_time(event)
         keys = [(r.name, r.key(event)) for r in readers]
-        raws = store.read_states(keys)
+        raws = (read or store.read_states)(keys)
         row = [math.nan] * plan.n
         warnings: list[str] = []
-        ents = []
-        window = []
+        ents, window = [], []
         for j, r in enumerate(readers):
             entity_id, raw = keys[j][1], raws[j]
             values = r.values(raw, entity_id, t)
@@ -227,19 +227,18 @@ class Scorer(BatchScoring):
             self._event_id(event), p, p >= plan.threshold, plan.threshold, plan.version,
             plan.names, X[0].tolist(), tuple(ents), tuple(warnings),
         )  # fmt: skip
-        if self.sink is not None:
+        if log and self.sink is not None:
             self.sink((event,), (result,))
         return result
 
-    def score_batch(
-        self, events: Sequence[Event], deadline: float | None = None
-    ) -> list[ScoreResult]:
-        """Score validated events with one store round trip; ``deadline`` is a
-        ``time.monotonic()`` value checked once the states are read. Failures of one event
-        raise :class:`BatchItemError` (for a single event: the error itself)."""
+    def score_batch(self, events: Sequence[Event], deadline: float | None = None,
+                    read: Read | None = None, log: bool = True) -> list[ScoreResult]:  # fmt: skip
+        """Score validated events with one store round trip (``read``, ``log``: as in
+        :meth:`score`); ``deadline`` is a ``time.monotonic()`` value checked once the states
+        are read. Failures of one event raise :class:`BatchItemError` (one: the error)."""
         if len(events) == 1:
-            return [self.score(events[0])]
-        return self.score_columns(events, deadline)
+            return [self.score(events[0], read, log)]
+        return self.score_columns(events, deadline, read=read, log=log)
 
     def entity_features(self, entity: str, entity_id: int, t: int) -> EntityFeatures:
         """One entity's window features at query time ``t`` (epoch ms), no model needed."""

@@ -198,6 +198,7 @@ class ScoringServer:
         self.health = health_aio.HealthServicer()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="score-batch")
         self._server: aio.Server | None = None
+        self.servicer: CoalescingServicer | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.port = 0
 
@@ -258,8 +259,8 @@ class ScoringServer:
         cfg = self.config
         chain = interceptors(cfg.auth_token, self.metrics, open_reflection=cfg.open_reflection)
         server = aio.server(interceptors=chain, options=options)
-        servicer = CoalescingServicer(self.scorer, cfg.max_batch_size, self._executor)
-        pb_grpc.add_ScorerServicer_to_server(servicer, server)
+        self.servicer = CoalescingServicer(self.scorer, cfg.max_batch_size, self._executor)
+        pb_grpc.add_ScorerServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         enable_reflection((SERVICE_NAME, health_name), server)

@@ -29,7 +29,7 @@ from serving.convert import (
     score_response,
     state_proto,
 )
-from serving.scorer import BatchItemError, Scorer, ScoreResult
+from serving.scorer import BatchItemError, Read, Scorer, ScoreResult
 
 #: batches up to this size are scored inline; larger ones on the worker thread
 INLINE_BATCH = 32
@@ -58,9 +58,11 @@ class ScorerServicer(pb_grpc.ScorerServicer):
         self.max_batch_size = max_batch_size
         self.executor = executor
 
-    def _score_one(self, event: Any, path: str) -> ScoreResult:
+    def _score_one(
+        self, event: Any, path: str, read: Read | None = None, log: bool = True
+    ) -> ScoreResult:
         try:
-            return self.scorer.score(event)
+            return self.scorer.score(event, read, log)
         except QueryTooOldError as exc:
             raise _at(path, exc) from None
 

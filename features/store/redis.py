@@ -69,6 +69,12 @@ class RedisWire:
         self._lock = threading.Lock()
 
     def _connect(self) -> tuple[socket.socket, Any]:
+        sock, reader = self.open()
+        self._local.conn = (sock, reader)
+        return sock, reader
+
+    def open(self) -> tuple[socket.socket, Any]:
+        """A new connection, set up (AUTH, SELECT) and counted for :meth:`close`."""
         import hiredis
 
         sock = socket.create_connection(self.address, timeout=self.timeout_s)
@@ -89,10 +95,19 @@ class RedisWire:
         except BaseException:
             sock.close()
             raise
-        self._local.conn = (sock, reader)
         with self._lock:
             self._all.add(sock)
         return sock, reader
+
+    @property
+    def tls(self) -> bool:
+        return self._tls is not None
+
+    def forget(self, sock: socket.socket) -> None:
+        """Close ``sock`` (a connection :meth:`open` made) and stop counting it."""
+        with self._lock:
+            self._all.discard(sock)
+        sock.close()
 
     @staticmethod
     def _roundtrip(sock: socket.socket, reader: Any, payload: bytes, replies: int) -> list[Any]:
@@ -250,10 +265,12 @@ class RedisStore:
     ) -> list[bytes | None]:
         """State bytes per (entity, id) in one round trip; ``bootstrap`` reads the
         materialized start state instead of the current one."""
+        return self._unwrap(self._send(self._read_payload(keys, bootstrap), len(keys)))
+
+    def _read_payload(self, keys: Sequence[tuple[str, int]], bootstrap: bool = False) -> bytes:
         fields = self._boot_field if bootstrap else self._state_field
         hset = self._hset
-        payload = b"".join([hset[e].hget(i, fields[e]) for e, i in keys])
-        return self._unwrap(self._send(payload, len(keys)))
+        return b"".join([hset[e].hget(i, fields[e]) for e, i in keys])
 
     def close(self) -> None:
         if self._client is not None:

@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 
 from serving._proto.skewless.v1 import scorer_pb2 as pb
+from serving.coalesce import COLUMNS_FROM
 from serving.convert import event_transaction
 from tests.serving.conftest import HOUR, NOW, T0, RunningServer, ev
 
@@ -55,3 +56,24 @@ def test_calls_in_flight_share_a_round_trip_and_get_their_own_answers(
     assert code == grpc.StatusCode.FAILED_PRECONDITION
     assert details.startswith("transaction.event_time: ")
     assert len(reads) < len(reqs)  # coalesced: fewer round trips than calls
+
+
+def test_small_and_large_batches_give_each_call_its_own_answer(server: RunningServer) -> None:
+    """Below COLUMNS_FROM a batch is scored one event at a time, from it columnar; both
+    give every call what it gets alone, the too-old event's refusal included."""
+    servicer = server.server.servicer
+    assert servicer is not None
+    batch = [
+        (servicer.convert.request_event(r), "transaction", None) for r in _requests()
+    ]  # 32 events, the one at 7 too old
+    alone = [servicer._alone(p, None) for p in batch]  # type: ignore[arg-type]
+
+    def same(got: list[Any]) -> list[Any]:
+        return [(ok, v if ok else (type(v), str(v))) for ok, v in got]
+
+    for size in (COLUMNS_FROM - 1, COLUMNS_FROM, len(batch)):
+        got: list[Any] = []
+        for i in range(0, len(batch), size):
+            got += servicer._score(batch[i : i + size], None)  # type: ignore[arg-type]
+        assert same(got) == same(alone), size
+    assert not alone[7][0] and str(alone[7][1]).startswith("transaction.event_time: ")
