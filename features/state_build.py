@@ -9,20 +9,21 @@ random histories); it is a second writer of the codec layout, kept for speed (~4
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from features import moments
 from features.backfill import EventIndex
 from features.layout import EntityLayout
 from features.native import compile_core
 from features.range_folds import digits
+from features.txids import txid_hashes
 
 
 def build_states(layout: EntityLayout, index: EventIndex, txids: Any) -> list[bytes]:
+    """Each entity's state bytes, in ``index.uniq`` order, from its indexed events and their
+    ids (``txids``, in the events' order: only the ids a state keeps are hashed)."""
     n_groups, ts, gid = len(index.uniq), index.ts, index.gid
     if not n_groups:
         return []
@@ -46,11 +47,11 @@ def build_states(layout: EntityLayout, index: EventIndex, txids: Any) -> list[by
     if layout.primary:
         lateness = layout.lateness_ms
         ids = np.flatnonzero(ts >= ms_e - lateness) if lateness is not None else np.arange(len(ts))
-        hashes = _txid_hashes(txids, index.order[ids])
-        o = _tie_order(index.comp[ids], [hashes])
-        ids, hashes = ids[o], hashes[o]
+        kept = txid_hashes(txids, index.order[ids])
+        o = _tie_order(index.comp[ids], [kept])
+        ids, kept = ids[o], kept[o]
         n_ids = np.bincount(gid[ids], minlength=n_groups)
-        pieces += [((ms_e[ids] - ts[ids]).astype("<u4"), n_ids), (hashes, n_ids)]
+        pieces += [((ms_e[ids] - ts[ids]).astype("<u4"), n_ids), (kept, n_ids)]
 
     n_tiles = []
     for j, hop in enumerate(layout.hops):
@@ -90,17 +91,6 @@ def _tie_order(comp: np.ndarray, keys: list[np.ndarray]) -> np.ndarray:
     if len(at):
         perm[at] = at[np.lexsort((*[k[at] for k in reversed(keys)], comp[at]))]
     return perm
-
-
-def _txid_hashes(txids: Any, rows: np.ndarray) -> np.ndarray:
-    """:func:`features.layout.txid_hash` of the given rows, as uint64."""
-    if isinstance(txids, pa.Array):
-        raw = txids.take(pa.array(rows)).cast(pa.binary()).to_pylist()
-    else:
-        raw = [str(s).encode() for s in txids[rows]]
-    blake = hashlib.blake2b
-    blob = b"".join([blake(s, digest_size=8).digest() for s in raw])
-    return np.frombuffer(blob, dtype="<u8")
 
 
 class _Tiles:

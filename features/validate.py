@@ -21,6 +21,7 @@ features.schema.InvalidEventError: card_id: missing
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable
@@ -255,18 +256,30 @@ class Validator:
             ok, value = _column_rule(f, table.column(f.name))
             rules.append((_reason(f), ok))
             normalized[f.name] = value
-        reason = pa.nulls(n, pa.string())
-        for text, ok in reversed(rules):
-            bad = pc.invert(pc.fill_null(ok, False))
-            reason = pc.if_else(bad, pa.scalar(text), reason)
         rows = pa.array(np.arange(n, dtype=np.int64))
-        is_bad = pc.is_valid(reason)
-        rejects = table.append_column("row", rows).append_column("reason", reason).filter(is_bad)
         valid = table
         for name, value in normalized.items():
             valid = valid.set_column(valid.schema.get_field_index(name), name, value)
-        valid = valid.append_column("row", rows).filter(pc.invert(is_bad))
-        return valid, rejects
+        valid = valid.append_column("row", rows)
+        good = [pc.fill_null(ok, False) for _, ok in rules]
+        all_ok = functools.reduce(pc.and_, good) if good else pa.array(np.ones(n, bool))
+        bad = np.flatnonzero(~np.asarray(all_ok.to_numpy(zero_copy_only=False), bool))
+        rejects = table.append_column("row", rows).append_column("reason", pa.nulls(n, pa.string()))
+        if not len(bad):
+            return valid, rejects.slice(0, 0)
+        # the reason names each bad row's first broken rule (checked on those rows only)
+        first = np.full(len(bad), len(rules), np.int64)
+        at = pa.array(bad)
+        for j in reversed(range(len(rules))):
+            ok_here = np.asarray(good[j].take(at).to_numpy(zero_copy_only=False), bool)
+            first[~ok_here] = j
+        texts = pa.array([text for text, _ in rules], pa.string())
+        is_bad = np.zeros(n, bool)
+        is_bad[bad] = True
+        rejects = rejects.filter(pa.array(is_bad))
+        reason = rejects.schema.get_field_index("reason")
+        rejects = rejects.set_column(reason, "reason", texts.take(pa.array(first)))
+        return valid.filter(pa.array(~is_bad)), rejects
 
 
 def _reason(f: Field) -> str:

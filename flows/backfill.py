@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from features.backfill import EventIndex, accept
+from features.backfill import EventIndex, accept, maybe_repeated
 from features.definitions import Entity, FeatureSet
 from features.feast_objects import (
     TIMESTAMP_FIELD,
@@ -108,20 +108,44 @@ def load_events(
     """Validate, then per entity dedup and route too-late events, in file order.
 
     Returns (valid first copies of the primary entity, accepted events, rejects, late rows
-    with ``late_for``: the entities that dropped them)."""
+    with ``late_for``: the entities that dropped them). The entities share the rows whose
+    id may repeat (found once) as their dedup candidates, and decide in parallel."""
     plan = compile_plan(fs)
     report.events = table.num_rows
     valid, rejects = plan.validator.validate_table(table)
     report.rejected = rejects.num_rows
     ts = pc.cast(valid.column(fs.schema.event_time), pa.int64()).to_numpy()
     txids = valid.column(fs.schema.event_id).combine_chunks()
+    candidates = maybe_repeated(txids)
     n = valid.num_rows
-    late_for: list[np.ndarray] = []
-    by_entity: dict[str, EntityEvents] = {}
-    primary_dup = np.zeros(n, dtype=bool)
+    columns: dict[str, np.ndarray] = {}
     for e in plan.entities:
-        keys = valid.column(e.join_key).to_numpy()
-        acc = accept(e.layout.lateness_ms, keys, txids, ts)
+        columns[e.join_key] = valid.column(e.join_key).to_numpy()
+        for f in e.fields:
+            if f not in columns:
+                columns[f] = valid.column(f).to_numpy(zero_copy_only=False).astype(np.float64)
+
+    def one(e: Any) -> tuple[Any, EntityEvents]:
+        keys = columns[e.join_key]
+        acc = accept(e.layout.lateness_ms, keys, txids, ts, candidates)
+        everyone = bool(acc.accepted.all())
+
+        def take(a: np.ndarray) -> np.ndarray:
+            return a if everyone else a[acc.accepted]
+
+        events = EntityEvents(
+            ts=take(ts),
+            keys=take(keys),
+            fields={f: take(columns[f]) for f in e.fields},
+            txids=txids if everyone else txids.filter(pa.array(acc.accepted)),
+        )
+        return acc, events
+
+    decided = each(one, plan.entities)
+    by_entity: dict[str, EntityEvents] = {}
+    late_for: list[np.ndarray] = []
+    primary_dup = np.zeros(n, dtype=bool)
+    for e, (acc, events) in zip(plan.entities, decided, strict=True):
         report.by_entity[e.name] = {
             "accepted": int(acc.accepted.sum()),
             "duplicates": int(acc.duplicate.sum()),
@@ -130,33 +154,29 @@ def load_events(
         late_for.append(acc.late)
         if e.entity == fs.primary:
             primary_dup = acc.duplicate
-        everyone = bool(acc.accepted.all())
-        mask = pa.array(acc.accepted)
-
-        def take(a: np.ndarray, everyone: bool = everyone, acc: Any = acc) -> np.ndarray:
-            return a if everyone else a[acc.accepted]
-
-        by_entity[e.name] = EntityEvents(
-            ts=take(ts),
-            keys=take(keys),
-            fields={
-                f: take(valid.column(f).to_numpy(zero_copy_only=False)).astype(np.float64)
-                for f in e.fields
-            },
-            txids=txids if everyone else txids.filter(mask),
-        )
+        by_entity[e.name] = events
     report.duplicates = int(primary_dup.sum())
     report.accepted = report.by_entity[fs.primary.name]["accepted"]
     late_any = np.logical_or.reduce(late_for) if late_for else np.zeros(n, dtype=bool)
     report.late = int(late_any.sum())
-    names = np.array([e.name for e in plan.entities], dtype=object)
     late = valid.filter(pa.array(late_any))
-    who = np.stack(late_for, axis=1)[late_any] if late_for else np.zeros((0, 0), bool)
-    late = late.append_column(
-        "late_for", pa.array([",".join(names[row]) for row in who], pa.string())
-    )
+    late = late.append_column("late_for", _late_for([e.name for e in plan.entities], late_for))
     first = valid if not report.duplicates else valid.filter(pa.array(~primary_dup))
     return first, AcceptedEvents(by_entity), rejects, late
+
+
+def _late_for(names: list[str], late_for: list[np.ndarray]) -> pa.Array:
+    """Per late row, the entities it was too late for (comma-joined, definition order):
+    one bit per entity, then each distinct set of bits spelled once."""
+    if not late_for:
+        return pa.array([], pa.string())
+    late_any = np.logical_or.reduce(late_for)
+    code = np.zeros(int(late_any.sum()), np.int64)
+    for bit, late in enumerate(late_for):
+        code |= late[late_any].astype(np.int64) << bit
+    sets, at = np.unique(code, return_inverse=True)
+    text = [",".join(n for b, n in enumerate(names) if int(c) >> b & 1) for c in sets.tolist()]
+    return pa.array(text, pa.string()).take(pa.array(at.astype(np.int64)))
 
 
 def compute_features(
