@@ -24,9 +24,19 @@ from features.txids import txid_hashes
 def build_states(layout: EntityLayout, index: EventIndex, txids: Any) -> list[bytes]:
     """Each entity's state bytes, in ``index.uniq`` order, from its indexed events and their
     ids (``txids``, in the events' order: only the ids a state keeps are hashed)."""
+    data, starts = state_bytes(layout, index, txids)
+    blob = data.tobytes()
+    return [blob[a:b] for a, b in zip(starts[:-1].tolist(), starts[1:].tolist(), strict=True)]
+
+
+def state_bytes(
+    layout: EntityLayout, index: EventIndex, txids: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`build_states` as one uint8 buffer: every state in ``index.uniq`` order, and
+    where each starts (in bytes; one more offset closes the last), for an Arrow column."""
     n_groups, ts, gid = len(index.uniq), index.ts, index.gid
     if not n_groups:
-        return []
+        return np.zeros(0, np.uint8), np.zeros(1, np.int64)
     ms = ts[index.ends - 1]  # newest event per entity (sorted by time within entity)
     ms_e = ms[gid]
     if layout.fields == ("__count__",):
@@ -202,9 +212,10 @@ def _digits_to_float(
     return np.ldexp(v, -scale), exact
 
 
-def _interleave(pieces: list[tuple[np.ndarray, np.ndarray]]) -> list[bytes]:
-    """Per entity, its items of every piece in piece order, as one bytes object. Every item
-    is a whole number of 4-byte units, so the shuffle is one scatter per piece."""
+def _interleave(pieces: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per entity, its items of every piece in piece order, entity after entity in one
+    buffer, and each entity's start in bytes. Every item is a whole number of 4-byte units,
+    so the shuffle is one scatter per piece."""
     units = [np.frombuffer(a.tobytes(), "<u4") for a, _ in pieces]
     counts = np.stack([c * (a.dtype.itemsize // 4) for a, c in pieces])
     start = np.r_[0, np.cumsum(counts.sum(axis=0))]
@@ -213,7 +224,4 @@ def _interleave(pieces: list[tuple[np.ndarray, np.ndarray]]) -> list[bytes]:
     for u, c, w in zip(units, counts, within, strict=True):
         src = np.r_[0, np.cumsum(c)[:-1]]
         out[np.repeat(start[:-1] + w - src, c) + np.arange(len(u))] = u
-    blob = out.tobytes()
-    return [
-        blob[a:b] for a, b in zip((start[:-1] * 4).tolist(), (start[1:] * 4).tolist(), strict=True)
-    ]
+    return out.view(np.uint8), start * 4
