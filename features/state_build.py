@@ -38,43 +38,57 @@ def state_bytes(
     if not n_groups:
         return np.zeros(0, np.uint8), np.zeros(1, np.int64)
     ms = ts[index.ends - 1]  # newest event per entity (sorted by time within entity)
-    ms_e = ms[gid]
     if layout.fields == ("__count__",):
         vals = [np.zeros(len(ts))]
     else:
         vals = [index.values[f] for f in layout.fields]
     pieces: list[tuple[np.ndarray, np.ndarray]] = []  # (little-endian items, items per entity)
+    # per entity, the oldest time its state keeps: raw events, ids, each level's tiles
+    lateness = layout.lateness_ms
+    raw_floor = (ms - layout.horizon_ms) // layout.fine_hop * layout.fine_hop
+    tile_floors = [
+        ((ms - layout.horizon_ms) // hop - keep) * hop  # ts // hop >= B  <=>  ts >= B * hop
+        for hop, keep in zip(layout.hops, layout.keep, strict=True)
+    ]
+    floors = [raw_floor, *tile_floors]
+    if layout.primary:
+        floors.append(ms - lateness if lateness is not None else np.full(n_groups, ts.min()))
+    tail = _tail(index, np.minimum.reduce(floors))
+    ts_t, gid_t = ts[tail], gid[tail]  # every later selection is a subset of these
 
-    raw = np.flatnonzero(ts >= (ms_e - layout.horizon_ms) // layout.fine_hop * layout.fine_hop)
+    def since(floor: np.ndarray) -> np.ndarray:
+        """Index positions of the events at or after their entity's ``floor``."""
+        return tail[np.flatnonzero(ts_t >= floor[gid_t])]
+
+    raw = since(raw_floor)
     raw = raw[_tie_order(index.comp[raw], [v[raw] for v in vals])]
     n_raw = np.bincount(gid[raw], minlength=n_groups)
     before = index.ends - n_raw - 1  # newest event older than the raw floor, if any
     has_last = before >= index.starts
-    pieces.append(((ms_e[raw] - ts[raw]).astype("<u4"), n_raw))
+    pieces.append(((ms[gid[raw]] - ts[raw]).astype("<u4"), n_raw))
     pieces += [(v[raw].astype("<f8"), n_raw) for v in vals]
 
     n_ids = np.zeros(n_groups, np.int64)
     if layout.primary:
-        lateness = layout.lateness_ms
-        ids = np.flatnonzero(ts >= ms_e - lateness) if lateness is not None else np.arange(len(ts))
+        ids = since(ms - lateness) if lateness is not None else np.arange(len(ts))
         kept = txid_hashes(txids, index.order[ids])
         o = _tie_order(index.comp[ids], [kept])
         ids, kept = ids[o], kept[o]
         n_ids = np.bincount(gid[ids], minlength=n_groups)
-        pieces += [((ms_e[ids] - ts[ids]).astype("<u4"), n_ids), (kept, n_ids)]
+        pieces += [((ms[gid[ids]] - ts[ids]).astype("<u4"), n_ids), (kept, n_ids)]
 
     n_tiles = []
     for j, hop in enumerate(layout.hops):
-        bucket = ts // hop
-        sel = np.flatnonzero(bucket >= (ms_e - layout.horizon_ms) // hop - layout.keep[j])
-        b, g = bucket[sel], gid[sel]
+        sel = since(tile_floors[j])
+        bucket = ts[sel] // hop
+        b, g = bucket, gid[sel]
         new = np.r_[True, (b[1:] != b[:-1]) | (g[1:] != g[:-1])] if len(sel) else sel > 0
         first = sel[new]
         last = sel[np.r_[new[1:], True]] if len(sel) else first
         tile_g = gid[first]
         counts = np.bincount(tile_g, minlength=n_groups)
         n_tiles.append(counts)
-        pieces.append(((ms[tile_g] // hop - bucket[first]).astype("<u4"), counts))
+        pieces.append(((ms[tile_g] // hop - bucket[new]).astype("<u4"), counts))
         pieces.append(((last + 1 - first).astype("<u4"), counts))
         comps = layout.needs[j]
         for f, v in enumerate(vals):
@@ -90,6 +104,16 @@ def state_bytes(
     )
     head = np.frombuffer(blob, f"V{core.header_size}")
     return _interleave([(head, np.ones(n_groups, np.int64)), *pieces])
+
+
+def _tail(index: EventIndex, floor: np.ndarray) -> np.ndarray:
+    """Index positions of each entity's events at or after its ``floor``: a suffix of the
+    entity's sorted events, found by one binary search per entity."""
+    bound = np.clip(floor - index.tmin, 0, index.stride - 1)
+    cut = np.searchsorted(index.comp, np.arange(len(index.uniq)) * index.stride + bound)
+    size = index.ends - cut
+    shift = np.repeat(cut - (np.cumsum(size) - size), size)
+    return shift + np.arange(int(size.sum()))
 
 
 def _tie_order(comp: np.ndarray, keys: list[np.ndarray]) -> np.ndarray:

@@ -116,9 +116,17 @@ def feature_table(
 
 
 def parquet_options(schema: pa.Schema) -> dict[str, Any]:
-    """Parquet with dictionary pages only for strings: on numeric columns they cost more
-    time than they save space. (The distributed backfill writes with the same options.)"""
-    return {"use_dictionary": [f.name for f in schema if pa.types.is_string(f.type)]}
+    """Parquet options chosen by measurement (docs/perf-plan.md, 2M events): dictionary
+    pages only for strings (on numbers they cost more time than they save space); snappy
+    for all but floating-point columns, which go uncompressed: a feature's mantissas
+    barely compress (snappy saves 0-25% on most of them) at twice the write time, while
+    ids, counts and times shrink 2-10x. (The distributed backfill writes with these too.)"""
+    return {
+        "use_dictionary": [f.name for f in schema if pa.types.is_string(f.type)],
+        "compression": {
+            f.name: "none" if pa.types.is_floating(f.type) else "snappy" for f in schema
+        },
+    }
 
 
 def _write(table: pa.Table, path: Path) -> None:
