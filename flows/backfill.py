@@ -16,6 +16,7 @@ index serves the spine's features, the Feast tables and the end states.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features.backfill import EventIndex
-from features.definitions import Entity, FeatureSet
+from features.definitions import Entity, FeatureSet, Op
 from features.feast_objects import offline_table_name
 from features.plan import Plan, compile_plan
 from features.schema import SchemaError
@@ -40,7 +41,13 @@ from flows.backfill_events import (
     each,
     load_events,
 )
-from flows.backfill_feast import end_states, entity_end_states, feast_tables
+from flows.backfill_feast import (
+    EndStates,
+    end_states,
+    entity_state,
+    feast_table,
+    feast_tables,
+)
 from flows.progress import Stages
 
 __all__ = [
@@ -68,24 +75,35 @@ def compute_features(
 ) -> pa.Table:
     """The spine's columns plus every feature (window, then request-time) per row. A
     request feature is computed when the spine holds every event field it reads."""
-    plan = compile_plan(fs)
+    q_t = spine_times(fs, spine)
+
+    def one(e: Entity) -> dict[str, np.ndarray]:
+        index = indexes[e.name] if indexes else events.index(e.name)
+        return entity_features(fs, e, index, spine, q_t)
+
+    values: dict[str, np.ndarray] = {}
+    for v in each(one, fs.entities):
+        values.update(v)
+    return feature_table(fs, compile_plan(fs), spine, q_t, values)
+
+
+def spine_times(fs: FeatureSet, spine: pa.Table) -> np.ndarray:
+    """The spine's times in epoch ms, once its entity keys and time column are checked."""
     time_col = fs.schema.event_time
     for e in fs.entities:
         if e.join_key not in spine.column_names:
             raise SchemaError(f"column '{e.join_key}': missing from the spine")
     if time_col not in spine.column_names:
         raise SchemaError(f"column '{time_col}': missing from the spine")
-    q_t = _ms(spine.column(time_col), time_col)
+    return _ms(spine.column(time_col), time_col)
 
-    def one(e: Entity) -> dict[str, np.ndarray]:
-        index = indexes[e.name] if indexes else events.index(e.name)
-        q_keys = pc.cast(spine.column(e.join_key), pa.int64()).to_numpy(zero_copy_only=False)
-        return index.features(fs, e.name, q_keys, q_t)
 
-    values: dict[str, np.ndarray] = {}
-    for v in each(one, fs.entities):
-        values.update(v)
-    return feature_table(fs, plan, spine, q_t, values)
+def entity_features(
+    fs: FeatureSet, e: Entity, index: EventIndex, spine: pa.Table, q_t: np.ndarray
+) -> dict[str, np.ndarray]:
+    """``e``'s window features at every spine row."""
+    q_keys = pc.cast(spine.column(e.join_key), pa.int64()).to_numpy(zero_copy_only=False)
+    return index.features(fs, e.name, q_keys, q_t)
 
 
 def feature_table(
@@ -151,6 +169,15 @@ def small_pages() -> Iterator[None]:
         set_madvise(before)
 
 
+def _index(fs: FeatureSet, events: AcceptedEvents, e: Entity) -> EventIndex:
+    """``e``'s index, with the prefix sums its features and states share made up front."""
+    index = events.index(e.name)
+    squares = {a.field for a in fs.for_entity(e) if a.op is Op.STD}
+    for f in {a.field for a in fs.for_entity(e) if a.field is not None}:
+        index.moments(f, f in squares)
+    return index
+
+
 def run_backfill(
     fs: FeatureSet, events_path: Path, out_dir: Path, spine_path: Path | None = None
 ) -> BackfillReport:
@@ -182,27 +209,45 @@ def _run(
     lap("validate_dedup_late", f"{report.rejected:,} rejected, {report.late:,} late")
     spine = read_parquet(spine_path, "spine") if spine_path else valid
     report.spine_rows = spine.num_rows
+    q_t = spine_times(fs, spine)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "feast").mkdir(exist_ok=True)
-    # each file is written (Arrow, off the GIL) while the next stages compute
-    with ThreadPoolExecutor(2) as writer:
+    # Each file is written (Arrow, off the GIL) while the next stages compute. The
+    # entities' steps are tasks on as many threads as cores, each waiting only on tasks
+    # queued before it, so the big entity's steps spread over both cores.
+    with ThreadPoolExecutor(2) as writer, ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         written: list[Future[None]] = [
             writer.submit(_write, t, out_dir / name)
             for t, name in ((rejects, "rejects.parquet"), (late, "late.parquet"))
         ]
-        names = [e.name for e in fs.entities]
-        indexes = dict(zip(names, each(events.index, names), strict=True))
-        features = compute_features(fs, spine, events, indexes)
+        ents = list(fs.entities)
+        index = {e.name: pool.submit(_index, fs, events, e) for e in ents}
+
+        def features_of(e: Entity) -> dict[str, np.ndarray]:
+            return entity_features(fs, e, index[e.name].result(), spine, q_t)
+
+        def state_of(e: Entity) -> EndStates:
+            return entity_state(fs, e, index[e.name].result(), events.by_entity[e.name].txids)
+
+        def table_of(e: Entity) -> pa.Table:
+            feats[e.name].result()  # its pass over the events left the window starts
+            return feast_table(fs, e, index[e.name].result(), states[e.name].result())
+
+        feats = {e.name: pool.submit(features_of, e) for e in ents}
+        states = {e.name: pool.submit(state_of, e) for e in ents}
+        tables = {e.name: pool.submit(table_of, e) for e in ents}
+        values: dict[str, np.ndarray] = {}
+        for e in ents:
+            values.update(feats[e.name].result())
+        features = feature_table(fs, compile_plan(fs), spine, q_t, values)
         written.append(writer.submit(_write, features, out_dir / "features.parquet"))
-        del features, spine, valid
+        del features, values
         lap("features", f"{report.spine_rows:,} rows")
-        states = entity_end_states(fs, events, indexes)
-        report.entities = {name: len(s.keys) for name, s in states.items()}
+        report.entities = {e.name: len(states[e.name].result().keys) for e in ents}
         lap("end_states")
-        offline = feast_tables(fs, events, states, indexes)
-        for e in fs.entities:
+        for e in ents:
             path = out_dir / "feast" / offline_table_name(e)
-            written.append(writer.submit(_write, offline[e.name], path))
+            written.append(writer.submit(_write, tables[e.name].result(), path))
         lap("feast_tables")
         for done in written:
             done.result()

@@ -8,6 +8,7 @@ become the tables' state column without a Python object per entity.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -51,6 +52,12 @@ class EndStates:
         return pa.Array.from_buffers(pa.binary(), n, buffers, null_count=n - len(self.keys))
 
 
+def entity_state(fs: FeatureSet, e: Entity, index: EventIndex, txids: Any) -> EndStates:
+    """``e``'s end states from its index and its accepted events' ids (in file order)."""
+    data, starts = state_bytes(compile_layouts(fs)[e.name], index, txids)
+    return EndStates(index.uniq, data, starts)
+
+
 def entity_end_states(
     fs: FeatureSet, events: AcceptedEvents, indexes: dict[str, EventIndex] | None = None
 ) -> dict[str, EndStates]:
@@ -60,12 +67,10 @@ def entity_end_states(
     events its retention keeps (raw events, tiles per level bucket, ids), so tiles are
     group-bys and their exact sums come from integer digits. The bytes are identical to
     replaying the events through the reference engine (tested)."""
-    layouts = compile_layouts(fs)
 
     def one(e: Entity) -> EndStates:
         index = indexes[e.name] if indexes else events.index(e.name)
-        data, starts = state_bytes(layouts[e.name], index, events.by_entity[e.name].txids)
-        return EndStates(index.uniq, data, starts)
+        return entity_state(fs, e, index, events.by_entity[e.name].txids)
 
     return dict(zip([e.name for e in fs.entities], each(one, fs.entities), strict=True))
 
@@ -78,26 +83,31 @@ def end_states(
     return {name: s.as_dict() for name, s in states.items()}
 
 
+def feast_table(fs: FeatureSet, e: Entity, index: EventIndex, states: EndStates) -> pa.Table:
+    """One row per (``e`` key, event time) with the as-of-last-event features; each key's
+    last row carries its state bytes."""
+    keys, ts, last, vals = index.features_after_events(fs, e.name)
+    blobs = states.column(last)
+    cols = {
+        e.join_key: pa.array(keys, pa.int64()),
+        TIMESTAMP_FIELD: pa.array(ts, pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
+        **{name: pa.array(v) for name, v in vals.items()},
+        state_field(e): blobs,
+        bootstrap_field(e): blobs,
+    }
+    return pa.table(cols)
+
+
 def feast_tables(
     fs: FeatureSet,
     events: AcceptedEvents,
     states: dict[str, EndStates],
     indexes: dict[str, EventIndex] | None = None,
 ) -> dict[str, pa.Table]:
-    """Per entity: one row per (entity, event time) with the as-of-last-event features; the
-    last row of each entity carries its state bytes."""
+    """:func:`feast_table` of every entity."""
 
     def one(e: Entity) -> pa.Table:
         index = indexes[e.name] if indexes else events.index(e.name)
-        keys, ts, last, vals = index.features_after_events(fs, e.name)
-        blobs = states[e.name].column(last)
-        cols = {
-            e.join_key: pa.array(keys, pa.int64()),
-            TIMESTAMP_FIELD: pa.array(ts, pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
-            **{name: pa.array(v) for name, v in vals.items()},
-            state_field(e): blobs,
-            bootstrap_field(e): blobs,
-        }
-        return pa.table(cols)
+        return feast_table(fs, e, index, states[e.name])
 
     return dict(zip([e.name for e in fs.entities], each(one, fs.entities), strict=True))
