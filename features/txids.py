@@ -43,4 +43,10 @@ def txid_hashes(ids: Any, rows: np.ndarray | None = None) -> np.ndarray:
         starts, ends = starts[rows], ends[rows]
     starts = np.ascontiguousarray(starts, np.int64)
     ends = np.ascontiguousarray(ends, np.int64)
-    return np.frombuffer(native.txid_hashes(body, starts, ends), "<u8")
+    batch = getattr(native, "txid_hashes", None)
+    if batch is None:  # an installed core older than this checkout
+        raise ImportError(
+            "skewless_native: this build lacks txid_hashes; rebuild the native core with "
+            "`make install` or `pip install ./native`"
+        )
+    return np.frombuffer(batch(body, starts, ends), "<u8")
