@@ -101,7 +101,7 @@ def _exclusive_cummax(groups: np.ndarray, ts: np.ndarray) -> np.ndarray:
     return out
 
 
-def _maybe_repeated(arr: pa.Array) -> np.ndarray:
+def maybe_repeated(arr: pa.Array) -> np.ndarray:
     """Rows whose string may occur more than once (every repeated one, maybe a few more):
     for the usual fixed-width ids a 64-bit hash of the bytes and one sort, else exact."""
     n = len(arr)
@@ -124,12 +124,20 @@ def _maybe_repeated(arr: pa.Array) -> np.ndarray:
     return np.flatnonzero(np.bincount(codes)[codes] > 1)
 
 
-def accept(lateness_ms: int | None, keys: np.ndarray, txids: Any, ts: np.ndarray) -> Acceptance:
+def accept(
+    lateness_ms: int | None,
+    keys: np.ndarray,
+    txids: Any,
+    ts: np.ndarray,
+    candidates: np.ndarray | None = None,
+) -> Acceptance:
     """One entity's acceptance, as its engine decides it in the stream: dedup (the first
     copy per entity key and event id) then too-late routing (older than the key's newest
     accepted event minus ``lateness_ms``), both in file order, as a Kafka partition delivers
-    them. ``txids`` is a numpy array or an Arrow array of strings. Every entity decides
-    on its own events: an event too late for one entity may count for another."""
+    them. ``txids`` is a numpy array or an Arrow array of strings; ``candidates``, when
+    given, holds every row whose id may repeat (:func:`maybe_repeated`: shared by the
+    entities of one file). Every entity decides on its own events: an event too late for
+    one entity may count for another."""
     keys, ts = np.asarray(keys, np.int64), np.asarray(ts, np.int64)
     n = len(ts)
     first = np.ones(n, dtype=bool)
@@ -137,7 +145,7 @@ def accept(lateness_ms: int | None, keys: np.ndarray, txids: Any, ts: np.ndarray
         arr = txids if isinstance(txids, pa.Array | pa.ChunkedArray) else pa.array(txids)
         if isinstance(arr, pa.ChunkedArray):
             arr = arr.combine_chunks()
-        cand = _maybe_repeated(arr)
+        cand = maybe_repeated(arr) if candidates is None else candidates
         codes = pc.dictionary_encode(arr.take(pa.array(cand)), null_encoding="encode").indices
         codes = np.asarray(codes.to_numpy(zero_copy_only=False), dtype=np.int64)
         o = np.lexsort((cand, codes, keys[cand]))

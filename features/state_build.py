@@ -9,61 +9,86 @@ random histories); it is a second writer of the codec layout, kept for speed (~4
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from features import moments
 from features.backfill import EventIndex
 from features.layout import EntityLayout
 from features.native import compile_core
 from features.range_folds import digits
+from features.txids import txid_hashes
 
 
 def build_states(layout: EntityLayout, index: EventIndex, txids: Any) -> list[bytes]:
+    """Each entity's state bytes, in ``index.uniq`` order, from its indexed events and their
+    ids (``txids``, in the events' order: only the ids a state keeps are hashed)."""
+    data, starts = state_bytes(layout, index, txids)
+    blob = data.tobytes()
+    return [blob[a:b] for a, b in zip(starts[:-1].tolist(), starts[1:].tolist(), strict=True)]
+
+
+def state_bytes(
+    layout: EntityLayout, index: EventIndex, txids: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`build_states` as one uint8 buffer: every state in ``index.uniq`` order, and
+    where each starts (in bytes; one more offset closes the last), for an Arrow column."""
     n_groups, ts, gid = len(index.uniq), index.ts, index.gid
     if not n_groups:
-        return []
+        return np.zeros(0, np.uint8), np.zeros(1, np.int64)
     ms = ts[index.ends - 1]  # newest event per entity (sorted by time within entity)
-    ms_e = ms[gid]
     if layout.fields == ("__count__",):
         vals = [np.zeros(len(ts))]
     else:
         vals = [index.values[f] for f in layout.fields]
     pieces: list[tuple[np.ndarray, np.ndarray]] = []  # (little-endian items, items per entity)
+    # per entity, the oldest time its state keeps: raw events, ids, each level's tiles
+    lateness = layout.lateness_ms
+    raw_floor = (ms - layout.horizon_ms) // layout.fine_hop * layout.fine_hop
+    tile_floors = [
+        ((ms - layout.horizon_ms) // hop - keep) * hop  # ts // hop >= B  <=>  ts >= B * hop
+        for hop, keep in zip(layout.hops, layout.keep, strict=True)
+    ]
+    floors = [raw_floor, *tile_floors]
+    if layout.primary:
+        floors.append(ms - lateness if lateness is not None else np.full(n_groups, ts.min()))
+    tail = _tail(index, np.minimum.reduce(floors))
+    ts_t, gid_t = ts[tail], gid[tail]  # every later selection is a subset of these
 
-    raw = np.flatnonzero(ts >= (ms_e - layout.horizon_ms) // layout.fine_hop * layout.fine_hop)
+    def since(floor: np.ndarray) -> np.ndarray:
+        """Index positions of the events at or after their entity's ``floor``."""
+        return tail[np.flatnonzero(ts_t >= floor[gid_t])]
+
+    raw = since(raw_floor)
     raw = raw[_tie_order(index.comp[raw], [v[raw] for v in vals])]
     n_raw = np.bincount(gid[raw], minlength=n_groups)
     before = index.ends - n_raw - 1  # newest event older than the raw floor, if any
     has_last = before >= index.starts
-    pieces.append(((ms_e[raw] - ts[raw]).astype("<u4"), n_raw))
+    pieces.append(((ms[gid[raw]] - ts[raw]).astype("<u4"), n_raw))
     pieces += [(v[raw].astype("<f8"), n_raw) for v in vals]
 
     n_ids = np.zeros(n_groups, np.int64)
     if layout.primary:
-        lateness = layout.lateness_ms
-        ids = np.flatnonzero(ts >= ms_e - lateness) if lateness is not None else np.arange(len(ts))
-        hashes = _txid_hashes(txids, index.order[ids])
-        o = _tie_order(index.comp[ids], [hashes])
-        ids, hashes = ids[o], hashes[o]
+        ids = since(ms - lateness) if lateness is not None else np.arange(len(ts))
+        kept = txid_hashes(txids, index.order[ids])
+        o = _tie_order(index.comp[ids], [kept])
+        ids, kept = ids[o], kept[o]
         n_ids = np.bincount(gid[ids], minlength=n_groups)
-        pieces += [((ms_e[ids] - ts[ids]).astype("<u4"), n_ids), (hashes, n_ids)]
+        pieces += [((ms[gid[ids]] - ts[ids]).astype("<u4"), n_ids), (kept, n_ids)]
 
     n_tiles = []
     for j, hop in enumerate(layout.hops):
-        bucket = ts // hop
-        sel = np.flatnonzero(bucket >= (ms_e - layout.horizon_ms) // hop - layout.keep[j])
-        b, g = bucket[sel], gid[sel]
+        sel = since(tile_floors[j])
+        bucket = ts[sel] // hop
+        b, g = bucket, gid[sel]
         new = np.r_[True, (b[1:] != b[:-1]) | (g[1:] != g[:-1])] if len(sel) else sel > 0
         first = sel[new]
         last = sel[np.r_[new[1:], True]] if len(sel) else first
         tile_g = gid[first]
         counts = np.bincount(tile_g, minlength=n_groups)
         n_tiles.append(counts)
-        pieces.append(((ms[tile_g] // hop - bucket[first]).astype("<u4"), counts))
+        pieces.append(((ms[tile_g] // hop - bucket[new]).astype("<u4"), counts))
         pieces.append(((last + 1 - first).astype("<u4"), counts))
         comps = layout.needs[j]
         for f, v in enumerate(vals):
@@ -81,6 +106,16 @@ def build_states(layout: EntityLayout, index: EventIndex, txids: Any) -> list[by
     return _interleave([(head, np.ones(n_groups, np.int64)), *pieces])
 
 
+def _tail(index: EventIndex, floor: np.ndarray) -> np.ndarray:
+    """Index positions of each entity's events at or after its ``floor``: a suffix of the
+    entity's sorted events, found by one binary search per entity."""
+    bound = np.clip(floor - index.tmin, 0, index.stride - 1)
+    cut = np.searchsorted(index.comp, np.arange(len(index.uniq)) * index.stride + bound)
+    size = index.ends - cut
+    shift = np.repeat(cut - (np.cumsum(size) - size), size)
+    return shift + np.arange(int(size.sum()))
+
+
 def _tie_order(comp: np.ndarray, keys: list[np.ndarray]) -> np.ndarray:
     """The permutation ordering sorted ``comp`` and then ``keys`` (first key first)."""
     perm = np.arange(len(comp))
@@ -90,17 +125,6 @@ def _tie_order(comp: np.ndarray, keys: list[np.ndarray]) -> np.ndarray:
     if len(at):
         perm[at] = at[np.lexsort((*[k[at] for k in reversed(keys)], comp[at]))]
     return perm
-
-
-def _txid_hashes(txids: Any, rows: np.ndarray) -> np.ndarray:
-    """:func:`features.layout.txid_hash` of the given rows, as uint64."""
-    if isinstance(txids, pa.Array):
-        raw = txids.take(pa.array(rows)).cast(pa.binary()).to_pylist()
-    else:
-        raw = [str(s).encode() for s in txids[rows]]
-    blake = hashlib.blake2b
-    blob = b"".join([blake(s, digest_size=8).digest() for s in raw])
-    return np.frombuffer(blob, dtype="<u8")
 
 
 class _Tiles:
@@ -212,9 +236,10 @@ def _digits_to_float(
     return np.ldexp(v, -scale), exact
 
 
-def _interleave(pieces: list[tuple[np.ndarray, np.ndarray]]) -> list[bytes]:
-    """Per entity, its items of every piece in piece order, as one bytes object. Every item
-    is a whole number of 4-byte units, so the shuffle is one scatter per piece."""
+def _interleave(pieces: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per entity, its items of every piece in piece order, entity after entity in one
+    buffer, and each entity's start in bytes. Every item is a whole number of 4-byte units,
+    so the shuffle is one scatter per piece."""
     units = [np.frombuffer(a.tobytes(), "<u4") for a, _ in pieces]
     counts = np.stack([c * (a.dtype.itemsize // 4) for a, c in pieces])
     start = np.r_[0, np.cumsum(counts.sum(axis=0))]
@@ -223,7 +248,4 @@ def _interleave(pieces: list[tuple[np.ndarray, np.ndarray]]) -> list[bytes]:
     for u, c, w in zip(units, counts, within, strict=True):
         src = np.r_[0, np.cumsum(c)[:-1]]
         out[np.repeat(start[:-1] + w - src, c) + np.arange(len(u))] = u
-    blob = out.tobytes()
-    return [
-        blob[a:b] for a, b in zip((start[:-1] * 4).tolist(), (start[1:] * 4).tolist(), strict=True)
-    ]
+    return out.view(np.uint8), start * 4

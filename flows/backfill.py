@@ -16,147 +16,55 @@ index serves the spine's features, the Feast tables and the end states.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from features.backfill import EventIndex, accept
-from features.definitions import Entity, FeatureSet
-from features.feast_objects import (
-    TIMESTAMP_FIELD,
-    bootstrap_field,
-    offline_table_name,
-    state_field,
-)
-from features.layout import compile_layouts
+from features.backfill import EventIndex
+from features.definitions import Entity, FeatureSet, Op
+from features.feast_objects import offline_table_name
 from features.plan import Plan, compile_plan
 from features.schema import SchemaError
-from features.state_build import build_states
+from flows.backfill_events import (
+    AcceptedEvents,
+    BackfillReport,
+    EntityEvents,
+    _ms,
+    each,
+    load_events,
+)
+from flows.backfill_feast import (
+    EndStates,
+    end_states,
+    entity_state,
+    feast_table,
+    feast_tables,
+)
 from flows.progress import Stages
 
-T = TypeVar("T")
-R = TypeVar("R")
-
-
-@dataclass
-class BackfillReport:
-    events: int = 0
-    rejected: int = 0
-    #: valid rows that repeat an event id of the same primary (Kafka key) entity
-    duplicates: int = 0
-    #: valid first copies too late for at least one entity (``late.parquet`` names which)
-    late: int = 0
-    #: valid first copies the primary entity counts
-    accepted: int = 0
-    spine_rows: int = 0
-    entities: dict[str, int] = field(default_factory=dict)
-    #: per entity: accepted, duplicates and late rows (each entity decides on its own events)
-    by_entity: dict[str, dict[str, int]] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
-
-
-def _ms(col: pa.ChunkedArray, name: str) -> np.ndarray:
-    t = col.type
-    if pa.types.is_timestamp(t):
-        if t.tz is None:
-            raise SchemaError(f"column '{name}': timestamp without a time zone; store UTC")
-        return pc.cast(pc.cast(col, pa.timestamp("ms", tz="UTC")), pa.int64()).to_numpy()
-    if pa.types.is_integer(t):
-        return pc.cast(col, pa.int64()).to_numpy()
-    raise SchemaError(f"column '{name}': expected a UTC timestamp or epoch ms, found {t}")
-
-
-@dataclass(frozen=True)
-class EntityEvents:
-    """One entity's accepted events as columns, in file order (``txids``: Arrow strings)."""
-
-    ts: np.ndarray
-    keys: np.ndarray
-    fields: dict[str, np.ndarray]
-    txids: Any
-
-    def index(self) -> EventIndex:
-        return EventIndex(self.keys, self.ts, self.fields)
-
-
-@dataclass(frozen=True)
-class AcceptedEvents:
-    """Each entity's accepted events (every entity decides duplicates and lateness itself)."""
-
-    by_entity: dict[str, EntityEvents]
-
-    def index(self, entity: str) -> EventIndex:
-        return self.by_entity[entity].index()
-
-
-def load_events(
-    fs: FeatureSet, table: pa.Table, report: BackfillReport
-) -> tuple[pa.Table, AcceptedEvents, pa.Table, pa.Table]:
-    """Validate, then per entity dedup and route too-late events, in file order.
-
-    Returns (valid first copies of the primary entity, accepted events, rejects, late rows
-    with ``late_for``: the entities that dropped them)."""
-    plan = compile_plan(fs)
-    report.events = table.num_rows
-    valid, rejects = plan.validator.validate_table(table)
-    report.rejected = rejects.num_rows
-    ts = pc.cast(valid.column(fs.schema.event_time), pa.int64()).to_numpy()
-    txids = valid.column(fs.schema.event_id).combine_chunks()
-    n = valid.num_rows
-    late_for: list[np.ndarray] = []
-    by_entity: dict[str, EntityEvents] = {}
-    primary_dup = np.zeros(n, dtype=bool)
-    for e in plan.entities:
-        keys = valid.column(e.join_key).to_numpy()
-        acc = accept(e.layout.lateness_ms, keys, txids, ts)
-        report.by_entity[e.name] = {
-            "accepted": int(acc.accepted.sum()),
-            "duplicates": int(acc.duplicate.sum()),
-            "late": int(acc.late.sum()),
-        }
-        late_for.append(acc.late)
-        if e.entity == fs.primary:
-            primary_dup = acc.duplicate
-        everyone = bool(acc.accepted.all())
-        mask = pa.array(acc.accepted)
-
-        def take(a: np.ndarray, everyone: bool = everyone, acc: Any = acc) -> np.ndarray:
-            return a if everyone else a[acc.accepted]
-
-        by_entity[e.name] = EntityEvents(
-            ts=take(ts),
-            keys=take(keys),
-            fields={
-                f: take(valid.column(f).to_numpy(zero_copy_only=False)).astype(np.float64)
-                for f in e.fields
-            },
-            txids=txids if everyone else txids.filter(mask),
-        )
-    report.duplicates = int(primary_dup.sum())
-    report.accepted = report.by_entity[fs.primary.name]["accepted"]
-    late_any = np.logical_or.reduce(late_for) if late_for else np.zeros(n, dtype=bool)
-    report.late = int(late_any.sum())
-    names = np.array([e.name for e in plan.entities], dtype=object)
-    late = valid.filter(pa.array(late_any))
-    who = np.stack(late_for, axis=1)[late_any] if late_for else np.zeros((0, 0), bool)
-    late = late.append_column(
-        "late_for", pa.array([",".join(names[row]) for row in who], pa.string())
-    )
-    first = valid if not report.duplicates else valid.filter(pa.array(~primary_dup))
-    return first, AcceptedEvents(by_entity), rejects, late
+__all__ = [
+    "AcceptedEvents",
+    "BackfillReport",
+    "EntityEvents",
+    "_ms",
+    "compute_features",
+    "each",
+    "end_states",
+    "feast_tables",
+    "feature_table",
+    "load_events",
+    "parquet_options",
+    "run_backfill",
+    "small_pages",
+]
 
 
 def compute_features(
@@ -167,24 +75,35 @@ def compute_features(
 ) -> pa.Table:
     """The spine's columns plus every feature (window, then request-time) per row. A
     request feature is computed when the spine holds every event field it reads."""
-    plan = compile_plan(fs)
+    q_t = spine_times(fs, spine)
+
+    def one(e: Entity) -> dict[str, np.ndarray]:
+        index = indexes[e.name] if indexes else events.index(e.name)
+        return entity_features(fs, e, index, spine, q_t)
+
+    values: dict[str, np.ndarray] = {}
+    for v in each(one, fs.entities):
+        values.update(v)
+    return feature_table(fs, compile_plan(fs), spine, q_t, values)
+
+
+def spine_times(fs: FeatureSet, spine: pa.Table) -> np.ndarray:
+    """The spine's times in epoch ms, once its entity keys and time column are checked."""
     time_col = fs.schema.event_time
     for e in fs.entities:
         if e.join_key not in spine.column_names:
             raise SchemaError(f"column '{e.join_key}': missing from the spine")
     if time_col not in spine.column_names:
         raise SchemaError(f"column '{time_col}': missing from the spine")
-    q_t = _ms(spine.column(time_col), time_col)
+    return _ms(spine.column(time_col), time_col)
 
-    def one(e: Entity) -> dict[str, np.ndarray]:
-        index = indexes[e.name] if indexes else events.index(e.name)
-        q_keys = pc.cast(spine.column(e.join_key), pa.int64()).to_numpy(zero_copy_only=False)
-        return index.features(fs, e.name, q_keys, q_t)
 
-    values: dict[str, np.ndarray] = {}
-    for v in each(one, fs.entities):
-        values.update(v)
-    return feature_table(fs, plan, spine, q_t, values)
+def entity_features(
+    fs: FeatureSet, e: Entity, index: EventIndex, spine: pa.Table, q_t: np.ndarray
+) -> dict[str, np.ndarray]:
+    """``e``'s window features at every spine row."""
+    q_keys = pc.cast(spine.column(e.join_key), pa.int64()).to_numpy(zero_copy_only=False)
+    return index.features(fs, e.name, q_keys, q_t)
 
 
 def feature_table(
@@ -211,72 +130,21 @@ def feature_table(
     )
 
 
-# -- end states --------------------------------------------------------------------------
-
-
-def end_states(
-    fs: FeatureSet, events: AcceptedEvents, indexes: dict[str, EventIndex] | None = None
-) -> dict[str, dict[int, bytes]]:
-    """Each entity's engine state after all its accepted events, as codec bytes.
-
-    Built directly from the sorted events: the state after any replay holds exactly the
-    events its retention keeps (raw events, tiles per level bucket, ids), so tiles are
-    group-bys and their exact sums come from integer digits. The bytes are identical to
-    replaying the events through the reference engine (tested)."""
-    layouts = compile_layouts(fs)
-
-    def one(e: Entity) -> dict[int, bytes]:
-        index = indexes[e.name] if indexes else events.index(e.name)
-        blobs = build_states(layouts[e.name], index, events.by_entity[e.name].txids)
-        return dict(zip(index.uniq.tolist(), blobs, strict=True))
-
-    return dict(zip([e.name for e in fs.entities], each(one, fs.entities), strict=True))
-
-
-# -- Feast tables and the job ------------------------------------------------------------
-
-
-def feast_tables(
-    fs: FeatureSet,
-    events: AcceptedEvents,
-    states: dict[str, dict[int, bytes]],
-    indexes: dict[str, EventIndex] | None = None,
-) -> dict[str, pa.Table]:
-    """Per entity: one row per (entity, event time) with the as-of-last-event features; the
-    last row of each entity carries its state bytes."""
-
-    def one(e: Entity) -> pa.Table:
-        index = indexes[e.name] if indexes else events.index(e.name)
-        keys, ts, last, vals = index.features_after_events(fs, e.name)
-        blobs = pa.array([states[e.name][k] for k in keys[last].tolist()], pa.binary())
-        at = pa.array(np.cumsum(last) - 1, mask=~last)
-        cols = {
-            e.join_key: pa.array(keys, pa.int64()),
-            TIMESTAMP_FIELD: pa.array(ts, pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
-            **{name: pa.array(v) for name, v in vals.items()},
-            state_field(e): blobs.take(at),
-            bootstrap_field(e): blobs.take(at),
-        }
-        return pa.table(cols)
-
-    return dict(zip([e.name for e in fs.entities], each(one, fs.entities), strict=True))
-
-
-def each(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
-    """``fn`` over ``items`` on as many threads as cores: numpy and Arrow release the GIL
-    in their heavy loops, so entities (and output files) proceed in parallel."""
-    items = list(items)
-    workers = min(len(items), os.cpu_count() or 1)
-    if workers <= 1:
-        return [fn(x) for x in items]
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(fn, items))
+# -- writing and the job ----------------------------------------------------------------
 
 
 def parquet_options(schema: pa.Schema) -> dict[str, Any]:
-    """Parquet with dictionary pages only for strings: on numeric columns they cost more
-    time than they save space. (The distributed backfill writes with the same options.)"""
-    return {"use_dictionary": [f.name for f in schema if pa.types.is_string(f.type)]}
+    """Parquet options chosen by measurement (docs/perf-plan.md, 2M events): dictionary
+    pages only for strings (on numbers they cost more time than they save space); snappy
+    for all but floating-point columns, which go uncompressed: a feature's mantissas
+    barely compress (snappy saves 0-25% on most of them) at twice the write time, while
+    ids, counts and times shrink 2-10x. (The distributed backfill writes with these too.)"""
+    return {
+        "use_dictionary": [f.name for f in schema if pa.types.is_string(f.type)],
+        "compression": {
+            f.name: "none" if pa.types.is_floating(f.type) else "snappy" for f in schema
+        },
+    }
 
 
 def _write(table: pa.Table, path: Path) -> None:
@@ -299,6 +167,15 @@ def small_pages() -> Iterator[None]:
         yield
     finally:
         set_madvise(before)
+
+
+def _index(fs: FeatureSet, events: AcceptedEvents, e: Entity) -> EventIndex:
+    """``e``'s index, with the prefix sums its features and states share made up front."""
+    index = events.index(e.name)
+    squares = {a.field for a in fs.for_entity(e) if a.op is Op.STD}
+    for f in {a.field for a in fs.for_entity(e) if a.field is not None}:
+        index.moments(f, f in squares)
+    return index
 
 
 def run_backfill(
@@ -328,23 +205,52 @@ def _run(
     table = read_parquet(events_path, "events")
     lap("read", f"{table.num_rows:,} events")
     valid, events, rejects, late = load_events(fs, table, report)
+    del table
     lap("validate_dedup_late", f"{report.rejected:,} rejected, {report.late:,} late")
     spine = read_parquet(spine_path, "spine") if spine_path else valid
     report.spine_rows = spine.num_rows
-    names = [e.name for e in fs.entities]
-    indexes = dict(zip(names, each(events.index, names), strict=True))
-    features = compute_features(fs, spine, events, indexes)
-    lap("features", f"{spine.num_rows:,} rows")
-    states = end_states(fs, events, indexes)
-    report.entities = {name: len(s) for name, s in states.items()}
-    lap("end_states")
-    offline = feast_tables(fs, events, states, indexes)
-    lap("feast_tables")
+    q_t = spine_times(fs, spine)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "feast").mkdir(exist_ok=True)
-    files = [(features, "features.parquet"), (rejects, "rejects.parquet"), (late, "late.parquet")]
-    files += [(offline[e.name], f"feast/{offline_table_name(e)}") for e in fs.entities]
-    each(lambda f: _write(f[0], out_dir / f[1]), files)
+    # Each file is written (Arrow, off the GIL) while the next stages compute. The
+    # entities' steps are tasks on as many threads as cores, each waiting only on tasks
+    # queued before it, so the big entity's steps spread over both cores.
+    with ThreadPoolExecutor(2) as writer, ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        written: list[Future[None]] = [
+            writer.submit(_write, t, out_dir / name)
+            for t, name in ((rejects, "rejects.parquet"), (late, "late.parquet"))
+        ]
+        ents = list(fs.entities)
+        index = {e.name: pool.submit(_index, fs, events, e) for e in ents}
+
+        def features_of(e: Entity) -> dict[str, np.ndarray]:
+            return entity_features(fs, e, index[e.name].result(), spine, q_t)
+
+        def state_of(e: Entity) -> EndStates:
+            return entity_state(fs, e, index[e.name].result(), events.by_entity[e.name].txids)
+
+        def table_of(e: Entity) -> pa.Table:
+            feats[e.name].result()  # its pass over the events left the window starts
+            return feast_table(fs, e, index[e.name].result(), states[e.name].result())
+
+        feats = {e.name: pool.submit(features_of, e) for e in ents}
+        states = {e.name: pool.submit(state_of, e) for e in ents}
+        tables = {e.name: pool.submit(table_of, e) for e in ents}
+        values: dict[str, np.ndarray] = {}
+        for e in ents:
+            values.update(feats[e.name].result())
+        features = feature_table(fs, compile_plan(fs), spine, q_t, values)
+        written.append(writer.submit(_write, features, out_dir / "features.parquet"))
+        del features, values
+        lap("features", f"{report.spine_rows:,} rows")
+        report.entities = {e.name: len(states[e.name].result().keys) for e in ents}
+        lap("end_states")
+        for e in ents:
+            path = out_dir / "feast" / offline_table_name(e)
+            written.append(writer.submit(_write, tables[e.name].result(), path))
+        lap("feast_tables")
+        for done in written:
+            done.result()
     lap("write")
     stages.close()
     (out_dir / "summary.json").write_text(report.to_json())

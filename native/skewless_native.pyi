@@ -1,7 +1,7 @@
 """Type stubs of the native core (``native/src``), shipped with the wheel (maturin picks
 up ``skewless_native.pyi`` beside ``Cargo.toml``). Use it through ``features.native``."""
 
-from collections.abc import Sequence
+from collections.abc import Buffer, Sequence
 from typing import Protocol
 
 #: the state bytes' layout version this build reads and writes
@@ -193,3 +193,5 @@ class ScoreBatchEncoder:
 def state_max_seen(data: bytes | None) -> int | None: ...
 def unwrap_bytes_values(raws: list[bytes | None]) -> list[bytes | None]: ...
 def txid_hash(transaction_id: str) -> int: ...
+def txid_hashes(data: Buffer, starts: Buffer, ends: Buffer) -> bytes:
+    """``txid_hash`` of ``data[starts[i]:ends[i]]`` (uint8; int64 bounds), as 8n bytes."""

@@ -560,9 +560,14 @@ fn rfc3339_ms(s: &str) -> Option<i64> {
 /// `features.layout.txid_hash`: blake2b with an 8-byte digest, little-endian u64.
 #[pyfunction]
 pub fn txid_hash(transaction_id: &str) -> u64 {
+    txid_hash_bytes(transaction_id.as_bytes())
+}
+
+/// [`txid_hash`] of a UTF-8 id's bytes.
+pub fn txid_hash_bytes(transaction_id: &[u8]) -> u64 {
     use blake2::digest::{Update, VariableOutput};
     let mut h = blake2::Blake2bVar::new(8).expect("8 is a valid blake2b digest size");
-    h.update(transaction_id.as_bytes());
+    h.update(transaction_id);
     let mut out = [0u8; 8];
     h.finalize_variable(&mut out).expect("8-byte buffer");
     u64::from_le_bytes(out)

@@ -6,6 +6,7 @@
 
 mod engine;
 mod event;
+mod hashes;
 mod ids;
 mod level;
 mod moments;
@@ -501,6 +502,7 @@ fn skewless_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(state_max_seen, m)?)?;
     m.add_function(wrap_pyfunction!(resp::unwrap_bytes_values, m)?)?;
     m.add_function(wrap_pyfunction!(event::txid_hash, m)?)?;
+    m.add_function(wrap_pyfunction!(hashes::txid_hashes, m)?)?;
     m.add("ENGINE_BYTES_VERSION", engine::VERSION)?;
     m.add("OPS", Op::ALL.map(Op::name).to_vec())?;
     m.add("COMPONENTS", Comp::ALL.map(Comp::name).to_vec())?;

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -150,6 +151,40 @@ def test_native_txid_hash_is_the_engines(txid):
     from features.native import txid_hash_native
 
     assert txid_hash_native(txid) == txid_hash(txid)
+
+
+@settings(deadline=None)
+@given(st.lists(st.one_of(st.none(), st.text(max_size=40)), max_size=60), st.data())
+def test_native_txid_hashes_are_the_engines(txids, data):
+    """Whole columns at once (sliced, chunked, with nulls as the empty id, picked rows),
+    and a column long enough to be hashed on several threads."""
+    import pyarrow as pa
+
+    from features.txids import txid_hashes
+
+    arr = pa.chunked_array([pa.array(txids, pa.string())] * 2).slice(len(txids) // 2)
+    want = [txid_hash(t or "") for t in arr.to_pylist()]
+    assert txid_hashes(arr).tolist() == want
+    assert txid_hashes(arr.cast(pa.large_string())).tolist() == want
+    rows = data.draw(st.lists(st.integers(0, max(len(want) - 1, 0)), max_size=len(want)))
+    assert txid_hashes(arr, np.array(rows, np.int64)).tolist() == [want[r] for r in rows]
+    assert txid_hashes([t or "" for t in arr.to_pylist()]).tolist() == want
+
+
+def test_native_txid_hashes_of_a_long_column_and_bad_ranges():
+    from features.native import native
+    from features.txids import txid_hashes
+
+    ids = [f"t{i}" for i in range(200_000)]
+    got = txid_hashes(ids)
+    assert [int(got[i]) for i in (0, 77_777, 199_999)] == [
+        txid_hash(ids[i]) for i in (0, 77_777, 199_999)
+    ]
+    body = np.frombuffer(b"abc", np.uint8)
+    with pytest.raises(ValueError, match="outside the 3 data bytes"):
+        native.txid_hashes(body, np.array([1], np.int64), np.array([4], np.int64))
+    with pytest.raises(ValueError, match="one end per start"):
+        native.txid_hashes(body, np.array([0, 1], np.int64), np.array([1], np.int64))
 
 
 def test_observe_many_is_observe():

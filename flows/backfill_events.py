@@ -1,0 +1,170 @@
+"""The backfill job's input side: validation, then per entity dedup and lateness, decided
+in file order as the stream decides them (:func:`load_events`), and what the job reports.
+
+Validation is Arrow compute over whole columns (:meth:`features.validate.Validator.validate_table`);
+dedup and lateness are sorts and prefix maxima (:func:`features.backfill.accept`), one entity
+per thread: no per-row Python.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from features.backfill import EventIndex, accept, maybe_repeated
+from features.definitions import FeatureSet
+from features.plan import compile_plan
+from features.schema import SchemaError
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class BackfillReport:
+    events: int = 0
+    rejected: int = 0
+    #: valid rows that repeat an event id of the same primary (Kafka key) entity
+    duplicates: int = 0
+    #: valid first copies too late for at least one entity (``late.parquet`` names which)
+    late: int = 0
+    #: valid first copies the primary entity counts
+    accepted: int = 0
+    spine_rows: int = 0
+    entities: dict[str, int] = field(default_factory=dict)
+    #: per entity: accepted, duplicates and late rows (each entity decides on its own events)
+    by_entity: dict[str, dict[str, int]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+
+def _ms(col: pa.ChunkedArray, name: str) -> np.ndarray:
+    t = col.type
+    if pa.types.is_timestamp(t):
+        if t.tz is None:
+            raise SchemaError(f"column '{name}': timestamp without a time zone; store UTC")
+        return pc.cast(pc.cast(col, pa.timestamp("ms", tz="UTC")), pa.int64()).to_numpy()
+    if pa.types.is_integer(t):
+        return pc.cast(col, pa.int64()).to_numpy()
+    raise SchemaError(f"column '{name}': expected a UTC timestamp or epoch ms, found {t}")
+
+
+@dataclass(frozen=True)
+class EntityEvents:
+    """One entity's accepted events as columns, in file order (``txids``: Arrow strings)."""
+
+    ts: np.ndarray
+    keys: np.ndarray
+    fields: dict[str, np.ndarray]
+    txids: Any
+
+    def index(self) -> EventIndex:
+        return EventIndex(self.keys, self.ts, self.fields)
+
+
+@dataclass(frozen=True)
+class AcceptedEvents:
+    """Each entity's accepted events (every entity decides duplicates and lateness itself)."""
+
+    by_entity: dict[str, EntityEvents]
+
+    def index(self, entity: str) -> EventIndex:
+        return self.by_entity[entity].index()
+
+
+def load_events(
+    fs: FeatureSet, table: pa.Table, report: BackfillReport
+) -> tuple[pa.Table, AcceptedEvents, pa.Table, pa.Table]:
+    """Validate, then per entity dedup and route too-late events, in file order.
+
+    Returns (valid first copies of the primary entity, accepted events, rejects, late rows
+    with ``late_for``: the entities that dropped them). The entities share the rows whose
+    id may repeat (found once) as their dedup candidates, and decide in parallel."""
+    plan = compile_plan(fs)
+    report.events = table.num_rows
+    valid, rejects = plan.validator.validate_table(table)
+    report.rejected = rejects.num_rows
+    ts = pc.cast(valid.column(fs.schema.event_time), pa.int64()).to_numpy()
+    txids = valid.column(fs.schema.event_id).combine_chunks()
+    candidates = maybe_repeated(txids)
+    n = valid.num_rows
+    columns: dict[str, np.ndarray] = {}
+    for e in plan.entities:
+        columns[e.join_key] = valid.column(e.join_key).to_numpy()
+        for f in e.fields:
+            if f not in columns:
+                columns[f] = valid.column(f).to_numpy(zero_copy_only=False).astype(np.float64)
+
+    def one(e: Any) -> tuple[Any, EntityEvents]:
+        keys = columns[e.join_key]
+        acc = accept(e.layout.lateness_ms, keys, txids, ts, candidates)
+        everyone = bool(acc.accepted.all())
+
+        def take(a: np.ndarray) -> np.ndarray:
+            return a if everyone else a[acc.accepted]
+
+        events = EntityEvents(
+            ts=take(ts),
+            keys=take(keys),
+            fields={f: take(columns[f]) for f in e.fields},
+            txids=txids if everyone else txids.filter(pa.array(acc.accepted)),
+        )
+        return acc, events
+
+    decided = each(one, plan.entities)
+    by_entity: dict[str, EntityEvents] = {}
+    late_for: list[np.ndarray] = []
+    primary_dup = np.zeros(n, dtype=bool)
+    for e, (acc, events) in zip(plan.entities, decided, strict=True):
+        report.by_entity[e.name] = {
+            "accepted": int(acc.accepted.sum()),
+            "duplicates": int(acc.duplicate.sum()),
+            "late": int(acc.late.sum()),
+        }
+        late_for.append(acc.late)
+        if e.entity == fs.primary:
+            primary_dup = acc.duplicate
+        by_entity[e.name] = events
+    report.duplicates = int(primary_dup.sum())
+    report.accepted = report.by_entity[fs.primary.name]["accepted"]
+    late_any = np.logical_or.reduce(late_for) if late_for else np.zeros(n, dtype=bool)
+    report.late = int(late_any.sum())
+    late = valid.filter(pa.array(late_any))
+    late = late.append_column("late_for", _late_for([e.name for e in plan.entities], late_for))
+    first = valid if not report.duplicates else valid.filter(pa.array(~primary_dup))
+    return first, AcceptedEvents(by_entity), rejects, late
+
+
+def _late_for(names: list[str], late_for: list[np.ndarray]) -> pa.Array:
+    """Per late row, the entities it was too late for (comma-joined, definition order):
+    one bit per entity, then each distinct set of bits spelled once."""
+    if not late_for:
+        return pa.array([], pa.string())
+    late_any = np.logical_or.reduce(late_for)
+    code = np.zeros(int(late_any.sum()), np.int64)
+    for bit, late in enumerate(late_for):
+        code |= late[late_any].astype(np.int64) << bit
+    sets, at = np.unique(code, return_inverse=True)
+    text = [",".join(n for b, n in enumerate(names) if int(c) >> b & 1) for c in sets.tolist()]
+    return pa.array(text, pa.string()).take(pa.array(at.astype(np.int64)))
+
+
+def each(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """``fn`` over ``items`` on as many threads as cores: numpy and Arrow release the GIL
+    in their heavy loops, so entities (and output files) proceed in parallel."""
+    items = list(items)
+    workers = min(len(items), os.cpu_count() or 1)
+    if workers <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, items))
