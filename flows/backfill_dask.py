@@ -17,9 +17,11 @@ runs once per partition as a Dask task:
    :mod:`flows.backfill_part`).
 3. **features and states** (tasks): per partition, the features at its rows and its Feast
    table with end states, each written sorted.
-4. **assemble** (this process, in batches, the files on parallel threads): partition
-   outputs merged back into file order (features, rejects, late rows) and key order
-   (Feast tables), written in the row groups ``pyarrow.parquet.write_table`` makes.
+4. **assemble** (tasks): each output row group merged from the partitions' outputs,
+   back into file order (features, rejects, late rows) and key order (Feast tables),
+   and encoded as a Parquet file of its own (:mod:`flows.backfill_assemble`);
+5. **stitch** (this process): each output file's row groups copied after each other
+   under one footer (:mod:`flows.parquet_stitch`): the bytes ``write_table`` makes.
 
 The temporary files live in ``OUT/.backfill-partitions-*`` (so on a real cluster ``OUT``
 must be on a filesystem every worker sees) and are removed at the end. ``LocalCluster``
@@ -35,35 +37,34 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cloudpickle
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
-from features.definitions import Entity, FeatureSet
+from features.definitions import FeatureSet
 from features.feast_objects import offline_table_name
 from features.plan import compile_plan
 from flows.backfill import BackfillReport, each, small_pages
-from flows.backfill_assemble import assemble
+from flows.backfill_assemble import (
+    Segment,
+    feast_piece,
+    feature_piece,
+    late_piece,
+    rows_piece,
+    segments,
+)
 from flows.backfill_part import (
     accept_stats,
     merge_stats,
     prepare,
     run_partition,
 )  # fmt: skip
-from flows.backfill_split import (
-    ROW_GROUP,
-    AlignedWriter,
-    merged,
-    piece_path,
-    pieces,
-    pieces_of,
-    split_piece,
-    split_spine,
-)
+from flows.backfill_split import ROW_GROUP, piece_path, pieces_of, split_piece, split_spine
+from flows.parquet_stitch import stitch
 
 #: events per partition when not given: what one task holds in memory, about 1 GB
 PARTITION_EVENTS = 1_000_000
@@ -162,11 +163,13 @@ def backfill_on(
     spine_path: Path | None = None,
     partitions: int | None = None,
     batch_rows: int = ROW_GROUP,
+    row_group: int = ROW_GROUP,
 ) -> BackfillReport:
-    """The job on an open Dask ``client`` (``partitions`` per entity; ``batch_rows`` read,
-    merged and written at a time)."""
+    """The job on an open Dask ``client`` (``partitions`` per entity; ``batch_rows`` read
+    and written at a time; output row groups of ``row_group`` rows, pyarrow's default as
+    in the single-process job)."""
     with small_pages():
-        return _run(fs, events_path, out_dir, spine_path, client, partitions, batch_rows)
+        return _run(fs, events_path, out_dir, spine_path, client, partitions, batch_rows, row_group)
 
 
 def _run(
@@ -177,15 +180,18 @@ def _run(
     client: Any,
     partitions: int | None,
     batch_rows: int,
+    row_group: int,
 ) -> BackfillReport:
     report = BackfillReport()
     clock, cpu = time.perf_counter(), time.process_time()
+    cpu_at = cpu
 
     def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
+        nonlocal clock, cpu_at
+        now, cpu_now = time.perf_counter(), time.process_time()
         report.seconds[name] = round(now - clock, 3)
-        clock = now
+        report.seconds[f"cpu_driver_{name}"] = round(cpu_now - cpu_at, 3)
+        clock, cpu_at = now, cpu_now
 
     split_tasks = pieces_of(events_path)  # one per row group; fails here on a bad file
     if partitions is None:
@@ -260,34 +266,19 @@ def _run(
             )
         report.duplicates = report.by_entity[fs.primary.name]["duplicates"]
         report.accepted = report.by_entity[fs.primary.name]["accepted"]
-        outs = {n: [tmp / "out" / f"{n}-{p}" for p in range(partitions)] for n in names}
+        feast_rows = {
+            n: sum(d["feast_rows"] for (m, _), d in zip(jobs, done, strict=True) if m == n)
+            for n in names
+        }
+        pieces = Pieces(tmp, [offset for _, offset in split_tasks], counts)
+        outs = {n: [str(tmp / "out" / f"{n}-{p}") for p in range(partitions)] for n in names}
+        asm = _assemble(client, fs, blob, pieces, outs, feast_rows, dropped, spine_path, row_group)
+        report.spine_rows, report.late = asm.spine_rows, asm.late
+        report.seconds["cpu_assemble_tasks"] = round(asm.cpu, 3)
+        lap("assemble_tasks")
         (out_dir / "feast").mkdir(exist_ok=True)
-
-        def feast(e: Entity) -> None:
-            paths = [Path(f"{o}-feast.arrow") for o in outs[e.name]]
-            schema = pa.ipc.open_file(pa.memory_map(str(paths[0]))).schema
-            w = AlignedWriter(out_dir / "feast" / offline_table_name(e), schema)
-            for t in merged(paths, e.join_key):
-                w.write(t)
-            w.close()
-
-        def rejects() -> None:
-            w = AlignedWriter(out_dir / "rejects.parquet")
-            for t in pieces(tmp, "rejects", len(split_tasks)):
-                w.write(t)
-            w.close()
-
-        # the workers are idle now: the outputs are merged and written side by side
-        valid = pieces(tmp, "valid", len(split_tasks))
-        each(
-            lambda job: job(),
-            [
-                lambda: assemble(fs, valid, out_dir, spine_path, outs, dropped, report, batch_rows),
-                rejects,
-                *(lambda e=e: feast(e) for e in fs.entities),
-            ],
-        )
-        lap("assemble_write")
+        each(lambda job: stitch(job[1], out_dir / job[0]), list(asm.files.items()))
+        lap("stitch")
         report.seconds["cpu_this_process"] = round(time.process_time() - cpu, 3)
     except BaseException:
         if created:  # a failed job leaves no half-written output folder behind
@@ -297,3 +288,95 @@ def _run(
         shutil.rmtree(tmp, ignore_errors=True)
     (out_dir / "summary.json").write_text(report.to_json())
     return report
+
+
+class Pieces:
+    """The split tasks' pieces (one per row group of the events): where each starts in
+    the file, its events and valid rows, and its files."""
+
+    def __init__(self, tmp: Path, starts: list[int], counts: list[dict[str, Any]]) -> None:
+        self.tmp, self.starts = tmp, starts
+        self.valid = [c["valid"] for c in counts]
+        self.rejected = [c["events"] - c["valid"] for c in counts]
+
+    def path(self, kind: str, k: int) -> str:
+        return str(self.tmp / kind / f"{k:06d}.arrow")
+
+    def by_piece(self, rows: np.ndarray) -> list[np.ndarray]:
+        """Sorted original rows, cut into each piece's."""
+        cuts = np.searchsorted(rows, [*self.starts, np.iinfo(np.int64).max])
+        return [rows[cuts[k] : cuts[k + 1]] for k in range(len(self.starts))]
+
+    def segments(self, kind: str, counts: list[int], lo: int, hi: int) -> list[Segment]:
+        """Rows ``[lo, hi)`` of the ``kind`` pieces of ``counts`` rows laid end to end (the
+        first piece's empty slice when there are none: it gives the schema)."""
+        found = segments(counts, lo, hi) or [(0, 0, 0)]
+        return [(self.path(kind, k), a, b) for k, a, b in found]
+
+
+def _groups(total: int, size: int) -> list[tuple[int, int]]:
+    """Output row groups as ``write_table`` cuts them (an empty file: one empty group)."""
+    return [(lo, min(lo + size, total)) for lo in range(0, total, size)] or [(0, 0)]
+
+
+@dataclass
+class Assembled:
+    files: dict[str, list[Path]]  # output file -> its row groups' Parquet files, in order
+    spine_rows: int
+    late: int
+    cpu: float
+
+
+def _assemble(
+    client: Any,
+    fs: FeatureSet,
+    blob: bytes,
+    pieces: Pieces,
+    outs: dict[str, list[str]],
+    feast_rows: dict[str, int],
+    dropped: dict[str, dict[str, np.ndarray]],
+    spine_path: Path | None,
+    row_group: int,
+) -> Assembled:
+    """Every output row group as a task (late rows first: their counts size late.parquet)."""
+    names, asm = list(outs), pieces.tmp / "asm"
+    (asm / "late").mkdir(parents=True)
+    late_pieces = Pieces(asm, pieces.starts, [])
+    late_by = [pieces.by_piece(dropped[n]["late_rows"]) for n in names]
+    late = [
+        client.submit(late_piece, pieces.path("valid", k), names, [rows[k] for rows in late_by],
+                      late_pieces.path("late", k), pure=False)
+        for k in range(len(pieces.starts))
+    ]  # fmt: skip
+    files: dict[str, list[Path]] = {}
+    futures = []
+
+    def task(name: str, fn: Any, *args: Any) -> None:
+        path = asm / f"{name.replace('/', '-')}-{len(files.get(name, [])):06d}.parquet"
+        files.setdefault(name, []).append(path)
+        futures.append(client.submit(fn, *args, str(path), pure=False))
+
+    dups = pieces.by_piece(dropped[fs.primary.name]["duplicate_rows"])
+    firsts = [v - len(d) for v, d in zip(pieces.valid, dups, strict=True)]
+    total = pq.ParquetFile(spine_path).metadata.num_rows if spine_path else sum(firsts)
+    features = {n: [f"{o}-features.arrow" for o in outs[n]] for n in names}
+    for lo, hi in _groups(total, row_group):
+        if spine_path:
+            task("features.parquet", feature_piece, blob, features, str(spine_path), None, lo, hi)
+            continue
+        segs = segments(firsts, lo, hi) or [(0, 0, 0)]
+        src = [(pieces.path("valid", k), a, b) for k, a, b in segs]
+        task("features.parquet", feature_piece, blob, features, src, [dups[k] for k, _, _ in segs],
+             lo, hi)  # fmt: skip
+    for e in fs.entities:
+        tables = [f"{o}-feast.arrow" for o in outs[e.name]]
+        for lo, hi in _groups(feast_rows[e.name], row_group):
+            task(f"feast/{offline_table_name(e)}", feast_piece, tables, e.join_key, lo, hi)
+    for lo, hi in _groups(sum(pieces.rejected), row_group):
+        task("rejects.parquet", rows_piece, pieces.segments("rejects", pieces.rejected, lo, hi))
+    late_done = client.gather(late)
+    late_counts = [r["rows"] for r in late_done]
+    for lo, hi in _groups(sum(late_counts), row_group):
+        task("late.parquet", rows_piece, late_pieces.segments("late", late_counts, lo, hi))
+    done = client.gather(futures) + late_done
+    return Assembled(files, total, sum(late_counts), sum(r["cpu"] for r in done))

@@ -251,11 +251,11 @@ def run_partition(
 ) -> dict[str, Any]:
     """Pass 2: this partition's features at its query rows (``out``-features.arrow, by
     ``__row``) and its Feast table with end states (``out``-feast.arrow, by key, time).
-    Returns the number of entities and the task's CPU seconds."""
+    Returns the number of entities, of Feast table rows and the task's CPU seconds."""
     start = time.thread_time()
     with small_pages():
-        n = _run_partition(load_fs(fs_blob), name, paths, queries, out, plans, rows)
-    return {"entities": n, "cpu": time.thread_time() - start}
+        n, feast_rows = _run_partition(load_fs(fs_blob), name, paths, queries, out, plans, rows)
+    return {"entities": n, "feast_rows": feast_rows, "cpu": time.thread_time() - start}
 
 
 def _run_partition(
@@ -266,7 +266,7 @@ def _run_partition(
     out: str,
     plans: dict[str, FieldPlan],
     rows: int,
-) -> int:
+) -> tuple[int, int]:
     e, t, acc = _accepted(fs, name, paths)
     sel = pa.array(acc.accepted)
     ok = t.filter(sel)
@@ -289,4 +289,4 @@ def _run_partition(
         bootstrap_field(e.entity): blobs.take(at),
     }
     write_arrow(f"{out}-feast.arrow", pa.table(cols), rows)
-    return len(index.uniq)
+    return len(index.uniq), len(keys)

@@ -1,8 +1,6 @@
 """The distributed backfill's disk plumbing, all in bounded memory: the events (one task
 per row group) and an optional spine read in Parquet batches and split by hash of each
-entity's key into per-partition files; sorted partition outputs merged back in order; output Parquet
-written in the row groups ``pyarrow.parquet.write_table`` would have made, so the files
-equal the single-process job's.
+entity's key into per-partition files.
 """
 
 from __future__ import annotations
@@ -20,8 +18,8 @@ import pyarrow.parquet as pq
 from features.definitions import FeatureSet
 from features.plan import compile_plan
 from features.schema import SchemaError
-from flows.backfill import _ms, parquet_options
-from flows.backfill_part import KEY, ROW, TS, TXID, arrow_batches, field_column, load_fs
+from flows.backfill import _ms
+from flows.backfill_part import KEY, ROW, TS, TXID, field_column, load_fs
 
 #: pyarrow's default row group length (``write_table`` without ``row_group_size``)
 ROW_GROUP = 1024 * 1024
@@ -31,44 +29,6 @@ def partition_of(keys: np.ndarray, partitions: int) -> np.ndarray:
     """Partition per key: a multiplicative hash (spreads sequential ids evenly)."""
     h = (keys.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(33)
     return (h % np.uint64(partitions)).astype(np.int64)
-
-
-class AlignedWriter:
-    """Appends tables to one Parquet file in ``ROW_GROUP``-row groups, one chunk each."""
-
-    def __init__(self, path: Path, schema: pa.Schema | None = None) -> None:
-        self.path, self.schema = path, schema
-        self._buf: list[pa.Table] = []
-        self._rows = 0
-        self._writer: pq.ParquetWriter | None = None
-
-    def write(self, table: pa.Table) -> None:
-        if self.schema is None:
-            self.schema = table.schema
-        self._buf.append(table)
-        self._rows += table.num_rows
-        while self._rows >= ROW_GROUP:
-            self._flush(ROW_GROUP)
-
-    def _flush(self, n: int) -> None:
-        assert self.schema is not None
-        whole = pa.concat_tables(self._buf) if self._buf else self.schema.empty_table()
-        self._open().write_table(whole.slice(0, n).combine_chunks())
-        rest = whole.slice(n)
-        self._buf, self._rows = ([rest] if rest.num_rows else []), rest.num_rows
-
-    def _open(self) -> pq.ParquetWriter:
-        if self._writer is None:
-            assert self.schema is not None
-            opts = parquet_options(self.schema)
-            self._writer = pq.ParquetWriter(self.path, self.schema, **opts)
-        return self._writer
-
-    def close(self) -> None:
-        if self._rows or self._writer is None:
-            self._flush(self._rows)
-        assert self._writer is not None
-        self._writer.close()
 
 
 def parquet_batches(path: Path, what: str, rows: int) -> Iterator[pa.Table]:
@@ -202,63 +162,3 @@ def split_spine(fs: FeatureSet, spine: Path, tmp: Path, partitions: int, rows: i
         offset += table.num_rows
     split.close()
     return split
-
-
-def pieces(tmp: Path, kind: str, count: int) -> Iterator[pa.Table]:
-    """The split tasks' rejects or valid rows, in file order."""
-    for k in range(count):
-        yield from arrow_batches(tmp / kind / f"{k:06d}.arrow")
-
-
-#: rows pulled from one sorted file at a time when merging: memory is files x this
-MERGE_STEP = 1 << 16
-
-
-def _slices(tables: Iterator[pa.Table], step: int) -> Iterator[pa.Table]:
-    for t in tables:
-        for at in range(0, t.num_rows, step):
-            yield t.slice(at, step)  # zero-copy views of the memory-mapped file
-
-
-def merged(paths: list[Path], key: str) -> Iterator[pa.Table]:
-    """Files each sorted by ``key`` (a key's rows all in one file) as one sorted stream,
-    holding at most a few ``MERGE_STEP`` rows per file."""
-    iters = [_slices(arrow_batches(p), MERGE_STEP) for p in paths]
-    bufs = [pa.ipc.open_file(pa.memory_map(str(p))).schema.empty_table() for p in paths]
-    done = [False] * len(iters)
-
-    def pull(s: int) -> None:
-        """Append stream ``s``'s next non-empty batch, or mark it done."""
-        for batch in iters[s]:
-            if batch.num_rows:
-                bufs[s] = pa.concat_tables([bufs[s], batch])
-                return
-        done[s] = True
-
-    while True:
-        for s in range(len(iters)):
-            if not done[s] and not bufs[s].num_rows:
-                pull(s)
-        active = [s for s in range(len(iters)) if not done[s]]
-        ends = [bufs[s].column(key)[-1].as_py() for s in active]
-        frontier = min(ends) if active else None
-        out, rest = [], []
-        for b in bufs:
-            if not b.num_rows:
-                rest.append(b)
-                continue
-            below = b if frontier is None else b.filter(pc.less(b.column(key), frontier))
-            out.append(below)
-            rest.append(b.slice(below.num_rows))
-        bufs = rest
-        got = [t for t in out if t.num_rows]
-        if got:
-            whole = pa.concat_tables(got)
-            order = np.argsort(whole.column(key).to_numpy(), kind="stable")
-            yield whole.take(pa.array(order))
-        elif frontier is None:
-            return
-        else:
-            for s, end in zip(active, ends, strict=True):
-                if end == frontier:
-                    pull(s)
