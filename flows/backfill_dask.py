@@ -215,8 +215,16 @@ def _run(
             )
             for k, (group, offset) in enumerate(split_tasks)
         ]  # fmt: skip
-        queries = split_spine(fs, spine_path, tmp, partitions, batch_rows) if spine_path else None
+        spine_tasks = pieces_of(spine_path, "spine") if spine_path else []
+        spine_splits = [
+            client.submit(
+                split_spine, blob, str(spine_path), group, offset, str(tmp), partitions,
+                batch_rows, k, pure=False,
+            )
+            for k, (group, offset) in enumerate(spine_tasks)
+        ]  # fmt: skip
         counts = client.gather(splits)
+        spine_cpu = client.gather(spine_splits)
         client.gather(warm)
         report.events = sum(c["events"] for c in counts)
         report.rejected = report.events - sum(c["valid"] for c in counts)
@@ -238,17 +246,20 @@ def _run(
             by_name[n].append(s)
         plans = {n: merge_stats(by_name[n]) for n in names}
         (tmp / "out").mkdir()
+
+        def queries(n: str, p: int) -> list[str]:
+            return [str(piece_path(tmp / "spine", n, p, k)) for k in range(len(spine_tasks))]
+
         futures = [
             client.submit(
-                run_partition, blob, n, parts[n][p],
-                str(queries.paths[n][p]) if queries else None, str(tmp / "out" / f"{n}-{p}"),
-                plans[n], batch_rows, pure=False,
+                run_partition, blob, n, parts[n][p], queries(n, p) if spine_path else None,
+                str(tmp / "out" / f"{n}-{p}"), plans[n], batch_rows, pure=False,
             )
             for n, p in jobs
         ]  # fmt: skip
         done = client.gather(futures)
         lap("features_states")
-        report.seconds["cpu_split_tasks"] = round(sum(c["cpu"] for c in counts), 3)
+        report.seconds["cpu_split_tasks"] = round(sum(c["cpu"] for c in counts) + sum(spine_cpu), 3)
         report.seconds["cpu_accept_tasks"] = round(sum(s["cpu"] for s in stats), 3)
         report.seconds["cpu_partition_tasks"] = round(sum(d["cpu"] for d in done), 3)
 

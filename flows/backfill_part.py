@@ -244,7 +244,7 @@ def run_partition(
     fs_blob: bytes,
     name: str,
     paths: list[str],
-    queries: str | None,
+    queries: list[str] | None,
     out: str,
     plans: dict[str, FieldPlan],
     rows: int,
@@ -262,7 +262,7 @@ def _run_partition(
     fs: FeatureSet,
     name: str,
     paths: list[str],
-    queries: str | None,
+    queries: list[str] | None,
     out: str,
     plans: dict[str, FieldPlan],
     rows: int,
@@ -272,7 +272,7 @@ def _run_partition(
     ok = t.filter(sel)
     fields = {f: ok.column(field_column(f)).to_numpy() for f in e.fields}
     index = PlannedIndex(ok.column(KEY).to_numpy(), ok.column(TS).to_numpy(), fields, plans)
-    q = read_arrow(queries) if queries else t
+    q = pa.concat_tables([read_arrow(x) for x in queries]) if queries else t
     values = index.features(fs, name, q.column(KEY).to_numpy(), q.column(TS).to_numpy())
     feats = pa.table({ROW: q.column(ROW), **{k: pa.array(v) for k, v in values.items()}})
     write_arrow(f"{out}-features.arrow", feats, rows)

@@ -1,6 +1,6 @@
-"""The distributed backfill's disk plumbing, all in bounded memory: the events (one task
-per row group) and an optional spine read in Parquet batches and split by hash of each
-entity's key into per-partition files.
+"""The distributed backfill's disk plumbing, all in bounded memory: the events and an
+optional spine (one task per row group of each) read in Parquet batches and split by hash
+of each entity's key into per-partition files.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from features.definitions import FeatureSet
 from features.plan import compile_plan
 from features.schema import SchemaError
 from flows.backfill import _ms
@@ -29,21 +28,6 @@ def partition_of(keys: np.ndarray, partitions: int) -> np.ndarray:
     """Partition per key: a multiplicative hash (spreads sequential ids evenly)."""
     h = (keys.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(33)
     return (h % np.uint64(partitions)).astype(np.int64)
-
-
-def parquet_batches(path: Path, what: str, rows: int) -> Iterator[pa.Table]:
-    """A Parquet file as tables of ``rows`` (one empty table for an empty file)."""
-    try:
-        pf = pq.ParquetFile(path)
-        schema = pf.schema_arrow
-        empty = True
-        for batch in pf.iter_batches(batch_size=rows):
-            empty = False
-            yield pa.Table.from_batches([batch], schema)
-        if empty:
-            yield schema.empty_table()
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise SchemaError(f"{what}: cannot read {path} as Parquet ({exc})") from None
 
 
 class Splitter:
@@ -80,17 +64,29 @@ def piece_path(root: Path, name: str, partition: int, piece: int) -> Path:
     return root / name / str(partition) / f"{piece:06d}.arrow"
 
 
-def pieces_of(events: Path) -> list[tuple[int | None, int]]:
+def pieces_of(path: Path, what: str = "events") -> list[tuple[int | None, int]]:
     """(row group, its first row) per split task; one task on no row group when empty."""
     try:
-        meta = pq.ParquetFile(events).metadata
+        meta = pq.ParquetFile(path).metadata
     except (OSError, pa.ArrowInvalid) as exc:
-        raise SchemaError(f"events: cannot read {events} as Parquet ({exc})") from None
+        raise SchemaError(f"{what}: cannot read {path} as Parquet ({exc})") from None
     sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
     if not sizes:
         return [(None, 0)]
     starts = np.r_[0, np.cumsum(sizes)[:-1]].tolist()
     return list(zip(range(len(sizes)), starts, strict=True))
+
+
+def _group_batches(pf: pq.ParquetFile, row_group: int | None, rows: int) -> Iterator[pa.Table]:
+    """One row group in tables of ``rows`` (one empty table when there is none, so that
+    every output file exists, with its schema)."""
+    seen = False
+    groups = [] if row_group is None else [row_group]
+    for b in pf.iter_batches(batch_size=rows, row_groups=groups) if groups else []:
+        seen = True
+        yield pa.Table.from_batches([b], pf.schema_arrow)
+    if not seen:
+        yield pf.schema_arrow.empty_table()
 
 
 def split_piece(
@@ -106,18 +102,7 @@ def split_piece(
     split = Splitter(root / "events", [e.name for e in plan.entities], partitions, piece)
     sinks: dict[str, Any] = {}
     n, n_valid = 0, 0
-    pf = pq.ParquetFile(events)
-
-    def batches() -> Iterator[pa.Table]:
-        seen = False
-        groups = [] if row_group is None else [row_group]
-        for b in pf.iter_batches(batch_size=rows, row_groups=groups) if groups else []:
-            seen = True
-            yield pa.Table.from_batches([b], pf.schema_arrow)
-        if not seen:  # every output file exists, with its schema
-            yield pf.schema_arrow.empty_table()
-
-    for table in batches():
+    for table in _group_batches(pq.ParquetFile(events), row_group, rows):
         valid, bad = plan.validator.validate_table(table)
         valid, bad = _shift_rows(valid, offset + n), _shift_rows(bad, offset + n)
         n += table.num_rows
@@ -146,11 +131,17 @@ def _shift_rows(table: pa.Table, offset: int) -> pa.Table:
     return table.set_column(i, "row", pc.add(table.column(i), pa.scalar(offset, pa.int64())))
 
 
-def split_spine(fs: FeatureSet, spine: Path, tmp: Path, partitions: int, rows: int) -> Splitter:
-    """The spine's (row, key, time) per entity and partition (features are asked there)."""
-    split = Splitter(tmp / "spine", [e.name for e in fs.entities], partitions)
-    offset = 0
-    for table in parquet_batches(spine, "spine", rows):
+def split_spine(
+    fs_blob: bytes, spine: str, row_group: int | None, offset: int, tmp: str, partitions: int,
+    rows: int, piece: int,
+) -> float:  # fmt: skip
+    """A Dask task: one row group of the spine, its (row, key, time) per entity to its
+    partitions' ``piece`` files under ``tmp/spine`` (features are asked there). Returns
+    the task's CPU seconds."""
+    start = time.thread_time()
+    fs = load_fs(fs_blob)
+    split = Splitter(Path(tmp) / "spine", [e.name for e in fs.entities], partitions, piece)
+    for table in _group_batches(pq.ParquetFile(spine), row_group, rows):
         for col in [*(e.join_key for e in fs.entities), fs.schema.event_time]:
             if col not in table.column_names:
                 raise SchemaError(f"column '{col}': missing from the spine")
@@ -161,4 +152,4 @@ def split_spine(fs: FeatureSet, spine: Path, tmp: Path, partitions: int, rows: i
             split.add(e.name, {ROW: row, KEY: key, TS: q_t})
         offset += table.num_rows
     split.close()
-    return split
+    return time.thread_time() - start

@@ -260,3 +260,17 @@ def test_bad_events_file_is_one_line_and_leaves_no_output(tmp_path: Path) -> Non
         "merchant_id, currency, country, mcc, event_time)"
     ]
     assert not (tmp_path / "out").exists()
+
+
+def test_spine_without_a_key_is_one_line_and_leaves_no_output(tmp_path: Path) -> None:
+    """The spine is split by tasks too: their schema error reaches the CLI as one line."""
+    events = _history(1)
+    pq.write_table(events, tmp_path / "events.parquet")
+    pq.write_table(events.select(["card_id", "event_time"]), tmp_path / "spine.parquet")
+    got = _cli("backfill", "--events", str(tmp_path / "events.parquet"),
+               "--spine", str(tmp_path / "spine.parquet"), "--out", str(tmp_path / "out"),
+               "--engine", "dask", timeout=120)  # fmt: skip
+    assert got.returncode == 2
+    lines = got.stderr.strip().splitlines()
+    assert lines == ["skewless backfill: column 'merchant_id': missing from the spine"]
+    assert not (tmp_path / "out").exists()
