@@ -20,8 +20,10 @@ runs once per partition as a Dask task:
 4. **assemble** (tasks): each output row group merged from the partitions' outputs,
    back into file order (features, rejects, late rows) and key order (Feast tables),
    and encoded as a Parquet file of its own (:mod:`flows.backfill_assemble`);
-5. **stitch** (this process): each output file's row groups copied after each other
-   under one footer (:mod:`flows.parquet_stitch`): the bytes ``write_table`` makes.
+5. **stitch** (this process, while later row groups are still encoded): each output
+   file's row groups copied after each other under one footer
+   (:mod:`flows.parquet_stitch`, :mod:`flows.backfill_outputs`): the bytes
+   ``write_table`` makes of the single-process job's tables.
 
 The temporary files live in ``OUT/.backfill-partitions-*`` (so on a real cluster ``OUT``
 must be on a filesystem every worker sees) and are removed at the end. ``LocalCluster``
@@ -37,7 +39,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,17 +47,9 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from features.definitions import FeatureSet
-from features.feast_objects import offline_table_name
 from features.plan import compile_plan
-from flows.backfill import BackfillReport, each, small_pages
-from flows.backfill_assemble import (
-    Segment,
-    feast_piece,
-    feature_piece,
-    late_piece,
-    rows_piece,
-    segments,
-)
+from flows.backfill import BackfillReport, small_pages
+from flows.backfill_outputs import Pieces, assemble
 from flows.backfill_part import (
     accept_stats,
     merge_stats,
@@ -64,7 +57,6 @@ from flows.backfill_part import (
     run_partition,
 )  # fmt: skip
 from flows.backfill_split import ROW_GROUP, piece_path, pieces_of, split_piece, split_spine
-from flows.parquet_stitch import stitch
 
 #: events per partition when not given: what one task holds in memory, about 1 GB
 PARTITION_EVENTS = 1_000_000
@@ -283,13 +275,14 @@ def _run(
         }
         pieces = Pieces(tmp, [offset for _, offset in split_tasks], counts)
         outs = {n: [str(tmp / "out" / f"{n}-{p}") for p in range(partitions)] for n in names}
-        asm = _assemble(client, fs, blob, pieces, outs, feast_rows, dropped, spine_path, row_group)
+        (out_dir / "feast").mkdir(exist_ok=True)
+        asm = assemble(
+            client, fs, blob, pieces, outs, feast_rows, dropped, spine_path, row_group, out_dir
+        )
         report.spine_rows, report.late = asm.spine_rows, asm.late
         report.seconds["cpu_assemble_tasks"] = round(asm.cpu, 3)
-        lap("assemble_tasks")
-        (out_dir / "feast").mkdir(exist_ok=True)
-        each(lambda job: stitch(job[1], out_dir / job[0]), list(asm.files.items()))
-        lap("stitch")
+        report.seconds["stitch_after_last_task"] = round(asm.tail_seconds, 3)
+        lap("assemble")
         report.seconds["cpu_this_process"] = round(time.process_time() - cpu, 3)
     except BaseException:
         if created:  # a failed job leaves no half-written output folder behind
@@ -299,95 +292,3 @@ def _run(
         shutil.rmtree(tmp, ignore_errors=True)
     (out_dir / "summary.json").write_text(report.to_json())
     return report
-
-
-class Pieces:
-    """The split tasks' pieces (one per row group of the events): where each starts in
-    the file, its events and valid rows, and its files."""
-
-    def __init__(self, tmp: Path, starts: list[int], counts: list[dict[str, Any]]) -> None:
-        self.tmp, self.starts = tmp, starts
-        self.valid = [c["valid"] for c in counts]
-        self.rejected = [c["events"] - c["valid"] for c in counts]
-
-    def path(self, kind: str, k: int) -> str:
-        return str(self.tmp / kind / f"{k:06d}.arrow")
-
-    def by_piece(self, rows: np.ndarray) -> list[np.ndarray]:
-        """Sorted original rows, cut into each piece's."""
-        cuts = np.searchsorted(rows, [*self.starts, np.iinfo(np.int64).max])
-        return [rows[cuts[k] : cuts[k + 1]] for k in range(len(self.starts))]
-
-    def segments(self, kind: str, counts: list[int], lo: int, hi: int) -> list[Segment]:
-        """Rows ``[lo, hi)`` of the ``kind`` pieces of ``counts`` rows laid end to end (the
-        first piece's empty slice when there are none: it gives the schema)."""
-        found = segments(counts, lo, hi) or [(0, 0, 0)]
-        return [(self.path(kind, k), a, b) for k, a, b in found]
-
-
-def _groups(total: int, size: int) -> list[tuple[int, int]]:
-    """Output row groups as ``write_table`` cuts them (an empty file: one empty group)."""
-    return [(lo, min(lo + size, total)) for lo in range(0, total, size)] or [(0, 0)]
-
-
-@dataclass
-class Assembled:
-    files: dict[str, list[Path]]  # output file -> its row groups' Parquet files, in order
-    spine_rows: int
-    late: int
-    cpu: float
-
-
-def _assemble(
-    client: Any,
-    fs: FeatureSet,
-    blob: bytes,
-    pieces: Pieces,
-    outs: dict[str, list[str]],
-    feast_rows: dict[str, int],
-    dropped: dict[str, dict[str, np.ndarray]],
-    spine_path: Path | None,
-    row_group: int,
-) -> Assembled:
-    """Every output row group as a task (late rows first: their counts size late.parquet)."""
-    names, asm = list(outs), pieces.tmp / "asm"
-    (asm / "late").mkdir(parents=True)
-    late_pieces = Pieces(asm, pieces.starts, [])
-    late_by = [pieces.by_piece(dropped[n]["late_rows"]) for n in names]
-    late = [
-        client.submit(late_piece, pieces.path("valid", k), names, [rows[k] for rows in late_by],
-                      late_pieces.path("late", k), pure=False)
-        for k in range(len(pieces.starts))
-    ]  # fmt: skip
-    files: dict[str, list[Path]] = {}
-    futures = []
-
-    def task(name: str, fn: Any, *args: Any) -> None:
-        path = asm / f"{name.replace('/', '-')}-{len(files.get(name, [])):06d}.parquet"
-        files.setdefault(name, []).append(path)
-        futures.append(client.submit(fn, *args, str(path), pure=False))
-
-    dups = pieces.by_piece(dropped[fs.primary.name]["duplicate_rows"])
-    firsts = [v - len(d) for v, d in zip(pieces.valid, dups, strict=True)]
-    total = pq.ParquetFile(spine_path).metadata.num_rows if spine_path else sum(firsts)
-    features = {n: [f"{o}-features.arrow" for o in outs[n]] for n in names}
-    for lo, hi in _groups(total, row_group):
-        if spine_path:
-            task("features.parquet", feature_piece, blob, features, str(spine_path), None, lo, hi)
-            continue
-        segs = segments(firsts, lo, hi) or [(0, 0, 0)]
-        src = [(pieces.path("valid", k), a, b) for k, a, b in segs]
-        task("features.parquet", feature_piece, blob, features, src, [dups[k] for k, _, _ in segs],
-             lo, hi)  # fmt: skip
-    for e in fs.entities:
-        tables = [f"{o}-feast.arrow" for o in outs[e.name]]
-        for lo, hi in _groups(feast_rows[e.name], row_group):
-            task(f"feast/{offline_table_name(e)}", feast_piece, tables, e.join_key, lo, hi)
-    for lo, hi in _groups(sum(pieces.rejected), row_group):
-        task("rejects.parquet", rows_piece, pieces.segments("rejects", pieces.rejected, lo, hi))
-    late_done = client.gather(late)
-    late_counts = [r["rows"] for r in late_done]
-    for lo, hi in _groups(sum(late_counts), row_group):
-        task("late.parquet", rows_piece, late_pieces.segments("late", late_counts, lo, hi))
-    done = client.gather(futures) + late_done
-    return Assembled(files, total, sum(late_counts), sum(r["cpu"] for r in done))

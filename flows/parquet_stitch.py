@@ -228,32 +228,67 @@ def _copy(src: Path, start: int, count: int, dst: Any) -> None:
             at, count = at + n, count - n
 
 
+class Stitcher:
+    """An output file its pieces are appended to in order, each as soon as it is written
+    (the distributed backfill copies finished row groups while later ones are encoded);
+    :meth:`close` writes the footer."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self._dst = open(out, "wb", buffering=0)  # noqa: SIM115 (closed by close())
+        self._dst.write(MAGIC)
+        self._head: list[Field] | None = None
+        self._rows = 0
+        self._groups: list[list[Field]] = []
+        self._pieces = 0
+
+    @property
+    def count(self) -> int:
+        """Pieces added so far."""
+        return self._pieces
+
+    def add(self, path: Path) -> None:
+        fields, end = footer(path)
+        self._pieces += 1
+        if self._head is None:
+            self._head = fields
+        by = self._dst.tell() - len(MAGIC)
+        _copy(path, len(MAGIC), end - len(MAGIC), self._dst)
+        num = _get(fields, _FILE_ROWS)
+        self._rows += num.value if num else 0
+        found = _get(fields, _FILE_GROUPS)
+        for group in found.value.items if found else []:
+            _move_group(group, by, len(self._groups))
+            self._groups.append(group)
+
+    def discard(self) -> None:
+        """Close and remove the half-written file."""
+        self._dst.close()
+        self.out.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        try:
+            if self._head is None:
+                raise ValueError(f"{self.out}: no pieces to stitch")
+            for f in self._head:
+                if f.id == _FILE_ROWS:
+                    f.value = self._rows
+                elif f.id == _FILE_GROUPS:
+                    f.value = List(_STRUCT, self._groups)
+            meta = encode(self._head)
+            self._dst.write(meta + struct.pack("<i", len(meta)) + MAGIC)
+        finally:
+            self._dst.close()
+
+
 def stitch(pieces: list[Path], out: Path) -> None:
     """``out``: the pieces' row groups in order; every piece written with the same
     schema and options (the first piece's footer is the template)."""
-    head: list[Field] | None = None
-    rows = 0
-    groups: list[list[Field]] = []
-    with open(out, "wb", buffering=0) as dst:
-        dst.write(MAGIC)
+    s = Stitcher(out)
+    try:
         for path in pieces:
-            fields, end = footer(path)
-            if head is None:
-                head = fields
-            by = dst.tell() - len(MAGIC)
-            _copy(path, len(MAGIC), end - len(MAGIC), dst)
-            num = _get(fields, _FILE_ROWS)
-            rows += num.value if num else 0
-            found = _get(fields, _FILE_GROUPS)
-            for group in found.value.items if found else []:
-                _move_group(group, by, len(groups))
-                groups.append(group)
-        if head is None:
-            raise ValueError("stitch: no pieces")
-        for f in head:
-            if f.id == _FILE_ROWS:
-                f.value = rows
-            elif f.id == _FILE_GROUPS:
-                f.value = List(_STRUCT, groups)
-        meta = encode(head)
-        dst.write(meta + struct.pack("<i", len(meta)) + MAGIC)
+            s.add(path)
+    except BaseException:
+        s.discard()
+        raise
+    s.close()
