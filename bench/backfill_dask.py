@@ -6,7 +6,9 @@ processes, in the same run: seconds, events/s, the ratio 2 workers / 1 worker ag
 the 1.6x target (the median of ``rounds`` alternating rounds), each against the single
 process, and whether the files are identical.
 Cluster start is timed apart (a long-running cluster pays it once). The machine's load
-average is recorded beside the wall times, and the same ratio projected from CPU seconds
+average is recorded beside the wall times, and before each round the ratio a plain numpy
+load gets from a second process (:func:`machine_ceiling`, the baseline: on a shared
+machine this moves as much as the workers' ratio), and the same ratio projected from CPU seconds
 (what idle cores would give) is reported apart, labelled as such.
 
 :func:`run_scale` (``python -m bench.backfill_dask --scale 20000000``): events generated
@@ -119,6 +121,32 @@ def _timed_dask(workers: int, events: Path, out: Path, partitions: int | None) -
     }
 
 
+def _burn(_: int) -> float:
+    """A fixed numpy load (sorts of 2M floats); its thread CPU seconds."""
+    start = time.thread_time()
+    a = np.random.default_rng(0).random(2_000_000)
+    for _ in range(6):
+        np.sort(a)
+    return time.thread_time() - start
+
+
+def machine_ceiling() -> float:
+    """What a second process gives on this machine now: 4 equal numpy loads on 1 process,
+    then on 2 (wall ratio). The baseline for the workers' ratio, measured beside it: other
+    load on the cores or a shared host lowers both alike."""
+    import multiprocessing as mp
+
+    burn = importlib.import_module("bench.backfill_dask")._burn  # not __main__'s
+    walls = []
+    for n in (1, 2):
+        with mp.get_context("spawn").Pool(n) as pool:
+            pool.map(burn, range(n))  # started and warm
+            start = time.perf_counter()
+            pool.map(burn, range(4), chunksize=1)
+            walls.append(time.perf_counter() - start)
+    return round(walls[0] / walls[1], 2)
+
+
 def _cpu(run: dict[str, Any]) -> tuple[float, float]:
     """(this process's CPU seconds, the tasks' CPU seconds) of a run."""
     cpu = run["cpu_seconds"]
@@ -143,8 +171,9 @@ def run(events: int = 2_000_000, seed: int = 7, rounds: int = 1) -> dict[str, An
         start = time.perf_counter()
         run_backfill(FS, work / "events.parquet", work / "single")
         single_s = time.perf_counter() - start
-        pairs = []
+        pairs, ceilings = [], []
         for r in range(rounds):
+            ceilings.append(machine_ceiling())
             order = (1, 2) if r % 2 == 0 else (2, 1)
             # 2 partitions per entity and worker: the same split for both cluster sizes
             got = {w: _timed_dask(w, work / "events.parquet", work / f"dask{w}", 4) for w in order}
@@ -164,6 +193,8 @@ def run(events: int = 2_000_000, seed: int = 7, rounds: int = 1) -> dict[str, An
         "dask": [one, two],
         "speedup_2_over_1_workers": round(one["seconds"] / two["seconds"], 2),
         "speedup_each_round": [round(x, 2) for x in ratios],
+        # the same ratio for a plain numpy load on 1 and 2 processes, before each round
+        "machine_ceiling_each_round": ceilings,
         "target_speedup": TARGET_SPEEDUP,
         "ratio_to_target": round(one["seconds"] / two["seconds"] / TARGET_SPEEDUP, 2),
         "dask_2_workers_over_single_process": round(single_s / two["seconds"], 2),
