@@ -17,9 +17,13 @@ runs once per partition as a Dask task:
    :mod:`flows.backfill_part`).
 3. **features and states** (tasks): per partition, the features at its rows and its Feast
    table with end states, each written sorted.
-4. **assemble** (this process, in batches, the files on parallel threads): partition
-   outputs merged back into file order (features, rejects, late rows) and key order
-   (Feast tables), written in the row groups ``pyarrow.parquet.write_table`` makes.
+4. **assemble** (tasks): each output row group merged from the partitions' outputs,
+   back into file order (features, rejects, late rows) and key order (Feast tables),
+   and encoded as a Parquet file of its own (:mod:`flows.backfill_assemble`);
+5. **stitch** (this process, while later row groups are still encoded): each output
+   file's row groups copied after each other under one footer
+   (:mod:`flows.parquet_stitch`, :mod:`flows.backfill_outputs`): the bytes
+   ``write_table`` makes of the single-process job's tables.
 
 The temporary files live in ``OUT/.backfill-partitions-*`` (so on a real cluster ``OUT``
 must be on a filesystem every worker sees) and are removed at the end. ``LocalCluster``
@@ -40,30 +44,19 @@ from typing import Any
 
 import cloudpickle
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
-from features.definitions import Entity, FeatureSet
-from features.feast_objects import offline_table_name
+from features.definitions import FeatureSet
 from features.plan import compile_plan
-from flows.backfill import BackfillReport, each, small_pages
-from flows.backfill_assemble import assemble
+from flows.backfill import BackfillReport, small_pages
+from flows.backfill_outputs import Pieces, assemble
 from flows.backfill_part import (
     accept_stats,
     merge_stats,
     prepare,
     run_partition,
 )  # fmt: skip
-from flows.backfill_split import (
-    ROW_GROUP,
-    AlignedWriter,
-    merged,
-    piece_path,
-    pieces,
-    pieces_of,
-    split_piece,
-    split_spine,
-)
+from flows.backfill_split import ROW_GROUP, piece_path, pieces_of, split_piece, split_spine
 
 #: events per partition when not given: what one task holds in memory, about 1 GB
 PARTITION_EVENTS = 1_000_000
@@ -97,11 +90,24 @@ def _quiet() -> Iterator[None]:
         log.setLevel(before)
 
 
+#: a local cluster's periodic housekeeping, slowed: it runs in this process (scheduler,
+#: nannies) and in the workers (the sampling profiler, every 10 ms by default), on the
+#: cores the tasks need; by default the driver alone spent ~3% of a core on it
+LOCAL_CLUSTER_CONFIG = {
+    "distributed.admin.tick.interval": "1s",
+    "distributed.admin.system-monitor.interval": "2s",
+    "distributed.worker.memory.monitor-interval": "1s",
+    "distributed.worker.profile.enabled": False,
+}
+
+
 def _client(workers: int, scheduler: str | None) -> Iterator[Any]:
+    import dask
     from dask.distributed import Client, LocalCluster
 
     if scheduler is None:
         with (
+            dask.config.set(LOCAL_CLUSTER_CONFIG),
             LocalCluster(
                 n_workers=workers, threads_per_worker=1, processes=True,
                 dashboard_address=":0", silence_logs=logging.CRITICAL,
@@ -162,11 +168,13 @@ def backfill_on(
     spine_path: Path | None = None,
     partitions: int | None = None,
     batch_rows: int = ROW_GROUP,
+    row_group: int = ROW_GROUP,
 ) -> BackfillReport:
-    """The job on an open Dask ``client`` (``partitions`` per entity; ``batch_rows`` read,
-    merged and written at a time)."""
+    """The job on an open Dask ``client`` (``partitions`` per entity; ``batch_rows`` read
+    and written at a time; output row groups of ``row_group`` rows, pyarrow's default as
+    in the single-process job)."""
     with small_pages():
-        return _run(fs, events_path, out_dir, spine_path, client, partitions, batch_rows)
+        return _run(fs, events_path, out_dir, spine_path, client, partitions, batch_rows, row_group)
 
 
 def _run(
@@ -177,15 +185,18 @@ def _run(
     client: Any,
     partitions: int | None,
     batch_rows: int,
+    row_group: int,
 ) -> BackfillReport:
     report = BackfillReport()
     clock, cpu = time.perf_counter(), time.process_time()
+    cpu_at = cpu
 
     def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
+        nonlocal clock, cpu_at
+        now, cpu_now = time.perf_counter(), time.process_time()
         report.seconds[name] = round(now - clock, 3)
-        clock = now
+        report.seconds[f"cpu_driver_{name}"] = round(cpu_now - cpu_at, 3)
+        clock, cpu_at = now, cpu_now
 
     split_tasks = pieces_of(events_path)  # one per row group; fails here on a bad file
     if partitions is None:
@@ -209,8 +220,16 @@ def _run(
             )
             for k, (group, offset) in enumerate(split_tasks)
         ]  # fmt: skip
-        queries = split_spine(fs, spine_path, tmp, partitions, batch_rows) if spine_path else None
+        spine_tasks = pieces_of(spine_path, "spine") if spine_path else []
+        spine_splits = [
+            client.submit(
+                split_spine, blob, str(spine_path), group, offset, str(tmp), partitions,
+                batch_rows, k, pure=False,
+            )
+            for k, (group, offset) in enumerate(spine_tasks)
+        ]  # fmt: skip
         counts = client.gather(splits)
+        spine_cpu = client.gather(spine_splits)
         client.gather(warm)
         report.events = sum(c["events"] for c in counts)
         report.rejected = report.events - sum(c["valid"] for c in counts)
@@ -232,17 +251,20 @@ def _run(
             by_name[n].append(s)
         plans = {n: merge_stats(by_name[n]) for n in names}
         (tmp / "out").mkdir()
+
+        def queries(n: str, p: int) -> list[str]:
+            return [str(piece_path(tmp / "spine", n, p, k)) for k in range(len(spine_tasks))]
+
         futures = [
             client.submit(
-                run_partition, blob, n, parts[n][p],
-                str(queries.paths[n][p]) if queries else None, str(tmp / "out" / f"{n}-{p}"),
-                plans[n], batch_rows, pure=False,
+                run_partition, blob, n, parts[n][p], queries(n, p) if spine_path else None,
+                str(tmp / "out" / f"{n}-{p}"), plans[n], batch_rows, pure=False,
             )
             for n, p in jobs
         ]  # fmt: skip
         done = client.gather(futures)
         lap("features_states")
-        report.seconds["cpu_split_tasks"] = round(sum(c["cpu"] for c in counts), 3)
+        report.seconds["cpu_split_tasks"] = round(sum(c["cpu"] for c in counts) + sum(spine_cpu), 3)
         report.seconds["cpu_accept_tasks"] = round(sum(s["cpu"] for s in stats), 3)
         report.seconds["cpu_partition_tasks"] = round(sum(d["cpu"] for d in done), 3)
 
@@ -260,34 +282,20 @@ def _run(
             )
         report.duplicates = report.by_entity[fs.primary.name]["duplicates"]
         report.accepted = report.by_entity[fs.primary.name]["accepted"]
-        outs = {n: [tmp / "out" / f"{n}-{p}" for p in range(partitions)] for n in names}
+        feast_rows = {
+            n: sum(d["feast_rows"] for (m, _), d in zip(jobs, done, strict=True) if m == n)
+            for n in names
+        }
+        pieces = Pieces(tmp, [offset for _, offset in split_tasks], counts)
+        outs = {n: [str(tmp / "out" / f"{n}-{p}") for p in range(partitions)] for n in names}
         (out_dir / "feast").mkdir(exist_ok=True)
-
-        def feast(e: Entity) -> None:
-            paths = [Path(f"{o}-feast.arrow") for o in outs[e.name]]
-            schema = pa.ipc.open_file(pa.memory_map(str(paths[0]))).schema
-            w = AlignedWriter(out_dir / "feast" / offline_table_name(e), schema)
-            for t in merged(paths, e.join_key):
-                w.write(t)
-            w.close()
-
-        def rejects() -> None:
-            w = AlignedWriter(out_dir / "rejects.parquet")
-            for t in pieces(tmp, "rejects", len(split_tasks)):
-                w.write(t)
-            w.close()
-
-        # the workers are idle now: the outputs are merged and written side by side
-        valid = pieces(tmp, "valid", len(split_tasks))
-        each(
-            lambda job: job(),
-            [
-                lambda: assemble(fs, valid, out_dir, spine_path, outs, dropped, report, batch_rows),
-                rejects,
-                *(lambda e=e: feast(e) for e in fs.entities),
-            ],
+        asm = assemble(
+            client, fs, blob, pieces, outs, feast_rows, dropped, spine_path, row_group, out_dir
         )
-        lap("assemble_write")
+        report.spine_rows, report.late = asm.spine_rows, asm.late
+        report.seconds["cpu_assemble_tasks"] = round(asm.cpu, 3)
+        report.seconds["stitch_after_last_task"] = round(asm.tail_seconds, 3)
+        lap("assemble")
         report.seconds["cpu_this_process"] = round(time.process_time() - cpu, 3)
     except BaseException:
         if created:  # a failed job leaves no half-written output folder behind

@@ -244,35 +244,35 @@ def run_partition(
     fs_blob: bytes,
     name: str,
     paths: list[str],
-    queries: str | None,
+    queries: list[str] | None,
     out: str,
     plans: dict[str, FieldPlan],
     rows: int,
 ) -> dict[str, Any]:
     """Pass 2: this partition's features at its query rows (``out``-features.arrow, by
     ``__row``) and its Feast table with end states (``out``-feast.arrow, by key, time).
-    Returns the number of entities and the task's CPU seconds."""
+    Returns the number of entities, of Feast table rows and the task's CPU seconds."""
     start = time.thread_time()
     with small_pages():
-        n = _run_partition(load_fs(fs_blob), name, paths, queries, out, plans, rows)
-    return {"entities": n, "cpu": time.thread_time() - start}
+        n, feast_rows = _run_partition(load_fs(fs_blob), name, paths, queries, out, plans, rows)
+    return {"entities": n, "feast_rows": feast_rows, "cpu": time.thread_time() - start}
 
 
 def _run_partition(
     fs: FeatureSet,
     name: str,
     paths: list[str],
-    queries: str | None,
+    queries: list[str] | None,
     out: str,
     plans: dict[str, FieldPlan],
     rows: int,
-) -> int:
+) -> tuple[int, int]:
     e, t, acc = _accepted(fs, name, paths)
     sel = pa.array(acc.accepted)
     ok = t.filter(sel)
     fields = {f: ok.column(field_column(f)).to_numpy() for f in e.fields}
     index = PlannedIndex(ok.column(KEY).to_numpy(), ok.column(TS).to_numpy(), fields, plans)
-    q = read_arrow(queries) if queries else t
+    q = pa.concat_tables([read_arrow(x) for x in queries]) if queries else t
     values = index.features(fs, name, q.column(KEY).to_numpy(), q.column(TS).to_numpy())
     feats = pa.table({ROW: q.column(ROW), **{k: pa.array(v) for k, v in values.items()}})
     write_arrow(f"{out}-features.arrow", feats, rows)
@@ -289,4 +289,4 @@ def _run_partition(
         bootstrap_field(e.entity): blobs.take(at),
     }
     write_arrow(f"{out}-feast.arrow", pa.table(cols), rows)
-    return len(index.uniq)
+    return len(index.uniq), len(keys)

@@ -1,8 +1,6 @@
-"""The distributed backfill's disk plumbing, all in bounded memory: the events (one task
-per row group) and an optional spine read in Parquet batches and split by hash of each
-entity's key into per-partition files; sorted partition outputs merged back in order; output Parquet
-written in the row groups ``pyarrow.parquet.write_table`` would have made, so the files
-equal the single-process job's.
+"""The distributed backfill's disk plumbing, all in bounded memory: the events and an
+optional spine (one task per row group of each) read in Parquet batches and split by hash
+of each entity's key into per-partition files.
 """
 
 from __future__ import annotations
@@ -17,11 +15,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from features.definitions import FeatureSet
 from features.plan import compile_plan
 from features.schema import SchemaError
-from flows.backfill import _ms, parquet_options
-from flows.backfill_part import KEY, ROW, TS, TXID, arrow_batches, field_column, load_fs
+from flows.backfill import _ms
+from flows.backfill_part import KEY, ROW, TS, TXID, field_column, load_fs
 
 #: pyarrow's default row group length (``write_table`` without ``row_group_size``)
 ROW_GROUP = 1024 * 1024
@@ -31,59 +28,6 @@ def partition_of(keys: np.ndarray, partitions: int) -> np.ndarray:
     """Partition per key: a multiplicative hash (spreads sequential ids evenly)."""
     h = (keys.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(33)
     return (h % np.uint64(partitions)).astype(np.int64)
-
-
-class AlignedWriter:
-    """Appends tables to one Parquet file in ``ROW_GROUP``-row groups, one chunk each."""
-
-    def __init__(self, path: Path, schema: pa.Schema | None = None) -> None:
-        self.path, self.schema = path, schema
-        self._buf: list[pa.Table] = []
-        self._rows = 0
-        self._writer: pq.ParquetWriter | None = None
-
-    def write(self, table: pa.Table) -> None:
-        if self.schema is None:
-            self.schema = table.schema
-        self._buf.append(table)
-        self._rows += table.num_rows
-        while self._rows >= ROW_GROUP:
-            self._flush(ROW_GROUP)
-
-    def _flush(self, n: int) -> None:
-        assert self.schema is not None
-        whole = pa.concat_tables(self._buf) if self._buf else self.schema.empty_table()
-        self._open().write_table(whole.slice(0, n).combine_chunks())
-        rest = whole.slice(n)
-        self._buf, self._rows = ([rest] if rest.num_rows else []), rest.num_rows
-
-    def _open(self) -> pq.ParquetWriter:
-        if self._writer is None:
-            assert self.schema is not None
-            opts = parquet_options(self.schema)
-            self._writer = pq.ParquetWriter(self.path, self.schema, **opts)
-        return self._writer
-
-    def close(self) -> None:
-        if self._rows or self._writer is None:
-            self._flush(self._rows)
-        assert self._writer is not None
-        self._writer.close()
-
-
-def parquet_batches(path: Path, what: str, rows: int) -> Iterator[pa.Table]:
-    """A Parquet file as tables of ``rows`` (one empty table for an empty file)."""
-    try:
-        pf = pq.ParquetFile(path)
-        schema = pf.schema_arrow
-        empty = True
-        for batch in pf.iter_batches(batch_size=rows):
-            empty = False
-            yield pa.Table.from_batches([batch], schema)
-        if empty:
-            yield schema.empty_table()
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise SchemaError(f"{what}: cannot read {path} as Parquet ({exc})") from None
 
 
 class Splitter:
@@ -120,17 +64,29 @@ def piece_path(root: Path, name: str, partition: int, piece: int) -> Path:
     return root / name / str(partition) / f"{piece:06d}.arrow"
 
 
-def pieces_of(events: Path) -> list[tuple[int | None, int]]:
+def pieces_of(path: Path, what: str = "events") -> list[tuple[int | None, int]]:
     """(row group, its first row) per split task; one task on no row group when empty."""
     try:
-        meta = pq.ParquetFile(events).metadata
+        meta = pq.ParquetFile(path).metadata
     except (OSError, pa.ArrowInvalid) as exc:
-        raise SchemaError(f"events: cannot read {events} as Parquet ({exc})") from None
+        raise SchemaError(f"{what}: cannot read {path} as Parquet ({exc})") from None
     sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
     if not sizes:
         return [(None, 0)]
     starts = np.r_[0, np.cumsum(sizes)[:-1]].tolist()
     return list(zip(range(len(sizes)), starts, strict=True))
+
+
+def _group_batches(pf: pq.ParquetFile, row_group: int | None, rows: int) -> Iterator[pa.Table]:
+    """One row group in tables of ``rows`` (one empty table when there is none, so that
+    every output file exists, with its schema)."""
+    seen = False
+    groups = [] if row_group is None else [row_group]
+    for b in pf.iter_batches(batch_size=rows, row_groups=groups) if groups else []:
+        seen = True
+        yield pa.Table.from_batches([b], pf.schema_arrow)
+    if not seen:
+        yield pf.schema_arrow.empty_table()
 
 
 def split_piece(
@@ -146,18 +102,7 @@ def split_piece(
     split = Splitter(root / "events", [e.name for e in plan.entities], partitions, piece)
     sinks: dict[str, Any] = {}
     n, n_valid = 0, 0
-    pf = pq.ParquetFile(events)
-
-    def batches() -> Iterator[pa.Table]:
-        seen = False
-        groups = [] if row_group is None else [row_group]
-        for b in pf.iter_batches(batch_size=rows, row_groups=groups) if groups else []:
-            seen = True
-            yield pa.Table.from_batches([b], pf.schema_arrow)
-        if not seen:  # every output file exists, with its schema
-            yield pf.schema_arrow.empty_table()
-
-    for table in batches():
+    for table in _group_batches(pq.ParquetFile(events), row_group, rows):
         valid, bad = plan.validator.validate_table(table)
         valid, bad = _shift_rows(valid, offset + n), _shift_rows(bad, offset + n)
         n += table.num_rows
@@ -186,11 +131,17 @@ def _shift_rows(table: pa.Table, offset: int) -> pa.Table:
     return table.set_column(i, "row", pc.add(table.column(i), pa.scalar(offset, pa.int64())))
 
 
-def split_spine(fs: FeatureSet, spine: Path, tmp: Path, partitions: int, rows: int) -> Splitter:
-    """The spine's (row, key, time) per entity and partition (features are asked there)."""
-    split = Splitter(tmp / "spine", [e.name for e in fs.entities], partitions)
-    offset = 0
-    for table in parquet_batches(spine, "spine", rows):
+def split_spine(
+    fs_blob: bytes, spine: str, row_group: int | None, offset: int, tmp: str, partitions: int,
+    rows: int, piece: int,
+) -> float:  # fmt: skip
+    """A Dask task: one row group of the spine, its (row, key, time) per entity to its
+    partitions' ``piece`` files under ``tmp/spine`` (features are asked there). Returns
+    the task's CPU seconds."""
+    start = time.thread_time()
+    fs = load_fs(fs_blob)
+    split = Splitter(Path(tmp) / "spine", [e.name for e in fs.entities], partitions, piece)
+    for table in _group_batches(pq.ParquetFile(spine), row_group, rows):
         for col in [*(e.join_key for e in fs.entities), fs.schema.event_time]:
             if col not in table.column_names:
                 raise SchemaError(f"column '{col}': missing from the spine")
@@ -201,64 +152,4 @@ def split_spine(fs: FeatureSet, spine: Path, tmp: Path, partitions: int, rows: i
             split.add(e.name, {ROW: row, KEY: key, TS: q_t})
         offset += table.num_rows
     split.close()
-    return split
-
-
-def pieces(tmp: Path, kind: str, count: int) -> Iterator[pa.Table]:
-    """The split tasks' rejects or valid rows, in file order."""
-    for k in range(count):
-        yield from arrow_batches(tmp / kind / f"{k:06d}.arrow")
-
-
-#: rows pulled from one sorted file at a time when merging: memory is files x this
-MERGE_STEP = 1 << 16
-
-
-def _slices(tables: Iterator[pa.Table], step: int) -> Iterator[pa.Table]:
-    for t in tables:
-        for at in range(0, t.num_rows, step):
-            yield t.slice(at, step)  # zero-copy views of the memory-mapped file
-
-
-def merged(paths: list[Path], key: str) -> Iterator[pa.Table]:
-    """Files each sorted by ``key`` (a key's rows all in one file) as one sorted stream,
-    holding at most a few ``MERGE_STEP`` rows per file."""
-    iters = [_slices(arrow_batches(p), MERGE_STEP) for p in paths]
-    bufs = [pa.ipc.open_file(pa.memory_map(str(p))).schema.empty_table() for p in paths]
-    done = [False] * len(iters)
-
-    def pull(s: int) -> None:
-        """Append stream ``s``'s next non-empty batch, or mark it done."""
-        for batch in iters[s]:
-            if batch.num_rows:
-                bufs[s] = pa.concat_tables([bufs[s], batch])
-                return
-        done[s] = True
-
-    while True:
-        for s in range(len(iters)):
-            if not done[s] and not bufs[s].num_rows:
-                pull(s)
-        active = [s for s in range(len(iters)) if not done[s]]
-        ends = [bufs[s].column(key)[-1].as_py() for s in active]
-        frontier = min(ends) if active else None
-        out, rest = [], []
-        for b in bufs:
-            if not b.num_rows:
-                rest.append(b)
-                continue
-            below = b if frontier is None else b.filter(pc.less(b.column(key), frontier))
-            out.append(below)
-            rest.append(b.slice(below.num_rows))
-        bufs = rest
-        got = [t for t in out if t.num_rows]
-        if got:
-            whole = pa.concat_tables(got)
-            order = np.argsort(whole.column(key).to_numpy(), kind="stable")
-            yield whole.take(pa.array(order))
-        elif frontier is None:
-            return
-        else:
-            for s, end in zip(active, ends, strict=True):
-                if end == frontier:
-                    pull(s)
+    return time.thread_time() - start

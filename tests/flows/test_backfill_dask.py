@@ -27,7 +27,7 @@ from features.definitions import FeatureSet
 from features.feast_objects import view_name
 from features.reference import REFERENCE
 from flows import backfill_part
-from flows.backfill import BackfillReport, run_backfill
+from flows.backfill import BackfillReport, parquet_options, run_backfill
 from flows.backfill_dask import backfill_on, dask_client
 from flows.backfill_split import partition_of
 from tests.features.test_backfill_job import SCHEMA, T0, WIDE, _events
@@ -104,6 +104,46 @@ def test_dask_backfill_with_a_spine_file(client: Any, tmp_path: Path) -> None:
     a, b, ra, rb = _both(client, REFERENCE, tmp_path, tmp_path / "spine.parquet")
     _same(a, b, ra, rb)
     assert pq.read_table(b / "features.parquet").column_names[:5] == spine.column_names
+
+
+def _regrouped(single: Path, into: Path, rows: int) -> None:
+    """The single process's outputs as ``write_table`` writes them in ``rows``-row groups
+    (rewriting in its default groups gives back its very bytes: checked)."""
+    for name in _outputs(single):
+        t = pq.read_table(single / name)
+        (into / name).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(t, into / "same.parquet", **parquet_options(t.schema))
+        assert (into / "same.parquet").read_bytes() == (single / name).read_bytes(), name
+        pq.write_table(t, into / name, row_group_size=rows, **parquet_options(t.schema))
+    (into / "same.parquet").unlink()
+
+
+@pytest.mark.parametrize("spine", [False, True], ids=["valid-rows", "spine-file"])
+def test_row_groups_made_as_tasks_stitch_into_the_single_process_file(
+    client: Any, tmp_path: Path, spine: bool
+) -> None:
+    """Output row groups of 16 rows (the job's default is pyarrow's 1Mi rows): each row
+    group is merged and encoded by its own task, boundaries fall inside split pieces,
+    next to duplicates and in one key's Feast rows; stitched, every file is the one
+    ``write_table`` makes in 16-row groups from the single process's table."""
+    for seed in range(4):
+        d = tmp_path / str(seed)
+        d.mkdir()
+        events = _history(seed + 10)
+        pq.write_table(events, d / "events.parquet", row_group_size=40)  # several pieces
+        spine_path = None
+        if spine:
+            spine_path = d / "spine.parquet"
+            pq.write_table(events.select(["card_id", "merchant_id", "event_time"]), spine_path,
+                           row_group_size=24)  # fmt: skip
+        ra = run_backfill(REFERENCE, d / "events.parquet", d / "single", spine_path)
+        rb = backfill_on(client, REFERENCE, d / "events.parquet", d / "dask", spine_path, 3, 7,
+                         row_group=16)  # fmt: skip
+        _regrouped(d / "single", d / "want", 16)
+        _same(d / "want", d / "dask", ra, rb)
+        groups = pq.ParquetFile(d / "dask" / "features.parquet").metadata.num_row_groups
+        assert groups == -(-pq.read_metadata(d / "want" / "features.parquet").num_rows // 16)
+        assert groups > 1
 
 
 def _own_digits(self: Any, field: str, squares: bool) -> Any:
@@ -219,4 +259,18 @@ def test_bad_events_file_is_one_line_and_leaves_no_output(tmp_path: Path) -> Non
         "skewless backfill: column 'amount': missing (found transaction_id, card_id, "
         "merchant_id, currency, country, mcc, event_time)"
     ]
+    assert not (tmp_path / "out").exists()
+
+
+def test_spine_without_a_key_is_one_line_and_leaves_no_output(tmp_path: Path) -> None:
+    """The spine is split by tasks too: their schema error reaches the CLI as one line."""
+    events = _history(1)
+    pq.write_table(events, tmp_path / "events.parquet")
+    pq.write_table(events.select(["card_id", "event_time"]), tmp_path / "spine.parquet")
+    got = _cli("backfill", "--events", str(tmp_path / "events.parquet"),
+               "--spine", str(tmp_path / "spine.parquet"), "--out", str(tmp_path / "out"),
+               "--engine", "dask", timeout=120)  # fmt: skip
+    assert got.returncode == 2
+    lines = got.stderr.strip().splitlines()
+    assert lines == ["skewless backfill: column 'merchant_id': missing from the spine"]
     assert not (tmp_path / "out").exists()
