@@ -138,6 +138,7 @@ class HeldStates:
 
     def __init__(self) -> None:
         self._local = threading.local()
+        self.workers: list[_Held] = []  # every worker's registry (for counts)
 
     def start_worker(self) -> _Held:
         """This thread's registry, made if none: with several workers Bytewax may build a
@@ -146,6 +147,7 @@ class HeldStates:
         held: _Held | None = getattr(self._local, "held", None)
         if held is None:
             held = self._local.held = _Held()
+            self.workers.append(held)
         return held
 
     def worker(self) -> _Held:
