@@ -111,7 +111,9 @@ def stream_kafka_rss(
     stream's ``/proc/PID/status`` is sampled every second (VmRSS, and VmHWM for the peak)
     with its events/held/evicted counters, so RSS is known against distinct cards seen;
     ``slope_bytes_per_card`` is RSS growth per extra distinct card over the run's second
-    half. Starts its own Kafka and Redis (``scripts/services.sh``) unless given.
+    half; ``online_rows_sha256`` digests the online rows (the same with and without
+    eviction: the values stay exact). Starts its own Kafka and Redis
+    (``scripts/services.sh``) unless given.
     ``python -m bench.memory --kafka --cards 10000,100000,1000000``."""
     import socket
     import tempfile
@@ -186,6 +188,7 @@ def stream_kafka_rss(
                     tail = (work / f"stream-{cards}-{evict}.log").read_text()[-800:]
                     raise RuntimeError(f"stream ({cards} cards) failed: {tail}")
                 evicted = sum(1 for _ in client.scan_iter(match=b"skewless:*:evicted:*"))
+                digest = _online_digest(client)
                 client.close()
                 slope = _slope(samples, per_card)
                 rows.append(
@@ -198,6 +201,7 @@ def stream_kafka_rss(
                         "seconds": round(time.perf_counter() - start_t, 1),
                         "produce_seconds": round(produced_s, 1),
                         "evicted_snapshots_in_redis": evicted,
+                        "online_rows_sha256": digest,
                         "rss_over_time": [
                             [s["s"], s["rss_kb"], s.get("events"), s.get("held")]
                             for s in samples
@@ -208,6 +212,24 @@ def stream_kafka_rss(
         for what in started:
             subprocess.run([services, f"{what}-stop", str(work / what)], capture_output=True)
     return {"stream_kafka_rss": rows, "rss_over_time": "[seconds, VmRSS KiB, events, held]"}
+
+
+def _online_digest(client: Any) -> str:
+    """SHA-256 over every entity hash in the database, sorted (not the stream's own
+    ``skewless:*`` keys): equal with and without eviction when the values are exact."""
+    import hashlib
+
+    keys = sorted(k for k in client.scan_iter(count=10_000) if not k.startswith(b"skewless:"))
+    h = hashlib.sha256()
+    for i in range(0, len(keys), 2_000):
+        pipe = client.pipeline(transaction=False)
+        for k in keys[i : i + 2_000]:
+            pipe.hgetall(k)
+        for k, fields in zip(keys[i : i + 2_000], pipe.execute(), strict=True):
+            h.update(k)
+            for f in sorted(fields):
+                h.update(b"%d:%s%d:%s" % (len(f), f, len(fields[f]), fields[f]))
+    return h.hexdigest()
 
 
 def _create_topic(brokers: str, topic: str) -> None:
