@@ -370,7 +370,7 @@ class RedisClusterStore(RedisStore):
         todo = set(filter(None, table)) - owners
         out: list[bytes] = []
         n = 0
-        while todo:
+        while todo and n < 1_000_000:  # every slot has a tag {m<n>} with n < 148,000
             tag = b"{m%d}" % n
             n += 1
             owner = table[key_slot(prefix + tag)]
