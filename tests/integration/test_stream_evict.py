@@ -206,7 +206,6 @@ def test_every_per_entity_structure_stays_bounded_with_many_distinct_cards(
     # each holds the entities seen within the last 0.2 s, never the ~50k distinct ones
     assert peak["held"] > 0 and peak["bytewax_logics"] > 0, peak
     assert all(n < distinct // 4 for n in peak.values()), (peak, distinct)
-    print("peaks after the first eviction:", peak, "distinct:", distinct)
     store = open_store(StoreConfig(redis_url=url), REFERENCE)
     report = check_online_states(
         REFERENCE, store, sup.accepted(table), sample_per_entity=300, times_per_entity=2
