@@ -195,7 +195,22 @@ def main() -> None:
     parser.add_argument("--cards", required=True, help="N (with --stream: N,N,...)")
     parser.add_argument("--per-card", type=int, default=8)
     parser.add_argument("--stream", action="store_true", help="the real stream's RSS: stream_rss")
+    parser.add_argument(
+        "--kafka", action="store_true", help="the real stream's RSS reading Kafka: stream_kafka_rss"
+    )
+    parser.add_argument("--evict-after", type=float, default=1.0)
+    parser.add_argument("--brokers", default="", help="Kafka bootstrap (default: start one)")
+    parser.add_argument("--redis-url", default="", help="Redis URL (default: start one)")
     args = parser.parse_args()
+    if args.kafka:
+        sizes = tuple(int(x) for x in args.cards.split(","))
+        from bench.memory_kafka import stream_kafka_rss
+
+        result = stream_kafka_rss(
+            sizes, args.evict_after, brokers=args.brokers, redis_url=args.redis_url
+        )
+        print(json.dumps(result))
+        return
     if args.stream:
         sizes = tuple(int(x) for x in args.cards.split(","))
         print(json.dumps(stream_rss(sizes), indent=1))

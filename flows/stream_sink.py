@@ -8,7 +8,9 @@ again; the others would stay missing for good. So each worker's sink owns a mark
 the same pipeline after the batch's rows: Redis applies a connection's commands in
 order, and a replica replicates them in order, so a marker that is not the token written
 last (or is missing) proves that some of this worker's writes are gone. The worker then
-rewrites every state it holds (:class:`HeldStates`), the very rows it wrote last.
+rewrites every state it holds (:class:`HeldStates`), the very rows it wrote last. On a
+Redis Cluster each master holds such a marker (a pipeline's order holds per node only,
+and a master loses its data alone).
 
 Why a marker rather than Redis' ``run_id``: the marker costs one command per batch and
 no extra round trip; it also catches a FLUSHALL (same ``run_id``) and a failover to a
@@ -136,6 +138,7 @@ class HeldStates:
 
     def __init__(self) -> None:
         self._local = threading.local()
+        self.workers: list[_Held] = []  # every worker's registry (for counts)
 
     def start_worker(self) -> _Held:
         """This thread's registry, made if none: with several workers Bytewax may build a
@@ -144,6 +147,7 @@ class HeldStates:
         held: _Held | None = getattr(self._local, "held", None)
         if held is None:
             held = self._local.held = _Held()
+            self.workers.append(held)
         return held
 
     def worker(self) -> _Held:
@@ -151,8 +155,23 @@ class HeldStates:
         return held if held is not None else self.start_worker()
 
 
+class _Marker:
+    """One marker key and its worker start key (on the same node), and its last token."""
+
+    __slots__ = ("key", "last", "start_key", "start_missing")
+
+    def __init__(self, key: bytes, start_key: bytes) -> None:
+        self.key, self.start_key = key, start_key
+        self.last: bytes | None = None  # the token Redis holds after our last write
+        self.start_missing: bool | None = None  # the start key, at its first check
+
+
 class LossWatch:
-    """A worker's marker in Redis: rotated with each pipelined write, checked on the reply."""
+    """A worker's markers in Redis: rotated with each pipelined write, checked on the
+    reply. One marker on a single server; on a Redis Cluster one per master (a hash tag
+    of a slot it serves, :meth:`RedisClusterStore.marker_tags`), since a master loses its
+    data alone (a restart, a failover to a lagging replica) and the order of a pipeline
+    holds per node only. A loss anywhere rewrites every held state."""
 
     def __init__(self, store: RedisStore, worker_index: int) -> None:
         self.store = store
@@ -161,9 +180,21 @@ class LossWatch:
         self.key = head + b":live:" + self.run
         self.start_key = head + b":worker:%d" % worker_index
         self.seq = 0
-        self.last: bytes | None = None  # the token Redis holds after our last write
-        self.start_missing: bool | None = None  # the worker's key, at this run's first check
+        self.markers: list[_Marker] = []
+        self.tags: list[bytes] = []
         self.covered = 0  # resumed states already checked (or rewritten)
+
+    def _current(self) -> list[_Marker]:
+        """The markers, one more for each master that serves none of them (cluster)."""
+        tags_for = getattr(self.store, "marker_tags", None)
+        if tags_for is None:
+            if not self.markers:
+                self.markers.append(_Marker(self.key, self.start_key))
+            return self.markers
+        for tag in tags_for(self.key + b":", self.tags):
+            self.tags.append(tag)
+            self.markers.append(_Marker(self.key + b":" + tag, self.start_key + b":" + tag))
+        return self.markers
 
     def write(
         self,
@@ -171,31 +202,45 @@ class LossWatch:
         resumed: int,
         extra: Sequence[tuple[str | bytes, ...]] = (),
     ) -> str:
-        """Write the rows and rotate the marker; '' if Redis kept everything, else why not.
+        """Write the rows and rotate the markers; '' if Redis kept everything, else why not.
         ``resumed``: how many states the worker resumed from a snapshot so far."""
+        markers = self._current()
         token = b"%s:%d" % (self.run, self.seq + 1)
+        ttl = str(MARKER_TTL_S)
         then: list[tuple[str | bytes, ...]] = [
-            ("SET", self.key, token, "EX", str(MARKER_TTL_S), "GET")
+            ("SET", m.key, token, "EX", ttl, "GET") for m in markers
         ]
-        if self.start_missing is None:
-            then.append(("SET", self.start_key, b"1", "GET"))
+        first = [m for m in markers if m.start_missing is None]
+        then += [("SET", m.start_key, b"1", "GET") for m in first]
         then += extra
         replies = self.store.write_rows(by_entity, then)
-        old = replies[0]
-        # the token itself: a retried pipeline whose first try had landed
-        lost = "" if old in (self.last, token) else "missing" if old is None else "stale"
-        if self.start_missing is None:
-            self.start_missing = replies[1] is None
-        if self.start_missing and resumed > self.covered:
-            lost = lost or "missing"  # lost while the stream was down
+        lost = ""
+        for m, old in zip(markers, replies, strict=False):
+            # the token itself: a retried pipeline whose first try had landed
+            if not lost and old not in (m.last, token):
+                lost = f"marker {'missing' if old is None else 'stale'}{self._where(m.key)}"
+        for m, old in zip(first, replies[len(markers) :], strict=False):
+            m.start_missing = old is None
+        if resumed > self.covered:
+            gone = next((m for m in markers if m.start_missing), None)
+            if gone is not None:  # lost while the stream was down
+                lost = lost or f"marker missing{self._where(gone.key)}"
         if lost:
             self.covered = resumed  # the rewrite that follows holds them all
-        self.seq, self.last = self.seq + 1, token
-        return lost and f"marker {lost}"
+        self.seq = self.seq + 1
+        for m in markers:
+            m.last = token
+        return lost
+
+    def _where(self, key: bytes) -> str:
+        node_of = getattr(self.store, "node_of", None)
+        return "" if node_of is None else f" on {node_of(key)}"
 
     def close(self) -> None:
         with contextlib.suppress(StoreUnavailableError, OSError, RuntimeError):
-            self.store.write_rows({}, [("DEL", self.key)])  # else it expires by itself
+            keys = [m.key for m in self.markers]
+            if keys:  # else they expire by themselves
+                self.store.write_rows({}, [("DEL", k) for k in keys])
 
 
 def _retrying(write: Callable[[], T]) -> T:

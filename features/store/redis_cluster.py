@@ -300,6 +300,7 @@ class RedisClusterStore(RedisStore):
 
     def build(self, timeout_s: float = 2.0) -> RedisClusterStore:
         self._client = RedisClusterWire(self.url, timeout_s)
+        self._tagged: tuple[object, tuple[bytes, ...]] = (None, ())  # marker_tags' last map
         # key = head + int64 id + project: ~2x faster than building it with self.key
         cut = -(_ID.size + len(self.project))
         self._key_head = {e: self.key(e, 0)[:cut] for e in self._join}
@@ -335,8 +336,8 @@ class RedisClusterStore(RedisStore):
         then: Sequence[Sequence[str | bytes]] = (),
     ) -> list[Any]:
         """As :meth:`RedisStore.write_rows`, each command sent to the node of its key (the
-        second word of each ``then`` command). The stream's loss marker lives on one node:
-        only that node's loss is noticed (README, Redis Cluster)."""
+        second word of each ``then`` command; the stream puts a loss marker on every
+        master: :meth:`marker_tags`)."""
         commands: list[bytes] = []
         keys: list[tuple[str, int]] = []
         for entity, rows in by_entity.items():
@@ -352,6 +353,38 @@ class RedisClusterStore(RedisStore):
         if not commands:
             return []
         return self._call(slots, commands)[n:]
+
+    def marker_tags(self, prefix: bytes, have: Sequence[bytes]) -> list[bytes]:
+        """Hash tags to add to ``have`` so that every master of the current slot map
+        serves a key ``prefix + tag`` (the stream's loss markers: one per master, since a
+        node loses its data alone). ``[]`` while each master has one; a tag keeps its
+        slot, so after a failover its key is on the master that took the slot over."""
+        table = self._client._slots
+        try:
+            table = table if table is not None else self._client.refresh()
+        except OSError as exc:
+            raise self._unavailable(exc) from exc
+        if table is self._tagged[0] and tuple(have) == self._tagged[1]:
+            return []  # checked against this very map already
+        owners = {table[key_slot(prefix + t)] for t in have}
+        todo = set(filter(None, table)) - owners
+        out: list[bytes] = []
+        n = 0
+        while todo and n < 1_000_000:  # every slot has a tag {m<n>} with n < 148,000
+            tag = b"{m%d}" % n
+            n += 1
+            owner = table[key_slot(prefix + tag)]
+            if owner in todo:
+                todo.discard(owner)
+                out.append(tag)
+        self._tagged = (table, (*have, *out))
+        return out
+
+    def node_of(self, key: bytes) -> str:
+        """``host:port`` of the master serving ``key`` (as last known), for messages."""
+        table = self._client._slots
+        address = table[key_slot(key)] if table is not None else None
+        return "an unknown node" if address is None else f"{address[0]}:{address[1]}"
 
     def read_states(
         self, keys: Sequence[tuple[str, int]], bootstrap: bool = False

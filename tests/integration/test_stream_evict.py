@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from bytewax.testing import run_main
 
 from features.reference import REFERENCE
 from features.store import StoreConfig, open_store
-from flows import stream_io
+from flows import stream, stream_io
 from flows.stream import StreamConfig, build_flow
 from skewless.verify import check_online_states
 from tests.integration import stream_support as sup
@@ -124,9 +125,51 @@ def test_kill_9_with_eviction_then_recovery_is_byte_identical(
     assert sup.dump(url) == clean_run["clean"]
 
 
-def test_held_entities_stay_bounded_with_many_distinct_cards(
-    redis_url: str, tmp_path: Path
+class _Spy:
+    """The flow's per-entity structures, found as it builds them (recording subclasses):
+    every one that could grow with the distinct entities ever seen, beside Bytewax's own
+    map of logics (the live :class:`EntityLogic` objects, which it alone keeps)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.logics: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.made: dict[str, Any] = {}
+        spy = self
+
+        class Logic(stream.EntityLogic):
+            def __init__(self, *args: Any) -> None:
+                super().__init__(*args)
+                spy.logics.add(self)
+
+        for name, base in (("Prefetch", stream.Prefetch), ("Evictions", stream.Evictions),
+                           ("HeldStates", stream.HeldStates)):  # fmt: skip
+
+            def init(self: Any, *args: Any, _base: Any = base, _name: str = name) -> None:
+                _base.__init__(self, *args)
+                spy.made[_name] = self
+
+            monkeypatch.setattr(stream, name, type(name, (base,), {"__init__": init}))
+        monkeypatch.setattr(stream, "EntityLogic", Logic)
+
+    def counts(self) -> dict[str, int]:
+        prefetch, ev, held = (self.made[n] for n in ("Prefetch", "Evictions", "HeldStates"))
+        with prefetch.lock:
+            seen = sum(len(s) for s in prefetch.seen.values())
+            cache = len(prefetch.cache)
+        return {
+            "bytewax_logics": len(self.logics),
+            "held": sum(len(ids) for w in held.workers for _, ids in w.by_entity.values()),
+            "prefetch_seen": seen,
+            "prefetch_cache": cache,
+            "pending_evictions": len(ev.pending),
+        }
+
+
+def test_every_per_entity_structure_stays_bounded_with_many_distinct_cards(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Every structure that holds something per entity (Bytewax's logics, the held-state
+    registry, the prefetch's ``seen`` and cache, the pending evictions) peaks far below
+    the distinct entities once eviction runs, and the values stay exact."""
     cards = 50_000
     table = sup.events(100_000, seed=5, cards=cards, merchants=200, days=30.0)
     path = tmp_path / "events.parquet"
@@ -136,29 +179,33 @@ def test_held_entities_stay_bounded_with_many_distinct_cards(
         store=StoreConfig(redis_url=url), replay_path=path, out_dir=tmp_path, tail=False,
         batch_size=500, evict_after_s=0.2,
     )  # fmt: skip
-    held, evicted = stream_io.METRICS.held, stream_io.METRICS.evicted
-    base_held, base_evicted = held._value.get(), evicted._value.get()
-    peak_after_eviction = [0.0]
+    spy = _Spy(monkeypatch)
+    flow = build_flow(REFERENCE, cfg)
+    evicted = stream_io.METRICS.evicted
+    base_evicted = evicted._value.get()
+    peak: dict[str, int] = {}
     done = threading.Event()
 
     def sample() -> None:
-        while not done.wait(0.01):
+        while not done.wait(0.02):
             if evicted._value.get() > base_evicted:
-                now = held._value.get() - base_held
-                peak_after_eviction[0] = max(peak_after_eviction[0], now)
+                for name, n in spy.counts().items():
+                    peak[name] = max(peak.get(name, 0), n)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
-        run_main(build_flow(REFERENCE, cfg))
+        run_main(flow)
     finally:
         done.set()
         sampler.join()
     n_evicted = evicted._value.get() - base_evicted
     distinct = len(set(table.column("card_id").to_pylist())) + 200
     assert n_evicted > distinct // 2, n_evicted
-    # held = cards seen within the last 0.2 s, never the ~50k distinct ones
-    assert 0 < peak_after_eviction[0] < distinct // 4, (peak_after_eviction[0], distinct)
+    assert set(peak) == set(spy.counts()), peak
+    # each holds the entities seen within the last 0.2 s, never the ~50k distinct ones
+    assert peak["held"] > 0 and peak["bytewax_logics"] > 0, peak
+    assert all(n < distinct // 4 for n in peak.values()), (peak, distinct)
     store = open_store(StoreConfig(redis_url=url), REFERENCE)
     report = check_online_states(
         REFERENCE, store, sup.accepted(table), sample_per_entity=300, times_per_entity=2
