@@ -130,10 +130,14 @@ def stream_env(bootstrap: str, redis_url: str, topic: str, data_dir: Path) -> di
     return env
 
 
-def start_stream(env: dict[str, str], *args: str, log: Path) -> subprocess.Popen[Any]:
+def start_stream(
+    env: dict[str, str], *args: str, log: Path, tail: bool = False
+) -> subprocess.Popen[Any]:
+    """``skewless stream`` as a subprocess, its output appended to ``log``; it stops at
+    the end of the topic unless ``tail``."""
     f = log.open("ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "skewless", "stream", "--no-tail", *args],
+        [sys.executable, "-m", "skewless", "stream", *([] if tail else ["--no-tail"]), *args],
         cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
     )  # fmt: skip
 

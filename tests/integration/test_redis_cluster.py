@@ -382,8 +382,7 @@ def test_a_killed_master_fails_over_and_the_stream_loses_nothing(
     sup.produce_mixed(kafka_broker.bootstrap, topic, first, [])
     log = tmp_path / "flow.log"
     env = sup.stream_env(kafka_broker.bootstrap, redis_cluster.url, topic, tmp_path)
-    proc = subprocess.Popen([sys.executable, "-m", "skewless", "stream"], cwd=sup.ROOT, env=env,
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT)  # fmt: skip
+    proc = sup.start_stream(env, log=log, tail=True)
     victim = _masters(redis_cluster)[0]
     try:
         deadline = time.monotonic() + 120

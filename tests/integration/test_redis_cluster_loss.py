@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -53,8 +52,7 @@ def test_one_flushed_master_is_noticed_and_its_states_rewritten(
     sup.produce_mixed(kafka_broker.bootstrap, topic, first, [])
     log = tmp_path / "flow.log"
     env = sup.stream_env(kafka_broker.bootstrap, redis_cluster.url, topic, tmp_path)
-    proc = subprocess.Popen([sys.executable, "-m", "skewless", "stream"], cwd=sup.ROOT, env=env,
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT)  # fmt: skip
+    proc = sup.start_stream(env, log=log, tail=True)
     try:
         _wait_until_exact(redis_cluster.url, first, proc, log, timeout=120)
         before = _dump(redis_cluster)
