@@ -102,10 +102,11 @@ def _design_md() -> str | None:
 
 
 def test_tolerance_is_design_md_word_for_word(page: str) -> None:
+    """The page quotes ``TOLERANCE``; where the design contract sits beside the checkout
+    (not in every CI clone), ``TOLERANCE`` is checked against it word for word too."""
     design = _design_md()
-    if design is None:
-        pytest.skip("shared/DESIGN.md is not beside this checkout")
-    assert TOLERANCE in " ".join(design.split())
+    if design is not None:
+        assert TOLERANCE in " ".join(design.split())
     assert f"<blockquote>{TOLERANCE}</blockquote>" in page
     assert "last bit" in page and "to the last bit" not in page
     assert "1 ulp" in page
