@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -140,6 +141,16 @@ def start_stream(
         [sys.executable, "-m", "skewless", "stream", *([] if tail else ["--no-tail"]), *args],
         cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
     )  # fmt: skip
+
+
+def stop(proc: subprocess.Popen[Any], timeout: float = 15) -> None:
+    """SIGTERM (the stream writes what it holds and exits), then kill if it hangs."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
 
 
 def wait(proc: subprocess.Popen[Any], log: Path, timeout: float = 240) -> None:

@@ -88,11 +88,7 @@ def streamed_through_a_broker_restart(
         sup.produce_mixed(kafka_broker.bootstrap, topic, second, [])
         _wait_until_exact(url, table, proc, log, timeout=180)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        sup.stop(proc)
     return {"table": table, "url": url, "work": work}
 
 

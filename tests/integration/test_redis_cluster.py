@@ -394,11 +394,7 @@ def test_a_killed_master_fails_over_and_the_stream_loses_nothing(
         sup.produce_mixed(kafka_broker.bootstrap, topic, second, [])
         _wait_until_exact(redis_cluster.url, table, proc, log, timeout=180)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        sup.stop(proc)
     masters = _masters(redis_cluster)
     assert victim not in masters and len(masters) == 3, masters
     report = check_online_states(REFERENCE, open_store(StoreConfig(redis_cluster.url), REFERENCE),

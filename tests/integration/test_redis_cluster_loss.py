@@ -7,8 +7,6 @@ byte. With the marker on one node only, two masters in three could lose theirs u
 from __future__ import annotations
 
 import re
-import signal
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -66,11 +64,7 @@ def test_one_flushed_master_is_noticed_and_its_states_rewritten(
         _wait_until_exact(redis_cluster.url, table, proc, log, timeout=120)
         after = _dump(redis_cluster)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        sup.stop(proc)
     assert min(markers.values()) == 1, markers  # one per master, for the one worker
     store = open_store(StoreConfig(redis_cluster.url), REFERENCE)
     report = check_online_states(REFERENCE, store, sup.accepted(table), 100_000, 4)

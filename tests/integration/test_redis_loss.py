@@ -153,9 +153,5 @@ def test_redis_restart_without_persistence_loses_no_entity(
         assert _metric(metrics, "skewless_stream_states_rewritten_total") == int(m.group(1))
     finally:
         if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            sup.stop(proc)
         server.stop()
