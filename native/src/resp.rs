@@ -1,6 +1,6 @@
 //! Feast's Redis layout as ready-to-send RESP: one `HSET` per entity row, values as
 //! serialized feast `ValueProto`s (int64 / double / bytes; NaN = unset), the row time as a
-//! `google.protobuf.Timestamp` (same bytes as `features/online_store.py`).
+//! `google.protobuf.Timestamp` (same bytes as `features/store/encoding.py`).
 
 use std::collections::HashMap;
 
