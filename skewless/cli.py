@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from features.settings import Settings, tune_grpc
+from skewless.cli_lazy import ELSEWHERE, add_elsewhere, chosen
 
 log = logging.getLogger("skewless")
 
@@ -48,7 +49,7 @@ def _suite(name: str) -> str:
     return name
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="skewless",
         description="Unified streaming feature and inference pipeline: zero training/serving skew.",
@@ -173,27 +174,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--redis", action="store_true", help="online store on SKEWLESS_REDIS_URL")
     reset = "with --redis: first delete the project's keys an earlier run left there"
     d.add_argument("--reset-redis", action="store_true", help=reset)
-    from flows.train import add_cli as add_train_cli  # `train`
-
-    add_train_cli(sub, command)
-    from flows.models_cli import add_cli as add_models_cli  # `models`
-
-    add_models_cli(sub, command)
-    from skewless.store_cli import add_cli as add_store_cli  # `store`
-
-    add_store_cli(sub, command)
-    from flows.monitor_cli import add_cli as add_monitor_cli  # `monitor`
-
-    add_monitor_cli(sub, command)
-    from flows.predict import add_cli as add_predict_cli  # `predict`
-
-    add_predict_cli(sub, command)
-    from flows.retrain import add_cli as add_retrain_cli  # `retrain`
-
-    add_retrain_cli(sub, command)
-    from serving.cli import add_cli as add_serving_cli  # `serve` and `score`
-
-    add_serving_cli(sub, command)
+    # the chosen command's own module adds its options (None: every module's)
+    add_elsewhere(sub, command, ELSEWHERE if argv is None else [chosen(argv) or ""])
     return p
 
 
@@ -346,7 +328,9 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     tune_grpc()
-    args = _parser().parse_args(argv)
+    args = _parser(sys.argv[1:] if argv is None else argv).parse_args(argv)
+    if getattr(args, "placeholder", False):  # the name was not told apart before parsing
+        args = _parser().parse_args(argv)
     from features.schema import SchemaError
 
     try:
