@@ -2,13 +2,17 @@
 //! per-event Python loop (read the time and values, call `update`, track the newest
 //! produced time) costs more than the native update itself (docs/perf-plan.md, "Shard-
 //! batched state"). The items are read with the GIL held, then the updates run without
-//! it, so another Bytewax worker thread can run Python meanwhile.
+//! it when the batch is long enough to pay for the hand-over (`RELEASE_GIL_FROM`), so
+//! another Bytewax worker thread can run Python meanwhile.
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
 use crate::{Core, State};
+
+/// Items from which a call releases the GIL while it updates.
+const RELEASE_GIL_FROM: usize = 64;
 
 /// Field `i` of a tuple (named tuples are tuples: no attribute lookup).
 fn field<'py>(t: &Bound<'py, PyTuple>, i: usize, what: &str) -> PyResult<Bound<'py, PyAny>> {
@@ -61,7 +65,7 @@ pub fn update_items<'py>(
     }
     let st = core.writable(state)?;
     let spec = &core.spec;
-    let (outcomes, applied, newest) = py.allow_threads(|| {
+    let mut run = || {
         let mut outcomes = Vec::with_capacity(n);
         let (mut applied, mut newest) = (0usize, 0i64);
         for i in 0..n {
@@ -73,6 +77,12 @@ pub fn update_items<'py>(
             outcomes.push(o);
         }
         (outcomes, applied, newest)
-    });
+    };
+    // a GIL hand-over costs more than a few updates: released for long batches only
+    let (outcomes, applied, newest) = if n >= RELEASE_GIL_FROM {
+        py.allow_threads(run)
+    } else {
+        run()
+    };
     Ok((PyBytes::new(py, &outcomes), applied, newest))
 }
