@@ -48,11 +48,8 @@ def drain(
             "events_per_s_after_start": round(statistics.median(rates)),
             "events_per_s_after_start_best": round(max(rates)),
         }
-    out["ratio_cpu_entity_vs_sharded"] = round(
-        out["entity"]["cpu_us_per_event_after_start"]
-        / out["sharded"]["cpu_us_per_event_after_start"],
-        2,
-    )
+    cpu = {name: statistics.median(c for _, c in got) for name, got in runs.items()}
+    out["ratio_cpu_entity_vs_sharded"] = round(cpu["entity"] / cpu["sharded"], 2)
     out["load_average_1m"] = round(os.getloadavg()[0], 1)
     return out
 
