@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeGuard
@@ -44,7 +46,7 @@ from flows.stream_io import (
 )
 from flows.stream_kafka import dlq_message, kafka_in, late_message
 from flows.stream_prefetch import Prefetch
-from flows.stream_shard import LAYOUTS, dead_letters, shard_step
+from flows.stream_shard import LAYOUTS, check_recovery, dead_letters, shard_step
 from flows.stream_sink import HeldStates, LossTicks, OnlineStoreSink
 
 log = logging.getLogger("skewless.stream")
@@ -208,6 +210,17 @@ def config_from_settings(
     )
 
 
+def _recovery_directory(argv: list[str], env: Mapping[str, str]) -> Path | None:
+    """``python -m bytewax.run``'s ``-r``/``--recovery-directory`` (or its variable)."""
+    for i, arg in enumerate(argv):
+        if arg in ("-r", "--recovery-directory") and i + 1 < len(argv):
+            return Path(argv[i + 1])
+        if arg.startswith("--recovery-directory="):
+            return Path(arg.split("=", 1)[1])
+    found = env.get("BYTEWAX_RECOVERY_DIRECTORY")
+    return Path(found) if found else None
+
+
 def __getattr__(name: str) -> Any:
     """``flows.stream:flow`` for ``python -m bytewax.run``: built from the environment."""
     if name == "flow":
@@ -219,8 +232,15 @@ def __getattr__(name: str) -> Any:
         tail = os.environ.get("SKEWLESS_STREAM_TAIL", "1") != "0"
         evict = float(os.environ.get("SKEWLESS_STREAM_EVICT_AFTER") or 0)
         layout = os.environ.get("SKEWLESS_STREAM_STATE_LAYOUT") or "entity"
+        fs = load_definitions(settings.definitions)
+        recovery = _recovery_directory(sys.argv, os.environ)
+        if recovery is not None and recovery.exists():
+            try:
+                check_recovery(recovery, [e.name for e in fs.entities], layout)
+            except ValueError as exc:  # one line, not a traceback from bytewax.run
+                raise SystemExit(f"flows.stream:flow: {exc}") from None
         return build_flow(
-            load_definitions(settings.definitions),
+            fs,
             config_from_settings(settings, Path(replay) if replay else None, tail, evict, layout),
         )
     raise AttributeError(name)

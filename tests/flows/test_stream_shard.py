@@ -255,3 +255,25 @@ def test_the_native_batch_update_equals_one_update_per_event(
         assert refused > 50  # duplicates and too-late events were in the batches
     with pytest.raises(ValueError, match="update_items: 2 value positions for 1 fields"):
         ctx.update_items(ctx.core, ctx.core.new_state(), items[:1], ctx.time_pos, [1, 2])
+
+
+def test_bytewax_run_checks_the_recovery_directory_it_is_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``python -m bytewax.run flows.stream:flow -r DIR``: the same refusal, as one line."""
+    from flows import stream
+
+    rec = _recovery_dir(tmp_path / "rec", "card")
+    assert stream._recovery_directory(["run.py", "m:flow", "-r", str(rec)], {}) == rec
+    assert stream._recovery_directory([f"--recovery-directory={rec}"], {}) == rec
+    assert stream._recovery_directory([], {"BYTEWAX_RECOVERY_DIRECTORY": str(rec)}) == rec
+    assert stream._recovery_directory(["m:flow"], {}) is None
+    monkeypatch.setattr("sys.argv", ["run.py", "flows.stream:flow", "-r", str(rec)])
+    monkeypatch.setenv("SKEWLESS_STREAM_STATE_LAYOUT", "sharded")
+    with pytest.raises(SystemExit, match=r"^flows\.stream:flow: --state-layout sharded: "):
+        stream.flow  # noqa: B018
+    monkeypatch.setenv("SKEWLESS_STREAM_STATE_LAYOUT", "entity")
+    monkeypatch.delenv("SKEWLESS_KAFKA_BOOTSTRAP", raising=False)
+    monkeypatch.setenv("SKEWLESS_REPLAY_PATH", str(tmp_path / "events.parquet"))
+    monkeypatch.setenv("SKEWLESS_DATA_DIR", str(tmp_path / "data"))
+    assert stream.flow.flow_id == "skewless_stream"  # the layout that wrote it: accepted
