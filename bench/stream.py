@@ -27,7 +27,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from bench import stream_floor, stream_stages
+from bench import stream_floor, stream_shard, stream_stages
 from features.layout import compile_layouts
 from features.reference import REFERENCE
 from flows.produce import produce_messages
@@ -342,6 +342,8 @@ def run(
             if len(os.sched_getaffinity(0)) > 1
             else {}
         )
+        me = sys.modules[__name__]
+        sharded = stream_shard.run(me, bootstrap, f"{base}/11", table, ours["topic"], work)
         naive = naive_push(f"{base}/12", table, work, naive_events)
         fresh_table = _simulated(int(rate * fresh_seconds), days=1.0, seed=6)
         fresh = freshness(bootstrap, f"{base}/13", fresh_table, work, rate)
@@ -370,6 +372,7 @@ def run(
                 drain_cpu * floor["per-event"]["events_per_cpu_s"] / 1e6, 2
             ),
             "workers": scaling,
+            "sharded": sharded,  # --state-layout sharded vs entity (bench/stream_shard.py)
             "throughput_detail": ours,
             "naive_detail": naive,
             "freshness": fresh,

@@ -20,10 +20,11 @@ from bytewax.connectors.kafka import KafkaSource
 from features.definitions import FeatureSet
 from features.plan import compile_plan
 from features.store import StoreConfig
-from flows.stream import EntityLogic, _EntityContext
 from flows.stream_decode import Decoder
+from flows.stream_entity import EntityLogic, _EntityContext
 from flows.stream_io import Ingested, LateOut, RowOut
 from flows.stream_prefetch import Prefetch
+from flows.stream_shard import RowBatch, ShardLogic, ShardRouter
 from flows.stream_sink import HeldStates, _StorePartition
 from flows.stream_source import ThinKafkaSource
 
@@ -99,6 +100,21 @@ def _step(ctx: Any, logics: dict[str, EntityLogic], groups: dict[str, list[Inges
     return out
 
 
+def _shard_step(ctx: Any, shards: dict[str, ShardLogic], routed: list[Any]) -> list[Any]:
+    """The sharded layout's step (``--state-layout sharded``): one logic per key shard."""
+    out: list[Any] = []
+    for k, group in routed:
+        logic = shards.get(k)
+        if logic is None:
+            logic = shards[k] = ShardLogic(lambda r: EntityLogic(ctx, r), None, False, None)
+        for x in logic.on_batch([group])[0]:
+            if type(x) is RowBatch:
+                out += x
+            else:
+                out.append(x)
+    return out
+
+
 def stages(
     fs: FeatureSet,
     brokers: str,
@@ -107,8 +123,10 @@ def stages(
     workdir: Any,
     batch_size: int,
     thin: bool = True,
+    sharded: bool = False,
 ) -> dict[str, Any]:
-    """Every stage over the topic's partition 0; µs per event of each (CPU and wall)."""
+    """Every stage over the topic's partition 0; µs per event of each (CPU and wall).
+    ``sharded``: key routing is the shard router, the entity steps hold shards."""
     plan = compile_plan(fs)
     store = StoreConfig(redis_url=redis_url, workdir=workdir)
     clock = _Clock()
@@ -121,7 +139,7 @@ def stages(
     prefetch = Prefetch(plan, store, None)
     held = HeldStates()
     sink = _StorePartition(store, fs, held, 0)
-    steps: list[tuple[str, Any, Any, dict[str, EntityLogic]]] = []
+    steps: list[tuple[str, Any, Any, dict[str, Any]]] = []
     for entity in plan.entities:
         ctx = _EntityContext(plan, entity.name, store, prefetch, held, None, snapshots=False)
         steps.append((entity.name, ctx, ctx.plan.key, {}))
@@ -133,6 +151,10 @@ def stages(
         events += len(valid)
         rows: list[Any] = []
         for name, ctx, key, logics in steps:
+            if sharded:
+                routed = clock.time("key routing", ShardRouter(key), valid)
+                rows += clock.time(f"{name} step", _shard_step, ctx, logics, routed)
+                continue
             groups = clock.time("key routing", _route, key, valid)
             rows += clock.time(f"{name} step", _step, ctx, logics, groups)
         rows = [r for r in rows if type(r) is not LateOut]
@@ -146,6 +168,7 @@ def stages(
     return {
         "events": events,
         "source": "thin" if thin else "bytewax",
+        "state_layout": "sharded" if sharded else "entity",
         "cpu_us_per_event": {s: round(clock.cpu[s] * per, 2) for s in STAGES},
         "wall_us_per_event": {s: round(clock.wall[s] * per, 2) for s in STAGES},
         "cpu_us_per_event_total": round(sum(clock.cpu[s] for s in STAGES) * per, 2),

@@ -18,24 +18,23 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeGuard
 
 import bytewax.operators as op
 from bytewax.connectors.kafka import operators as kop
 from bytewax.dataflow import Dataflow
-from bytewax.operators import StatefulBatchLogic
 
 from features.definitions import FeatureSet
-from features.native import NativeLayout
 from features.plan import Plan, compile_plan
-from features.store import OnlineRow, StoreConfig
+from features.store import StoreConfig
 from flows import stream_io
 from flows.stream_decode import Decoder
-from flows.stream_evict import Evicted, Evictions, Returned, pack, unpack
+from flows.stream_entity import EntityLogic, _EntityContext
+from flows.stream_evict import Evicted, Evictions
 from flows.stream_io import (
     DeadLetter,
     Ingested,
@@ -46,9 +45,9 @@ from flows.stream_io import (
     StoppableSource,
 )
 from flows.stream_kafka import dlq_message, kafka_in, late_message
-from flows.stream_prefetch import MISSING, Prefetch, read_start
+from flows.stream_prefetch import Prefetch
+from flows.stream_shard import LAYOUTS, check_recovery, dead_letters, shard_step
 from flows.stream_sink import HeldStates, LossTicks, OnlineStoreSink
-from flows.stream_summary import COVERED
 
 log = logging.getLogger("skewless.stream")
 
@@ -71,162 +70,16 @@ class StreamConfig:
     #: Bytewax still asks every touched key for its snapshot each epoch (~5% of a drain)
     snapshots: bool = True
     thin_source: bool = True  # one item per Kafka poll (flows/stream_source.py)
+    #: "entity": one Bytewax key per entity; "sharded": per key shard (flows/stream_shard.py)
+    state_layout: str = "entity"
 
     @property
     def kafka(self) -> bool:
         return bool(self.brokers)
 
 
-_APPLIED, _DUPLICATE, _LATE = 0, 1, 2  # native update outcomes
-
-
 def _is_row(x: RowOut | LateOut | Evicted) -> TypeGuard[RowOut | Evicted]:
     return type(x) is not LateOut
-
-
-class EntityLogic(StatefulBatchLogic[Ingested, Any, tuple[int | None, bytes]]):
-    """One entity's engine state (native core). Every entity sees every valid event and
-    decides duplicates and lateness on its own events. Emits one :class:`RowOut` per batch
-    that changed the state and a :class:`LateOut` per too-late event. Snapshots carry the
-    entity id and the exact big-integer sums, so a resumed run stays byte-equal (and can
-    rewrite the state before its next event, should Redis lose it). The worker's
-    :class:`HeldStates` knows every logic that holds a state."""
-
-    def __init__(
-        self, ctx: _EntityContext, resume: tuple[int | None, bytes] | bytes | None
-    ) -> None:
-        self.ctx = ctx
-        self.entity_id: int | None = None
-        self.state: Any = None
-        #: the bootstrap state's newest event time: not applied at or before it = covered
-        self.covered_until: int | None = None
-        self.touched = datetime.now(UTC)  # the last batch (idle eviction)
-        self.resumed = resume is not None
-        self.registry: Any = None  # the worker's HeldStates registry that holds it
-        if resume is not None:
-            if isinstance(resume, bytes):  # a snapshot from before the id was kept
-                resume = (None, resume)
-            self.entity_id, self.state = resume[0], ctx.core.restore(resume[1])
-            if self.entity_id is not None:
-                self.registry = ctx.held.worker()
-                self.registry.add(ctx.name, ctx.core, self.entity_id, self, resumed=True)
-
-    def on_batch(self, values: list[Ingested]) -> tuple[Iterable[RowOut | LateOut], bool]:
-        ctx = self.ctx
-        entity_id = self.entity_id
-        if ctx.evictions is not None:
-            self.touched = datetime.now(UTC)
-        if entity_id is None:
-            entity_id = ctx.plan.key(values[0].event)
-            if self.state is None:
-                self.state, self.covered_until = ctx.load(entity_id)
-            self.entity_id = entity_id
-            self.registry = ctx.held.worker()
-            self.registry.add(ctx.name, ctx.core, entity_id, self, resumed=False)
-        elif self.resumed:  # a prefetch made for a key resumed from a snapshot: unused
-            self.resumed = False
-            if ctx.prefetch is not None:
-                ctx.prefetch.take((ctx.name, entity_id))
-        core, values_of, time_of = ctx.core, ctx.plan.values, ctx.event_time
-        state, until = self.state, self.covered_until
-        out: list[RowOut | LateOut] = []
-        changed, newest, late, dups, covered = False, 0, 0, 0, 0
-        for item in values:
-            e = item.event
-            t = time_of(e)
-            outcome = core.update(state, t, values_of(e), item.txid)
-            if outcome == _APPLIED:
-                changed = True
-                if item.produced_ms > newest:
-                    newest = item.produced_ms
-            elif until is not None and t <= until:
-                covered += 1  # the bootstrap holds it (flows/stream_summary.py)
-            elif outcome == _LATE:
-                late += 1
-                out.append(LateOut(item, ctx.name))
-            else:
-                dups += 1
-        if late:
-            stream_io.METRICS.late.labels(ctx.name).inc(late)
-        if dups:
-            stream_io.METRICS.duplicates.labels(ctx.name).inc(dups)
-        if covered:
-            COVERED.labels(ctx.name).inc(covered)
-        if changed:
-            features, blob = core.row(state)
-            row = OnlineRow(entity_id, state.max_seen, features, blob)
-            out.append(RowOut(ctx.name, row, newest))
-        return out, StatefulBatchLogic.RETAIN
-
-    def notify_at(self) -> datetime | None:
-        ev = self.ctx.evictions
-        return None if ev is None else self.touched + timedelta(seconds=ev.after_s)
-
-    def on_notify(self) -> tuple[Iterable[Evicted], bool]:
-        """Idle past ``--evict-after``: leave the exact snapshot to the sink, drop the key."""
-        ctx, ev = self.ctx, self.ctx.evictions
-        if ev is None or self.entity_id is None or self.state is None:
-            return (), StatefulBatchLogic.RETAIN
-        if datetime.now(UTC) < self.touched + timedelta(seconds=ev.after_s):
-            return (), StatefulBatchLogic.RETAIN
-        self.registry.remove(ctx.name, self.entity_id)  # the one it was added to
-        blob = pack(self.covered_until, ctx.core.snapshot(self.state))
-        return [ev.evict(ctx.name, self.entity_id, blob)], StatefulBatchLogic.DISCARD
-
-    def snapshot(self) -> tuple[int | None, bytes]:
-        # a logic exists only once a batch or a snapshot gave it a state
-        assert self.state is not None
-        if not self.ctx.snapshots:  # no recovery: Bytewax asks anyway, and drops it
-            return self.entity_id, b""
-        return self.entity_id, self.ctx.core.snapshot(self.state)
-
-
-class _EntityContext:
-    """Per-entity helpers shared by all keys of a worker (plan, native core, state loader)."""
-
-    def __init__(
-        self,
-        plan: Plan,
-        entity: str,
-        store: StoreConfig | None,
-        prefetch: Prefetch | None = None,
-        held: HeldStates | None = None,
-        evictions: Evictions | None = None,
-        snapshots: bool = True,
-    ) -> None:
-        self.plan = plan.entity(entity)
-        self.fs = plan.fs
-        self.native = NativeLayout(self.plan.layout)
-        self.core = self.native.core
-        self.name = entity
-        self.event_time = plan.event_time
-        self.event_id = plan.event_id
-        self.store = store
-        self.prefetch = prefetch
-        self.held = held if held is not None else HeldStates()
-        self.evictions = evictions
-        self.snapshots = snapshots
-
-    def load(self, entity_id: int) -> tuple[Any, int | None]:
-        """(State, covered until) for an entity this worker has no state for: its exact
-        snapshot if it was evicted (flows/stream_evict.py), else the bootstrap state that
-        ``feast materialize`` wrote, else empty. Never the stream's own last row: rounded,
-        it would not continue byte-identically."""
-        raw: object = MISSING
-        if self.evictions is not None:
-            blob = self.evictions.take(self.name, entity_id)
-            raw = MISSING if blob is None else Returned(blob)
-        if self.prefetch is not None:
-            cached = self.prefetch.take((self.name, entity_id))
-            raw = cached if raw is MISSING else raw
-        if raw is MISSING and self.store is not None:
-            [raw] = read_start(self.store, self.fs, [(self.name, entity_id)], bool(self.evictions))
-        if isinstance(raw, Returned):
-            covered, snap = unpack(raw.blob)
-            stream_io.METRICS.returned.inc()
-            return self.core.restore(snap), covered
-        state = self.core.decode(raw) if isinstance(raw, bytes) else self.core.new_state()
-        return state, state.max_seen
 
 
 def _entity_step(
@@ -238,14 +91,21 @@ def _entity_step(
     held: HeldStates,
     evictions: Evictions | None,
     snapshots: bool = True,
+    sharded: bool = False,
 ) -> tuple[Any, Any]:
-    """One entity's step over every valid event: (its rows and evictions, its lates)."""
+    """One entity's step over every valid event: (its rows and evictions, its lates).
+    Sharded: ``up`` carries one list per poll, and one key holds a shard of entities."""
     ctx = _EntityContext(plan, name, store, prefetch, held, evictions, snapshots)
     key = ctx.plan.key
-    keyed = op.key_on("key_" + name, up, lambda i: str(key(i.event)))
-    out = op.key_rm(
-        "unkey_" + name, op.stateful_batch(name, keyed, lambda resume: EntityLogic(ctx, resume))
-    )
+    out: Any
+    if sharded:
+        after = None if evictions is None else evictions.after_s
+        make = lambda resume: EntityLogic(ctx, resume)  # noqa: E731
+        out = shard_step(name, up, key, make, after, snapshots)
+    else:
+        keyed = op.key_on("key_" + name, up, lambda i: str(key(i.event)))
+        logic = op.stateful_batch(name, keyed, lambda resume: EntityLogic(ctx, resume))
+        out = op.key_rm("unkey_" + name, logic)
     split = op.branch("rows_" + name, out, _is_row)
     return split.trues, split.falses
 
@@ -269,7 +129,15 @@ def build_flow(fs: FeatureSet, cfg: StreamConfig) -> Dataflow:
             raise ValueError("replay_path: the embedded mode needs an events file to replay")
         replay = ParquetReplaySource(cfg.replay_path, cfg.batch_size)
         raw = op.input("replay_in", flow, StoppableSource(replay))
-    decoded: Any = op.flat_map_batch("decode", raw, Decoder(plan, check_keys=cfg.kafka))
+    if cfg.state_layout not in LAYOUTS:
+        raise ValueError(f"--state-layout: {cfg.state_layout!r} is not one of {LAYOUTS}")
+    sharded = cfg.state_layout == "sharded"
+    decoder = Decoder(plan, check_keys=cfg.kafka)
+    decoded: Any = (  # sharded: one item per poll, never one per event
+        op.flat_map_batch("decode_polls", raw, lambda msgs: [decoder(msgs)])
+        if sharded
+        else op.flat_map_batch("decode", raw, decoder)
+    )
     store = cfg.store if cfg.load_state_from_store else None
     evictions = None
     if cfg.evict_after_s > 0:
@@ -278,9 +146,17 @@ def build_flow(fs: FeatureSet, cfg: StreamConfig) -> Dataflow:
         evictions = Evictions(cfg.evict_after_s)
     prefetch = Prefetch(plan, store, evictions) if store is not None else None
     if prefetch is not None:
-        decoded = op.flat_map_batch("prefetch", decoded, prefetch)
-    split: Any = op.branch("valid", decoded, lambda x: type(x) is Ingested)
-    dead: Any = split.falses
+        decoded = (
+            op.map("prefetch_polls", decoded, prefetch)
+            if sharded
+            else op.flat_map_batch("prefetch", decoded, prefetch)
+        )
+    if sharded:
+        valid: Any = decoded
+        dead: Any = op.flat_map("dead", decoded, dead_letters)
+    else:
+        split: Any = op.branch("valid", decoded, lambda x: type(x) is Ingested)
+        valid, dead = split.trues, split.falses
     if cfg.kafka:
         kop.output("dlq", op.map("dlq_msg", dead, lambda d: dlq_message(d, f"{cfg.topic}.dlq")),
                    brokers=[cfg.brokers], topic=f"{cfg.topic}.dlq")  # fmt: skip
@@ -291,7 +167,7 @@ def build_flow(fs: FeatureSet, cfg: StreamConfig) -> Dataflow:
     held = HeldStates()
     for entity in plan.entities:
         r, late = _entity_step(
-            plan, entity.name, split.trues, store, prefetch, held, evictions, cfg.snapshots
+            plan, entity.name, valid, store, prefetch, held, evictions, cfg.snapshots, sharded
         )
         rows.append(r)
         lates.append(late)
@@ -314,7 +190,11 @@ def build_flow(fs: FeatureSet, cfg: StreamConfig) -> Dataflow:
 
 
 def config_from_settings(
-    settings: Any, replay_path: Path | None = None, tail: bool = True, evict_after_s: float = 0.0
+    settings: Any,
+    replay_path: Path | None = None,
+    tail: bool = True,
+    evict_after_s: float = 0.0,
+    state_layout: str = "entity",
 ) -> StreamConfig:
     store = StoreConfig(redis_url=settings.redis_url, workdir=settings.data_dir / "feast")
     return StreamConfig(
@@ -326,7 +206,19 @@ def config_from_settings(
         tail=tail,
         metrics_port=settings.metrics_port,
         evict_after_s=evict_after_s,
+        state_layout=state_layout,
     )
+
+
+def _recovery_directory(argv: list[str], env: Mapping[str, str]) -> Path | None:
+    """``python -m bytewax.run``'s ``-r``/``--recovery-directory`` (or its variable)."""
+    for i, arg in enumerate(argv):
+        if arg in ("-r", "--recovery-directory") and i + 1 < len(argv):
+            return Path(argv[i + 1])
+        if arg.startswith("--recovery-directory="):
+            return Path(arg.split("=", 1)[1])
+    found = env.get("BYTEWAX_RECOVERY_DIRECTORY")
+    return Path(found) if found else None
 
 
 def __getattr__(name: str) -> Any:
@@ -339,9 +231,17 @@ def __getattr__(name: str) -> Any:
         replay = os.environ.get("SKEWLESS_REPLAY_PATH")
         tail = os.environ.get("SKEWLESS_STREAM_TAIL", "1") != "0"
         evict = float(os.environ.get("SKEWLESS_STREAM_EVICT_AFTER") or 0)
+        layout = os.environ.get("SKEWLESS_STREAM_STATE_LAYOUT") or "entity"
+        fs = load_definitions(settings.definitions)
+        recovery = _recovery_directory(sys.argv, os.environ)
+        if recovery is not None and recovery.exists():
+            try:
+                check_recovery(recovery, [e.name for e in fs.entities], layout)
+            except ValueError as exc:  # one line, not a traceback from bytewax.run
+                raise SystemExit(f"flows.stream:flow: {exc}") from None
         return build_flow(
-            load_definitions(settings.definitions),
-            config_from_settings(settings, Path(replay) if replay else None, tail, evict),
+            fs,
+            config_from_settings(settings, Path(replay) if replay else None, tail, evict, layout),
         )
     raise AttributeError(name)
 

@@ -19,6 +19,7 @@ from features.settings import Settings, masked_url
 from flows import stream_io
 from flows.stream import build_flow, config_from_settings
 from flows.stream_cluster import parse_addresses, wait_for_members
+from flows.stream_shard import check_recovery
 from flows.stream_summary import print_summary, replay_rows, watch
 
 log = logging.getLogger("skewless.stream")
@@ -135,7 +136,12 @@ def _run(
     cfg = config_from_settings(settings, args.replay, tail=not args.no_tail, evict_after_s=evict)
     thin = getattr(args, "kafka_source", "thin") == "thin"
     snapshots = args.recovery_directory is not None
-    cfg = dataclasses.replace(cfg, batch_size=batch, thin_source=thin, snapshots=snapshots)
+    layout = getattr(args, "state_layout", None) or "entity"
+    cfg = dataclasses.replace(
+        cfg, batch_size=batch, thin_source=thin, snapshots=snapshots, state_layout=layout
+    )
+    if args.recovery_directory is not None and args.recovery_directory.exists():
+        check_recovery(args.recovery_directory, [e.name for e in fs.entities], layout)
     flow = build_flow(fs, cfg)
     recovery = None
     epoch = timedelta(seconds=args.snapshot_interval)

@@ -45,6 +45,7 @@ from features.store import OnlineRow, StoreConfig, StoreUnavailableError
 from features.store.redis import RedisStore
 from flows.stream_evict import Evicted, Evictions, write_commands
 from flows.stream_io import METRICS, RowOut, observe_many, stop_requested, store_for
+from flows.stream_shard import RowBatch
 
 log = logging.getLogger("skewless.stream")
 
@@ -271,7 +272,7 @@ def _chunks(rows: dict[str, list[OnlineRow]], size: int) -> Iterator[dict[str, l
     yield chunk
 
 
-class _StorePartition(StatelessSinkPartition[RowOut | Tick | Evicted]):
+class _StorePartition(StatelessSinkPartition[RowOut | RowBatch | Tick | Evicted]):
     def __init__(
         self,
         cfg: StoreConfig,
@@ -297,7 +298,7 @@ class _StorePartition(StatelessSinkPartition[RowOut | Tick | Evicted]):
             return ""
         return self.watch.write(by_entity, self.held.resumed, extra)
 
-    def write_batch(self, items: list[RowOut | Tick | Evicted]) -> None:
+    def write_batch(self, items: list[RowOut | RowBatch | Tick | Evicted]) -> None:
         latest: dict[tuple[str, int], tuple[OnlineRow, int]] = {}
         evicted: list[Evicted] = []
         for item in items:  # the last row of a key holds its newest state
@@ -305,6 +306,9 @@ class _StorePartition(StatelessSinkPartition[RowOut | Tick | Evicted]):
                 latest[(item.entity, item.row.entity_id)] = (item.row, item.produced_ms)
             elif type(item) is Evicted:
                 evicted.append(item)
+            elif type(item) is RowBatch:  # a shard's rows (flows/stream_shard.py)
+                for r in item:
+                    latest[(r.entity, r.row.entity_id)] = (r.row, r.produced_ms)
         if evicted and self.evictions is not None:  # written with the rows, same epoch
             lost = _retrying(lambda: self._write({}, evicted))
             self.evictions.written(evicted)
@@ -360,7 +364,7 @@ class _StorePartition(StatelessSinkPartition[RowOut | Tick | Evicted]):
             self.watch.close()
 
 
-class OnlineStoreSink(DynamicSink[RowOut | Tick | Evicted]):
+class OnlineStoreSink(DynamicSink[RowOut | RowBatch | Tick | Evicted]):
     """Batched writes of each touched entity's latest row; retries with backoff, forever,
     so an outage stalls the flow (and Kafka buffers) instead of losing updates; rewrites
     the worker's held states when Redis lost them."""

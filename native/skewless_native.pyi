@@ -2,7 +2,7 @@
 up ``skewless_native.pyi`` beside ``Cargo.toml``). Use it through ``features.native``."""
 
 from collections.abc import Buffer, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 #: the state bytes' layout version this build reads and writes
 ENGINE_BYTES_VERSION: int
@@ -195,3 +195,9 @@ def unwrap_bytes_values(raws: list[bytes | None]) -> list[bytes | None]: ...
 def txid_hash(transaction_id: str) -> int: ...
 def txid_hashes(data: Buffer, starts: Buffer, ends: Buffer) -> bytes:
     """``txid_hash`` of ``data[starts[i]:ends[i]]`` (uint8; int64 bounds), as 8n bytes."""
+
+def update_items(
+    core: Core, state: State, items: list[Any], time_pos: int, value_pos: list[int]
+) -> tuple[bytes, int, int]:
+    """One entity's stream items ``(event, produced_ms, txid, ...)`` through ``update``,
+    the GIL released: (one outcome byte per item, how many applied, newest produced_ms)."""

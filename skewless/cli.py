@@ -121,6 +121,12 @@ def _parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         help="drop entities idle this many seconds (wall clock), read back when they return "
         "(default 0: never; env SKEWLESS_STREAM_EVICT_AFTER)",
     )
+    st.add_argument(
+        "--state-layout", choices=("entity", "sharded"),
+        default=os.environ.get("SKEWLESS_STREAM_STATE_LAYOUT") or "entity",
+        help="entity: one Bytewax key per entity (default); sharded: one per key shard, one "
+        "item per shard and poll (env SKEWLESS_STREAM_STATE_LAYOUT)",
+    )  # fmt: skip
     st.add_argument("-r", "--recovery-directory", type=Path)
     st.add_argument("-s", "--snapshot-interval", type=float, default=5.0, help="seconds")
     st.add_argument("-b", "--backup-interval", type=float, default=0.0, help="seconds")

@@ -4,6 +4,7 @@
 //! crate computes the same state bytes and the same feature values, bit for bit, and the
 //! tests hold the two against each other.
 
+mod batch;
 mod engine;
 mod event;
 mod hashes;
@@ -500,6 +501,7 @@ fn skewless_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<resp::HsetEncoder>()?;
     m.add_class::<resp::ScoreBatchEncoder>()?;
     m.add_function(wrap_pyfunction!(state_max_seen, m)?)?;
+    m.add_function(wrap_pyfunction!(batch::update_items, m)?)?;
     m.add_function(wrap_pyfunction!(resp::unwrap_bytes_values, m)?)?;
     m.add_function(wrap_pyfunction!(event::txid_hash, m)?)?;
     m.add_function(wrap_pyfunction!(hashes::txid_hashes, m)?)?;

@@ -24,6 +24,7 @@ def test_stage_table_and_floor_count_every_event_of_the_topic(
 
     from bench import stream_floor
     from bench.stream import _pairs, _topic, stage_table
+    from bench.stream_shard import stage_table as stage_table_sharded
     from flows.produce import produce_messages
     from tests.integration import stream_support as sup
 
@@ -41,6 +42,11 @@ def test_stage_table_and_floor_count_every_event_of_the_topic(
     entities = {k for k in client.scan_iter(count=1000) if not k.startswith(b"skewless:")}
     cards, merchants = (len(set(table.column(c).to_pylist())) for c in ("card_id", "merchant_id"))
     assert len(entities) == cards + merchants
+    # the sharded layout's stages (--state-layout sharded) write the very same rows
+    want = sup.dump(url)
+    sharded = stage_table_sharded(kafka_bootstrap, topic, sup.fresh_db_url(redis_url, 14), tmp_path)
+    assert sharded["events"] == 3_000 and sharded["state_layout"] == "sharded"
+    assert sup.dump(url) == want
     for variant in stream_floor.VARIANTS:
         out = stream_floor.run(variant, kafka_bootstrap, topic, 3_000, 500)
         assert out["events_per_cpu_s"] > 0, out

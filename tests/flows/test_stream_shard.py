@@ -1,0 +1,279 @@
+"""The shard-batched state layout (``--state-layout sharded``) writes what the entity
+layout writes: the same online rows, late output and dead letters on adversarial
+histories (duplicates, too-late events, out-of-order, ties at hop edges, a restart
+without recovery, idle eviction), and refuses the other layout's recovery directory."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from bytewax.testing import run_main
+
+from features.reference import REFERENCE
+from features.store import StoreConfig, open_store
+from flows import stream_entity, stream_io
+from flows.simulate import SimulationConfig, simulate
+from flows.stream import StreamConfig, build_flow
+from flows.stream_io import Ingested
+from flows.stream_shard import SHARDS, ShardRouter, check_recovery, shard_of, step_id
+from tests.integration import stream_support as sup
+
+HOUR = 3_600_000
+
+
+def _adversarial(seed: int = 4) -> pa.Table:
+    """~3,000 simulated events over 12 days, then: local swaps (out of order), exact
+    duplicates later on, copies of the first days' events at the end under new ids (too
+    late for their card, maybe not for their merchant), ties at hop edges (same time,
+    other amount), and invalid rows."""
+    t = simulate(SimulationConfig(events=3000, cards=60, merchants=8, days=12.0, seed=seed))
+    rows = t.to_pylist()
+    rng = np.random.default_rng(seed)
+    for i in rng.choice(len(rows) - 5, 80, replace=False):
+        rows[i], rows[i + 4] = rows[i + 4], rows[i]
+    for i in rng.choice(len(rows), 50, replace=False):
+        rows.insert(min(len(rows), int(i) + 30), dict(rows[int(i)]))
+    for k, i in enumerate(rng.choice(400, 40, replace=False)):  # too late, at the end
+        rows.append({**rows[int(i)], "transaction_id": f"late{k}"})
+    for k, i in enumerate(rng.choice(len(rows) - 200, 60, replace=False)):
+        r = rows[int(i)]
+        edge = r["event_time"].replace(minute=0, second=0, microsecond=0)
+        for j in range(2):  # two events at the same hop edge, other amounts
+            tie = {**r, "transaction_id": f"tie{k}-{j}", "event_time": edge, "amount": 3.5 + j}
+            rows.insert(int(i) + 2 + j, tie)
+    for k in range(5):
+        rows.insert(200 * k + 7, {**rows[k], "transaction_id": f"bad{k}", "amount": -1.0})
+    return pa.Table.from_pylist(rows, schema=t.schema)
+
+
+def _run(events: Path, out: Path, layout: str, store: StoreConfig, **kw: Any) -> None:
+    cfg = StreamConfig(
+        store=store, replay_path=events, out_dir=out / "stream", tail=False, batch_size=250,
+        state_layout=layout, **kw,
+    )  # fmt: skip
+    stream_io.clear_stop()
+    run_main(build_flow(REFERENCE, cfg))
+
+
+def _lines(out: Path, kind: str) -> Counter[str]:
+    """Every ``kind`` output line of the run (order across entities is not defined)."""
+    return Counter(
+        line for f in (out / "stream").glob(f"{kind}-*.jsonl") for line in f.read_text().split("\n")
+    )
+
+
+def _states(store: StoreConfig, table: pa.Table) -> list[bytes | None]:
+    s = open_store(store, REFERENCE)
+    keys = [("card", c) for c in sorted(set(table.column("card_id").to_pylist()))]
+    keys += [("merchant", m) for m in sorted(set(table.column("merchant_id").to_pylist()))]
+    return s.read_states(keys)
+
+
+@pytest.fixture(scope="module")
+def adversarial(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pa.Table]:
+    path = tmp_path_factory.mktemp("adv") / "events.parquet"
+    table = _adversarial()
+    pq.write_table(table, path)
+    return path, table
+
+
+def test_both_layouts_write_the_same_rows_late_and_dead_letters(
+    adversarial: tuple[Path, pa.Table], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Embedded store, each layout run twice over the same input (a restart without
+    recovery rereads it): same states, same late output, same dead letters. The entity
+    layout runs with the per-event Python loop (one ``Core.update`` per event), the
+    sharded one with the native batch call."""
+    events, table = adversarial
+    got = {}
+    for layout in ("entity", "sharded"):
+        if layout == "entity":
+            monkeypatch.setattr(stream_entity, "native", SimpleNamespace())
+        else:
+            monkeypatch.undo()
+        out = tmp_path / layout
+        store = StoreConfig(workdir=out / "feast")
+        _run(events, out, layout, store)
+        first = _states(store, table)
+        _run(events, out, layout, store)
+        got[layout] = (first, _states(store, table), _lines(out, "late"), _lines(out, "dlq"))
+    entity, sharded = got["entity"], got["sharded"]
+    assert all(s is not None for s in entity[0])
+    assert entity[0] == entity[1]  # the restart changed nothing
+    late = entity[2]
+    assert sum(late.values()) > 40 and sum(entity[3].values()) >= 10  # 2 runs x 5 bad
+    assert {json.loads(x)["late_for"] for x in late if x} == {"card", "merchant"}
+    for a, b, what in zip(entity, sharded, ("states", "after restart", "late", "dlq"), strict=True):
+        assert a == b, what
+
+
+def test_idle_eviction_and_a_restart_leave_redis_byte_identical(
+    adversarial: tuple[Path, pa.Table], redis_url: str, tmp_path: Path
+) -> None:
+    """Real Redis, ``--evict-after`` tiny (entities leave and return many times), each
+    layout run twice: the whole online store is the same bytes."""
+    events, _ = adversarial
+    dumps = {}
+    for layout, db in (("entity", 13), ("sharded", 14)):
+        url = sup.fresh_db_url(redis_url, db)
+        store = StoreConfig(redis_url=url)
+        for _ in range(2):
+            _run(events, tmp_path / layout, layout, store, evict_after_s=0.005)
+        dumps[layout] = sup.dump(url)
+    evicted = stream_io.METRICS.evicted._value.get()
+    assert evicted > 50, "no entity went idle: the test proves nothing"
+    assert len(dumps["entity"]) > 60
+    assert dumps["sharded"] == dumps["entity"]
+
+
+def test_router_groups_by_shard_and_entity_in_arrival_order() -> None:
+    card = REFERENCE.schema.position("card_id")
+    items = []
+    for i, c in enumerate([5, 7, 5, 2**40 + 3, 7, 5]):
+        rec = [None] * len(REFERENCE.schema.names)
+        rec[card] = c
+        items.append(Ingested(tuple(rec), 0, i))
+    out = ShardRouter(lambda e: e[card])([*items, "not an event"])
+    got = {k: {e: [x.txid for x in v] for e, v in g.items()} for k, g in out}
+    want: dict[str, dict[int, list[int]]] = {}
+    for c, txids in ((5, [0, 2, 5]), (7, [1, 4]), (2**40 + 3, [3])):
+        want.setdefault(str(shard_of(c)), {})[c] = txids
+    assert got == want
+    assert all(0 <= shard_of(i) < SHARDS for i in range(-5, 10_000))
+    assert len({shard_of(i) for i in range(1000)}) == SHARDS  # sequential ids spread
+    assert shard_of(123456789) == 47  # stable: a recovery snapshot depends on it
+
+
+def _recovery_dir(path: Path, step: str) -> Path:
+    path.mkdir()
+    con = sqlite3.connect(path / "part-0.sqlite3")
+    con.execute("CREATE TABLE snaps (step_id TEXT, state_key TEXT, snap_epoch INT, ser BLOB)")
+    con.execute("INSERT INTO snaps VALUES (?, '1', 1, NULL)", (f"skewless_stream.{step}",))
+    con.commit()
+    con.close()
+    return path
+
+
+@pytest.mark.parametrize(
+    ("written", "resumed", "refused"),
+    [
+        ("card", "sharded", "--state-layout entity"),
+        (step_id("card"), "entity", f"--state-layout sharded ({SHARDS} shards)"),
+        ("card_shards16", "sharded", "--state-layout sharded (16 shards)"),
+        ("card", "entity", None),
+        (step_id("merchant"), "sharded", None),
+    ],
+)
+def test_a_recovery_directory_of_the_other_layout_is_refused_naming_it(
+    tmp_path: Path, written: str, resumed: str, refused: str | None
+) -> None:
+    rec = _recovery_dir(tmp_path / "rec", written)
+    if refused is None:
+        check_recovery(rec, ["card", "merchant"], resumed)
+        return
+    with pytest.raises(ValueError, match=r"^--state-layout .*") as err:
+        check_recovery(rec, ["card", "merchant"], resumed)
+    assert refused in str(err.value) and "\n" not in str(err.value)
+
+
+class _Fake:
+    """An entity logic that records what it was given (ShardLogic's contract only)."""
+
+    def __init__(self, resume: Any) -> None:
+        self.entity_id, self.seen = (None, []) if resume is None else resume
+        self.touched = None
+
+    def on_batch(self, events: list[int]) -> tuple[list[Any], bool]:
+        self.entity_id = self.entity_id or events[0] // 100
+        self.seen = self.seen + events
+        return [], True
+
+    def snapshot(self) -> tuple[int, list[int]]:
+        return self.entity_id, self.seen
+
+
+def test_a_shard_keeps_each_entitys_order_across_polls_and_resumes_from_its_snapshot() -> None:
+    from flows.stream_shard import ShardLogic
+
+    logic = ShardLogic(_Fake, None, True, None)
+    logic.on_batch([{1: [100, 101]}, {2: [200]}, {1: [102]}])  # type: ignore[list-item]
+    logic.on_batch([{2: [201]}])  # type: ignore[list-item]
+    assert {i: x.seen for i, x in logic.entities.items()} == {1: [100, 101, 102], 2: [200, 201]}
+    snap = logic.snapshot()
+    assert snap == (SHARDS, [(1, [100, 101, 102]), (2, [200, 201])])
+    again = ShardLogic(_Fake, None, True, snap)
+    assert again.snapshot() == snap
+    with pytest.raises(ValueError, match=r"^--state-layout sharded: .* 16 shards"):
+        ShardLogic(_Fake, None, True, (16, []))
+
+
+def test_the_native_batch_update_equals_one_update_per_event(
+    adversarial: tuple[Path, pa.Table],
+) -> None:
+    """``update_items`` against ``Core.update`` per event, over the adversarial history in
+    uneven batches per entity: same outcomes, applied count, newest produced time, and the
+    same state bytes and exact snapshot after each batch."""
+    from features.plan import compile_plan
+    from flows.stream_decode import Decoder
+    from flows.stream_entity import _EntityContext, _update_each
+    from flows.stream_io import ReplayMessage, table_to_messages
+
+    _, table = adversarial
+    plan = compile_plan(REFERENCE)
+    msgs = [ReplayMessage(m, i, 1000 + i % 97) for i, m in enumerate(table_to_messages(table))]
+    items = [x for x in Decoder(plan)(msgs) if type(x) is Ingested]
+    rng = np.random.default_rng(3)
+    for name in ("card", "merchant"):
+        ctx = _EntityContext(plan, name, None)
+        assert ctx.update_items is not None, "the native core lacks update_items: rebuild it"
+        by_id: dict[int, list[Ingested]] = {}
+        for item in items:
+            by_id.setdefault(ctx.plan.key(item.event), []).append(item)
+        refused = 0
+        for events in by_id.values():
+            a, b = ctx.core.new_state(), ctx.core.new_state()
+            cuts = sorted(rng.choice(len(events) + 1, size=4).tolist())
+            for lo, hi in zip([0, *cuts], [*cuts, len(events)], strict=True):
+                batch = events[lo:hi]
+                want = _update_each(ctx, a, batch)
+                outcomes, applied, newest = ctx.update_items(
+                    ctx.core, b, batch, ctx.time_pos, ctx.value_pos
+                )
+                assert (list(outcomes), applied, newest) == want
+                assert ctx.core.snapshot(a) == ctx.core.snapshot(b)
+                refused += len(batch) - applied
+            assert ctx.core.row(a) == ctx.core.row(b)
+        assert refused > 50  # duplicates and too-late events were in the batches
+    with pytest.raises(ValueError, match="update_items: 2 value positions for 1 fields"):
+        ctx.update_items(ctx.core, ctx.core.new_state(), items[:1], ctx.time_pos, [1, 2])
+
+
+def test_bytewax_run_checks_the_recovery_directory_it_is_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``python -m bytewax.run flows.stream:flow -r DIR``: the same refusal, as one line."""
+    from flows import stream
+
+    rec = _recovery_dir(tmp_path / "rec", "card")
+    assert stream._recovery_directory(["run.py", "m:flow", "-r", str(rec)], {}) == rec
+    assert stream._recovery_directory([f"--recovery-directory={rec}"], {}) == rec
+    assert stream._recovery_directory([], {"BYTEWAX_RECOVERY_DIRECTORY": str(rec)}) == rec
+    assert stream._recovery_directory(["m:flow"], {}) is None
+    monkeypatch.setattr("sys.argv", ["run.py", "flows.stream:flow", "-r", str(rec)])
+    monkeypatch.setenv("SKEWLESS_STREAM_STATE_LAYOUT", "sharded")
+    with pytest.raises(SystemExit, match=r"^flows\.stream:flow: --state-layout sharded: "):
+        stream.flow  # noqa: B018
+    monkeypatch.setenv("SKEWLESS_STREAM_STATE_LAYOUT", "entity")
+    monkeypatch.delenv("SKEWLESS_KAFKA_BOOTSTRAP", raising=False)
+    monkeypatch.setenv("SKEWLESS_REPLAY_PATH", str(tmp_path / "events.parquet"))
+    monkeypatch.setenv("SKEWLESS_DATA_DIR", str(tmp_path / "data"))
+    assert stream.flow.flow_id == "skewless_stream"  # the layout that wrote it: accepted
