@@ -23,6 +23,7 @@ from __future__ import annotations
 import bisect
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -113,6 +114,9 @@ def hops(trace: dict[str, Any]) -> dict[str, Any]:
     span = (polls[-1][1] - polls[0][0]) if polls else 0.0
     cpu = trace.get("cpu") or []
     if len(cpu) > 1:  # the stream's share of a core while it had rows to write
+        (c0, _), (c1, _) = cpu[0], cpu[-1]  # the messages polled in the same span
+        n = sum(len(stamps[k]) for _, t1, _, k in polls if k >= 0 and c0 <= t1 <= c1)
+        out["stream_cpu_us_per_event"] = round((cpu[-1][1] - cpu[0][1]) / max(n, 1) * 1e6, 1)
         out["stream_cpu_per_wall"] = round(
             (cpu[-1][1] - cpu[0][1]) / max(cpu[-1][0] - cpu[0][0], 1e-9), 2
         )
@@ -131,6 +135,18 @@ def hops(trace: dict[str, Any]) -> dict[str, Any]:
         "messages_without_a_write_after": unmatched,
     }  # fmt: skip
     return out
+
+
+def _machine() -> tuple[float, float]:
+    """(busy, idle) CPU seconds of the whole machine so far (``/proc/stat``; Linux)."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return float("nan"), float("nan")
+    hz = os.sysconf("SC_CLK_TCK")
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return (sum(ticks[:8]) - idle) / hz, idle / hz
 
 
 def produce_paced(bootstrap: str, topic: str, pairs: list[tuple[bytes | None, bytes]],
@@ -153,6 +169,7 @@ def produce_paced(bootstrap: str, topic: str, pairs: list[tuple[bytes | None, by
     producer = Producer(producer_config(bootstrap))
     producer.produce(topic + ".warmup", b"warm-up")  # the idempotence id, before the clock
     producer.flush(60)
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     start, sent = time.perf_counter(), 0
     while sent < len(pairs):
         due = min(int((time.perf_counter() - start) * rate) + 1, len(pairs))
@@ -167,8 +184,11 @@ def produce_paced(bootstrap: str, topic: str, pairs: list[tuple[bytes | None, by
         producer.poll(0)
         time.sleep(0.0005)
     seconds = time.perf_counter() - start
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = cpu1.ru_utime - cpu0.ru_utime + cpu1.ru_stime - cpu0.ru_stime
     failed[0] += producer.flush(60)
-    return {"seconds": round(seconds, 3), "failed": failed[0], "acked_ms": _dist(acks)}
+    return {"seconds": round(seconds, 3), "failed": failed[0], "acked_ms": _dist(acks),
+            "producer_cpu_per_wall": round(cpu / seconds, 2)}  # fmt: skip
 
 
 def _counter(port: int, name: str) -> float:
@@ -222,8 +242,10 @@ def run(
                 time.sleep(0.2)
         time.sleep(2.0)  # let the consumer attach to the partition
         load_before = os.getloadavg()[0]
+        busy0, idle0 = _machine()
         produced = produce_paced(bootstrap, topic, pairs, rate)
         b = _drained(port, len(pairs), 300)
+        busy1, idle1 = _machine()
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -244,6 +266,9 @@ def run(
         },
         "hops_ms": {"produce_to_broker_ack": produced["acked_ms"], **table_of_hops},
         "load_average_1m": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+        # both cores' share idle while it ran: ~0 means every process queued for a CPU
+        "machine_idle_share": round((idle1 - idle0) / max(busy1 - busy0 + idle1 - idle0, 1e-9), 2),
+        "producer_cpu_per_wall": produced["producer_cpu_per_wall"],
     }  # fmt: skip
 
 

@@ -25,6 +25,7 @@ def test_hops_follow_each_message_from_its_poll_to_the_write_after_its_decode() 
     assert got["polls"]["non_empty"] == 2 and got["polls"]["messages_without_a_write_after"] == 1
     assert got["polls"]["gap_between_polls_ms"]["max"] == 18.0
     assert got["stream_cpu_per_wall"] == 0.5
+    assert got["stream_cpu_us_per_event"] == 250_000.0  # 0.25 s over the one message polled then
     assert got["worker_thread_share"] == {"on_cpu": 0.5, "waiting_for_a_cpu": 0.2}
 
 
