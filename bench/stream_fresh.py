@@ -127,6 +127,7 @@ def hops(trace: dict[str, Any]) -> dict[str, Any]:
             "on_cpu": round((r1 - r0) / (w1 - w0), 2),
             "waiting_for_a_cpu": round((q1 - q0) / (w1 - w0), 2),
         }
+    out["pauses"] = pauses(trace, polls[0][0] if polls else 0.0)
     out["polls"] = {
         "non_empty": len(sizes), "empty_per_s": round((len(polls) - len(sizes)) / max(span, 1e-9)),
         "messages_per_poll": _dist(sizes),
@@ -147,6 +148,29 @@ def _machine() -> tuple[float, float]:
     hz = os.sysconf("SC_CLK_TCK")
     idle = ticks[3] + ticks[4]  # idle, iowait
     return (sum(ticks[:8]) - idle) / hz, idle / hz
+
+
+def pauses(trace: dict[str, Any], since: float) -> dict[str, Any]:
+    """The worker's stop-the-world moments after ``since`` (the first poll): CPython's
+    collections by generation, and Bytewax's end-of-epoch passes that ask every key
+    touched in the epoch for its snapshot (calls less than 50 ms apart: one pass)."""
+    out: dict[str, Any] = {}
+    for gen in (0, 1, 2):
+        ms = [(e - s) * 1000 for s, e, g in trace.get("gcs", []) if g == gen and s >= since]
+        if ms:
+            out[f"gc_gen{gen}"] = {"count": len(ms), "max_ms": round(max(ms), 1),
+                                   "total_ms": round(sum(ms), 1)}  # fmt: skip
+    passes: list[list[float]] = []
+    for t in (x for x in trace.get("snapshots", []) if x >= since):
+        if passes and t - passes[-1][-1] < 0.05:
+            passes[-1].append(t)
+        else:
+            passes.append([t])
+    out["snapshot_passes"] = [
+        {"at_s": round(p[0] - since, 2), "keys": len(p), "ms": round((p[-1] - p[0]) * 1000, 1)}
+        for p in passes
+    ]
+    return out
 
 
 def produce_paced(bootstrap: str, topic: str, pairs: list[tuple[bytes | None, bytes]],

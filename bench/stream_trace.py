@@ -10,6 +10,7 @@ timeline goes to OUT.json; ``bench/stream_fresh.py`` turns it into a per-hop tab
 
 from __future__ import annotations
 
+import gc
 import json
 import resource
 import sys
@@ -31,6 +32,8 @@ CPU: list[tuple[float, float]] = []  # (wall, process CPU seconds) after every 3
 #: the worker thread's (wall, on-CPU s, run-queue wait s) at its first and a late write
 SCHED: list[tuple[float, float, float]] = []
 _poll_of: dict[int, int] = {}  # id(KafkaBatch) -> its poll (until decoded)
+GCS: list[tuple[float, float, int]] = []  # (start, end, generation) of each collection
+SNAPSHOTS: list[float] = []  # when Bytewax asked an entity logic for its snapshot
 
 
 def _wrap_poll(inner: Any) -> Any:
@@ -94,8 +97,30 @@ def _wrap_build(inner: Any) -> Any:
     return build
 
 
+def _on_gc(phase: str, info: dict[str, int]) -> None:
+    if phase == "start":
+        GCS.append((time.time(), 0.0, info["generation"]))
+    elif GCS:
+        start, _, gen = GCS[-1]
+        GCS[-1] = (start, time.time(), gen)
+
+
+def _wrap_snapshot(inner: Any) -> Any:
+    def snapshot(self: Any) -> Any:
+        SNAPSHOTS.append(time.time())
+        return inner(self)
+
+    return snapshot
+
+
 def install() -> None:
     """The wrappers, on the classes the flow is built from."""
+    from flows import stream
+
+    gc.callbacks.append(_on_gc)
+    logic = getattr(stream, "EntityLogic", None)  # the epoch's snapshot pass, if any
+    if logic is not None:
+        logic.snapshot = _wrap_snapshot(logic.snapshot)
     part = stream_source._ThinPartition
     part.next_batch = _wrap_poll(part.next_batch)  # type: ignore[method-assign]
     dec = stream_decode.Decoder
@@ -126,7 +151,8 @@ def dump(path: Path) -> None:
     with _lock:
         cpu = [(t, c) for t, c in CPU if POLLS and POLLS[0][0] <= t]
         doc = {"polls": POLLS, "stamps": STAMPS, "decodes": DECODES,
-               "prefetches": PREFETCHES, "writes": WRITES, "cpu": cpu, "sched": SCHED}  # fmt: skip
+               "prefetches": PREFETCHES, "writes": WRITES, "cpu": cpu, "sched": SCHED,
+               "gcs": GCS, "snapshots": SNAPSHOTS}  # fmt: skip
         path.write_text(json.dumps(doc))
 
 

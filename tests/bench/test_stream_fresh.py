@@ -15,6 +15,8 @@ def test_hops_follow_each_message_from_its_poll_to_the_write_after_its_decode() 
         "writes": [(10.010, 10.015, 3)],  # none after the second decode
         "cpu": [(10.015, 1.0), (10.515, 1.25)],
         "sched": [(10.0, 1.0, 0.1), (12.0, 2.0, 0.5)],  # (wall, on a CPU, waiting for one)
+        "gcs": [(9.0, 9.1, 2), (10.1, 10.12, 1), (10.2, 10.201, 0)],  # the first: before
+        "snapshots": [10.5, 10.51, 10.52, 11.0],  # two end-of-epoch passes
     }
     got = hops(trace)
     assert got["polled"] == {"n": 2, "p50": 8.5, "p95": 10.8, "p99": 10.9, "max": 11.0}
@@ -26,6 +28,14 @@ def test_hops_follow_each_message_from_its_poll_to_the_write_after_its_decode() 
     assert got["polls"]["gap_between_polls_ms"]["max"] == 18.0
     assert got["stream_cpu_per_wall"] == 0.5
     assert got["stream_cpu_us_per_event"] == 250_000.0  # 0.25 s over the one message polled then
+    assert got["pauses"] == {
+        "gc_gen0": {"count": 1, "max_ms": 1.0, "total_ms": 1.0},
+        "gc_gen1": {"count": 1, "max_ms": 20.0, "total_ms": 20.0},
+        "snapshot_passes": [
+            {"at_s": 0.5, "keys": 3, "ms": 20.0},
+            {"at_s": 1.0, "keys": 1, "ms": 0.0},
+        ],
+    }
     assert got["worker_thread_share"] == {"on_cpu": 0.5, "waiting_for_a_cpu": 0.2}
 
 
