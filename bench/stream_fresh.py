@@ -298,7 +298,8 @@ def run(
 
 def beside_drain(fresh: dict[str, Any], drain_events_per_s: float, cpu_us: float) -> None:
     """The drain of the same run beside a freshness figure: the produce rate as a share
-    of it, and the cores the stream needs at that rate (its CPU per event)."""
+    of it, and the cores the stream needs at that rate at the drain's CPU per event (a
+    floor: small polls cost more per event, ``hops_ms.stream_cpu_us_per_event``)."""
     rate = fresh["rate_events_per_s"]
     fresh["drain_events_per_s_after_start"] = drain_events_per_s
     fresh["rate_vs_drain"] = round(rate / max(drain_events_per_s, 1e-9), 2)
