@@ -11,6 +11,7 @@ timeline goes to OUT.json; ``bench/stream_fresh.py`` turns it into a per-hop tab
 from __future__ import annotations
 
 import gc
+import importlib
 import json
 import resource
 import sys
@@ -27,7 +28,7 @@ POLLS: list[tuple[float, float, int, int]] = []
 STAMPS: list[list[int]] = []  # the Kafka timestamps (ms) of each non-empty poll
 DECODES: list[tuple[float, float, list[int]]] = []  # (start, end, polls it decoded)
 PREFETCHES: list[tuple[float, float]] = []
-WRITES: list[tuple[float, float, int]] = []  # (start, end, items: rows, a tick at most)
+WRITES: list[tuple[float, float, int]] = []  # (start, end, rows written)
 CPU: list[tuple[float, float]] = []  # (wall, process CPU seconds) after every 32nd write
 #: the worker thread's (wall, on-CPU s, run-queue wait s) at its first and a late write
 SCHED: list[tuple[float, float, float]] = []
@@ -74,6 +75,15 @@ def _wrap_timed(inner: Any, into: list[Any]) -> Any:
     return call
 
 
+def _rows(items: list[Any]) -> int:
+    """Rows among a write's items: one per row, or a list of them (one per shard)."""
+    return sum(
+        len(i) if isinstance(i, list) else 1
+        for i in items
+        if isinstance(i, list) or hasattr(i, "produced_ms")
+    )
+
+
 def _wrap_build(inner: Any) -> Any:
     def build(self: Any, *args: Any) -> Any:
         part = inner(self, *args)
@@ -82,9 +92,10 @@ def _wrap_build(inner: Any) -> Any:
         def write_batch(items: list[Any]) -> None:
             t0 = time.time()
             write(items)
-            if any(hasattr(i, "produced_ms") for i in items):  # rows, not a lone tick
+            rows = _rows(items)
+            if rows:  # not a lone tick
                 t1 = time.time()
-                WRITES.append((t0, t1, len(items)))
+                WRITES.append((t0, t1, rows))
                 if len(WRITES) % 32 == 1:  # reading /proc per write was ~1.4% of the run
                     CPU.append((t1, _cpu()))
                     SCHED[1:] = [(t1, *_schedstat())]
@@ -115,12 +126,17 @@ def _wrap_snapshot(inner: Any) -> Any:
 
 def install() -> None:
     """The wrappers, on the classes the flow is built from."""
-    from flows import stream
-
     gc.callbacks.append(_on_gc)
-    logic = getattr(stream, "EntityLogic", None)  # the epoch's snapshot pass, if any
-    if logic is not None:
-        logic.snapshot = _wrap_snapshot(logic.snapshot)
+    patched = set()
+    for module, name in (("flows.stream_entity", "EntityLogic"), ("flows.stream", "EntityLogic"),
+                         ("flows.stream_shard", "ShardLogic")):  # fmt: skip
+        try:  # the epoch's snapshot pass: whichever logic classes the flow has
+            logic = getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            continue
+        if logic is not None and logic not in patched:
+            logic.snapshot = _wrap_snapshot(logic.snapshot)
+            patched.add(logic)
     part = stream_source._ThinPartition
     part.next_batch = _wrap_poll(part.next_batch)  # type: ignore[method-assign]
     dec = stream_decode.Decoder

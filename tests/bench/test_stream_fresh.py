@@ -44,3 +44,13 @@ def test_quantile_interpolates_within_a_bucket_as_prometheus_does() -> None:
     assert quantile(buckets, 0.99) == 0.125
     assert abs(quantile(buckets, 0.5) - 0.1 * 50 / 98) < 1e-12
     assert quantile([(0.1, 0.0), (float("inf"), 0.0)], 0.5) != quantile(buckets, 0.5)
+
+
+def test_trace_counts_rows_alone_or_in_a_shard_s_list_and_not_ticks() -> None:
+    from bench.stream_trace import _rows
+    from flows.stream_io import RowOut
+    from flows.stream_sink import TICK
+
+    row = RowOut("card", None, 1_700_000_000_000)  # type: ignore[arg-type]
+    assert _rows([row, TICK, [row, row]]) == 3
+    assert _rows([TICK]) == 0
