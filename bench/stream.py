@@ -5,29 +5,27 @@
   start and stop, ~1 s, reported apart; the figure with it is reported too);
 * baseline, same run: a naive flow that calls ``FeatureStore.push`` once per event (the
   SDK path Feast documents for streaming), on a bounded sample;
-* freshness: events produced at a fixed rate while the flow tails the topic; each
-  written row's (write done - Kafka timestamp) is observed by the sink's histogram,
-  scraped from the flow's Prometheus endpoint.
+* freshness (``bench/stream_fresh.py``): events produced at a fixed rate while the flow
+  tails the topic; per event, Kafka timestamp -> its row written, hop by hop, beside the
+  sink's own histogram.
 """
 
 from __future__ import annotations
 
 import os
 import resource
-import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from bench import stream_floor, stream_shard, stream_stages
+from bench import stream_floor, stream_fresh, stream_shard, stream_stages
 from features.layout import compile_layouts
 from features.reference import REFERENCE
 from flows.produce import produce_messages
@@ -234,73 +232,20 @@ def naive_push(redis_url: str, table: pa.Table, work: Path, limit: int) -> dict[
     }
 
 
-def _histogram(port: int, name: str) -> list[tuple[float, float]]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    out = []
-    for line in text.splitlines():
-        if line.startswith(f"{name}_bucket"):
-            le = line.split('le="')[1].split('"')[0]
-            out.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
-    return sorted(out)
-
-
-def _quantile(buckets: list[tuple[float, float]], q: float) -> float:
-    """Prometheus' histogram_quantile: linear within the bucket."""
-    total = buckets[-1][1]
-    if not total:
-        return float("nan")
-    rank, prev_le, prev_c = q * total, 0.0, 0.0
-    for le, c in buckets:
-        if c >= rank:
-            if le == float("inf"):
-                return prev_le
-            return prev_le + (le - prev_le) * (rank - prev_c) / max(c - prev_c, 1e-12)
-        prev_le, prev_c = le, c
-    return prev_le
-
-
 def freshness(
-    bootstrap: str, redis_url: str, table: pa.Table, work: Path, rate: float
+    bootstrap: str,
+    redis_url: str,
+    table: pa.Table,
+    work: Path,
+    rate: float,
+    args: tuple[str, ...] = (),
 ) -> dict[str, Any]:
+    """``table`` produced at ``rate`` into a new topic a tailing stream reads
+    (``bench/stream_fresh.py``: per event p50/p95/p99 and each hop)."""
     topic = _topic(bootstrap, f"bench-fresh-{int(time.time() * 1000)}")
     port = _free_port()
-    log = (work / "fresh.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "skewless", "stream"], cwd=ROOT,
-        env=_env(bootstrap, redis_url, topic, work, port), stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while True:  # wait for the endpoint (and so the flow) to be up
-            try:
-                _histogram(port, "skewless_stream_freshness_seconds")
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("stream did not start") from None
-                time.sleep(0.2)
-        time.sleep(2.0)  # let the consumer attach to the partition
-        report = produce_messages(bootstrap, topic, _pairs(table), rate=rate)
-        last, stable = -1.0, 0
-        deadline = time.monotonic() + 120
-        while stable < 3 and time.monotonic() < deadline:  # drained: the count stops moving
-            count = _histogram(port, "skewless_stream_freshness_seconds")[-1][1]
-            stable = stable + 1 if count == last else 0
-            last = count
-            time.sleep(0.5)
-        b = _histogram(port, "skewless_stream_freshness_seconds")
-        within = next((c for le, c in b if le >= 0.5), 0.0) / max(b[-1][1], 1)
-        return {
-            "rate_events_per_s": rate, "events": table.num_rows, "produce_seconds": report.seconds,
-            "rows_observed": int(b[-1][1]), "p50_ms": round(_quantile(b, 0.5) * 1000, 1),
-            "p99_ms": round(_quantile(b, 0.99) * 1000, 1), "share_within_500ms": round(within, 4),
-        }  # fmt: skip
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    env = _env(bootstrap, redis_url, topic, work, port)
+    return stream_fresh.run(bootstrap, topic, env, port, _pairs(table), work, rate, args)
 
 
 def run(
@@ -350,6 +295,8 @@ def run(
         fast_table = _simulated(int(4 * rate * fresh_seconds), days=1.0, seed=7)
         fresh_fast = freshness(bootstrap, _fresh(f"{base}/13"), fast_table, work, 4 * rate)
         drain_cpu = ours["cpu_us_per_event_after_start"]
+        for f in (fresh, fresh_fast):  # the same run's drain beside it
+            stream_fresh.beside_drain(f, ours["events_per_s_after_start"], drain_cpu)
         return {
             "throughput_events_per_s_per_worker": ours["events_per_s_after_start"],
             "throughput_events_per_s_incl_process_start": ours["events_per_s"],

@@ -72,7 +72,9 @@ class _Metrics:
         )  # fmt: skip
         self.freshness = Histogram(
             "skewless_stream_freshness_seconds", "event produced -> readable in the online store",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            # 10 ms steps up to 100 ms, 25 ms to 250: fine enough to tell the targets apart
+            buckets=(0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1, 0.125,
+                     0.15, 0.175, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1, 2.5, 5, 10, 30),
         )  # fmt: skip
 
 

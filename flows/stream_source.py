@@ -19,6 +19,21 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka import KafkaError as ConfluentKafkaError
 
+#: How long a poll that finds nothing queued waits for the first message. ``consume(n, t)``
+#: returns early only once it has n messages, so the old ``consume(batch, 0.001)`` held
+#: the worker for the whole 1 ms on every poll of a partition with fewer (~1.2 ms of each
+#: event's freshness at 5,000 events/s, the worker idle meanwhile). Now a poll takes what
+#: librdkafka already fetched without waiting; only when that is nothing does it wait, for
+#: one message, and returns as soon as one comes (an empty poll: Bytewax waits 1 ms more).
+POLL_WAIT_S = 0.001
+#: Messages per poll while the partition is caught up (fewer than ``LIVE_LAG`` messages
+#: behind its end). Bytewax runs a poll's items step by step, so a batch's first row is
+#: written only after the whole batch went through every step (polls of up to 5,000 at
+#: 20,000 events/s: decode -> write start 54 ms p50, 300 ms p99). Further behind, the
+#: full ``batch_size`` as before: a drain keeps its large polls.
+LIVE_BATCH = 1000
+LIVE_LAG = 20_000
+
 
 @dataclass(frozen=True)
 class KafkaBatch:
@@ -59,18 +74,39 @@ class BatchMessages:
 
 class _ThinPartition(StatefulSourcePartition[Any, int]):
     def __init__(
-        self, config: dict[str, Any], topic: str, part: int, resume: int | None, batch_size: int
+        self,
+        config: dict[str, Any],
+        topic: str,
+        part: int,
+        resume: int | None,
+        batch_size: int,
+        live: tuple[int, int] = (LIVE_BATCH, LIVE_LAG),
     ) -> None:
         self.offset = OFFSET_BEGINNING if resume is None else resume
         self.consumer = Consumer(config)
-        self.consumer.assign([TopicPartition(topic, part, self.offset)])
+        self.tp = TopicPartition(topic, part, self.offset)
+        self.consumer.assign([self.tp])
         self.topic, self.part, self.batch_size = topic, part, batch_size
+        self.live_batch, self.live_lag = min(live[0], batch_size), live[1]
         self.eof = False
+
+    def _size(self) -> int:
+        """``batch_size`` when far behind the partition's end (its high watermark as the
+        last fetch saw it, no request), else ``LIVE_BATCH``."""
+        if self.live_batch == self.batch_size or self.offset < 0:
+            return self.batch_size
+        high = self.consumer.get_watermark_offsets(self.tp, cached=True)[1]
+        return self.batch_size if high - self.offset > self.live_lag else self.live_batch
 
     def next_batch(self) -> list[Any]:
         if self.eof:
             raise StopIteration
-        msgs = self.consumer.consume(self.batch_size, 0.001)
+        n = self._size()
+        msgs = self.consumer.consume(n, 0)
+        if not msgs and POLL_WAIT_S > 0:
+            msgs = self.consumer.consume(1, POLL_WAIT_S)
+            if msgs and n > 1:
+                msgs += self.consumer.consume(n - 1, 0)
         if not msgs:
             return []
         offsets: list[int] = []
@@ -124,11 +160,13 @@ class ThinKafkaSource(FixedPartitionedSource[Any, int]):
         batch_size: int = 1000,
         raise_on_errors: bool = False,
         add_config: dict[str, str] | None = None,
+        live: tuple[int, int] = (LIVE_BATCH, LIVE_LAG),
     ) -> None:
         if raise_on_errors:
             raise ValueError("raise_on_errors: the thin source emits errors as items only")
         self.brokers, self.topics, self.tail = brokers, topics, tail
         self.batch_size, self.add_config = batch_size, dict(add_config or {})
+        self.live = live  # (messages per poll, when fewer than this many behind)
 
     def list_parts(self) -> list[str]:
         """Each Kafka partition, named as ``KafkaSource`` names it."""
@@ -145,4 +183,4 @@ class ThinKafkaSource(FixedPartitionedSource[Any, int]):
             "enable.partition.eof": str(not self.tail),
             **self.add_config,
         }
-        return _ThinPartition(config, topic, int(idx), resume_state, self.batch_size)
+        return _ThinPartition(config, topic, int(idx), resume_state, self.batch_size, self.live)

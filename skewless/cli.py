@@ -109,7 +109,10 @@ def _parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     st.add_argument(
         "--cluster-timeout", type=float, default=60.0, help="seconds to wait for the members"
     )
-    st.add_argument("--batch-size", type=int, default=5000, help="messages per batch and partition")
+    st.add_argument(
+        "--batch-size", type=int, default=5000,
+        help="messages per batch and partition (at most 1,000 when caught up)",
+    )  # fmt: skip
     st.add_argument(
         "--kafka-source", choices=("thin", "bytewax"), default="thin",
         help="thin: one item per poll (default); bytewax: Bytewax's KafkaSource, one per message",

@@ -50,3 +50,22 @@ def test_stage_table_and_floor_count_every_event_of_the_topic(
     for variant in stream_floor.VARIANTS:
         out = stream_floor.run(variant, kafka_bootstrap, topic, 3_000, 500)
         assert out["events_per_cpu_s"] > 0, out
+
+
+def test_freshness_follows_every_event_from_produce_to_its_write(
+    kafka_bootstrap: str, redis_url: str, tmp_path: Path
+) -> None:
+    """The trace's hooks still fit the flow (source, decode, prefetch, sink): every
+    produced event is polled, decoded and matched to the write that carried its rows."""
+    from bench.stream import freshness
+    from tests.integration import stream_support as sup
+
+    table = simulate(SimulationConfig(events=600, cards=50, merchants=5, days=1.0))
+    out = freshness(kafka_bootstrap, sup.fresh_db_url(redis_url, 13), table, tmp_path, 600.0)
+    hops = out["hops_ms"]
+    assert out["produce_failed"] == 0
+    for hop in ("produce_to_broker_ack", "polled", "decode", "steps", "write", "total"):
+        assert hops[hop]["n"] == 600, (hop, hops[hop])
+    assert hops["polls"]["messages_without_a_write_after"] == 0
+    assert out["sink_histogram"]["rows"] >= hops["polls"]["writes"] > 0
+    assert out["p99_ms"] >= out["p50_ms"] >= hops["polled"]["p50"] > 0

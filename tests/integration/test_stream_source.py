@@ -59,3 +59,20 @@ def test_thin_source_reads_what_kafka_source_reads_with_the_same_snapshots(
         rest, _ = _read(ThinKafkaSource([kafka_bootstrap], [topic], False, **args)
                         .build_part("s", name, 1_000))  # fmt: skip
         assert [o for b in rest for o in b.offsets] == list(range(1_000, 1_250))
+
+
+def test_thin_source_polls_small_batches_once_caught_up(kafka_bootstrap: str) -> None:
+    """Far behind the partition's end: ``batch_size`` per poll; within ``live[1]`` messages
+    of it: ``live[0]`` (a batch's first row waits for the whole batch), every offset once."""
+    topic = sup.create_topic(kafka_bootstrap, "thin-live", 1)
+    p = Producer({"bootstrap.servers": kafka_bootstrap})
+    for i in range(1_250):
+        p.produce(topic, value=b"v%d" % i, key=b"k")
+    p.flush(30)
+    source = ThinKafkaSource([kafka_bootstrap], [topic], False, batch_size=1_000, live=(100, 500))
+    items, _ = _read(source.build_part("s", f"0-{topic}", None))
+    offsets = [o for b in items for o in b.offsets]
+    assert offsets == list(range(1_250))
+    for b in items:
+        behind = 1_250 - b.offsets[0]
+        assert len(b) <= (1_000 if behind > 500 else 100), (b.offsets[0], len(b))
