@@ -43,7 +43,6 @@ from features.settings import masked_repr
 from features.store import OnlineStore, StoreConfig, StoreUnavailableError, open_store
 from features.store.layout import StoreLayoutError
 from serving._proto.skewless.v1 import scorer_pb2 as pb
-from serving._proto.skewless.v1 import scorer_pb2_grpc as pb_grpc
 from serving.coalesce import CoalescingServicer
 from serving.interceptors import Metrics, interceptors
 from serving.predlog import KafkaPredictionLog, ParquetPredictionLog
@@ -51,6 +50,7 @@ from serving.reflection import enable_reflection
 from serving.reload import Loader, ModelWatcher
 from serving.rollout import Rollout
 from serving.scorer import NotReadyError, Scorer
+from serving.servicer import add_to_server
 from serving.tls import server_credentials
 
 log = logging.getLogger("skewless.serving")
@@ -260,7 +260,7 @@ class ScoringServer:
         chain = interceptors(cfg.auth_token, self.metrics, open_reflection=cfg.open_reflection)
         server = aio.server(interceptors=chain, options=options)
         self.servicer = CoalescingServicer(self.scorer, cfg.max_batch_size, self._executor)
-        pb_grpc.add_ScorerServicer_to_server(self.servicer, server)
+        add_to_server(self.servicer, server, self.servicer.score_batch_bytes)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         enable_reflection((SERVICE_NAME, health_name), server)

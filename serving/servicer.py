@@ -8,15 +8,23 @@ rules), scoring is the plain scorer, and errors become status codes in
 Single requests run inline on the event loop: the work is a few hundred microseconds of
 CPU plus one store round trip, and a thread hop would cost more than it saves. Large
 batches run on a worker thread so health checks and small calls stay responsive.
+
+On the server, ``ScoreBatch`` takes the request's bytes and returns the response's
+(:func:`add_to_server`, :meth:`ScorerServicer.score_batch_bytes`): a typed request is read
+natively into events (:mod:`serving.request_native`; anything else parsed strictly as
+before) and the response is sent as the native encoder wrote it, with no message object
+either way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any
+
+import grpc
 
 from features.layout import QueryTooOldError
 from serving._proto.skewless.v1 import scorer_pb2 as pb
@@ -24,12 +32,15 @@ from serving._proto.skewless.v1 import scorer_pb2_grpc as pb_grpc
 from serving.convert import (
     EventConverter,
     batch_response,
+    batch_response_bytes,
     feature_protos,
     features_request,
     score_response,
     state_proto,
 )
+from serving.request_native import BatchRequestReader
 from serving.scorer import BatchItemError, Read, Scorer, ScoreResult
+from serving.wire import MalformedRequestError, strict_parser
 
 #: batches up to this size are scored inline; larger ones on the worker thread
 INLINE_BATCH = 32
@@ -57,6 +68,8 @@ class ScorerServicer(pb_grpc.ScorerServicer):
         self.convert = EventConverter(scorer.plan)
         self.max_batch_size = max_batch_size
         self.executor = executor
+        self._native_batch = BatchRequestReader.of(scorer.plan)
+        self._strict_batch = strict_parser(pb.ScoreBatchRequest.FromString)
 
     def _score_one(
         self, event: Any, path: str, read: Read | None = None, log: bool = True
@@ -79,6 +92,30 @@ class ScorerServicer(pb_grpc.ScorerServicer):
         what = "events" if len(request.events) else "transactions"
         results = await self._batch(events, _deadline(context), what)
         return batch_response(results, request.include_features)
+
+    def batch_request(self, data: bytes) -> tuple[list[Any], bool, str]:
+        """``(events, include_features, what)`` of a serialized ScoreBatchRequest: read
+        natively when it is typed and plainly valid, else parsed strictly and converted in
+        Python, whose errors name the field (the same errors either way)."""
+        native = self._native_batch
+        got = None if native is None else native.parse(data, self.max_batch_size)
+        if got is not None:
+            return got[0], got[1], "transactions"
+        assert self._strict_batch is not None
+        request = self._strict_batch(data)
+        if type(request) is MalformedRequestError:
+            raise request
+        events = self.convert.batch_events(request, self.max_batch_size)
+        what = "events" if len(request.events) else "transactions"
+        return events, request.include_features, what
+
+    async def score_batch_bytes(self, data: bytes, context: Any) -> bytes:
+        """``ScoreBatch`` as the server runs it: request bytes in, response bytes out."""
+        events, include_features, what = self.batch_request(data)
+        if not events:
+            return b""
+        results = await self._batch(events, _deadline(context), what)
+        return batch_response_bytes(results, include_features)
 
     async def _batch(
         self, events: Sequence[Any], deadline: float | None, what: str
@@ -119,3 +156,25 @@ class ScorerServicer(pb_grpc.ScorerServicer):
             features=feature_protos(f.names, f.values),
             warnings=f.warnings,
         )
+
+
+def add_to_server(servicer: Any, server: Any, score_batch: Callable[..., Any]) -> None:
+    """``servicer`` (a generated ``ScorerServicer``) on ``server`` as the generated
+    ``add_ScorerServicer_to_server`` adds it, except ``ScoreBatch``: ``score_batch``
+    receives the request's bytes and returns the response's (no deserializer or
+    serializer; the strict parser leaves such a handler alone, so it raises its own
+    errors, e.g. :meth:`ScorerServicer.score_batch_bytes`)."""
+    handlers: dict[str, Any] = {}
+
+    class _Collect:  # the generated handlers, collected instead of added
+        def add_generic_rpc_handlers(self, _: Any) -> None:
+            pass
+
+        def add_registered_method_handlers(self, _: str, found: dict[str, Any]) -> None:
+            handlers.update(found)
+
+    pb_grpc.add_ScorerServicer_to_server(servicer, _Collect())
+    handlers["ScoreBatch"] = grpc.unary_unary_rpc_method_handler(score_batch)
+    name = pb.DESCRIPTOR.services_by_name["Scorer"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)

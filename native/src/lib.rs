@@ -10,6 +10,7 @@ mod hashes;
 mod ids;
 mod level;
 mod moments;
+mod proto;
 mod resp;
 mod view;
 mod wide;
@@ -499,6 +500,7 @@ fn skewless_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event::EventParser>()?;
     m.add_class::<resp::HsetEncoder>()?;
     m.add_class::<resp::ScoreBatchEncoder>()?;
+    m.add_class::<proto::TransactionBatchParser>()?;
     m.add_function(wrap_pyfunction!(state_max_seen, m)?)?;
     m.add_function(wrap_pyfunction!(resp::unwrap_bytes_values, m)?)?;
     m.add_function(wrap_pyfunction!(event::txid_hash, m)?)?;
