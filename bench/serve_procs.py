@@ -51,7 +51,7 @@ async def main():
     options = [("grpc.so_reuseport", 0 if share is None else 1)]
     server = aio.server(interceptors=interceptors("", None), options=options)
     floor = Floor()
-    add_to_server(floor, server, floor.score_batch_bytes)
+    add_to_server(floor, server, {"ScoreBatch": floor.score_batch_bytes})
     port = server.add_insecure_port(f"127.0.0.1:{share or 0}")
     await server.start()
     print(f"listening on port {port}", flush=True)

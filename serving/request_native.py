@@ -60,10 +60,12 @@ def _proto_kind(fd: Any) -> str | None:
 
 
 class BatchRequestReader:
-    """``parse(data, max_batch) -> (events, include_features) | None`` for one plan."""
+    """``parse(data, max_batch) -> (events, include_features) | None`` for one plan (and
+    :meth:`parse_one` for a ``ScoreRequest``)."""
 
     def __init__(self, plan: Plan, parser: Any) -> None:
         self._parse = parser.parse
+        self._parse_one = parser.parse_one
         self._record = partial(tuple.__new__, plan.schema.record)
 
     @classmethod
@@ -88,12 +90,22 @@ class BatchRequestReader:
                 return None
             at = schema.position(fd.name) if fd.name in schema.names else None
             slots.append((fd.number, kind, bool(fd.has_presence), at))
-        request = pb.ScoreBatchRequest.DESCRIPTOR.fields_by_name
-        numbers = tuple(request[n].number for n in ("transactions", "include_features", "events"))
-        return cls(plan, native.TransactionBatchParser(specs, slots, numbers))
+        batch = pb.ScoreBatchRequest.DESCRIPTOR.fields_by_name
+        numbers = tuple(batch[n].number for n in ("transactions", "include_features", "events"))
+        one = pb.ScoreRequest.DESCRIPTOR.fields_by_name
+        single = tuple(one[n].number for n in ("transaction", "include_features", "event"))
+        return cls(plan, native.TransactionBatchParser(specs, slots, numbers, single))
 
     def parse(self, data: bytes, max_batch: int) -> tuple[list[Any], bool] | None:
         got = self._parse(data, max_batch)
         if got is None:
             return None
         return list(map(self._record, got[0])), got[1]
+
+    def parse_one(self, data: bytes) -> tuple[Any, bool] | None:
+        """``(event, include_features)`` of a ScoreRequest's bytes holding one typed
+        Transaction, or None (the Python path decides, as for a batch)."""
+        got = self._parse_one(data)
+        if got is None:
+            return None
+        return self._record(got[0]), got[1]

@@ -55,6 +55,9 @@ from serving.tls import server_credentials
 
 log = logging.getLogger("skewless.serving")
 
+#: the first-generation GC threshold while serving (Python's default: 700)
+GC_YOUNG: int | None = None
+
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Scorer"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -103,6 +106,10 @@ class ServerConfig:
     canary_fraction: float = 0.0
     #: how often the drift gauges are recomputed (with ``metrics_port``)
     drift_interval_s: float = 10.0
+    #: ``Score`` reads a typed request natively (bytes in, bytes out)
+    native_score: bool = True
+    #: the garbage collector's first-generation threshold once serving (None: Python's)
+    gc_young: int | None = GC_YOUNG
 
     def __repr__(self) -> str:  # logged at start: secrets hidden
         return masked_repr(self)
@@ -112,6 +119,8 @@ class ServerConfig:
             raise ValueError(f"max_batch_size: must be >= 1, got {self.max_batch_size}")
         if self.grace_s < 0:
             raise ValueError(f"grace_s: must be >= 0, got {self.grace_s}")
+        if self.gc_young is not None and self.gc_young < 1:
+            raise ValueError(f"gc_young: must be >= 1, got {self.gc_young}")
         if not 0.0 <= self.canary_fraction <= 1.0:
             raise ValueError(f"canary_fraction: must be in [0, 1], got {self.canary_fraction}")
         if self.canary_fraction and not self.canary_alias:
@@ -260,7 +269,10 @@ class ScoringServer:
         chain = interceptors(cfg.auth_token, self.metrics, open_reflection=cfg.open_reflection)
         server = aio.server(interceptors=chain, options=options)
         self.servicer = CoalescingServicer(self.scorer, cfg.max_batch_size, self._executor)
-        add_to_server(self.servicer, server, self.servicer.score_batch_bytes)
+        raw = {"ScoreBatch": self.servicer.score_batch_bytes}
+        if self.config.native_score:
+            raw["Score"] = self.servicer.score_bytes
+        add_to_server(self.servicer, server, raw)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         enable_reflection((SERVICE_NAME, health_name), server)
@@ -314,6 +326,8 @@ class ScoringServer:
         # objects are never scanned again, which keeps those pauses out of the tail latency.
         gc.collect()
         gc.freeze()
+        if self.config.gc_young is not None:
+            gc.set_threshold(self.config.gc_young, *gc.get_threshold()[1:])
         await self._set_health(SERVING)
         log.info("ready: serving model %s", self.watcher.version)
         await self._probe_store()

@@ -68,7 +68,7 @@ class ScorerServicer(pb_grpc.ScorerServicer):
         self.convert = EventConverter(scorer.plan)
         self.max_batch_size = max_batch_size
         self.executor = executor
-        self._native_batch = BatchRequestReader.of(scorer.plan)
+        self._native_reader = BatchRequestReader.of(scorer.plan)
         self._strict_batch = strict_parser(pb.ScoreBatchRequest.FromString)
 
     def _score_one(
@@ -97,7 +97,7 @@ class ScorerServicer(pb_grpc.ScorerServicer):
         """``(events, include_features, what)`` of a serialized ScoreBatchRequest: read
         natively when it is typed and plainly valid, else parsed strictly and converted in
         Python, whose errors name the field (the same errors either way)."""
-        native = self._native_batch
+        native = self._native_reader
         got = None if native is None else native.parse(data, self.max_batch_size)
         if got is not None:
             return got[0], got[1], "transactions"
@@ -158,11 +158,11 @@ class ScorerServicer(pb_grpc.ScorerServicer):
         )
 
 
-def add_to_server(servicer: Any, server: Any, score_batch: Callable[..., Any]) -> None:
+def add_to_server(servicer: Any, server: Any, raw: dict[str, Callable[..., Any]]) -> None:
     """``servicer`` (a generated ``ScorerServicer``) on ``server`` as the generated
-    ``add_ScorerServicer_to_server`` adds it, except ``ScoreBatch``: ``score_batch``
-    receives the request's bytes and returns the response's (no deserializer or
-    serializer; the strict parser leaves such a handler alone, so it raises its own
+    ``add_ScorerServicer_to_server`` adds it, except the unary methods named in ``raw``:
+    each of those receives the request's bytes and returns the response's (no deserializer
+    or serializer; the strict parser leaves such a handler alone, so it raises its own
     errors, e.g. :meth:`ScorerServicer.score_batch_bytes`)."""
     handlers: dict[str, Any] = {}
 
@@ -174,7 +174,10 @@ def add_to_server(servicer: Any, server: Any, score_batch: Callable[..., Any]) -
             handlers.update(found)
 
     pb_grpc.add_ScorerServicer_to_server(servicer, _Collect())
-    handlers["ScoreBatch"] = grpc.unary_unary_rpc_method_handler(score_batch)
+    for method, behavior in raw.items():
+        if method not in handlers or handlers[method].unary_unary is None:
+            raise ValueError(f"{method}: not a unary method of the Scorer service")
+        handlers[method] = grpc.unary_unary_rpc_method_handler(behavior)
     name = pb.DESCRIPTOR.services_by_name["Scorer"].full_name
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
     server.add_registered_method_handlers(name, handlers)

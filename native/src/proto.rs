@@ -165,9 +165,62 @@ pub struct TransactionBatchParser {
     transactions: u32,
     include_features: u32,
     events: u32,
+    /// `ScoreRequest`'s `transaction`, `include_features` and `event` numbers
+    single: (u32, u32, u32),
 }
 
 impl TransactionBatchParser {
+    /// One Transaction's event tuple, or None (Python decides).
+    fn event<'py, 'a>(
+        &self,
+        py: Python<'py>,
+        tx: &'a [u8],
+        vals: &mut [Val<'a>],
+        raws: &mut [Option<Raw<'a>>],
+    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        if self.transaction(tx, vals).is_none() {
+            return Ok(None);
+        }
+        for r in raws.iter_mut() {
+            *r = None;
+        }
+        for (v, s) in vals.iter().zip(&self.slots) {
+            let Some(Slot {
+                schema: Some(i), ..
+            }) = s
+            else {
+                continue;
+            };
+            raws[*i] = match *v {
+                Val::Absent => None,
+                Val::Int(x) => Some(Raw::I64(x)),
+                Val::Bool(b) => Some(Raw::Bool(b)),
+                Val::Double(x) => Some(Raw::F64(x)),
+                Val::Str(s) => Some(Raw::Str(Cow::Borrowed(s))),
+                Val::Time(s, n) => {
+                    if !(0..1_000_000_000).contains(&n) {
+                        return Ok(None);
+                    }
+                    let Some(ms) = s
+                        .checked_mul(1000)
+                        .and_then(|m| m.checked_add(i64::from(n / 1_000_000)))
+                    else {
+                        return Ok(None);
+                    };
+                    Some(Raw::I64(ms))
+                }
+            };
+        }
+        let mut items = Vec::with_capacity(self.rules.len());
+        for (rule, raw) in self.rules.iter().zip(raws.iter()) {
+            match rule.check(raw.as_ref()) {
+                Some(p) => items.push(p.to_py(py)?),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(PyTuple::new(py, items)?))
+    }
+
     /// One Transaction's values in schema order, or None (Python decides).
     fn transaction<'a>(&self, buf: &'a [u8], vals: &mut [Val<'a>]) -> Option<()> {
         for (v, s) in vals.iter_mut().zip(&self.slots) {
@@ -217,12 +270,14 @@ impl TransactionBatchParser {
 impl TransactionBatchParser {
     /// `fields`: the schema's rules in schema order; `slots`: per Transaction field,
     /// `(number, proto type, has presence, schema position or None)`; `request`: the
-    /// field numbers of `transactions`, `include_features` and `events`.
+    /// field numbers of `transactions`, `include_features` and `events`; `single`: those
+    /// of `ScoreRequest`'s `transaction`, `include_features` and `event`.
     #[new]
     fn new(
         fields: Vec<FieldSpec>,
         slots: Vec<(u32, String, bool, Option<usize>)>,
         request: (u32, u32, u32),
+        single: (u32, u32, u32),
     ) -> PyResult<TransactionBatchParser> {
         let rules = fields
             .into_iter()
@@ -253,6 +308,7 @@ impl TransactionBatchParser {
             transactions: request.0,
             include_features: request.1,
             events: request.2,
+            single,
         })
     }
 
@@ -295,48 +351,47 @@ impl TransactionBatchParser {
         let mut raws: Vec<Option<Raw>> = (0..self.rules.len()).map(|_| None).collect();
         let out = PyList::empty(py);
         for tx in txs {
-            if self.transaction(tx, &mut vals).is_none() {
-                return Ok(None);
+            match self.event(py, tx, &mut vals, &mut raws)? {
+                Some(e) => out.append(e)?,
+                None => return Ok(None),
             }
-            for r in raws.iter_mut() {
-                *r = None;
-            }
-            for (v, s) in vals.iter().zip(&self.slots) {
-                let Some(Slot {
-                    schema: Some(i), ..
-                }) = s
-                else {
-                    continue;
-                };
-                raws[*i] = match *v {
-                    Val::Absent => None,
-                    Val::Int(x) => Some(Raw::I64(x)),
-                    Val::Bool(b) => Some(Raw::Bool(b)),
-                    Val::Double(x) => Some(Raw::F64(x)),
-                    Val::Str(s) => Some(Raw::Str(Cow::Borrowed(s))),
-                    Val::Time(s, n) => {
-                        if !(0..1_000_000_000).contains(&n) {
-                            return Ok(None);
-                        }
-                        let Some(ms) = s
-                            .checked_mul(1000)
-                            .and_then(|m| m.checked_add(i64::from(n / 1_000_000)))
-                        else {
-                            return Ok(None);
-                        };
-                        Some(Raw::I64(ms))
-                    }
-                };
-            }
-            let mut items = Vec::with_capacity(self.rules.len());
-            for (rule, raw) in self.rules.iter().zip(&raws) {
-                match rule.check(raw.as_ref()) {
-                    Some(p) => items.push(p.to_py(py)?),
-                    None => return Ok(None),
-                }
-            }
-            out.append(PyTuple::new(py, items)?)?;
         }
         Ok(Some((out, include)))
+    }
+
+    /// `(event, include_features)` of a `ScoreRequest` holding one valid typed
+    /// Transaction; None otherwise (a generic event, no transaction, anything unsure).
+    fn parse_one<'py>(
+        &self,
+        py: Python<'py>,
+        data: &[u8],
+    ) -> PyResult<Option<(Bound<'py, PyTuple>, bool)>> {
+        let (transaction, include_features, event) = self.single;
+        let mut r = Reader::new(data);
+        let mut tx: Option<&[u8]> = None;
+        let mut include = false;
+        while !r.done() {
+            let Some((number, wt)) = r.tag() else {
+                return Ok(None);
+            };
+            let ok = if number == transaction && wt == 2 && tx.is_none() {
+                r.delimited().map(|b| tx = Some(b))
+            } else if number == include_features && wt == 0 {
+                r.varint().map(|v| include = v != 0)
+            } else if number == transaction || number == include_features || number == event {
+                None // a generic event, a second (merged) transaction, another wire type
+            } else {
+                r.skip(wt)
+            };
+            if ok.is_none() {
+                return Ok(None);
+            }
+        }
+        let Some(tx) = tx else { return Ok(None) };
+        let mut vals: Vec<Val> = vec![Val::Absent; self.slots.len()];
+        let mut raws: Vec<Option<Raw>> = (0..self.rules.len()).map(|_| None).collect();
+        Ok(self
+            .event(py, tx, &mut vals, &mut raws)?
+            .map(|e| (e, include)))
     }
 }

@@ -86,12 +86,15 @@ def valid_transactions(draw) -> pb.Transaction:
     })  # fmt: skip
 
 
+_BATCH_SIZES = st.integers(0, MAX + 1)
+
+
 @st.composite
-def requests(draw) -> bytes:
+def requests(draw, counts: st.SearchStrategy[int] = _BATCH_SIZES) -> bytes:
     """A ScoreBatchRequest's bytes: random transactions, each maybe with extra pieces,
     top-level pieces, and sometimes a byte flipped or the tail cut."""
     body = b""
-    for _ in range(draw(st.integers(0, MAX + 1))):
+    for _ in range(draw(counts)):
         tx = draw(st.one_of(transactions().map(lambda c: c[0]), valid_transactions()))
         raw = tx.SerializeToString()
         for piece in draw(st.lists(_PIECES, max_size=draw(st.sampled_from([0, 0, 3])))):
@@ -154,6 +157,41 @@ def test_native_reader_accepts_only_what_the_python_path_gives(data: bytes) -> N
         assert outcome[1][1] == want[1][1]  # type: ignore[index]
     else:
         assert outcome == want
+
+
+STRICT_ONE = strict_parser(pb.ScoreRequest.FromString)
+
+
+@st.composite
+def score_requests(draw) -> bytes:
+    """A ScoreRequest's bytes: a batch's pieces re-framed (field 1 is ``transaction``,
+    2 ``include_features``, 3 ``event`` in both messages), sometimes two transactions
+    (merged by protobuf), none, or a generic event beside one."""
+    return draw(requests(st.sampled_from([1, 1, 1, 0, 2])))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(score_requests())
+def test_native_score_reader_accepts_only_what_the_python_path_gives(data: bytes) -> None:
+    assert READER is not None
+    got = READER.parse_one(data)
+    if got is None:
+        return
+    msg = STRICT_ONE(data)
+    assert type(msg) is not MalformedRequestError, msg
+    event = CONVERT.request_event(msg)  # raises if the Python path refuses it
+    assert _exact([got[0]]) == _exact([event])
+    assert got[1] == msg.include_features
+
+
+def test_native_score_reader_takes_a_plain_request() -> None:
+    assert READER is not None
+    data = pb.ScoreRequest(transaction=_valid(4), include_features=True).SerializeToString()
+    got = READER.parse_one(data)
+    assert got is not None and got[1] is True
+    assert _exact([got[0]]) == _exact([CONVERT.request_event(STRICT_ONE(data))])
+    assert READER.parse_one(pb.ScoreRequest().SerializeToString()) is None  # "missing"
+    assert READER.parse_one(pb.ScoreRequest(event=pb.Event()).SerializeToString()) is None
 
 
 def _valid(i: int) -> pb.Transaction:
