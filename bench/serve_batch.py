@@ -23,6 +23,7 @@ Part of the serve suite (:mod:`bench.serve`), against the same Redis and registr
 
 from __future__ import annotations
 
+import gc
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -197,6 +198,7 @@ def stage_table(
     from serving.predlog import ParquetPredictionLog
     from serving.score_batch import STAGES
     from serving.scorer import Scorer
+    from serving.server import GC_YOUNG
     from serving.servicer import ScorerServicer
 
     store = open_store(StoreConfig(redis_url, feast_dir), REFERENCE)
@@ -205,6 +207,11 @@ def stage_table(
     log = ParquetPredictionLog(predictions_dir, scorer.plan).start()
     scorer.sink = log
     read = ScorerServicer(scorer, 1 << 30).batch_request  # the server's own request path
+    threshold = gc.get_threshold()
+    gc.collect()
+    gc.freeze()  # the garbage collector as the server sets it once ready
+    if GC_YOUNG is not None:
+        gc.set_threshold(GC_YOUNG, *threshold[1:])
     times: dict[str, list[float]] = defaultdict(list)
     cpu: dict[str, list[float]] = defaultdict(list)
     last = last_cpu = 0.0
@@ -234,6 +241,8 @@ def stage_table(
             elif time.monotonic() > end:
                 break
     finally:
+        gc.set_threshold(*threshold)
+        gc.unfreeze()
         log.close()
         store.close()
     order = ("request_read", *STAGES, "response_encode")
