@@ -22,6 +22,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor
+from functools import partial
 from typing import Any
 
 import grpc
@@ -90,8 +91,9 @@ class ScorerServicer(pb_grpc.ScorerServicer):
         if not events:
             return pb.ScoreBatchResponse()
         what = "events" if len(request.events) else "transactions"
-        results = await self._batch(events, _deadline(context), what)
-        return batch_response(results, request.include_features)
+        include = request.include_features
+        results = await self._batch(events, _deadline(context), what, include)
+        return batch_response(results, include)
 
     def batch_request(self, data: bytes) -> tuple[list[Any], bool, str]:
         """``(events, include_features, what)`` of a serialized ScoreBatchRequest: read
@@ -114,21 +116,21 @@ class ScorerServicer(pb_grpc.ScorerServicer):
         events, include_features, what = self.batch_request(data)
         if not events:
             return b""
-        results = await self._batch(events, _deadline(context), what)
+        results = await self._batch(events, _deadline(context), what, include_features)
         return batch_response_bytes(results, include_features)
 
     async def _batch(
-        self, events: Sequence[Any], deadline: float | None, what: str
+        self, events: Sequence[Any], deadline: float | None, what: str, infos: bool
     ) -> list[ScoreResult]:
+        """The events' results; ``infos``: with each result's entity states (only a
+        response with features carries them)."""
         try:
             if len(events) == 1:
                 return [self._score_one(events[0], f"{what}[0]")]
+            score = partial(self.scorer.score_columns, events, deadline, infos=infos)
             if len(events) <= INLINE_BATCH or self.executor is None:
-                return self.scorer.score_batch(events, deadline)
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(
-                self.executor, self.scorer.score_batch, events, deadline
-            )
+                return score()
+            return await asyncio.get_running_loop().run_in_executor(self.executor, score)
         except BatchItemError as exc:
             raise _at(f"{what}[{exc.index}]", exc.error) from None
 
