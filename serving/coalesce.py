@@ -19,7 +19,10 @@ Here the read is awaited on the loop itself (its own connection:
   whose values the tests hold equal to ``score``'s; smaller batches cost less one event
   at a time), scored by a drain task until the queue is empty;
 * answers go out first; the batch's results reach the prediction log in the next loop
-  turn (each call logged once).
+  turn (each call logged once);
+* on the server a typed request's bytes are read natively into its event
+  (:meth:`score_bytes`); a request the native reader leaves is parsed strictly, and on
+  the direct path its read is sent before it is validated.
 
 Each call gets the answer or the error it would get alone: an event the batch refuses
 (its time too old for the state) is scored alone and the rest stay a batch; any other

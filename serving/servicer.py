@@ -9,11 +9,11 @@ Single requests run inline on the event loop: the work is a few hundred microsec
 CPU plus one store round trip, and a thread hop would cost more than it saves. Large
 batches run on a worker thread so health checks and small calls stay responsive.
 
-On the server, ``ScoreBatch`` takes the request's bytes and returns the response's
-(:func:`add_to_server`, :meth:`ScorerServicer.score_batch_bytes`): a typed request is read
-natively into events (:mod:`serving.request_native`; anything else parsed strictly as
-before) and the response is sent as the native encoder wrote it, with no message object
-either way.
+On the server, ``ScoreBatch`` (and ``Score``: :mod:`serving.coalesce`) takes the
+request's bytes and returns the response's (:func:`add_to_server`,
+:meth:`ScorerServicer.score_batch_bytes`): a typed request is read natively into events
+(:mod:`serving.request_native`; anything else parsed strictly as before) and the batch
+response is sent as the native encoder wrote it, with no message object either way.
 """
 
 from __future__ import annotations
