@@ -4,24 +4,26 @@ Part of the serve suite (:mod:`bench.serve`), against the same Redis and registr
 
 * :func:`batch_throughput`: events/s with ``depth`` batches in flight for several servers,
   measured in alternating rounds (a change in the machine's load hits all alike): the
-  **ScoreBatch floor** (the same ``grpc.aio`` server and interceptors, strict request
-  parsing included, with a ``ScoreBatch`` that returns a fixed response of the request's
-  length: the transport's own cost), ours with one process and ours with
+  **ScoreBatch floor** (the same ``grpc.aio`` server and interceptors, the request read
+  into validated events as ours reads it, with a ``ScoreBatch`` that returns a fixed
+  response of the request's length: the transport's own cost), ours with one process and ours with
   ``serve --workers 2``. The client sends pre-serialized requests over ``connections``
   TCP connections (the kernel spreads connections, not calls, over workers) and checks
   one response per server, so that its own CPU, on the same 2 cores, stays small.
 * :func:`stage_table`: the same requests in process, timed by stage, µs per event (wall
   clock, and the thread's CPU time, which a loaded machine inflates less):
-  request decode (bytes -> message, the server's strict parser), convert (message ->
-  validated events), the scorer's stages (:data:`serving.score_batch.STAGES`, the
-  production code timed through its ``mark`` hook, Redis read and prediction log
-  included) and the response encode.
+  request read (bytes -> validated events, the server's own path:
+  :meth:`serving.servicer.ScorerServicer.batch_request`), the scorer's stages
+  (:data:`serving.score_batch.STAGES`, the production code timed through its ``mark``
+  hook, Redis read and prediction log included) and the response encode (the bytes the
+  server sends).
 * :func:`predictor_rows_per_s`: the serving predictor's rows/s on one core at the batch
   size, beside the predictor's own bit-equality check (one row vs the batch).
 """
 
 from __future__ import annotations
 
+import gc
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -34,20 +36,29 @@ _METHOD = "/skewless.v1.Scorer/ScoreBatch"
 
 
 class FloorScoreBatch:
-    """The floor servicer's ``ScoreBatch``: the request parsed (by the server's strict
-    parser), a fixed response of its length returned, nothing else."""
+    """The floor servicer's ``ScoreBatch``: the request read as our server reads it (bytes
+    in: the native reader into validated events, or the strict parser and the Python
+    conversion for what it leaves), a fixed serialized response of its length returned
+    (bytes out), nothing else. Registered as ours is (:func:`serving.servicer.add_to_server`)."""
 
-    _fixed: ClassVar[dict[int, Any]] = {}
+    _fixed: ClassVar[dict[int, bytes]] = {}
+    _read: ClassVar[Any] = None
 
-    async def ScoreBatch(self, request: Any, context: Any) -> Any:
+    async def score_batch_bytes(self, data: bytes, context: Any) -> bytes:
         from serving._proto.skewless.v1 import scorer_pb2 as pb
 
-        n = len(request.transactions) or len(request.events)
+        if self._read is None:
+            from features.reference import REFERENCE
+            from serving.scorer import Scorer
+            from serving.servicer import ScorerServicer
+
+            type(self)._read = ScorerServicer(Scorer(REFERENCE), 1 << 20).batch_request
+        n = len(self._read(data)[0])
         if n not in self._fixed:
             one = pb.ScoreResponse(
                 transaction_id="floor-0000", score=0.5, threshold=0.5, model_version="v0001"
             )
-            self._fixed[n] = pb.ScoreBatchResponse(responses=[one] * n)
+            self._fixed[n] = pb.ScoreBatchResponse(responses=[one] * n).SerializeToString()
         return self._fixed[n]
 
 
@@ -182,22 +193,25 @@ def stage_table(
     """µs per event by stage (median over calls), the scorer as the server runs it."""
     from features.reference import REFERENCE
     from features.store import StoreConfig, open_store
-    from serving._proto.skewless.v1 import scorer_pb2 as pb
-    from serving.convert import EventConverter, batch_response
+    from serving.convert import batch_response_bytes
     from serving.model import load_model
     from serving.predlog import ParquetPredictionLog
     from serving.score_batch import STAGES
     from serving.scorer import Scorer
-    from serving.wire import strict_parser
+    from serving.server import GC_YOUNG
+    from serving.servicer import ScorerServicer
 
     store = open_store(StoreConfig(redis_url, feast_dir), REFERENCE)
     scorer = Scorer(REFERENCE, store)
     scorer.install(load_model(version_dir, REFERENCE.fingerprint()))
     log = ParquetPredictionLog(predictions_dir, scorer.plan).start()
     scorer.sink = log
-    parse = strict_parser(pb.ScoreBatchRequest.FromString)
-    convert = EventConverter(scorer.plan)
-    assert parse is not None
+    read = ScorerServicer(scorer, 1 << 30).batch_request  # the server's own request path
+    threshold = gc.get_threshold()
+    gc.collect()
+    gc.freeze()  # the garbage collector as the server sets it once ready
+    if GC_YOUNG is not None:
+        gc.set_threshold(GC_YOUNG, *threshold[1:])
     times: dict[str, list[float]] = defaultdict(list)
     cpu: dict[str, list[float]] = defaultdict(list)
     last = last_cpu = 0.0
@@ -215,12 +229,10 @@ def stage_table(
         for i in range(calls + 2):
             data = raw[i % len(raw)]
             last, last_cpu = time.perf_counter(), time.thread_time()
-            req = parse(data)
-            mark("request_decode")
-            events = convert.batch_events(req, 1 << 30)
-            mark("convert")
+            events, include_features, _ = read(data)
+            mark("request_read")
             results = scorer.score_columns(events, None, mark)
-            batch_response(results, False).SerializeToString()
+            batch_response_bytes(results, include_features)
             mark("response_encode")
             n = len(events)
             if i < 2:  # warm-up calls are not counted
@@ -229,9 +241,11 @@ def stage_table(
             elif time.monotonic() > end:
                 break
     finally:
+        gc.set_threshold(*threshold)
+        gc.unfreeze()
         log.close()
         store.close()
-    order = ("request_decode", "convert", *STAGES, "response_encode")
+    order = ("request_read", *STAGES, "response_encode")
     wall = {s: round(float(np.median(times[s])) * 1e6 / n, 3) for s in order}
     on_cpu = {s: round(float(np.median(cpu[s])) * 1e6 / n, 3) for s in order}
     return {
@@ -240,7 +254,7 @@ def stage_table(
         "total_us_per_event": round(sum(wall.values()), 3),
         "total_cpu_us_per_event": round(sum(on_cpu.values()), 3),
         "in_process_events_per_s_one_thread": round(1e6 / sum(wall.values())),
-        "calls": len(times["convert"]),
+        "calls": len(times["request_read"]),
         "batch_size": n,
     }
 

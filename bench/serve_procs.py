@@ -31,13 +31,15 @@ serve(cfg, on_started=started)
 """
 
 #: the gRPC floor: the same grpc.aio server and interceptors, a Score that does nothing and a
-#: ScoreBatch that returns a fixed response of the request's length (strict parsing included)
+#: ScoreBatch that returns a fixed response of the request's length (the request read into
+#: validated events as ours reads it: natively, or strictly parsed where ours falls back)
 #: (argv[1], if given: a port to share with SO_REUSEPORT, 0 for a new one)
 FLOOR = """
 import asyncio, sys
 from grpc import aio
 from serving._proto.skewless.v1 import scorer_pb2 as pb, scorer_pb2_grpc as pb_grpc
 from serving.interceptors import interceptors
+from serving.servicer import add_to_server
 from bench.serve_batch import FloorScoreBatch
 
 class Floor(FloorScoreBatch, pb_grpc.ScorerServicer):
@@ -48,7 +50,8 @@ async def main():
     share = sys.argv[1] if len(sys.argv) > 1 else None
     options = [("grpc.so_reuseport", 0 if share is None else 1)]
     server = aio.server(interceptors=interceptors("", None), options=options)
-    pb_grpc.add_ScorerServicer_to_server(Floor(), server)
+    floor = Floor()
+    add_to_server(floor, server, {"ScoreBatch": floor.score_batch_bytes})
     port = server.add_insecure_port(f"127.0.0.1:{share or 0}")
     await server.start()
     print(f"listening on port {port}", flush=True)

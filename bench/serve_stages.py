@@ -1,8 +1,9 @@
 """Where a ``Score`` spends its time: µs per stage, in process, on the real Redis.
 
 Each stage of the server's ``Score`` path is timed alone (median over the requests), with
-the same objects the server builds: the strict request parser (also the floor's), the
-error interceptor's wrapper, request -> event, the store read (blocking, and awaited on
+the same objects the server builds: the strict request parser (the floor's; ours reads a
+typed request's bytes natively, timed as its own stage), the error interceptor's wrapper,
+request -> event, the store read (blocking, and awaited on
 an event loop as the coalescing servicer does), finalize, request features, predict, the
 result plus its prediction-log entry, and the response. Two regimes:
 
@@ -66,6 +67,7 @@ def run(registry: Path, redis_url: str, requests: list[Any], n: int = 1500) -> d
     from serving.interceptors import ErrorInterceptor
     from serving.model import load_model
     from serving.predlog import ParquetPredictionLog
+    from serving.request_native import BatchRequestReader
     from serving.scorer import Scorer, _max_seen
     from serving.wire import strict_parser
 
@@ -81,6 +83,8 @@ def run(registry: Path, redis_url: str, requests: list[Any], n: int = 1500) -> d
         raw = [r.SerializeToString() for r in reqs]
         parse: Any = strict_parser(pb.ScoreRequest.FromString)
         conv = EventConverter(scorer.plan)
+        native = BatchRequestReader.of(scorer.plan)
+        assert native is not None
         events = [conv.request_event(r) for r in reqs]
         readers = scorer._readers
         keys = [[(r.name, r.key(e)) for r in readers] for e in events]
@@ -118,6 +122,7 @@ def run(registry: Path, redis_url: str, requests: list[Any], n: int = 1500) -> d
             "deserialize (strict parser)": lambda i: parse(raw[i]),
             "error interceptor (wrapper)": lambda i: drive(wrapped(reqs[i], None)),
             "proto -> event": lambda i: conv.request_event(reqs[i]),
+            "bytes -> event (native reader, the server's)": lambda i: native.parse_one(raw[i]),
             "redis read, blocking (2 HGET)": lambda i: store.read_states(keys[i]),
             "finalize (2 entities, + info)": lambda i: finalize(i),
             "request features": lambda i: scorer.plan.request_one(events[i], windows[i]),

@@ -163,6 +163,22 @@ class EventParser:
     def __call__(self, raw: bytes) -> tuple[object, ...] | None: ...
     def parse(self, raw: bytes) -> tuple[object, ...] | None: ...
 
+class TransactionBatchParser:
+    """Typed ``ScoreBatchRequest`` (``ScoreRequest``) bytes -> event tuples, or None (the
+    Python path decides)."""
+
+    def __init__(
+        self,
+        fields: Sequence[_FieldSpec],
+        slots: Sequence[tuple[int, str, bool, int | None]],
+        request: tuple[int, int, int],
+        single: tuple[int, int, int],
+    ) -> None: ...
+    def parse(
+        self, data: bytes, max_batch: int
+    ) -> tuple[list[tuple[object, ...]], bool] | None: ...
+    def parse_one(self, data: bytes) -> tuple[tuple[object, ...], bool] | None: ...
+
 class HsetEncoder:
     """Feast's Redis layout as ready-to-send RESP commands."""
 

@@ -19,7 +19,10 @@ Here the read is awaited on the loop itself (its own connection:
   whose values the tests hold equal to ``score``'s; smaller batches cost less one event
   at a time), scored by a drain task until the queue is empty;
 * answers go out first; the batch's results reach the prediction log in the next loop
-  turn (each call logged once).
+  turn (each call logged once);
+* on the server a typed request's bytes are read natively into its event
+  (:meth:`score_bytes`); a request the native reader leaves is parsed strictly, and on
+  the direct path its read is sent before it is validated.
 
 Each call gets the answer or the error it would get alone: an event the batch refuses
 (its time too old for the state) is scored alone and the rest stay a batch; any other
@@ -40,6 +43,7 @@ from serving._proto.skewless.v1 import scorer_pb2 as pb
 from serving.convert import score_response
 from serving.scorer import BatchItemError, Read, ScoreResult
 from serving.servicer import ScorerServicer, _kind
+from serving.wire import MalformedRequestError, strict_parser
 
 #: at most this many events per coalesced batch (the rest wait for the next turn)
 MAX_COALESCED = 64
@@ -67,27 +71,58 @@ class CoalescingServicer(ScorerServicer):
         keyed = all(p.join_key in typed and typed[p.join_key].has_presence for p in self._entities)
         #: (entity, Transaction field) of each key, when the typed message carries them all
         self._typed_keys = [(p.name, p.join_key) for p in self._entities] if keyed else None
+        self._strict_one = strict_parser(pb.ScoreRequest.FromString)
         #: batches scored and the events in them (a direct call is a batch of one)
         self.batches = self.batched_events = 0
 
     async def Score(self, request: pb.ScoreRequest, context: Any) -> pb.ScoreResponse:
+        return await self._score_call(request, None)
+
+    async def score_bytes(self, data: bytes, context: Any) -> bytes:
+        """``Score`` as the server runs it: request bytes in, response bytes out; a typed
+        request is read natively (:meth:`BatchRequestReader.parse_one`), anything else
+        parsed strictly as before (its errors name the field)."""
+        native = self._native_reader
+        got = None if native is None else native.parse_one(data)
+        if got is not None:
+            return (await self._score_call(None, got)).SerializeToString()
+        assert self._strict_one is not None
+        request = self._strict_one(data)
+        if type(request) is MalformedRequestError:
+            raise request
+        return (await self._score_call(request, None)).SerializeToString()
+
+    async def _score_call(
+        self, request: pb.ScoreRequest | None, parsed: tuple[Any, bool] | None
+    ) -> pb.ScoreResponse:
+        """One call: ``request`` as a message, or ``parsed`` (its event, already
+        validated, and ``include_features``)."""
         loop = asyncio.get_running_loop()
+        if parsed is not None:
+            event, include, kind = parsed[0], parsed[1], "transaction"
+        else:
+            assert request is not None
+            event, include, kind = None, request.include_features, _kind(request)
         if self._busy:  # a batch is in progress: join the next one
-            event = self.convert.request_event(request)
+            if request is not None:
+                event = self.convert.request_event(request)
             future: asyncio.Future[ScoreResult] = loop.create_future()
-            self._queue.append((event, _kind(request), future))
-            return score_response(await future, request.include_features)
+            self._queue.append((event, kind, future))
+            return score_response(await future, include)
         self._busy = True  # the direct path: nothing in progress, this handler scores it
         self.batches += 1
         self.batched_events += 1
         try:
-            event, read = await self._direct(request)
-            result = self._score_one(event, _kind(request), read, log=False)
+            if request is not None:
+                event, read = await self._direct(request)
+            else:
+                read = await self._read_states((event,))
+            result = self._score_one(event, kind, read, log=False)
         finally:
             self._next()
         if self.scorer.sink is not None:  # after the answer: it goes out first
             loop.call_soon(self.scorer.sink, (event,), (result,))
-        return score_response(result, request.include_features)
+        return score_response(result, include)
 
     async def _direct(self, request: pb.ScoreRequest) -> tuple[Any, Read | None]:
         """The event of a direct call and its states. When the keys can be read off the

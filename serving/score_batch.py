@@ -16,7 +16,7 @@ it prints is the production path's and not a copy of it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from itertools import repeat
 from operator import itemgetter
@@ -68,10 +68,14 @@ class BatchScoring:
         mark: Callable[[str], Any] | None = None,
         read: Callable[[Sequence[tuple[str, int]]], list[bytes | None]] | None = None,
         log: bool = True,
+        infos: bool = True,
     ) -> list[ScoreResult]:
         """:meth:`Scorer.score_batch` for two or more events (see the module docstring);
-        ``read`` replaces the store's read, ``log=False`` leaves the sink to the caller."""
-        return _score_columns(self, events, deadline, mark, read, log)
+        ``read`` replaces the store's read, ``log=False`` leaves the sink to the caller;
+        ``infos=False`` leaves each result's ``entities`` empty (a response without
+        features does not carry them, and the prediction log drops them; the warnings are
+        the same): 0.5-0.7 µs per event not spent."""
+        return _score_columns(self, events, deadline, mark, read, log, infos)
 
 
 def _score_columns(
@@ -81,6 +85,7 @@ def _score_columns(
     mark: Callable[[str], Any] | None,
     read: Callable[[Sequence[tuple[str, int]]], list[bytes | None]] | None = None,
     log: bool = True,
+    infos: bool = True,
 ) -> list[ScoreResult]:
     store, plan = scorer._ready()
     readers, n = scorer._readers, len(events)
@@ -110,10 +115,17 @@ def _score_columns(
             raise CorruptStateError(f"{r.name} {col[index]}: {error}") from None
         X[:, plan.columns[j]] = np.frombuffer(block, dtype=np.float64).reshape(n, -1)
         datas.append(data)
-        newest.append(list(map(dict(zip(d, map(_max_seen, got), strict=True)).__getitem__, col)))
+        if infos:
+            newest.append(
+                list(map(dict(zip(d, map(_max_seen, got), strict=True)).__getitem__, col))
+            )
     if mark is not None:
         mark("finalize")
-    ents, warnings = _entity_infos(readers, ids, datas, newest, t_list)
+    ents: Iterable[tuple[EntityStateInfo, ...]]
+    if infos:
+        ents, warnings = _entity_infos(readers, ids, datas, newest, t_list)
+    else:
+        ents, warnings = repeat(()), _warnings(readers, ids, datas, t_list)
     if mark is not None:
         mark("entity_infos")
     where = {
@@ -172,7 +184,13 @@ def _entity_infos(
         found = [x is not None for x in data]
         age = [None if m is None else tk - m for m, tk in zip(nw, t, strict=True)]
         per_reader.append(list(map(_state_info, zip(repeat(r.name), col, found, nw, age))))
-    ents = list(zip(*per_reader, strict=True))
+    return list(zip(*per_reader, strict=True)), _warnings(readers, ids, datas, t)
+
+
+def _warnings(
+    readers: Sequence[Any], ids: list[list[int]], datas: list[list[bytes | None]], t: list[int]
+) -> list[tuple[str, ...]]:
+    """Per event: one warning per entity not found (``_Reader.info``'s)."""
     warnings: list[tuple[str, ...]] = [()] * len(t)
     missing = sorted({k for data in datas if None in data for k, x in enumerate(data) if x is None})
     for k in missing:
@@ -181,4 +199,4 @@ def _entity_infos(
             if data[k] is None:
                 r.info(None, col[k], None, t[k], w)
         warnings[k] = tuple(w)
-    return ents, warnings
+    return warnings

@@ -43,7 +43,6 @@ from features.settings import masked_repr
 from features.store import OnlineStore, StoreConfig, StoreUnavailableError, open_store
 from features.store.layout import StoreLayoutError
 from serving._proto.skewless.v1 import scorer_pb2 as pb
-from serving._proto.skewless.v1 import scorer_pb2_grpc as pb_grpc
 from serving.coalesce import CoalescingServicer
 from serving.interceptors import Metrics, interceptors
 from serving.predlog import KafkaPredictionLog, ParquetPredictionLog
@@ -51,9 +50,14 @@ from serving.reflection import enable_reflection
 from serving.reload import Loader, ModelWatcher
 from serving.rollout import Rollout
 from serving.scorer import NotReadyError, Scorer
+from serving.servicer import add_to_server
 from serving.tls import server_credentials
 
 log = logging.getLogger("skewless.serving")
+
+#: the first-generation GC threshold while serving (Python's: 700); ScoreBatch's GC cost
+#: 2.0 -> 0.47 µs per event, a lone Score unmoved (docs/perf-plan.md, "Session 6")
+GC_YOUNG: int | None = 10_000
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Scorer"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -103,6 +107,11 @@ class ServerConfig:
     canary_fraction: float = 0.0
     #: how often the drift gauges are recomputed (with ``metrics_port``)
     drift_interval_s: float = 10.0
+    #: ``Score`` reads a typed request natively (bytes in, bytes out)
+    native_score: bool = True
+    #: the garbage collector's first-generation threshold once serving (None: Python's;
+    #: 0 switches automatic collection off, as ``gc.set_threshold`` does)
+    gc_young: int | None = GC_YOUNG
 
     def __repr__(self) -> str:  # logged at start: secrets hidden
         return masked_repr(self)
@@ -260,7 +269,10 @@ class ScoringServer:
         chain = interceptors(cfg.auth_token, self.metrics, open_reflection=cfg.open_reflection)
         server = aio.server(interceptors=chain, options=options)
         self.servicer = CoalescingServicer(self.scorer, cfg.max_batch_size, self._executor)
-        pb_grpc.add_ScorerServicer_to_server(self.servicer, server)
+        raw = {"ScoreBatch": self.servicer.score_batch_bytes}
+        if self.config.native_score:
+            raw["Score"] = self.servicer.score_bytes
+        add_to_server(self.servicer, server, raw)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         enable_reflection((SERVICE_NAME, health_name), server)
@@ -314,6 +326,8 @@ class ScoringServer:
         # objects are never scanned again, which keeps those pauses out of the tail latency.
         gc.collect()
         gc.freeze()
+        if self.config.gc_young is not None:
+            gc.set_threshold(self.config.gc_young, *gc.get_threshold()[1:])
         await self._set_health(SERVING)
         log.info("ready: serving model %s", self.watcher.version)
         await self._probe_store()

@@ -18,7 +18,7 @@ use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess,
 
 /// A top-level JSON value as far as a field rule needs it; strings borrowed when they
 /// hold no escapes, arrays and objects skipped.
-enum Raw<'de> {
+pub(crate) enum Raw<'de> {
     Null,
     Bool(bool),
     U64(u64),
@@ -216,7 +216,7 @@ impl Pattern {
 
 /// One schema field's rules, read by attribute name (`features.native.NativeField`).
 #[derive(FromPyObject)]
-struct FieldSpec {
+pub(crate) struct FieldSpec {
     name: String,
     kind: String,
     required: bool,
@@ -256,13 +256,13 @@ enum Rule {
     },
 }
 
-struct FieldRule {
+pub(crate) struct FieldRule {
     name: String,
     required: bool,
     rule: Rule,
 }
 
-enum Parsed<'a> {
+pub(crate) enum Parsed<'a> {
     Null,
     Int(i64),
     Float(f64),
@@ -271,7 +271,7 @@ enum Parsed<'a> {
 }
 
 impl Parsed<'_> {
-    fn to_py<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+    pub(crate) fn to_py<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         Ok(match *self {
             Parsed::Null => py.None().into_bound(py),
             Parsed::Int(i) => i.into_pyobject(py)?.into_any(),
@@ -283,7 +283,7 @@ impl Parsed<'_> {
 }
 
 impl FieldRule {
-    fn from_spec(f: FieldSpec) -> PyResult<FieldRule> {
+    pub(crate) fn from_spec(f: FieldSpec) -> PyResult<FieldRule> {
         let need_range = |r: Option<(i64, i64)>| {
             r.ok_or_else(|| {
                 PyValueError::new_err(format!("{}: {} needs int_range", f.name, f.kind))
@@ -335,7 +335,7 @@ impl FieldRule {
     }
 
     /// The field's value if it passes every rule; None when unsure or invalid.
-    fn check<'a>(&self, v: Option<&'a Raw<'_>>) -> Option<Parsed<'a>> {
+    pub(crate) fn check<'a>(&self, v: Option<&'a Raw<'_>>) -> Option<Parsed<'a>> {
         let v = match v {
             None | Some(Raw::Null) => return (!self.required).then_some(Parsed::Null),
             Some(v) => v,

@@ -11,6 +11,7 @@ mod hashes;
 mod ids;
 mod level;
 mod moments;
+mod proto;
 mod resp;
 mod view;
 mod wide;
@@ -500,6 +501,7 @@ fn skewless_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event::EventParser>()?;
     m.add_class::<resp::HsetEncoder>()?;
     m.add_class::<resp::ScoreBatchEncoder>()?;
+    m.add_class::<proto::TransactionBatchParser>()?;
     m.add_function(wrap_pyfunction!(state_max_seen, m)?)?;
     m.add_function(wrap_pyfunction!(batch::update_items, m)?)?;
     m.add_function(wrap_pyfunction!(resp::unwrap_bytes_values, m)?)?;

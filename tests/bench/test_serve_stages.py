@@ -31,7 +31,7 @@ def test_stage_table(redis_url: str, tmp_path: Path) -> None:
     assert out["requests"] == 40
     for regime in ("warm", "lone"):
         stages = out[regime]
-        assert len(stages) == 11 and all(v > 0 for v in stages.values()), stages
+        assert len(stages) == 12 and all(v > 0 for v in stages.values()), stages
         whole = stages["score_one (read + compute, log off)"]
         assert whole >= stages["predict (ONNX, 1 row)"]
         assert "redis read, awaited on the loop" in stages

@@ -65,6 +65,17 @@ def test_batch_equals_singles_with_entities_missing_in_every_combination(
         assert all(type(e) is type(w) for e, w in zip(got.entities, want.entities, strict=True))
 
 
+def test_batch_without_entity_infos_differs_only_by_them(big_model: LoadedModel) -> None:
+    """``infos=False`` (a ScoreBatch response without features): the same results, the
+    same warnings, only ``entities`` left empty."""
+    scorer, _ = make_scorer(big_model)
+    events = [ev(f"i{i}", [1, 404, 2][i % 3], [10, 909][i % 2], 4.0 + i, NOW + i) for i in range(9)]
+    full = scorer.score_columns(events, log=False)
+    lean = scorer.score_columns(events, log=False, infos=False)
+    assert [repr(r._replace(entities=())) for r in full] == list(map(repr, lean))  # NaN too
+    assert all(r.entities for r in full) and {len(r.warnings) for r in lean} == {0, 1, 2}
+
+
 def test_stage_hook_sees_every_stage_in_order(big_model: LoadedModel) -> None:
     scorer, _ = make_scorer(big_model)
     seen: list[str] = []

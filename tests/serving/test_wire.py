@@ -16,8 +16,11 @@ import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from features.plan import compile_plan
+from features.reference import REFERENCE
 from serving._proto.skewless.v1 import scorer_pb2 as pb
 from serving.convert import event_message, ms_timestamp
+from serving.request_native import BatchRequestReader
 from serving.server import ServerConfig
 from tests.serving.conftest import NOW, RunningServer
 from tests.serving.test_server import ev as _ev
@@ -286,3 +289,39 @@ def test_timestamp_nanos_out_of_range(server: RunningServer, nanos: int) -> None
     )  # fmt: skip
     at = pb.GetFeaturesRequest(entity="card", entity_id=1, at=_bad_ts(nanos))
     assert call_error(lambda: server.stub.GetFeatures(at, timeout=5)) == (INVALID, f"at: {want}")
+
+
+def test_unusual_but_valid_bytes_score_as_their_clean_message(server: RunningServer) -> None:
+    """The server reads a typed request's bytes natively (serving.request_native): unknown
+    fields, a repeated scalar (the last wins), a padded varint and a second event_time
+    chunk (merged) give the response of the message protobuf reads from the same bytes."""
+    base = tx(card_id=2, amount=20.0)  # then card 1: the last one sent is scored
+    odd = (
+        base.SerializeToString()
+        + field(30, 0, varint(5))
+        + field(31, 2, b"\x00\xff")
+        + field(2, 0, b"\x81\x80\x80\x80\x80\x80\x80\x80\x80\x00")  # card_id 1, padded
+        + field(8, 2, field(2, 0, varint(7_000_000)))  # nanos: merged into event_time
+    )
+    clean = pb.Transaction.FromString(odd)
+    assert clean.card_id == 1 and clean.event_time.nanos == 7_000_000
+    reader = BatchRequestReader.of(compile_plan(REFERENCE))
+    assert reader is not None
+    body_one = request(odd, field(2, 0, varint(1)))
+    for method, body, message, response in (
+        (SCORE, body_one, pb.ScoreRequest, pb.ScoreResponse),
+        ("/skewless.v1.Scorer/ScoreBatch", field(1, 2, odd) * 2 + field(2, 0, varint(1)),
+         pb.ScoreBatchRequest, pb.ScoreBatchResponse),
+    ):  # fmt: skip
+        native = reader.parse_one(body) if message is pb.ScoreRequest else reader.parse(body, 9)
+        assert native is not None  # the native reader takes these bytes
+        want = raw(server.channel, method)(message.FromString(body).SerializeToString(), timeout=5)
+        got = raw(server.channel, method)(body, timeout=5)
+        assert response.FromString(got) == response.FromString(want)
+    # and it is card 1 (the last card_id sent) at NOW + 7 ms (the merged nanos)
+    got_one = pb.ScoreResponse.FromString(raw(server.channel)(body_one, timeout=5))
+    at_now = server.stub.Score(pb.ScoreRequest(transaction=tx(), include_features=True))
+    assert [(s.entity_id, s.age_ms) for s in got_one.entities] == [
+        (s.entity_id, s.age_ms + 7) for s in at_now.entities
+    ]
+    assert got_one.entities[0].entity_id == 1
