@@ -195,3 +195,22 @@ def unwrap_bytes_values(raws: list[bytes | None]) -> list[bytes | None]: ...
 def txid_hash(transaction_id: str) -> int: ...
 def txid_hashes(data: Buffer, starts: Buffer, ends: Buffer) -> bytes:
     """``txid_hash`` of ``data[starts[i]:ends[i]]`` (uint8; int64 bounds), as 8n bytes."""
+
+def window_group(
+    comp: Buffer,
+    g: Buffer,
+    t: Buffer,
+    hi: Buffer,
+    length: int,
+    hop: int,
+    stride: int,
+    tmin: int,
+    counts: Sequence[Buffer],
+    floats: Sequence[tuple[str, int, Buffer]],
+    fields: Sequence[tuple[Buffer, int, int, Sequence[Buffer], int, Sequence[Buffer]]],
+) -> list[bytes]:
+    """One window's outputs at sorted queries (``features.window_native``); per float
+    output, the std rows left to binary lifting as int64 triples (query, lo, hi)."""
+
+def tile_moments(x: Buffer, start: Buffer, stop: Buffer, sum_out: Buffer, m2_out: Buffer) -> None:
+    """Each tile's correctly rounded (Σx, Σ(x-mean)²) over ``x[start[i]:stop[i]]``."""

@@ -13,6 +13,7 @@ mod moments;
 mod resp;
 mod view;
 mod wide;
+mod windows;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -503,6 +504,8 @@ fn skewless_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(resp::unwrap_bytes_values, m)?)?;
     m.add_function(wrap_pyfunction!(event::txid_hash, m)?)?;
     m.add_function(wrap_pyfunction!(hashes::txid_hashes, m)?)?;
+    m.add_function(wrap_pyfunction!(windows::window_group, m)?)?;
+    m.add_function(wrap_pyfunction!(windows::tile_moments, m)?)?;
     m.add("ENGINE_BYTES_VERSION", engine::VERSION)?;
     m.add("OPS", Op::ALL.map(Op::name).to_vec())?;
     m.add("COMPONENTS", Comp::ALL.map(Comp::name).to_vec())?;

@@ -1,0 +1,111 @@
+"""An entity's window features in one native pass per window (``native/src/windows.rs``).
+
+:meth:`features.backfill.EventIndex._evaluate` computes them as ~25 whole-array numpy passes
+per entity (ranges by merging, digit gathers, means, std, a sparse table for max/min).
+The native loop does each window's ranges and every output of it at once, releasing the
+GIL so the entities' tasks share both cores; one gather per output then puts the rows in
+the spine's order. Its float operations are numpy's, in numpy's order:
+the bytes are the same (tests/features/test_window_native.py holds it to the numpy pass).
+
+It takes the same exact prefix sums (:func:`features.range_folds.moments_prefix`); where
+those are missing (negative or too wide data), or a max/min field holds NaN or -0.0 (where
+the order of comparisons would show), it returns None and the numpy pass runs instead.
+The rare std whose moments cancel comes back as rows for :func:`features.range_folds._lift`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from features.definitions import MS_PER_SECOND, FeatureSet, Op
+from features.native import native
+from features.range_folds import _lift
+
+_SUMMED = (Op.SUM, Op.MEAN, Op.STD)
+
+
+def extremes_ok(x: np.ndarray) -> bool:
+    """Whether max/min over ``x`` is the same bits in any comparison order."""
+    return not bool(np.isnan(x).any()) and not bool((np.signbit(x) & (x == 0)).any())
+
+
+def evaluate(
+    index: Any,
+    fs: FeatureSet,
+    entity: str,
+    g: np.ndarray,
+    t: np.ndarray,
+    hi: np.ndarray,
+    inverse: np.ndarray | None,
+) -> dict[str, np.ndarray] | None:
+    """``entity``'s features from ``index`` (a :class:`features.backfill.EventIndex`) at
+    the queries sorted by (group, t) — ``g`` < 0 for a key without events, ``hi`` each
+    range's end — in the spine's order: row ``j`` is sorted query ``inverse[j]`` (the
+    sorted order without ``inverse``). None when the numpy pass must run (see the module
+    docstring)."""
+    group = getattr(native, "window_group", None)
+    if group is None:
+        return None  # an installed core older than this checkout
+    aggs = fs.for_entity(entity)
+    squares = {a.field for a in aggs if a.op is Op.STD}
+    fields = sorted({a.field for a in aggs if a.window is not None and a.field is not None})
+    specs = []
+    for f in fields:
+        x = index.values[f]
+        ops = {a.op for a in aggs if a.field == f and a.window is not None}
+        if ops & {Op.MAX, Op.MIN} and not index.extremes_ok(f):
+            return None
+        if ops & set(_SUMMED):
+            m = index.moments(f, f in squares)
+            if m is None or (f in squares and m.s2 is None):
+                return None
+            s2 = m.s2 if f in squares and m.s2 is not None else []
+            specs.append((x, m.width, m.scale, m.s1, m.scale2, s2))
+        else:
+            specs.append((x, 0, 0, [], 0, []))
+    q = len(g)
+    g, t = np.ascontiguousarray(g, np.int64), np.ascontiguousarray(t, np.int64)
+    hi = np.ascontiguousarray(hi, np.int64)
+    out: dict[str, np.ndarray] = {}
+    for w, h in sorted({(a.window.length_ms, a.window.hop_ms) for a in aggs if a.window}):
+        mine = [a for a in aggs if a.window and (a.window.length_ms, a.window.hop_ms) == (w, h)]
+        counts = [a for a in mine if a.op is Op.COUNT]
+        floats = [a for a in mine if a.op is not Op.COUNT]
+        for a in counts:
+            out[a.name] = np.empty(q, np.int64)
+        for a in floats:
+            out[a.name] = np.empty(q, np.float64)
+        hard = group(
+            index.comp, g, t, hi, w, h, index.stride, index.tmin,
+            [out[a.name] for a in counts],
+            [(str(a.op), fields.index(a.field or ""), out[a.name]) for a in floats],
+            specs,
+        )  # fmt: skip
+        for a, rows in zip(floats, hard, strict=True):
+            if rows:
+                _lifted(index.values[a.field or ""], rows, out[a.name])
+    for a in aggs:
+        if a.op is Op.SINCE_LAST:
+            out[a.name] = _since_last(index, g, t, hi)
+    if inverse is None:
+        return {a.name: out[a.name] for a in aggs}
+    return {a.name: out[a.name][inverse] for a in aggs}  # a gather: faster than a scatter
+
+
+def _lifted(x: np.ndarray, rows: bytes, out: np.ndarray) -> None:
+    """The std of the rows whose moments cancel, by binary lifting (as the numpy pass)."""
+    pos, lo, hi = np.frombuffer(rows, "<i8").reshape(-1, 3).T
+    var = _lift(x, lo, hi)[1] / (hi - lo).astype(np.float64)
+    out[pos] = np.sqrt(np.maximum(var, 0.0))
+
+
+def _since_last(index: Any, g: np.ndarray, t: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    known = g >= 0
+    gs = index.starts[np.maximum(g, 0)] if len(index.starts) else np.zeros(len(g), np.int64)
+    if not bool(known.all()):
+        hi, gs = np.where(known, hi, 0), np.where(known, gs, 0)
+    has = hi > gs
+    last = index.ts[np.maximum(hi - 1, 0)] if len(index.ts) else np.zeros(len(t), np.int64)
+    return np.where(has, (t - last) / MS_PER_SECOND, np.nan)

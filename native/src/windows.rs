@@ -1,0 +1,364 @@
+//! The vectorized backfill's per-window pass (`features/backfill.py`, `EventIndex`) as one
+//! native loop over an entity's sorted queries: each query's range, then its count, exact
+//! digit sums, mean, std, max and min, off the GIL.
+//! Every float operation is the one numpy performed, in the same order, so the bits are
+//! the same; the rare std the moments cannot give (cancellation) is returned for the
+//! caller's binary lifting. The tiles of the end states get their exact `(Σx, Σ(x-mean)²)`
+//! from the engine's own tile (`moments::Tile`), so they are the stream's bits.
+
+use std::cmp::Ordering;
+use std::collections::VecDeque;
+
+use pyo3::buffer::{Element, PyBuffer};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::moments::Tile;
+
+/// std falls back to lifting where Σx² exceeds n·var by more than this (`range_folds._GUARD`)
+const GUARD: f64 = 65536.0;
+
+fn view<'a, T: Element>(b: &'a PyBuffer<T>, what: &str) -> PyResult<&'a [T]> {
+    if !b.is_c_contiguous() {
+        return Err(PyValueError::new_err(format!("{what} must be contiguous")));
+    }
+    // SAFETY: contiguous, and the buffer (held by the caller for the call) pins it
+    Ok(unsafe { std::slice::from_raw_parts(b.buf_ptr() as *const T, b.item_count()) })
+}
+
+#[allow(clippy::mut_from_ref)]
+fn view_mut<'a, T: Element>(b: &'a PyBuffer<T>, what: &str) -> PyResult<&'a mut [T]> {
+    if b.readonly() || !b.is_c_contiguous() {
+        return Err(PyValueError::new_err(format!(
+            "{what} must be a writable contiguous array"
+        )));
+    }
+    // SAFETY: as `view`; the caller passes each output array once and reads none of them
+    Ok(unsafe { std::slice::from_raw_parts_mut(b.buf_ptr() as *mut T, b.item_count()) })
+}
+
+/// `2.0 ** e` as Python computes it (exact; 0 below the subnormals).
+fn pow2(e: i64) -> f64 {
+    if e > 1023 {
+        f64::INFINITY
+    } else if e >= -1022 {
+        f64::from_bits(((e + 1023) as u64) << 52)
+    } else if e >= -1074 {
+        f64::from_bits(1u64 << (e + 1074))
+    } else {
+        0.0
+    }
+}
+
+/// Exact digit prefix sums of one field (`range_folds.Moments`): the digits of `x·2^scale`
+/// in base `2^width`, lowest first; `parts2` the same for `fl(x²)` (empty without std).
+/// A tuple `(x, width, scale1, parts1, scale2, parts2)`.
+#[derive(FromPyObject)]
+pub struct FieldSums(
+    PyBuffer<f64>,
+    i64,
+    i64,
+    Vec<PyBuffer<i64>>,
+    i64,
+    Vec<PyBuffer<i64>>,
+);
+
+struct Sums<'a> {
+    x: &'a [f64],
+    width: f64,
+    scale1: f64,
+    parts1: Vec<&'a [i64]>,
+    scale2: f64,
+    parts2: Vec<&'a [i64]>,
+}
+
+/// `range_folds._range_sum`: the top digit's difference, then each lower one, in float64.
+#[inline]
+fn range_sum(parts: &[&[i64]], lo: usize, hi: usize, width: f64, scale: f64) -> f64 {
+    let top = parts.len() - 1;
+    let mut v = (parts[top][hi] - parts[top][lo]) as f64;
+    for p in parts[..top].iter().rev() {
+        v *= width;
+        v += (p[hi] - p[lo]) as f64;
+    }
+    v * scale
+}
+
+/// max or min over `[lo, hi)` for ranges whose ends never move back (a monotone deque;
+/// rebuilt from `lo` when they do). The caller rules out NaN and -0.0, so any of equal
+/// values is the same bits.
+struct Extreme<'a> {
+    x: &'a [f64],
+    max: bool,
+    q: VecDeque<usize>,
+    next: usize,
+    last: (usize, usize),
+}
+
+impl Extreme<'_> {
+    fn get(&mut self, lo: usize, hi: usize) -> f64 {
+        if lo < self.last.0 || hi < self.last.1 || self.next < lo {
+            self.q.clear();
+            self.next = lo;
+        }
+        self.last = (lo, hi);
+        while self.next < hi {
+            let v = self.x[self.next];
+            while let Some(&b) = self.q.back() {
+                let w = self.x[b];
+                if (self.max && w <= v) || (!self.max && w >= v) {
+                    self.q.pop_back();
+                } else {
+                    break;
+                }
+            }
+            self.q.push_back(self.next);
+            self.next += 1;
+        }
+        while self.q.front().is_some_and(|&f| f < lo) {
+            self.q.pop_front();
+        }
+        match self.q.front() {
+            Some(&f) if hi > lo => self.x[f],
+            _ => f64::NAN,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Sum,
+    Mean,
+    Std,
+    Max,
+    Min,
+}
+
+/// One window `(length, hop)` of an entity at sorted queries `(g, t)` (`g` < 0: a key with
+/// no events), their range ends `hi` given: every output of the window, one row per query
+/// in the queries' order (writing each straight to its spine row measured 3-4x slower
+/// than numpy's gather after: random stores). `comp` is the index's sorted `gid·stride +
+/// ts - tmin`; a range starts at the first event at or after `floor(t/hop)·hop - length`.
+/// `counts` are int64 outputs; `floats` are `(op, field, output)`. Returns, per float
+/// output, the std rows left to the caller as little-endian int64 triples (query, lo, hi).
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (comp, g, t, hi, length, hop, stride, tmin, counts, floats, fields))]
+pub fn window_group<'py>(
+    py: Python<'py>,
+    comp: PyBuffer<i64>,
+    g: PyBuffer<i64>,
+    t: PyBuffer<i64>,
+    hi: PyBuffer<i64>,
+    length: i64,
+    hop: i64,
+    stride: i64,
+    tmin: i64,
+    counts: Vec<PyBuffer<i64>>,
+    floats: Vec<(String, usize, PyBuffer<f64>)>,
+    fields: Vec<FieldSums>,
+) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+    let err = |m: &str| PyValueError::new_err(format!("window_group: {m}"));
+    let (comp_s, g_s, t_s, hi_s) = (
+        view(&comp, "comp")?,
+        view(&g, "g")?,
+        view(&t, "t")?,
+        view(&hi, "hi")?,
+    );
+    let q = g_s.len();
+    if t_s.len() != q || hi_s.len() != q || hop <= 0 || stride <= 0 {
+        return Err(err(
+            "g, t and hi differ in length, or hop/stride is not positive",
+        ));
+    }
+    let mut sums = Vec::with_capacity(fields.len());
+    for f in &fields {
+        let x = view(&f.0, "x")?;
+        let p1: Vec<&[i64]> =
+            f.3.iter()
+                .map(|p| view(p, "digits"))
+                .collect::<PyResult<_>>()?;
+        let p2: Vec<&[i64]> =
+            f.5.iter()
+                .map(|p| view(p, "digits"))
+                .collect::<PyResult<_>>()?;
+        if p1.iter().chain(&p2).any(|p| p.len() != comp_s.len() + 1) || x.len() != comp_s.len() {
+            return Err(err(
+                "a field's values or prefix sums do not match the events",
+            ));
+        }
+        sums.push(Sums {
+            x,
+            width: pow2(f.1),
+            scale1: pow2(-f.2),
+            parts1: p1,
+            scale2: pow2(-f.4),
+            parts2: p2,
+        });
+    }
+    let mut count_out: Vec<&mut [i64]> = Vec::new();
+    for c in &counts {
+        count_out.push(view_mut(c, "count output")?);
+    }
+    let mut outs: Vec<(Kind, usize, &mut [f64])> = Vec::new();
+    for (op, field, buf) in &floats {
+        let kind = match op.as_str() {
+            "sum" => Kind::Sum,
+            "mean" => Kind::Mean,
+            "std" => Kind::Std,
+            "max" => Kind::Max,
+            "min" => Kind::Min,
+            _ => return Err(err(&format!("op {op:?} is not a window op here"))),
+        };
+        let s = sums.get(*field).ok_or_else(|| err("field out of range"))?;
+        let need = match kind {
+            Kind::Sum | Kind::Mean => !s.parts1.is_empty(),
+            Kind::Std => !s.parts1.is_empty() && !s.parts2.is_empty(),
+            Kind::Max | Kind::Min => true,
+        };
+        if !need {
+            return Err(err("an output needs prefix sums its field lacks"));
+        }
+        outs.push((kind, *field, view_mut(buf, "output")?));
+    }
+    if count_out.iter().any(|c| c.len() != q) || outs.iter().any(|o| o.2.len() != q) {
+        return Err(err("an output has not one row per query"));
+    }
+    let n = comp_s.len();
+    if hi_s.iter().any(|&h| h < 0 || h as usize > n) {
+        return Err(err("hi outside the events"));
+    }
+    let hard: Vec<Vec<i64>> = py.allow_threads(|| {
+        let mut hard: Vec<Vec<i64>> = vec![Vec::new(); outs.len()];
+        let mut ext: Vec<Option<Extreme>> = outs
+            .iter()
+            .map(|(k, f, _)| {
+                matches!(k, Kind::Max | Kind::Min).then(|| Extreme {
+                    x: sums[*f].x,
+                    max: *k == Kind::Max,
+                    q: VecDeque::new(),
+                    next: 0,
+                    last: (0, 0),
+                })
+            })
+            .collect();
+        let mut s1 = vec![0.0f64; sums.len()];
+        let mut have = vec![usize::MAX; sums.len()];
+        let (mut p, mut last_needle) = (0usize, i64::MIN);
+        for i in 0..q {
+            let gi = g_s[i];
+            let (lo, h) = if gi < 0 {
+                (0usize, 0usize)
+            } else {
+                let bound = t_s[i].div_euclid(hop) * hop - length;
+                let needle = bound.clamp(tmin, tmin + stride - 1) + gi * stride - tmin;
+                if needle < last_needle {
+                    p = comp_s.partition_point(|&c| c < needle);
+                } else {
+                    while p < n && comp_s[p] < needle {
+                        p += 1;
+                    }
+                }
+                last_needle = needle;
+                let h = hi_s[i] as usize;
+                (p.min(h), h) // an empty range when the bound is past the query
+            };
+            let count = (h - lo) as i64;
+            for c in count_out.iter_mut() {
+                c[i] = count;
+            }
+            let nf = count as f64;
+            for (j, (kind, f, out)) in outs.iter_mut().enumerate() {
+                let s = &sums[*f];
+                let mut sum = || {
+                    if have[*f] != i {
+                        s1[*f] = range_sum(&s.parts1, lo, h, s.width, s.scale1);
+                        have[*f] = i;
+                    }
+                    s1[*f]
+                };
+                out[i] = match kind {
+                    Kind::Sum => sum(),
+                    Kind::Mean => {
+                        let v = sum();
+                        if count > 0 {
+                            v / nf
+                        } else {
+                            f64::NAN
+                        }
+                    }
+                    Kind::Std => {
+                        let s1v = sum();
+                        let s2 = range_sum(&s.parts2, lo, h, s.width, s.scale2);
+                        let mean = s1v / nf;
+                        let mut var = s2 / nf - mean * mean;
+                        // numpy's `~(var * GUARD > s2 / n)`: NaN counts as cancelling too
+                        let fine = (var * GUARD).partial_cmp(&(s2 / nf)) == Some(Ordering::Greater);
+                        if count >= 2 && !fine {
+                            hard[j].extend_from_slice(&[i as i64, lo as i64, h as i64]);
+                            f64::NAN
+                        } else {
+                            if count == 1 {
+                                var = 0.0;
+                            }
+                            if count > 0 {
+                                (if var < 0.0 { 0.0 } else { var }).sqrt()
+                            } else {
+                                f64::NAN
+                            }
+                        }
+                    }
+                    Kind::Max | Kind::Min => ext[j].as_mut().expect("extreme").get(lo, h),
+                };
+            }
+        }
+        hard
+    });
+    Ok(hard
+        .iter()
+        .map(|h| {
+            let bytes: Vec<u8> = h.iter().flat_map(|v| v.to_le_bytes()).collect();
+            PyBytes::new(py, &bytes)
+        })
+        .collect())
+}
+
+/// Each tile's correctly rounded `(Σx, Σ(x-mean)²)` over `x[start[i]..stop[i]]`, folded
+/// by the engine's tile (`moments.summary`), written to `sum_out` and `m2_out`.
+#[pyfunction]
+pub fn tile_moments(
+    py: Python<'_>,
+    x: PyBuffer<f64>,
+    start: PyBuffer<i64>,
+    stop: PyBuffer<i64>,
+    sum_out: PyBuffer<f64>,
+    m2_out: PyBuffer<f64>,
+) -> PyResult<()> {
+    let (xs, a, b) = (view(&x, "x")?, view(&start, "start")?, view(&stop, "stop")?);
+    let (so, mo) = (view_mut(&sum_out, "sum_out")?, view_mut(&m2_out, "m2_out")?);
+    let k = a.len();
+    if b.len() != k || so.len() != k || mo.len() != k {
+        return Err(PyValueError::new_err(
+            "tile_moments: one start, stop and output per tile",
+        ));
+    }
+    if a.iter()
+        .zip(b)
+        .any(|(&s, &e)| s < 0 || e < s || e as usize > xs.len())
+    {
+        return Err(PyValueError::new_err(
+            "tile_moments: a tile outside the values",
+        ));
+    }
+    py.allow_threads(|| {
+        for i in 0..k {
+            let mut tile = Tile::empty();
+            for &v in &xs[a[i] as usize..b[i] as usize] {
+                tile.add(v);
+            }
+            (so[i], mo[i]) = tile.summary();
+        }
+    });
+    Ok(())
+}
