@@ -3,9 +3,11 @@
 :meth:`features.backfill.EventIndex._evaluate` computes them as ~25 whole-array numpy passes
 per entity (ranges by merging, digit gathers, means, std, a sparse table for max/min).
 The native loop does each window's ranges and every output of it at once, releasing the
-GIL so the entities' tasks share both cores; one gather per output then puts the rows in
-the spine's order. Its float operations are numpy's, in numpy's order:
-the bytes are the same (tests/features/test_window_native.py holds it to the numpy pass).
+GIL so the entities' tasks share both cores. It writes one row per query (all outputs
+side by side, in the index's order), and one gather puts them in the spine's order,
+reading a row's one or two cache lines: a column at a time, those random reads were a
+third of the pass. Its float operations are numpy's, in numpy's order: the bytes are the
+same (tests/features/test_window_native.py holds it to the numpy pass).
 
 It takes the same exact prefix sums (:func:`features.range_folds.moments_prefix`); where
 those are missing (negative or too wide data), or a max/min field holds NaN or -0.0 (where
@@ -45,8 +47,9 @@ def evaluate(
     range's end — in the spine's order: row ``j`` is sorted query ``inverse[j]`` (the
     sorted order without ``inverse``). None when the numpy pass must run (see the module
     docstring)."""
-    group = getattr(native, "window_group", None)
-    if group is None:
+    kernels = [getattr(native, k, None) for k in ("window_group", "seconds_since_last")]
+    group, since, gather = *kernels, getattr(native, "gather_columns", None)
+    if group is None or since is None or gather is None:
         return None  # an installed core older than this checkout
     aggs = fs.for_entity(entity)
     squares = {a.field for a in aggs if a.op is Op.STD}
@@ -65,33 +68,31 @@ def evaluate(
             specs.append((x, m.width, m.scale, m.s1, m.scale2, s2))
         else:
             specs.append((x, 0, 0, [], 0, []))
-    q = len(g)
+    q, names = len(g), [a.name for a in aggs]
     g, t = np.ascontiguousarray(g, np.int64), np.ascontiguousarray(t, np.int64)
     hi = np.ascontiguousarray(hi, np.int64)
-    out: dict[str, np.ndarray] = {}
+    table = np.empty((q, len(aggs)))  # one row per query: a count's slot holds int64 bits
     for w, h in sorted({(a.window.length_ms, a.window.hop_ms) for a in aggs if a.window}):
         mine = [a for a in aggs if a.window and (a.window.length_ms, a.window.hop_ms) == (w, h)]
-        counts = [a for a in mine if a.op is Op.COUNT]
-        floats = [a for a in mine if a.op is not Op.COUNT]
-        for a in counts:
-            out[a.name] = np.empty(q, np.int64)
-        for a in floats:
-            out[a.name] = np.empty(q, np.float64)
+        slots = [
+            (str(a.op), fields.index(a.field) if a.field else 0, names.index(a.name)) for a in mine
+        ]
         hard = group(
-            index.comp, g, t, hi, w, h, index.stride, index.tmin,
-            [out[a.name] for a in counts],
-            [(str(a.op), fields.index(a.field or ""), out[a.name]) for a in floats],
-            specs,
-        )  # fmt: skip
-        for a, rows in zip(floats, hard, strict=True):
+            index.comp, g, t, hi, w, h, index.stride, index.tmin, table, len(aggs), slots, specs
+        )
+        for a, (_, _, slot), rows in zip(mine, slots, hard, strict=True):
             if rows:
-                _lifted(index.values[a.field or ""], rows, out[a.name])
+                _lifted(index.values[a.field or ""], rows, table[:, slot])
     for a in aggs:
         if a.op is Op.SINCE_LAST:
-            out[a.name] = _since_last(index, g, t, hi)
-    if inverse is None:
-        return {a.name: out[a.name] for a in aggs}
-    return {a.name: out[a.name][inverse] for a in aggs}  # a gather: faster than a scatter
+            slot = names.index(a.name)
+            since(g, t, hi, index.starts, index.ts, table, len(aggs), slot, float(MS_PER_SECOND))
+    out = [np.empty(len(g) if inverse is None else len(inverse)) for _ in aggs]
+    gather(table, len(aggs), inverse, out)
+    return {
+        a.name: col.view(np.int64) if a.op is Op.COUNT else col
+        for a, col in zip(aggs, out, strict=True)
+    }
 
 
 def _lifted(x: np.ndarray, rows: bytes, out: np.ndarray) -> None:
@@ -99,13 +100,3 @@ def _lifted(x: np.ndarray, rows: bytes, out: np.ndarray) -> None:
     pos, lo, hi = np.frombuffer(rows, "<i8").reshape(-1, 3).T
     var = _lift(x, lo, hi)[1] / (hi - lo).astype(np.float64)
     out[pos] = np.sqrt(np.maximum(var, 0.0))
-
-
-def _since_last(index: Any, g: np.ndarray, t: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    known = g >= 0
-    gs = index.starts[np.maximum(g, 0)] if len(index.starts) else np.zeros(len(g), np.int64)
-    if not bool(known.all()):
-        hi, gs = np.where(known, hi, 0), np.where(known, gs, 0)
-    has = hi > gs
-    last = index.ts[np.maximum(hi - 1, 0)] if len(index.ts) else np.zeros(len(t), np.int64)
-    return np.where(has, (t - last) / MS_PER_SECOND, np.nan)

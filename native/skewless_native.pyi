@@ -205,12 +205,30 @@ def window_group(
     hop: int,
     stride: int,
     tmin: int,
-    counts: Sequence[Buffer],
-    floats: Sequence[tuple[str, int, Buffer]],
+    table: Buffer,
+    width: int,
+    outputs: Sequence[tuple[str, int, int]],
     fields: Sequence[tuple[Buffer, int, int, Sequence[Buffer], int, Sequence[Buffer]]],
 ) -> list[bytes]:
-    """One window's outputs at sorted queries (``features.window_native``); per float
-    output, the std rows left to binary lifting as int64 triples (query, lo, hi)."""
+    """One window's outputs ``(op, field, slot)`` at sorted queries into ``table`` (rows of
+    ``width`` float64 slots; a count's slot holds int64 bits), ``features.window_native``;
+    per output, the std rows left to binary lifting as int64 triples (query, lo, hi)."""
+
+def seconds_since_last(
+    g: Buffer,
+    t: Buffer,
+    hi: Buffer,
+    starts: Buffer,
+    ts: Buffer,
+    table: Buffer,
+    width: int,
+    slot: int,
+    ms_per_second: float,
+) -> None:
+    """``seconds_since_last`` at sorted queries into slot ``slot`` of ``table``'s rows."""
+
+def gather_columns(table: Buffer, width: int, inverse: Buffer | None, outs: list[Buffer]) -> None:
+    """Column ``c`` of ``table`` into ``outs[c]``, row ``j`` from table row ``inverse[j]``."""
 
 def tile_moments(x: Buffer, start: Buffer, stop: Buffer, sum_out: Buffer, m2_out: Buffer) -> None:
     """Each tile's correctly rounded (Σx, Σ(x-mean)²) over ``x[start[i]:stop[i]]``."""

@@ -136,15 +136,17 @@ enum Kind {
 }
 
 /// One window `(length, hop)` of an entity at sorted queries `(g, t)` (`g` < 0: a key with
-/// no events), their range ends `hi` given: every output of the window, one row per query
-/// in the queries' order (writing each straight to its spine row measured 3-4x slower
-/// than numpy's gather after: random stores). `comp` is the index's sorted `gid·stride +
-/// ts - tmin`; a range starts at the first event at or after `floor(t/hop)·hop - length`.
-/// `counts` are int64 outputs; `floats` are `(op, field, output)`. Returns, per float
-/// output, the std rows left to the caller as little-endian int64 triples (query, lo, hi).
+/// no events), their range ends `hi` given: every output of the window into `table`, one
+/// row of `width` 8-byte slots per query in the queries' order; `outputs` are `(op, field,
+/// slot)`, a count's slot holding int64 bits. Rows rather than columns, and the queries'
+/// order rather than the spine's: `gather_columns` then reads each spine row's one or two
+/// cache lines (writing every output straight to its spine row measured 3-4x slower:
+/// random stores). `comp` is the index's sorted `gid·stride + ts - tmin`; a range starts
+/// at the first event at or after `floor(t/hop)·hop - length`. Returns, per output, the
+/// std rows left to the caller as little-endian int64 triples (query, lo, hi).
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
-#[pyo3(signature = (comp, g, t, hi, length, hop, stride, tmin, counts, floats, fields))]
+#[pyo3(signature = (comp, g, t, hi, length, hop, stride, tmin, table, width, outputs, fields))]
 pub fn window_group<'py>(
     py: Python<'py>,
     comp: PyBuffer<i64>,
@@ -155,8 +157,9 @@ pub fn window_group<'py>(
     hop: i64,
     stride: i64,
     tmin: i64,
-    counts: Vec<PyBuffer<i64>>,
-    floats: Vec<(String, usize, PyBuffer<f64>)>,
+    table: PyBuffer<f64>,
+    width: usize,
+    outputs: Vec<(String, usize, usize)>,
     fields: Vec<FieldSums>,
 ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
     let err = |m: &str| PyValueError::new_err(format!("window_group: {m}"));
@@ -197,33 +200,38 @@ pub fn window_group<'py>(
             parts2: p2,
         });
     }
-    let mut count_out: Vec<&mut [i64]> = Vec::new();
-    for c in &counts {
-        count_out.push(view_mut(c, "count output")?);
-    }
-    let mut outs: Vec<(Kind, usize, &mut [f64])> = Vec::new();
-    for (op, field, buf) in &floats {
+    let mut outs: Vec<(Option<Kind>, usize, usize)> = Vec::new();
+    for (op, field, slot) in &outputs {
         let kind = match op.as_str() {
-            "sum" => Kind::Sum,
-            "mean" => Kind::Mean,
-            "std" => Kind::Std,
-            "max" => Kind::Max,
-            "min" => Kind::Min,
+            "count" => None,
+            "sum" => Some(Kind::Sum),
+            "mean" => Some(Kind::Mean),
+            "std" => Some(Kind::Std),
+            "max" => Some(Kind::Max),
+            "min" => Some(Kind::Min),
             _ => return Err(err(&format!("op {op:?} is not a window op here"))),
         };
-        let s = sums.get(*field).ok_or_else(|| err("field out of range"))?;
         let need = match kind {
-            Kind::Sum | Kind::Mean => !s.parts1.is_empty(),
-            Kind::Std => !s.parts1.is_empty() && !s.parts2.is_empty(),
-            Kind::Max | Kind::Min => true,
+            None => true,
+            Some(k) => {
+                let s = sums.get(*field).ok_or_else(|| err("field out of range"))?;
+                match k {
+                    Kind::Sum | Kind::Mean => !s.parts1.is_empty(),
+                    Kind::Std => !s.parts1.is_empty() && !s.parts2.is_empty(),
+                    Kind::Max | Kind::Min => true,
+                }
+            }
         };
-        if !need {
-            return Err(err("an output needs prefix sums its field lacks"));
+        if !need || *slot >= width {
+            return Err(err(
+                "an output needs prefix sums its field lacks, or a slot past the row",
+            ));
         }
-        outs.push((kind, *field, view_mut(buf, "output")?));
+        outs.push((kind, *field, *slot));
     }
-    if count_out.iter().any(|c| c.len() != q) || outs.iter().any(|o| o.2.len() != q) {
-        return Err(err("an output has not one row per query"));
+    let rows = view_mut(&table, "table")?;
+    if rows.len() != q * width {
+        return Err(err("the table has not one row per query"));
     }
     let n = comp_s.len();
     if hi_s.iter().any(|&h| h < 0 || h as usize > n) {
@@ -233,20 +241,21 @@ pub fn window_group<'py>(
         let mut hard: Vec<Vec<i64>> = vec![Vec::new(); outs.len()];
         let mut ext: Vec<Option<Extreme>> = outs
             .iter()
-            .map(|(k, f, _)| {
-                matches!(k, Kind::Max | Kind::Min).then(|| Extreme {
+            .map(|(k, f, _)| match k {
+                Some(Kind::Max) | Some(Kind::Min) => Some(Extreme {
                     x: sums[*f].x,
-                    max: *k == Kind::Max,
+                    max: *k == Some(Kind::Max),
                     q: VecDeque::new(),
                     next: 0,
                     last: (0, 0),
-                })
+                }),
+                _ => None,
             })
             .collect();
         let mut s1 = vec![0.0f64; sums.len()];
         let mut have = vec![usize::MAX; sums.len()];
         let (mut p, mut last_needle) = (0usize, i64::MIN);
-        for i in 0..q {
+        for (i, row) in rows.chunks_exact_mut(width.max(1)).take(q).enumerate() {
             let gi = g_s[i];
             let (lo, h) = if gi < 0 {
                 (0usize, 0usize)
@@ -265,11 +274,12 @@ pub fn window_group<'py>(
                 (p.min(h), h) // an empty range when the bound is past the query
             };
             let count = (h - lo) as i64;
-            for c in count_out.iter_mut() {
-                c[i] = count;
-            }
             let nf = count as f64;
-            for (j, (kind, f, out)) in outs.iter_mut().enumerate() {
+            for (j, (kind, f, slot)) in outs.iter().enumerate() {
+                let Some(kind) = kind else {
+                    row[*slot] = f64::from_bits(count as u64);
+                    continue;
+                };
                 let s = &sums[*f];
                 let mut sum = || {
                     if have[*f] != i {
@@ -278,7 +288,7 @@ pub fn window_group<'py>(
                     }
                     s1[*f]
                 };
-                out[i] = match kind {
+                row[*slot] = match kind {
                     Kind::Sum => sum(),
                     Kind::Mean => {
                         let v = sum();
@@ -322,6 +332,94 @@ pub fn window_group<'py>(
             PyBytes::new(py, &bytes)
         })
         .collect())
+}
+
+/// `seconds_since_last` at sorted queries into `table[i·width + slot]`: `(t - ts[hi - 1]) /
+/// ms_per_second` when the query's key has an event before it (`hi` past its first, `starts[g]`),
+/// NaN otherwise, in numpy's float operations.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+pub fn seconds_since_last(
+    py: Python<'_>,
+    g: PyBuffer<i64>,
+    t: PyBuffer<i64>,
+    hi: PyBuffer<i64>,
+    starts: PyBuffer<i64>,
+    ts: PyBuffer<i64>,
+    table: PyBuffer<f64>,
+    width: usize,
+    slot: usize,
+    ms_per_second: f64,
+) -> PyResult<()> {
+    let (g_s, t_s, hi_s) = (view(&g, "g")?, view(&t, "t")?, view(&hi, "hi")?);
+    let (st, ts_s, rows) = (
+        view(&starts, "starts")?,
+        view(&ts, "ts")?,
+        view_mut(&table, "table")?,
+    );
+    let q = g_s.len();
+    let bad = t_s.len() != q
+        || hi_s.len() != q
+        || slot >= width
+        || rows.len() != q * width
+        || g_s.iter().any(|&x| x >= st.len() as i64)
+        || hi_s.iter().any(|&h| h < 0 || h as usize > ts_s.len());
+    if bad {
+        return Err(PyValueError::new_err(
+            "seconds_since_last: queries, table or groups do not match",
+        ));
+    }
+    py.allow_threads(|| {
+        for i in 0..q {
+            let (gi, h) = (g_s[i], hi_s[i]);
+            rows[i * width + slot] = if gi >= 0 && h > st[gi as usize] {
+                (t_s[i] - ts_s[h as usize - 1]) as f64 / ms_per_second
+            } else {
+                f64::NAN
+            };
+        }
+    });
+    Ok(())
+}
+
+/// Column `c` of `table` (rows of `width` 8-byte slots) into `outs[c]`, row `j` taken from
+/// table row `inverse[j]` (row `j` without `inverse`): the spine's order, one pass.
+#[pyfunction]
+#[pyo3(signature = (table, width, inverse, outs))]
+pub fn gather_columns(
+    py: Python<'_>,
+    table: PyBuffer<f64>,
+    width: usize,
+    inverse: Option<PyBuffer<i64>>,
+    outs: Vec<PyBuffer<f64>>,
+) -> PyResult<()> {
+    let rows = view(&table, "table")?;
+    let inv = inverse.as_ref().map(|b| view(b, "inverse")).transpose()?;
+    let mut cols: Vec<&mut [f64]> = Vec::with_capacity(outs.len());
+    for o in &outs {
+        cols.push(view_mut(o, "output")?);
+    }
+    let q = rows.len().checked_div(width).unwrap_or(0);
+    let bad = cols.len() != width
+        || rows.len() != q * width
+        || cols.iter().any(|c| c.len() != inv.map_or(q, |v| v.len()))
+        || inv.is_some_and(|v| v.iter().any(|&r| r < 0 || r as usize >= q));
+    if bad {
+        return Err(PyValueError::new_err(
+            "gather_columns: one output per slot, rows inside the table",
+        ));
+    }
+    py.allow_threads(|| {
+        let m = cols.first().map_or(0, |c| c.len());
+        for j in 0..m {
+            let r = inv.map_or(j, |v| v[j] as usize) * width;
+            let row = &rows[r..r + width];
+            for (c, v) in cols.iter_mut().zip(row) {
+                c[j] = *v;
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Each tile's correctly rounded `(Σx, Σ(x-mean)²)` over `x[start[i]..stop[i]]`, folded
