@@ -186,7 +186,7 @@ class EventIndex:
             raise ValueError("events: time span × entities too large; split the file by time")
         self.comp = self.gid * self.stride + (self.ts - self.tmin)
         self.values = {f: np.asarray(v, np.float64)[self.order] for f, v in fields.items()}
-        self._odd = self.comp * 2 + 1
+        self._odd: np.ndarray | None = None  # the events' side of the merge: on first use
         self._memo: dict[tuple[str, bool], Moments | None] = {}
         self._lo_at_events: dict[tuple[int, int], np.ndarray] = {}
         self._extremes_ok: dict[str, bool] = {}
@@ -211,6 +211,8 @@ class EventIndex:
         """Per query sorted by (group, bound): the first event position at or after the
         group's ``bound``, found by merging the sorted needles into the sorted events."""
         q = len(g)
+        if self._odd is None:
+            self._odd = self.comp * 2 + 1
         v = np.empty(q + len(self._odd), np.int64)
         needle = v[:q]
         np.clip(bound, self.tmin, self.tmin + self.stride - 1, out=needle)

@@ -93,6 +93,7 @@ def state_bytes(
         comps = layout.needs[j]
         for f, v in enumerate(vals):
             tiles = _Tiles(index, layout.fields[f], v, first, last + 1, sel, np.flatnonzero(new))
+            tiles.fold = "m2" in comps  # Σx alone: the digit sums below are cheaper
             pieces += [(tiles.component(c), counts) for c in comps]
 
     # the header is the native core's to write: it owns the bytes' layout
@@ -137,6 +138,7 @@ class _Tiles:
         self.start, self.stop, self.sel, self.cuts = start, stop, sel, cuts
         self.n = stop - start
         self._summary: tuple[np.ndarray, np.ndarray] | None = None
+        self.fold = True
 
     def component(self, comp: str) -> np.ndarray:
         if not len(self.start):
@@ -144,7 +146,7 @@ class _Tiles:
         if comp in ("min", "max"):
             fn = np.minimum if comp == "min" else np.maximum
             return fn.reduceat(self.v[self.sel], self.cuts).astype("<f8")
-        fold = getattr(native, "tile_moments", None)
+        fold = getattr(native, "tile_moments", None) if self.fold else None
         if fold is not None:  # the engine's own tiles: Σx and Σ(x-mean)², correctly rounded
             if self._summary is None:
                 self._summary = (np.empty(len(self.start)), np.empty(len(self.start)))
