@@ -1,13 +1,13 @@
-"""An entity's window features in one native pass per window (``native/src/windows.rs``).
+"""An entity's window features in one native pass (``native/src/windows.rs``).
 
 :meth:`features.backfill.EventIndex._evaluate` computes them as ~25 whole-array numpy passes
 per entity (ranges by merging, digit gathers, means, std, a sparse table for max/min).
-The native loop does each window's ranges and every output of it at once, releasing the
-GIL so the entities' tasks share both cores. It writes one row per query (all outputs
-side by side, in the index's order), and one gather puts them in the spine's order,
-reading a row's one or two cache lines: a column at a time, those random reads were a
-third of the pass. Its float operations are numpy's, in numpy's order: the bytes are the
-same (tests/features/test_window_native.py holds it to the numpy pass).
+The native loop walks the sorted queries once: every window's range and every output,
+off the GIL so the entities' tasks share both cores. It writes one row per query (all
+outputs side by side, in the index's order), and one gather puts them in the spine's
+order, reading a row's one or two cache lines: a column at a time, those random reads
+were a third of the pass. Its float operations are numpy's, in numpy's order: the bytes
+are the same (tests/features/test_window_native.py holds it to the numpy pass).
 
 It takes the same exact prefix sums (:func:`features.range_folds.moments_prefix`); where
 those are missing (negative or too wide data), or a max/min field holds NaN or -0.0 (where
@@ -47,9 +47,9 @@ def evaluate(
     range's end — in the spine's order: row ``j`` is sorted query ``inverse[j]`` (the
     sorted order without ``inverse``). None when the numpy pass must run (see the module
     docstring)."""
-    kernels = [getattr(native, k, None) for k in ("window_group", "seconds_since_last")]
-    group, since, gather = *kernels, getattr(native, "gather_columns", None)
-    if group is None or since is None or gather is None:
+    kernels = [getattr(native, k, None) for k in ("window_pass", "seconds_since_last")]
+    passes, since, gather = *kernels, getattr(native, "gather_columns", None)
+    if passes is None or since is None or gather is None:
         return None  # an installed core older than this checkout
     aggs = fs.for_entity(entity)
     squares = {a.field for a in aggs if a.op is Op.STD}
@@ -72,17 +72,18 @@ def evaluate(
     g, t = np.ascontiguousarray(g, np.int64), np.ascontiguousarray(t, np.int64)
     hi = np.ascontiguousarray(hi, np.int64)
     table = np.empty((q, len(aggs)))  # one row per query: a count's slot holds int64 bits
+    windows, placed = [], []
     for w, h in sorted({(a.window.length_ms, a.window.hop_ms) for a in aggs if a.window}):
         mine = [a for a in aggs if a.window and (a.window.length_ms, a.window.hop_ms) == (w, h)]
         slots = [
             (str(a.op), fields.index(a.field) if a.field else 0, names.index(a.name)) for a in mine
         ]
-        hard = group(
-            index.comp, g, t, hi, w, h, index.stride, index.tmin, table, len(aggs), slots, specs
-        )
-        for a, (_, _, slot), rows in zip(mine, slots, hard, strict=True):
-            if rows:
-                _lifted(index.values[a.field or ""], rows, table[:, slot])
+        windows.append((w, h, slots))
+        placed += [(a, slot) for a, (_, _, slot) in zip(mine, slots, strict=True)]
+    hard = passes(index.comp, g, t, hi, index.stride, index.tmin, table, len(aggs), windows, specs)
+    for (a, slot), rows in zip(placed, hard, strict=True):
+        if rows:
+            _lifted(index.values[a.field or ""], rows, table[:, slot])
     for a in aggs:
         if a.op is Op.SINCE_LAST:
             slot = names.index(a.name)

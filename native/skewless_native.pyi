@@ -196,23 +196,22 @@ def txid_hash(transaction_id: str) -> int: ...
 def txid_hashes(data: Buffer, starts: Buffer, ends: Buffer) -> bytes:
     """``txid_hash`` of ``data[starts[i]:ends[i]]`` (uint8; int64 bounds), as 8n bytes."""
 
-def window_group(
+def window_pass(
     comp: Buffer,
     g: Buffer,
     t: Buffer,
     hi: Buffer,
-    length: int,
-    hop: int,
     stride: int,
     tmin: int,
     table: Buffer,
     width: int,
-    outputs: Sequence[tuple[str, int, int]],
+    windows: Sequence[tuple[int, int, Sequence[tuple[str, int, int]]]],
     fields: Sequence[tuple[Buffer, int, int, Sequence[Buffer], int, Sequence[Buffer]]],
 ) -> list[bytes]:
-    """One window's outputs ``(op, field, slot)`` at sorted queries into ``table`` (rows of
-    ``width`` float64 slots; a count's slot holds int64 bits), ``features.window_native``;
-    per output, the std rows left to binary lifting as int64 triples (query, lo, hi)."""
+    """Every window ``(length, hop, outputs)`` at sorted queries in one pass, each output
+    ``(op, field, slot)`` into ``table`` (rows of ``width`` float64 slots; a count's slot
+    holds int64 bits), ``features.window_native``; per output, the std rows left to binary
+    lifting as int64 triples (query, lo, hi)."""
 
 def seconds_since_last(
     g: Buffer,

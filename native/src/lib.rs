@@ -504,7 +504,7 @@ fn skewless_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(resp::unwrap_bytes_values, m)?)?;
     m.add_function(wrap_pyfunction!(event::txid_hash, m)?)?;
     m.add_function(wrap_pyfunction!(hashes::txid_hashes, m)?)?;
-    m.add_function(wrap_pyfunction!(windows::window_group, m)?)?;
+    m.add_function(wrap_pyfunction!(windows::window_pass, m)?)?;
     m.add_function(wrap_pyfunction!(windows::tile_moments, m)?)?;
     m.add_function(wrap_pyfunction!(windows::seconds_since_last, m)?)?;
     m.add_function(wrap_pyfunction!(windows::gather_columns, m)?)?;

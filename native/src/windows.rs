@@ -135,34 +135,70 @@ enum Kind {
     Min,
 }
 
-/// One window `(length, hop)` of an entity at sorted queries `(g, t)` (`g` < 0: a key with
-/// no events), their range ends `hi` given: every output of the window into `table`, one
-/// row of `width` 8-byte slots per query in the queries' order; `outputs` are `(op, field,
-/// slot)`, a count's slot holding int64 bits. Rows rather than columns, and the queries'
-/// order rather than the spine's: `gather_columns` then reads each spine row's one or two
-/// cache lines (writing every output straight to its spine row measured 3-4x slower:
-/// random stores). `comp` is the index's sorted `gid·stride + ts - tmin`; a range starts
-/// at the first event at or after `floor(t/hop)·hop - length`. Returns, per output, the
-/// std rows left to the caller as little-endian int64 triples (query, lo, hi).
+/// Where each query's range starts in one window: the merge's position, walked forward
+/// as the sorted queries' bounds grow.
+struct Cursor {
+    length: i64,
+    hop: i64,
+    p: usize,
+    last_needle: i64,
+    /// the hop bucket of the previous query: sorted times mostly stay in it, and a 64-bit
+    /// division per query and window was the loop's largest cost
+    floor: Option<i64>,
+}
+
+impl Cursor {
+    /// The first event at or after `floor(t/hop)·hop - length` of group `g` (`_rank`).
+    #[inline]
+    fn lo(&mut self, comp: &[i64], g: i64, t: i64, stride: i64, tmin: i64) -> usize {
+        let floor = match self.floor {
+            Some(f) if t >= f && (t.wrapping_sub(f) as u64) < self.hop as u64 => f,
+            _ => t.div_euclid(self.hop) * self.hop,
+        };
+        self.floor = Some(floor);
+        let needle = (floor - self.length).clamp(tmin, tmin + stride - 1) + g * stride - tmin;
+        if needle < self.last_needle {
+            self.p = comp.partition_point(|&c| c < needle);
+        } else {
+            while self.p < comp.len() && comp[self.p] < needle {
+                self.p += 1;
+            }
+        }
+        self.last_needle = needle;
+        self.p
+    }
+}
+
+/// A window's outputs: `(op, field, slot)`.
+type Outputs = Vec<(String, usize, usize)>;
+
+/// Every window of an entity at sorted queries `(g, t)` (`g` < 0: a key with no events),
+/// their range ends `hi` given, in one pass: `windows` are `(length, hop, outputs)` and an
+/// output `(op, field, slot)` goes to `table`, one row of `width` 8-byte slots per query in
+/// the queries' order, a count's slot holding int64 bits. Rows rather than columns, each
+/// written once, and the queries' order rather than the spine's: `gather_columns` then
+/// reads each spine row's one or two cache lines (writing every output straight to its
+/// spine row measured 3-4x slower: random stores; a pass per window, reading and writing
+/// the whole table each time, ~1.5x). `comp` is the index's sorted `gid·stride + ts -
+/// tmin`. Returns, per output (windows in order), the std rows left to the caller as
+/// little-endian int64 triples (query, lo, hi).
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
-#[pyo3(signature = (comp, g, t, hi, length, hop, stride, tmin, table, width, outputs, fields))]
-pub fn window_group<'py>(
+#[pyo3(signature = (comp, g, t, hi, stride, tmin, table, width, windows, fields))]
+pub fn window_pass<'py>(
     py: Python<'py>,
     comp: PyBuffer<i64>,
     g: PyBuffer<i64>,
     t: PyBuffer<i64>,
     hi: PyBuffer<i64>,
-    length: i64,
-    hop: i64,
     stride: i64,
     tmin: i64,
     table: PyBuffer<f64>,
     width: usize,
-    outputs: Vec<(String, usize, usize)>,
+    windows: Vec<(i64, i64, Outputs)>,
     fields: Vec<FieldSums>,
 ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
-    let err = |m: &str| PyValueError::new_err(format!("window_group: {m}"));
+    let err = |m: &str| PyValueError::new_err(format!("window_pass: {m}"));
     let (comp_s, g_s, t_s, hi_s) = (
         view(&comp, "comp")?,
         view(&g, "g")?,
@@ -170,9 +206,9 @@ pub fn window_group<'py>(
         view(&hi, "hi")?,
     );
     let q = g_s.len();
-    if t_s.len() != q || hi_s.len() != q || hop <= 0 || stride <= 0 {
+    if t_s.len() != q || hi_s.len() != q || stride <= 0 || width == 0 {
         return Err(err(
-            "g, t and hi differ in length, or hop/stride is not positive",
+            "g, t and hi differ in length, or stride or width is not positive",
         ));
     }
     let mut sums = Vec::with_capacity(fields.len());
@@ -200,34 +236,48 @@ pub fn window_group<'py>(
             parts2: p2,
         });
     }
-    let mut outs: Vec<(Option<Kind>, usize, usize)> = Vec::new();
-    for (op, field, slot) in &outputs {
-        let kind = match op.as_str() {
-            "count" => None,
-            "sum" => Some(Kind::Sum),
-            "mean" => Some(Kind::Mean),
-            "std" => Some(Kind::Std),
-            "max" => Some(Kind::Max),
-            "min" => Some(Kind::Min),
-            _ => return Err(err(&format!("op {op:?} is not a window op here"))),
-        };
-        let need = match kind {
-            None => true,
-            Some(k) => {
-                let s = sums.get(*field).ok_or_else(|| err("field out of range"))?;
-                match k {
-                    Kind::Sum | Kind::Mean => !s.parts1.is_empty(),
-                    Kind::Std => !s.parts1.is_empty() && !s.parts2.is_empty(),
-                    Kind::Max | Kind::Min => true,
-                }
-            }
-        };
-        if !need || *slot >= width {
-            return Err(err(
-                "an output needs prefix sums its field lacks, or a slot past the row",
-            ));
+    // per window its cursor, per output (window, kind, field, slot)
+    let mut cursors = Vec::with_capacity(windows.len());
+    let mut outs: Vec<(usize, Option<Kind>, usize, usize)> = Vec::new();
+    for (w, (length, hop, outputs)) in windows.iter().enumerate() {
+        if *hop <= 0 {
+            return Err(err("a hop is not positive"));
         }
-        outs.push((kind, *field, *slot));
+        cursors.push(Cursor {
+            length: *length,
+            hop: *hop,
+            p: 0,
+            last_needle: i64::MIN,
+            floor: None,
+        });
+        for (op, field, slot) in outputs {
+            let kind = match op.as_str() {
+                "count" => None,
+                "sum" => Some(Kind::Sum),
+                "mean" => Some(Kind::Mean),
+                "std" => Some(Kind::Std),
+                "max" => Some(Kind::Max),
+                "min" => Some(Kind::Min),
+                _ => return Err(err(&format!("op {op:?} is not a window op here"))),
+            };
+            let need = match kind {
+                None => true,
+                Some(k) => {
+                    let s = sums.get(*field).ok_or_else(|| err("field out of range"))?;
+                    match k {
+                        Kind::Sum | Kind::Mean => !s.parts1.is_empty(),
+                        Kind::Std => !s.parts1.is_empty() && !s.parts2.is_empty(),
+                        Kind::Max | Kind::Min => true,
+                    }
+                }
+            };
+            if !need || *slot >= width {
+                return Err(err(
+                    "an output needs prefix sums its field lacks, or a slot past the row",
+                ));
+            }
+            outs.push((w, kind, *field, *slot));
+        }
     }
     let rows = view_mut(&table, "table")?;
     if rows.len() != q * width {
@@ -241,7 +291,7 @@ pub fn window_group<'py>(
         let mut hard: Vec<Vec<i64>> = vec![Vec::new(); outs.len()];
         let mut ext: Vec<Option<Extreme>> = outs
             .iter()
-            .map(|(k, f, _)| match k {
+            .map(|(_, k, f, _)| match k {
                 Some(Kind::Max) | Some(Kind::Min) => Some(Extreme {
                     x: sums[*f].x,
                     max: *k == Some(Kind::Max),
@@ -252,41 +302,37 @@ pub fn window_group<'py>(
                 _ => None,
             })
             .collect();
-        let mut s1 = vec![0.0f64; sums.len()];
-        let mut have = vec![usize::MAX; sums.len()];
-        let (mut p, mut last_needle) = (0usize, i64::MIN);
-        for (i, row) in rows.chunks_exact_mut(width.max(1)).take(q).enumerate() {
-            let gi = g_s[i];
-            let (lo, h) = if gi < 0 {
-                (0usize, 0usize)
-            } else {
-                let bound = t_s[i].div_euclid(hop) * hop - length;
-                let needle = bound.clamp(tmin, tmin + stride - 1) + gi * stride - tmin;
-                if needle < last_needle {
-                    p = comp_s.partition_point(|&c| c < needle);
+        let nw = cursors.len();
+        let mut ranges = vec![(0usize, 0usize); nw];
+        // Σx per (window, field), made once per query
+        let mut s1 = vec![0.0f64; nw * sums.len()];
+        let mut have = vec![usize::MAX; nw * sums.len()];
+        for (i, row) in rows.chunks_exact_mut(width).take(q).enumerate() {
+            let (gi, h) = (g_s[i], hi_s[i] as usize);
+            for (r, c) in ranges.iter_mut().zip(cursors.iter_mut()) {
+                *r = if gi < 0 {
+                    (0, 0)
                 } else {
-                    while p < n && comp_s[p] < needle {
-                        p += 1;
-                    }
-                }
-                last_needle = needle;
-                let h = hi_s[i] as usize;
-                (p.min(h), h) // an empty range when the bound is past the query
-            };
-            let count = (h - lo) as i64;
-            let nf = count as f64;
-            for (j, (kind, f, slot)) in outs.iter().enumerate() {
+                    // an empty range when the bound is past the query
+                    (c.lo(comp_s, gi, t_s[i], stride, tmin).min(h), h)
+                };
+            }
+            for (j, (w, kind, f, slot)) in outs.iter().enumerate() {
+                let (lo, h) = ranges[*w];
+                let count = (h - lo) as i64;
                 let Some(kind) = kind else {
                     row[*slot] = f64::from_bits(count as u64);
                     continue;
                 };
+                let nf = count as f64;
                 let s = &sums[*f];
+                let key = w * sums.len() + f;
                 let mut sum = || {
-                    if have[*f] != i {
-                        s1[*f] = range_sum(&s.parts1, lo, h, s.width, s.scale1);
-                        have[*f] = i;
+                    if have[key] != i {
+                        s1[key] = range_sum(&s.parts1, lo, h, s.width, s.scale1);
+                        have[key] = i;
                     }
-                    s1[*f]
+                    s1[key]
                 };
                 row[*slot] = match kind {
                     Kind::Sum => sum(),
