@@ -229,5 +229,8 @@ def seconds_since_last(
 def gather_columns(table: Buffer, width: int, inverse: Buffer | None, outs: list[Buffer]) -> None:
     """Column ``c`` of ``table`` into ``outs[c]``, row ``j`` from table row ``inverse[j]``."""
 
+def lift_m2(x: Buffer, lo: Buffer, hi: Buffer) -> bytes:
+    """``range_folds._lift(x, lo, hi)[1]`` (the same bits) as little-endian float64s."""
+
 def tile_moments(x: Buffer, start: Buffer, stop: Buffer, sum_out: Buffer, m2_out: Buffer) -> None:
     """Each tile's correctly rounded (Σx, Σ(x-mean)²) over ``x[start[i]:stop[i]]``."""

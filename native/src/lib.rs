@@ -508,6 +508,7 @@ fn skewless_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(windows::tile_moments, m)?)?;
     m.add_function(wrap_pyfunction!(windows::seconds_since_last, m)?)?;
     m.add_function(wrap_pyfunction!(windows::gather_columns, m)?)?;
+    m.add_function(wrap_pyfunction!(windows::lift_m2, m)?)?;
     m.add("ENGINE_BYTES_VERSION", engine::VERSION)?;
     m.add("OPS", Op::ALL.map(Op::name).to_vec())?;
     m.add("COMPONENTS", Comp::ALL.map(Comp::name).to_vec())?;

@@ -16,6 +16,7 @@ from features import moments
 from features.backfill import EventIndex
 from features.definitions import MS_PER_DAY, Aggregation, Entity, FeatureSet, Op, Window
 from features.native import native
+from features.range_folds import _lift
 from features.reference import REFERENCE
 from features.window_native import evaluate
 
@@ -108,3 +109,13 @@ def test_tile_moments_are_the_engines_tiles() -> None:
         for v in x[a:b].tolist():
             moments.add(tile, v)
         assert (total[i], m2[i]) == moments.summary(tile), i
+
+
+def test_native_lift_is_the_numpy_lift() -> None:
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.exponential(50.0, 3000).round(2), np.full(3000, 1e6 + 0.01)])
+    rng.shuffle(x)
+    lo = rng.integers(0, len(x), 500)
+    hi = np.minimum(lo + rng.integers(0, 2500, 500), len(x))
+    got = np.frombuffer(native.lift_m2(x, lo, hi), "<f8")
+    assert got.tobytes() == _lift(x, lo, hi)[1].tobytes()
