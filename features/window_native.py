@@ -71,7 +71,10 @@ def evaluate(
     q, names = len(g), [a.name for a in aggs]
     g, t = np.ascontiguousarray(g, np.int64), np.ascontiguousarray(t, np.int64)
     hi = np.ascontiguousarray(hi, np.int64)
-    table = np.empty((q, len(aggs)))  # one row per query: a count's slot holds int64 bits
+    # one row per query, outputs side by side (a count's slot holds int64 bits); in the
+    # queries' own order (no spine to gather for) one column per output instead
+    k, columns = len(aggs), inverse is None
+    table = np.empty((k, q) if columns else (q, k))
     windows, placed = [], []
     for w, h in sorted({(a.window.length_ms, a.window.hop_ms) for a in aggs if a.window}):
         mine = [a for a in aggs if a.window and (a.window.length_ms, a.window.hop_ms) == (w, h)]
@@ -80,16 +83,19 @@ def evaluate(
         ]
         windows.append((w, h, slots))
         placed += [(a, slot) for a, (_, _, slot) in zip(mine, slots, strict=True)]
-    hard = passes(index.comp, g, t, hi, index.stride, index.tmin, table, len(aggs), windows, specs)
+    hard = passes(index.comp, g, t, hi, index.stride, index.tmin, table, k, columns, windows, specs)
     for (a, slot), rows in zip(placed, hard, strict=True):
         if rows:
-            _lifted(index.values[a.field or ""], rows, table[:, slot])
+            _lifted(index.values[a.field or ""], rows, table[slot] if columns else table[:, slot])
     for a in aggs:
         if a.op is Op.SINCE_LAST:
             slot = names.index(a.name)
-            since(g, t, hi, index.starts, index.ts, table, len(aggs), slot, float(MS_PER_SECOND))
-    out = [np.empty(len(g) if inverse is None else len(inverse)) for _ in aggs]
-    gather(table, len(aggs), inverse, out)
+            since(g, t, hi, index.starts, index.ts, table, k, columns, slot, float(MS_PER_SECOND))
+    if inverse is None:
+        out = list(table)  # each a contiguous row of the slot-major table
+    else:
+        out = [np.empty(len(inverse)) for _ in aggs]
+        gather(table, k, inverse, out)
     return {
         a.name: col.view(np.int64) if a.op is Op.COUNT else col
         for a, col in zip(aggs, out, strict=True)

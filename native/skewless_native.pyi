@@ -205,13 +205,14 @@ def window_pass(
     tmin: int,
     table: Buffer,
     width: int,
+    columns: bool,
     windows: Sequence[tuple[int, int, Sequence[tuple[str, int, int]]]],
     fields: Sequence[tuple[Buffer, int, int, Sequence[Buffer], int, Sequence[Buffer]]],
 ) -> list[bytes]:
     """Every window ``(length, hop, outputs)`` at sorted queries in one pass, each output
-    ``(op, field, slot)`` into ``table`` (rows of ``width`` float64 slots; a count's slot
-    holds int64 bits), ``features.window_native``; per output, the std rows left to binary
-    lifting as int64 triples (query, lo, hi)."""
+    ``(op, field, slot)`` into ``table`` (rows of ``width`` float64 slots, or slot-major
+    with ``columns``; a count's slot holds int64 bits), ``features.window_native``; per
+    output, the std rows left to binary lifting as int64 triples (query, lo, hi)."""
 
 def seconds_since_last(
     g: Buffer,
@@ -221,6 +222,7 @@ def seconds_since_last(
     ts: Buffer,
     table: Buffer,
     width: int,
+    columns: bool,
     slot: int,
     ms_per_second: float,
 ) -> None:

@@ -175,8 +175,10 @@ type Outputs = Vec<(String, usize, usize)>;
 /// Every window of an entity at sorted queries `(g, t)` (`g` < 0: a key with no events),
 /// their range ends `hi` given, in one pass: `windows` are `(length, hop, outputs)` and an
 /// output `(op, field, slot)` goes to `table`, one row of `width` 8-byte slots per query in
-/// the queries' order, a count's slot holding int64 bits. Rows rather than columns, each
-/// written once, and the queries' order rather than the spine's: `gather_columns` then
+/// the queries' order, a count's slot holding int64 bits (`columns`: slot-major instead,
+/// `width` columns of one row per query, for a caller that wants the queries' order).
+/// Rows rather than columns, each written once, and the queries' order rather than the
+/// spine's: `gather_columns` then
 /// reads each spine row's one or two cache lines (writing every output straight to its
 /// spine row measured 3-4x slower: random stores; a pass per window, reading and writing
 /// the whole table each time, ~1.5x). `comp` is the index's sorted `gid·stride + ts -
@@ -184,7 +186,7 @@ type Outputs = Vec<(String, usize, usize)>;
 /// little-endian int64 triples (query, lo, hi).
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
-#[pyo3(signature = (comp, g, t, hi, stride, tmin, table, width, windows, fields))]
+#[pyo3(signature = (comp, g, t, hi, stride, tmin, table, width, columns, windows, fields))]
 pub fn window_pass<'py>(
     py: Python<'py>,
     comp: PyBuffer<i64>,
@@ -195,6 +197,7 @@ pub fn window_pass<'py>(
     tmin: i64,
     table: PyBuffer<f64>,
     width: usize,
+    columns: bool,
     windows: Vec<(i64, i64, Outputs)>,
     fields: Vec<FieldSums>,
 ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
@@ -307,8 +310,15 @@ pub fn window_pass<'py>(
         // Σx per (window, field), made once per query
         let mut s1 = vec![0.0f64; nw * sums.len()];
         let mut have = vec![usize::MAX; nw * sums.len()];
-        for (i, row) in rows.chunks_exact_mut(width).take(q).enumerate() {
+        for i in 0..q {
             let (gi, h) = (g_s[i], hi_s[i] as usize);
+            let at = |slot: usize| {
+                if columns {
+                    slot * q + i
+                } else {
+                    i * width + slot
+                }
+            };
             for (r, c) in ranges.iter_mut().zip(cursors.iter_mut()) {
                 *r = if gi < 0 {
                     (0, 0)
@@ -321,7 +331,7 @@ pub fn window_pass<'py>(
                 let (lo, h) = ranges[*w];
                 let count = (h - lo) as i64;
                 let Some(kind) = kind else {
-                    row[*slot] = f64::from_bits(count as u64);
+                    rows[at(*slot)] = f64::from_bits(count as u64);
                     continue;
                 };
                 let nf = count as f64;
@@ -334,7 +344,7 @@ pub fn window_pass<'py>(
                     }
                     s1[key]
                 };
-                row[*slot] = match kind {
+                rows[at(*slot)] = match kind {
                     Kind::Sum => sum(),
                     Kind::Mean => {
                         let v = sum();
@@ -380,7 +390,8 @@ pub fn window_pass<'py>(
         .collect())
 }
 
-/// `seconds_since_last` at sorted queries into `table[i·width + slot]`: `(t - ts[hi - 1]) /
+/// `seconds_since_last` at sorted queries into `table[i·width + slot]` (`table[slot·q + i]`
+/// with `columns`): `(t - ts[hi - 1]) /
 /// ms_per_second` when the query's key has an event before it (`hi` past its first, `starts[g]`),
 /// NaN otherwise, in numpy's float operations.
 #[pyfunction]
@@ -394,6 +405,7 @@ pub fn seconds_since_last(
     ts: PyBuffer<i64>,
     table: PyBuffer<f64>,
     width: usize,
+    columns: bool,
     slot: usize,
     ms_per_second: f64,
 ) -> PyResult<()> {
@@ -418,7 +430,12 @@ pub fn seconds_since_last(
     py.allow_threads(|| {
         for i in 0..q {
             let (gi, h) = (g_s[i], hi_s[i]);
-            rows[i * width + slot] = if gi >= 0 && h > st[gi as usize] {
+            let at = if columns {
+                slot * q + i
+            } else {
+                i * width + slot
+            };
+            rows[at] = if gi >= 0 && h > st[gi as usize] {
                 (t_s[i] - ts_s[h as usize - 1]) as f64 / ms_per_second
             } else {
                 f64::NAN
