@@ -3,8 +3,7 @@
 //! digit sums, mean, std, max and min, off the GIL.
 //! Every float operation is the one numpy performed, in the same order, so the bits are
 //! the same; the rare std the moments cannot give (cancellation) is returned for the
-//! caller's binary lifting. The tiles of the end states get their exact `(Σx, Σ(x-mean)²)`
-//! from the engine's own tile (`moments::Tile`), so they are the stream's bits.
+//! caller's binary lifting (`tiles::lift_m2`).
 
 use std::cmp::Ordering;
 use std::collections::VecDeque;
@@ -14,12 +13,10 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use crate::moments::Tile;
-
 /// std falls back to lifting where Σx² exceeds n·var by more than this (`range_folds._GUARD`)
 const GUARD: f64 = 65536.0;
 
-fn view<'a, T: Element>(b: &'a PyBuffer<T>, what: &str) -> PyResult<&'a [T]> {
+pub(crate) fn view<'a, T: Element>(b: &'a PyBuffer<T>, what: &str) -> PyResult<&'a [T]> {
     if !b.is_c_contiguous() {
         return Err(PyValueError::new_err(format!("{what} must be contiguous")));
     }
@@ -28,7 +25,7 @@ fn view<'a, T: Element>(b: &'a PyBuffer<T>, what: &str) -> PyResult<&'a [T]> {
 }
 
 #[allow(clippy::mut_from_ref)]
-fn view_mut<'a, T: Element>(b: &'a PyBuffer<T>, what: &str) -> PyResult<&'a mut [T]> {
+pub(crate) fn view_mut<'a, T: Element>(b: &'a PyBuffer<T>, what: &str) -> PyResult<&'a mut [T]> {
     if b.readonly() || !b.is_c_contiguous() {
         return Err(PyValueError::new_err(format!(
             "{what} must be a writable contiguous array"
@@ -388,200 +385,4 @@ pub fn window_pass<'py>(
             PyBytes::new(py, &bytes)
         })
         .collect())
-}
-
-/// `seconds_since_last` at sorted queries into `table[i·width + slot]` (`table[slot·q + i]`
-/// with `columns`): `(t - ts[hi - 1]) /
-/// ms_per_second` when the query's key has an event before it (`hi` past its first, `starts[g]`),
-/// NaN otherwise, in numpy's float operations.
-#[pyfunction]
-#[allow(clippy::too_many_arguments)]
-pub fn seconds_since_last(
-    py: Python<'_>,
-    g: PyBuffer<i64>,
-    t: PyBuffer<i64>,
-    hi: PyBuffer<i64>,
-    starts: PyBuffer<i64>,
-    ts: PyBuffer<i64>,
-    table: PyBuffer<f64>,
-    width: usize,
-    columns: bool,
-    slot: usize,
-    ms_per_second: f64,
-) -> PyResult<()> {
-    let (g_s, t_s, hi_s) = (view(&g, "g")?, view(&t, "t")?, view(&hi, "hi")?);
-    let (st, ts_s, rows) = (
-        view(&starts, "starts")?,
-        view(&ts, "ts")?,
-        view_mut(&table, "table")?,
-    );
-    let q = g_s.len();
-    let bad = t_s.len() != q
-        || hi_s.len() != q
-        || slot >= width
-        || rows.len() != q * width
-        || g_s.iter().any(|&x| x >= st.len() as i64)
-        || hi_s.iter().any(|&h| h < 0 || h as usize > ts_s.len());
-    if bad {
-        return Err(PyValueError::new_err(
-            "seconds_since_last: queries, table or groups do not match",
-        ));
-    }
-    py.allow_threads(|| {
-        for i in 0..q {
-            let (gi, h) = (g_s[i], hi_s[i]);
-            let at = if columns {
-                slot * q + i
-            } else {
-                i * width + slot
-            };
-            rows[at] = if gi >= 0 && h > st[gi as usize] {
-                (t_s[i] - ts_s[h as usize - 1]) as f64 / ms_per_second
-            } else {
-                f64::NAN
-            };
-        }
-    });
-    Ok(())
-}
-
-/// Column `c` of `table` (rows of `width` 8-byte slots) into `outs[c]`, row `j` taken from
-/// table row `inverse[j]` (row `j` without `inverse`): the spine's order, one pass.
-#[pyfunction]
-#[pyo3(signature = (table, width, inverse, outs))]
-pub fn gather_columns(
-    py: Python<'_>,
-    table: PyBuffer<f64>,
-    width: usize,
-    inverse: Option<PyBuffer<i64>>,
-    outs: Vec<PyBuffer<f64>>,
-) -> PyResult<()> {
-    let rows = view(&table, "table")?;
-    let inv = inverse.as_ref().map(|b| view(b, "inverse")).transpose()?;
-    let mut cols: Vec<&mut [f64]> = Vec::with_capacity(outs.len());
-    for o in &outs {
-        cols.push(view_mut(o, "output")?);
-    }
-    let q = rows.len().checked_div(width).unwrap_or(0);
-    let bad = cols.len() != width
-        || rows.len() != q * width
-        || cols.iter().any(|c| c.len() != inv.map_or(q, |v| v.len()))
-        || inv.is_some_and(|v| v.iter().any(|&r| r < 0 || r as usize >= q));
-    if bad {
-        return Err(PyValueError::new_err(
-            "gather_columns: one output per slot, rows inside the table",
-        ));
-    }
-    py.allow_threads(|| {
-        let m = cols.first().map_or(0, |c| c.len());
-        for j in 0..m {
-            let r = inv.map_or(j, |v| v[j] as usize) * width;
-            let row = &rows[r..r + width];
-            for (c, v) in cols.iter_mut().zip(row) {
-                c[j] = *v;
-            }
-        }
-    });
-    Ok(())
-}
-
-/// The block of `2^j` values at `p` as `range_folds._lift` builds its level `j`: level 0
-/// is the values, level `j` merges the two halves' (mean, m2), numpy's operations in order.
-fn lift_block(x: &[f64], p: usize, j: u32) -> (f64, f64) {
-    if j == 0 {
-        return (x[p], 0.0);
-    }
-    let half = 1usize << (j - 1);
-    let (am, a2) = lift_block(x, p, j - 1);
-    let (bm, b2) = lift_block(x, p + half, j - 1);
-    let d = bm - am;
-    (am + d * 0.5, (a2 + b2) + d * d * (half as f64 / 2.0))
-}
-
-/// `range_folds._lift(x, lo, hi)[1]`: Σ(x - mean)² over each `[lo, hi)` by binary lifting
-/// with Chan's update, the same bits, each row in O(its length) instead of numpy's levels
-/// over every value (a few thousand cancelling std rows paid for the whole array).
-#[pyfunction]
-pub fn lift_m2<'py>(
-    py: Python<'py>,
-    x: PyBuffer<f64>,
-    lo: PyBuffer<i64>,
-    hi: PyBuffer<i64>,
-) -> PyResult<Bound<'py, PyBytes>> {
-    let (xs, lo_s, hi_s) = (view(&x, "x")?, view(&lo, "lo")?, view(&hi, "hi")?);
-    let bad = lo_s.len() != hi_s.len()
-        || lo_s
-            .iter()
-            .zip(hi_s)
-            .any(|(&a, &b)| a < 0 || b < a || b as usize > xs.len());
-    if bad {
-        return Err(PyValueError::new_err("lift_m2: ranges outside the values"));
-    }
-    let out: Vec<f64> = py.allow_threads(|| {
-        lo_s.iter()
-            .zip(hi_s)
-            .map(|(&a, &b)| {
-                let len = (b - a) as usize;
-                let (mut cnt, mut mean, mut m2, mut pos) = (0.0f64, 0.0f64, 0.0f64, a as usize);
-                for j in 0..usize::BITS {
-                    let size = 1usize << j;
-                    if size > len {
-                        break;
-                    }
-                    if len & size != 0 {
-                        let (bm, b2) = lift_block(xs, pos, j);
-                        let (a, sz) = (cnt, size as f64);
-                        let tot = a + sz;
-                        let delta = bm - mean;
-                        mean += delta * (sz / tot);
-                        m2 += b2 + delta * delta * (a * sz / tot);
-                        cnt = tot;
-                        pos += size;
-                    }
-                }
-                m2
-            })
-            .collect()
-    });
-    let bytes: Vec<u8> = out.iter().flat_map(|v| v.to_le_bytes()).collect();
-    Ok(PyBytes::new(py, &bytes))
-}
-
-/// Each tile's correctly rounded `(Σx, Σ(x-mean)²)` over `x[start[i]..stop[i]]`, folded
-/// by the engine's tile (`moments.summary`), written to `sum_out` and `m2_out`.
-#[pyfunction]
-pub fn tile_moments(
-    py: Python<'_>,
-    x: PyBuffer<f64>,
-    start: PyBuffer<i64>,
-    stop: PyBuffer<i64>,
-    sum_out: PyBuffer<f64>,
-    m2_out: PyBuffer<f64>,
-) -> PyResult<()> {
-    let (xs, a, b) = (view(&x, "x")?, view(&start, "start")?, view(&stop, "stop")?);
-    let (so, mo) = (view_mut(&sum_out, "sum_out")?, view_mut(&m2_out, "m2_out")?);
-    let k = a.len();
-    if b.len() != k || so.len() != k || mo.len() != k {
-        return Err(PyValueError::new_err(
-            "tile_moments: one start, stop and output per tile",
-        ));
-    }
-    if a.iter()
-        .zip(b)
-        .any(|(&s, &e)| s < 0 || e < s || e as usize > xs.len())
-    {
-        return Err(PyValueError::new_err(
-            "tile_moments: a tile outside the values",
-        ));
-    }
-    py.allow_threads(|| {
-        for i in 0..k {
-            let mut tile = Tile::empty();
-            for &v in &xs[a[i] as usize..b[i] as usize] {
-                tile.add(v);
-            }
-            (so[i], mo[i]) = tile.summary();
-        }
-    });
-    Ok(())
 }
