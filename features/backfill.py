@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 
 from features.definitions import MS_PER_SECOND, FeatureSet, Op
 from features.range_folds import _GUARD, Moments, _extreme, _lift, _range_sum, moments_prefix
+from features.window_native import evaluate, extremes_ok
 
 
 @dataclass(frozen=True)
@@ -185,9 +186,11 @@ class EventIndex:
             raise ValueError("events: time span × entities too large; split the file by time")
         self.comp = self.gid * self.stride + (self.ts - self.tmin)
         self.values = {f: np.asarray(v, np.float64)[self.order] for f, v in fields.items()}
-        self._odd = self.comp * 2 + 1
+        self._odd: np.ndarray | None = None  # the events' side of the merge: on first use
         self._memo: dict[tuple[str, bool], Moments | None] = {}
         self._lo_at_events: dict[tuple[int, int], np.ndarray] = {}
+        self._extremes_ok: dict[str, bool] = {}
+        self._inv: np.ndarray | None = None
 
     def moments(self, field: str, squares: bool) -> Moments | None:
         """Exact prefix sums of ``field`` (and of its squares), computed once."""
@@ -198,10 +201,18 @@ class EventIndex:
             self._memo[field, squares] = moments_prefix(self.values[field], squares)
         return self._memo[field, squares]
 
+    def extremes_ok(self, field: str) -> bool:
+        """Whether max/min over ``field`` is the same bits in any order (no NaN, no -0.0)."""
+        if field not in self._extremes_ok:
+            self._extremes_ok[field] = extremes_ok(self.values[field])
+        return self._extremes_ok[field]
+
     def _rank(self, g: np.ndarray, bound: np.ndarray) -> np.ndarray:
         """Per query sorted by (group, bound): the first event position at or after the
         group's ``bound``, found by merging the sorted needles into the sorted events."""
         q = len(g)
+        if self._odd is None:
+            self._odd = self.comp * 2 + 1
         v = np.empty(q + len(self._odd), np.int64)
         needle = v[:q]
         np.clip(bound, self.tmin, self.tmin + self.stride - 1, out=needle)
@@ -221,12 +232,17 @@ class EventIndex:
         if np.array_equal(q_keys, self._keys) and np.array_equal(q_t, self._ts):
             order, g, t = self.order, self.gid, self.ts  # the spine is the events: sorted
             hi = np.maximum.accumulate(np.where(self._run_start(), np.arange(len(t)), 0))
-            memo = self._lo_at_events
+            memo, inverse = self._lo_at_events, self._inverse()
         else:
             q_gid = _lookup(self.uniq, self._lut, q_keys)
             order = group_order(q_gid + 1, q_t)
             g, t = q_gid[order], q_t[order]
             hi, memo = self._rank(g, t), {}
+            inverse = np.empty_like(order)
+            inverse[order] = np.arange(len(order))
+        fast = evaluate(self, fs, entity, g, t, hi, inverse)  # one native pass per window
+        if fast is not None:
+            return fast
 
         def lo_of(w: int, h: int) -> np.ndarray:
             if (w, h) not in memo:
@@ -238,6 +254,13 @@ class EventIndex:
             out[name] = np.empty_like(v)
             out[name][order] = v
         return out
+
+    def _inverse(self) -> np.ndarray:
+        """Where each event (file order) sits in the index, computed once."""
+        if self._inv is None:
+            self._inv = np.empty_like(self.order)
+            self._inv[self.order] = np.arange(len(self.order))
+        return self._inv
 
     def _run_start(self) -> np.ndarray:
         return np.r_[True, self.comp[1:] != self.comp[:-1]] if len(self.comp) else self.comp > 0
@@ -251,6 +274,9 @@ class EventIndex:
         hi = np.append(run[1:], len(self.ts)) if len(run) else run
         g, t = self.gid[run], self.ts[run] + 1
         last = np.r_[g[1:] != g[:-1], True] if len(run) else run > 0
+        fast = evaluate(self, fs, entity, g, t, hi, None)
+        if fast is not None:
+            return self.uniq[g], t - 1, last, fast
 
         def lo_of(w: int, h: int) -> np.ndarray:
             if (w, h) not in self._lo_at_events:  # not computed by a spine pass over the events

@@ -16,7 +16,7 @@ import numpy as np
 from features import moments
 from features.backfill import EventIndex
 from features.layout import EntityLayout
-from features.native import compile_core
+from features.native import compile_core, native
 from features.range_folds import digits
 from features.txids import txid_hashes
 
@@ -93,6 +93,7 @@ def state_bytes(
         comps = layout.needs[j]
         for f, v in enumerate(vals):
             tiles = _Tiles(index, layout.fields[f], v, first, last + 1, sel, np.flatnonzero(new))
+            tiles.fold = "m2" in comps  # Σx alone: the digit sums below are cheaper
             pieces += [(tiles.component(c), counts) for c in comps]
 
     # the header is the native core's to write: it owns the bytes' layout
@@ -136,6 +137,8 @@ class _Tiles:
         self.index, self.field, self.v = index, field, v
         self.start, self.stop, self.sel, self.cuts = start, stop, sel, cuts
         self.n = stop - start
+        self._summary: tuple[np.ndarray, np.ndarray] | None = None
+        self.fold = True
 
     def component(self, comp: str) -> np.ndarray:
         if not len(self.start):
@@ -143,6 +146,12 @@ class _Tiles:
         if comp in ("min", "max"):
             fn = np.minimum if comp == "min" else np.maximum
             return fn.reduceat(self.v[self.sel], self.cuts).astype("<f8")
+        fold = getattr(native, "tile_moments", None) if self.fold else None
+        if fold is not None:  # the engine's own tiles: Σx and Σ(x-mean)², correctly rounded
+            if self._summary is None:
+                self._summary = (np.empty(len(self.start)), np.empty(len(self.start)))
+                fold(np.ascontiguousarray(self.v, np.float64), *self._bounds(), *self._summary)
+            return self._summary[0 if comp == "sum" else 1].astype("<f8")
         known = self.field in self.index.values
         m = self.index.moments(self.field, squares=False) if known else None
         if comp == "sum":
@@ -162,6 +171,12 @@ class _Tiles:
         if m is None or not self._m2(m, many, out):
             out[many] = self._slow(moments.m2)[many]
         return out
+
+    def _bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        return (
+            np.ascontiguousarray(self.start, np.int64),
+            np.ascontiguousarray(self.stop, np.int64),
+        )
 
     def _m2(self, m: Any, many: np.ndarray, out: np.ndarray) -> bool:
         """Correctly rounded Σ(x - mean)² of the tiles ``many`` from exact Σx and Σx²."""

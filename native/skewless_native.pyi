@@ -217,3 +217,44 @@ def update_items(
 ) -> tuple[bytes, int, int]:
     """One entity's stream items ``(event, produced_ms, txid, ...)`` through ``update``,
     the GIL released: (one outcome byte per item, how many applied, newest produced_ms)."""
+
+def window_pass(
+    comp: Buffer,
+    g: Buffer,
+    t: Buffer,
+    hi: Buffer,
+    stride: int,
+    tmin: int,
+    table: Buffer,
+    width: int,
+    columns: bool,
+    windows: Sequence[tuple[int, int, Sequence[tuple[str, int, int]]]],
+    fields: Sequence[tuple[Buffer, int, int, Sequence[Buffer], int, Sequence[Buffer]]],
+) -> list[bytes]:
+    """Every window ``(length, hop, outputs)`` at sorted queries in one pass, each output
+    ``(op, field, slot)`` into ``table`` (rows of ``width`` float64 slots, or slot-major
+    with ``columns``; a count's slot holds int64 bits), ``features.window_native``; per
+    output, the std rows left to binary lifting as int64 triples (query, lo, hi)."""
+
+def seconds_since_last(
+    g: Buffer,
+    t: Buffer,
+    hi: Buffer,
+    starts: Buffer,
+    ts: Buffer,
+    table: Buffer,
+    width: int,
+    columns: bool,
+    slot: int,
+    ms_per_second: float,
+) -> None:
+    """``seconds_since_last`` at sorted queries into slot ``slot`` of ``table``'s rows."""
+
+def gather_columns(table: Buffer, width: int, inverse: Buffer | None, outs: list[Buffer]) -> None:
+    """Column ``c`` of ``table`` into ``outs[c]``, row ``j`` from table row ``inverse[j]``."""
+
+def lift_m2(x: Buffer, lo: Buffer, hi: Buffer) -> bytes:
+    """``range_folds._lift(x, lo, hi)[1]`` (the same bits) as little-endian float64s."""
+
+def tile_moments(x: Buffer, start: Buffer, stop: Buffer, sum_out: Buffer, m2_out: Buffer) -> None:
+    """Each tile's correctly rounded (Σx, Σ(x-mean)²) over ``x[start[i]:stop[i]]``."""

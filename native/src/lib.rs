@@ -13,8 +13,11 @@ mod level;
 mod moments;
 mod proto;
 mod resp;
+mod rows;
+mod tiles;
 mod view;
 mod wide;
+mod windows;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -507,6 +510,11 @@ fn skewless_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(resp::unwrap_bytes_values, m)?)?;
     m.add_function(wrap_pyfunction!(event::txid_hash, m)?)?;
     m.add_function(wrap_pyfunction!(hashes::txid_hashes, m)?)?;
+    m.add_function(wrap_pyfunction!(windows::window_pass, m)?)?;
+    m.add_function(wrap_pyfunction!(tiles::tile_moments, m)?)?;
+    m.add_function(wrap_pyfunction!(rows::seconds_since_last, m)?)?;
+    m.add_function(wrap_pyfunction!(rows::gather_columns, m)?)?;
+    m.add_function(wrap_pyfunction!(tiles::lift_m2, m)?)?;
     m.add("ENGINE_BYTES_VERSION", engine::VERSION)?;
     m.add("OPS", Op::ALL.map(Op::name).to_vec())?;
     m.add("COMPONENTS", Comp::ALL.map(Comp::name).to_vec())?;
