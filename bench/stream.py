@@ -172,24 +172,25 @@ def workers(bootstrap: str, redis_url: str, table: pa.Table, work: Path) -> dict
     return out
 
 
-def _cluster(bootstrap: str, redis_url: str, topic: str, work: Path) -> float:
+def _cluster(
+    bootstrap: str, redis_url: str, topic: str, work: Path, args: tuple[str, ...] = ()
+) -> float:
     """Wall seconds of a 2-process ``skewless stream --no-tail -i 0/1`` cluster."""
-    ports = [_free_port(), _free_port()]
-    addresses = ";".join(f"127.0.0.1:{p}" for p in ports)
+    addresses = ";".join(f"127.0.0.1:{_free_port()}" for _ in range(2))
     env = _env(bootstrap, redis_url, topic, work)
+    cmd = [sys.executable, "-m", "skewless", "stream", "--no-tail", *args, "-a", addresses]
     start = time.perf_counter()
-    cmd = [sys.executable, "-m", "skewless", "stream", "--no-tail", "-a", addresses, "-i"]
     procs = [
-        subprocess.Popen(
-            [*cmd, str(i)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True,
-        )
+        subprocess.Popen([*cmd, "-i", str(i)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
         for i in range(2)
     ]  # fmt: skip
     for p in procs:
         _, err = p.communicate(timeout=1800)
         if p.returncode:
-            raise RuntimeError(f"stream cluster failed: {err[-2000:]}")
+            raise RuntimeError(
+                f"stream cluster ({' '.join(args) or 'entity'}) failed: {err[-2000:]}"
+            )
     return time.perf_counter() - start
 
 

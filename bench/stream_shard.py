@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import os
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -54,25 +52,6 @@ def drain(
     return out
 
 
-def _cluster(h: Any, bootstrap: str, redis_url: str, topic: str, work: Path) -> float:
-    """Wall seconds of a 2-process sharded ``skewless stream --no-tail`` cluster."""
-    ROOT, _env, _free_port = h.ROOT, h._env, h._free_port
-    addresses = ";".join(f"127.0.0.1:{_free_port()}" for _ in range(2))
-    env = _env(bootstrap, redis_url, topic, work)
-    cmd = [sys.executable, "-m", "skewless", "stream", "--no-tail", *SHARDED, "-a", addresses]
-    start = time.perf_counter()
-    procs = [
-        subprocess.Popen([*cmd, "-i", str(i)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, text=True)
-        for i in range(2)
-    ]  # fmt: skip
-    for p in procs:
-        _, err = p.communicate(timeout=1800)
-        if p.returncode:
-            raise RuntimeError(f"sharded stream cluster failed: {err[-2000:]}")
-    return time.perf_counter() - start
-
-
 def workers(h: Any, bootstrap: str, redis_url: str, table: pa.Table, work: Path) -> dict[str, Any]:
     """Sharded layout on a two-partition topic: 1 worker, ``-w 2``, 2 processes."""
     from flows.produce import produce_messages
@@ -90,8 +69,8 @@ def workers(h: Any, bootstrap: str, redis_url: str, table: pa.Table, work: Path)
         wall, cpu = _drain(bootstrap, _fresh(redis_url), topic, work, *args)
         out[name] = {"events_per_s_after_start": round(n / max(wall - start, 1e-9)),
                      "process_cpu_per_wall": round(cpu / wall, 2)}  # fmt: skip
-    start = _cluster(h, bootstrap, _fresh(redis_url), empty, work)
-    wall = _cluster(h, bootstrap, _fresh(redis_url), topic, work)
+    start = h._cluster(bootstrap, _fresh(redis_url), empty, work, SHARDED)
+    wall = h._cluster(bootstrap, _fresh(redis_url), topic, work, SHARDED)
     out["two_processes"] = {"events_per_s_after_start": round(n / max(wall - start, 1e-9))}
     base = out["w1"]["events_per_s_after_start"]
     for name in ("w2", "two_processes"):
