@@ -115,8 +115,13 @@ def hops(trace: dict[str, Any]) -> dict[str, Any]:
     cpu = trace.get("cpu") or []
     if len(cpu) > 1:  # the stream's share of a core while it had rows to write
         (c0, _), (c1, _) = cpu[0], cpu[-1]  # the messages polled in the same span
-        n = sum(len(stamps[k]) for _, t1, _, k in polls if k >= 0 and c0 <= t1 <= c1)
+        span_polls = [k for _, t1, _, k in polls if k >= 0 and c0 <= t1 <= c1]
+        n = sum(len(stamps[k]) for k in span_polls)
         out["stream_cpu_us_per_event"] = round((cpu[-1][1] - cpu[0][1]) / max(n, 1) * 1e6, 1)
+        # a tailing stream's cost is mostly per poll (docs/perf-plan.md): per non-empty poll
+        out["stream_cpu_us_per_poll"] = round(
+            (cpu[-1][1] - cpu[0][1]) / max(len(span_polls), 1) * 1e6
+        )
         out["stream_cpu_per_wall"] = round(
             (cpu[-1][1] - cpu[0][1]) / max(cpu[-1][0] - cpu[0][0], 1e-9), 2
         )

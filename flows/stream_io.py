@@ -10,6 +10,7 @@ import json
 import logging
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -81,15 +82,29 @@ class _Metrics:
 METRICS = _Metrics()
 
 
+#: Below this many amounts a Python loop beats numpy's fixed cost (a tailing stream's
+#: writes carry ~20-60 rows; 7.7 against 10.2 µs for 30 amounts, even at ~50)
+SMALL_OBSERVE = 48
+
+
 def observe_many(histogram: Histogram, amounts: Sequence[float]) -> None:
     """``histogram.observe(a)`` for each amount, in one pass (the sink observes one
     freshness per written row; per-call ``observe`` was ~5% of the flow's CPU)."""
     if not len(amounts):
         return
-    a = np.asarray(amounts, dtype=np.float64)
     bounds = histogram._upper_bounds  # same rule as observe: first bucket with a <= bound
+    histogram._sum.inc(float(sum(amounts)))  # in order, as observe adds them
+    if len(amounts) < SMALL_OBSERVE:
+        hits: dict[int, int] = {}
+        for x in amounts:
+            i = bisect_left(bounds, x)
+            hits[i] = hits.get(i, 0) + 1
+        buckets = histogram._buckets
+        for i, c in hits.items():
+            buckets[i].inc(c)
+        return
+    a = np.asarray(amounts, dtype=np.float64)
     counts = np.bincount(np.searchsorted(bounds, a, side="left"), minlength=len(bounds))
-    histogram._sum.inc(float(a.sum()))
     for bucket, c in zip(histogram._buckets, counts.tolist(), strict=False):
         if c:
             bucket.inc(c)
@@ -212,10 +227,19 @@ _stores: dict[tuple[StoreConfig, str], OnlineStore] = {}
 _stores_lock = threading.Lock()
 
 
+_fingerprints: dict[int, tuple[FeatureSet, str]] = {}  # id -> (the set, kept alive; its hash)
+
+
 def store_for(cfg: StoreConfig, fs: FeatureSet) -> OnlineStore:
-    """One connection per process, config and definitions (Bytewax workers are threads)."""
-    key = (cfg, fs.fingerprint())
+    """One connection per process, config and definitions (Bytewax workers are threads).
+    The definitions' fingerprint is computed once per set: the prefetch asks for the store
+    on each of its reads, and hashing the spec each time was ~1.5% of a tailing stream's
+    CPU (a set is immutable once loaded)."""
     with _stores_lock:
+        known = _fingerprints.get(id(fs))
+        if known is None or known[0] is not fs:
+            known = _fingerprints[id(fs)] = (fs, fs.fingerprint())
+        key = (cfg, known[1])
         store = _stores.get(key)
         if store is None:
             store = _stores[key] = open_store(cfg, fs)

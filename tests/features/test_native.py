@@ -187,15 +187,17 @@ def test_native_txid_hashes_of_a_long_column_and_bad_ranges():
         native.txid_hashes(body, np.array([0, 1], np.int64), np.array([1], np.int64))
 
 
-def test_observe_many_is_observe():
+@pytest.mark.parametrize("repeat", [1, 20])  # the Python loop, then numpy (>= SMALL_OBSERVE)
+def test_observe_many_is_observe(repeat: int):
     from prometheus_client import CollectorRegistry, Histogram
 
-    from flows.stream_io import observe_many
+    from flows.stream_io import SMALL_OBSERVE, observe_many
 
     reg = CollectorRegistry()
     a = Histogram("a", "a", buckets=(0.01, 0.1, 1), registry=reg)
     b = Histogram("b", "b", buckets=(0.01, 0.1, 1), registry=reg)
-    values = [0.0, 0.01, 0.010001, 0.05, 0.1, 0.5, 1.0, 3.0, 7.5]
+    values = [0.0, 0.01, 0.010001, 0.05, 0.1, 0.5, 1.0, 3.0, 7.5] * repeat
+    assert (len(values) < SMALL_OBSERVE) == (repeat == 1)
     for v in values:
         a.observe(v)
     observe_many(b, values)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from bytewax.connectors.kafka import KafkaSource
 from confluent_kafka import Producer
 
-from flows.stream_source import KafkaBatch, ThinKafkaSource
+from flows.stream_source import GAP_ENV, KafkaBatch, ThinKafkaSource
 from tests.integration import stream_support as sup
 
 pytestmark = pytest.mark.integration
@@ -76,3 +77,37 @@ def test_thin_source_polls_small_batches_once_caught_up(kafka_bootstrap: str) ->
     for b in items:
         behind = 1_250 - b.offsets[0]
         assert len(b) <= (1_000 if behind > 500 else 100), (b.offsets[0], len(b))
+
+
+def test_thin_source_waits_after_a_small_poll_only(
+    kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``SKEWLESS_STREAM_POLL_GAP_MS``: a poll that took fewer than ``live[0]`` messages
+    (caught up) asks Bytewax to wait that long before the next; a full one does not."""
+    topic = sup.create_topic(kafka_bootstrap, "thin-gap", 1)
+    p = Producer({"bootstrap.servers": kafka_bootstrap})
+    for i in range(250):
+        p.produce(topic, value=b"v%d" % i, key=b"k")
+    p.flush(30)
+    monkeypatch.setenv(GAP_ENV, "5")
+    part = ThinKafkaSource([kafka_bootstrap], [topic], False, batch_size=1_000, live=(100, 500))
+    part = part.build_part("s", f"0-{topic}", None)
+    polls: list[tuple[int, Any]] = []
+    while True:
+        try:
+            batch = part.next_batch()
+        except StopIteration:
+            break
+        before = datetime.now(UTC)
+        polls.append((sum(len(b) for b in batch), part.next_awake(), before))
+    part.close()
+    assert sum(n for n, _, _ in polls) == 250
+    assert any(awake is not None for _, awake, _ in polls)  # the last, small poll at least
+    for n, awake, before in polls:
+        if n >= 100:
+            assert awake is None, n
+        elif awake is not None:
+            assert before < awake <= before + timedelta(milliseconds=5)
+    monkeypatch.setenv(GAP_ENV, "soon")
+    with pytest.raises(ValueError, match=GAP_ENV):
+        ThinKafkaSource([kafka_bootstrap], [topic], False)
