@@ -14,6 +14,7 @@ import gc
 import importlib
 import json
 import resource
+import runpy
 import sys
 import threading
 import time
@@ -173,14 +174,18 @@ def dump(path: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from skewless.cli import main as cli
-
+    """Runs ``python -m skewless ARGS`` in this process (the command, not an import of
+    the command line's code: the bench stays beside it, not above it)."""
     out = Path(argv[0])
     install()
+    sys.argv = ["skewless", *argv[1:]]
     try:
-        return cli(argv[1:])
+        runpy.run_module("skewless", run_name="__main__", alter_sys=True)
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else 1
     finally:
         dump(out)
+    return 0
 
 
 if __name__ == "__main__":
