@@ -25,9 +25,11 @@ class Decoder:
     def __init__(self, plan: Plan, check_keys: bool = False) -> None:
         self.parse = plan.validator.parse
         self.id_of = plan.event_id
-        # the native parser as the fast path: one call per poll (else one per message)
+        # the native parser as the fast path: one call per poll (else one per message;
+        # also for a native core built before decode_poll)
         fast = getattr(plan.validator, "_fast", None)
-        self.native = fast if type(fast) is _native.EventParser else None
+        native = type(fast) is _native.EventParser and hasattr(_native, "decode_poll")
+        self.native = fast if native else None
         schema = plan.validator.schema
         self.id_at, self.record = schema.position(schema.event_id), schema.record
         self.check_keys = KeyCheck(plan) if check_keys else None

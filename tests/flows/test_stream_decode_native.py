@@ -70,7 +70,9 @@ _PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[Hea
 
 @pytest.mark.parametrize("name", ["reference", "session"])
 def test_the_native_path_is_taken(name: str) -> None:
-    assert DECODERS[name].native is not None, "no native parser: the property would test nothing"
+    assert DECODERS[name].native is not None, (
+        "no native decode_poll (rebuild native/): the property would test nothing"
+    )
 
 
 @_PROPERTY
