@@ -209,6 +209,20 @@ class ScoreBatchEncoder:
 def state_max_seen(data: bytes | None) -> int | None: ...
 def unwrap_bytes_values(raws: list[bytes | None]) -> list[bytes | None]: ...
 def txid_hash(transaction_id: str) -> int: ...
+def decode_poll(
+    parser: EventParser,
+    values: list[bytes],
+    keys: list[bytes | None],
+    timestamps: list[int],
+    now: int,
+    id_at: int,
+    record: type,
+    ingested: type,
+) -> tuple[list[Any], list[int]]:
+    """One poll parsed natively: ``out[i]`` is ``ingested(record(*values), ts or now,
+    txid_hash(values[id_at]), raw, key)``, or None for each index in ``unsure`` (the
+    parser was not sure: the Python path decides)."""
+
 def txid_hashes(data: Buffer, starts: Buffer, ends: Buffer) -> bytes:
     """``txid_hash`` of ``data[starts[i]:ends[i]]`` (uint8; int64 bounds), as 8n bytes."""
 

@@ -437,32 +437,34 @@ impl EventParser {
 
     /// `parser(raw)`, as a method (a bound method is called faster than the object).
     fn parse<'py>(&self, py: Python<'py>, raw: &[u8]) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        self.with_parsed(raw, |parsed| {
+            let items = parsed.iter().map(|p| p.to_py(py));
+            PyTuple::new(py, items.collect::<PyResult<Vec<_>>>()?)
+        })
+        .transpose()
+    }
+}
+
+impl EventParser {
+    /// `f` of the values of a valid message (schema order), or None when not sure.
+    pub(crate) fn with_parsed<R>(
+        &self,
+        raw: &[u8],
+        f: impl FnOnce(&[Parsed<'_>]) -> R,
+    ) -> Option<R> {
         if raw.len() > self.max_message_bytes {
-            return Ok(None);
+            return None;
         }
         // whole-message UTF-8 first: serde skips unknown keys' strings unchecked
-        let Ok(text) = std::str::from_utf8(raw) else {
-            return Ok(None);
-        };
+        let text = std::str::from_utf8(raw).ok()?;
         let mut de = serde_json::Deserializer::from_str(text);
-        let Ok(values) = Fields(&self.fields).deserialize(&mut de) else {
-            return Ok(None);
-        };
-        if de.end().is_err() {
-            return Ok(None);
-        }
+        let values = Fields(&self.fields).deserialize(&mut de).ok()?;
+        de.end().ok()?;
         let mut parsed = Vec::with_capacity(self.fields.len());
         for (f, v) in self.fields.iter().zip(&values) {
-            match f.check(v.as_ref()) {
-                Some(p) => parsed.push(p),
-                None => return Ok(None),
-            }
+            parsed.push(f.check(v.as_ref())?);
         }
-        let items = parsed.iter().map(|p| p.to_py(py));
-        Ok(Some(PyTuple::new(
-            py,
-            items.collect::<PyResult<Vec<_>>>()?,
-        )?))
+        Some(f(&parsed))
     }
 }
 

@@ -5,6 +5,7 @@
 //! tests hold the two against each other.
 
 mod batch;
+mod decode;
 mod engine;
 mod event;
 mod hashes;
@@ -509,6 +510,7 @@ fn skewless_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(batch::update_items, m)?)?;
     m.add_function(wrap_pyfunction!(resp::unwrap_bytes_values, m)?)?;
     m.add_function(wrap_pyfunction!(event::txid_hash, m)?)?;
+    m.add_function(wrap_pyfunction!(decode::decode_poll, m)?)?;
     m.add_function(wrap_pyfunction!(hashes::txid_hashes, m)?)?;
     m.add_function(wrap_pyfunction!(windows::window_pass, m)?)?;
     m.add_function(wrap_pyfunction!(tiles::tile_moments, m)?)?;

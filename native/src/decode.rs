@@ -1,0 +1,129 @@
+//! The stream's decode step for one poll in one call (`flows.stream_decode.Decoder`):
+//! each message parsed by the native [`EventParser`], its event record and `Ingested`
+//! tuple built here, its id hashed here. A message the parser is not sure of (invalid,
+//! unusual) is left as None at its place and its index returned: the Python path decides
+//! and names the field, so every output is what the per-message path gives.
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyTuple, PyType};
+
+use crate::event::{txid_hash_bytes, EventParser, Parsed};
+
+/// A tuple subclass without `__dict__` (a named tuple): instances are made as
+/// `tuple.__new__(cls, items)` makes them, without calling the class's Python `__new__`.
+fn check_record(cls: &Bound<'_, PyType>, what: &str) -> PyResult<()> {
+    let py = cls.py();
+    let plain = py.get_type::<PyTuple>();
+    let ok = cls.is_subclass(&plain)?
+        && cls
+            .getattr("__basicsize__")?
+            .eq(plain.getattr("__basicsize__")?)?
+        && cls
+            .getattr("__itemsize__")?
+            .eq(plain.getattr("__itemsize__")?)?;
+    if ok {
+        Ok(())
+    } else {
+        Err(PyTypeError::new_err(format!(
+            "decode_poll: {what} must be a named tuple class (a tuple subclass without __dict__)"
+        )))
+    }
+}
+
+/// A new instance of the tuple subclass `cls` holding `items` (`tuple.__new__(cls, items)`).
+fn new_record<'py>(
+    cls: &Bound<'py, PyType>,
+    items: Vec<Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = cls.py();
+    // SAFETY: `cls` is a tuple subclass of the tuple's own size (check_record), so its
+    // tp_alloc makes a var-sized tuple of `n` empty slots; each slot is set once, on the
+    // fresh object (reference count 1), with a reference the tuple takes over.
+    unsafe {
+        let t = cls.as_type_ptr();
+        let alloc = ffi::PyType_GetSlot(t, ffi::Py_tp_alloc);
+        if alloc.is_null() {
+            return Err(PyTypeError::new_err("decode_poll: a type without tp_alloc"));
+        }
+        let alloc: ffi::allocfunc = std::mem::transmute(alloc);
+        let obj = alloc(t, items.len() as ffi::Py_ssize_t);
+        if obj.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        let obj = Bound::from_owned_ptr(py, obj);
+        for (i, item) in items.into_iter().enumerate() {
+            if ffi::PyTuple_SetItem(obj.as_ptr(), i as ffi::Py_ssize_t, item.into_ptr()) != 0 {
+                return Err(PyErr::fetch(py));
+            }
+        }
+        Ok(obj)
+    }
+}
+
+/// One poll: `values[i]` (bytes), `keys[i]`, `timestamps[i]` (ms; 0 or None: `now`).
+/// Returns `(out, unsure)`: `out[i]` is `ingested(record(*values), ts or now,
+/// txid_hash(values[id_at]), raw, key)`, or None for each index listed in `unsure`.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+pub fn decode_poll<'py>(
+    py: Python<'py>,
+    parser: &Bound<'py, EventParser>,
+    values: &Bound<'py, PyList>,
+    keys: &Bound<'py, PyList>,
+    timestamps: &Bound<'py, PyList>,
+    now: i64,
+    id_at: usize,
+    record: &Bound<'py, PyType>,
+    ingested: &Bound<'py, PyType>,
+) -> PyResult<(Bound<'py, PyList>, Vec<usize>)> {
+    let n = values.len();
+    if keys.len() != n || timestamps.len() != n {
+        return Err(PyTypeError::new_err(
+            "decode_poll: values, keys and timestamps differ in length",
+        ));
+    }
+    check_record(record, "record")?;
+    check_record(ingested, "ingested")?;
+    let parser = parser.get();
+    let mut out: Vec<Bound<'py, PyAny>> = Vec::with_capacity(n);
+    let mut unsure = Vec::new();
+    for i in 0..n {
+        let raw = values.get_item(i)?;
+        let made = match raw.downcast::<PyBytes>() {
+            Ok(bytes) => parser
+                .with_parsed(bytes.as_bytes(), |parsed| -> PyResult<_> {
+                    let Some(Parsed::Str(id)) = parsed.get(id_at) else {
+                        return Ok(None);
+                    };
+                    let txid = txid_hash_bytes(id.as_bytes());
+                    let items = parsed.iter().map(|p| p.to_py(py));
+                    let event = new_record(record, items.collect::<PyResult<_>>()?)?;
+                    let ts = timestamps.get_item(i)?;
+                    let ts = match ts.extract::<Option<i64>>() {
+                        Ok(None | Some(0)) => now.into_pyobject(py)?.into_any(),
+                        Ok(Some(_)) => ts,
+                        Err(_) => return Ok(None), // not an int64: the Python path
+                    };
+                    let txid = txid.into_pyobject(py)?.into_any();
+                    let key = keys.get_item(i)?;
+                    Ok(Some(new_record(
+                        ingested,
+                        vec![event, ts, txid, raw.clone(), key],
+                    )?))
+                })
+                .transpose()?
+                .flatten(),
+            Err(_) => None,
+        };
+        match made {
+            Some(x) => out.push(x),
+            None => {
+                unsure.push(i);
+                out.push(py.None().into_bound(py));
+            }
+        }
+    }
+    Ok((PyList::new(py, out)?, unsure))
+}
