@@ -146,6 +146,11 @@ class Validator:
         """Install a native fast path: ``raw -> tuple | None`` (None: the rules below decide)."""
         self._fast = fast
 
+    @property
+    def fast_path(self) -> Callable[[bytes], Any] | None:
+        """The installed fast path (the stream decodes a whole poll with it when native)."""
+        return self._fast
+
     def validate(self, obj: object) -> Any:
         """One decoded JSON object -> an event record, or :class:`InvalidEventError`."""
         if not isinstance(obj, dict):

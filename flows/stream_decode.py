@@ -27,9 +27,9 @@ class Decoder:
         self.id_of = plan.event_id
         # the native parser as the fast path: one call per poll (else one per message;
         # also for a native core built before decode_poll)
-        fast = getattr(plan.validator, "_fast", None)
-        native = type(fast) is _native.EventParser and hasattr(_native, "decode_poll")
-        self.native = fast if native else None
+        fast = plan.validator.fast_path
+        has_poll = hasattr(_native, "decode_poll")
+        self.native = fast if isinstance(fast, _native.EventParser) and has_poll else None
         schema = plan.validator.schema
         self.id_at, self.record = schema.position(schema.event_id), schema.record
         self.check_keys = KeyCheck(plan) if check_keys else None
