@@ -8,9 +8,9 @@ from typing import Any, Protocol
 ENGINE_BYTES_VERSION: int
 #: the window ops a layout spec may name (``features.definitions.Op`` values)
 OPS: list[str]
-#: the tile components a level may store, in serialized order (``features.codec`` names)
+#: the tile components a level may store, in serialized order (``features.layout.COMPONENTS``)
 COMPONENTS: list[str]
-#: what ``Core.update`` returns indexes this (``features.engine.Outcome`` values)
+#: what ``Core.update`` returns indexes this (``features.layout.Outcome`` values)
 OUTCOMES: list[str]
 
 class _GroupSpec(Protocol):
