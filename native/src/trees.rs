@@ -26,6 +26,8 @@ use crate::windows::{view, view_mut};
 
 /// Rows per block: the margins of a block stay in registers/L1 while the trees go by.
 const BLOCK: usize = 64;
+/// Rows walked side by side through one tree.
+const LANES: usize = 8;
 /// Batches at least this long release the GIL (below it the hand-off costs more).
 const RELEASE_ROWS: usize = 8;
 /// XGBoost's `kRtEps`: the intercept probability is clamped to [eps, 1 - eps].
@@ -240,6 +242,51 @@ impl TreeEnsemble {
         nodes[i].value
     }
 
+    /// One row's margin over all trees: `LANES` trees walked side by side (one row has no
+    /// other independent work), their leaves added in tree order.
+    #[inline(always)]
+    fn margin(&self, row: &[f32]) -> f32 {
+        let nodes = &self.nodes[..];
+        let mut acc = self.base;
+        let mut groups = self.roots.chunks_exact(LANES);
+        for group in &mut groups {
+            let mut at: [usize; LANES] = std::array::from_fn(|k| group[k].0 as usize);
+            let depth = group.iter().map(|t| t.1).max().unwrap_or(0);
+            for _ in 0..depth {
+                for i in at.iter_mut() {
+                    let n = nodes[*i];
+                    let x = row[(n.feature & !DEFAULT_LEFT) as usize];
+                    let go_left = (x < n.value) | (x.is_nan() & (n.feature & DEFAULT_LEFT != 0));
+                    *i = if go_left { n.left } else { n.right } as usize;
+                }
+            }
+            for i in at {
+                acc += nodes[i].value;
+            }
+        }
+        for &tree in groups.remainder() {
+            acc += self.leaf(tree, row);
+        }
+        acc
+    }
+
+    /// `leaf` for `LANES` rows at once, in lockstep: independent walks side by side keep
+    /// the core busy while each waits for its next node (the same steps per row).
+    #[inline(always)]
+    fn leaves(&self, (root, depth): (u32, u32), rows: &[f32], nf: usize) -> [f32; LANES] {
+        let nodes = &self.nodes[..];
+        let mut at = [root as usize; LANES];
+        for _ in 0..depth {
+            for (k, i) in at.iter_mut().enumerate() {
+                let n = nodes[*i];
+                let x = rows[k * nf + (n.feature & !DEFAULT_LEFT) as usize];
+                let go_left = (x < n.value) | (x.is_nan() & (n.feature & DEFAULT_LEFT != 0));
+                *i = if go_left { n.left } else { n.right } as usize;
+            }
+        }
+        at.map(|i| nodes[i].value)
+    }
+
     #[inline]
     fn finish(&self, margin: f32) -> f32 {
         match self.transform {
@@ -266,10 +313,18 @@ impl TreeEnsemble {
                 *d = cast(*s);
             }
             margin[..m].fill(self.base);
-            for &root in &self.roots {
-                for (r, acc) in margin[..m].iter_mut().enumerate() {
-                    *acc += self.leaf(root, &buf[r * nf..(r + 1) * nf]);
+            let whole = m - m % LANES;
+            for &tree in &self.roots {
+                for r in (0..whole).step_by(LANES) {
+                    let got = self.leaves(tree, &buf[r * nf..(r + LANES) * nf], nf);
+                    for (acc, v) in margin[r..r + LANES].iter_mut().zip(got) {
+                        *acc += v;
+                    }
                 }
+            }
+            for (r, acc) in margin[whole..m].iter_mut().enumerate() {
+                let r = whole + r;
+                *acc = self.margin(&buf[r * nf..(r + 1) * nf]);
             }
             for (r, &acc) in margin[..m].iter().enumerate() {
                 put(start + r, self.finish(acc));
