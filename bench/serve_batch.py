@@ -18,7 +18,7 @@ Part of the serve suite (:mod:`bench.serve`), against the same Redis and registr
   hook, Redis read and prediction log included) and the response encode (the bytes the
   server sends).
 * :func:`predictor_rows_per_s`: the serving predictor's rows/s on one core at the batch
-  size, beside the predictor's own bit-equality check (one row vs the batch).
+  size, beside its bit-equality checks (one row vs the batch; vs XGBoost).
 """
 
 from __future__ import annotations
@@ -260,9 +260,10 @@ def stage_table(
 
 
 def predictor_rows_per_s(version_dir: Path, batch_size: int, calls: int = 40) -> dict[str, Any]:
-    """The serving predictor (ONNX Runtime, one intra-op thread) on ``batch_size`` rows:
-    rows/s on one core; whether each row scored alone gives the batch's bits; and how many
-    rows a two-thread session scores differently (why serving runs one thread)."""
+    """The serving predictor (``predictor``: native, or ONNX Runtime for a model the native
+    one refuses) on ``batch_size`` rows: rows/s on one core; whether each row scored alone
+    gives the batch's bits and whether they are XGBoost's; and how many rows a two-thread
+    ONNX session scores differently from one thread (why the ONNX fallback runs one)."""
     from features.reference import REFERENCE
     from flows.artifacts import ONNX_FILE, onnx_probability
     from serving.model import load_model
@@ -287,14 +288,19 @@ def predictor_rows_per_s(version_dir: Path, batch_size: int, calls: int = 40) ->
     two = ort.InferenceSession(
         str(model.path / ONNX_FILE), opts, providers=["CPUExecutionProvider"]
     )
-    differ = int(np.sum(onnx_probability(two, X) != batch))
+    differ = int(np.sum(onnx_probability(two, X) != onnx_probability(model.session, X)))
+    xgb = np.asarray(model.booster.inplace_predict(X), dtype=np.float32)
     return {
+        "predictor": model.predictor,
         "rows": batch_size,
         "p50_ms": round(ms, 3),
         "us_per_row": round(ms * 1e3 / batch_size, 3),
         "cpu_us_per_row": round(cpu_ms * 1e3 / batch_size, 3),
         "rows_per_s_one_core": round(batch_size / cpu_ms * 1e3),
         "one_row_equals_batch": bool(np.array_equal(alone, batch)),
+        "bits_equal_to_xgboost": bool(
+            np.array_equal(batch.astype(np.float32).view(np.uint32), xgb.view(np.uint32))
+        ),
         "rows_differing_with_two_threads": differ,
     }
 

@@ -8,9 +8,11 @@ measured in alternating rounds so that a change in the machine's load hits both 
   Parquet prediction log on (its writer thread running, flushing every ``flush_rows``
   rows) against the same scorer with the log off. The states come from a dict (the
   online store's read is not what is measured here; the gRPC bench has Redis).
-* The predictors for one row and for ``batch_size`` rows: ONNX Runtime (bound buffers for
-  one row), XGBoost ``inplace_predict`` and, when ``tl2cgen`` is importable, a compiled
-  tree model (its build time reported apart: it is never on the request path).
+* The predictors for one row and for ``batch_size`` rows: the native tree predictor
+  (serving's, :mod:`flows.trees`), ONNX Runtime (bound buffers for one row), XGBoost
+  ``inplace_predict`` and, when ``tl2cgen`` is importable, a compiled tree model (its
+  build time reported apart: it is never on the request path). Each with its CPU time
+  per row and whether its bits equal XGBoost's.
 """
 
 from __future__ import annotations
@@ -157,10 +159,17 @@ def _predictors(model: Any, workdir: Path) -> dict[str, tuple[Callable[[np.ndarr
     """name -> (predict(X float64 (n, F)), build seconds)."""
 
     from flows.artifacts import onnx_probability
+    from flows.trees import native_probability, native_trees
+    from serving.model import load_model
 
+    onnx = load_model(model.path, model.fingerprint, predictor="onnx")
+    trees, why = native_trees(model.booster, model.n_features)
+    if trees is None:
+        raise ValueError(f"the native predictor refused the bench model: {why}")
     out: dict[str, tuple[Callable[[np.ndarray], Any], float]] = {
-        "onnx": (lambda X: onnx_probability(model.session, X), 0.0),
-        "onnx_bound_1row": (model.predict, 0.0),
+        "native": (partial(native_probability, trees), 0.0),
+        "onnx": (lambda X: onnx_probability(onnx.session, X), 0.0),
+        "onnx_bound_1row": (onnx.predict, 0.0),
         "xgboost_inplace": (model.booster.inplace_predict, 0.0),
     }
     try:
@@ -193,26 +202,38 @@ def predictor_figures(
     from serving.model import PREDICTOR
 
     preds = _predictors(model, workdir)
-    ref = np.asarray(model.booster.inplace_predict(X), dtype=np.float64)
+    ref32 = np.asarray(model.booster.inplace_predict(X), dtype=np.float32)
+    ref = ref32.astype(np.float64)
     serving = np.asarray(model.predict(X), dtype=np.float64)
     one, many = X[:1], X[:batch_size]
     times: dict[str, dict[str, list[float]]] = {n: {"1": [], "n": []} for n in preds}
+    cpu = {n: {"1": 0.0, "n": 0.0} for n in preds}
     budget = seconds / (2 * rounds * len(preds))
     for _ in range(rounds):
         for name, (fn, _) in preds.items():
-            times[name]["1"] += _per_call_ms(partial(fn, one), calls * 10, budget)
-            times[name]["n"] += _per_call_ms(partial(fn, many), calls, budget)
+            for key, rows, n_calls in (("1", one, calls * 10), ("n", many, calls)):
+                c0 = time.thread_time()
+                times[name][key] += _per_call_ms(partial(fn, rows), n_calls, budget)
+                cpu[name][key] += time.thread_time() - c0
     out: dict[str, Any] = {}
     for name, (fn, build) in preds.items():
         p = np.asarray(fn(X), dtype=np.float64).reshape(-1)
+        bits = p.astype(np.float32).view(np.uint32)
         out[name] = {
             "max_abs_diff_vs_xgboost": float(np.max(np.abs(p - ref))),
+            "rows_bit_equal_to_xgboost": int(np.sum(bits == ref32.view(np.uint32))),
+            "rows": len(X),
             "equal_to_serving": bool(np.array_equal(p, serving)),
             "build_s": round(build, 2),
             "one_row": _summary(times[name]["1"], 1),
             f"rows_{batch_size}": _summary(times[name]["n"], batch_size),
+            # thread CPU per row over all timed calls (what the 2 cores pay)
+            "one_row_cpu_us": round(cpu[name]["1"] * 1e6 / max(1, len(times[name]["1"])), 3),
+            f"rows_{batch_size}_cpu_us_per_row": round(
+                cpu[name]["n"] * 1e6 / max(1, len(times[name]["n"]) * len(many)), 3
+            ),
         }
-    out["serving_predictor"] = PREDICTOR
+    out["serving_predictor"] = getattr(model, "predictor", PREDICTOR)
     return out
 
 

@@ -126,7 +126,7 @@ def run(registry: Path, redis_url: str, requests: list[Any], n: int = 1500) -> d
             "redis read, blocking (2 HGET)": lambda i: store.read_states(keys[i]),
             "finalize (2 entities, + info)": lambda i: finalize(i),
             "request features": lambda i: scorer.plan.request_one(events[i], windows[i]),
-            "predict (ONNX, 1 row)": lambda i: plan.model.predict(X),
+            "predict (native, 1 row)": lambda i: plan.model.predict(X),
             "prediction-log append": lambda i: plog((events[i],), (results[i],)),
             "response (build + serialize)": lambda i: score_response(
                 results[i], False

@@ -9,13 +9,16 @@ with a model whose inputs it cannot vouch for. Serving wraps the result in its
 single-row fast path (:mod:`serving.model`); training, ``models promote`` and verify use
 it as it is, so they refuse exactly what serving refuses.
 
-Scores come from the ONNX artifact run by onnxruntime (single-threaded: serving scales by
-requests, not by threads per request). :meth:`ModelArtifacts.predict_reference` is the
-XGBoost Booster itself, kept for parity checks.
+Scores come from the native tree predictor (:mod:`flows.trees`: XGBoost's own bits, read
+from ``model.json``, checked at load) when the model is one it evaluates; otherwise, with
+one log line naming why, from the ONNX artifact run by onnxruntime (single-threaded:
+serving scales by requests, not by threads per request). ``predictor="onnx"`` asks for
+ONNX. :meth:`ModelArtifacts.predict_reference` is the XGBoost Booster itself.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from flows.registry import RegistryError, read_metadata
+from flows.trees import native_probability, native_trees
 
 if TYPE_CHECKING:  # onnxruntime loads on first use: the CLI imports this module to start
     import onnxruntime as ort
@@ -39,6 +43,7 @@ ONNX_OUTPUT = "probabilities"
 MODEL_KEYS = ("feature_names", "fingerprint", "threshold", "onnx_input_name", "parity_max_abs_diff")
 
 FloatArray = npt.NDArray[np.float64]
+log = logging.getLogger("skewless.model")
 
 
 def export_onnx(booster: Any, n_features: int) -> bytes:
@@ -78,9 +83,10 @@ def onnx_probability(session: ort.InferenceSession, X: npt.ArrayLike) -> FloatAr
 
 @dataclass
 class ModelArtifacts:
-    """A checked registry version: the ONNX session, the XGBoost booster and what the
-    metadata says about them. ``predict`` is ONNX; ``predict_reference`` is XGBoost's own
-    answer for the same rows."""
+    """A checked registry version: the ONNX session, the XGBoost booster, the native
+    predictor (None: ONNX scores) and what the metadata says about them. ``predict`` is
+    what every path scores with (``predictor`` names it); ``predict_reference`` is
+    XGBoost's own answer for the same rows."""
 
     version: str
     feature_names: tuple[str, ...]
@@ -91,6 +97,9 @@ class ModelArtifacts:
     session: ort.InferenceSession = field(repr=False)
     booster: Any = field(repr=False)
     input_name: str = field(repr=False)
+    trees: Any = field(default=None, repr=False)
+    #: "native" (XGBoost's bits) or "onnx"
+    predictor: str = "onnx"
 
     @property
     def n_features(self) -> int:
@@ -107,7 +116,10 @@ class ModelArtifacts:
         return x
 
     def predict(self, X: npt.ArrayLike) -> FloatArray:
-        """P(fraud) per row of ``X`` (float64, shape (n, F), NaN = missing), via ONNX."""
+        """P(fraud) per row of ``X`` (float64, shape (n, F), NaN = missing), via the
+        native predictor (ONNX when the model has none)."""
+        if self.trees is not None:
+            return native_probability(self.trees, self.check(X))
         return onnx_probability(self.session, self.check(X))
 
     def predict_reference(self, X: npt.ArrayLike) -> FloatArray:
@@ -119,8 +131,11 @@ class ModelArtifacts:
         return np.asarray(p) >= self.threshold
 
 
-def read_artifacts(version_dir: Path, expected_fingerprint: str) -> ModelArtifacts:
+def read_artifacts(
+    version_dir: Path, expected_fingerprint: str, predictor: str = "native"
+) -> ModelArtifacts:
     """Open and check one registry version; see the module docstring for what is refused.
+    ``predictor``: "native" (when the model allows it, else ONNX) or "onnx".
 
     >>> read_artifacts(Path("/nonexistent/v0001"), "abc")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
@@ -183,6 +198,13 @@ def read_artifacts(version_dir: Path, expected_fingerprint: str) -> ModelArtifac
         )
     if ONNX_OUTPUT not in {o.name for o in session.get_outputs()}:
         raise RegistryError(f"{where}: {ONNX_FILE} has no {ONNX_OUTPUT!r} output")
+    if predictor not in ("native", "onnx"):
+        raise ValueError(f"predictor: {predictor!r} is not 'native' or 'onnx'")
+    trees = None
+    if predictor == "native":
+        trees, why = native_trees(booster, len(names))
+        if trees is None:
+            log.warning("%s: scoring with ONNX Runtime, not the native predictor: %s", where, why)
     return ModelArtifacts(
         version=meta["version"],
         feature_names=names,
@@ -193,4 +215,6 @@ def read_artifacts(version_dir: Path, expected_fingerprint: str) -> ModelArtifac
         session=session,
         booster=booster,
         input_name=inputs[0].name,
+        trees=trees,
+        predictor="onnx" if trees is None else "native",
     )

@@ -2,12 +2,13 @@
 
 ``Score`` builds a model row from the online state finalized at the event's own time
 (events strictly before it count) plus the request-time features, and predicts with the
-version's ONNX artifact on float32 input. :func:`predict_table` builds the same row from
-the backfill (:func:`flows.backfill.compute_features`: the same rule, the same request
-functions) and calls the same predictor (:meth:`flows.artifacts.ModelArtifacts.predict`,
-which the server's ``LoadedModel`` runs for every batch). One intra-op thread sums the
-trees in the same order for one row or many, so for the same events and model the scores
-are bit-equal; ``skewless verify`` checks that against the prediction log.
+version's predictor on float32 input (:mod:`flows.trees`: XGBoost's own bits; ONNX for a
+model it refuses). :func:`predict_table` builds the same row from the backfill
+(:func:`flows.backfill.compute_features`: the same rule, the same request functions) and
+calls the same predictor (:meth:`flows.artifacts.ModelArtifacts.predict`, which the
+server's ``LoadedModel`` runs for every batch). Either sums a row's trees in the same order
+for one row or many, so for the same events and model the scores are bit-equal;
+``skewless verify`` checks that against the prediction log.
 """
 
 from __future__ import annotations

@@ -2,18 +2,15 @@
 
 The model format, the checks and the batch path live in :mod:`flows.artifacts`
 (:func:`flows.artifacts.read_artifacts` refuses corrupt or mismatched versions with a
-:class:`flows.registry.RegistryError`); this module adds what only serving needs. A single
-row takes a preallocated path: the row is copied into a per-thread float32 buffer already
-bound to the ONNX session, and the output is written into a bound buffer, so the call
-costs a few microseconds rather than the ~200 µs of an XGBoost ``inplace_predict``.
+:class:`flows.registry.RegistryError`); this module adds what only serving needs.
 
 The predictor is chosen by measurement (``skewless bench``, serve suite ``predictors``;
-the table is in docs/perf-plan.md): ONNX Runtime for one row *and* for a batch, since
-``Score`` and ``ScoreBatch`` must give the same score to the bit and predictors differ in
-the last float32 bits. One row (the latency path): ONNX bound 7 µs, a tl2cgen-compiled
-model 12–20 µs, XGBoost 190 µs. 500 rows: tl2cgen 4.4 ms, XGBoost 6.2 ms, ONNX 7 ms.
-The compiled model would win the batch but lose the single row and needs a C compiler
-and seconds of build per model load, so ONNX stays.
+the table is in docs/perf-plan.md): the native tree predictor (:mod:`flows.trees`) for one
+row *and* for a batch, since ``Score`` and ``ScoreBatch`` must give the same score to the
+bit, and it gives XGBoost's own bits, i.e. what training evaluated. A model it cannot
+evaluate (or whose load-time check fails) is scored by ONNX Runtime, one row through
+bound buffers (a few microseconds rather than the ~200 µs of an XGBoost
+``inplace_predict``); ``LoadedModel.predictor`` names which one runs.
 """
 
 from __future__ import annotations
@@ -27,9 +24,10 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from flows.artifacts import ONNX_OUTPUT, FloatArray, ModelArtifacts, read_artifacts
+from flows.trees import native_probability
 
-#: the predictor both serving paths run (see the module docstring for the measurement)
-PREDICTOR = "onnx"
+#: the predictor both serving paths run when the model allows it (the module docstring)
+PREDICTOR = "native"
 
 
 class _Bound:
@@ -51,14 +49,16 @@ class _Bound:
 @dataclass
 class LoadedModel(ModelArtifacts):
     """A checked registry version as serving runs it. ``predict`` is the serving path
-    (ONNX, one row through bound buffers); ``predict_reference`` is XGBoost's own answer
-    for the same rows."""
+    (native, or ONNX with one row through bound buffers); ``predict_reference`` is
+    XGBoost's own answer for the same rows."""
 
     _local: threading.local = field(default_factory=threading.local, repr=False)
 
     def predict(self, X: npt.ArrayLike) -> FloatArray:
-        """P(fraud) per row of ``X`` (float64, shape (n, F), NaN = missing), via ONNX."""
+        """P(fraud) per row of ``X`` (float64, shape (n, F), NaN = missing)."""
         x = self.check(X)
+        if self.trees is not None:
+            return native_probability(self.trees, x)
         if x.shape[0] != 1:
             return super().predict(x)
         bound: _Bound | None = getattr(self._local, "bound", None)
@@ -73,13 +73,16 @@ class LoadedModel(ModelArtifacts):
         return float(self.predict(np.asarray(row).reshape(1, -1))[0])
 
 
-def load_model(version_dir: Path, expected_fingerprint: str) -> LoadedModel:
-    """Load and check one registry version (what is refused: :mod:`flows.artifacts`).
+def load_model(
+    version_dir: Path, expected_fingerprint: str, predictor: str = PREDICTOR
+) -> LoadedModel:
+    """Load and check one registry version (what is refused: :mod:`flows.artifacts`);
+    ``predictor="onnx"`` asks for ONNX Runtime.
 
     >>> load_model(Path("/nonexistent/v0001"), "abc")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     flows.registry.RegistryError: model: /nonexistent/v0001/metadata.json is missing; ...
     """
-    art = read_artifacts(version_dir, expected_fingerprint)
+    art = read_artifacts(version_dir, expected_fingerprint, predictor)
     return LoadedModel(**{f.name: getattr(art, f.name) for f in fields(art)})

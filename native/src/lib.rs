@@ -16,6 +16,7 @@ mod proto;
 mod resp;
 mod rows;
 mod tiles;
+mod trees;
 mod view;
 mod wide;
 mod windows;
@@ -506,6 +507,7 @@ fn skewless_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<resp::HsetEncoder>()?;
     m.add_class::<resp::ScoreBatchEncoder>()?;
     m.add_class::<proto::TransactionBatchParser>()?;
+    m.add_class::<trees::TreeEnsemble>()?;
     m.add_function(wrap_pyfunction!(state_max_seen, m)?)?;
     m.add_function(wrap_pyfunction!(batch::update_items, m)?)?;
     m.add_function(wrap_pyfunction!(resp::unwrap_bytes_values, m)?)?;

@@ -50,3 +50,4 @@ def test_stage_table_times_every_stage(redis_url: str, tmp_path: Path) -> None:
     assert out["us_per_event"]["predict"] > 0
     figure = predictor_rows_per_s(resolve(registry, version), 50, calls=3)
     assert figure["one_row_equals_batch"] is True and figure["rows"] == 50
+    assert figure["predictor"] == "native" and figure["bits_equal_to_xgboost"] is True

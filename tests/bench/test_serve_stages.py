@@ -33,5 +33,5 @@ def test_stage_table(redis_url: str, tmp_path: Path) -> None:
         stages = out[regime]
         assert len(stages) == 12 and all(v > 0 for v in stages.values()), stages
         whole = stages["score_one (read + compute, log off)"]
-        assert whole >= stages["predict (ONNX, 1 row)"]
+        assert whole >= stages["predict (native, 1 row)"]
         assert "redis read, awaited on the loop" in stages

@@ -211,13 +211,17 @@ def test_metrics_threshold_and_ablation_recompute_from_the_artifacts(
 
 def test_onnx_parity_is_measured_and_stored(trained: tuple[Any, list[str]], features: Path) -> None:
     result, _ = trained
-    model = read_artifacts(result.version_dir, REFERENCE.fingerprint())
+    model = read_artifacts(result.version_dir, REFERENCE.fingerprint(), predictor="onnx")
     data = load_dataset(features, REFERENCE)
     test = time_split(data.ts, CFG.train_fraction, CFG.valid_fraction)[2]
     x = data.X[test.start : test.stop]
     diff = float(np.max(np.abs(model.predict(x) - model.predict_reference(x))))
-    assert diff == result.metadata["parity_max_abs_diff"]
+    assert diff == result.metadata["parity_max_abs_diff"]  # ONNX, the fallback predictor
     assert 0.0 <= diff <= 1e-5
+    # what serves it: the native predictor, XGBoost's own scores exactly
+    served = read_artifacts(result.version_dir, REFERENCE.fingerprint())
+    assert served.predictor == "native"
+    assert served.predict(x).tobytes() == served.predict_reference(x).tobytes()
 
 
 def test_refuses_to_publish_without_parity(

@@ -1,5 +1,6 @@
 """The predictor choice: every candidate the bench compares answers XGBoost's own scores,
-and the one serving runs gives one row the score it gives that row in a batch."""
+the one serving runs (native) gives XGBoost's bits, and one row the score it gives that
+row in a batch."""
 
 from __future__ import annotations
 
@@ -26,14 +27,19 @@ def test_every_candidate_answers_xgboost(model: LoadedModel, tmp_path: Path) -> 
     X, _ = synthetic_training_data(model.feature_names, rows=600, seed=5)
     assert np.isnan(X).any()
     got = predictor_figures(model, X, tmp_path, batch_size=50, calls=2, seconds=0.5, rounds=1)
-    assert got["serving_predictor"] == PREDICTOR == "onnx"
+    assert got["serving_predictor"] == PREDICTOR == model.predictor == "native"
     candidates = {k: v for k, v in got.items() if isinstance(v, dict)}
-    assert {"onnx", "onnx_bound_1row", "xgboost_inplace"} <= set(candidates)
+    assert {"native", "onnx", "onnx_bound_1row", "xgboost_inplace"} <= set(candidates)
     for name, figures in candidates.items():
         assert figures["max_abs_diff_vs_xgboost"] <= 1e-5, name
         assert figures["one_row"]["calls"] >= 1 and figures["rows_50"]["calls"] >= 1
-    assert candidates["onnx"]["equal_to_serving"]
-    assert candidates["onnx_bound_1row"]["equal_to_serving"]
+    # serving gives XGBoost's own bits (what training evaluated), on every row
+    for name in ("native", "xgboost_inplace"):
+        assert candidates[name]["rows_bit_equal_to_xgboost"] == len(X), name
+        assert candidates[name]["equal_to_serving"], name
+    assert (
+        candidates["onnx"]["equal_to_serving"] == candidates["onnx_bound_1row"]["equal_to_serving"]
+    )
 
 
 def test_one_row_gets_its_batch_score_to_the_bit(model: LoadedModel) -> None:
