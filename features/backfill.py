@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from features.dedup import late_rows, maybe_repeated
 from features.definitions import MS_PER_SECOND, FeatureSet, Op
 from features.range_folds import _GUARD, Moments, _extreme, _lift, _range_sum, moments_prefix
 from features.window_native import evaluate, extremes_ok
@@ -102,29 +103,6 @@ def _exclusive_cummax(groups: np.ndarray, ts: np.ndarray) -> np.ndarray:
     return out
 
 
-def maybe_repeated(arr: pa.Array) -> np.ndarray:
-    """Rows whose string may occur more than once (every repeated one, maybe a few more):
-    for the usual fixed-width ids a 64-bit hash of the bytes and one sort, else exact."""
-    n = len(arr)
-    if pa.types.is_string(arr.type) and not arr.null_count and n:
-        offsets = np.frombuffer(arr.buffers()[1], np.int32, n + 1, arr.offset * 4)
-        width = int(offsets[1] - offsets[0])
-        if 0 < width <= 64 and bool(np.all(np.diff(offsets) == width)):
-            data = np.frombuffer(arr.buffers()[2], np.uint8, n * width, int(offsets[0]))
-            padded = np.zeros((n, -(-width // 8) * 8), np.uint8)
-            padded[:, :width] = data.reshape(n, width)
-            h = np.zeros(n, np.uint64)
-            for word in padded.view("<u8").T:
-                h = (h ^ word) * np.uint64(0x9E3779B97F4A7C15)
-                h ^= h >> np.uint64(29)
-            s = np.sort(h)
-            repeated = s[1:][s[1:] == s[:-1]]
-            return np.flatnonzero(np.isin(h, repeated)) if len(repeated) else np.zeros(0, np.int64)
-    codes = pc.dictionary_encode(arr, null_encoding="encode").indices
-    codes = np.asarray(codes.to_numpy(zero_copy_only=False), dtype=np.int64)
-    return np.flatnonzero(np.bincount(codes)[codes] > 1)
-
-
 def accept(
     lateness_ms: int | None,
     keys: np.ndarray,
@@ -154,7 +132,10 @@ def accept(
         same = (keys[rows][1:] == keys[rows][:-1]) & (codes[1:] == codes[:-1])
         first[rows[1:][same]] = False
     late = np.zeros(n, dtype=bool)
-    if lateness_ms is not None and n:
+    fast = late_rows(keys, ts, first, lateness_ms) if lateness_ms is not None and n else None
+    if fast is not None:
+        late = fast
+    elif lateness_ms is not None and n:
         idx = np.flatnonzero(first)
         _, ids, _ = dense_ids(keys[idx])
         o = group_order(ids)

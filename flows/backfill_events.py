@@ -19,7 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.backfill import EventIndex, accept, maybe_repeated
+from features.backfill import EventIndex, accept
+from features.dedup import maybe_repeated
 from features.definitions import FeatureSet
 from features.plan import compile_plan
 from features.schema import SchemaError

@@ -6,6 +6,7 @@
 
 mod batch;
 mod decode;
+mod dedup;
 mod engine;
 mod event;
 mod hashes;
@@ -517,6 +518,8 @@ fn skewless_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(rows::seconds_since_last, m)?)?;
     m.add_function(wrap_pyfunction!(rows::gather_columns, m)?)?;
     m.add_function(wrap_pyfunction!(tiles::lift_m2, m)?)?;
+    m.add_function(wrap_pyfunction!(dedup::repeated_rows, m)?)?;
+    m.add_function(wrap_pyfunction!(dedup::late_rows, m)?)?;
     m.add("ENGINE_BYTES_VERSION", engine::VERSION)?;
     m.add("OPS", Op::ALL.map(Op::name).to_vec())?;
     m.add("COMPONENTS", Comp::ALL.map(Comp::name).to_vec())?;
