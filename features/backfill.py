@@ -36,7 +36,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from features.dedup import late_rows, maybe_repeated
 from features.definitions import MS_PER_SECOND, FeatureSet, Op
+from features.native import native
 from features.range_folds import _GUARD, Moments, _extreme, _lift, _range_sum, moments_prefix
 from features.window_native import evaluate, extremes_ok
 
@@ -102,29 +104,6 @@ def _exclusive_cummax(groups: np.ndarray, ts: np.ndarray) -> np.ndarray:
     return out
 
 
-def maybe_repeated(arr: pa.Array) -> np.ndarray:
-    """Rows whose string may occur more than once (every repeated one, maybe a few more):
-    for the usual fixed-width ids a 64-bit hash of the bytes and one sort, else exact."""
-    n = len(arr)
-    if pa.types.is_string(arr.type) and not arr.null_count and n:
-        offsets = np.frombuffer(arr.buffers()[1], np.int32, n + 1, arr.offset * 4)
-        width = int(offsets[1] - offsets[0])
-        if 0 < width <= 64 and bool(np.all(np.diff(offsets) == width)):
-            data = np.frombuffer(arr.buffers()[2], np.uint8, n * width, int(offsets[0]))
-            padded = np.zeros((n, -(-width // 8) * 8), np.uint8)
-            padded[:, :width] = data.reshape(n, width)
-            h = np.zeros(n, np.uint64)
-            for word in padded.view("<u8").T:
-                h = (h ^ word) * np.uint64(0x9E3779B97F4A7C15)
-                h ^= h >> np.uint64(29)
-            s = np.sort(h)
-            repeated = s[1:][s[1:] == s[:-1]]
-            return np.flatnonzero(np.isin(h, repeated)) if len(repeated) else np.zeros(0, np.int64)
-    codes = pc.dictionary_encode(arr, null_encoding="encode").indices
-    codes = np.asarray(codes.to_numpy(zero_copy_only=False), dtype=np.int64)
-    return np.flatnonzero(np.bincount(codes)[codes] > 1)
-
-
 def accept(
     lateness_ms: int | None,
     keys: np.ndarray,
@@ -154,7 +133,10 @@ def accept(
         same = (keys[rows][1:] == keys[rows][:-1]) & (codes[1:] == codes[:-1])
         first[rows[1:][same]] = False
     late = np.zeros(n, dtype=bool)
-    if lateness_ms is not None and n:
+    fast = late_rows(keys, ts, first, lateness_ms) if lateness_ms is not None and n else None
+    if fast is not None:
+        late = fast
+    elif lateness_ms is not None and n:
         idx = np.flatnonzero(first)
         _, ids, _ = dense_ids(keys[idx])
         o = group_order(ids)
@@ -174,23 +156,34 @@ class EventIndex:
         keys, ts = np.asarray(keys, np.int64), np.asarray(ts, np.int64)
         self._keys, self._ts = keys, ts
         self.uniq, ids, self._lut = dense_ids(keys)
-        self.order = group_order(ids, ts)
-        self.gid, self.ts = ids[self.order], ts[self.order]
         n = len(ts)
-        new = np.r_[True, self.gid[1:] != self.gid[:-1]] if n else np.zeros(0, dtype=bool)
-        self.starts = np.flatnonzero(new)
-        self.ends = np.append(self.starts[1:], n) if n else np.zeros(0, np.int64)
         self.tmin = int(ts.min()) if n else 0
         self.stride = (int(ts.max()) - self.tmin + 2) if n else 2
         if len(self.uniq) * self.stride >= 2**61:
             raise ValueError("events: time span × entities too large; split the file by time")
-        self.comp = self.gid * self.stride + (self.ts - self.tmin)
+        self._inv: np.ndarray | None = None
+        sort = getattr(native, "index_order", None)
+        if sort is not None and n:  # one native pass for the order and what follows it
+            out = [np.empty(n, np.int64) for _ in range(5)]
+            ids = np.ascontiguousarray(ids, np.int64)
+            ts_c = np.ascontiguousarray(ts)
+            by_time = None if bool(np.all(ts[1:] >= ts[:-1])) else np.argsort(ts, kind="stable")
+            cuts = sort(ids, ts_c, len(self.uniq), self.tmin, self.stride, *out, by_time)
+            self.order, self.gid, self.ts, self.comp, self._inv = out
+            self.starts = np.array(cuts[:-1], np.int64)
+            self.ends = np.array(cuts[1:], np.int64)
+        else:
+            self.order = group_order(ids, ts)
+            self.gid, self.ts = ids[self.order], ts[self.order]
+            new = np.r_[True, self.gid[1:] != self.gid[:-1]] if n else np.zeros(0, dtype=bool)
+            self.starts = np.flatnonzero(new)
+            self.ends = np.append(self.starts[1:], n) if n else np.zeros(0, np.int64)
+            self.comp = self.gid * self.stride + (self.ts - self.tmin)
         self.values = {f: np.asarray(v, np.float64)[self.order] for f, v in fields.items()}
         self._odd: np.ndarray | None = None  # the events' side of the merge: on first use
         self._memo: dict[tuple[str, bool], Moments | None] = {}
         self._lo_at_events: dict[tuple[int, int], np.ndarray] = {}
         self._extremes_ok: dict[str, bool] = {}
-        self._inv: np.ndarray | None = None
 
     def moments(self, field: str, squares: bool) -> Moments | None:
         """Exact prefix sums of ``field`` (and of its squares), computed once."""

@@ -19,14 +19,12 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from features.backfill import EventIndex
 from features.definitions import Entity, FeatureSet, Op
@@ -48,6 +46,7 @@ from flows.backfill_feast import (
     feast_table,
     feast_tables,
 )
+from flows.backfill_write import PendingFile, parquet_options, write_in_groups
 from flows.progress import Stages
 
 __all__ = [
@@ -133,24 +132,6 @@ def feature_table(
 # -- writing and the job ----------------------------------------------------------------
 
 
-def parquet_options(schema: pa.Schema) -> dict[str, Any]:
-    """Parquet options chosen by measurement (docs/perf-plan.md, 2M events): dictionary
-    pages only for strings (on numbers they cost more time than they save space); snappy
-    for all but floating-point columns, which go uncompressed: a feature's mantissas
-    barely compress (snappy saves 0-25% on most of them) at twice the write time, while
-    ids, counts and times shrink 2-10x. (The distributed backfill writes with these too.)"""
-    return {
-        "use_dictionary": [f.name for f in schema if pa.types.is_string(f.type)],
-        "compression": {
-            f.name: "none" if pa.types.is_floating(f.type) else "snappy" for f in schema
-        },
-    }
-
-
-def _write(table: pa.Table, path: Path) -> None:
-    pq.write_table(table, path, **parquet_options(table.schema))
-
-
 @contextlib.contextmanager
 def small_pages() -> Iterator[None]:
     """numpy asks the kernel for transparent huge pages on large arrays; under the usual
@@ -216,8 +197,8 @@ def _run(
     # entities' steps are tasks on as many threads as cores, each waiting only on tasks
     # queued before it, so the big entity's steps spread over both cores.
     with ThreadPoolExecutor(2) as writer, ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        written: list[Future[None]] = [
-            writer.submit(_write, t, out_dir / name)
+        written: list[PendingFile] = [
+            write_in_groups(writer, t, out_dir / name)
             for t, name in ((rejects, "rejects.parquet"), (late, "late.parquet"))
         ]
         ents = list(fs.entities)
@@ -240,17 +221,18 @@ def _run(
         for e in ents:
             values.update(feats[e.name].result())
         features = feature_table(fs, compile_plan(fs), spine, q_t, values)
-        written.append(writer.submit(_write, features, out_dir / "features.parquet"))
+        written.append(write_in_groups(writer, features, out_dir / "features.parquet"))
         del features, values
         lap("features", f"{report.spine_rows:,} rows")
         report.entities = {e.name: len(states[e.name].result().keys) for e in ents}
         lap("end_states")
-        for e in ents:
-            path = out_dir / "feast" / offline_table_name(e)
-            written.append(writer.submit(_write, tables[e.name].result(), path))
+        entity_of = {tables[e.name]: e for e in ents}
+        for done in as_completed(entity_of):  # the first built is the first written
+            path = out_dir / "feast" / offline_table_name(entity_of[done])
+            written.append(write_in_groups(writer, done.result(), path))
         lap("feast_tables")
-        for done in written:
-            done.result()
+        for pending in written:  # each file's row groups joined as they are encoded
+            pending.finish()
     lap("write")
     stages.close()
     (out_dir / "summary.json").write_text(report.to_json())

@@ -2,7 +2,8 @@
 in file order as the stream decides them (:func:`load_events`), and what the job reports.
 
 Validation is Arrow compute over whole columns (:meth:`features.validate.Validator.validate_table`);
-dedup and lateness are sorts and prefix maxima (:func:`features.backfill.accept`), one entity
+dedup and lateness (:func:`features.backfill.accept`) are one native pass each over the file
+(:mod:`features.dedup`; numpy sorts and prefix maxima without the native core), one entity
 per thread: no per-row Python.
 """
 
@@ -19,7 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.backfill import EventIndex, accept, maybe_repeated
+from features.backfill import EventIndex, accept
+from features.dedup import maybe_repeated
 from features.definitions import FeatureSet
 from features.plan import compile_plan
 from features.schema import SchemaError

@@ -233,14 +233,23 @@ class Stitcher:
     (the distributed backfill copies finished row groups while later ones are encoded);
     :meth:`close` writes the footer."""
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, first_in_place: bool = False) -> None:
+        """With ``first_in_place``, ``out`` already holds the first piece: its pages stay
+        where they are (its footer is cut off), and later pieces follow them."""
         self.out = out
-        self._dst = open(out, "wb", buffering=0)  # noqa: SIM115 (closed by close())
-        self._dst.write(MAGIC)
         self._head: list[Field] | None = None
         self._rows = 0
         self._groups: list[list[Field]] = []
         self._pieces = 0
+        if not first_in_place:
+            self._dst = open(out, "wb", buffering=0)  # noqa: SIM115 (closed by close())
+            self._dst.write(MAGIC)
+            return
+        fields, end = footer(out)
+        self._dst = open(out, "r+b", buffering=0)  # noqa: SIM115 (closed by close())
+        self._dst.truncate(end)
+        self._dst.seek(end)
+        self._groups_of(fields, 0)
 
     @property
     def count(self) -> int:
@@ -249,11 +258,14 @@ class Stitcher:
 
     def add(self, path: Path) -> None:
         fields, end = footer(path)
+        by = self._dst.tell() - len(MAGIC)
+        _copy(path, len(MAGIC), end - len(MAGIC), self._dst)
+        self._groups_of(fields, by)
+
+    def _groups_of(self, fields: list[Field], by: int) -> None:
         self._pieces += 1
         if self._head is None:
             self._head = fields
-        by = self._dst.tell() - len(MAGIC)
-        _copy(path, len(MAGIC), end - len(MAGIC), self._dst)
         num = _get(fields, _FILE_ROWS)
         self._rows += num.value if num else 0
         found = _get(fields, _FILE_GROUPS)

@@ -286,3 +286,29 @@ def lift_m2(x: Buffer, lo: Buffer, hi: Buffer) -> bytes:
 
 def tile_moments(x: Buffer, start: Buffer, stop: Buffer, sum_out: Buffer, m2_out: Buffer) -> None:
     """Each tile's correctly rounded (Σx, Σ(x-mean)²) over ``x[start[i]:stop[i]]``."""
+
+def repeated_rows(data: Buffer, offsets: Buffer) -> bytes:
+    """Sorted rows (little-endian int64s) whose string ``data[offsets[i]:offsets[i + 1]]``
+    may repeat: every repeated one, plus rare hash collisions (``features.dedup``)."""
+
+def late_rows(keys: Buffer, ts: Buffer, first: Buffer, lateness_ms: int) -> bytes:
+    """Per row (0/1 bytes), in file order: a ``first`` row older than its key's newest
+    earlier ``first`` row minus ``lateness_ms`` (``features.dedup``)."""
+
+def index_order(
+    ids: Buffer,
+    ts: Buffer,
+    groups: int,
+    tmin: int,
+    stride: int,
+    order: Buffer,
+    gid: Buffer,
+    ts_out: Buffer,
+    comp: Buffer,
+    inverse: Buffer,
+    by_time: Buffer | None,
+) -> list[int]:
+    """An entity's stable order by (dense id, time) and the sorted ids, times, combined
+    keys and each event's position, into the int64 outputs (``by_time``: the stable order
+    by time when ``ts`` is not sorted); each group's first position and ``n``
+    (``features.backfill.EventIndex``)."""

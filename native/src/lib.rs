@@ -6,10 +6,12 @@
 
 mod batch;
 mod decode;
+mod dedup;
 mod engine;
 mod event;
 mod hashes;
 mod ids;
+mod index;
 mod level;
 mod moments;
 mod proto;
@@ -519,6 +521,9 @@ fn skewless_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(rows::seconds_since_last, m)?)?;
     m.add_function(wrap_pyfunction!(rows::gather_columns, m)?)?;
     m.add_function(wrap_pyfunction!(tiles::lift_m2, m)?)?;
+    m.add_function(wrap_pyfunction!(dedup::repeated_rows, m)?)?;
+    m.add_function(wrap_pyfunction!(dedup::late_rows, m)?)?;
+    m.add_function(wrap_pyfunction!(index::index_order, m)?)?;
     m.add("ENGINE_BYTES_VERSION", engine::VERSION)?;
     m.add("OPS", Op::ALL.map(Op::name).to_vec())?;
     m.add("COMPONENTS", Comp::ALL.map(Comp::name).to_vec())?;

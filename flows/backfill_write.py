@@ -1,0 +1,96 @@
+"""The backfill job's Parquet writes: options chosen by measurement, and each large file's
+row groups encoded on parallel threads, then joined in order into the very bytes one
+``write_table`` call would have written (:class:`flows.parquet_stitch.Stitcher`).
+
+One ``write_table`` encodes a whole file on one thread: the last Feast table to be built
+was written alone at the job's end (~0.4 s of 2M events' card table) while the other
+core waited. Row groups are independent (pages hold no file offsets), so each is a task
+writing its own file: the first in place, the others beside it, their pages then
+appended to the first (in the kernel: ``copy_file_range``) under the joint footer.
+
+>>> import pyarrow as pa, pyarrow.parquet as pq, tempfile, pathlib
+>>> from concurrent.futures import ThreadPoolExecutor
+>>> d = pathlib.Path(tempfile.mkdtemp())
+>>> t = pa.table({"x": list(range(10)), "s": [str(i % 3) for i in range(10)]})
+>>> pq.write_table(t, d / "whole.parquet", row_group_size=4, **parquet_options(t.schema))
+>>> with ThreadPoolExecutor(2) as pool:
+...     write_in_groups(pool, t, d / "groups.parquet", row_group=4).finish()
+>>> (d / "groups.parquet").read_bytes() == (d / "whole.parquet").read_bytes()
+True
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Executor, Future
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from flows.parquet_stitch import Stitcher
+
+#: pyarrow's default largest row group (``write_table`` without ``row_group_size``)
+ROW_GROUP = 1024 * 1024
+
+
+def parquet_options(schema: pa.Schema) -> dict[str, Any]:
+    """Parquet options chosen by measurement (docs/perf-plan.md, 2M events): dictionary
+    pages only for strings (on numbers they cost more time than they save space); snappy
+    for all but floating-point columns, which go uncompressed: a feature's mantissas
+    barely compress (snappy saves 0-25% on most of them) at twice the write time, while
+    ids, counts and times shrink 2-10x. (The distributed backfill writes with these too.)"""
+    return {
+        "use_dictionary": [f.name for f in schema if pa.types.is_string(f.type)],
+        "compression": {
+            f.name: "none" if pa.types.is_floating(f.type) else "snappy" for f in schema
+        },
+    }
+
+
+def write(table: pa.Table, path: Path, row_group: int | None = None) -> None:
+    """``table`` to ``path`` with :func:`parquet_options`, on this thread."""
+    pq.write_table(table, path, row_group_size=row_group, **parquet_options(table.schema))
+
+
+class PendingFile:
+    """A file whose row groups are being encoded; :meth:`finish` joins them in order."""
+
+    def __init__(self, path: Path, parts: list[Future[None]]) -> None:
+        self.path, self._parts = path, parts
+
+    def finish(self) -> None:
+        """Wait for the encoding, join the file (raises what a task raised)."""
+        try:
+            for part in self._parts:
+                part.result()
+            if len(self._parts) > 1:
+                out = Stitcher(self.path, first_in_place=True)
+                try:
+                    for k in range(1, len(self._parts)):
+                        out.add(_part(self.path, k))
+                except BaseException:
+                    out.discard()
+                    raise
+                out.close()
+        finally:
+            for k in range(1, len(self._parts)):
+                _part(self.path, k).unlink(missing_ok=True)
+
+
+def _part(path: Path, k: int) -> Path:
+    return path.with_name(f".{path.name}.part{k}")
+
+
+def write_in_groups(
+    pool: Executor, table: pa.Table, path: Path, row_group: int = ROW_GROUP
+) -> PendingFile:
+    """``table`` to ``path`` as :func:`write` would write it, each row group of
+    ``row_group`` rows a task on ``pool``; :meth:`PendingFile.finish` completes it."""
+    n = table.num_rows
+    cuts = range(0, max(n, 1), row_group)
+    parts = [
+        pool.submit(write, table.slice(lo, min(row_group, n - lo)), _part(path, k) if k else path)
+        for k, lo in enumerate(cuts)
+    ]
+    return PendingFile(path, parts)
