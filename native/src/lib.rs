@@ -15,6 +15,7 @@ mod moments;
 mod proto;
 mod resp;
 mod rows;
+mod score_one;
 mod tiles;
 mod view;
 mod wide;
@@ -506,6 +507,7 @@ fn skewless_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<resp::HsetEncoder>()?;
     m.add_class::<resp::ScoreBatchEncoder>()?;
     m.add_class::<proto::TransactionBatchParser>()?;
+    m.add_class::<score_one::RowFinalizer>()?;
     m.add_function(wrap_pyfunction!(state_max_seen, m)?)?;
     m.add_function(wrap_pyfunction!(batch::update_items, m)?)?;
     m.add_function(wrap_pyfunction!(resp::unwrap_bytes_values, m)?)?;
