@@ -8,7 +8,9 @@ server its own process, this process the sync client): ours and the floor measur
 alternating rounds (:func:`bench.serve_throughput.compare_lone`), with server CPU per call.
 ``--before TREE`` adds our server run from another checkout (e.g. the main branch), so a
 change is measured beside the code it replaces in the same run; ``--naive`` adds the naive
-servicer's time above the floor (the 1/6 target). Prints the JSON result.
+servicer's time above the floor (the 1/6 target); ``--stages`` adds
+:mod:`bench.serve_stages` (µs per stage, warm and lone) on the same Redis. Prints the JSON
+result.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from bench import serve_procs as procs
+from bench import serve_stages
 from bench.serve_throughput import compare_lone
 
 
@@ -34,6 +37,7 @@ def run(
     seconds: float = 60.0,
     naive: bool = False,
     before: Path | None = None,
+    stages: bool = False,
     events: int = 100_000,
     seed: int = 7,
 ) -> dict[str, Any]:
@@ -93,6 +97,8 @@ def run(
                 above, ours = lone["naive"]["above_floor_ms"], out["ours"]["above_floor_ms"]
                 out["naive"] = lone["naive"]
                 out["ratio_naive_vs_ours"] = round(above / max(ours, 1e-6), 2)
+            if stages:  # the servers idle meanwhile
+                out["score_stages"] = serve_stages.run(registry, redis_url, reqs)
     return out
 
 
@@ -102,8 +108,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--naive", action="store_true")
     ap.add_argument("--before", type=Path, default=None)
+    ap.add_argument("--stages", action="store_true")
     args = ap.parse_args()
-    result = run(requests=args.requests, rounds=args.rounds, naive=args.naive, before=args.before)
+    result = run(requests=args.requests, rounds=args.rounds, naive=args.naive,
+                 before=args.before, stages=args.stages)  # fmt: skip
     print(json.dumps(result, indent=1))
 
 
