@@ -4,7 +4,8 @@ block without the rest of the suite: ~1 minute instead of ~5).
 ``python -m bench.serve_lone [--requests N] [--rounds R] [--naive] [--before TREE]``
 
 The same setup as ``bench.serve`` (Redis holding simulated states, a synthetic model, each
-server its own process, this process the sync client): ours and the floor measured in
+server its own process, this process the sync client): ours, the floor and the floor plus
+the direct path's Redis read (nothing else: what the hop alone adds) measured in
 alternating rounds (:func:`bench.serve_throughput.compare_lone`), with server CPU per call.
 ``--before TREE`` adds our server run from another checkout (e.g. the main branch), so a
 change is measured beside the code it replaces in the same run; ``--naive`` adds the naive
@@ -28,6 +29,37 @@ import numpy as np
 from bench import serve_procs as procs
 from bench import serve_stages
 from bench.serve_throughput import compare_lone
+
+#: the floor plus the direct path's Redis read and nothing else: what the hop alone costs
+#: (argv[1]: the Redis URL)
+FLOOR_READ = """
+import asyncio, sys
+from grpc import aio
+from features.reference import REFERENCE
+from features.store import StoreConfig, open_store
+from features.store.redis_async import async_reader
+from serving._proto.skewless.v1 import scorer_pb2 as pb, scorer_pb2_grpc as pb_grpc
+from serving.interceptors import interceptors
+
+class FloorRead(pb_grpc.ScorerServicer):
+    def __init__(self, reader):
+        self.reader = reader
+    async def Score(self, request, context):
+        tx = request.transaction
+        await self.reader.read_states([("card", tx.card_id), ("merchant", tx.merchant_id)])
+        return pb.ScoreResponse(transaction_id=tx.transaction_id)
+
+async def main():
+    reader = async_reader(open_store(StoreConfig(redis_url=sys.argv[1]), REFERENCE))
+    server = aio.server(interceptors=interceptors("", None))
+    pb_grpc.add_ScorerServicer_to_server(FloorRead(reader), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(f"listening on port {port}", flush=True)
+    await server.wait_for_termination()
+
+asyncio.run(main())
+"""
 
 
 def run(
@@ -69,6 +101,10 @@ def run(
             floor = [sys.executable, "-c", procs.FLOOR]
             fpid, fport = st.enter_context(procs.server_process(floor, work / "floor.log"))
             servers = {"grpc_floor": (fpid, fport)}
+            read = [sys.executable, "-c", FLOOR_READ, redis_url]
+            servers["floor_plus_redis_read"] = st.enter_context(
+                procs.server_process(read, work / "floor-read.log")
+            )
             ours = [sys.executable, "-c", procs.OURS, json.dumps(cfg)]
             servers["ours"] = st.enter_context(procs.server_process(ours, work / "ours.log"))
             if before is not None:  # the same server from another checkout
@@ -78,7 +114,7 @@ def run(
                 servers["before"] = st.enter_context(
                     procs.server_process(argv, work / "before.log")
                 )
-            for name in servers.keys() - {"grpc_floor"}:  # the floor has no health service
+            for name in servers.keys() - {"grpc_floor", "floor_plus_redis_read"}:  # no health
                 procs.wait_serving(f"127.0.0.1:{servers[name][1]}")
             targets = {name: f"127.0.0.1:{port}" for name, (_, port) in servers.items()}
             pids = {name: [pid] for name, (pid, _) in servers.items()}
