@@ -13,7 +13,9 @@ result plus its prediction-log entry, and the response. Two regimes:
   which is why the sum of warm stages under-predicts a lone call's time above the floor.
 
 ``score_*`` is the scorer's whole single-event path (read + compute, log off) for
-comparison with the sum of its stages.
+comparison with the sum of its stages; ``handler`` is the server's whole ``Score`` handler
+on the direct path (bytes in, bytes out: :meth:`serving.coalesce.CoalescingServicer.score_bytes`,
+the awaited read included, the prediction log after it), timed in its running loop.
 """
 
 from __future__ import annotations
@@ -42,15 +44,17 @@ def _timed(fn: Callable[[Any], Any], args: Iterable[Any], gap_s: float) -> float
     return round(statistics.median(out) / 1000, 2)
 
 
-async def _awaited(reader: Any, keys: list[Any], gap_s: float) -> float:
-    """Median µs of the awaited read inside one running loop (as the servicer awaits it)."""
+async def _awaited(call: Callable[[Any], Any], args: list[Any], gap_s: float) -> float:
+    """Median µs of ``await call(arg)`` inside one running loop (as the server awaits it),
+    each followed by a loop turn (what ``call_soon`` left runs there, untimed)."""
     out = []
-    for k in keys:
+    for a in args:
         if gap_s:
             time.sleep(gap_s)
         t = time.perf_counter_ns()
-        await reader.read_states(k)
+        await call(a)
         out.append(time.perf_counter_ns() - t)
+        await asyncio.sleep(0)
     return round(statistics.median(out) / 1000, 2)
 
 
@@ -63,6 +67,7 @@ def run(registry: Path, redis_url: str, requests: list[Any], n: int = 1500) -> d
     from features.store.redis_async import async_reader
     from flows.registry import resolve
     from serving._proto.skewless.v1 import scorer_pb2 as pb
+    from serving.coalesce import CoalescingServicer, response_bytes
     from serving.convert import EventConverter, score_response
     from serving.interceptors import ErrorInterceptor
     from serving.model import load_model
@@ -100,11 +105,14 @@ def run(registry: Path, redis_url: str, requests: list[Any], n: int = 1500) -> d
         X[0] = np.random.default_rng(0).random(plan.n)
         results = [scorer.score(e, log=False) for e in events]
         reader = async_reader(store)
+        servicer = CoalescingServicer(scorer, 500)
 
         async def echo(request: Any, context: Any) -> Any:
             return request
 
         wrapped = ErrorInterceptor().wrap(echo, "/skewless.v1.Scorer/Score", False)
+
+        rows = plan.finalizer
 
         def finalize(i: int) -> None:
             for j, r in enumerate(readers):
@@ -125,20 +133,37 @@ def run(registry: Path, redis_url: str, requests: list[Any], n: int = 1500) -> d
             "bytes -> event (native reader, the server's)": lambda i: native.parse_one(raw[i]),
             "redis read, blocking (2 HGET)": lambda i: store.read_states(keys[i]),
             "finalize (2 entities, + info)": lambda i: finalize(i),
+            "finalize into the row (one native call, the direct path's)": lambda i: rows.fill(
+                raws[i], ts[i]
+            ),
             "request features": lambda i: scorer.plan.request_one(events[i], windows[i]),
             "predict (native, 1 row)": lambda i: plan.model.predict(X),
             "prediction-log append": lambda i: plog((events[i],), (results[i],)),
             "response (build + serialize)": lambda i: score_response(
                 results[i], False
             ).SerializeToString(),
+            "response (native encoder, the direct path's)": lambda i: response_bytes(
+                results[i], False
+            ),
             "score_one (read + compute, log off)": lambda i: scorer.score(events[i], log=False),
+            "score_read (compute only, states given)": lambda i: scorer.score_read(
+                events[i], keys[i], raws[i]
+            ),
         }
         out: dict[str, Any] = {"requests": len(idx), "lone_gap_ms": LONE_GAP_S * 1000}
         for regime, gap in (("warm", 0.0), ("lone", LONE_GAP_S)):
             out[regime] = {name: _timed(fn, idx, gap) for name, fn in stages.items()}
             if reader is not None:
-                lat = loop.run_until_complete(_awaited(reader, [keys[i] for i in idx], gap))
+                lat = loop.run_until_complete(_awaited(reader.read_states, keys, gap))
                 out[regime]["redis read, awaited on the loop"] = lat
+                scorer.sink = plog
+                try:  # the prediction log on, as served
+                    lat = loop.run_until_complete(
+                        _awaited(lambda b: servicer.score_bytes(b, None), raw, gap)
+                    )
+                finally:
+                    scorer.sink = None
+                out[regime]["handler (score_bytes, direct path, whole)"] = lat
         return out
     finally:
         plog.close()

@@ -193,6 +193,17 @@ class TreeEnsemble:
     def predict_into(self, x: Buffer, out: Buffer) -> None: ...
     def predict_into_f32(self, x: Buffer, out: Buffer) -> None: ...
 
+class RowFinalizer:
+    """One model plan's entities: their stored bytes finalized into its input row in one
+    call (``serving.scorer``'s single-event path)."""
+
+    def __init__(self, cores: Sequence[Core], columns: Sequence[Sequence[int]], n: int) -> None: ...
+    def fill(
+        self, datas: Sequence[bytes | None], t: int
+    ) -> tuple[list[float], list[list[float]], list[int | None]]:
+        """``(row, windows, newest)``; an entity's failure is a ValueError whose args are
+        ``(entity index, the exception Core.features raises)``."""
+
 class HsetEncoder:
     """Feast's Redis layout as ready-to-send RESP commands."""
 

@@ -36,13 +36,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import Any
 
+from features.layout import QueryTooOldError
+from features.native import score_batch_encoder
 from features.store.redis_async import async_reader
 from serving._proto.skewless.v1 import scorer_pb2 as pb
 from serving.convert import score_response
 from serving.scorer import BatchItemError, Read, ScoreResult
-from serving.servicer import ScorerServicer, _kind
+from serving.servicer import ScorerServicer, _at, _kind
 from serving.wire import MalformedRequestError, strict_parser
 
 #: at most this many events per coalesced batch (the rest wait for the next turn)
@@ -53,6 +56,28 @@ MAX_COALESCED = 64
 COLUMNS_FROM = 6
 
 _Pending = tuple[Any, str, "asyncio.Future[ScoreResult]"]
+#: a result's fields the native encoder writes (serving.convert.batch_response_bytes's)
+_ENCODED = itemgetter(
+    *map(ScoreResult._fields.index, ("transaction_id", "score", "decision", "warnings"))
+)
+
+
+def response_bytes(r: ScoreResult, include_features: bool) -> bytes:
+    """The serialized ScoreResponse of ``r`` (:func:`~serving.convert.score_response`'s
+    message; a test holds them equal); without features, the native batch encoder's one
+    response unwrapped (no message object)."""
+    if include_features:
+        return score_response(r, include_features).SerializeToString()
+    data = score_batch_encoder(pb.ScoreBatchResponse.DESCRIPTOR).encode(
+        [_ENCODED(r)], r.threshold, r.model_version
+    )
+    i = 0  # one `responses` entry: its tag, its length, then the ScoreResponse
+    while data[i] & 0x80:
+        i += 1
+    i += 1
+    while data[i] & 0x80:
+        i += 1
+    return data[i + 1 :]
 
 
 class CoalescingServicer(ScorerServicer):
@@ -85,12 +110,34 @@ class CoalescingServicer(ScorerServicer):
         native = self._native_reader
         got = None if native is None else native.parse_one(data)
         if got is not None:
+            if not self._busy and (reader := self._reader()) is not None:
+                return await self._direct_bytes(got[0], got[1], reader)
             return (await self._score_call(None, got)).SerializeToString()
         assert self._strict_one is not None
         request = self._strict_one(data)
         if type(request) is MalformedRequestError:
             raise request
         return (await self._score_call(request, None)).SerializeToString()
+
+    async def _direct_bytes(self, event: Any, include: bool, reader: Any) -> bytes:
+        """The direct path of a natively read request, in as few steps as it takes: the
+        read sent first, the states handed to the scorer as they come, the answer encoded
+        natively (without features), the log after the answer."""
+        self._busy = True
+        self.batches += 1
+        self.batched_events += 1
+        try:
+            keys = [(p.name, p.key(event)) for p in self._entities]
+            raws = await reader.read_states(keys)
+            try:
+                result = self.scorer.score_read(event, keys, raws)
+            except QueryTooOldError as exc:
+                raise _at("transaction", exc) from None
+        finally:
+            self._next()
+        if self.scorer.sink is not None:  # after the answer: it goes out first
+            asyncio.get_running_loop().call_soon(self.scorer.sink, (event,), (result,))
+        return response_bytes(result, include)
 
     async def _score_call(
         self, request: pb.ScoreRequest | None, parsed: tuple[Any, bool] | None

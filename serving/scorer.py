@@ -24,7 +24,6 @@ serving.score_types.NotReadyError: store: the online store is not connected yet
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -33,7 +32,7 @@ import numpy as np
 
 from features.definitions import FeatureSet
 from features.layout import QueryTooOldError
-from features.native import NativeLayout
+from features.native import NativeLayout, native
 from features.plan import EntityPlan, Plan, compile_plan
 from flows.registry import RegistryError
 from serving.score_batch import BatchScoring
@@ -127,6 +126,10 @@ class _Plan:
         #: per reader, the model column of each of its values (layout order)
         self.columns = tuple(tuple(pos[n] for n in r.names) for r in readers)
         self.request_columns = tuple(pos[n] for n in fs.request_features)
+        #: the window half of one row in one native call (:meth:`Scorer.score`)
+        self.finalizer = native.RowFinalizer(
+            [r.core for r in readers], [list(c) for c in self.columns], self.n
+        )
         self._local = threading.local()
         self._orders: dict[tuple[str, ...], list[int]] = {}
 
@@ -201,35 +204,51 @@ class Scorer(BatchScoring):
         """One validated event, the latency path: :meth:`score_batch`'s rules (tests hold them
         equal). ``read`` replaces the store's; ``log=False`` leaves the sink to the caller."""
         store, plan = self._ready()
+        keys = [(r.name, r.key(event)) for r in self._readers]
+        result = self._one(plan, event, keys, (read or store.read_states)(keys))
+        if log and self.sink is not None:
+            self.sink((event,), (result,))
+        return result
+
+    def score_read(
+        self, event: Event, keys: Sequence[tuple[str, int]], raws: Sequence[bytes | None]
+    ) -> ScoreResult:
+        """:meth:`score` of an event whose states the caller read already: ``keys`` are
+        ``(entity, id)`` in entity order (:attr:`plan`), ``raws`` their stored bytes (the
+        coalescer's direct path sends the read before anything else). Not logged."""
+        return self._one(self._ready()[1], event, keys, raws)
+
+    def _one(
+        self, plan: _Plan, event: Event, keys: Sequence[tuple[str, int]],
+        raws: Sequence[bytes | None],
+    ) -> ScoreResult:  # fmt: skip
         canary = self.canary
         if canary is not None and (cp := canary.plan) is not None and canary.chooses(event):
             plan = cp
         readers, t = self._readers, self._event_time(event)
-        keys = [(r.name, r.key(event)) for r in readers]
-        raws = (read or store.read_states)(keys)
-        row = [math.nan] * plan.n
+        try:  # every entity finalized and placed in one native call
+            row, window, newest = plan.finalizer.fill(raws, t)
+        except ValueError as exc:
+            if len(exc.args) != 2 or type(exc.args[0]) is not int:
+                raise
+            j, error = exc.args
+            if isinstance(error, QueryTooOldError):
+                raise readers[j].too_old(error) from None
+            raise CorruptStateError(f"{readers[j].name} {keys[j][1]}: {error}") from None
         warnings: list[str] = []
-        ents, window = [], []
-        for j, r in enumerate(readers):
-            entity_id, raw = keys[j][1], raws[j]
-            values = r.values(raw, entity_id, t)
-            window.append(values)
-            ents.append(r.info(raw, entity_id, _max_seen(raw), t, warnings))
-            for c, v in zip(plan.columns[j], values, strict=True):
-                row[c] = v
+        ents = tuple(
+            [r.info(raws[j], keys[j][1], newest[j], t, warnings) for j, r in enumerate(readers)]
+        )
         request = self.plan.request_one(event, window)
         for c, v in zip(plan.request_columns, request, strict=True):
             row[c] = v
         X = plan.row()
         X[0] = row
         p = float(plan.model.predict(X)[0])
-        result = ScoreResult(
+        return ScoreResult(
             self._event_id(event), p, p >= plan.threshold, plan.threshold, plan.version,
-            plan.names, X[0].tolist(), tuple(ents), tuple(warnings),
+            plan.names, X[0].tolist(), ents, tuple(warnings),
         )  # fmt: skip
-        if log and self.sink is not None:
-            self.sink((event,), (result,))
-        return result
 
     def score_batch(self, events: Sequence[Event], deadline: float | None = None,
                     read: Read | None = None, log: bool = True) -> list[ScoreResult]:  # fmt: skip

@@ -17,6 +17,7 @@ mod moments;
 mod proto;
 mod resp;
 mod rows;
+mod score_one;
 mod tiles;
 mod trees;
 mod view;
@@ -510,6 +511,7 @@ fn skewless_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<resp::ScoreBatchEncoder>()?;
     m.add_class::<proto::TransactionBatchParser>()?;
     m.add_class::<trees::TreeEnsemble>()?;
+    m.add_class::<score_one::RowFinalizer>()?;
     m.add_function(wrap_pyfunction!(state_max_seen, m)?)?;
     m.add_function(wrap_pyfunction!(batch::update_items, m)?)?;
     m.add_function(wrap_pyfunction!(resp::unwrap_bytes_values, m)?)?;

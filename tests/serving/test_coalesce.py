@@ -3,6 +3,7 @@ the answers each would get alone, errors included."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import grpc
@@ -31,6 +32,7 @@ def test_calls_in_flight_share_a_round_trip_and_get_their_own_answers(
 
     def counted(keys: Any) -> Any:
         reads.append(len(keys))
+        time.sleep(0.02)  # a slow store (on the worker thread): the calls in flight overlap
         return read_states(keys)
 
     reqs = _requests()
