@@ -157,9 +157,8 @@ class ShardLogic(StatefulBatchLogic[Group, Any, Any]):
                     groups[entity_id] = events if have is None else have + events
         make = self.make or self._learn(entity)
         entities, snaps = self.entities, self.snaps
-        rows = RowBatch()
-        out: list[Any] = [rows]
-        for entity_id, events in groups.items():
+        logics, batches = [], list(groups.values())
+        for entity_id in groups:
             logic = entities.get(entity_id)
             if logic is None:
                 logic = entities[entity_id] = make(None)
@@ -167,12 +166,25 @@ class ShardLogic(StatefulBatchLogic[Group, Any, Any]):
                 entities.move_to_end(entity_id)  # type: ignore[attr-defined]
             if snaps:
                 snaps.pop(entity_id, None)
-            got, _ = logic.on_batch(events)
-            for x in got:
-                if type(x) is RowOut:
-                    rows.append(x)
-                else:
-                    out.append(x)
+            logics.append(logic)
+        ctx: Any = getattr(logics[0], "ctx", None)
+        update_rows = None if ctx is None else ctx.update_rows
+        got: list[Any] = []
+        if update_rows is not None:  # every entity's update and row in one native call
+            states = [logic.begin(events) for logic, events in zip(logics, batches, strict=True)]
+            done = update_rows(ctx.core, states, batches, ctx.time_pos, ctx.value_pos)
+            for logic, events, d in zip(logics, batches, done, strict=True):
+                logic.end(events, *d, got)
+        else:
+            for logic, events in zip(logics, batches, strict=True):
+                got += logic.on_batch(events)[0]
+        rows = RowBatch()
+        out: list[Any] = [rows]
+        for x in got:
+            if type(x) is RowOut:
+                rows.append(x)
+            else:
+                out.append(x)
         if not rows:
             out.pop(0)
         return out, StatefulBatchLogic.RETAIN

@@ -15,6 +15,7 @@ mod moments;
 mod proto;
 mod resp;
 mod rows;
+mod shard;
 mod tiles;
 mod view;
 mod wide;
@@ -508,6 +509,7 @@ fn skewless_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<proto::TransactionBatchParser>()?;
     m.add_function(wrap_pyfunction!(state_max_seen, m)?)?;
     m.add_function(wrap_pyfunction!(batch::update_items, m)?)?;
+    m.add_function(wrap_pyfunction!(shard::update_rows, m)?)?;
     m.add_function(wrap_pyfunction!(resp::unwrap_bytes_values, m)?)?;
     m.add_function(wrap_pyfunction!(event::txid_hash, m)?)?;
     m.add_function(wrap_pyfunction!(decode::decode_poll, m)?)?;

@@ -334,3 +334,56 @@ def test_the_sharded_layout_writes_a_polls_rows_once(
     assert len(writes) == writes_per_poll * polls[0]
     if layout == "sharded":  # each write holds both entities' rows
         assert all(set(w) == {"card", "merchant"} for w in writes)
+
+
+def test_one_native_call_per_shard_equals_update_items_and_row_per_entity(
+    adversarial: tuple[Path, pa.Table],
+) -> None:
+    """``update_rows`` (a shard's entities in one call) against ``update_items`` then
+    ``Core.row`` per entity, over the adversarial history routed as the flow routes it,
+    in polls of uneven size: same outcomes, applied count, newest produced time, row
+    values and state bytes, and the same exact snapshots after every poll."""
+    from features.plan import compile_plan
+    from flows.stream_decode import Decoder
+    from flows.stream_entity import _EntityContext
+    from flows.stream_io import ReplayMessage, table_to_messages
+
+    _, table = adversarial
+    plan = compile_plan(REFERENCE)
+    msgs = [ReplayMessage(m, i, 1000 + i % 97) for i, m in enumerate(table_to_messages(table))]
+    items = [x for x in Decoder(plan)(msgs) if type(x) is Ingested]
+    ctxs = {name: _EntityContext(plan, name, None) for name in ("card", "merchant")}
+    assert all(c.update_rows is not None for c in ctxs.values()), "rebuild the native core"
+    router = ShardRouter([(name, c.plan.key) for name, c in ctxs.items()])
+    a: dict[tuple[str, int], Any] = {}
+    b: dict[tuple[str, int], Any] = {}
+    rng = np.random.default_rng(5)
+    cuts = sorted(rng.choice(len(items), size=12, replace=False).tolist())
+    refused = rows = 0
+    for lo, hi in zip([0, *cuts], [*cuts, len(items)], strict=True):
+        for _, (name, group) in router(items[lo:hi]):
+            ctx, core = ctxs[name], ctxs[name].core
+            keys = [(name, i) for i in group]
+            for k in keys:
+                if k not in a:
+                    a[k], b[k] = core.new_state(), core.new_state()
+            want = []
+            for k, events in zip(keys, group.values(), strict=True):
+                outcomes, applied, newest = ctx.update_items(
+                    core, a[k], events, ctx.time_pos, ctx.value_pos
+                )
+                row = core.row(a[k]) if applied else (None, None)
+                want.append((list(outcomes), applied, newest, *row))
+                refused += len(events) - applied
+                rows += bool(applied)
+            got = ctx.update_rows(
+                core, [b[k] for k in keys], list(group.values()), ctx.time_pos, ctx.value_pos
+            )
+            assert [(list(o), n, t, v, s) for o, n, t, v, s in got] == want
+            assert [core.snapshot(b[k]) for k in keys] == [core.snapshot(a[k]) for k in keys]
+    assert refused > 50 and rows > 500  # duplicates, too-late events, many rows
+    core = ctxs["card"].core
+    with pytest.raises(ValueError, match="update_rows: 2 value positions for 1 fields"):
+        ctxs["card"].update_rows(core, [core.new_state()], [items[:1]], 0, [1, 2])
+    with pytest.raises(ValueError, match="update_rows: 1 states for 2 batches"):
+        ctxs["card"].update_rows(core, [core.new_state()], [items[:1]] * 2, 0, [1])
