@@ -112,13 +112,15 @@ def _sharded_step(
 ) -> tuple[Any, Any]:
     """Every entity's shards in one step over the polls' lists (``up``): (rows and
     evictions, lates). One step, so a poll's rows reach the sink as one write."""
-    entities = []
+    entities, positions = [], []
     for entity in plan.entities:
         ctx = _EntityContext(plan, entity.name, store, prefetch, held, evictions, snapshots)
         make = lambda resume, ctx=ctx: EntityLogic(ctx, resume)  # noqa: E731
         entities.append((entity.name, ctx.plan.key, make))
+        positions.append(plan.fs.schema.position(entity.join_key))
     after = None if evictions is None else evictions.after_s
-    split = op.branch("rows", shard_step(up, entities, after, snapshots), _is_row)
+    out = shard_step(up, entities, after, snapshots, positions)
+    split = op.branch("rows", out, _is_row)
     return split.trues, split.falses
 
 

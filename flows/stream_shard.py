@@ -32,6 +32,7 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.operators import StatefulBatchLogic
 
+from features.native import native
 from flows.stream_evict import Evicted
 from flows.stream_io import DeadLetter, Ingested, RowOut
 
@@ -76,15 +77,35 @@ Group = tuple[str, dict[int, list[Ingested]]]  # (entity, {entity_id: [events]})
 class ShardRouter:
     """Every entity's router: a poll's events -> one ``(entity/shard, (entity, {entity_id:
     [events]}))`` item per touched shard of each entity, each entity's events in arrival
-    order."""
+    order. With the key fields' ``positions`` in the event record, one native call
+    groups the poll for every entity (``skewless_native.route_shards``), the same groups
+    as the Python loop."""
 
-    def __init__(self, keys: Sequence[tuple[str, Callable[[Any], int]]]) -> None:
+    def __init__(
+        self,
+        keys: Sequence[tuple[str, Callable[[Any], int]]],
+        positions: Sequence[int] | None = None,
+    ) -> None:
         self.keys = list(keys)
         self.names = {  # the state keys, made once
             name: [shard_key(name, s) for s in range(SHARDS)] for name, _ in self.keys
         }
+        self.positions = None if positions is None else list(positions)
+        self.native: Any = getattr(native, "route_shards", None) if positions else None
 
     def __call__(self, items: list[Any]) -> list[tuple[str, Group]]:
+        if self.native is not None:
+            got = self.native(items, self.positions, _BITS, Ingested)
+            if got is not None:  # else an id beyond int64: the Python loop decides
+                out: list[tuple[str, Group]] = []
+                for (name, _), shards in zip(self.keys, got, strict=True):
+                    names = self.names[name]
+                    out += [(names[s], (name, group)) for s, group in shards]
+                return out
+        return self.route(items)
+
+    def route(self, items: list[Any]) -> list[tuple[str, Group]]:
+        """The Python loop (and the reference the native call is held to)."""
         events = [x for x in items if type(x) is Ingested]
         out: list[tuple[str, Group]] = []
         shift = 64 - _BITS
@@ -235,11 +256,14 @@ def shard_step(
     entities: Sequence[tuple[str, Callable[[Any], int], Callable[[Any], Logic]]],
     evict_after_s: float | None,
     snapshots: bool,
+    positions: Sequence[int] | None = None,
 ) -> Any:
-    """``events``: a stream of lists (one per poll); ``entities``: (name, key, make) each.
+    """``events``: a stream of lists (one per poll); ``entities``: (name, key, make) each
+    (``positions``: their key fields' in the event record, for the native router).
     Returns the one step's output stream: rows (as :class:`RowBatch` items), late events
     and evictions of every entity, unkeyed."""
-    routed = op.flat_map("shard", events, ShardRouter([(n, k) for n, k, _ in entities]))
+    router = ShardRouter([(n, k) for n, k, _ in entities], positions)
+    routed = op.flat_map("shard", events, router)
     makes = {n: make for n, _, make in entities}
     logic = op.stateful_batch(
         STEP, routed, lambda resume: ShardLogic(makes, evict_after_s, snapshots, resume)

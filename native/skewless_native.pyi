@@ -244,6 +244,13 @@ def update_rows(
     one ``(outcomes, applied, newest, row values, state bytes)`` per entity (the last two
     None when none applied)."""
 
+def route_shards(
+    items: list[Any], key_pos: list[int], bits: int, ingested: type
+) -> list[list[tuple[int, dict[int, list[Any]]]]] | None:
+    """A poll's ``ingested`` items grouped per key position by shard (the top ``bits`` of a
+    Fibonacci hash of the id) and id, first-touched order: ``ShardRouter``'s groups. None
+    when an id is not an int64."""
+
 def window_pass(
     comp: Buffer,
     g: Buffer,

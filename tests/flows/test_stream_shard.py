@@ -5,6 +5,7 @@ without recovery, idle eviction), and refuses the other layout's recovery direct
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 from collections import Counter
@@ -387,3 +388,34 @@ def test_one_native_call_per_shard_equals_update_items_and_row_per_entity(
         ctxs["card"].update_rows(core, [core.new_state()], [items[:1]], 0, [1, 2])
     with pytest.raises(ValueError, match="update_rows: 1 states for 2 batches"):
         ctxs["card"].update_rows(core, [core.new_state()], [items[:1]] * 2, 0, [1])
+
+
+def test_the_native_router_groups_as_the_python_loop(adversarial: tuple[Path, pa.Table]) -> None:
+    """``route_shards`` (one native call per poll) against the router's Python loop, over
+    the adversarial history in polls of uneven size with dead letters among the items:
+    the same keys, groups, entity order and event order; an id beyond int64 falls back."""
+    from features.plan import compile_plan
+    from flows.stream_decode import Decoder
+    from flows.stream_io import ReplayMessage, table_to_messages
+
+    _, table = adversarial
+    plan = compile_plan(REFERENCE)
+    msgs = [ReplayMessage(m, i, 1000) for i, m in enumerate(table_to_messages(table))]
+    items = Decoder(plan)(msgs)
+    assert any(type(x) is not Ingested for x in items)  # dead letters ride along
+    keys = [(e.name, e.key) for e in plan.entities]
+    positions = [REFERENCE.schema.position(e.join_key) for e in plan.entities]
+    router = ShardRouter(keys, positions)
+    assert router.native is not None, "the native core lacks route_shards: rebuild it"
+    cuts = [0, 1, 7, 250, 251, 1300, 3000, len(items)]
+    for lo, hi in itertools.pairwise(cuts):
+        got, want = router(items[lo:hi]), router.route(items[lo:hi])
+        assert [(k, n, list(g.items())) for k, (n, g) in got] == [
+            (k, n, list(g.items())) for k, (n, g) in want
+        ]
+    card = REFERENCE.schema.position("card_id")
+    rec = list(items[0].event)
+    rec[card] = 2**70
+    huge = Ingested(tuple(rec), *items[0][1:])
+    assert router([huge]) == router.route([huge])
+    assert router([huge])[0][0] == f"card/{shard_of(2**70)}"
