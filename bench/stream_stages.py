@@ -144,7 +144,8 @@ def stages(
     steps: list[tuple[str, Any, Any, dict[str, Any], ShardRouter]] = []
     for entity in plan.entities:
         ctx = _EntityContext(plan, entity.name, store, prefetch, held, None, snapshots=False)
-        router = ShardRouter([(entity.name, ctx.plan.key)])
+        position = fs.schema.position(entity.join_key)
+        router = ShardRouter([(entity.name, ctx.plan.key)], [position])  # the flow's native one
         steps.append((entity.name, ctx, ctx.plan.key, {}, router))
     events = 0
     while (msgs := clock.time("kafka source", next, batches, None)) is not None:
