@@ -7,7 +7,8 @@
   SDK path Feast documents for streaming), on a bounded sample;
 * freshness (``bench/stream_fresh.py``): events produced at a fixed rate while the flow
   tails the topic; per event, Kafka timestamp -> its row written, hop by hop, beside the
-  sink's own histogram.
+  sink's own histogram; at 5,000/s and 4x that, in both state layouts (``--state-layout``),
+  alternated, with the stream's CPU per event while tailing and its writes per poll.
 """
 
 from __future__ import annotations
@@ -292,9 +293,14 @@ def run(
         sharded = stream_shard.run(me, bootstrap, f"{base}/11", table, ours["topic"], work)
         naive = naive_push(f"{base}/12", table, work, naive_events)
         fresh_table = _simulated(int(rate * fresh_seconds), days=1.0, seed=6)
-        fresh = freshness(bootstrap, f"{base}/13", fresh_table, work, rate)
         fast_table = _simulated(int(4 * rate * fresh_seconds), days=1.0, seed=7)
-        fresh_fast = freshness(bootstrap, _fresh(f"{base}/13"), fast_table, work, 4 * rate)
+        by_layout: dict[str, dict[str, Any]] = {}
+        for t, r in ((fresh_table, rate), (fast_table, 4 * rate)):
+            for layout in stream_fresh.LAYOUTS:  # alternated at each rate
+                by_layout.setdefault(layout, {})[f"{int(r)}/s"] = freshness(
+                    bootstrap, _fresh(f"{base}/13"), t, work, r, ("--state-layout", layout)
+                )
+        fresh, fresh_fast = by_layout["entity"].values()
         drain_cpu = ours["cpu_us_per_event_after_start"]
         for f in (fresh, fresh_fast):  # the same run's drain beside it
             stream_fresh.beside_drain(f, ours["events_per_s_after_start"], drain_cpu)
@@ -327,6 +333,11 @@ def run(
             "freshness_target_p99_ms": 100,
             "freshness_4x_rate": fresh_fast,
             "freshness_4x_rate_target_p99_ms": 250,
+            "freshness_sharded": by_layout["sharded"],
+            "freshness_by_layout": {  # p50/p99, CPU per event while tailing, writes per poll
+                layout: {r: stream_fresh.summary(f) for r, f in got.items()}
+                for layout, got in by_layout.items()
+            },
         }
     finally:
         if started:

@@ -16,6 +16,8 @@ Two views of the same run:
 
 ``hops``: each hop as a distribution over messages (ms), with the source's poll sizes and
 Bytewax's wake-up cadence (the gap between two polls).
+
+Both state layouts alternated in one run, on their own: ``bench/stream_fresh_layouts.py``.
 """
 
 from __future__ import annotations
@@ -309,3 +311,23 @@ def beside_drain(fresh: dict[str, Any], drain_events_per_s: float, cpu_us: float
     fresh["drain_events_per_s_after_start"] = drain_events_per_s
     fresh["rate_vs_drain"] = round(rate / max(drain_events_per_s, 1e-9), 2)
     fresh["stream_cores_needed"] = round(rate * cpu_us / 1e6, 2)
+
+
+LAYOUTS = ("entity", "sharded")
+
+
+def summary(fresh: dict[str, Any]) -> dict[str, Any]:
+    """The figures compared between layouts and rates: latency, CPU while tailing, writes."""
+    hops_ms = fresh.get("hops_ms", {})
+    polls = hops_ms.get("polls", {})
+    return {
+        "p50_ms": fresh["p50_ms"], "p99_ms": fresh["p99_ms"],
+        "stream_cpu_us_per_event": hops_ms.get("stream_cpu_us_per_event"),
+        "stream_cpu_us_per_poll": hops_ms.get("stream_cpu_us_per_poll"),
+        "writes_per_non_empty_poll": round(
+            polls.get("writes", 0) / max(polls.get("non_empty", 0), 1), 2),
+        "hops_p99_ms": {hop: d.get("p99") for hop, d in hops_ms.items()
+                        if isinstance(d, dict) and "n" in d},
+        "worker_thread_share": hops_ms.get("worker_thread_share"),
+        "load_average_1m": fresh["load_average_1m"],
+    }  # fmt: skip

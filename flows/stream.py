@@ -91,22 +91,36 @@ def _entity_step(
     held: HeldStates,
     evictions: Evictions | None,
     snapshots: bool = True,
-    sharded: bool = False,
 ) -> tuple[Any, Any]:
-    """One entity's step over every valid event: (its rows and evictions, its lates).
-    Sharded: ``up`` carries one list per poll, and one key holds a shard of entities."""
+    """One entity's step over every valid event: (its rows and evictions, its lates)."""
     ctx = _EntityContext(plan, name, store, prefetch, held, evictions, snapshots)
     key = ctx.plan.key
-    out: Any
-    if sharded:
-        after = None if evictions is None else evictions.after_s
-        make = lambda resume: EntityLogic(ctx, resume)  # noqa: E731
-        out = shard_step(name, up, key, make, after, snapshots)
-    else:
-        keyed = op.key_on("key_" + name, up, lambda i: str(key(i.event)))
-        logic = op.stateful_batch(name, keyed, lambda resume: EntityLogic(ctx, resume))
-        out = op.key_rm("unkey_" + name, logic)
-    split = op.branch("rows_" + name, out, _is_row)
+    keyed = op.key_on("key_" + name, up, lambda i: str(key(i.event)))
+    logic = op.stateful_batch(name, keyed, lambda resume: EntityLogic(ctx, resume))
+    split = op.branch("rows_" + name, op.key_rm("unkey_" + name, logic), _is_row)
+    return split.trues, split.falses
+
+
+def _sharded_step(
+    plan: Plan,
+    up: Any,
+    store: StoreConfig | None,
+    prefetch: Prefetch | None,
+    held: HeldStates,
+    evictions: Evictions | None,
+    snapshots: bool = True,
+) -> tuple[Any, Any]:
+    """Every entity's shards in one step over the polls' lists (``up``): (rows and
+    evictions, lates). One step, so a poll's rows reach the sink as one write."""
+    entities, positions = [], []
+    for entity in plan.entities:
+        ctx = _EntityContext(plan, entity.name, store, prefetch, held, evictions, snapshots)
+        make = lambda resume, ctx=ctx: EntityLogic(ctx, resume)  # noqa: E731
+        entities.append((entity.name, ctx.plan.key, make))
+        positions.append(plan.fs.schema.position(entity.join_key))
+    after = None if evictions is None else evictions.after_s
+    out = shard_step(up, entities, after, snapshots, positions)
+    split = op.branch("rows", out, _is_row)
     return split.trues, split.falses
 
 
@@ -163,14 +177,16 @@ def build_flow(fs: FeatureSet, cfg: StreamConfig) -> Dataflow:
     else:
         op.output("dlq", dead, JsonlSink(cfg.out_dir / "dlq"))
 
-    rows, lates = [], []
     held = HeldStates()
-    for entity in plan.entities:
-        r, late = _entity_step(
-            plan, entity.name, valid, store, prefetch, held, evictions, cfg.snapshots, sharded
-        )
-        rows.append(r)
-        lates.append(late)
+    steps = (
+        [_sharded_step(plan, valid, store, prefetch, held, evictions, cfg.snapshots)]
+        if sharded
+        else [
+            _entity_step(plan, e.name, valid, store, prefetch, held, evictions, cfg.snapshots)
+            for e in plan.entities
+        ]
+    )
+    rows, lates = [r for r, _ in steps], [late for _, late in steps]
     late_all: Any = op.merge("late", *lates)
     late_topic = f"{cfg.topic}.late"
     if cfg.kafka:

@@ -75,6 +75,21 @@ class EntityLogic(StatefulBatchLogic[Ingested, Any, tuple[int | None, bytes]]):
 
     def on_batch(self, values: list[Ingested]) -> tuple[Iterable[RowOut | LateOut], bool]:
         ctx = self.ctx
+        state = self.begin(values)
+        if ctx.update_items is not None:  # one native call, the GIL released
+            outcomes, applied, newest = ctx.update_items(
+                ctx.core, state, values, ctx.time_pos, ctx.value_pos
+            )
+        else:
+            outcomes, applied, newest = _update_each(ctx, state, values)
+        features, blob = ctx.core.row(state) if applied else (None, None)
+        out: list[RowOut | LateOut] = []
+        self.end(values, outcomes, applied, newest, features, blob, out)
+        return out, StatefulBatchLogic.RETAIN
+
+    def begin(self, values: list[Ingested]) -> Any:
+        """Before a batch's update: the entity's state (loaded on its first batch)."""
+        ctx = self.ctx
         entity_id = self.entity_id
         if ctx.evictions is not None:
             self.touched = datetime.now(UTC)
@@ -89,21 +104,26 @@ class EntityLogic(StatefulBatchLogic[Ingested, Any, tuple[int | None, bytes]]):
             self.resumed = False
             if ctx.prefetch is not None:
                 ctx.prefetch.take((ctx.name, entity_id))
-        core, state = ctx.core, self.state
-        if ctx.update_items is not None:  # one native call, the GIL released
-            outcomes, applied, newest = ctx.update_items(
-                core, state, values, ctx.time_pos, ctx.value_pos
-            )
-        else:
-            outcomes, applied, newest = _update_each(ctx, state, values)
-        out: list[RowOut | LateOut] = []
+        return self.state
+
+    def end(
+        self,
+        values: list[Ingested],
+        outcomes: Sequence[int],
+        applied: int,
+        newest: int,
+        features: Any,
+        blob: bytes | None,
+        out: list[Any],
+    ) -> None:
+        """After a batch's update (and its row, if any applied): the refused events and
+        the row, appended to ``out``."""
         if applied < len(values):
             self._refused(values, outcomes, out)
         if applied:
-            features, blob = core.row(state)
-            row = OnlineRow(entity_id, state.max_seen, features, blob)
-            out.append(RowOut(ctx.name, row, newest))
-        return out, StatefulBatchLogic.RETAIN
+            assert self.entity_id is not None and blob is not None
+            row = OnlineRow(self.entity_id, self.state.max_seen, features, blob)
+            out.append(RowOut(self.ctx.name, row, newest))
 
     def _refused(self, items: list[Ingested], outcomes: Sequence[int], out: list[Any]) -> None:
         """The events not applied: covered by the bootstrap, too late (to the late
@@ -181,6 +201,11 @@ class _EntityContext:
         #: ``skewless_native.update_items`` (None: a native core built before it, or a
         #: test of the per-event path): both give the same outcomes, bit for bit
         self.update_items: Any = getattr(native, "update_items", None)
+        #: ``skewless_native.update_rows``: update_items + row for a shard's entities in
+        #: one call (None: a core built before it; the shard calls each entity's on_batch)
+        self.update_rows: Any = (
+            getattr(native, "update_rows", None) if self.update_items is not None else None
+        )
 
     def load(self, entity_id: int) -> tuple[Any, int | None]:
         """(State, covered until) for an entity this worker has no state for: its exact

@@ -2,25 +2,29 @@
 
 Bytewax costs 3.1–4.6 µs of CPU per keyed item and one item per key shard per poll
 1.5–2.0 µs per event (docs/perf-plan.md, "The Bytewax floor"). So here a poll's valid
-events travel as one list, not one item per event; per entity, one router groups them by
-shard (a stable hash of the entity id, :data:`SHARDS` of them) and entity id, and sends
-one ``(shard, {entity_id: [events]})`` item per touched shard. A :class:`ShardLogic` holds
-the shard's entities, one :class:`flows.stream.EntityLogic` each, and hands every entity
-its own events in arrival order: dedup, lateness, covered-until, prefetched and evicted
-start states, the loss-rewrite registry and idle eviction are the entity layout's own
-code, so the online rows and the late output are the same in both layouts.
+events travel as one list, not one item per event; one router groups them, for every
+entity, by shard (a stable hash of the entity id, :data:`SHARDS` of them) and entity id,
+and sends one ``(entity/shard, (entity, {entity_id: [events]}))`` item per touched shard
+of each entity, all into ONE stateful step (:data:`STEP`): so an activation's rows leave
+as one Timely container and the sink writes once per poll (one step per entity gave two
+containers, two Redis writes). A :class:`ShardLogic` holds one shard of one entity, one
+:class:`flows.stream.EntityLogic` per entity id, and hands every entity its own events in
+arrival order: dedup, lateness, covered-until, prefetched and evicted start states, the
+loss-rewrite registry and idle eviction are the entity layout's own code, so the online
+rows and the late output are the same in both layouts.
 
-Recovery: a shard's snapshot holds its entities' snapshots (an unchanged entity's is
-reused, not remade) and the shard count. The stateful steps' ids name the count
-(``card_shards64``), so a recovery directory written by the other layout, or with another
-count, is refused by :func:`check_recovery` before the flow starts, naming the option.
+Recovery: a shard's snapshot holds its entity name, its entities' snapshots (an unchanged
+entity's is reused, not remade) and the shard count. The stateful step's id names the
+count (``shards64``), so a recovery directory written by the entity layout, by the
+earlier one-step-per-entity sharded layout (``card_shards64``) or with another count is
+refused by :func:`check_recovery` before the flow starts, naming the option.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,7 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.operators import StatefulBatchLogic
 
+from features.native import native
 from flows.stream_evict import Evicted
 from flows.stream_io import DeadLetter, Ingested, RowOut
 
@@ -42,10 +47,20 @@ def shard_of(entity_id: int) -> int:
     return ((entity_id * _MIX) & _MASK) >> (64 - _BITS)
 
 
+#: the one stateful step of every entity's shards: distinct from the entity layout's step
+#: ids (the entity names) and naming the shard count, so Bytewax never mixes snapshots
+STEP = f"shards{SHARDS}"
+
+
 def step_id(entity: str) -> str:
-    """The sharded stateful step of ``entity``: distinct from the entity layout's
-    (``entity``), and naming the shard count, so Bytewax never mixes their snapshots."""
+    """The earlier sharded layout's step of ``entity`` (one step per entity): refused on
+    resume (:func:`check_recovery`), never built."""
     return f"{entity}_shards{SHARDS}"
+
+
+def shard_key(entity: str, shard: int) -> str:
+    """The Bytewax state key of one shard of one entity."""
+    return f"{entity}/{shard}"
 
 
 class RowBatch(list[RowOut]):
@@ -56,76 +71,115 @@ class RowBatch(list[RowOut]):
 Logic = Any  # flows.stream.EntityLogic (imported by the flow, not here: no cycle)
 
 
+Group = tuple[str, dict[int, list[Ingested]]]  # (entity, {entity_id: [events]})
+
+
 class ShardRouter:
-    """One entity's router: a poll's events -> ``(shard, {entity_id: [events]})`` items,
-    each entity's events in arrival order."""
+    """Every entity's router: a poll's events -> one ``(entity/shard, (entity, {entity_id:
+    [events]}))`` item per touched shard of each entity, each entity's events in arrival
+    order. With the key fields' ``positions`` in the event record, one native call
+    groups the poll for every entity (``skewless_native.route_shards``), the same groups
+    as the Python loop."""
 
-    def __init__(self, key: Callable[[Any], int]) -> None:
-        self.key = key
+    def __init__(
+        self,
+        keys: Sequence[tuple[str, Callable[[Any], int]]],
+        positions: Sequence[int] | None = None,
+    ) -> None:
+        self.keys = list(keys)
+        self.names = {  # the state keys, made once
+            name: [shard_key(name, s) for s in range(SHARDS)] for name, _ in self.keys
+        }
+        self.positions = None if positions is None else list(positions)
+        self.native: Any = getattr(native, "route_shards", None) if positions else None
 
-    def __call__(self, items: list[Any]) -> list[tuple[str, dict[int, list[Ingested]]]]:
-        key = self.key
-        shards: dict[int, dict[int, list[Ingested]]] = {}
-        for item in items:
-            if type(item) is not Ingested:
-                continue
-            entity_id = key(item.event)
-            s = ((entity_id * _MIX) & _MASK) >> (64 - _BITS)
-            group = shards.get(s)
-            if group is None:
-                group = shards[s] = {}
-            events = group.get(entity_id)
-            if events is None:
-                group[entity_id] = [item]
-            else:
-                events.append(item)
-        return [(str(s), group) for s, group in shards.items()]
+    def __call__(self, items: list[Any]) -> list[tuple[str, Group]]:
+        if self.native is not None:
+            got = self.native(items, self.positions, _BITS, Ingested)
+            if got is not None:  # else an id beyond int64: the Python loop decides
+                out: list[tuple[str, Group]] = []
+                for (name, _), shards in zip(self.keys, got, strict=True):
+                    names = self.names[name]
+                    out += [(names[s], (name, group)) for s, group in shards]
+                return out
+        return self.route(items)
+
+    def route(self, items: list[Any]) -> list[tuple[str, Group]]:
+        """The Python loop (and the reference the native call is held to)."""
+        events = [x for x in items if type(x) is Ingested]
+        out: list[tuple[str, Group]] = []
+        shift = 64 - _BITS
+        for name, key in self.keys:
+            shards: dict[int, dict[int, list[Ingested]]] = {}
+            for item in events:
+                entity_id = key(item.event)
+                s = ((entity_id * _MIX) & _MASK) >> shift
+                group = shards.get(s)
+                if group is None:
+                    group = shards[s] = {}
+                have = group.get(entity_id)
+                if have is None:
+                    group[entity_id] = [item]
+                else:
+                    have.append(item)
+            names = self.names[name]
+            out += [(names[s], (name, group)) for s, group in shards.items()]
+        return out
 
 
 def dead_letters(items: list[Any]) -> list[DeadLetter]:
     return [x for x in items if type(x) is DeadLetter]
 
 
-class ShardLogic(StatefulBatchLogic[dict[int, list[Ingested]], Any, Any]):
-    """One shard of one entity: ``{entity_id: EntityLogic}``. Kept while it holds any
-    entity; with idle eviction its entities are kept in the order they were last touched,
-    so the next one due is the first."""
+class ShardLogic(StatefulBatchLogic[Group, Any, Any]):
+    """One shard of one entity: ``{entity_id: EntityLogic}``. Bytewax's builder gets no
+    key, so the logic learns its entity from its first item (or its snapshot) and builds
+    entity logics with ``makes[entity]``. Kept while it holds any entity; with idle
+    eviction its entities are kept in the order they were last touched, so the next one
+    due is the first."""
 
     def __init__(
         self,
-        make: Callable[[Any], Logic],
+        makes: Mapping[str, Callable[[Any], Logic]],
         evict_after_s: float | None,
         snapshots: bool,
-        resume: tuple[int, list[Any]] | None,
+        resume: tuple[int, str, list[Any]] | None,
     ) -> None:
-        self.make, self.snapshots = make, snapshots
+        self.makes, self.snapshots = makes, snapshots
+        self.entity = ""  # known at the first batch or from the snapshot
+        self.make: Callable[[Any], Logic] | None = None
         self.after = None if evict_after_s is None else timedelta(seconds=evict_after_s)
         self.entities: dict[int, Logic] = OrderedDict() if self.after is not None else {}
         self.snaps: dict[int, Any] = {}  # entity snapshots still valid (untouched since)
         if resume is not None:
-            shards, snaps = resume
-            if shards != SHARDS:
+            if len(resume) != 3 or resume[0] != SHARDS:
                 raise ValueError(
-                    f"--state-layout sharded: the recovery snapshot has {shards} shards, this "
-                    f"build {SHARDS}; resume with the build that wrote it"
+                    f"--state-layout sharded: the recovery snapshot has {resume[0]} shards, "
+                    f"this build {SHARDS} in one step; resume with the build that wrote it"
                 )
+            _, entity, snaps = resume
+            make = self._learn(entity)
             for snap in snaps:
                 logic = make(snap)
                 self.entities[logic.entity_id] = logic
                 self.snaps[logic.entity_id] = snap
 
-    def on_batch(self, values: list[dict[int, list[Ingested]]]) -> tuple[Iterable[Any], bool]:
-        groups = values[0]
+    def _learn(self, entity: str) -> Callable[[Any], Logic]:
+        self.entity, self.make = entity, self.makes[entity]
+        return self.make
+
+    def on_batch(self, values: list[Group]) -> tuple[Iterable[Any], bool]:
+        entity, groups = values[0]
         if len(values) > 1:  # several polls' items for the shard: keep each entity's order
             groups = {}
-            for g in values:
+            for _, g in values:
                 for entity_id, events in g.items():
                     have = groups.get(entity_id)
                     groups[entity_id] = events if have is None else have + events
-        entities, snaps, make = self.entities, self.snaps, self.make
-        rows = RowBatch()
-        out: list[Any] = [rows]
-        for entity_id, events in groups.items():
+        make = self.make or self._learn(entity)
+        entities, snaps = self.entities, self.snaps
+        logics, batches = [], list(groups.values())
+        for entity_id in groups:
             logic = entities.get(entity_id)
             if logic is None:
                 logic = entities[entity_id] = make(None)
@@ -133,12 +187,25 @@ class ShardLogic(StatefulBatchLogic[dict[int, list[Ingested]], Any, Any]):
                 entities.move_to_end(entity_id)  # type: ignore[attr-defined]
             if snaps:
                 snaps.pop(entity_id, None)
-            got, _ = logic.on_batch(events)
-            for x in got:
-                if type(x) is RowOut:
-                    rows.append(x)
-                else:
-                    out.append(x)
+            logics.append(logic)
+        ctx: Any = getattr(logics[0], "ctx", None)
+        update_rows = None if ctx is None else ctx.update_rows
+        got: list[Any] = []
+        if update_rows is not None:  # every entity's update and row in one native call
+            states = [logic.begin(events) for logic, events in zip(logics, batches, strict=True)]
+            done = update_rows(ctx.core, states, batches, ctx.time_pos, ctx.value_pos)
+            for logic, events, d in zip(logics, batches, done, strict=True):
+                logic.end(events, *d, got)
+        else:
+            for logic, events in zip(logics, batches, strict=True):
+                got += logic.on_batch(events)[0]
+        rows = RowBatch()
+        out: list[Any] = [rows]
+        for x in got:
+            if type(x) is RowOut:
+                rows.append(x)
+            else:
+                out.append(x)
         if not rows:
             out.pop(0)
         return out, StatefulBatchLogic.RETAIN
@@ -171,9 +238,9 @@ class ShardLogic(StatefulBatchLogic[dict[int, list[Ingested]], Any, Any]):
             return out, StatefulBatchLogic.RETAIN
         return out, StatefulBatchLogic.DISCARD
 
-    def snapshot(self) -> tuple[int, list[Any]]:
+    def snapshot(self) -> tuple[int, str, list[Any]]:
         if not self.snapshots:  # no recovery: Bytewax asks anyway, and drops it
-            return SHARDS, []
+            return SHARDS, self.entity, []
         snaps = self.snaps
         out = []
         for entity_id, logic in self.entities.items():
@@ -181,29 +248,45 @@ class ShardLogic(StatefulBatchLogic[dict[int, list[Ingested]], Any, Any]):
             if snap is None:
                 snap = snaps[entity_id] = logic.snapshot()
             out.append(snap)
-        return SHARDS, out
+        return SHARDS, self.entity, out
 
 
 def shard_step(
-    name: str,
     events: Any,
-    key: Callable[[Any], int],
-    make: Callable[[Any], Logic],
+    entities: Sequence[tuple[str, Callable[[Any], int], Callable[[Any], Logic]]],
     evict_after_s: float | None,
     snapshots: bool,
+    positions: Sequence[int] | None = None,
 ) -> Any:
-    """``events``: a stream of lists (one per poll). Returns the step's output stream:
-    rows (as :class:`RowBatch` items), late events and evictions, unkeyed."""
-    routed = op.flat_map("shard_" + name, events, ShardRouter(key))
+    """``events``: a stream of lists (one per poll); ``entities``: (name, key, make) each
+    (``positions``: their key fields' in the event record, for the native router).
+    Returns the one step's output stream: rows (as :class:`RowBatch` items), late events
+    and evictions of every entity, unkeyed."""
+    router = ShardRouter([(n, k) for n, k, _ in entities], positions)
+    routed = op.flat_map("shard", events, router)
+    makes = {n: make for n, _, make in entities}
     logic = op.stateful_batch(
-        step_id(name), routed, lambda resume: ShardLogic(make, evict_after_s, snapshots, resume)
+        STEP, routed, lambda resume: ShardLogic(makes, evict_after_s, snapshots, resume)
     )
-    return op.key_rm("unshard_" + name, logic)
+    return op.key_rm("unshard", logic)
+
+
+def _layout_of(step: str, entities: set[str]) -> str | None:
+    """The layout a stateful step id was written by (None: not a state step)."""
+    if step in entities:
+        return "entity"
+    base, _, count = step.rpartition("_shards")
+    if base in entities and count.isdigit():
+        return f"sharded ({count} shards) of an earlier build (one step per entity)"
+    if step.startswith("shards") and step[6:].isdigit():
+        return f"sharded ({step[6:]} shards)"
+    return None
 
 
 def check_recovery(directory: Path, entities: Iterable[str], layout: str) -> None:
     """Refuse a recovery directory whose snapshots another ``--state-layout`` (or shard
-    count) wrote: resuming it would restart every state empty from resumed offsets."""
+    count, or an earlier build's sharded steps) wrote: resuming it would restart every
+    state empty from resumed offsets."""
     names = set(entities)
     found: set[str] = set()
     for part in sorted(directory.glob("*.sqlite3")):
@@ -215,14 +298,14 @@ def check_recovery(directory: Path, entities: Iterable[str], layout: str) -> Non
         finally:
             con.close()
         for sid in ids:
-            last = sid.rsplit(".", 1)[-1]
-            base, _, count = last.partition("_shards")
-            if base in names:
-                found.add("entity" if not count else f"sharded ({count} shards)")
+            written = _layout_of(sid.rsplit(".", 1)[-1], names)
+            if written is not None:
+                found.add(written)
     want = "entity" if layout == "entity" else f"sharded ({SHARDS} shards)"
     other = sorted(found - {want})
     if other:
+        how = "the build that wrote it" if "earlier build" in other[0] else "that layout"
         raise ValueError(
             f"--state-layout {layout}: recovery directory {directory} holds snapshots of "
-            f"--state-layout {other[0]}; resume with that layout or use a new -r directory"
+            f"--state-layout {other[0]}; resume with {how} or use a new -r directory"
         )

@@ -257,6 +257,25 @@ def update_items(
     """One entity's stream items ``(event, produced_ms, txid, ...)`` through ``update``,
     the GIL released: (one outcome byte per item, how many applied, newest produced_ms)."""
 
+def update_rows(
+    core: Core,
+    states: list[State],
+    batches: list[list[Any]],
+    time_pos: int,
+    value_pos: list[int],
+) -> list[tuple[bytes, int, int, list[float | int] | None, bytes | None]]:
+    """A shard's entities in one call: ``update_items(core, states[j], batches[j], ...)``
+    then, when any applied, ``core.row(states[j])``, for each ``j``, the GIL released:
+    one ``(outcomes, applied, newest, row values, state bytes)`` per entity (the last two
+    None when none applied)."""
+
+def route_shards(
+    items: list[Any], key_pos: list[int], bits: int, ingested: type
+) -> list[list[tuple[int, dict[int, list[Any]]]]] | None:
+    """A poll's ``ingested`` items grouped per key position by shard (the top ``bits`` of a
+    Fibonacci hash of the id) and id, first-touched order: ``ShardRouter``'s groups. None
+    when an id is not an int64."""
+
 def window_pass(
     comp: Buffer,
     g: Buffer,

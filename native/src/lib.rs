@@ -18,6 +18,7 @@ mod proto;
 mod resp;
 mod rows;
 mod score_one;
+mod shard;
 mod tiles;
 mod trees;
 mod view;
@@ -514,6 +515,8 @@ fn skewless_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<score_one::RowFinalizer>()?;
     m.add_function(wrap_pyfunction!(state_max_seen, m)?)?;
     m.add_function(wrap_pyfunction!(batch::update_items, m)?)?;
+    m.add_function(wrap_pyfunction!(shard::update_rows, m)?)?;
+    m.add_function(wrap_pyfunction!(shard::route_shards, m)?)?;
     m.add_function(wrap_pyfunction!(resp::unwrap_bytes_values, m)?)?;
     m.add_function(wrap_pyfunction!(event::txid_hash, m)?)?;
     m.add_function(wrap_pyfunction!(decode::decode_poll, m)?)?;

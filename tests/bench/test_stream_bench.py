@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from bench.stream import naive_push
 from flows.simulate import SimulationConfig, simulate
 
@@ -52,16 +54,21 @@ def test_stage_table_and_floor_count_every_event_of_the_topic(
         assert out["events_per_cpu_s"] > 0, out
 
 
+@pytest.mark.parametrize(("layout", "writes_per_poll"), [("entity", 2), ("sharded", 1)])
 def test_freshness_follows_every_event_from_produce_to_its_write(
-    kafka_bootstrap: str, redis_url: str, tmp_path: Path
+    kafka_bootstrap: str, redis_url: str, tmp_path: Path, layout: str, writes_per_poll: int
 ) -> None:
-    """The trace's hooks still fit the flow (source, decode, prefetch, sink): every
-    produced event is polled, decoded and matched to the write that carried its rows."""
+    """The trace's hooks still fit the flow (source, decode, prefetch, sink) in either
+    state layout: every produced event is polled, decoded and matched to the write that
+    carried its rows; the sharded layout writes each poll's rows once."""
     from bench.stream import freshness
+    from bench.stream_fresh import summary
     from tests.integration import stream_support as sup
 
     table = simulate(SimulationConfig(events=600, cards=50, merchants=5, days=1.0))
-    out = freshness(kafka_bootstrap, sup.fresh_db_url(redis_url, 13), table, tmp_path, 600.0)
+    url = sup.fresh_db_url(redis_url, 13)
+    args = ("--state-layout", layout)
+    out = freshness(kafka_bootstrap, url, table, tmp_path, 600.0, args)
     hops = out["hops_ms"]
     assert out["produce_failed"] == 0
     for hop in ("produce_to_broker_ack", "polled", "decode", "steps", "write", "total"):
@@ -69,3 +76,5 @@ def test_freshness_follows_every_event_from_produce_to_its_write(
     assert hops["polls"]["messages_without_a_write_after"] == 0
     assert out["sink_histogram"]["rows"] >= hops["polls"]["writes"] > 0
     assert out["p99_ms"] >= out["p50_ms"] >= hops["polled"]["p50"] > 0
+    assert hops["polls"]["writes"] == writes_per_poll * hops["polls"]["non_empty"]
+    assert summary(out)["writes_per_non_empty_poll"] == writes_per_poll

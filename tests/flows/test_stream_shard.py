@@ -5,6 +5,7 @@ without recovery, idle eviction), and refuses the other layout's recovery direct
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 from collections import Counter
@@ -24,7 +25,14 @@ from flows import stream_entity, stream_io
 from flows.simulate import SimulationConfig, simulate
 from flows.stream import StreamConfig, build_flow
 from flows.stream_io import Ingested
-from flows.stream_shard import SHARDS, ShardRouter, check_recovery, shard_of, step_id
+from flows.stream_shard import (
+    SHARDS,
+    STEP,
+    ShardRouter,
+    check_recovery,
+    shard_of,
+    step_id,
+)
 from tests.integration import stream_support as sup
 
 HOUR = 3_600_000
@@ -142,11 +150,16 @@ def test_router_groups_by_shard_and_entity_in_arrival_order() -> None:
         rec = [None] * len(REFERENCE.schema.names)
         rec[card] = c
         items.append(Ingested(tuple(rec), 0, i))
-    out = ShardRouter(lambda e: e[card])([*items, "not an event"])
-    got = {k: {e: [x.txid for x in v] for e, v in g.items()} for k, g in out}
-    want: dict[str, dict[int, list[int]]] = {}
+    out = ShardRouter([("card", lambda e: e[card]), ("half", lambda e: e[card] // 2)])(
+        [*items, "not an event"]
+    )
+    got = {k: (n, {e: [x.txid for x in v] for e, v in g.items()}) for k, (n, g) in out}
+    assert len(got) == len(out)  # one item per shard of each entity
+    want: dict[str, tuple[str, dict[int, list[int]]]] = {}
     for c, txids in ((5, [0, 2, 5]), (7, [1, 4]), (2**40 + 3, [3])):
-        want.setdefault(str(shard_of(c)), {})[c] = txids
+        want.setdefault(f"card/{shard_of(c)}", ("card", {}))[1][c] = txids
+    for c, txids in ((2, [0, 2, 5]), (3, [1, 4]), (2**39 + 1, [3])):
+        want.setdefault(f"half/{shard_of(c)}", ("half", {}))[1][c] = txids
     assert got == want
     assert all(0 <= shard_of(i) < SHARDS for i in range(-5, 10_000))
     assert len({shard_of(i) for i in range(1000)}) == SHARDS  # sequential ids spread
@@ -166,11 +179,16 @@ def _recovery_dir(path: Path, step: str) -> Path:
 @pytest.mark.parametrize(
     ("written", "resumed", "refused"),
     [
-        ("card", "sharded", "--state-layout entity"),
-        (step_id("card"), "entity", f"--state-layout sharded ({SHARDS} shards)"),
-        ("card_shards16", "sharded", "--state-layout sharded (16 shards)"),
+        ("card", "sharded", "--state-layout entity; resume with that layout"),
+        (STEP, "entity", f"--state-layout sharded ({SHARDS} shards); resume with that layout"),
+        ("shards16", "sharded", "--state-layout sharded (16 shards); resume with that layout"),
+        # the earlier sharded layout (one step per entity) is refused, in either layout
+        (step_id("card"), "sharded", f"sharded ({SHARDS} shards) of an earlier build"),
+        (step_id("merchant"), "entity", "resume with the build that wrote it"),
+        ("card_shards16", "sharded", "sharded (16 shards) of an earlier build"),
         ("card", "entity", None),
-        (step_id("merchant"), "sharded", None),
+        (STEP, "sharded", None),
+        ("kafka_in", "sharded", None),
     ],
 )
 def test_a_recovery_directory_of_the_other_layout_is_refused_naming_it(
@@ -204,16 +222,19 @@ class _Fake:
 def test_a_shard_keeps_each_entitys_order_across_polls_and_resumes_from_its_snapshot() -> None:
     from flows.stream_shard import ShardLogic
 
-    logic = ShardLogic(_Fake, None, True, None)
-    logic.on_batch([{1: [100, 101]}, {2: [200]}, {1: [102]}])  # type: ignore[list-item]
-    logic.on_batch([{2: [201]}])  # type: ignore[list-item]
+    makes = {"card": _Fake, "merchant": lambda r: pytest.fail("not this entity's logic")}
+    logic = ShardLogic(makes, None, True, None)
+    logic.on_batch([("card", {1: [100, 101]}), ("card", {2: [200]}), ("card", {1: [102]})])  # type: ignore[list-item]
+    logic.on_batch([("card", {2: [201]})])  # type: ignore[list-item]
     assert {i: x.seen for i, x in logic.entities.items()} == {1: [100, 101, 102], 2: [200, 201]}
     snap = logic.snapshot()
-    assert snap == (SHARDS, [(1, [100, 101, 102]), (2, [200, 201])])
-    again = ShardLogic(_Fake, None, True, snap)
-    assert again.snapshot() == snap
+    assert snap == (SHARDS, "card", [(1, [100, 101, 102]), (2, [200, 201])])
+    again = ShardLogic(makes, None, True, snap)  # its entity from the snapshot alone
+    assert again.entity == "card" and again.snapshot() == snap
     with pytest.raises(ValueError, match=r"^--state-layout sharded: .* 16 shards"):
-        ShardLogic(_Fake, None, True, (16, []))
+        ShardLogic(makes, None, True, (16, "card", []))
+    with pytest.raises(ValueError, match=r"^--state-layout sharded: .* 64 shards, this"):
+        ShardLogic(makes, None, True, (64, []))  # type: ignore[arg-type]  # an earlier build's
 
 
 def test_the_native_batch_update_equals_one_update_per_event(
@@ -277,3 +298,124 @@ def test_bytewax_run_checks_the_recovery_directory_it_is_given(
     monkeypatch.setenv("SKEWLESS_REPLAY_PATH", str(tmp_path / "events.parquet"))
     monkeypatch.setenv("SKEWLESS_DATA_DIR", str(tmp_path / "data"))
     assert stream.flow.flow_id == "skewless_stream"  # the layout that wrote it: accepted
+
+
+@pytest.mark.parametrize(("layout", "writes_per_poll"), [("entity", 2), ("sharded", 1)])
+def test_the_sharded_layout_writes_a_polls_rows_once(
+    adversarial: tuple[Path, pa.Table],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    layout: str,
+    writes_per_poll: int,
+) -> None:
+    """One stateful step for every entity: a poll's card and merchant rows reach the sink
+    as one container, so one ``write_batch`` (one Redis pipeline) per poll. The entity
+    layout (one step per entity) gives Bytewax two containers, two writes."""
+    from flows import stream_sink
+    from flows.stream_io import _ReplayPartition
+
+    polls, writes = [0], []
+    poll, write = _ReplayPartition.next_batch, stream_sink._StorePartition.write_batch
+
+    def counted_poll(self: Any) -> Any:
+        out = poll(self)
+        polls[0] += bool(out)
+        return out
+
+    def counted_write(self: Any, items: list[Any]) -> None:
+        rows = [r for x in items for r in (x if isinstance(x, list) else [x])]
+        writes.append(Counter(r.entity for r in rows))
+        write(self, items)
+
+    monkeypatch.setattr(_ReplayPartition, "next_batch", counted_poll)
+    monkeypatch.setattr(stream_sink._StorePartition, "write_batch", counted_write)
+    events, table = adversarial
+    _run(events, tmp_path, layout, StoreConfig(workdir=tmp_path / "feast"))
+    assert polls[0] == -(-table.num_rows // 250)
+    assert len(writes) == writes_per_poll * polls[0]
+    if layout == "sharded":  # each write holds both entities' rows
+        assert all(set(w) == {"card", "merchant"} for w in writes)
+
+
+def test_one_native_call_per_shard_equals_update_items_and_row_per_entity(
+    adversarial: tuple[Path, pa.Table],
+) -> None:
+    """``update_rows`` (a shard's entities in one call) against ``update_items`` then
+    ``Core.row`` per entity, over the adversarial history routed as the flow routes it,
+    in polls of uneven size: same outcomes, applied count, newest produced time, row
+    values and state bytes, and the same exact snapshots after every poll."""
+    from features.plan import compile_plan
+    from flows.stream_decode import Decoder
+    from flows.stream_entity import _EntityContext
+    from flows.stream_io import ReplayMessage, table_to_messages
+
+    _, table = adversarial
+    plan = compile_plan(REFERENCE)
+    msgs = [ReplayMessage(m, i, 1000 + i % 97) for i, m in enumerate(table_to_messages(table))]
+    items = [x for x in Decoder(plan)(msgs) if type(x) is Ingested]
+    ctxs = {name: _EntityContext(plan, name, None) for name in ("card", "merchant")}
+    assert all(c.update_rows is not None for c in ctxs.values()), "rebuild the native core"
+    router = ShardRouter([(name, c.plan.key) for name, c in ctxs.items()])
+    a: dict[tuple[str, int], Any] = {}
+    b: dict[tuple[str, int], Any] = {}
+    rng = np.random.default_rng(5)
+    cuts = sorted(rng.choice(len(items), size=12, replace=False).tolist())
+    refused = rows = 0
+    for lo, hi in zip([0, *cuts], [*cuts, len(items)], strict=True):
+        for _, (name, group) in router(items[lo:hi]):
+            ctx, core = ctxs[name], ctxs[name].core
+            keys = [(name, i) for i in group]
+            for k in keys:
+                if k not in a:
+                    a[k], b[k] = core.new_state(), core.new_state()
+            want = []
+            for k, events in zip(keys, group.values(), strict=True):
+                outcomes, applied, newest = ctx.update_items(
+                    core, a[k], events, ctx.time_pos, ctx.value_pos
+                )
+                row = core.row(a[k]) if applied else (None, None)
+                want.append((list(outcomes), applied, newest, *row))
+                refused += len(events) - applied
+                rows += bool(applied)
+            got = ctx.update_rows(
+                core, [b[k] for k in keys], list(group.values()), ctx.time_pos, ctx.value_pos
+            )
+            assert [(list(o), n, t, v, s) for o, n, t, v, s in got] == want
+            assert [core.snapshot(b[k]) for k in keys] == [core.snapshot(a[k]) for k in keys]
+    assert refused > 50 and rows > 500  # duplicates, too-late events, many rows
+    core = ctxs["card"].core
+    with pytest.raises(ValueError, match="update_rows: 2 value positions for 1 fields"):
+        ctxs["card"].update_rows(core, [core.new_state()], [items[:1]], 0, [1, 2])
+    with pytest.raises(ValueError, match="update_rows: 1 states for 2 batches"):
+        ctxs["card"].update_rows(core, [core.new_state()], [items[:1]] * 2, 0, [1])
+
+
+def test_the_native_router_groups_as_the_python_loop(adversarial: tuple[Path, pa.Table]) -> None:
+    """``route_shards`` (one native call per poll) against the router's Python loop, over
+    the adversarial history in polls of uneven size with dead letters among the items:
+    the same keys, groups, entity order and event order; an id beyond int64 falls back."""
+    from features.plan import compile_plan
+    from flows.stream_decode import Decoder
+    from flows.stream_io import ReplayMessage, table_to_messages
+
+    _, table = adversarial
+    plan = compile_plan(REFERENCE)
+    msgs = [ReplayMessage(m, i, 1000) for i, m in enumerate(table_to_messages(table))]
+    items = Decoder(plan)(msgs)
+    assert any(type(x) is not Ingested for x in items)  # dead letters ride along
+    keys = [(e.name, e.key) for e in plan.entities]
+    positions = [REFERENCE.schema.position(e.join_key) for e in plan.entities]
+    router = ShardRouter(keys, positions)
+    assert router.native is not None, "the native core lacks route_shards: rebuild it"
+    cuts = [0, 1, 7, 250, 251, 1300, 3000, len(items)]
+    for lo, hi in itertools.pairwise(cuts):
+        got, want = router(items[lo:hi]), router.route(items[lo:hi])
+        assert [(k, n, list(g.items())) for k, (n, g) in got] == [
+            (k, n, list(g.items())) for k, (n, g) in want
+        ]
+    card = REFERENCE.schema.position("card_id")
+    rec = list(items[0].event)
+    rec[card] = 2**70
+    huge = Ingested(tuple(rec), *items[0][1:])
+    assert router([huge]) == router.route([huge])
+    assert router([huge])[0][0] == f"card/{shard_of(2**70)}"
