@@ -46,7 +46,7 @@ from flows.stream_io import (
 )
 from flows.stream_kafka import dlq_message, kafka_in, late_message
 from flows.stream_prefetch import Prefetch
-from flows.stream_shard import LAYOUTS, check_recovery, dead_letters, shard_step
+from flows.stream_shard import LAYOUTS, check_recovery, dead_letters, resolve_layout, shard_step
 from flows.stream_sink import HeldStates, LossTicks, OnlineStoreSink
 
 log = logging.getLogger("skewless.stream")
@@ -247,9 +247,14 @@ def __getattr__(name: str) -> Any:
         replay = os.environ.get("SKEWLESS_REPLAY_PATH")
         tail = os.environ.get("SKEWLESS_STREAM_TAIL", "1") != "0"
         evict = float(os.environ.get("SKEWLESS_STREAM_EVICT_AFTER") or 0)
-        layout = os.environ.get("SKEWLESS_STREAM_STATE_LAYOUT") or "entity"
         fs = load_definitions(settings.definitions)
         recovery = _recovery_directory(sys.argv, os.environ)
+        layout = os.environ.get("SKEWLESS_STREAM_STATE_LAYOUT") or "auto"
+        if layout not in ("auto", *LAYOUTS):
+            raise SystemExit(
+                f"SKEWLESS_STREAM_STATE_LAYOUT: {layout!r} is not auto, entity or sharded"
+            )
+        layout = resolve_layout(layout, recovery, [e.name for e in fs.entities])
         if recovery is not None and recovery.exists():
             try:
                 check_recovery(recovery, [e.name for e in fs.entities], layout)

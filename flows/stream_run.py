@@ -19,7 +19,7 @@ from features.settings import Settings, masked_url
 from flows import stream_io
 from flows.stream import build_flow, config_from_settings
 from flows.stream_cluster import parse_addresses, wait_for_members
-from flows.stream_shard import check_recovery
+from flows.stream_shard import check_recovery, resolve_layout
 from flows.stream_summary import print_summary, replay_rows, watch
 
 log = logging.getLogger("skewless.stream")
@@ -136,7 +136,11 @@ def _run(
     cfg = config_from_settings(settings, args.replay, tail=not args.no_tail, evict_after_s=evict)
     thin = getattr(args, "kafka_source", "thin") == "thin"
     snapshots = args.recovery_directory is not None
-    layout = getattr(args, "state_layout", None) or "entity"
+    layout = resolve_layout(
+        getattr(args, "state_layout", None) or "auto",
+        args.recovery_directory,
+        [e.name for e in fs.entities],
+    )
     cfg = dataclasses.replace(
         cfg, batch_size=batch, thin_source=thin, snapshots=snapshots, state_layout=layout
     )

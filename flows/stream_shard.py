@@ -37,6 +37,7 @@ from flows.stream_evict import Evicted
 from flows.stream_io import DeadLetter, Ingested, RowOut
 
 LAYOUTS = ("entity", "sharded")
+CHOICES = ("auto", *LAYOUTS)  # --state-layout; auto: resolve_layout
 SHARDS = 64  # a power of two: the shard is the top bits of a multiplicative hash
 _BITS = SHARDS.bit_length() - 1
 _MIX, _MASK = 0x9E3779B97F4A7C15, (1 << 64) - 1  # Fibonacci hashing: ids may be sequential
@@ -283,10 +284,9 @@ def _layout_of(step: str, entities: set[str]) -> str | None:
     return None
 
 
-def check_recovery(directory: Path, entities: Iterable[str], layout: str) -> None:
-    """Refuse a recovery directory whose snapshots another ``--state-layout`` (or shard
-    count, or an earlier build's sharded steps) wrote: resuming it would restart every
-    state empty from resumed offsets."""
+def recovery_layouts(directory: Path, entities: Iterable[str]) -> set[str]:
+    """The layouts whose snapshots ``directory`` holds (``entity``, ``sharded (64 shards)``,
+    or an earlier build's)."""
     names = set(entities)
     found: set[str] = set()
     for part in sorted(directory.glob("*.sqlite3")):
@@ -301,6 +301,27 @@ def check_recovery(directory: Path, entities: Iterable[str], layout: str) -> Non
             written = _layout_of(sid.rsplit(".", 1)[-1], names)
             if written is not None:
                 found.add(written)
+    return found
+
+
+def resolve_layout(layout: str, directory: Path | None, entities: Iterable[str]) -> str:
+    """``--state-layout auto`` (the default): ``sharded`` without a recovery directory (less
+    CPU per event, one write per poll); with one, the layout its snapshots were written in,
+    else ``entity``: a sharded snapshot rewrites every entity of each touched shard, 7–40x
+    the entity layout's bytes per epoch (docs/perf-plan.md, stream section 8)."""
+    if layout != "auto":
+        return layout
+    if directory is None:
+        return "sharded"
+    found = recovery_layouts(directory, entities) if directory.exists() else set()
+    return "sharded" if found == {f"sharded ({SHARDS} shards)"} else "entity"
+
+
+def check_recovery(directory: Path, entities: Iterable[str], layout: str) -> None:
+    """Refuse a recovery directory whose snapshots another ``--state-layout`` (or shard
+    count, or an earlier build's sharded steps) wrote: resuming it would restart every
+    state empty from resumed offsets."""
+    found = recovery_layouts(directory, entities)
     want = "entity" if layout == "entity" else f"sharded ({SHARDS} shards)"
     other = sorted(found - {want})
     if other:

@@ -125,10 +125,11 @@ def _parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         "(default 0: never; env SKEWLESS_STREAM_EVICT_AFTER)",
     )
     st.add_argument(
-        "--state-layout", choices=("entity", "sharded"),
-        default=os.environ.get("SKEWLESS_STREAM_STATE_LAYOUT") or "entity",
-        help="entity: one Bytewax key per entity (default); sharded: one per key shard, one "
-        "item per shard and poll (env SKEWLESS_STREAM_STATE_LAYOUT)",
+        "--state-layout", choices=("auto", "entity", "sharded"),
+        default=os.environ.get("SKEWLESS_STREAM_STATE_LAYOUT") or "auto",
+        help="entity: one Bytewax key per entity; sharded: one per key shard, one item per "
+        "shard and poll; auto (default): sharded, but with -r the layout the recovery "
+        "directory holds, entity for a new one (env SKEWLESS_STREAM_STATE_LAYOUT)",
     )  # fmt: skip
     st.add_argument("-r", "--recovery-directory", type=Path)
     st.add_argument("-s", "--snapshot-interval", type=float, default=5.0, help="seconds")

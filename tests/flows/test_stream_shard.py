@@ -30,6 +30,7 @@ from flows.stream_shard import (
     STEP,
     ShardRouter,
     check_recovery,
+    resolve_layout,
     shard_of,
     step_id,
 )
@@ -201,6 +202,29 @@ def test_a_recovery_directory_of_the_other_layout_is_refused_naming_it(
     with pytest.raises(ValueError, match=r"^--state-layout .*") as err:
         check_recovery(rec, ["card", "merchant"], resumed)
     assert refused in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("chosen", "written", "resolved"),
+    [
+        ("auto", None, "sharded"),  # no -r: nothing is snapshotted
+        ("auto", "new", "entity"),  # a new -r directory: the entity layout's small epochs
+        ("auto", "card", "entity"),  # resumes what the directory holds
+        ("auto", STEP, "sharded"),
+        ("auto", step_id("card"), "entity"),  # an earlier build's: check_recovery refuses it
+        ("entity", None, "entity"),  # an explicit layout is kept as given
+        ("sharded", "card", "sharded"),
+    ],
+)
+def test_auto_layout_is_sharded_without_recovery_and_what_the_directory_holds_with_it(
+    tmp_path: Path, chosen: str, written: str | None, resolved: str
+) -> None:
+    rec = None
+    if written == "new":
+        rec = tmp_path / "rec"
+    elif written is not None:
+        rec = _recovery_dir(tmp_path / "rec", written)
+    assert resolve_layout(chosen, rec, ["card", "merchant"]) == resolved
 
 
 class _Fake:
