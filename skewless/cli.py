@@ -227,6 +227,10 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("backfill")
 def _backfill(args: argparse.Namespace, settings: Settings) -> int:
+    if args.engine != "dask" and not args.scheduler:
+        from flows.backfill_memory import arrow_small_pages
+
+        arrow_small_pages(os.environ)  # before Arrow loads: ~-1 s of system CPU on 2M events
     from features.loader import load_definitions
     from flows.backfill import run_backfill
 

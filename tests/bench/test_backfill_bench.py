@@ -19,3 +19,9 @@ def test_job_block_times_each_stage_and_the_command() -> None:
     assert out["command_seconds"] > 0 and out["command_events_per_s"] > 0
     start = out["command_seconds"] - out["total_seconds"]
     assert abs(out["process_start_seconds"] - start) <= 0.002
+    # ... split into its own (cold) job, as it reports it, and its start and exit
+    parts = out["command_start_exit_seconds"] + out["cold_job_seconds"]
+    assert abs(out["process_start_seconds"] - parts) <= 0.003
+    assert 0 < out["command_job_seconds"] < out["command_seconds"]
+    assert out["command_minor_faults"] > 0 and out["minor_faults"] > 0
+    assert out["command_user_seconds"] > 0
