@@ -194,7 +194,7 @@ def _cluster(
         _, err = p.communicate(timeout=1800)
         if p.returncode:
             raise RuntimeError(
-                f"stream cluster ({' '.join(args) or 'entity'}) failed: {err[-2000:]}"
+                f"stream cluster ({' '.join(args) or 'default layout'}) failed: {err[-2000:]}"
             )
     return time.perf_counter() - start
 

@@ -5,9 +5,9 @@
   empty topic (process start); CPU µs per event (the process's user + system time over
   the drain) and events/s after start, median and best;
 * per stage: ``bench/stream_stages.py`` with the shard router and shard logics;
-* workers: a two-partition topic drained in the sharded layout by 1 worker, 2 workers
-  (``-w 2``, threads) and a 2-process cluster (``-i 0/1``): events/s after start and the
-  ratio to 1 worker.
+* workers_entity: a two-partition topic drained in the entity layout by 1 worker, 2
+  workers (``-w 2``, threads) and a 2-process cluster (``-i 0/1``): events/s after start
+  and the ratio to 1 worker (the default layout's are the suite's ``workers``).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 
 SHARDED = ("--state-layout", "sharded")
+ENTITY = ("--state-layout", "entity")  # explicit: the default (auto) is sharded without -r
 
 
 def drain(
@@ -29,7 +30,7 @@ def drain(
     """Entity vs sharded layout over ``topic`` (``n`` events), alternated."""
     _drain, _fresh, _topic = h._drain, h._fresh, h._topic
     empty = _topic(bootstrap, f"bench-sh-empty-{int(time.time() * 1000)}")
-    variants: dict[str, tuple[str, ...]] = {"entity": (), "sharded": SHARDED}
+    variants: dict[str, tuple[str, ...]] = {"entity": ENTITY, "sharded": SHARDED}
     runs: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
     for _ in range(rounds):
         for name, args in variants.items():
@@ -52,8 +53,11 @@ def drain(
     return out
 
 
-def workers(h: Any, bootstrap: str, redis_url: str, table: pa.Table, work: Path) -> dict[str, Any]:
-    """Sharded layout on a two-partition topic: 1 worker, ``-w 2``, 2 processes."""
+def workers(
+    h: Any, bootstrap: str, redis_url: str, table: pa.Table, work: Path, layout: tuple[str, ...]
+) -> dict[str, Any]:
+    """One layout on a two-partition topic: 1 worker, ``-w 2``, 2 processes (the default
+    layout's are ``bench.stream.workers``: the headline)."""
     from flows.produce import produce_messages
 
     _drain, _fresh, _pairs, _topic = h._drain, h._fresh, h._pairs, h._topic
@@ -64,13 +68,13 @@ def workers(h: Any, bootstrap: str, redis_url: str, table: pa.Table, work: Path)
     assert report.failed == 0, report
     empty = _topic(bootstrap, f"bench-sh-w2e-{stamp}", partitions=2)
     n, out = table.num_rows, dict[str, Any]()
-    for name, args in (("w1", SHARDED), ("w2", (*SHARDED, "-w", "2"))):
+    for name, args in (("w1", layout), ("w2", (*layout, "-w", "2"))):
         start, _ = _drain(bootstrap, _fresh(redis_url), empty, work, *args)
         wall, cpu = _drain(bootstrap, _fresh(redis_url), topic, work, *args)
         out[name] = {"events_per_s_after_start": round(n / max(wall - start, 1e-9)),
                      "process_cpu_per_wall": round(cpu / wall, 2)}  # fmt: skip
-    start = h._cluster(bootstrap, _fresh(redis_url), empty, work, SHARDED)
-    wall = h._cluster(bootstrap, _fresh(redis_url), topic, work, SHARDED)
+    start = h._cluster(bootstrap, _fresh(redis_url), empty, work, layout)
+    wall = h._cluster(bootstrap, _fresh(redis_url), topic, work, layout)
     out["two_processes"] = {"events_per_s_after_start": round(n / max(wall - start, 1e-9))}
     base = out["w1"]["events_per_s_after_start"]
     for name in ("w2", "two_processes"):
@@ -99,5 +103,5 @@ def run(
         "per_stage_cpu_us_per_event": stage_table(bootstrap, topic, h._fresh(redis_url), work),
     }
     if len(os.sched_getaffinity(0)) > 1:
-        out["workers"] = workers(h, bootstrap, redis_url, table, work)
+        out["workers_entity"] = workers(h, bootstrap, redis_url, table, work, ENTITY)
     return out
