@@ -1,6 +1,6 @@
 //! Python bindings: `Core` (one entity layout) and `State` (one entity's state).
 //!
-//! The Python engine (`features/engine.py`, `features/codec.py`) is the reference; this
+//! The Python engine (`features/reference_engine.py`, `features/reference_codec.py`) is the reference; this
 //! crate computes the same state bytes and the same feature values, bit for bit, and the
 //! tests hold the two against each other.
 
@@ -346,7 +346,7 @@ impl Core {
         }
     }
 
-    /// An index into `OUTCOMES` (the `features.engine.Outcome` values).
+    /// An index into `OUTCOMES` (the `features.layout.Outcome` values).
     #[pyo3(signature = (state, ts, values, txid=None))]
     fn update(
         &self,
