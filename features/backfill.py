@@ -184,6 +184,8 @@ class EventIndex:
         self._memo: dict[tuple[str, bool], Moments | None] = {}
         self._lo_at_events: dict[tuple[int, int], np.ndarray] = {}
         self._extremes_ok: dict[str, bool] = {}
+        #: the native spine pass's table once gathered, for the after-event pass to fill
+        self.spare: np.ndarray | None = None
 
     def moments(self, field: str, squares: bool) -> Moments | None:
         """Exact prefix sums of ``field`` (and of its squares), computed once."""

@@ -94,6 +94,23 @@ def test_native_pass_is_the_numpy_pass(
     assert (ran is None) == (kind in ("negative", "signed_zero"))
 
 
+def test_after_event_pass_fills_the_spine_pass_table() -> None:
+    """The after-event pass writes into the spine pass's finished table (no fresh ~140 MB
+    per 2M events), giving a fresh index's bytes; a later pass never overwrites them."""
+    keys, ts, fields = _history(3, "plain")
+    fresh = EventIndex(keys, ts, fields).features_after_events(EVERY_OP, "card")[3]
+    index = EventIndex(keys, ts, fields)
+    index.features(EVERY_OP, "card", keys, ts)
+    spare = index.spare
+    assert spare is not None
+    after = index.features_after_events(EVERY_OP, "card")[3]
+    assert index.spare is None and all(np.shares_memory(v, spare) for v in after.values())
+    _same(after, fresh)
+    index.features(EVERY_OP, "card", keys, ts)
+    index.features(EVERY_OP, "card", keys[::-1], ts[::-1])
+    _same(after, fresh)
+
+
 def test_tile_moments_are_the_engines_tiles() -> None:
     rng = np.random.default_rng(3)
     x = np.concatenate(
