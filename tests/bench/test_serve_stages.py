@@ -31,7 +31,12 @@ def test_stage_table(redis_url: str, tmp_path: Path) -> None:
     assert out["requests"] == 40
     for regime in ("warm", "lone"):
         stages = out[regime]
-        assert len(stages) == 12 and all(v > 0 for v in stages.values()), stages
+        assert len(stages) == 16 and all(v > 0 for v in stages.values()), stages
         whole = stages["score_one (read + compute, log off)"]
         assert whole >= stages["predict (native, 1 row)"]
         assert "redis read, awaited on the loop" in stages
+        # the direct path's own stages (session 7): one native finalize, native response
+        for name in ("finalize into the row (one native call, the direct path's)",
+                     "response (native encoder, the direct path's)",
+                     "score_read (compute only, states given)"):  # fmt: skip
+            assert name in stages, name
