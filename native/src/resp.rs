@@ -68,6 +68,38 @@ impl HsetEncoder {
         PyBytes::new(py, &out)
     }
 
+    /// `HGET key field` for each distinct id of `ids` (first occurrence order) in one
+    /// payload: `(payload, distinct, idx)`, `idx` the reply index of each id (u32
+    /// little-endian, `base` + its distinct position), for `RowFinalizer.fill_batch`.
+    fn hget_many<'py>(
+        &self,
+        py: Python<'py>,
+        ids: Vec<i64>,
+        field: &[u8],
+        base: u32,
+    ) -> (Bound<'py, PyBytes>, usize, Bound<'py, PyBytes>) {
+        let mut first: HashMap<i64, u32> = HashMap::with_capacity(ids.len());
+        let mut idx = Vec::with_capacity(4 * ids.len());
+        let mut out =
+            Vec::with_capacity(ids.len() * (48 + self.key_head.len() + self.key_tail.len()));
+        let mut key = Vec::with_capacity(self.key_head.len() + 8 + self.key_tail.len());
+        for &id in &ids {
+            let next = first.len() as u32;
+            let k = *first.entry(id).or_insert_with(|| {
+                out.extend_from_slice(b"*3\r\n$4\r\nHGET\r\n");
+                key.clear();
+                key.extend_from_slice(&self.key_head);
+                key.extend_from_slice(&id.to_le_bytes());
+                key.extend_from_slice(&self.key_tail);
+                bulk(&mut out, &key);
+                bulk(&mut out, field);
+                next
+            });
+            idx.extend_from_slice(&(base + k).to_le_bytes());
+        }
+        (PyBytes::new(py, &out), first.len(), PyBytes::new(py, &idx))
+    }
+
     /// One `HSET key f1 v1 ... state ts` command.
     fn command<'py>(
         &self,
