@@ -257,6 +257,16 @@ class ScoreBatchEncoder:
         threshold: float,
         model_version: str,
     ) -> bytes: ...
+    def encode_columns(
+        self,
+        transaction_ids: list[str],
+        scores: Sequence[float],
+        decisions: Sequence[bool],
+        warnings: list[tuple[str, ...]],
+        threshold: float,
+        model_version: str,
+    ) -> bytes:
+        """:meth:`encode` from the batch's columns (lists of one length), read in place."""
 
 def state_max_seen(data: bytes | None) -> int | None: ...
 def unwrap_bytes_values(raws: list[bytes | None]) -> list[bytes | None]: ...

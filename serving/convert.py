@@ -244,9 +244,9 @@ def batch_response_bytes(results: Sequence[ScoreResult], include_features: bool)
         from features.native import score_batch_encoder
 
         c = columns
-        return score_batch_encoder(pb.ScoreBatchResponse.DESCRIPTOR).encode(
-            list(zip(c["transaction_id"], c["score"], c["decision"], c["warnings"], strict=True)),
-            c["threshold"][0], c["model_version"][0],
+        return score_batch_encoder(pb.ScoreBatchResponse.DESCRIPTOR).encode_columns(
+            c["transaction_id"], c["score"], c["decision"], c["warnings"], c["threshold"][0],
+            c["model_version"][0],
         )  # fmt: skip
     first = results[0] if results else None
     if (

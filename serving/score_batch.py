@@ -117,14 +117,17 @@ def _score_columns(
     where = {
         name: plan.columns[j][i] for j, r in enumerate(readers) for i, name in enumerate(r.names)
     }
-    schema = scorer.plan.schema
+    schema, fields = scorer.plan.schema, {}
 
     def column(name: str) -> np.ndarray | None:
         if name in where:
             return X[:, where[name]]
         if name == schema.event_time:
             return t
-        return np.array(list(map(itemgetter(schema.position(name)), events)), dtype=object)
+        if name not in fields:  # built once, however many features read it
+            at = itemgetter(schema.position(name))
+            fields[name] = np.array(list(map(at, events)), dtype=object)
+        return fields[name]
 
     request = scorer.plan.request_many(column, n)
     for c, name in zip(plan.request_columns, scorer.fs.request_features, strict=True):

@@ -93,7 +93,7 @@ class ScoreResults(list[ScoreResult]):
 
     __slots__ = ("columns",)
 
-    def __init__(self, results: Any = (), columns: dict[str, Sequence[Any]] | None = None):
+    def __init__(self, results: Any = (), columns: dict[str, list[Any]] | None = None):
         super().__init__(results)
         self.columns = columns
 

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyFloat, PyInt, PyList};
+use pyo3::types::{PyBytes, PyFloat, PyInt, PyList, PyString, PyTuple};
 
 fn varint(out: &mut Vec<u8>, v: i64) {
     let mut n = v as u64; // negative int64: ten bytes, two's complement (protobuf)
@@ -291,32 +291,99 @@ impl ScoreBatchEncoder {
         model_version: &str,
     ) -> Bound<'py, PyBytes> {
         let mut out = Vec::with_capacity(results.len() * (48 + model_version.len()));
-        let mut msg = Vec::with_capacity(128);
         for (txid, score, decision, warnings) in &results {
-            msg.clear();
-            if !txid.is_empty() {
-                pb_len(&mut msg, &self.transaction_id, txid.as_bytes());
-            }
-            if *score != 0.0 || score.is_sign_negative() {
-                msg.extend_from_slice(&self.score);
-                msg.extend_from_slice(&score.to_le_bytes());
-            }
-            if *decision {
-                msg.extend_from_slice(&self.decision);
-                msg.push(1);
-            }
-            if threshold != 0.0 || threshold.is_sign_negative() {
-                msg.extend_from_slice(&self.threshold);
-                msg.extend_from_slice(&threshold.to_le_bytes());
-            }
-            if !model_version.is_empty() {
-                pb_len(&mut msg, &self.model_version, model_version.as_bytes());
-            }
-            for w in warnings {
-                pb_len(&mut msg, &self.warnings, w.as_bytes());
-            }
-            pb_len(&mut out, &self.responses, &msg);
+            let w: Vec<&str> = warnings.iter().map(String::as_str).collect();
+            self.one(
+                &mut out,
+                txid,
+                *score,
+                *decision,
+                &w,
+                threshold,
+                model_version,
+            );
         }
         PyBytes::new(py, &out)
+    }
+
+    /// [`Self::encode`] from the batch's columns as the scorer holds them (lists of the
+    /// same length; `warnings` a tuple of str per result), read in place.
+    #[allow(clippy::too_many_arguments)]
+    fn encode_columns<'py>(
+        &self,
+        py: Python<'py>,
+        transaction_ids: &Bound<'py, PyList>,
+        scores: Vec<f64>,
+        decisions: Vec<bool>,
+        warnings: &Bound<'py, PyList>,
+        threshold: f64,
+        model_version: &str,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let n = scores.len();
+        if transaction_ids.len() != n || decisions.len() != n || warnings.len() != n {
+            return Err(PyValueError::new_err("columns: lengths differ"));
+        }
+        let mut out = Vec::with_capacity(n * (48 + model_version.len()));
+        let mut w: Vec<String> = Vec::new();
+        for (i, (&score, &decision)) in scores.iter().zip(&decisions).enumerate() {
+            let txid = transaction_ids.get_item(i)?;
+            let txid = txid.downcast::<PyString>()?.to_str()?;
+            let ws = warnings.get_item(i)?;
+            let ws = ws.downcast::<PyTuple>()?;
+            w.clear();
+            for item in ws.iter() {
+                w.push(item.extract::<String>()?);
+            }
+            let w: Vec<&str> = w.iter().map(String::as_str).collect();
+            self.one(
+                &mut out,
+                txid,
+                score,
+                decision,
+                &w,
+                threshold,
+                model_version,
+            );
+        }
+        Ok(PyBytes::new(py, &out))
+    }
+}
+
+impl ScoreBatchEncoder {
+    /// One `ScoreResponse` appended to `out` as a `responses` element.
+    #[allow(clippy::too_many_arguments)]
+    fn one(
+        &self,
+        out: &mut Vec<u8>,
+        txid: &str,
+        score: f64,
+        decision: bool,
+        warnings: &[&str],
+        threshold: f64,
+        model_version: &str,
+    ) {
+        let mut msg = Vec::with_capacity(64 + model_version.len());
+        if !txid.is_empty() {
+            pb_len(&mut msg, &self.transaction_id, txid.as_bytes());
+        }
+        if score != 0.0 || score.is_sign_negative() {
+            msg.extend_from_slice(&self.score);
+            msg.extend_from_slice(&score.to_le_bytes());
+        }
+        if decision {
+            msg.extend_from_slice(&self.decision);
+            msg.push(1);
+        }
+        if threshold != 0.0 || threshold.is_sign_negative() {
+            msg.extend_from_slice(&self.threshold);
+            msg.extend_from_slice(&threshold.to_le_bytes());
+        }
+        if !model_version.is_empty() {
+            pb_len(&mut msg, &self.model_version, model_version.as_bytes());
+        }
+        for w in warnings {
+            pb_len(&mut msg, &self.warnings, w.as_bytes());
+        }
+        pb_len(out, &self.responses, &msg);
     }
 }
