@@ -14,10 +14,10 @@ Same keys, same bytes, same values as the ordinary read: the scan only reads bul
 strings and nils holding feast ``bytes_val``s; anything else (an error reply, another
 reply type) makes :meth:`BatchStateReader.read` return None after closing its connection,
 and the caller reads the keys the ordinary way, which raises what it always raised. Only
-for :class:`~features.store.redis.RedisStore` (one server); other stores take the
-ordinary read. The connection is this reader's own, one per thread (like the ``Score``
-path's, :mod:`features.store.redis_async`), opened by the store's wire so that the store's
-``close`` closes it too.
+for :class:`~features.store.redis.RedisStore` (one server, plain TCP); other stores and
+TLS take the ordinary read. The connection is this reader's own, one per thread (like the
+``Score`` path's, :mod:`features.store.redis_async`), opened by the store's wire so that
+the store's ``close`` closes it too.
 """
 
 from __future__ import annotations
@@ -37,10 +37,11 @@ KEEP_BYTES = 1 << 24
 
 
 def batch_reader(store: object) -> BatchStateReader | None:
-    """The buffered batch read of ``store``, or None where it is not offered (stores other
-    than one Redis server: Feast, Redis Cluster, the tests' dict stores)."""
+    """The buffered batch read of ``store``, or None where it is not offered: stores other
+    than one Redis server (Feast, Redis Cluster, the tests' dict stores) and TLS, which
+    keep the ordinary read."""
     wire = getattr(store, "_client", None)
-    if type(store) is not RedisStore or type(wire) is not RedisWire:
+    if type(store) is not RedisStore or type(wire) is not RedisWire or wire.tls:
         return None
     return BatchStateReader(store, wire)
 

@@ -161,3 +161,17 @@ def test_redis_gone_is_unavailable_naming_how_to_start_it(
         assert "scripts/services.sh redis-start" in str(info.value)
     finally:
         store.close()
+
+
+def test_offered_for_one_plain_redis_server_only(redis_url: str) -> None:
+    from tests.serving.test_scorer import MemoryStore
+
+    plain = open_store(StoreConfig(redis_url=redis_url), REFERENCE)
+    tls = open_store(StoreConfig(redis_url="rediss://127.0.0.1:9/0"), REFERENCE)  # no I/O yet
+    try:
+        assert type(batch_read.batch_reader(plain)) is batch_read.BatchStateReader
+        assert batch_read.batch_reader(tls) is None  # TLS keeps the ordinary read
+        assert batch_read.batch_reader(MemoryStore()) is None
+    finally:
+        plain.close()
+        tls.close()
