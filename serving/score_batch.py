@@ -1,7 +1,11 @@
 """``ScoreBatch``'s column-at-a-time path: :meth:`Scorer.score`'s values for many events.
 
-One store round trip for every distinct entity of the batch, one native call per entity
-for all rows (finalize from the stored bytes), vectorized request features, one predict.
+One store round trip for every distinct entity of the batch; on one Redis server its
+replies are received into one buffer and every event finalized from there in one native
+call (:mod:`serving.batch_read`), elsewhere one native call per entity for all rows from
+the stored bytes; vectorized request features, one predict. The results carry their
+columns (:class:`~serving.score_types.ScoreResults`) for the prediction log and the
+response encoder.
 The per-event objects the caller gets back (:class:`~serving.score_types.ScoreResult` and its
 :class:`~serving.score_types.EntityStateInfo` tuples) are built from columns by C-level
 ``map``/``zip`` rather than one Python call per event: at 500 events per call those calls
