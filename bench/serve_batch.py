@@ -231,7 +231,7 @@ def stage_table(
             last, last_cpu = time.perf_counter(), time.thread_time()
             events, include_features, _ = read(data)
             mark("request_read")
-            results = scorer.score_columns(events, None, mark)
+            results = scorer.score_columns(events, None, mark, infos=include_features)
             batch_response_bytes(results, include_features)
             mark("response_encode")
             n = len(events)

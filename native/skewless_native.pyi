@@ -203,6 +203,30 @@ class RowFinalizer:
     ) -> tuple[list[float], list[list[float]], list[int | None]]:
         """``(row, windows, newest)``; an entity's failure is a ValueError whose args are
         ``(entity index, the exception Core.features raises)``."""
+    def fill_batch(
+        self,
+        scan: ReplyScan,
+        buf: bytearray,
+        idx: Sequence[bytes],
+        ts: Sequence[int],
+        want_newest: bool,
+    ) -> tuple[bytearray, list[list[int]], list[list[int | None]] | None]:
+        """``(X, missing, newest)`` of a batch from the replies ``scan`` found in ``buf``
+        (``idx[j]``: each event's reply index for entity ``j``, u32 little-endian); an
+        entity's first failure is a ValueError whose args are ``(entity index, event
+        index, the exception Core.features_many raises)``."""
+
+class ReplyScan:
+    """The replies to ``n`` pipelined ``HGET``s, scanned in the receive buffer."""
+
+    def __init__(self, n: int) -> None: ...
+    def feed(self, buf: bytearray, got: int) -> bool: ...
+    @property
+    def done(self) -> bool: ...
+    @property
+    def odd(self) -> bool: ...
+    @property
+    def size(self) -> int: ...
 
 class HsetEncoder:
     """Feast's Redis layout as ready-to-send RESP commands."""
@@ -216,6 +240,9 @@ class HsetEncoder:
         ts_field: bytes,
     ) -> None: ...
     def hget(self, entity_id: int, field: bytes) -> bytes: ...
+    def hget_many(
+        self, ids: Sequence[int], field: bytes, base: int
+    ) -> tuple[bytes, int, bytes]: ...
     def command(
         self, entity_id: int, values: list[float | int | None], state: bytes, ts_ms: int
     ) -> bytes: ...
@@ -230,6 +257,16 @@ class ScoreBatchEncoder:
         threshold: float,
         model_version: str,
     ) -> bytes: ...
+    def encode_columns(
+        self,
+        transaction_ids: list[str],
+        scores: Sequence[float],
+        decisions: Sequence[bool],
+        warnings: list[tuple[str, ...]],
+        threshold: float,
+        model_version: str,
+    ) -> bytes:
+        """:meth:`encode` from the batch's columns (lists of one length), read in place."""
 
 def state_max_seen(data: bytes | None) -> int | None: ...
 def unwrap_bytes_values(raws: list[bytes | None]) -> list[bytes | None]: ...

@@ -35,6 +35,7 @@ from features.plan import Plan
 from features.schema import Field, FieldType, InvalidEventError
 from features.validate import parse_time_ms
 from serving._proto.skewless.v1 import scorer_pb2 as pb
+from serving.score_types import ScoreResults
 from serving.scorer import EntityStateInfo, InvalidRequestError, ScoreResult
 
 _NANOS = 1_000_000_000
@@ -238,6 +239,15 @@ def batch_response_bytes(results: Sequence[ScoreResult], include_features: bool)
     """The serialized ScoreBatchResponse of ``results``; without features it is encoded
     natively in one pass (the same message as :func:`score_response` per result; a test
     holds it), and the server sends these bytes as they are."""
+    columns = results.columns if type(results) is ScoreResults else None
+    if columns is not None and results and not include_features:  # one model's results, by column
+        from features.native import score_batch_encoder
+
+        c = columns
+        return score_batch_encoder(pb.ScoreBatchResponse.DESCRIPTOR).encode_columns(
+            c["transaction_id"], c["score"], c["decision"], c["warnings"], c["threshold"][0],
+            c["model_version"][0],
+        )  # fmt: skip
     first = results[0] if results else None
     if (
         include_features

@@ -29,6 +29,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from serving.score_types import ScoreResults
+
 log = logging.getLogger("skewless.serving.predlog")
 
 Event = Any
@@ -45,7 +47,7 @@ class ScoredBatch(NamedTuple):
     at_ms: int
     events: Sequence[Event]
     feature_names: tuple[str, ...]
-    columns: dict[str, tuple[Any, ...]]
+    columns: dict[str, Sequence[Any]]
     X: np.ndarray | None
 
     @property
@@ -57,8 +59,11 @@ class ScoredBatch(NamedTuple):
         at = time.time_ns() // 1_000_000
         if not results:
             return ScoredBatch(at, (), (), {}, X)
-        columns = dict(zip(results[0]._fields, zip(*results, strict=True), strict=True))
         names = results[0].feature_names
+        given = results.columns if type(results) is ScoreResults else None
+        if given is not None and X is not None:  # the batch's own columns, as they are
+            return ScoredBatch(at, events, names, dict(given), X)
+        columns = dict(zip(results[0]._fields, zip(*results, strict=True), strict=True))
         for dropped in ("entities", "feature_names", *(("features",) if X is not None else ())):
             columns.pop(dropped, None)
         return ScoredBatch(at, events, names, columns, X)

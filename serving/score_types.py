@@ -84,6 +84,20 @@ class ScoreResult(NamedTuple):
     shadow_version: str | None = None
 
 
+class ScoreResults(list[ScoreResult]):
+    """A batch's results (a list of :class:`ScoreResult`) and, when the scorer set them,
+    the same values by result field in :attr:`columns` (the lists the results were built
+    from), so that the prediction log and the response encoder need not transpose 500
+    tuples back into columns. A copy or slice is a plain list; ``columns`` is None once
+    results were replaced (a canary's rows)."""
+
+    __slots__ = ("columns",)
+
+    def __init__(self, results: Any = (), columns: dict[str, list[Any]] | None = None):
+        super().__init__(results)
+        self.columns = columns
+
+
 @dataclass(frozen=True, slots=True)
 class EntityFeatures:
     names: tuple[str, ...]

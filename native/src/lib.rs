@@ -15,6 +15,7 @@ mod index;
 mod level;
 mod moments;
 mod proto;
+mod replies;
 mod resp;
 mod rows;
 mod score_one;
@@ -513,6 +514,7 @@ fn skewless_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<proto::TransactionBatchParser>()?;
     m.add_class::<trees::TreeEnsemble>()?;
     m.add_class::<score_one::RowFinalizer>()?;
+    m.add_class::<replies::ReplyScan>()?;
     m.add_function(wrap_pyfunction!(state_max_seen, m)?)?;
     m.add_function(wrap_pyfunction!(batch::update_items, m)?)?;
     m.add_function(wrap_pyfunction!(shard::update_rows, m)?)?;

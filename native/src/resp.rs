@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyFloat, PyInt, PyList};
+use pyo3::types::{PyBytes, PyFloat, PyInt, PyList, PyString, PyTuple};
 
 fn varint(out: &mut Vec<u8>, v: i64) {
     let mut n = v as u64; // negative int64: ten bytes, two's complement (protobuf)
@@ -66,6 +66,38 @@ impl HsetEncoder {
         bulk(&mut out, &key);
         bulk(&mut out, field);
         PyBytes::new(py, &out)
+    }
+
+    /// `HGET key field` for each distinct id of `ids` (first occurrence order) in one
+    /// payload: `(payload, distinct, idx)`, `idx` the reply index of each id (u32
+    /// little-endian, `base` + its distinct position), for `RowFinalizer.fill_batch`.
+    fn hget_many<'py>(
+        &self,
+        py: Python<'py>,
+        ids: Vec<i64>,
+        field: &[u8],
+        base: u32,
+    ) -> (Bound<'py, PyBytes>, usize, Bound<'py, PyBytes>) {
+        let mut first: HashMap<i64, u32> = HashMap::with_capacity(ids.len());
+        let mut idx = Vec::with_capacity(4 * ids.len());
+        let mut out =
+            Vec::with_capacity(ids.len() * (48 + self.key_head.len() + self.key_tail.len()));
+        let mut key = Vec::with_capacity(self.key_head.len() + 8 + self.key_tail.len());
+        for &id in &ids {
+            let next = first.len() as u32;
+            let k = *first.entry(id).or_insert_with(|| {
+                out.extend_from_slice(b"*3\r\n$4\r\nHGET\r\n");
+                key.clear();
+                key.extend_from_slice(&self.key_head);
+                key.extend_from_slice(&id.to_le_bytes());
+                key.extend_from_slice(&self.key_tail);
+                bulk(&mut out, &key);
+                bulk(&mut out, field);
+                next
+            });
+            idx.extend_from_slice(&(base + k).to_le_bytes());
+        }
+        (PyBytes::new(py, &out), first.len(), PyBytes::new(py, &idx))
     }
 
     /// One `HSET key f1 v1 ... state ts` command.
@@ -259,32 +291,99 @@ impl ScoreBatchEncoder {
         model_version: &str,
     ) -> Bound<'py, PyBytes> {
         let mut out = Vec::with_capacity(results.len() * (48 + model_version.len()));
-        let mut msg = Vec::with_capacity(128);
         for (txid, score, decision, warnings) in &results {
-            msg.clear();
-            if !txid.is_empty() {
-                pb_len(&mut msg, &self.transaction_id, txid.as_bytes());
-            }
-            if *score != 0.0 || score.is_sign_negative() {
-                msg.extend_from_slice(&self.score);
-                msg.extend_from_slice(&score.to_le_bytes());
-            }
-            if *decision {
-                msg.extend_from_slice(&self.decision);
-                msg.push(1);
-            }
-            if threshold != 0.0 || threshold.is_sign_negative() {
-                msg.extend_from_slice(&self.threshold);
-                msg.extend_from_slice(&threshold.to_le_bytes());
-            }
-            if !model_version.is_empty() {
-                pb_len(&mut msg, &self.model_version, model_version.as_bytes());
-            }
-            for w in warnings {
-                pb_len(&mut msg, &self.warnings, w.as_bytes());
-            }
-            pb_len(&mut out, &self.responses, &msg);
+            let w: Vec<&str> = warnings.iter().map(String::as_str).collect();
+            self.one(
+                &mut out,
+                txid,
+                *score,
+                *decision,
+                &w,
+                threshold,
+                model_version,
+            );
         }
         PyBytes::new(py, &out)
+    }
+
+    /// [`Self::encode`] from the batch's columns as the scorer holds them (lists of the
+    /// same length; `warnings` a tuple of str per result), read in place.
+    #[allow(clippy::too_many_arguments)]
+    fn encode_columns<'py>(
+        &self,
+        py: Python<'py>,
+        transaction_ids: &Bound<'py, PyList>,
+        scores: Vec<f64>,
+        decisions: Vec<bool>,
+        warnings: &Bound<'py, PyList>,
+        threshold: f64,
+        model_version: &str,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let n = scores.len();
+        if transaction_ids.len() != n || decisions.len() != n || warnings.len() != n {
+            return Err(PyValueError::new_err("columns: lengths differ"));
+        }
+        let mut out = Vec::with_capacity(n * (48 + model_version.len()));
+        let mut w: Vec<String> = Vec::new();
+        for (i, (&score, &decision)) in scores.iter().zip(&decisions).enumerate() {
+            let txid = transaction_ids.get_item(i)?;
+            let txid = txid.downcast::<PyString>()?.to_str()?;
+            let ws = warnings.get_item(i)?;
+            let ws = ws.downcast::<PyTuple>()?;
+            w.clear();
+            for item in ws.iter() {
+                w.push(item.extract::<String>()?);
+            }
+            let w: Vec<&str> = w.iter().map(String::as_str).collect();
+            self.one(
+                &mut out,
+                txid,
+                score,
+                decision,
+                &w,
+                threshold,
+                model_version,
+            );
+        }
+        Ok(PyBytes::new(py, &out))
+    }
+}
+
+impl ScoreBatchEncoder {
+    /// One `ScoreResponse` appended to `out` as a `responses` element.
+    #[allow(clippy::too_many_arguments)]
+    fn one(
+        &self,
+        out: &mut Vec<u8>,
+        txid: &str,
+        score: f64,
+        decision: bool,
+        warnings: &[&str],
+        threshold: f64,
+        model_version: &str,
+    ) {
+        let mut msg = Vec::with_capacity(64 + model_version.len());
+        if !txid.is_empty() {
+            pb_len(&mut msg, &self.transaction_id, txid.as_bytes());
+        }
+        if score != 0.0 || score.is_sign_negative() {
+            msg.extend_from_slice(&self.score);
+            msg.extend_from_slice(&score.to_le_bytes());
+        }
+        if decision {
+            msg.extend_from_slice(&self.decision);
+            msg.push(1);
+        }
+        if threshold != 0.0 || threshold.is_sign_negative() {
+            msg.extend_from_slice(&self.threshold);
+            msg.extend_from_slice(&threshold.to_le_bytes());
+        }
+        if !model_version.is_empty() {
+            pb_len(&mut msg, &self.model_version, model_version.as_bytes());
+        }
+        for w in warnings {
+            pb_len(&mut msg, &self.warnings, w.as_bytes());
+        }
+        pb_len(out, &self.responses, &msg);
     }
 }

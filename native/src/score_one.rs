@@ -9,9 +9,10 @@
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::types::{PyByteArray, PyBytes, PyList, PyTuple};
 
 use crate::engine::{self, Val};
+use crate::replies::ReplyScan;
 use crate::{vals_to_list, Core};
 
 /// The entities of one model plan: their layouts and the model column of each value.
@@ -91,6 +92,105 @@ impl RowFinalizer {
                 PyList::new(py, row)?.into_any(),
                 windows.into_any(),
                 newest.into_any(),
+            ],
+        )
+    }
+
+    /// `ScoreBatch`'s window half for `ts.len()` events in one call, from the replies
+    /// `scan` found in `buf` (`serving.batch_read`): `idx[j]` holds, per event, the reply
+    /// index (u32 little-endian) of its entity `j`'s state. Returns `(X, missing,
+    /// newest)`: the model input, `n x width` float64 row-major in a bytearray (NaN where
+    /// no window value goes), per entity the events whose state was not found, and, with
+    /// `want_newest`, per entity each event's state's newest event time. The values and
+    /// errors are `Core.features_many`'s: an entity's first failing event is raised as a
+    /// ValueError whose args are `(entity index, event index, exception)`, entities in
+    /// order.
+    fn fill_batch<'py>(
+        &self,
+        py: Python<'py>,
+        scan: PyRef<'py, ReplyScan>,
+        buf: &Bound<'py, PyByteArray>,
+        idx: Vec<Bound<'py, PyBytes>>,
+        ts: Vec<i64>,
+        want_newest: bool,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let (n, width) = (ts.len(), self.n);
+        if idx.len() != self.cores.len() {
+            return Err(PyValueError::new_err("idx: one per entity layout"));
+        }
+        let mut x = vec![f64::NAN; n * width];
+        let missing = PyList::empty(py);
+        let newest = PyList::empty(py);
+        // SAFETY: no Python code runs while the slice is alive (the GIL is held throughout)
+        let data = unsafe { buf.as_bytes() };
+        for (j, (core, at)) in self.cores.iter().zip(&idx).enumerate() {
+            let at = at.as_bytes();
+            if at.len() != 4 * n {
+                return Err(PyValueError::new_err("idx: one u32 per event"));
+            }
+            let spec = &core.get().spec;
+            let cols = &self.columns[j];
+            let mut lost: Vec<usize> = Vec::new();
+            let mut seen: Vec<Option<i64>> = Vec::with_capacity(if want_newest { n } else { 0 });
+            for (i, &t) in ts.iter().enumerate() {
+                let k = u32::from_le_bytes(at[4 * i..4 * i + 4].try_into().unwrap()) as usize;
+                let slot = *scan
+                    .slots
+                    .get(k)
+                    .ok_or_else(|| PyValueError::new_err("idx: past the replies"))?;
+                let got = match slot {
+                    Some((s, l)) => {
+                        let d = data
+                            .get(s..s + l)
+                            .ok_or_else(|| PyValueError::new_err("buf: shorter than scanned"))?;
+                        spec.view(d)
+                            .and_then(|v| spec.finalize_view(&v, t))
+                            .and_then(|vals| {
+                                let ms = if want_newest {
+                                    engine::read_header(d)?.max_seen
+                                } else {
+                                    None
+                                };
+                                Ok((vals, ms))
+                            })
+                    }
+                    None => {
+                        lost.push(i);
+                        spec.finalize(&mut spec.new_state(), t).map(|v| (v, None))
+                    }
+                };
+                let (vals, ms) = match got {
+                    Ok(x) => x,
+                    Err(e) => {
+                        let exc = core.get().err(py, e);
+                        return Err(PyValueError::new_err((j, i, exc.into_value(py))));
+                    }
+                };
+                let row = &mut x[i * width..(i + 1) * width];
+                for (v, &c) in vals.iter().zip(cols) {
+                    row[c] = v.as_f64();
+                }
+                if want_newest {
+                    seen.push(ms);
+                }
+            }
+            missing.append(lost)?;
+            if want_newest {
+                newest.append(seen)?;
+            }
+        }
+        let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let newest = if want_newest {
+            newest.into_any()
+        } else {
+            py.None().into_bound(py)
+        };
+        PyTuple::new(
+            py,
+            [
+                PyByteArray::new(py, &bytes).into_any(),
+                missing.into_any(),
+                newest,
             ],
         )
     }

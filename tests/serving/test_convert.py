@@ -13,10 +13,12 @@ from serving._proto.skewless.v1 import scorer_pb2 as pb
 from serving.convert import (
     EventConverter,
     batch_response,
+    batch_response_bytes,
     event_message,
     ms_timestamp,
     score_response,
 )
+from serving.score_types import ScoreResults
 from serving.scorer import ScoreResult
 
 PLAN = compile_plan(REFERENCE)
@@ -116,3 +118,11 @@ def test_native_batch_response_is_the_protobuf_one(rows, threshold, version):
     ]
     want = pb.ScoreBatchResponse(responses=[score_response(r, False) for r in results])
     assert batch_response(results, False) == want
+    # the batch's own columns (serving.score_batch) encode to the same bytes
+    n, cols = len(rows), list(zip(*rows, strict=True)) or [(), (), (), ()]
+    columns = {"transaction_id": list(cols[0]), "score": list(cols[1]),
+               "decision": list(cols[2]), "threshold": [threshold] * n,
+               "model_version": [version] * n, "warnings": [tuple(w) for w in cols[3]],
+               "shadow_score": [None] * n, "shadow_version": [None] * n}  # fmt: skip
+    by_column = batch_response_bytes(ScoreResults(results, columns), False)
+    assert by_column == batch_response_bytes(results, False)
