@@ -167,8 +167,9 @@ def _scan(table: pa.Table, name: str) -> tuple[pa.Array, np.ndarray] | None:
 
 
 def _kept(candidates: np.ndarray, valid: pa.Table) -> np.ndarray:
-    """The file's candidate rows as positions among the ``valid`` rows (their ``row``)."""
-    rows = valid.column("row").to_numpy()
+    """The file's candidate rows as positions among the ``valid`` rows (their ``row``,
+    the last column of that name: validation appends it)."""
+    rows = valid.column(valid.schema.get_all_field_indices("row")[-1]).to_numpy()
     mark = np.zeros(int(rows.max()) + 1 if len(rows) else 0, bool)
     mark[candidates[candidates < len(mark)]] = True
     return np.flatnonzero(mark[rows])
