@@ -94,18 +94,25 @@ def load_events(
     id may repeat (found once) as their dedup candidates, and decide in parallel."""
     plan = compile_plan(fs)
     report.events = table.num_rows
-    valid, rejects = plan.validator.validate_table(table)
+    with ThreadPoolExecutor(1) as side:  # the id scan beside validation (its own core)
+        scan = side.submit(_scan, table, fs.schema.event_id)
+        valid, rejects = plan.validator.validate_table(table)
+        scanned = scan.result()
     report.rejected = rejects.num_rows
     ts = pc.cast(valid.column(fs.schema.event_time), pa.int64()).to_numpy()
-    txids = valid.column(fs.schema.event_id).combine_chunks()
-    candidates = maybe_repeated(txids)
     n = valid.num_rows
+    if scanned is not None and not rejects.num_rows:
+        txids, candidates = scanned  # the valid rows are the file's rows
+    else:
+        txids = valid.column(fs.schema.event_id).combine_chunks()
+        candidates = maybe_repeated(txids) if scanned is None else _kept(scanned[1], valid)
     columns: dict[str, np.ndarray] = {}
     for e in plan.entities:
         columns[e.join_key] = valid.column(e.join_key).to_numpy()
         for f in e.fields:
             if f not in columns:
-                columns[f] = valid.column(f).to_numpy(zero_copy_only=False).astype(np.float64)
+                x = valid.column(f).to_numpy(zero_copy_only=False)
+                columns[f] = np.asarray(x, np.float64)
 
     def one(e: Any) -> tuple[Any, EntityEvents]:
         keys = columns[e.join_key]
@@ -145,6 +152,27 @@ def load_events(
     late = late.append_column("late_for", _late_for([e.name for e in plan.entities], late_for))
     first = valid if not report.duplicates else valid.filter(pa.array(~primary_dup))
     return first, AcceptedEvents(by_entity), rejects, late
+
+
+def _scan(table: pa.Table, name: str) -> tuple[pa.Array, np.ndarray] | None:
+    """The file's ids in one array and the rows whose id may repeat among them
+    (:func:`maybe_repeated`), before validation has decided which rows count: a valid
+    row whose id repeats among the valid rows repeats among the file's rows, so the
+    file's candidates cover the valid rows' (:func:`_kept`). None where validation decides
+    first (no such string column: it names the problem)."""
+    if name not in table.column_names or not pa.types.is_string(table.schema.field(name).type):
+        return None
+    ids = table.column(name).combine_chunks()
+    return ids, maybe_repeated(ids)
+
+
+def _kept(candidates: np.ndarray, valid: pa.Table) -> np.ndarray:
+    """The file's candidate rows as positions among the ``valid`` rows (their ``row``,
+    the last column of that name: validation appends it)."""
+    rows = valid.column(valid.schema.get_all_field_indices("row")[-1]).to_numpy()
+    mark = np.zeros(int(rows.max()) + 1 if len(rows) else 0, bool)
+    mark[candidates[candidates < len(mark)]] = True
+    return np.flatnonzero(mark[rows])
 
 
 def _late_for(names: list[str], late_for: list[np.ndarray]) -> pa.Array:

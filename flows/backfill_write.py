@@ -35,16 +35,34 @@ ROW_GROUP = 1024 * 1024
 
 
 def parquet_options(schema: pa.Schema) -> dict[str, Any]:
-    """Parquet options chosen by measurement (docs/perf-plan.md, 2M events): dictionary
-    pages only for strings (on numbers they cost more time than they save space); snappy
-    for all but floating-point columns, which go uncompressed: a feature's mantissas
-    barely compress (snappy saves 0-25% on most of them) at twice the write time, while
-    ids, counts and times shrink 2-10x. (The distributed backfill writes with these too.)"""
+    """Parquet options chosen by measurement (docs/perf-plan.md, 2M events; the values
+    read back are the same under any of them):
+
+    * pages up to ``data_page_size`` (1 MB) instead of pyarrow's 20,000-row cap: every
+      page rebuilds its buffers and levels, and the cap tripled the pages;
+    * integers and times delta-encoded (``DELTA_BINARY_PACKED``), uncompressed: ids,
+      counts and sorted times shrink more than snappy made them, for half its time;
+    * floats and binary (the state columns) plain, uncompressed: a feature's mantissas
+      barely compress, at twice the write time;
+    * strings: dictionary pages, snappy; anything else snappy;
+    * statistics on all but float and binary columns: the ids, times and passthrough
+      columns users filter on keep theirs, a feature's min/max or a state blob's do not
+      buy a reader anything.
+
+    (The distributed backfill writes with these too.)"""
+
+    def number(f: pa.Field) -> bool:
+        return pa.types.is_integer(f.type) or pa.types.is_timestamp(f.type)
+
+    def plain(f: pa.Field) -> bool:
+        return pa.types.is_floating(f.type) or pa.types.is_binary(f.type)
+
     return {
         "use_dictionary": [f.name for f in schema if pa.types.is_string(f.type)],
-        "compression": {
-            f.name: "none" if pa.types.is_floating(f.type) else "snappy" for f in schema
-        },
+        "compression": {f.name: "none" if number(f) or plain(f) else "snappy" for f in schema},
+        "column_encoding": {f.name: "DELTA_BINARY_PACKED" for f in schema if number(f)},
+        "write_statistics": [f.name for f in schema if not plain(f)],
+        "max_rows_per_page": ROW_GROUP,
     }
 
 
