@@ -39,7 +39,8 @@ POLL_WAIT_S = 0.001
 #: up finds few messages and polls small; one that is behind takes large polls, which cost
 #: less per event (fewer rows per event, fewer passes over Bytewax's operators). It
 #: replaced a fixed 1,000 within 20,000 messages of the end, which kept a stream 0.1-1 s
-#: behind at 20,000 events/s in small, dear polls (docs/perf-plan.md, section 10).
+#: behind at 20,000 events/s in small, dear polls (docs/perf-plan.md, section 10). A bounded
+#: drain (``--no-tail``) takes full ``batch_size`` polls to the end.
 BUDGET_ENV = "SKEWLESS_STREAM_POLL_BUDGET_MS"
 BUDGET_MS = 100.0
 #: The smallest cap (a cost estimate inflated by a run of empty polls cannot starve a
@@ -185,7 +186,7 @@ class _ThinPartition(StatefulSourcePartition[Any, int]):
         part: int,
         resume: int | None,
         batch_size: int,
-        budget: PollBudget,
+        budget: PollBudget | None,
         gap_s: float = 0.0,
     ) -> None:
         self.offset = OFFSET_BEGINNING if resume is None else resume
@@ -193,7 +194,7 @@ class _ThinPartition(StatefulSourcePartition[Any, int]):
         self.tp = TopicPartition(topic, part, self.offset)
         self.consumer.assign([self.tp])
         self.topic, self.part, self.batch_size = topic, part, batch_size
-        self.budget = budget
+        self.budget = budget  # None: every poll may take ``batch_size`` (a bounded drain)
         self.eof = False
         self.gap = timedelta(seconds=gap_s)
         self.awake: datetime | None = None  # after a small poll, when the gap ends
@@ -204,7 +205,7 @@ class _ThinPartition(StatefulSourcePartition[Any, int]):
     def next_batch(self) -> list[Any]:
         if self.eof:
             raise StopIteration
-        n = self.budget.size(self.batch_size)
+        n = self.batch_size if self.budget is None else self.budget.size(self.batch_size)
         msgs = self.consumer.consume(n, 0)
         if not msgs and POLL_WAIT_S > 0:
             msgs = self.consumer.consume(1, POLL_WAIT_S)
@@ -232,7 +233,8 @@ class _ThinPartition(StatefulSourcePartition[Any, int]):
             keys.append(m.key())
             values.append(m.value() or b"")
             stamps.append(m.timestamp()[1])
-        self.budget.took(len(offsets) + len(errors))
+        if self.budget is not None:
+            self.budget.took(len(offsets) + len(errors))
         last = max(offsets[-1] if offsets else -1, *(e.msg.offset for e in errors), -1)
         if last >= 0:
             self.offset = last + 1  # resume after it, as KafkaSource does
@@ -273,7 +275,10 @@ class ThinKafkaSource(FixedPartitionedSource[Any, int]):
             raise ValueError("raise_on_errors: the thin source emits errors as items only")
         self.brokers, self.topics, self.tail = brokers, topics, tail
         self.batch_size, self.add_config = batch_size, dict(add_config or {})
-        self.budget = budget or PollBudget(poll_budget_s())  # shared by the partitions
+        # shared by the partitions; a bounded drain (``tail=False``) has no freshness to
+        # keep and takes full polls
+        seconds = poll_budget_s()
+        self.budget = budget or (PollBudget(seconds) if tail else None)
         self.gap_s = live_gap_s()
 
     def list_parts(self) -> list[str]:
