@@ -1,7 +1,7 @@
 """Type stubs of the native core (``native/src``), shipped with the wheel (maturin picks
 up ``skewless_native.pyi`` beside ``Cargo.toml``). Use it through ``features.native``."""
 
-from collections.abc import Buffer, Sequence
+from collections.abc import Buffer, Iterable, Sequence
 from typing import Any, Protocol
 
 #: the state bytes' layout version this build reads and writes
@@ -218,6 +218,21 @@ class HsetEncoder:
     def hget(self, entity_id: int, field: bytes) -> bytes: ...
     def command(
         self, entity_id: int, values: list[float | int | None], state: bytes, ts_ms: int
+    ) -> bytes: ...
+
+class HsetRows:
+    """A batch of ``OnlineRow``s as one payload of ``HsetEncoder.command``'s bytes."""
+
+    def __init__(
+        self,
+        key_head: bytes,
+        key_tail: bytes,
+        fields: Sequence[bytes],
+        state_field: bytes,
+        ts_field: bytes,
+    ) -> None: ...
+    def commands(
+        self, rows: Iterable[tuple[int, int, Sequence[float | int | None], bytes]]
     ) -> bytes: ...
 
 class ScoreBatchEncoder:

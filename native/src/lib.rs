@@ -10,6 +10,7 @@ mod dedup;
 mod engine;
 mod event;
 mod hashes;
+mod hset_rows;
 mod ids;
 mod index;
 mod level;
@@ -509,6 +510,7 @@ fn skewless_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<StateHeader>()?;
     m.add_class::<event::EventParser>()?;
     m.add_class::<resp::HsetEncoder>()?;
+    m.add_class::<hset_rows::HsetRows>()?;
     m.add_class::<resp::ScoreBatchEncoder>()?;
     m.add_class::<proto::TransactionBatchParser>()?;
     m.add_class::<trees::TreeEnsemble>()?;
