@@ -246,6 +246,13 @@ class ScoreBatchEncoder:
         model_version: str,
     ) -> bytes: ...
 
+_Row = tuple[int, int, Sequence[float | int | None], bytes]  # an OnlineRow
+
+def hset_pipeline(
+    batches: Iterable[tuple[HsetRows, Iterable[_Row]]], tail: bytes
+) -> tuple[bytes, int]:
+    """Each batch's ``HsetRows.commands``, then ``tail``, as one bytes; and the row count."""
+
 def state_max_seen(data: bytes | None) -> int | None: ...
 def unwrap_bytes_values(raws: list[bytes | None]) -> list[bytes | None]: ...
 def txid_hash(transaction_id: str) -> int: ...

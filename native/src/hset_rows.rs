@@ -1,13 +1,15 @@
 //! A whole batch of Feast-layout `HSET`s as one RESP payload (`features.store.redis`'s
 //! `write_rows`): the stream's sink wrote each row through `HsetEncoder.command` (one
 //! Python call, a `list()` of the values and a `bytes` object per row, then a join: ~7% of
-//! a drain). Here one call reads the rows (`OnlineRow` tuples) and appends every command
-//! to one buffer; the bytes are `HsetEncoder.command`'s, row after row (a test holds them
-//! equal).
+//! a drain). Here one call reads the rows (`OnlineRow` tuples) and writes every command
+//! of the batch, all entities' and the commands that follow them, into one `bytes` of the
+//! exact size: each state (a merchant's is ~20 KB, most of a poll's bytes) is copied once,
+//! not into a buffer, then a `bytes` per row, then the joined payload. The bytes are
+//! `HsetEncoder.command`'s, row after row (a test holds them equal).
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyFloat, PyInt, PySequence};
+use pyo3::types::{PyBytes, PyFloat, PyInt, PySequence, PyTuple};
 
 fn varint(out: &mut Vec<u8>, v: i64) {
     let mut n = v as u64; // negative int64: ten bytes, two's complement (protobuf)
@@ -43,13 +45,61 @@ pub struct HsetRows {
     command_head: Vec<u8>,
 }
 
+/// A payload being built: its bytes but the states, and where each state goes.
+struct Payload<'py> {
+    out: Vec<u8>,
+    states: Vec<(usize, Bound<'py, PyBytes>)>,
+}
+
+impl<'py> Payload<'py> {
+    fn new() -> Self {
+        Payload {
+            out: Vec::with_capacity(1 << 16),
+            states: Vec::new(),
+        }
+    }
+
+    /// One `bytes` of the exact size, each state copied into it once.
+    fn finish(self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let total = self.out.len()
+            + self
+                .states
+                .iter()
+                .map(|(_, s)| s.as_bytes().len())
+                .sum::<usize>();
+        PyBytes::new_with(py, total, |buf| {
+            let (mut w, mut r) = (0, 0);
+            for (at, state) in &self.states {
+                let own = &self.out[r..*at];
+                buf[w..w + own.len()].copy_from_slice(own);
+                w += own.len();
+                let st = state.as_bytes();
+                buf[w..w + st.len()].copy_from_slice(st);
+                w += st.len();
+                r = *at;
+            }
+            buf[w..].copy_from_slice(&self.out[r..]);
+            Ok(())
+        })
+    }
+}
+
 impl HsetRows {
-    fn row(&self, out: &mut Vec<u8>, row: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn rows<'py>(&self, p: &mut Payload<'py>, rows: &Bound<'py, PyAny>) -> PyResult<usize> {
+        let mut n = 0;
+        for row in rows.try_iter()? {
+            self.row(p, &row?)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn row<'py>(&self, p: &mut Payload<'py>, row: &Bound<'py, PyAny>) -> PyResult<()> {
         let entity_id: i64 = row.get_item(0)?.extract()?;
         let ts_ms: i64 = row.get_item(1)?.extract()?;
         let values = row.get_item(2)?;
-        let state = row.get_item(3)?;
-        let state: &[u8] = state.downcast::<PyBytes>()?.as_bytes();
+        let state = row.get_item(3)?.downcast_into::<PyBytes>()?;
+        let state_len = state.as_bytes().len();
         let n = values.len()?;
         if n != self.fields.len() {
             return Err(PyValueError::new_err(format!(
@@ -58,6 +108,7 @@ impl HsetRows {
                 self.fields.len()
             )));
         }
+        let out = &mut p.out;
         out.extend_from_slice(&self.command_head);
         head(out, self.key_head.len() + 8 + self.key_tail.len());
         out.extend_from_slice(&self.key_head);
@@ -94,10 +145,11 @@ impl HsetRows {
         out.extend_from_slice(&self.state_field);
         val.clear();
         val.push(0x0a);
-        varint(&mut val, state.len() as i64);
-        head(out, val.len() + state.len());
+        varint(&mut val, state_len as i64);
+        head(out, val.len() + state_len);
         out.extend_from_slice(&val);
-        out.extend_from_slice(state);
+        p.states.push((out.len(), state)); // its bytes go here
+        let out = &mut p.out;
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&self.ts_field);
         val.clear();
@@ -150,11 +202,29 @@ impl HsetRows {
         py: Python<'py>,
         rows: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyBytes>> {
-        let n = rows.len().unwrap_or(0);
-        let mut out = Vec::with_capacity(n * (256 + 24 * self.fields.len()));
-        for row in rows.try_iter()? {
-            self.row(&mut out, &row?)?;
-        }
-        Ok(PyBytes::new(py, &out))
+        let mut p = Payload::new();
+        self.rows(&mut p, rows)?;
+        p.finish(py)
     }
+}
+
+/// A whole pipeline as one `bytes`: each `(HsetRows, rows)` pair's commands in order, then
+/// `tail` (commands encoded already); and how many rows it holds.
+#[pyfunction]
+pub fn hset_pipeline<'py>(
+    py: Python<'py>,
+    batches: &Bound<'py, PyAny>,
+    tail: &Bound<'py, PyBytes>,
+) -> PyResult<(Bound<'py, PyBytes>, usize)> {
+    let mut p = Payload::new();
+    let mut n = 0;
+    for item in batches.try_iter()? {
+        let item = item?;
+        let pair = item.downcast::<PyTuple>()?;
+        let enc = pair.get_item(0)?;
+        let enc = enc.downcast::<HsetRows>()?.get();
+        n += enc.rows(&mut p, &pair.get_item(1)?)?;
+    }
+    p.out.extend_from_slice(tail.as_bytes());
+    Ok((p.finish(py)?, n))
 }

@@ -1,4 +1,4 @@
-"""The sink's batch encoding (``skewless_native.HsetRows``): one call per entity and
+"""The sink's batch encoding (``skewless_native.HsetRows``, ``hset_pipeline``): one call per
 batch gives exactly the bytes of ``HsetEncoder.command`` row after row, and refuses what
 it refuses, with the same message."""
 
@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from features.native import native as skewless_native
 from features.reference import REFERENCE
 from features.store import OnlineRow
 from features.store.redis import RedisStore
@@ -55,6 +56,12 @@ def test_a_batch_is_the_rows_commands_one_after_another(
     for entity, rows in (("card", cards), ("merchant", merchants)):
         assert STORE._hset_rows[entity].commands(rows) == per_row(entity, rows)
         assert STORE._hset_rows[entity].commands(tuple(rows)) == per_row(entity, rows)
+    tail = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
+    batches = [(STORE._hset_rows["card"], cards), (STORE._hset_rows["merchant"], merchants)]
+    assert skewless_native.hset_pipeline(batches, tail) == (
+        per_row("card", cards) + per_row("merchant", merchants) + tail,
+        len(cards) + len(merchants),
+    )
 
 
 @pytest.mark.parametrize(
@@ -73,6 +80,8 @@ def test_a_bad_row_is_refused_as_the_row_encoder_refuses_it(
         STORE._hset["merchant"].command(2, values, b"", 0)
     with pytest.raises(ValueError, match=message):
         STORE._hset_rows["merchant"].commands([good, bad])
+    with pytest.raises(ValueError, match=message):
+        skewless_native.hset_pipeline([(STORE._hset_rows["merchant"], [good, bad])], b"")
 
 
 def test_write_rows_sends_one_payload_of_the_same_bytes() -> None:
