@@ -37,14 +37,18 @@ POLL_WAIT_S = 0.001
 #: by step, so a batch's first row is written only after the whole batch went through
 #: every step: the budget bounds what one poll adds to freshness. A stream that is caught
 #: up finds few messages and polls small; one that is behind takes large polls, which cost
-#: less per event (fewer rows per event, fewer passes over Bytewax's operators). It
+#: less per event (fewer rows per event, fewer passes over Bytewax's operators). The first
+#: poll after being caught up takes at most ``POLL_FLOOR``, each full poll after it twice
+#: the last (a short stall's backlog goes out in small polls, its oldest messages first:
+#: at 5,000 events/s a stall's catch-up polls are what the p99 sees). It
 #: replaced a fixed 1,000 within 20,000 messages of the end, which kept a stream 0.1-1 s
 #: behind at 20,000 events/s in small, dear polls (docs/perf-plan.md, section 10). A bounded
 #: drain (``--no-tail``) takes full ``batch_size`` polls to the end.
 BUDGET_ENV = "SKEWLESS_STREAM_POLL_BUDGET_MS"
 BUDGET_MS = 100.0
 #: The smallest cap (a cost estimate inflated by a run of empty polls cannot starve a
-#: backlog), and the cost per message assumed before any is measured.
+#: backlog; the first poll after a caught-up one), and the cost per message assumed
+#: before any is measured.
 POLL_FLOOR = 500
 FIRST_COST_S = 30e-6
 #: A cost is measured over at least this many messages (tiny polls are mostly per-poll
@@ -195,6 +199,7 @@ class _ThinPartition(StatefulSourcePartition[Any, int]):
         self.consumer.assign([self.tp])
         self.topic, self.part, self.batch_size = topic, part, batch_size
         self.budget = budget  # None: every poll may take ``batch_size`` (a bounded drain)
+        self.ramp = budget.floor if budget is not None else batch_size
         self.eof = False
         self.gap = timedelta(seconds=gap_s)
         self.awake: datetime | None = None  # after a small poll, when the gap ends
@@ -205,13 +210,17 @@ class _ThinPartition(StatefulSourcePartition[Any, int]):
     def next_batch(self) -> list[Any]:
         if self.eof:
             raise StopIteration
-        n = self.batch_size if self.budget is None else self.budget.size(self.batch_size)
+        n = self.batch_size
+        if self.budget is not None:
+            n = min(self.ramp, self.budget.size(n))
         msgs = self.consumer.consume(n, 0)
         if not msgs and POLL_WAIT_S > 0:
             msgs = self.consumer.consume(1, POLL_WAIT_S)
             if msgs and n > 1:
                 msgs += self.consumer.consume(n - 1, 0)
         self.awake = None
+        if self.budget is not None:  # behind: twice the size next; caught up: from the floor
+            self.ramp = min(2 * self.ramp, self.batch_size) if len(msgs) >= n else self.budget.floor
         if not msgs:
             return []
         if self.gap and len(msgs) < n:

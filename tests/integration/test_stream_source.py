@@ -65,8 +65,8 @@ def test_thin_source_reads_what_kafka_source_reads_with_the_same_snapshots(
 class Fixed(PollBudget):
     """A budget that always allows ``cap`` messages, and records what each poll took."""
 
-    def __init__(self, cap: int) -> None:
-        super().__init__(1.0)
+    def __init__(self, cap: int, floor: int = 500) -> None:
+        super().__init__(1.0, floor=floor)
         self.cap, self.taken = cap, []
 
     def size(self, batch_size: int) -> int:
@@ -91,6 +91,39 @@ def test_thin_source_polls_within_its_budget(kafka_bootstrap: str, cap: int) -> 
     assert [o for b in items for o in b.offsets] == list(range(1_250))
     assert all(len(b) <= min(cap, 500) for b in items)
     assert [n for n in budget.taken if n] == [len(b) for b in items]
+
+
+def test_thin_source_doubles_its_polls_while_behind_and_starts_small_after(
+    kafka_bootstrap: str,
+) -> None:
+    """After a caught-up poll the next takes at most the floor; after a full one, twice
+    as many as it asked (up to the batch size): a short stall's backlog goes out oldest
+    first in small polls, a lasting one in large polls."""
+    topic = sup.create_topic(kafka_bootstrap, "thin-ramp", 1)
+    p = Producer({"bootstrap.servers": kafka_bootstrap})
+    for i in range(1_250):
+        p.produce(topic, value=b"v%d" % i, key=b"k")
+    p.flush(30)
+    source = ThinKafkaSource([kafka_bootstrap], [topic], False, batch_size=1_000,
+                             budget=Fixed(10_000, floor=100))  # fmt: skip
+    part = source.build_part("s", f"0-{topic}", None)
+    assert part.ramp == 100
+    polls: list[tuple[int, int, int]] = []  # (asked, got, the next ask)
+    offsets: list[int] = []
+    while True:
+        asked = part.ramp
+        try:
+            batch = part.next_batch()
+        except StopIteration:
+            break
+        got = sum(len(b) for b in batch)
+        offsets += [o for b in batch for o in b.offsets]
+        polls.append((asked, got, part.ramp))
+    part.close()
+    assert offsets == list(range(1_250))
+    for asked, got, after in polls[:-1]:  # the last one also returned the partition's end
+        assert got <= asked
+        assert after == (min(2 * asked, 1_000) if got == asked else 100), polls
 
 
 def test_thin_source_waits_after_a_small_poll_only(
