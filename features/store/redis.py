@@ -256,7 +256,7 @@ class RedisStore:
         """Every entity's rows, then the commands ``then``, in one pipeline; returns the
         replies of ``then`` (the stream's loss marker rides along with its writes)."""
         tail = b"".join([_resp(*c) for c in then])
-        if self._hset_rows is not None:  # one bytes, each state copied into it once
+        if self._hset_rows is not None and self._pipeline is not None:  # each state copied once
             batches = [(self._hset_rows[e], rows) for e, rows in by_entity.items() if rows]
             payload, n = self._pipeline(batches, tail)
         else:

@@ -1,11 +1,11 @@
-"""Where a drain's cores go (``bench/stream_scale.py``): each component's CPU over the
+"""Where a drain's cores go (``bench/stream_cores.py``): each component's CPU over the
 drain's own window, and what the machine's cores allow a second worker."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from bench.stream_scale import Sampler, ceiling, cores, sampled
+from bench.stream_cores import Sampler, ceiling, cores, sampled
 from flows.simulate import SimulationConfig, simulate
 
 
@@ -39,14 +39,16 @@ def test_ceiling_from_one_workers_cpu_per_event() -> None:
 def test_a_sampled_drain_counts_every_event_and_finds_the_services(
     kafka_bootstrap: str, redis_url: str, tmp_path: Path
 ) -> None:
-    from bench.stream import _pairs, _topic
+    from bench.stream import _env, _pairs, _topic
     from flows.produce import produce_messages
     from tests.integration import stream_support as sup
 
     table = simulate(SimulationConfig(events=3_000, cards=100, merchants=10, days=1.0))
     topic = _topic(kafka_bootstrap, "bench-scale", partitions=2)
     assert produce_messages(kafka_bootstrap, topic, _pairs(table)).failed == 0
-    got = sampled(kafka_bootstrap, sup.fresh_db_url(redis_url, 13), topic, tmp_path, (1,))
+    url = sup.redis_db_url(redis_url, 13)
+    env = lambda: _env(kafka_bootstrap, sup.fresh_db_url(redis_url, 13), topic, tmp_path)  # noqa: E731
+    got = sampled(env, kafka_bootstrap, url, tmp_path, (1,))
     w1 = got["w1"]
     assert w1["events"] == 3_000
     assert {"broker", "redis"} <= set(w1["cpu_us_per_event"])
