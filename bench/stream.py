@@ -30,7 +30,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from bench import stream_floor, stream_fresh, stream_shard, stream_stages
+from bench import stream_cores, stream_floor, stream_fresh, stream_shard, stream_stages
 from features.layout import compile_layouts
 from features.reference import REFERENCE
 from flows.produce import produce_messages
@@ -174,6 +174,11 @@ def workers(bootstrap: str, redis_url: str, table: pa.Table, work: Path) -> dict
     base = out["w1"]["events_per_s_after_start"]
     for name in ("w2", "two_processes"):
         out[name]["ratio_vs_1_worker"] = round(out[name]["events_per_s_after_start"] / base, 2)
+    # the cores of each component over a drain, and what the machine's cores allow a
+    # second worker (bench/stream_cores.py; docs/perf-plan.md, "Stream", section 10)
+    out["where_the_cores_go"] = stream_cores.sampled(
+        lambda: _env(bootstrap, _fresh(redis_url), topic, work), bootstrap, redis_url, work
+    )
     return out
 
 

@@ -12,7 +12,9 @@ snapshot written by either resumes with the other.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -29,15 +31,32 @@ from confluent_kafka import KafkaError as ConfluentKafkaError
 #: librdkafka already fetched without waiting; only when that is nothing does it wait, for
 #: one message, and returns as soon as one comes (an empty poll: Bytewax waits 1 ms more).
 POLL_WAIT_S = 0.001
-#: Messages per poll while the partition is caught up (fewer than ``LIVE_LAG`` messages
-#: behind its end). Bytewax runs a poll's items step by step, so a batch's first row is
-#: written only after the whole batch went through every step (polls of up to 5,000 at
-#: 20,000 events/s: decode -> write start 54 ms p50, 300 ms p99). Further behind, the
-#: full ``batch_size`` as before: a drain keeps its large polls.
-LIVE_BATCH = 1000
-LIVE_LAG = 20_000
-#: ``SKEWLESS_STREAM_POLL_GAP_MS``: after a poll that took fewer than ``LIVE_BATCH``
-#: messages (caught up), the next one waits this long (Bytewax's ``next_awake``). A
+#: A poll's size while tailing: what librdkafka has fetched, up to as many messages as the
+#: flow processes in ``BUDGET_ENV`` milliseconds of its worker thread's CPU (measured:
+#: :class:`PollBudget`), never more than ``batch_size``. Bytewax runs a poll's items step
+#: by step, so a batch's first row is written only after the whole batch went through
+#: every step: the budget bounds what one poll adds to freshness. A stream that is caught
+#: up finds few messages and polls small; one that is behind takes large polls, which cost
+#: less per event (fewer rows per event, fewer passes over Bytewax's operators). The first
+#: poll after being caught up takes at most ``POLL_FLOOR``, each full poll after it twice
+#: the last (a short stall's backlog goes out in small polls, its oldest messages first:
+#: at 5,000 events/s a stall's catch-up polls are what the p99 sees). It
+#: replaced a fixed 1,000 within 20,000 messages of the end, which kept a stream 0.1-1 s
+#: behind at 20,000 events/s in small, dear polls (docs/perf-plan.md, section 10). A bounded
+#: drain (``--no-tail``) takes full ``batch_size`` polls to the end.
+BUDGET_ENV = "SKEWLESS_STREAM_POLL_BUDGET_MS"
+BUDGET_MS = 100.0
+#: The smallest cap (a cost estimate inflated by a run of empty polls cannot starve a
+#: backlog; the first poll after a caught-up one), and the cost per message assumed
+#: before any is measured.
+POLL_FLOOR = 500
+FIRST_COST_S = 30e-6
+#: A cost is measured over at least this many messages (tiny polls are mostly per-poll
+#: cost), and each measurement moves the estimate this far.
+SAMPLE_MIN = 200
+SAMPLE_WEIGHT = 0.5
+#: ``SKEWLESS_STREAM_POLL_GAP_MS``: after a poll that took fewer messages than it asked for
+#: (caught up), the next one waits this long (Bytewax's ``next_awake``). A
 #: tailing stream's CPU is mostly per poll, not per event; at 5,000 events/s a 10 ms gap
 #: doubled the messages per poll and cut the CPU per event 15-20%, for ~5 ms more p50
 #: (docs/perf-plan.md, "Tailing cost per poll"). Default 0: poll as soon as Bytewax may.
@@ -54,6 +73,76 @@ def live_gap_s(env: Mapping[str, str] = os.environ) -> float:
     if not 0 <= ms <= 1000:
         raise ValueError(f"{GAP_ENV}: {raw!r} is not a number of milliseconds in 0..1000")
     return ms / 1000
+
+
+def poll_budget_s(env: Mapping[str, str] = os.environ) -> float:
+    """A poll's CPU budget, in seconds, from ``SKEWLESS_STREAM_POLL_BUDGET_MS``."""
+    raw = env.get(BUDGET_ENV) or str(BUDGET_MS)
+    try:
+        ms = float(raw)
+    except ValueError:
+        ms = 0.0
+    if not 1 <= ms <= 60_000:
+        raise ValueError(f"{BUDGET_ENV}: {raw!r} is not a number of milliseconds in 1..60000")
+    return ms / 1000
+
+
+class _Meter:
+    __slots__ = ("cost_s", "messages", "since")
+
+    def __init__(self, cost_s: float) -> None:
+        self.cost_s, self.messages, self.since = cost_s, 0, 0.0
+
+
+class PollBudget:
+    """How many messages the next poll may take: ``seconds`` of the worker thread's CPU at
+    the cost per message measured on that thread (its CPU time from one poll to the next
+    over the messages polled in between: Bytewax runs a worker's partitions and the steps
+    of what they emit on the worker's thread), between ``floor`` and the batch size.
+
+    >>> ticks = iter([0.0, 0.03])  # the thread's CPU clock when read
+    >>> b = PollBudget(0.1, floor=10, cost_s=1e-3, clock=lambda: next(ticks))
+    >>> b.size(5000)  # 0.1 s at the assumed 1 ms per message
+    100
+    >>> b.took(100)
+    >>> b.size(5000)  # too few messages to measure yet (the clock started at them)
+    100
+    >>> b.took(200)
+    >>> b.size(5000)  # 0.03 s over 300 messages: 0.1 ms each, the estimate halfway there
+    181
+    """
+
+    def __init__(
+        self,
+        seconds: float,
+        floor: int = POLL_FLOOR,
+        cost_s: float = FIRST_COST_S,
+        clock: Callable[[], float] = time.thread_time,
+    ) -> None:
+        self.seconds, self.floor, self.first_cost_s, self.clock = seconds, floor, cost_s, clock
+        self.meters: dict[int, _Meter] = {}  # per worker thread
+
+    def _meter(self) -> _Meter:
+        m = self.meters.get(threading.get_ident())
+        if m is None:
+            m = self.meters[threading.get_ident()] = _Meter(self.first_cost_s)
+        return m
+
+    def size(self, batch_size: int) -> int:
+        m = self._meter()
+        if m.messages >= SAMPLE_MIN:
+            now = self.clock()
+            m.cost_s += SAMPLE_WEIGHT * ((now - m.since) / m.messages - m.cost_s)
+            m.since, m.messages = now, 0
+        return min(batch_size, max(self.floor, int(self.seconds / max(m.cost_s, 1e-9))))
+
+    def took(self, n: int) -> None:
+        """A poll returned ``n`` messages (their processing is measured from here)."""
+        if n:
+            m = self._meter()
+            if not m.messages:  # idle polls before them are no message's cost
+                m.since = self.clock()
+            m.messages += n
 
 
 @dataclass(frozen=True)
@@ -101,7 +190,7 @@ class _ThinPartition(StatefulSourcePartition[Any, int]):
         part: int,
         resume: int | None,
         batch_size: int,
-        live: tuple[int, int] = (LIVE_BATCH, LIVE_LAG),
+        budget: PollBudget | None,
         gap_s: float = 0.0,
     ) -> None:
         self.offset = OFFSET_BEGINNING if resume is None else resume
@@ -109,7 +198,8 @@ class _ThinPartition(StatefulSourcePartition[Any, int]):
         self.tp = TopicPartition(topic, part, self.offset)
         self.consumer.assign([self.tp])
         self.topic, self.part, self.batch_size = topic, part, batch_size
-        self.live_batch, self.live_lag = min(live[0], batch_size), live[1]
+        self.budget = budget  # None: every poll may take ``batch_size`` (a bounded drain)
+        self.ramp = budget.floor if budget is not None else batch_size
         self.eof = False
         self.gap = timedelta(seconds=gap_s)
         self.awake: datetime | None = None  # after a small poll, when the gap ends
@@ -117,27 +207,23 @@ class _ThinPartition(StatefulSourcePartition[Any, int]):
     def next_awake(self) -> datetime | None:
         return self.awake
 
-    def _size(self) -> int:
-        """``batch_size`` when far behind the partition's end (its high watermark as the
-        last fetch saw it, no request), else ``LIVE_BATCH``."""
-        if self.live_batch == self.batch_size or self.offset < 0:
-            return self.batch_size
-        high = self.consumer.get_watermark_offsets(self.tp, cached=True)[1]
-        return self.batch_size if high - self.offset > self.live_lag else self.live_batch
-
     def next_batch(self) -> list[Any]:
         if self.eof:
             raise StopIteration
-        n = self._size()
+        n = self.batch_size
+        if self.budget is not None:
+            n = min(self.ramp, self.budget.size(n))
         msgs = self.consumer.consume(n, 0)
         if not msgs and POLL_WAIT_S > 0:
             msgs = self.consumer.consume(1, POLL_WAIT_S)
             if msgs and n > 1:
                 msgs += self.consumer.consume(n - 1, 0)
         self.awake = None
+        if self.budget is not None:  # behind: twice the size next; caught up: from the floor
+            self.ramp = min(2 * self.ramp, self.batch_size) if len(msgs) >= n else self.budget.floor
         if not msgs:
             return []
-        if self.gap and len(msgs) < self.live_batch:
+        if self.gap and len(msgs) < n:
             self.awake = datetime.now(UTC) + self.gap
         offsets: list[int] = []
         keys: list[bytes | None] = []
@@ -156,6 +242,8 @@ class _ThinPartition(StatefulSourcePartition[Any, int]):
             keys.append(m.key())
             values.append(m.value() or b"")
             stamps.append(m.timestamp()[1])
+        if self.budget is not None:
+            self.budget.took(len(offsets) + len(errors))
         last = max(offsets[-1] if offsets else -1, *(e.msg.offset for e in errors), -1)
         if last >= 0:
             self.offset = last + 1  # resume after it, as KafkaSource does
@@ -190,13 +278,16 @@ class ThinKafkaSource(FixedPartitionedSource[Any, int]):
         batch_size: int = 1000,
         raise_on_errors: bool = False,
         add_config: dict[str, str] | None = None,
-        live: tuple[int, int] = (LIVE_BATCH, LIVE_LAG),
+        budget: PollBudget | None = None,
     ) -> None:
         if raise_on_errors:
             raise ValueError("raise_on_errors: the thin source emits errors as items only")
         self.brokers, self.topics, self.tail = brokers, topics, tail
         self.batch_size, self.add_config = batch_size, dict(add_config or {})
-        self.live = live  # (messages per poll, when fewer than this many behind)
+        # shared by the partitions; a bounded drain (``tail=False``) has no freshness to
+        # keep and takes full polls
+        seconds = poll_budget_s()
+        self.budget = budget or (PollBudget(seconds) if tail else None)
         self.gap_s = live_gap_s()
 
     def list_parts(self) -> list[str]:
@@ -215,5 +306,5 @@ class ThinKafkaSource(FixedPartitionedSource[Any, int]):
             **self.add_config,
         }
         return _ThinPartition(
-            config, topic, int(idx), resume_state, self.batch_size, self.live, self.gap_s
+            config, topic, int(idx), resume_state, self.batch_size, self.budget, self.gap_s
         )

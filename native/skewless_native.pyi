@@ -1,7 +1,7 @@
 """Type stubs of the native core (``native/src``), shipped with the wheel (maturin picks
 up ``skewless_native.pyi`` beside ``Cargo.toml``). Use it through ``features.native``."""
 
-from collections.abc import Buffer, Sequence
+from collections.abc import Buffer, Iterable, Sequence
 from typing import Any, Protocol
 
 #: the state bytes' layout version this build reads and writes
@@ -247,6 +247,21 @@ class HsetEncoder:
         self, entity_id: int, values: list[float | int | None], state: bytes, ts_ms: int
     ) -> bytes: ...
 
+class HsetRows:
+    """A batch of ``OnlineRow``s as one payload of ``HsetEncoder.command``'s bytes."""
+
+    def __init__(
+        self,
+        key_head: bytes,
+        key_tail: bytes,
+        fields: Sequence[bytes],
+        state_field: bytes,
+        ts_field: bytes,
+    ) -> None: ...
+    def commands(
+        self, rows: Iterable[tuple[int, int, Sequence[float | int | None], bytes]]
+    ) -> bytes: ...
+
 class ScoreBatchEncoder:
     """A serialized ``ScoreBatchResponse`` without features, tags from the descriptor."""
 
@@ -267,6 +282,13 @@ class ScoreBatchEncoder:
         model_version: str,
     ) -> bytes:
         """:meth:`encode` from the batch's columns (lists of one length), read in place."""
+
+_Row = tuple[int, int, Sequence[float | int | None], bytes]  # an OnlineRow
+
+def hset_pipeline(
+    batches: Iterable[tuple[HsetRows, Iterable[_Row]]], tail: bytes
+) -> tuple[bytes, int]:
+    """Each batch's ``HsetRows.commands``, then ``tail``, as one bytes; and the row count."""
 
 def state_max_seen(data: bytes | None) -> int | None: ...
 def unwrap_bytes_values(raws: list[bytes | None]) -> list[bytes | None]: ...

@@ -209,6 +209,24 @@ class RedisStore:
             )
             for e in fs.entities
         }
+        # a whole batch's HSETs in one native call (the same bytes; a core built before it
+        # encodes row by row)
+        rows_cls = getattr(skewless_native, "HsetRows", None)
+        self._pipeline = getattr(skewless_native, "hset_pipeline", None)
+        self._hset_rows = (
+            None
+            if rows_cls is None or self._pipeline is None
+            else {
+                e.name: rows_cls(
+                    entity_key_bytes(e.join_key, 0)[:-8],
+                    self.project,
+                    self._fields[e.name],
+                    self._state_field[e.name],
+                    self._ts_field[e.name],
+                )
+                for e in fs.entities
+            }
+        )
 
     def build(self, timeout_s: float = 2.0) -> RedisStore:
         self._client = RedisWire(self.url, timeout_s)
@@ -237,15 +255,20 @@ class RedisStore:
     ) -> list[Any]:
         """Every entity's rows, then the commands ``then``, in one pipeline; returns the
         replies of ``then`` (the stream's loss marker rides along with its writes)."""
-        parts, n = [], 0
-        for entity, rows in by_entity.items():
-            enc = self._hset[entity].command
-            parts += [enc(r.entity_id, list(r.values), r.state, r.event_ts_ms) for r in rows]
-            n += len(rows)
-        parts += [_resp(*c) for c in then]
-        if not parts:
+        tail = b"".join([_resp(*c) for c in then])
+        if self._hset_rows is not None and self._pipeline is not None:  # each state copied once
+            batches = [(self._hset_rows[e], rows) for e, rows in by_entity.items() if rows]
+            payload, n = self._pipeline(batches, tail)
+        else:
+            parts, n = [], 0
+            for entity, rows in by_entity.items():
+                enc = self._hset[entity].command
+                parts += [enc(r.entity_id, list(r.values), r.state, r.event_ts_ms) for r in rows]
+                n += len(rows)
+            payload = b"".join([*parts, tail])
+        if not payload:
             return []
-        return self._send(b"".join(parts), len(parts))[n:]
+        return self._send(payload, n + len(then))[n:]
 
     def _send(self, payload: bytes, replies: int) -> list[Any]:
         try:

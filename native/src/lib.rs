@@ -10,6 +10,7 @@ mod dedup;
 mod engine;
 mod event;
 mod hashes;
+mod hset_rows;
 mod ids;
 mod index;
 mod level;
@@ -510,6 +511,7 @@ fn skewless_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<StateHeader>()?;
     m.add_class::<event::EventParser>()?;
     m.add_class::<resp::HsetEncoder>()?;
+    m.add_class::<hset_rows::HsetRows>()?;
     m.add_class::<resp::ScoreBatchEncoder>()?;
     m.add_class::<proto::TransactionBatchParser>()?;
     m.add_class::<trees::TreeEnsemble>()?;
@@ -522,6 +524,7 @@ fn skewless_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(resp::unwrap_bytes_values, m)?)?;
     m.add_function(wrap_pyfunction!(event::txid_hash, m)?)?;
     m.add_function(wrap_pyfunction!(decode::decode_poll, m)?)?;
+    m.add_function(wrap_pyfunction!(hset_rows::hset_pipeline, m)?)?;
     m.add_function(wrap_pyfunction!(hashes::txid_hashes, m)?)?;
     m.add_function(wrap_pyfunction!(windows::window_pass, m)?)?;
     m.add_function(wrap_pyfunction!(tiles::tile_moments, m)?)?;

@@ -9,7 +9,7 @@ import pytest
 from bytewax.connectors.kafka import KafkaSource
 from confluent_kafka import Producer
 
-from flows.stream_source import GAP_ENV, KafkaBatch, ThinKafkaSource
+from flows.stream_source import GAP_ENV, KafkaBatch, PollBudget, ThinKafkaSource
 from tests.integration import stream_support as sup
 
 pytestmark = pytest.mark.integration
@@ -62,27 +62,74 @@ def test_thin_source_reads_what_kafka_source_reads_with_the_same_snapshots(
         assert [o for b in rest for o in b.offsets] == list(range(1_000, 1_250))
 
 
-def test_thin_source_polls_small_batches_once_caught_up(kafka_bootstrap: str) -> None:
-    """Far behind the partition's end: ``batch_size`` per poll; within ``live[1]`` messages
-    of it: ``live[0]`` (a batch's first row waits for the whole batch), every offset once."""
-    topic = sup.create_topic(kafka_bootstrap, "thin-live", 1)
+class Fixed(PollBudget):
+    """A budget that always allows ``cap`` messages, and records what each poll took."""
+
+    def __init__(self, cap: int, floor: int = 500) -> None:
+        super().__init__(1.0, floor=floor)
+        self.cap, self.taken = cap, []
+
+    def size(self, batch_size: int) -> int:
+        return min(self.cap, batch_size)
+
+    def took(self, n: int) -> None:
+        self.taken.append(n)
+
+
+@pytest.mark.parametrize("cap", [100, 1_000])
+def test_thin_source_polls_within_its_budget(kafka_bootstrap: str, cap: int) -> None:
+    """A poll takes what librdkafka has fetched, up to the budget's size (the batch size at
+    most); the budget hears every poll's count; every offset once."""
+    topic = sup.create_topic(kafka_bootstrap, f"thin-budget-{cap}", 1)
     p = Producer({"bootstrap.servers": kafka_bootstrap})
     for i in range(1_250):
         p.produce(topic, value=b"v%d" % i, key=b"k")
     p.flush(30)
-    source = ThinKafkaSource([kafka_bootstrap], [topic], False, batch_size=1_000, live=(100, 500))
+    budget = Fixed(cap)
+    source = ThinKafkaSource([kafka_bootstrap], [topic], False, batch_size=500, budget=budget)
     items, _ = _read(source.build_part("s", f"0-{topic}", None))
-    offsets = [o for b in items for o in b.offsets]
+    assert [o for b in items for o in b.offsets] == list(range(1_250))
+    assert all(len(b) <= min(cap, 500) for b in items)
+    assert [n for n in budget.taken if n] == [len(b) for b in items]
+
+
+def test_thin_source_doubles_its_polls_while_behind_and_starts_small_after(
+    kafka_bootstrap: str,
+) -> None:
+    """After a caught-up poll the next takes at most the floor; after a full one, twice
+    as many as it asked (up to the batch size): a short stall's backlog goes out oldest
+    first in small polls, a lasting one in large polls."""
+    topic = sup.create_topic(kafka_bootstrap, "thin-ramp", 1)
+    p = Producer({"bootstrap.servers": kafka_bootstrap})
+    for i in range(1_250):
+        p.produce(topic, value=b"v%d" % i, key=b"k")
+    p.flush(30)
+    source = ThinKafkaSource([kafka_bootstrap], [topic], False, batch_size=1_000,
+                             budget=Fixed(10_000, floor=100))  # fmt: skip
+    part = source.build_part("s", f"0-{topic}", None)
+    assert part.ramp == 100
+    polls: list[tuple[int, int, int]] = []  # (asked, got, the next ask)
+    offsets: list[int] = []
+    while True:
+        asked = part.ramp
+        try:
+            batch = part.next_batch()
+        except StopIteration:
+            break
+        got = sum(len(b) for b in batch)
+        offsets += [o for b in batch for o in b.offsets]
+        polls.append((asked, got, part.ramp))
+    part.close()
     assert offsets == list(range(1_250))
-    for b in items:
-        behind = 1_250 - b.offsets[0]
-        assert len(b) <= (1_000 if behind > 500 else 100), (b.offsets[0], len(b))
+    for asked, got, after in polls[:-1]:  # the last one also returned the partition's end
+        assert got <= asked
+        assert after == (min(2 * asked, 1_000) if got == asked else 100), polls
 
 
 def test_thin_source_waits_after_a_small_poll_only(
     kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``SKEWLESS_STREAM_POLL_GAP_MS``: a poll that took fewer than ``live[0]`` messages
+    """``SKEWLESS_STREAM_POLL_GAP_MS``: a poll that took fewer messages than it asked for
     (caught up) asks Bytewax to wait that long before the next; a full one does not."""
     topic = sup.create_topic(kafka_bootstrap, "thin-gap", 1)
     p = Producer({"bootstrap.servers": kafka_bootstrap})
@@ -90,7 +137,7 @@ def test_thin_source_waits_after_a_small_poll_only(
         p.produce(topic, value=b"v%d" % i, key=b"k")
     p.flush(30)
     monkeypatch.setenv(GAP_ENV, "5")
-    part = ThinKafkaSource([kafka_bootstrap], [topic], False, batch_size=1_000, live=(100, 500))
+    part = ThinKafkaSource([kafka_bootstrap], [topic], False, batch_size=1_000, budget=Fixed(100))
     part = part.build_part("s", f"0-{topic}", None)
     polls: list[tuple[int, Any]] = []
     while True:
