@@ -269,6 +269,17 @@ def update_rows(
     one ``(outcomes, applied, newest, row values, state bytes)`` per entity (the last two
     None when none applied)."""
 
+def update_rows_timed(
+    core: Core,
+    states: list[State],
+    batches: list[list[Any]],
+    time_pos: int,
+    value_pos: list[int],
+) -> tuple[int, int, int, int, int]:
+    """``update_rows`` without its result, each phase timed (``bench/stream_engine.py``):
+    ``(events, rows, update_ns, finalize_ns, encode_ns)``; the states change exactly as
+    ``update_rows`` changes them."""
+
 def route_shards(
     items: list[Any], key_pos: list[int], bits: int, ingested: type
 ) -> list[list[tuple[int, dict[int, list[Any]]]]] | None:

@@ -8,6 +8,8 @@
 //! `route_shards` groups a poll for every entity by shard and id in one call (the
 //! router's Python loop was ~0.9 µs per event, this ~0.4).
 
+use std::time::Instant;
+
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
@@ -19,8 +21,8 @@ const RELEASE_GIL_FROM: usize = 64;
 
 /// One entity's items as read: times, values (`nf` per item), ids and produced times.
 #[derive(Default)]
-struct Batch {
-    ts: Vec<i64>,
+pub(crate) struct Batch {
+    pub(crate) ts: Vec<i64>,
     values: Vec<f64>,
     txids: Vec<u64>,
     produced: Vec<i64>,
@@ -28,11 +30,11 @@ struct Batch {
 
 /// What one entity's batch gave: outcome bytes, applied count, newest applied produced
 /// time, and the row (as-of-last values, canonical bytes) when any applied.
-struct Done {
+pub(crate) struct Done {
     outcomes: Vec<u8>,
     applied: usize,
     newest: i64,
-    row: Option<(Vec<engine::Val>, Vec<u8>)>,
+    pub(crate) row: Option<(Vec<engine::Val>, Vec<u8>)>,
 }
 
 fn field<'py>(t: &Bound<'py, PyTuple>, i: usize, what: &str) -> PyResult<Bound<'py, PyAny>> {
@@ -40,7 +42,11 @@ fn field<'py>(t: &Bound<'py, PyTuple>, i: usize, what: &str) -> PyResult<Bound<'
         .map_err(|_| PyValueError::new_err(format!("update_rows: {what} has no field {i}")))
 }
 
-fn read(items: &Bound<'_, PyList>, time_pos: usize, value_pos: &[usize]) -> PyResult<Batch> {
+pub(crate) fn read(
+    items: &Bound<'_, PyList>,
+    time_pos: usize,
+    value_pos: &[usize],
+) -> PyResult<Batch> {
     let n = items.len();
     let mut b = Batch {
         ts: Vec::with_capacity(n),
@@ -66,7 +72,23 @@ fn read(items: &Bound<'_, PyList>, time_pos: usize, value_pos: &[usize]) -> PyRe
     Ok(b)
 }
 
-fn run(spec: &engine::Spec, st: &mut engine::State, b: &Batch) -> Done {
+/// Nanoseconds spent in each phase: update, finalize (as of last), encode (with compact).
+pub(crate) type Phases = [u64; 3];
+
+pub(crate) fn run(
+    spec: &engine::Spec,
+    st: &mut engine::State,
+    b: &Batch,
+    mut phases: Option<&mut Phases>,
+) -> Done {
+    let lap = |phases: &mut Option<&mut Phases>, i: usize, t0: &mut Option<Instant>| {
+        if let (Some(p), Some(t)) = (phases.as_deref_mut(), t0.as_mut()) {
+            let now = Instant::now();
+            p[i] += now.duration_since(*t).as_nanos() as u64;
+            *t = now;
+        }
+    };
+    let mut t0 = phases.is_some().then(Instant::now);
     let (nf, n) = (spec.nf, b.ts.len());
     let mut outcomes = Vec::with_capacity(n);
     let (mut applied, mut newest) = (0usize, 0i64);
@@ -83,7 +105,14 @@ fn run(spec: &engine::Spec, st: &mut engine::State, b: &Batch) -> Done {
         }
         outcomes.push(o);
     }
-    let row = (applied > 0).then(|| (spec.as_of_last(st), spec.encode(st)));
+    lap(&mut phases, 0, &mut t0);
+    let row = (applied > 0).then(|| {
+        let vals = spec.as_of_last(st);
+        lap(&mut phases, 1, &mut t0);
+        let bytes = spec.encode(st);
+        lap(&mut phases, 2, &mut t0);
+        (vals, bytes)
+    });
     Done {
         outcomes,
         applied,
@@ -107,47 +136,21 @@ pub fn update_rows<'py>(
     time_pos: usize,
     value_pos: Vec<usize>,
 ) -> PyResult<Bound<'py, PyList>> {
-    if value_pos.len().max(1) != core.spec.nf {
-        return Err(PyValueError::new_err(format!(
-            "update_rows: {} value positions for {} fields of {}",
-            value_pos.len(),
-            core.spec.nf,
-            core.spec.entity
-        )));
-    }
-    if states.len() != batches.len() {
-        return Err(PyValueError::new_err(format!(
-            "update_rows: {} states for {} batches",
-            states.len(),
-            batches.len()
-        )));
-    }
-    let mut reads = Vec::with_capacity(batches.len());
-    for items in batches.iter() {
-        reads.push(read(items.downcast::<PyList>()?, time_pos, &value_pos)?);
-    }
-    let mut guards: Vec<PyRefMut<'py, State>> = Vec::with_capacity(states.len());
-    for s in states.iter() {
-        let g = s.downcast_into::<State>()?.try_borrow_mut()?;
-        guards.push(g);
-    }
-    let mut sts: Vec<&mut engine::State> = Vec::with_capacity(guards.len());
-    for g in guards.iter_mut() {
-        sts.push(core.writable(g)?);
-    }
-    let spec = &core.spec;
-    let total: usize = reads.iter().map(|b| b.ts.len()).sum();
-    let all = |sts: &mut Vec<&mut engine::State>| -> Vec<Done> {
-        sts.iter_mut()
-            .zip(&reads)
-            .map(|(st, b)| run(spec, st, b))
-            .collect()
-    };
-    let done = if total >= RELEASE_GIL_FROM {
-        py.allow_threads(|| all(&mut sts))
-    } else {
-        all(&mut sts)
-    };
+    let done = with_states(core, states, batches, time_pos, &value_pos, |sts, reads| {
+        let spec = &core.spec;
+        let total: usize = reads.iter().map(|b| b.ts.len()).sum();
+        let all = |sts: &mut Vec<&mut engine::State>| -> Vec<Done> {
+            sts.iter_mut()
+                .zip(reads)
+                .map(|(st, b)| run(spec, st, b, None))
+                .collect()
+        };
+        if total >= RELEASE_GIL_FROM {
+            py.allow_threads(|| all(sts))
+        } else {
+            all(sts)
+        }
+    })?;
     let out = PyList::empty(py);
     for d in done {
         let (values, bytes) = match &d.row {
@@ -166,6 +169,47 @@ pub fn update_rows<'py>(
         )?)?;
     }
     Ok(out)
+}
+
+/// `f` over the shard's states (borrowed mutably, refused when read-only) and its
+/// batches as read, after the arguments are checked.
+pub(crate) fn with_states<'py, R>(
+    core: &Core,
+    states: &Bound<'py, PyList>,
+    batches: &Bound<'py, PyList>,
+    time_pos: usize,
+    value_pos: &[usize],
+    f: impl FnOnce(&mut Vec<&mut engine::State>, &[Batch]) -> R,
+) -> PyResult<R> {
+    if value_pos.len().max(1) != core.spec.nf {
+        return Err(PyValueError::new_err(format!(
+            "update_rows: {} value positions for {} fields of {}",
+            value_pos.len(),
+            core.spec.nf,
+            core.spec.entity
+        )));
+    }
+    if states.len() != batches.len() {
+        return Err(PyValueError::new_err(format!(
+            "update_rows: {} states for {} batches",
+            states.len(),
+            batches.len()
+        )));
+    }
+    let mut reads = Vec::with_capacity(batches.len());
+    for items in batches.iter() {
+        reads.push(read(items.downcast::<PyList>()?, time_pos, value_pos)?);
+    }
+    let mut guards: Vec<PyRefMut<'py, State>> = Vec::with_capacity(states.len());
+    for s in states.iter() {
+        let g = s.downcast_into::<State>()?.try_borrow_mut()?;
+        guards.push(g);
+    }
+    let mut sts: Vec<&mut engine::State> = Vec::with_capacity(guards.len());
+    for g in guards.iter_mut() {
+        sts.push(core.writable(g)?);
+    }
+    Ok(f(&mut sts, &reads))
 }
 
 /// Multiplier of the shard hash (Fibonacci hashing; `flows/stream_shard.py`'s `_MIX`).
