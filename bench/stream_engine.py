@@ -8,13 +8,14 @@ thread, without Bytewax, Kafka or Redis:
 
 * ``cpu_us_per_event``: this thread's CPU time in ``update_rows`` over the run, per
   event (both entities: what the drain's engine costs per event);
-* ``phases`` (``skewless_native.update_rows_timed``, a second run over fresh states):
-  per entity, update µs per event, finalize and encode µs per row (the row's as-of-last
-  values, then the state bytes with their compaction), wall clock inside the native
-  code, and rows per event.
+* ``phases``, per entity, from passes over fresh states cut after a phase
+  (``skewless_native.update_rows_upto``; thread CPU time, each pass evolving the states
+  as ``update_rows`` does): update µs per event (with the compaction a row's encode
+  does), finalize µs per row (the row's as-of-last values), encode µs per row (the state
+  bytes), and ``glue_us_per_event``: reading the items and building the results.
 
-Runs alternate the two for ``rounds`` rounds; each figure is the median.
-``python -m bench.stream_engine [--events N] [--rounds R]``.
+The passes alternate for ``rounds`` rounds; each figure is from the medians (and the
+least) of the rounds. ``python -m bench.stream_engine [--events N] [--rounds R]``.
 """
 
 from __future__ import annotations
@@ -69,75 +70,77 @@ def _contexts(fs: FeatureSet) -> dict[str, _EntityContext]:
     return {e.name: _EntityContext(plan, e.name, None) for e in plan.entities}
 
 
-def run_once(fs: FeatureSet, groups: list[list[Group]], timed: bool) -> dict[str, Any]:
-    """One pass over fresh states: thread CPU seconds in the engine calls, and with
-    ``timed`` the phases' nanoseconds per entity."""
+CUTS = ("update", "finalize", "row", "update_rows")  # update_rows_upto 1, 2, 3; the call
+
+
+def run_once(fs: FeatureSet, groups: list[list[Group]], cut: str) -> dict[str, list[float]]:
+    """One pass over fresh states to ``cut``: per entity ``[events, rows, cpu seconds]``."""
     ctxs = _contexts(fs)
     states: dict[str, dict[int, Any]] = {name: {} for name in ctxs}
-    call: Any = native.update_rows_timed if timed else native.update_rows
-    phases = {name: [0, 0, 0, 0, 0] for name in ctxs}  # events, rows, update, finalize, encode
-    cpu = 0.0
+    phase = CUTS.index(cut) + 1
+    out = {name: [0.0, 0.0, 0.0] for name in ctxs}
     for poll in groups:
         for entity, by_id in poll:
             ctx, held = ctxs[entity], states[entity]
             new = ctx.core.new_state
             sts = [held.get(i) or held.setdefault(i, new()) for i in by_id]
             batches = list(by_id.values())
+            args = (ctx.core, sts, batches, ctx.time_pos, ctx.value_pos)
             c = time.thread_time()
-            got = call(ctx.core, sts, batches, ctx.time_pos, ctx.value_pos)
-            cpu += time.thread_time() - c
-            if timed:
-                p = phases[entity]
-                for k, v in enumerate(got):
-                    p[k] += v
-    return {"cpu_s": cpu, "phases": phases if timed else None}
+            if phase == 4:
+                got = native.update_rows(*args)
+                cpu = time.thread_time() - c
+                events = sum(len(b) for b in batches)
+                rows = sum(1 for g in got if g[4] is not None)
+            else:
+                events, rows = native.update_rows_upto(*args, phase)
+                cpu = time.thread_time() - c
+            o = out[entity]
+            o[0], o[1], o[2] = o[0] + events, o[1] + rows, o[2] + cpu
+    return out
 
 
 def measure(fs: FeatureSet, table: pa.Table, rounds: int = 3, poll: int = POLL) -> dict[str, Any]:
     """The engine over ``table``'s events as the drain routes them (``poll`` per poll),
-    ``rounds`` alternated rounds of the plain call and the timed one; medians."""
+    ``rounds`` rounds of the passes alternated; medians."""
     groups = routed(fs, polls(fs, table, poll))
-    events = sum(len(by_id[i]) for poll in groups for _, by_id in poll for i in by_id)
-    n = table.num_rows
-    plain: list[float] = []
-    timed: list[dict[str, list[int]]] = []
-    has_timed = hasattr(native, "update_rows_timed")
+    cuts = CUTS if hasattr(native, "update_rows_upto") else CUTS[-1:]
+    got: dict[str, list[dict[str, list[float]]]] = {c: [] for c in cuts}
     for _ in range(rounds):
-        plain.append(run_once(fs, groups, timed=False)["cpu_s"])
-        if has_timed:
-            timed.append(run_once(fs, groups, timed=True)["phases"])
+        for cut in cuts:
+            got[cut].append(run_once(fs, groups, cut))
+    n = table.num_rows
+    calls = [sum(e[2] for e in r.values()) for r in got["update_rows"]]
+    first = got["update_rows"][0]
     out: dict[str, Any] = {
         "events": n,
-        "entity_events": events,
+        "entity_events": int(sum(e[0] for e in first.values())),
         "rounds": rounds,
         "poll": poll,
-        "cpu_us_per_event": round(statistics.median(plain) / n * 1e6, 2),
-        "cpu_us_per_event_rounds": [round(c / n * 1e6, 2) for c in plain],
+        "cpu_us_per_event": round(statistics.median(calls) / n * 1e6, 2),
+        "cpu_us_per_event_min": round(min(calls) / n * 1e6, 2),
+        "cpu_us_per_event_rounds": [round(c / n * 1e6, 2) for c in calls],
     }
-    if timed:
-        out["phases"] = {name: _phases(n, [t[name] for t in timed]) for name in timed[0]}
-        out["phases_us_per_event"] = round(
-            sum(p["us_per_event"] for p in out["phases"].values()), 2
-        )
+    if len(cuts) > 1:
+        out["phases"] = {name: _phases(n, name, got) for name in first}
     return out
 
 
-def _phases(n: int, got: list[list[int]]) -> dict[str, float]:
-    """Medians over rounds: update per entity event, finalize and encode per row."""
-
-    def med(k: int, per: int) -> float:
-        return statistics.median(g[k] for g in got) / 1e3 / max(per, 1)
-
-    events, rows = got[0][0], got[0][1]
-    update, finalize, encode = med(2, events), med(3, rows), med(4, rows)
+def _phases(n: int, name: str, got: dict[str, list[dict[str, list[float]]]]) -> dict[str, float]:
+    """One entity's split: each cut's median CPU seconds over the rounds, differenced."""
+    events, rows = got["row"][0][name][0], got["row"][0][name][1]
+    cpu = {c: statistics.median(r[name][2] for r in got[c]) for c in CUTS}
+    update, finalize = cpu["update"] / events, (cpu["finalize"] - cpu["update"]) / rows
+    encode, glue = (cpu["row"] - cpu["finalize"]) / rows, (cpu["update_rows"] - cpu["row"]) / n
     return {
-        "events": events,
-        "rows": rows,
+        "events": int(events),
+        "rows": int(rows),
         "rows_per_event": round(rows / max(events, 1), 3),
-        "update_us_per_event": round(update, 3),
-        "finalize_us_per_row": round(finalize, 3),
-        "encode_us_per_row": round(encode, 3),
-        "us_per_event": round((update * events + (finalize + encode) * rows) / n, 3),
+        "update_us_per_event": round(update * 1e6, 3),
+        "finalize_us_per_row": round(finalize * 1e6, 3),
+        "encode_us_per_row": round(encode * 1e6, 3),
+        "glue_us_per_event": round(glue * 1e6, 3),
+        "us_per_event": round(cpu["update_rows"] / n * 1e6, 3),
     }
 
 

@@ -518,7 +518,7 @@ fn skewless_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(batch::update_items, m)?)?;
     m.add_function(wrap_pyfunction!(shard::update_rows, m)?)?;
     m.add_function(wrap_pyfunction!(shard::route_shards, m)?)?;
-    m.add_function(wrap_pyfunction!(engine_timed::update_rows_timed, m)?)?;
+    m.add_function(wrap_pyfunction!(engine_timed::update_rows_upto, m)?)?;
     m.add_function(wrap_pyfunction!(resp::unwrap_bytes_values, m)?)?;
     m.add_function(wrap_pyfunction!(event::txid_hash, m)?)?;
     m.add_function(wrap_pyfunction!(decode::decode_poll, m)?)?;
