@@ -385,7 +385,7 @@ impl Spec {
         }
         if self.primary {
             if let Some(h) = txid {
-                st.ids.insert(h, ts);
+                st.ids.insert_new(h, ts); // `contains` said no above
             }
         }
         Outcome::Applied
@@ -432,10 +432,18 @@ impl Spec {
     pub fn finalize(&self, st: &mut State, t: i64) -> Result<Vec<Val>, Error> {
         let mut out = vec![Val::F(f64::NAN); self.n_names];
         self.check_age(st.max_seen, t)?;
+        let mut few = [Acc::new(); 4];
+        let mut many = Vec::new();
+        let accs: &mut [Acc] = if self.nf <= few.len() {
+            &mut few[..self.nf]
+        } else {
+            many.resize(self.nf, Acc::new());
+            &mut many
+        };
         for g in &self.groups {
-            let mut accs: Vec<Acc> = (0..self.nf).map(|_| Acc::new()).collect();
+            accs.fill(Acc::new());
             if st.max_seen.is_some() {
-                self.collect(st, g, t, &mut accs);
+                self.collect(st, g, t, accs);
             }
             for &(pos, op, fidx) in &g.outputs {
                 out[pos] = accs[fidx].finalize(op);
@@ -468,23 +476,28 @@ impl Spec {
 
     fn collect(&self, st: &mut State, g: &Group, t: i64, accs: &mut [Acc]) {
         let need_m2 = g.need_m2;
-        // (level, bucket) of the window's tiles, in canonical order
-        let mut found: Vec<(usize, usize)> = Vec::new();
+        let nf = self.nf;
+        let levels = &mut st.levels;
+        // the window's tiles in canonical order, each field's merged in that order
         let cursor = self.window_parts(g, t, |j, lo, hi| {
-            found.extend(st.levels[j].range(lo, hi).map(|i| (j, i)));
+            let level = &mut levels[j];
+            for i in level.range(lo, hi) {
+                for (tile, acc) in level.at_mut(i, nf).iter_mut().zip(accs.iter_mut()) {
+                    if tile.n == 0 {
+                        continue;
+                    }
+                    let (sb, m2b) = if need_m2 {
+                        tile.summary()
+                    } else {
+                        (tile.total_cached(), 0.0)
+                    };
+                    acc.merge(tile.n, sb, m2b, tile.min, tile.max, need_m2);
+                }
+            }
         });
         let i0 = bisect_left(&st.raw_ts, cursor);
         let i1 = bisect_left(&st.raw_ts, t);
-        let nf = self.nf;
         for (f, acc) in accs.iter_mut().enumerate() {
-            for &(j, i) in &found {
-                let tile = &mut st.levels[j].at_mut(i, nf)[f];
-                if tile.n == 0 {
-                    continue;
-                }
-                let (sb, m2b) = tile.summary();
-                acc.merge(tile.n, sb, m2b, tile.min, tile.max, need_m2);
-            }
             for i in i0..i1 {
                 acc.add(st.raw_vals[i * nf + f], need_m2);
             }
@@ -504,11 +517,14 @@ impl Spec {
     pub fn encode(&self, st: &mut State) -> Vec<u8> {
         self.compact(st);
         let ms = st.max_seen.unwrap_or(0);
-        let mut ids: Vec<(i64, u64)> = st.ids.pairs().into_iter().map(|(h, ts)| (ts, h)).collect();
-        ids.sort_unstable();
+        let ids = st.ids.by_time();
         let n_raw = st.raw_ts.len();
         let nf = self.nf;
-        let mut out = Vec::with_capacity(64 + n_raw * (4 + 8 * nf) + ids.len() * 12);
+        let tiles: usize = (st.levels.iter().zip(&self.needs))
+            .map(|(l, needs)| l.len() * (8 + 8 * nf * needs.len()))
+            .sum();
+        let size = HEAD + 4 * st.levels.len() + n_raw * (4 + 8 * nf) + ids.len() * 12 + tiles;
+        let mut out = Vec::with_capacity(size);
         write_header(
             &mut out,
             self.crc,
@@ -526,10 +542,10 @@ impl Spec {
                 out.extend_from_slice(&st.raw_vals[i * nf + f].to_le_bytes());
             }
         }
-        for &(ts, _) in &ids {
+        for &(ts, _) in ids {
             out.extend_from_slice(&((ms - ts) as u32).to_le_bytes());
         }
-        for &(_, h) in &ids {
+        for &(_, h) in ids {
             out.extend_from_slice(&h.to_le_bytes());
         }
         for (j, level) in st.levels.iter_mut().enumerate() {
@@ -548,8 +564,8 @@ impl Spec {
                     for i in 0..level.len() {
                         let tile = &mut level.at_mut(i, nf)[f];
                         let v = match comp {
-                            Comp::Sum => tile.summary().0,
-                            Comp::M2 => tile.summary().1,
+                            Comp::Sum => tile.total_cached(),
+                            Comp::M2 => tile.m2_cached(),
                             Comp::Min => tile.min,
                             Comp::Max => tile.max,
                         };
@@ -558,6 +574,7 @@ impl Spec {
                 }
             }
         }
+        debug_assert_eq!(out.len(), size);
         out
     }
 

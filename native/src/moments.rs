@@ -37,8 +37,12 @@ pub struct Tile {
     d: u32,
     /// at most 1075 (`exact`'s largest)
     k: u16,
-    cached: bool,
+    /// whether `sum` (bit 0) and `m2` (bit 1) hold the current summary
+    cached: u8,
 }
+
+const SUM: u8 = 1;
+const M2: u8 = 2;
 
 // what a level holds per bucket and field: kept small on purpose
 const _: () = assert!(std::mem::size_of::<Tile>() == 96);
@@ -51,7 +55,7 @@ impl Tile {
             min: f64::INFINITY,
             max: f64::NEG_INFINITY,
             k: 0,
-            cached: false,
+            cached: 0,
             sum: 0.0,
             m2: 0.0,
             s1: 0,
@@ -67,7 +71,7 @@ impl Tile {
             n,
             min,
             max,
-            cached: true,
+            cached: SUM | M2,
             sum,
             m2,
             ..Tile::empty()
@@ -95,7 +99,7 @@ impl Tile {
             min,
             max,
             k,
-            cached: cache.is_some(),
+            cached: if cache.is_some() { SUM | M2 } else { 0 },
             sum,
             m2,
             ..Tile::empty()
@@ -144,7 +148,7 @@ impl Tile {
             self.add_big(&m, k);
         }
         self.n += 1;
-        self.cached = false;
+        self.cached = 0;
         if x < self.min {
             self.min = x;
         }
@@ -239,11 +243,25 @@ impl Tile {
 
     /// `moments.summary`: (Σx, Σ(x-mean)²), correctly rounded, cached.
     pub fn summary(&mut self) -> (f64, f64) {
-        if !self.cached {
-            (self.sum, self.m2) = (self.total(), self.m2());
-            self.cached = true;
+        (self.total_cached(), self.m2_cached())
+    }
+
+    /// The summary's Σx alone (a level or window without std never needs the M2).
+    pub fn total_cached(&mut self) -> f64 {
+        if self.cached & SUM == 0 {
+            self.sum = self.total();
+            self.cached |= SUM;
         }
-        (self.sum, self.m2)
+        self.sum
+    }
+
+    /// The summary's Σ(x-mean)² alone.
+    pub fn m2_cached(&mut self) -> f64 {
+        if self.cached & M2 == 0 {
+            self.m2 = self.m2();
+            self.cached |= M2;
+        }
+        self.m2
     }
 
     pub fn write_exact(&self, out: &mut Vec<u8>) {

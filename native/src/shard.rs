@@ -8,8 +8,6 @@
 //! `route_shards` groups a poll for every entity by shard and id in one call (the
 //! router's Python loop was ~0.9 µs per event, this ~0.4).
 
-use std::time::Instant;
-
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
@@ -32,13 +30,22 @@ pub(crate) struct Batch {
 /// time, and the row (as-of-last values, canonical bytes) when any applied.
 pub(crate) struct Done {
     outcomes: Vec<u8>,
-    applied: usize,
+    pub(crate) applied: usize,
     newest: i64,
-    pub(crate) row: Option<(Vec<engine::Val>, Vec<u8>)>,
+    row: Option<(Vec<engine::Val>, Vec<u8>)>,
 }
 
 fn field<'py>(t: &Bound<'py, PyTuple>, i: usize, what: &str) -> PyResult<Bound<'py, PyAny>> {
     t.get_item(i)
+        .map_err(|_| PyValueError::new_err(format!("update_rows: {what} has no field {i}")))
+}
+
+fn borrowed<'a, 'py>(
+    t: &'a Bound<'py, PyTuple>,
+    i: usize,
+    what: &str,
+) -> PyResult<Borrowed<'a, 'py, PyAny>> {
+    t.get_borrowed_item(i)
         .map_err(|_| PyValueError::new_err(format!("update_rows: {what} has no field {i}")))
 }
 
@@ -56,39 +63,36 @@ pub(crate) fn read(
     };
     for item in items.iter() {
         let item = item.downcast_into::<PyTuple>()?;
-        let event = field(&item, 0, "an item")?.downcast_into::<PyTuple>()?;
+        // borrowed fields: a reference count taken and dropped per field was ~15% of a call
+        let event = borrowed(&item, 0, "an item")?;
+        let event = event.downcast::<PyTuple>()?;
         b.produced
-            .push(field(&item, 1, "an item")?.extract::<i64>()?);
-        b.txids.push(field(&item, 2, "an item")?.extract::<u64>()?);
-        b.ts.push(field(&event, time_pos, "an event")?.extract::<i64>()?);
+            .push(borrowed(&item, 1, "an item")?.extract::<i64>()?);
+        b.txids
+            .push(borrowed(&item, 2, "an item")?.extract::<u64>()?);
+        b.ts.push(borrowed(event, time_pos, "an event")?.extract::<i64>()?);
         if value_pos.is_empty() {
             b.values.push(0.0);
         }
         for &p in value_pos {
             b.values
-                .push(field(&event, p, "an event")?.extract::<f64>()?);
+                .push(borrowed(event, p, "an event")?.extract::<f64>()?);
         }
     }
     Ok(b)
 }
 
-/// Nanoseconds spent in each phase: update, finalize (as of last), encode (with compact).
-pub(crate) type Phases = [u64; 3];
+/// How much of an entity's batch `run` does: everything (`Row`), or for a benchmark's
+/// split (`engine_timed.rs`) the updates alone, or the updates and the row's values, each
+/// then compacting the state as the row's encode would.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Upto {
+    Update,
+    Finalize,
+    Row,
+}
 
-pub(crate) fn run(
-    spec: &engine::Spec,
-    st: &mut engine::State,
-    b: &Batch,
-    mut phases: Option<&mut Phases>,
-) -> Done {
-    let lap = |phases: &mut Option<&mut Phases>, i: usize, t0: &mut Option<Instant>| {
-        if let (Some(p), Some(t)) = (phases.as_deref_mut(), t0.as_mut()) {
-            let now = Instant::now();
-            p[i] += now.duration_since(*t).as_nanos() as u64;
-            *t = now;
-        }
-    };
-    let mut t0 = phases.is_some().then(Instant::now);
+pub(crate) fn run(spec: &engine::Spec, st: &mut engine::State, b: &Batch, upto: Upto) -> Done {
     let (nf, n) = (spec.nf, b.ts.len());
     let mut outcomes = Vec::with_capacity(n);
     let (mut applied, mut newest) = (0usize, 0i64);
@@ -105,14 +109,17 @@ pub(crate) fn run(
         }
         outcomes.push(o);
     }
-    lap(&mut phases, 0, &mut t0);
-    let row = (applied > 0).then(|| {
-        let vals = spec.as_of_last(st);
-        lap(&mut phases, 1, &mut t0);
-        let bytes = spec.encode(st);
-        lap(&mut phases, 2, &mut t0);
-        (vals, bytes)
-    });
+    let row = if applied == 0 {
+        None
+    } else if upto == Upto::Row {
+        Some((spec.as_of_last(st), spec.encode(st)))
+    } else {
+        if upto == Upto::Finalize {
+            std::hint::black_box(spec.as_of_last(st));
+        }
+        spec.compact(st);
+        None
+    };
     Done {
         outcomes,
         applied,
@@ -142,7 +149,7 @@ pub fn update_rows<'py>(
         let all = |sts: &mut Vec<&mut engine::State>| -> Vec<Done> {
             sts.iter_mut()
                 .zip(reads)
-                .map(|(st, b)| run(spec, st, b, None))
+                .map(|(st, b)| run(spec, st, b, Upto::Row))
                 .collect()
         };
         if total >= RELEASE_GIL_FROM {
