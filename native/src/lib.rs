@@ -201,7 +201,8 @@ impl State {
     }
     #[getter]
     fn n_tiles(&self) -> Vec<usize> {
-        self.inner.levels.iter().map(|l| l.len()).collect()
+        let levels = &self.inner.levels;
+        (0..levels.count()).map(|j| levels.len(j)).collect()
     }
     #[getter]
     fn readonly(&self) -> bool {
@@ -215,7 +216,7 @@ impl State {
     /// Tiles whose exact sums outgrew the inline integers (kept as big integers).
     #[getter]
     fn n_big_tiles(&self) -> usize {
-        self.inner.levels.iter().map(|l| l.n_big()).sum()
+        self.inner.levels.n_big()
     }
 }
 
