@@ -138,8 +138,10 @@ impl Levels {
             }
             dropped += cut;
         }
-        if dropped > 0 {
-            // buckets expire a few at a time: the shrink keeps no slack
+        // the room of a few expired buckets is kept for the next ones (a shrink to fit
+        // after each expiry, then a growth, left the heap ~3x as fragmented)
+        let len = self.buckets.len();
+        if dropped > 0 && self.buckets.capacity() > len + len / 4 + 1 {
             self.buckets.shrink_to_fit();
             self.tiles.shrink_to_fit();
         }

@@ -20,6 +20,7 @@ mod resp;
 mod rows;
 mod score_one;
 mod shard;
+mod summary;
 mod tiles;
 mod trees;
 mod view;
