@@ -71,6 +71,8 @@ def _contexts(fs: FeatureSet) -> dict[str, _EntityContext]:
 
 
 CUTS = ("update", "finalize", "row", "update_rows")  # update_rows_upto 1, 2, 3; the call
+#: None on a native core built before it (then only the whole call is measured)
+_UPTO: Any = getattr(native, "update_rows_upto", None)
 
 
 def run_once(fs: FeatureSet, groups: list[list[Group]], cut: str) -> dict[str, list[float]]:
@@ -93,7 +95,7 @@ def run_once(fs: FeatureSet, groups: list[list[Group]], cut: str) -> dict[str, l
                 events = sum(len(b) for b in batches)
                 rows = sum(1 for g in got if g[4] is not None)
             else:
-                events, rows = native.update_rows_upto(*args, phase)
+                events, rows = _UPTO(*args, phase)
                 cpu = time.thread_time() - c
             o = out[entity]
             o[0], o[1], o[2] = o[0] + events, o[1] + rows, o[2] + cpu
@@ -104,7 +106,7 @@ def measure(fs: FeatureSet, table: pa.Table, rounds: int = 3, poll: int = POLL) 
     """The engine over ``table``'s events as the drain routes them (``poll`` per poll),
     ``rounds`` rounds of the passes alternated; medians."""
     groups = routed(fs, polls(fs, table, poll))
-    cuts = CUTS if hasattr(native, "update_rows_upto") else CUTS[-1:]
+    cuts = CUTS if _UPTO is not None else CUTS[-1:]
     got: dict[str, list[dict[str, list[float]]]] = {c: [] for c in cuts}
     for _ in range(rounds):
         for cut in cuts:
@@ -145,13 +147,15 @@ def _phases(n: int, name: str, got: dict[str, list[dict[str, list[float]]]]) -> 
 
 
 def main() -> None:
-    from bench.stream import _simulated
+    from flows.simulate import SimulationConfig, simulate
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--events", type=int, default=200_000)
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
-    table = _simulated(args.events, days=10.0, seed=5)
+    n = args.events  # bench.stream._simulated's density (not imported: it imports this)
+    table = simulate(SimulationConfig(events=n, cards=max(n // 30, 10),
+                                      merchants=max(n // 300, 5), days=10.0, seed=5))  # fmt: skip
     print(json.dumps(measure(REFERENCE, table, args.rounds), indent=2))
 
 
