@@ -293,7 +293,7 @@ def run(
         table = _simulated(events, days=10.0, seed=5)
         ours = throughput(bootstrap, f"{base}/11", table, work)
         per_stage = stage_table(bootstrap, ours["topic"], _fresh(f"{base}/14"), work)
-        engine = stream_engine.measure(REFERENCE, table)  # the native core alone, no I/O
+        engine = stream_engine.measure(REFERENCE, table, rounds=2)  # the native core alone
         floor = {v: stream_floor.run(v, bootstrap, ours["topic"], events, 5000)
                  for v in stream_floor.VARIANTS}  # fmt: skip
         scaling = (
