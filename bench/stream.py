@@ -8,7 +8,10 @@
 * freshness (``bench/stream_fresh.py``): events produced at a fixed rate while the flow
   tails the topic; per event, Kafka timestamp -> its row written, hop by hop, beside the
   sink's own histogram; at 5,000/s and 4x that, in both state layouts (``--state-layout``),
-  alternated, with the stream's CPU per event while tailing and its writes per poll.
+  alternated, with the stream's CPU per event while tailing and its writes per poll;
+* engine (``bench/stream_engine.py``): the drain's events through the native core's
+  ``update_rows`` alone, routed as the flow routes them, in one thread: CPU µs per event
+  beside the drain's, and its update / finalize / encode split per entity.
 
 The headline figures (throughput, workers, freshness) are the default command's, i.e.
 ``--state-layout auto`` without ``-r``: the sharded layout; the entity layout is measured
@@ -30,7 +33,14 @@ from typing import Any
 
 import pyarrow as pa
 
-from bench import stream_cores, stream_floor, stream_fresh, stream_shard, stream_stages
+from bench import (
+    stream_cores,
+    stream_engine,
+    stream_floor,
+    stream_fresh,
+    stream_shard,
+    stream_stages,
+)
 from features.layout import compile_layouts
 from features.reference import REFERENCE
 from flows.produce import produce_messages
@@ -295,6 +305,7 @@ def run(
         table = _simulated(events, days=10.0, seed=5)
         ours = throughput(bootstrap, f"{base}/11", table, work)
         per_stage = stage_table(bootstrap, ours["topic"], _fresh(f"{base}/14"), work)
+        engine = stream_engine.measure(REFERENCE, table, rounds=2)  # the native core alone
         floor = {v: stream_floor.run(v, bootstrap, ours["topic"], events, 5000)
                  for v in stream_floor.VARIANTS}  # fmt: skip
         scaling = (
@@ -330,6 +341,9 @@ def run(
                 ours["events_per_s_after_start"] / max(naive["events_per_s"], 1e-9), 1
             ),
             "drain_cpu_us_per_event": drain_cpu,
+            # the same run's events through update_rows alone (bench/stream_engine.py)
+            "engine_us_per_event": engine["cpu_us_per_event"],
+            "engine": engine,
             "per_stage_cpu_us_per_event": per_stage,
             "bytewax_floor": floor,
             "bytewax_floor_cpu_us_per_event": {

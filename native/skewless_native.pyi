@@ -328,6 +328,19 @@ def update_rows(
     one ``(outcomes, applied, newest, row values, state bytes)`` per entity (the last two
     None when none applied)."""
 
+def update_rows_upto(
+    core: Core,
+    states: list[State],
+    batches: list[list[Any]],
+    time_pos: int,
+    value_pos: list[int],
+    phase: int,
+) -> tuple[int, int]:
+    """``update_rows`` without its result, cut after ``phase`` (``bench/stream_engine.py``):
+    1 the updates (then each touched state compacted as a row's encode compacts it), 2 also
+    the row's values, 3 the whole row; the states evolve exactly as ``update_rows`` evolves
+    them. Returns ``(events, entities that had a row)``."""
+
 def route_shards(
     items: list[Any], key_pos: list[int], bits: int, ingested: type
 ) -> list[list[tuple[int, dict[int, list[Any]]]]] | None:

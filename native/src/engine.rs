@@ -2,7 +2,7 @@
 //! features/reference_codec.py) runs it, bit for bit.
 
 use crate::ids::Ids;
-use crate::level::Level;
+use crate::level::Levels;
 use crate::moments::Tile;
 
 /// The window ops, named as `features.definitions.Op` names them (the layout spec
@@ -129,7 +129,7 @@ pub struct State {
     pub raw_ts: Vec<i64>,
     pub raw_vals: Vec<f64>, // nf values per raw event
     pub ids: Ids,
-    pub levels: Vec<Level>,
+    pub levels: Levels,
     pub readonly: bool,
 }
 
@@ -139,8 +139,7 @@ impl State {
         self.raw_ts.capacity() * 8
             + self.raw_vals.capacity() * 8
             + self.ids.heap_bytes()
-            + self.levels.capacity() * std::mem::size_of::<Level>()
-            + self.levels.iter().map(Level::heap_bytes).sum::<usize>()
+            + self.levels.heap_bytes()
     }
 }
 
@@ -319,7 +318,7 @@ pub fn write_header(
 impl Spec {
     pub fn new_state(&self) -> State {
         State {
-            levels: vec![Level::default(); self.hops.len()],
+            levels: Levels::new(self.hops.len()),
             ..Default::default()
         }
     }
@@ -355,13 +354,22 @@ impl Spec {
         let zero = [0.0];
         let values = if values.is_empty() { &zero[..] } else { values };
         let base = ms - self.horizon;
-        for (j, level) in st.levels.iter_mut().enumerate() {
+        let kept = |j: usize| {
             let hop = self.hops[j];
             let bucket = fdiv(ts, hop);
-            if bucket < fdiv(base, hop) - self.keep[j] {
-                continue;
-            }
-            for (tile, &x) in level.entry(bucket, self.nf).iter_mut().zip(values) {
+            (bucket >= fdiv(base, hop) - self.keep[j]).then_some(bucket)
+        };
+        // the buckets this event opens, made room for at once
+        let levels = &mut st.levels;
+        let new = (0..levels.count())
+            .filter(|&j| kept(j).is_some_and(|b| !levels.has(j, b)))
+            .count();
+        if new > 0 {
+            levels.reserve_exact(new, self.nf);
+        }
+        for j in 0..levels.count() {
+            let Some(bucket) = kept(j) else { continue };
+            for (tile, &x) in levels.entry(j, bucket, self.nf).iter_mut().zip(values) {
                 tile.add(x);
             }
         }
@@ -385,7 +393,7 @@ impl Spec {
         }
         if self.primary {
             if let Some(h) = txid {
-                st.ids.insert(h, ts);
+                st.ids.insert_new(h, ts); // `contains` said no above
             }
         }
         Outcome::Applied
@@ -408,9 +416,8 @@ impl Spec {
             }
         }
         let base = ms - self.horizon;
-        for (j, level) in st.levels.iter_mut().enumerate() {
-            level.drop_before(fdiv(base, self.hops[j]) - self.keep[j], self.nf);
-        }
+        st.levels
+            .drop_before(|j| fdiv(base, self.hops[j]) - self.keep[j], self.nf);
         if let Some(late) = self.lateness {
             let id_floor = ms - late;
             st.ids.retain_from(id_floor);
@@ -432,10 +439,18 @@ impl Spec {
     pub fn finalize(&self, st: &mut State, t: i64) -> Result<Vec<Val>, Error> {
         let mut out = vec![Val::F(f64::NAN); self.n_names];
         self.check_age(st.max_seen, t)?;
+        let mut few = [Acc::new(); 4];
+        let mut many = Vec::new();
+        let accs: &mut [Acc] = if self.nf <= few.len() {
+            &mut few[..self.nf]
+        } else {
+            many.resize(self.nf, Acc::new());
+            &mut many
+        };
         for g in &self.groups {
-            let mut accs: Vec<Acc> = (0..self.nf).map(|_| Acc::new()).collect();
+            accs.fill(Acc::new());
             if st.max_seen.is_some() {
-                self.collect(st, g, t, &mut accs);
+                self.collect(st, g, t, accs);
             }
             for &(pos, op, fidx) in &g.outputs {
                 out[pos] = accs[fidx].finalize(op);
@@ -468,23 +483,27 @@ impl Spec {
 
     fn collect(&self, st: &mut State, g: &Group, t: i64, accs: &mut [Acc]) {
         let need_m2 = g.need_m2;
-        // (level, bucket) of the window's tiles, in canonical order
-        let mut found: Vec<(usize, usize)> = Vec::new();
+        let nf = self.nf;
+        let levels = &mut st.levels;
+        // the window's tiles in canonical order, each field's merged in that order
         let cursor = self.window_parts(g, t, |j, lo, hi| {
-            found.extend(st.levels[j].range(lo, hi).map(|i| (j, i)));
+            for i in levels.range(j, lo, hi) {
+                for (tile, acc) in levels.at_mut(j, i, nf).iter_mut().zip(accs.iter_mut()) {
+                    if tile.n == 0 {
+                        continue;
+                    }
+                    let (sb, m2b) = if need_m2 {
+                        tile.summary()
+                    } else {
+                        (tile.total_cached(), 0.0)
+                    };
+                    acc.merge(tile.n, sb, m2b, tile.min, tile.max, need_m2);
+                }
+            }
         });
         let i0 = bisect_left(&st.raw_ts, cursor);
         let i1 = bisect_left(&st.raw_ts, t);
-        let nf = self.nf;
         for (f, acc) in accs.iter_mut().enumerate() {
-            for &(j, i) in &found {
-                let tile = &mut st.levels[j].at_mut(i, nf)[f];
-                if tile.n == 0 {
-                    continue;
-                }
-                let (sb, m2b) = tile.summary();
-                acc.merge(tile.n, sb, m2b, tile.min, tile.max, need_m2);
-            }
             for i in i0..i1 {
                 acc.add(st.raw_vals[i * nf + f], need_m2);
             }
@@ -504,11 +523,15 @@ impl Spec {
     pub fn encode(&self, st: &mut State) -> Vec<u8> {
         self.compact(st);
         let ms = st.max_seen.unwrap_or(0);
-        let mut ids: Vec<(i64, u64)> = st.ids.pairs().into_iter().map(|(h, ts)| (ts, h)).collect();
-        ids.sort_unstable();
+        let ids = st.ids.by_time();
         let n_raw = st.raw_ts.len();
         let nf = self.nf;
-        let mut out = Vec::with_capacity(64 + n_raw * (4 + 8 * nf) + ids.len() * 12);
+        let levels = &mut st.levels;
+        let tiles: usize = (self.needs.iter().enumerate())
+            .map(|(j, needs)| levels.len(j) * (8 + 8 * nf * needs.len()))
+            .sum();
+        let size = HEAD + 4 * levels.count() + n_raw * (4 + 8 * nf) + ids.len() * 12 + tiles;
+        let mut out = Vec::with_capacity(size);
         write_header(
             &mut out,
             self.crc,
@@ -516,7 +539,7 @@ impl Spec {
             st.last_before_raw,
             n_raw as u32,
             ids.len() as u32,
-            st.levels.iter().map(|l| l.len() as u32),
+            (0..levels.count()).map(|j| levels.len(j) as u32),
         );
         for &ts in &st.raw_ts {
             out.extend_from_slice(&((ms - ts) as u32).to_le_bytes());
@@ -526,30 +549,31 @@ impl Spec {
                 out.extend_from_slice(&st.raw_vals[i * nf + f].to_le_bytes());
             }
         }
-        for &(ts, _) in &ids {
+        for &(ts, _) in ids {
             out.extend_from_slice(&((ms - ts) as u32).to_le_bytes());
         }
-        for &(_, h) in &ids {
+        for &(_, h) in ids {
             out.extend_from_slice(&h.to_le_bytes());
         }
-        for (j, level) in st.levels.iter_mut().enumerate() {
-            if level.is_empty() {
+        for j in 0..levels.count() {
+            let count = levels.len(j);
+            if count == 0 {
                 continue;
             }
             let cur = fdiv(ms, self.hops[j]);
-            for &b in level.buckets() {
+            for &b in levels.buckets(j) {
                 out.extend_from_slice(&((cur - b) as u32).to_le_bytes());
             }
-            for i in 0..level.len() {
-                out.extend_from_slice(&(level.at(i, nf)[0].n as u32).to_le_bytes());
+            for i in 0..count {
+                out.extend_from_slice(&(levels.at(j, i, nf)[0].n as u32).to_le_bytes());
             }
             for f in 0..nf {
                 for &comp in &self.needs[j] {
-                    for i in 0..level.len() {
-                        let tile = &mut level.at_mut(i, nf)[f];
+                    for i in 0..count {
+                        let tile = &mut levels.at_mut(j, i, nf)[f];
                         let v = match comp {
-                            Comp::Sum => tile.summary().0,
-                            Comp::M2 => tile.summary().1,
+                            Comp::Sum => tile.total_cached(),
+                            Comp::M2 => tile.m2_cached(),
                             Comp::Min => tile.min,
                             Comp::Max => tile.max,
                         };
@@ -558,6 +582,7 @@ impl Spec {
                 }
             }
         }
+        debug_assert_eq!(out.len(), size);
         out
     }
 
@@ -601,8 +626,7 @@ impl Spec {
             for v in comps.iter_mut() {
                 *v = r.f64();
             }
-            let level = &mut st.levels[j];
-            level.reserve_exact(count, nf);
+            st.levels.reserve_exact(count, nf);
             for i in 0..count {
                 let mut tiles = Vec::with_capacity(nf);
                 for f in 0..nf {
@@ -614,7 +638,7 @@ impl Spec {
                         Tile::from_summary(ns[i], sm, m2, mn, mx)
                     });
                 }
-                level.insert(buckets[i], tiles);
+                st.levels.insert(j, buckets[i], tiles);
             }
         }
         Ok(st)
@@ -643,11 +667,12 @@ impl Spec {
             out.extend_from_slice(&h.to_le_bytes());
             out.extend_from_slice(&ts.to_le_bytes());
         }
-        for level in &st.levels {
-            out.extend_from_slice(&(level.len() as u32).to_le_bytes());
-            for (i, &b) in level.buckets().iter().enumerate() {
+        let levels = &st.levels;
+        for j in 0..levels.count() {
+            out.extend_from_slice(&(levels.len(j) as u32).to_le_bytes());
+            for (i, &b) in levels.buckets(j).iter().enumerate() {
                 out.extend_from_slice(&b.to_le_bytes());
-                for t in level.at(i, self.nf) {
+                for t in levels.at(j, i, self.nf) {
                     t.write_exact(&mut out);
                 }
             }
@@ -686,7 +711,7 @@ impl Spec {
                 for _ in 0..count {
                     let b = r.i64();
                     let tiles = (0..self.nf).map(|_| r.tile()).collect();
-                    st.levels[j].insert(b, tiles);
+                    st.levels.insert(j, b, tiles);
                 }
             }
             (st, r.pos)

@@ -1,72 +1,76 @@
-//! One level of an entity's tiles: bucket numbers in ascending order and `nf` tiles per
-//! bucket, in two flat vectors sized to what they hold (a map per level cost a 300-byte
-//! node even for one bucket, and a vector per bucket its own allocation).
+//! Every level of an entity's tiles in two flat vectors sized to what they hold: the bucket
+//! numbers of level 0, then of level 1, ..., each level's ascending, and `nf` tiles per
+//! bucket in the same order. One pair of vectors per state rather than per level: an
+//! event that opens a bucket in each of four levels grows them once, not eight times
+//! (the reallocations were half of a card's update), and a row's compaction shrinks
+//! them once. (A map per level cost a 300-byte node even for one bucket, and a vector
+//! per bucket its own allocation.)
 
 use std::ops::Range;
 
 use crate::moments::Tile;
 
 #[derive(Clone, Default)]
-pub struct Level {
+pub struct Levels {
     buckets: Vec<i64>,
     tiles: Vec<Tile>,
+    /// where each level's buckets end in `buckets` (level `j`: `ends[j-1]..ends[j]`)
+    ends: Box<[u32]>,
 }
 
-impl Level {
-    pub fn len(&self) -> usize {
-        self.buckets.len()
+impl Levels {
+    pub fn new(levels: usize) -> Levels {
+        Levels {
+            ends: vec![0; levels].into_boxed_slice(),
+            ..Default::default()
+        }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.buckets.is_empty()
+    pub fn count(&self) -> usize {
+        self.ends.len()
     }
 
-    /// The buckets, ascending.
-    pub fn buckets(&self) -> &[i64] {
-        &self.buckets
+    fn span(&self, j: usize) -> Range<usize> {
+        let start = if j == 0 { 0 } else { self.ends[j - 1] as usize };
+        start..self.ends[j] as usize
     }
 
-    /// Bucket `i`'s tiles (`nf` of them).
-    pub fn at(&self, i: usize, nf: usize) -> &[Tile] {
-        &self.tiles[i * nf..(i + 1) * nf]
+    /// Level `j`'s bucket count.
+    pub fn len(&self, j: usize) -> usize {
+        self.span(j).len()
     }
 
-    pub fn at_mut(&mut self, i: usize, nf: usize) -> &mut [Tile] {
-        &mut self.tiles[i * nf..(i + 1) * nf]
+    /// Level `j`'s buckets, ascending.
+    pub fn buckets(&self, j: usize) -> &[i64] {
+        &self.buckets[self.span(j)]
     }
 
-    /// Indices of the buckets in `lo..hi`.
-    pub fn range(&self, lo: i64, hi: i64) -> Range<usize> {
-        let a = self.buckets.partition_point(|&b| b < lo);
-        let z = self.buckets.partition_point(|&b| b < hi);
+    /// Bucket `i` of level `j`: its tiles (`nf` of them).
+    pub fn at(&self, j: usize, i: usize, nf: usize) -> &[Tile] {
+        let at = self.span(j).start + i;
+        &self.tiles[at * nf..(at + 1) * nf]
+    }
+
+    pub fn at_mut(&mut self, j: usize, i: usize, nf: usize) -> &mut [Tile] {
+        let at = self.span(j).start + i;
+        &mut self.tiles[at * nf..(at + 1) * nf]
+    }
+
+    /// Indices (within level `j`) of its buckets in `lo..hi`.
+    pub fn range(&self, j: usize, lo: i64, hi: i64) -> Range<usize> {
+        let b = self.buckets(j);
+        let a = b.partition_point(|&x| x < lo);
+        let z = b.partition_point(|&x| x < hi);
         a..z.max(a)
     }
 
-    /// `bucket`'s tiles, `nf` empty ones inserted in order when it has none yet.
-    pub fn entry(&mut self, bucket: i64, nf: usize) -> &mut [Tile] {
-        let i = self.buckets.partition_point(|&b| b < bucket);
-        if self.buckets.get(i) != Some(&bucket) {
-            self.buckets.reserve_exact(1);
-            self.tiles.reserve_exact(nf);
-            self.buckets.insert(i, bucket);
-            let at = i * nf;
-            self.tiles
-                .splice(at..at, std::iter::repeat_n(Tile::empty(), nf));
-        }
-        self.at_mut(i, nf)
-    }
-
-    /// Sets `bucket`'s tiles (replacing any it had), in order.
-    pub fn insert(&mut self, bucket: i64, tiles: Vec<Tile>) {
-        let nf = tiles.len();
-        let i = self.buckets.partition_point(|&b| b < bucket);
-        if self.buckets.get(i) == Some(&bucket) {
-            self.at_mut(i, nf).clone_from_slice(&tiles);
-        } else {
-            self.buckets.reserve_exact(1);
-            self.tiles.reserve_exact(nf);
-            self.buckets.insert(i, bucket);
-            self.tiles.splice(i * nf..i * nf, tiles);
+    /// Whether level `j` has `bucket`.
+    pub fn has(&self, j: usize, bucket: i64) -> bool {
+        let b = self.buckets(j);
+        // new buckets are mostly the newest: the last one is tried first
+        match b.last() {
+            Some(&last) if last <= bucket => last == bucket,
+            _ => b.binary_search(&bucket).is_ok(),
         }
     }
 
@@ -76,18 +80,71 @@ impl Level {
         self.tiles.reserve_exact(count * nf);
     }
 
-    /// Drops the buckets before `floor`; returns whether any was dropped.
-    pub fn drop_before(&mut self, floor: i64, nf: usize) -> bool {
-        let cut = self.buckets.partition_point(|&b| b < floor);
-        if cut == 0 {
-            return false;
+    /// Level `j`'s tiles of `bucket`, `nf` empty ones inserted in order when it has none
+    /// yet (into the room `reserve_exact` made, if the caller made it).
+    pub fn entry(&mut self, j: usize, bucket: i64, nf: usize) -> &mut [Tile] {
+        let span = self.span(j);
+        let b = &self.buckets[span.clone()];
+        let i = match b.last() {
+            Some(&last) if last < bucket => b.len(),
+            _ => b.partition_point(|&x| x < bucket),
+        };
+        let at = span.start + i;
+        if i == b.len() || self.buckets[at] != bucket {
+            self.buckets.insert(at, bucket);
+            if nf == 1 {
+                self.tiles.insert(at, Tile::empty());
+            } else {
+                self.tiles
+                    .splice(at * nf..at * nf, std::iter::repeat_n(Tile::empty(), nf));
+            }
+            for e in &mut self.ends[j..] {
+                *e += 1;
+            }
         }
-        self.buckets.drain(..cut);
-        self.tiles.drain(..cut * nf);
-        // buckets expire one at a time: the shrink is rare and keeps no slack
-        self.buckets.shrink_to_fit();
-        self.tiles.shrink_to_fit();
-        true
+        &mut self.tiles[at * nf..(at + 1) * nf]
+    }
+
+    /// Sets level `j`'s `bucket` tiles (replacing any it had), in order.
+    pub fn insert(&mut self, j: usize, bucket: i64, tiles: Vec<Tile>) {
+        let nf = tiles.len();
+        let i = self.buckets(j).partition_point(|&b| b < bucket);
+        if self.buckets(j).get(i) == Some(&bucket) {
+            self.at_mut(j, i, nf).clone_from_slice(&tiles);
+            return;
+        }
+        let at = self.span(j).start + i;
+        self.buckets.insert(at, bucket);
+        self.tiles.splice(at * nf..at * nf, tiles);
+        for e in &mut self.ends[j..] {
+            *e += 1;
+        }
+    }
+
+    /// Drops each level's buckets before `floor(j)`, then gives back the room they held.
+    pub fn drop_before(&mut self, floor: impl Fn(usize) -> i64, nf: usize) {
+        let mut dropped = 0;
+        // the last level first: the earlier levels' positions stay put meanwhile
+        for j in (0..self.ends.len()).rev() {
+            let span = self.span(j);
+            let cut = self.buckets[span.clone()].partition_point(|&b| b < floor(j));
+            if cut == 0 {
+                continue;
+            }
+            self.buckets.drain(span.start..span.start + cut);
+            self.tiles.drain(span.start * nf..(span.start + cut) * nf);
+            for e in &mut self.ends[j..] {
+                *e -= cut as u32;
+            }
+            dropped += cut;
+        }
+        // the room of a few expired buckets is kept for the next ones (a shrink to fit
+        // after each expiry, then a growth, left the heap ~3x as fragmented)
+        let len = self.buckets.len();
+        if dropped > 0 && self.buckets.capacity() > len + len / 4 + 1 {
+            self.buckets.shrink_to_fit();
+            self.tiles.shrink_to_fit();
+        }
     }
 
     /// Tiles whose sums spilled to big integers.
@@ -95,10 +152,11 @@ impl Level {
         self.tiles.iter().filter(|t| t.is_big()).count()
     }
 
-    /// Heap bytes this level owns.
+    /// Heap bytes these levels own.
     pub fn heap_bytes(&self) -> usize {
         self.buckets.capacity() * 8
             + self.tiles.capacity() * std::mem::size_of::<Tile>()
             + self.tiles.iter().map(Tile::heap_bytes).sum::<usize>()
+            + self.ends.len() * 4
     }
 }

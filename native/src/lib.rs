@@ -8,6 +8,7 @@ mod batch;
 mod decode;
 mod dedup;
 mod engine;
+mod engine_timed;
 mod event;
 mod hashes;
 mod hset_rows;
@@ -21,6 +22,7 @@ mod resp;
 mod rows;
 mod score_one;
 mod shard;
+mod summary;
 mod tiles;
 mod trees;
 mod view;
@@ -202,7 +204,8 @@ impl State {
     }
     #[getter]
     fn n_tiles(&self) -> Vec<usize> {
-        self.inner.levels.iter().map(|l| l.len()).collect()
+        let levels = &self.inner.levels;
+        (0..levels.count()).map(|j| levels.len(j)).collect()
     }
     #[getter]
     fn readonly(&self) -> bool {
@@ -216,7 +219,7 @@ impl State {
     /// Tiles whose exact sums outgrew the inline integers (kept as big integers).
     #[getter]
     fn n_big_tiles(&self) -> usize {
-        self.inner.levels.iter().map(|l| l.n_big()).sum()
+        self.inner.levels.n_big()
     }
 }
 
@@ -521,6 +524,7 @@ fn skewless_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(batch::update_items, m)?)?;
     m.add_function(wrap_pyfunction!(shard::update_rows, m)?)?;
     m.add_function(wrap_pyfunction!(shard::route_shards, m)?)?;
+    m.add_function(wrap_pyfunction!(engine_timed::update_rows_upto, m)?)?;
     m.add_function(wrap_pyfunction!(resp::unwrap_bytes_values, m)?)?;
     m.add_function(wrap_pyfunction!(event::txid_hash, m)?)?;
     m.add_function(wrap_pyfunction!(decode::decode_poll, m)?)?;

@@ -7,9 +7,9 @@
 use std::borrow::Cow;
 
 use num_bigint::{BigInt, BigUint, Sign};
-use num_integer::Integer;
-use num_traits::{One, Signed, Zero};
+use num_traits::{One, Zero};
 
+use crate::summary::{self, div_round};
 use crate::wide::{i128_of, shl_i128, U256};
 
 /// The exact sums once they outgrow the fixed-width ones (kept from then on).
@@ -37,8 +37,12 @@ pub struct Tile {
     d: u32,
     /// at most 1075 (`exact`'s largest)
     k: u16,
-    cached: bool,
+    /// whether `sum` (bit 0) and `m2` (bit 1) hold the current summary
+    cached: u8,
 }
+
+const SUM: u8 = 1;
+const M2: u8 = 2;
 
 // what a level holds per bucket and field: kept small on purpose
 const _: () = assert!(std::mem::size_of::<Tile>() == 96);
@@ -51,7 +55,7 @@ impl Tile {
             min: f64::INFINITY,
             max: f64::NEG_INFINITY,
             k: 0,
-            cached: false,
+            cached: 0,
             sum: 0.0,
             m2: 0.0,
             s1: 0,
@@ -67,7 +71,7 @@ impl Tile {
             n,
             min,
             max,
-            cached: true,
+            cached: SUM | M2,
             sum,
             m2,
             ..Tile::empty()
@@ -95,7 +99,7 @@ impl Tile {
             min,
             max,
             k,
-            cached: cache.is_some(),
+            cached: if cache.is_some() { SUM | M2 } else { 0 },
             sum,
             m2,
             ..Tile::empty()
@@ -144,7 +148,7 @@ impl Tile {
             self.add_big(&m, k);
         }
         self.n += 1;
-        self.cached = false;
+        self.cached = 0;
         if x < self.min {
             self.min = x;
         }
@@ -221,12 +225,21 @@ impl Tile {
         if self.n == 0 {
             return 0.0;
         }
+        if self.big.is_none() {
+            return summary::total(self.s1, self.k as u64);
+        }
         div_round(&self.sums().0, &BigUint::one(), self.k as u64)
     }
 
     fn m2(&self) -> f64 {
         if self.n == 0 {
             return 0.0;
+        }
+        if self.big.is_none() {
+            let (s1, s2) = (self.s1, (self.s2_lo, self.s2_hi));
+            if let Some(v) = summary::m2(s1, s2, self.n, self.d, self.k as u64) {
+                return v;
+            }
         }
         let (s1, s2) = self.sums();
         let num = s2.as_ref() * self.n - s1.as_ref() * s1.as_ref() * self.d as u64;
@@ -239,11 +252,25 @@ impl Tile {
 
     /// `moments.summary`: (Σx, Σ(x-mean)²), correctly rounded, cached.
     pub fn summary(&mut self) -> (f64, f64) {
-        if !self.cached {
-            (self.sum, self.m2) = (self.total(), self.m2());
-            self.cached = true;
+        (self.total_cached(), self.m2_cached())
+    }
+
+    /// The summary's Σx alone (a level or window without std never needs the M2).
+    pub fn total_cached(&mut self) -> f64 {
+        if self.cached & SUM == 0 {
+            self.sum = self.total();
+            self.cached |= SUM;
         }
-        (self.sum, self.m2)
+        self.sum
+    }
+
+    /// The summary's Σ(x-mean)² alone.
+    pub fn m2_cached(&mut self) -> f64 {
+        if self.cached & M2 == 0 {
+            self.m2 = self.m2();
+            self.cached |= M2;
+        }
+        self.m2
     }
 
     pub fn write_exact(&self, out: &mut Vec<u8>) {
@@ -313,82 +340,4 @@ pub fn exact(x: f64) -> (BigInt, u64) {
         big = -big;
     }
     (big, k)
-}
-
-/// `num / (den * 2^scale)` correctly rounded to nearest, ties to even (Python's int true
-/// division). `den` is small (a count), so the division is by one machine word.
-pub fn div_round(num: &BigInt, den: &BigUint, scale: u64) -> f64 {
-    if num.is_zero() {
-        return 0.0;
-    }
-    let neg = num.is_negative();
-    let a = num.magnitude();
-    let (la, ld) = (a.bits() as i64, den.bits() as i64);
-    // q = floor(a * 2^s / den) has 55 or 56 bits
-    let s = 55 - (la - ld);
-    let (q, sticky) = if den.is_one() {
-        // a power-of-two scale (a tile's Σx): shifts only
-        if s >= 0 {
-            (a << (s as u64), false)
-        } else {
-            let r = (-s) as u64;
-            (a >> r, a.trailing_zeros().is_some_and(|tz| tz < r))
-        }
-    } else if s >= 0 {
-        let n = a << (s as u64);
-        let (q, r) = n.div_rem(den);
-        (q, !r.is_zero())
-    } else {
-        let r = (-s) as u64;
-        let low = a.trailing_zeros().is_some_and(|tz| tz < r);
-        let (q, rem) = (a >> r).div_rem(den);
-        (q, low || !rem.is_zero())
-    };
-    // q's last bit weighs 2^lsb; a double keeps 53 bits, fewer below 2^-1022 (its last
-    // bit never weighs less than 2^-1074): round once, at the bit the result keeps
-    let lsb = -s - scale as i64;
-    let mut excess = q.bits() as i64 - 53;
-    let subnormal = lsb + excess < -1074;
-    if subnormal {
-        excess = -1074 - lsb;
-        if excess > 56 {
-            // q < 2^56 is below half the smallest subnormal
-            return if neg { -0.0 } else { 0.0 };
-        }
-    }
-    let q64: u64 = q.iter_u64_digits().next().unwrap_or(0); // q < 2^56
-    let mut mant = q64 >> excess;
-    let rem = q64 & ((1u64 << excess) - 1);
-    let half = 1u64 << (excess - 1);
-    if rem > half || (rem == half && (sticky || mant & 1 == 1)) {
-        mant += 1;
-    }
-    let v = if subnormal {
-        // mant * 2^-1074 (a carry to 2^52 is the smallest normal, the same bits)
-        f64::from_bits(mant)
-    } else {
-        let mut e = lsb + excess;
-        if mant == 1u64 << 53 {
-            mant >>= 1;
-            e += 1;
-        }
-        ldexp(mant, e)
-    };
-    if neg {
-        -v
-    } else {
-        v
-    }
-}
-
-/// `mant * 2^e` for `2^52 <= mant < 2^53`.
-fn ldexp(mant: u64, e: i64) -> f64 {
-    let biased = e + 52 + 1023;
-    if (1..2047).contains(&biased) {
-        f64::from_bits(((biased as u64) << 52) | (mant & ((1u64 << 52) - 1)))
-    } else if biased >= 2047 {
-        f64::INFINITY
-    } else {
-        unreachable!("div_round rounds a subnormal itself")
-    }
 }

@@ -19,8 +19,8 @@ const RELEASE_GIL_FROM: usize = 64;
 
 /// One entity's items as read: times, values (`nf` per item), ids and produced times.
 #[derive(Default)]
-struct Batch {
-    ts: Vec<i64>,
+pub(crate) struct Batch {
+    pub(crate) ts: Vec<i64>,
     values: Vec<f64>,
     txids: Vec<u64>,
     produced: Vec<i64>,
@@ -28,9 +28,9 @@ struct Batch {
 
 /// What one entity's batch gave: outcome bytes, applied count, newest applied produced
 /// time, and the row (as-of-last values, canonical bytes) when any applied.
-struct Done {
+pub(crate) struct Done {
     outcomes: Vec<u8>,
-    applied: usize,
+    pub(crate) applied: usize,
     newest: i64,
     row: Option<(Vec<engine::Val>, Vec<u8>)>,
 }
@@ -40,7 +40,20 @@ fn field<'py>(t: &Bound<'py, PyTuple>, i: usize, what: &str) -> PyResult<Bound<'
         .map_err(|_| PyValueError::new_err(format!("update_rows: {what} has no field {i}")))
 }
 
-fn read(items: &Bound<'_, PyList>, time_pos: usize, value_pos: &[usize]) -> PyResult<Batch> {
+fn borrowed<'a, 'py>(
+    t: &'a Bound<'py, PyTuple>,
+    i: usize,
+    what: &str,
+) -> PyResult<Borrowed<'a, 'py, PyAny>> {
+    t.get_borrowed_item(i)
+        .map_err(|_| PyValueError::new_err(format!("update_rows: {what} has no field {i}")))
+}
+
+pub(crate) fn read(
+    items: &Bound<'_, PyList>,
+    time_pos: usize,
+    value_pos: &[usize],
+) -> PyResult<Batch> {
     let n = items.len();
     let mut b = Batch {
         ts: Vec::with_capacity(n),
@@ -50,23 +63,36 @@ fn read(items: &Bound<'_, PyList>, time_pos: usize, value_pos: &[usize]) -> PyRe
     };
     for item in items.iter() {
         let item = item.downcast_into::<PyTuple>()?;
-        let event = field(&item, 0, "an item")?.downcast_into::<PyTuple>()?;
+        // borrowed fields: a reference count taken and dropped per field was ~15% of a call
+        let event = borrowed(&item, 0, "an item")?;
+        let event = event.downcast::<PyTuple>()?;
         b.produced
-            .push(field(&item, 1, "an item")?.extract::<i64>()?);
-        b.txids.push(field(&item, 2, "an item")?.extract::<u64>()?);
-        b.ts.push(field(&event, time_pos, "an event")?.extract::<i64>()?);
+            .push(borrowed(&item, 1, "an item")?.extract::<i64>()?);
+        b.txids
+            .push(borrowed(&item, 2, "an item")?.extract::<u64>()?);
+        b.ts.push(borrowed(event, time_pos, "an event")?.extract::<i64>()?);
         if value_pos.is_empty() {
             b.values.push(0.0);
         }
         for &p in value_pos {
             b.values
-                .push(field(&event, p, "an event")?.extract::<f64>()?);
+                .push(borrowed(event, p, "an event")?.extract::<f64>()?);
         }
     }
     Ok(b)
 }
 
-fn run(spec: &engine::Spec, st: &mut engine::State, b: &Batch) -> Done {
+/// How much of an entity's batch `run` does: everything (`Row`), or for a benchmark's
+/// split (`engine_timed.rs`) the updates alone, or the updates and the row's values, each
+/// then compacting the state as the row's encode would.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Upto {
+    Update,
+    Finalize,
+    Row,
+}
+
+pub(crate) fn run(spec: &engine::Spec, st: &mut engine::State, b: &Batch, upto: Upto) -> Done {
     let (nf, n) = (spec.nf, b.ts.len());
     let mut outcomes = Vec::with_capacity(n);
     let (mut applied, mut newest) = (0usize, 0i64);
@@ -83,7 +109,17 @@ fn run(spec: &engine::Spec, st: &mut engine::State, b: &Batch) -> Done {
         }
         outcomes.push(o);
     }
-    let row = (applied > 0).then(|| (spec.as_of_last(st), spec.encode(st)));
+    let row = if applied == 0 {
+        None
+    } else if upto == Upto::Row {
+        Some((spec.as_of_last(st), spec.encode(st)))
+    } else {
+        if upto == Upto::Finalize {
+            std::hint::black_box(spec.as_of_last(st));
+        }
+        spec.compact(st);
+        None
+    };
     Done {
         outcomes,
         applied,
@@ -107,47 +143,21 @@ pub fn update_rows<'py>(
     time_pos: usize,
     value_pos: Vec<usize>,
 ) -> PyResult<Bound<'py, PyList>> {
-    if value_pos.len().max(1) != core.spec.nf {
-        return Err(PyValueError::new_err(format!(
-            "update_rows: {} value positions for {} fields of {}",
-            value_pos.len(),
-            core.spec.nf,
-            core.spec.entity
-        )));
-    }
-    if states.len() != batches.len() {
-        return Err(PyValueError::new_err(format!(
-            "update_rows: {} states for {} batches",
-            states.len(),
-            batches.len()
-        )));
-    }
-    let mut reads = Vec::with_capacity(batches.len());
-    for items in batches.iter() {
-        reads.push(read(items.downcast::<PyList>()?, time_pos, &value_pos)?);
-    }
-    let mut guards: Vec<PyRefMut<'py, State>> = Vec::with_capacity(states.len());
-    for s in states.iter() {
-        let g = s.downcast_into::<State>()?.try_borrow_mut()?;
-        guards.push(g);
-    }
-    let mut sts: Vec<&mut engine::State> = Vec::with_capacity(guards.len());
-    for g in guards.iter_mut() {
-        sts.push(core.writable(g)?);
-    }
-    let spec = &core.spec;
-    let total: usize = reads.iter().map(|b| b.ts.len()).sum();
-    let all = |sts: &mut Vec<&mut engine::State>| -> Vec<Done> {
-        sts.iter_mut()
-            .zip(&reads)
-            .map(|(st, b)| run(spec, st, b))
-            .collect()
-    };
-    let done = if total >= RELEASE_GIL_FROM {
-        py.allow_threads(|| all(&mut sts))
-    } else {
-        all(&mut sts)
-    };
+    let done = with_states(core, states, batches, time_pos, &value_pos, |sts, reads| {
+        let spec = &core.spec;
+        let total: usize = reads.iter().map(|b| b.ts.len()).sum();
+        let all = |sts: &mut Vec<&mut engine::State>| -> Vec<Done> {
+            sts.iter_mut()
+                .zip(reads)
+                .map(|(st, b)| run(spec, st, b, Upto::Row))
+                .collect()
+        };
+        if total >= RELEASE_GIL_FROM {
+            py.allow_threads(|| all(sts))
+        } else {
+            all(sts)
+        }
+    })?;
     let out = PyList::empty(py);
     for d in done {
         let (values, bytes) = match &d.row {
@@ -166,6 +176,47 @@ pub fn update_rows<'py>(
         )?)?;
     }
     Ok(out)
+}
+
+/// `f` over the shard's states (borrowed mutably, refused when read-only) and its
+/// batches as read, after the arguments are checked.
+pub(crate) fn with_states<'py, R>(
+    core: &Core,
+    states: &Bound<'py, PyList>,
+    batches: &Bound<'py, PyList>,
+    time_pos: usize,
+    value_pos: &[usize],
+    f: impl FnOnce(&mut Vec<&mut engine::State>, &[Batch]) -> R,
+) -> PyResult<R> {
+    if value_pos.len().max(1) != core.spec.nf {
+        return Err(PyValueError::new_err(format!(
+            "update_rows: {} value positions for {} fields of {}",
+            value_pos.len(),
+            core.spec.nf,
+            core.spec.entity
+        )));
+    }
+    if states.len() != batches.len() {
+        return Err(PyValueError::new_err(format!(
+            "update_rows: {} states for {} batches",
+            states.len(),
+            batches.len()
+        )));
+    }
+    let mut reads = Vec::with_capacity(batches.len());
+    for items in batches.iter() {
+        reads.push(read(items.downcast::<PyList>()?, time_pos, value_pos)?);
+    }
+    let mut guards: Vec<PyRefMut<'py, State>> = Vec::with_capacity(states.len());
+    for s in states.iter() {
+        let g = s.downcast_into::<State>()?.try_borrow_mut()?;
+        guards.push(g);
+    }
+    let mut sts: Vec<&mut engine::State> = Vec::with_capacity(guards.len());
+    for g in guards.iter_mut() {
+        sts.push(core.writable(g)?);
+    }
+    Ok(f(&mut sts, &reads))
 }
 
 /// Multiplier of the shard hash (Fibonacci hashing; `flows/stream_shard.py`'s `_MIX`).
