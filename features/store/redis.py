@@ -199,25 +199,10 @@ class RedisStore:
             self._ts_field[e.name] = f"_ts:{v}".encode()
             self._join[e.name] = e.join_key
         self._unwrap = skewless_native.unwrap_bytes_values
-        self._hset = {
-            e.name: skewless_native.HsetEncoder(
-                entity_key_bytes(e.join_key, 0)[:-8],
-                self.project,
-                self._fields[e.name],
-                self._state_field[e.name],
-                self._ts_field[e.name],
-            )
-            for e in fs.entities
-        }
-        # a whole batch's HSETs in one native call (the same bytes; a core built before it
-        # encodes row by row)
-        rows_cls = getattr(skewless_native, "HsetRows", None)
-        self._pipeline = getattr(skewless_native, "hset_pipeline", None)
-        self._hset_rows = (
-            None
-            if rows_cls is None or self._pipeline is None
-            else {
-                e.name: rows_cls(
+
+        def per_entity(encoder: Any) -> dict[str, Any]:
+            return {
+                e.name: encoder(
                     entity_key_bytes(e.join_key, 0)[:-8],
                     self.project,
                     self._fields[e.name],
@@ -226,6 +211,14 @@ class RedisStore:
                 )
                 for e in fs.entities
             }
+
+        self._hset = per_entity(skewless_native.HsetEncoder)
+        # a whole batch's HSETs in one native call (the same bytes; a core built before it
+        # encodes row by row)
+        rows_cls = getattr(skewless_native, "HsetRows", None)
+        self._pipeline = getattr(skewless_native, "hset_pipeline", None)
+        self._hset_rows = (
+            None if rows_cls is None or self._pipeline is None else per_entity(rows_cls)
         )
 
     def build(self, timeout_s: float = 2.0) -> RedisStore:

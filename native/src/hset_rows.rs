@@ -9,16 +9,9 @@
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyFloat, PyInt, PySequence, PyTuple};
+use pyo3::types::{PyBytes, PySequence, PyTuple};
 
-fn varint(out: &mut Vec<u8>, v: i64) {
-    let mut n = v as u64; // negative int64: ten bytes, two's complement (protobuf)
-    while n > 0x7f {
-        out.push((n as u8 & 0x7f) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
-}
+use crate::resp::{feast_value, varint};
 
 /// `$<len>\r\n` (the bulk string's header).
 fn head(out: &mut Vec<u8>, len: usize) {
@@ -123,23 +116,7 @@ impl HsetRows {
                 Some(s) => s.get_item(i)?,
                 None => values.get_item(i)?,
             };
-            val.clear();
-            if v.is_none() {
-            } else if let Ok(f) = v.downcast::<PyFloat>() {
-                let x = f.value();
-                if !x.is_nan() {
-                    val.push(0x29);
-                    val.extend_from_slice(&x.to_le_bytes());
-                }
-            } else if v.is_instance_of::<PyInt>() {
-                val.push(0x20);
-                varint(&mut val, v.extract::<i64>()?);
-            } else {
-                return Err(PyValueError::new_err(format!(
-                    "values: {} is not int or float",
-                    v.get_type().name()?
-                )));
-            }
+            feast_value(&mut val, &v)?;
             bulk(out, &val);
         }
         out.extend_from_slice(&self.state_field);

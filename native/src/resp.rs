@@ -8,7 +8,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyFloat, PyInt, PyList, PyString, PyTuple};
 
-fn varint(out: &mut Vec<u8>, v: i64) {
+pub(crate) fn varint(out: &mut Vec<u8>, v: i64) {
     let mut n = v as u64; // negative int64: ten bytes, two's complement (protobuf)
     while n > 0x7f {
         out.push((n as u8 & 0x7f) | 0x80);
@@ -23,6 +23,30 @@ fn bulk(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(b);
     out.extend_from_slice(b"\r\n");
+}
+
+/// A feature value as Feast's `ValueProto` bytes into `val` (cleared first): a float as
+/// `double_val` (NaN: no value), an int as `int64_val`, None as no value; anything else
+/// is refused, naming its type. (`HsetEncoder` and `hset_rows` write the same bytes.)
+pub(crate) fn feast_value(val: &mut Vec<u8>, v: &Bound<'_, PyAny>) -> PyResult<()> {
+    val.clear();
+    if v.is_none() {
+    } else if let Ok(f) = v.downcast::<PyFloat>() {
+        let x = f.value();
+        if !x.is_nan() {
+            val.push(0x29);
+            val.extend_from_slice(&x.to_le_bytes());
+        }
+    } else if v.is_instance_of::<PyInt>() {
+        val.push(0x20);
+        varint(val, v.extract::<i64>()?);
+    } else {
+        return Err(PyValueError::new_err(format!(
+            "values: {} is not int or float",
+            v.get_type().name()?
+        )));
+    }
+    Ok(())
 }
 
 #[pyclass(module = "skewless_native", frozen)]
@@ -127,23 +151,7 @@ impl HsetEncoder {
         let mut val = Vec::with_capacity(16);
         for (field, v) in self.fields.iter().zip(values.iter()) {
             bulk(&mut out, field);
-            val.clear();
-            if v.is_none() {
-            } else if let Ok(f) = v.downcast::<PyFloat>() {
-                let x = f.value();
-                if !x.is_nan() {
-                    val.push(0x29);
-                    val.extend_from_slice(&x.to_le_bytes());
-                }
-            } else if v.is_instance_of::<PyInt>() {
-                val.push(0x20);
-                varint(&mut val, v.extract::<i64>()?);
-            } else {
-                return Err(PyValueError::new_err(format!(
-                    "values: {} is not int or float",
-                    v.get_type().name()?
-                )));
-            }
+            feast_value(&mut val, &v)?;
             bulk(&mut out, &val);
         }
         bulk(&mut out, &self.state_field);
