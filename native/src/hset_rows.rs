@@ -11,7 +11,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PySequence, PyTuple};
 
-use crate::resp::{feast_value, varint};
+use crate::resp::{feast_timestamp, feast_value, varint};
 
 /// `$<len>\r\n` (the bulk string's header).
 fn head(out: &mut Vec<u8>, len: usize) {
@@ -129,16 +129,7 @@ impl HsetRows {
         let out = &mut p.out;
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&self.ts_field);
-        val.clear();
-        let (secs, rem) = (ts_ms.div_euclid(1000), ts_ms.rem_euclid(1000));
-        if secs != 0 {
-            val.push(0x08);
-            varint(&mut val, secs);
-        }
-        if rem != 0 {
-            val.push(0x10);
-            varint(&mut val, rem * 1_000_000);
-        }
+        feast_timestamp(&mut val, ts_ms);
         bulk(out, &val);
         Ok(())
     }

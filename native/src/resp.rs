@@ -49,6 +49,21 @@ pub(crate) fn feast_value(val: &mut Vec<u8>, v: &Bound<'_, PyAny>) -> PyResult<(
     Ok(())
 }
 
+/// An event time in milliseconds as Feast's `Timestamp` bytes into `val` (cleared first):
+/// seconds and nanoseconds, each only when not zero.
+pub(crate) fn feast_timestamp(val: &mut Vec<u8>, ts_ms: i64) {
+    val.clear();
+    let (secs, rem) = (ts_ms.div_euclid(1000), ts_ms.rem_euclid(1000));
+    if secs != 0 {
+        val.push(0x08);
+        varint(val, secs);
+    }
+    if rem != 0 {
+        val.push(0x10);
+        varint(val, rem * 1_000_000);
+    }
+}
+
 #[pyclass(module = "skewless_native", frozen)]
 pub struct HsetEncoder {
     key_head: Vec<u8>,
@@ -161,16 +176,7 @@ impl HsetEncoder {
         val.extend_from_slice(state);
         bulk(&mut out, &val);
         bulk(&mut out, &self.ts_field);
-        val.clear();
-        let (secs, rem) = (ts_ms.div_euclid(1000), ts_ms.rem_euclid(1000));
-        if secs != 0 {
-            val.push(0x08);
-            varint(&mut val, secs);
-        }
-        if rem != 0 {
-            val.push(0x10);
-            varint(&mut val, rem * 1_000_000);
-        }
+        feast_timestamp(&mut val, ts_ms);
         bulk(&mut out, &val);
         Ok(PyBytes::new(py, &out))
     }
