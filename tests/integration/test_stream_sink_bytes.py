@@ -15,6 +15,7 @@ from bytewax.testing import run_main
 from features.reference import REFERENCE
 from features.store import StoreConfig, open_feature_store
 from features.store.redis import RedisStore
+from flows import stream_io
 from flows.simulate import SimulationConfig, simulate
 from flows.stream import StreamConfig, build_flow
 
@@ -39,6 +40,10 @@ def test_batch_encoding_writes_the_row_encoders_bytes(
     urls = {"batch": f"{base}/5", "per_row": f"{base}/6"}
     for url in urls.values():
         redis.Redis.from_url(url).flushdb()
+    # a store is opened once per process and config (``stream_io.store_for``): an earlier
+    # test on the same Redis database would hand back its store, built without this test's
+    # encoder choice
+    monkeypatch.setattr(stream_io, "_stores", {})
     init = RedisStore.__init__
     encodings: dict[str, object] = {}
     for name, url in urls.items():
