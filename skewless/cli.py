@@ -111,7 +111,7 @@ def _parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     st.add_argument(
         "--batch-size", type=int, default=5000,
-        help="messages per batch and partition (at most 1,000 when caught up)",
+        help="messages per batch and partition at most (while tailing, fewer: a poll's CPU budget)",
     )  # fmt: skip
     st.add_argument(
         "--kafka-source", choices=("thin", "bytewax"), default="thin",
