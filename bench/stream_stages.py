@@ -90,6 +90,11 @@ def _route(key: Callable[[Any], Any], valid: list[Ingested]) -> dict[str, list[I
     return groups
 
 
+def _of_entity(name: str, routed: list[Any]) -> list[Any]:
+    """One entity's items of a routed poll (the flow's one step takes them all)."""
+    return [x for x in routed if x[1][0] == name]
+
+
 def _step(ctx: Any, logics: dict[str, EntityLogic], groups: dict[str, list[Ingested]]) -> list[Any]:
     out: list[Any] = []
     for k, items in groups.items():
@@ -128,7 +133,9 @@ def stages(
     sharded: bool = False,
 ) -> dict[str, Any]:
     """Every stage over the topic's partition 0; µs per event of each (CPU and wall).
-    ``sharded``: key routing is the shard router, the entity steps hold shards."""
+    ``sharded``: as the flow's sharded layout, the decoder groups each poll (decode +
+    validate includes the shard routing; key routing is only each entity's share of the
+    groups), the prefetch reads the groups' ids, the entity steps hold shards."""
     plan = compile_plan(fs)
     store = StoreConfig(redis_url=redis_url, workdir=workdir)
     clock = _Clock()
@@ -137,30 +144,39 @@ def stages(
                  add_config={"fetch.wait.max.ms": "20"})  # fmt: skip
     part = source.build_part("bench", f"0-{topic}", None)
     batches = _batches(part)
-    decoder = Decoder(plan, check_keys=True)
+    keys = [(e.name, plan.entity(e.name).key) for e in plan.entities]
+    positions = [fs.schema.position(e.join_key) for e in plan.entities]
+    # sharded: the flow's decoder, which groups each poll for every entity as it decodes
+    decoder = Decoder(
+        plan, check_keys=True, router=ShardRouter(keys, positions) if sharded else None
+    )
     prefetch = Prefetch(plan, store, None)
     held = HeldStates()
     sink = _StorePartition(store, fs, held, 0)
-    steps: list[tuple[str, Any, Any, dict[str, Any], ShardRouter]] = []
+    steps: list[tuple[str, Any, Any, dict[str, Any]]] = []
     for entity in plan.entities:
         ctx = _EntityContext(plan, entity.name, store, prefetch, held, None, snapshots=False)
-        position = fs.schema.position(entity.join_key)
-        router = ShardRouter([(entity.name, ctx.plan.key)], [position])  # the flow's native one
-        steps.append((entity.name, ctx, ctx.plan.key, {}, router))
+        steps.append((entity.name, ctx, ctx.plan.key, {}))
     events = 0
     while (msgs := clock.time("kafka source", next, batches, None)) is not None:
-        decoded = clock.time("decode + validate", decoder, msgs)
-        decoded = clock.time("prefetch", prefetch, decoded)
-        valid = [x for x in decoded if type(x) is Ingested]
-        events += len(valid)
         rows: list[Any] = []
-        for name, ctx, key, logics, router in steps:
-            if sharded:
-                routed = clock.time("key routing", router, valid)
+        if sharded:  # decode + validate includes the grouping (the flow's Decoder.routed)
+            poll = clock.time("decode + validate", decoder.routed, msgs)
+            poll = clock.time("prefetch", prefetch.routed, poll)
+            events += sum(
+                len(v) for _, (e, g) in poll.routed if e == steps[0][0] for v in g.values()
+            )
+            for name, ctx, _, logics in steps:
+                routed = clock.time("key routing", _of_entity, name, poll.routed)
                 rows += clock.time(f"{name} step", _shard_step, ctx, logics, routed)
-                continue
-            groups = clock.time("key routing", _route, key, valid)
-            rows += clock.time(f"{name} step", _step, ctx, logics, groups)
+        else:
+            decoded = clock.time("decode + validate", decoder, msgs)
+            decoded = clock.time("prefetch", prefetch, decoded)
+            valid = [x for x in decoded if type(x) is Ingested]
+            events += len(valid)
+            for name, ctx, key, logics in steps:
+                groups = clock.time("key routing", _route, key, valid)
+                rows += clock.time(f"{name} step", _step, ctx, logics, groups)
         rows = [r for r in rows if type(r) is not LateOut]
         clock.time("sink encode", _encode, sink, rows)
         clock.time("redis write", sink.write_batch, rows)

@@ -46,7 +46,14 @@ from flows.stream_io import (
 )
 from flows.stream_kafka import dlq_message, kafka_in, late_message
 from flows.stream_prefetch import Prefetch
-from flows.stream_shard import LAYOUTS, check_recovery, dead_letters, resolve_layout, shard_step
+from flows.stream_shard import (
+    LAYOUTS,
+    ShardRouter,
+    check_recovery,
+    dead_letters,
+    resolve_layout,
+    shard_step,
+)
 from flows.stream_sink import HeldStates, LossTicks, OnlineStoreSink
 
 log = logging.getLogger("skewless.stream")
@@ -110,18 +117,24 @@ def _sharded_step(
     evictions: Evictions | None,
     snapshots: bool = True,
 ) -> tuple[Any, Any]:
-    """Every entity's shards in one step over the polls' lists (``up``): (rows and
-    evictions, lates). One step, so a poll's rows reach the sink as one write."""
-    entities, positions = [], []
+    """Every entity's shards in one step over the polls (``up``: :class:`Poll` items,
+    grouped by the decoder): (rows and evictions, lates). One step, so a poll's rows
+    reach the sink as one write."""
+    makes = {}
     for entity in plan.entities:
         ctx = _EntityContext(plan, entity.name, store, prefetch, held, evictions, snapshots)
-        make = lambda resume, ctx=ctx: EntityLogic(ctx, resume)  # noqa: E731
-        entities.append((entity.name, ctx.plan.key, make))
-        positions.append(plan.fs.schema.position(entity.join_key))
+        makes[entity.name] = lambda resume, ctx=ctx: EntityLogic(ctx, resume)
     after = None if evictions is None else evictions.after_s
-    out = shard_step(up, entities, after, snapshots, positions)
+    out = shard_step(up, makes, after, snapshots)
     split = op.branch("rows", out, _is_row)
     return split.trues, split.falses
+
+
+def _router(plan: Plan) -> ShardRouter:
+    """The sharded layout's router of every entity (the decoder groups each poll with it)."""
+    schema = plan.fs.schema
+    keys = [(e.name, plan.entity(e.name).key) for e in plan.entities]
+    return ShardRouter(keys, [schema.position(e.join_key) for e in plan.entities])
 
 
 def build_flow(fs: FeatureSet, cfg: StreamConfig) -> Dataflow:
@@ -146,9 +159,9 @@ def build_flow(fs: FeatureSet, cfg: StreamConfig) -> Dataflow:
     if cfg.state_layout not in LAYOUTS:
         raise ValueError(f"--state-layout: {cfg.state_layout!r} is not one of {LAYOUTS}")
     sharded = cfg.state_layout == "sharded"
-    decoder = Decoder(plan, check_keys=cfg.kafka)
-    decoded: Any = (  # sharded: one item per poll, never one per event
-        op.flat_map_batch("decode_polls", raw, lambda msgs: [decoder(msgs)])
+    decoder = Decoder(plan, check_keys=cfg.kafka, router=_router(plan) if sharded else None)
+    decoded: Any = (  # sharded: one item per poll, already grouped, never one per event
+        op.flat_map_batch("decode_polls", raw, lambda msgs: [decoder.routed(msgs)])
         if sharded
         else op.flat_map_batch("decode", raw, decoder)
     )
@@ -161,7 +174,7 @@ def build_flow(fs: FeatureSet, cfg: StreamConfig) -> Dataflow:
     prefetch = Prefetch(plan, store, evictions) if store is not None else None
     if prefetch is not None:
         decoded = (
-            op.map("prefetch_polls", decoded, prefetch)
+            op.map("prefetch_polls", decoded, prefetch.routed)
             if sharded
             else op.flat_map_batch("prefetch", decoded, prefetch)
         )

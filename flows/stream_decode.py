@@ -14,6 +14,7 @@ from features.schema import InvalidEventError
 from flows import stream_io
 from flows.stream_io import DeadLetter, Ingested
 from flows.stream_kafka import KeyCheck
+from flows.stream_shard import BITS, Poll, ShardRouter
 from flows.stream_source import BatchMessages, KafkaBatch
 
 
@@ -22,7 +23,9 @@ class Decoder:
     letter naming the field. Counted once per batch in the metrics. Takes Kafka
     messages, :class:`KafkaBatch` polls (the thin source) or replayed rows."""
 
-    def __init__(self, plan: Plan, check_keys: bool = False) -> None:
+    def __init__(
+        self, plan: Plan, check_keys: bool = False, router: ShardRouter | None = None
+    ) -> None:
         self.parse = plan.validator.parse
         self.id_of = plan.event_id
         # the native parser as the fast path: one call per poll (else one per message;
@@ -33,6 +36,13 @@ class Decoder:
         schema = plan.validator.schema
         self.id_at, self.record = schema.position(schema.event_id), schema.record
         self.check_keys = KeyCheck(plan) if check_keys else None
+        self.check_at = schema.position(plan.fs.primary.join_key) if check_keys else None
+        #: the sharded layout's router: with the native parser, one call per poll parses,
+        #: checks the keys and groups (``skewless_native.decode_route``)
+        self.router = router
+        self.decode_route: Any = getattr(_native, "decode_route", None)  # None: an older core
+        fused = router is not None and router.positions is not None
+        self.fused = self.native is not None and fused and self.decode_route is not None
 
     def __call__(self, msgs: list[Any]) -> list[Ingested | DeadLetter]:
         if msgs and type(msgs[0]) is KafkaBatch:
@@ -48,6 +58,50 @@ class Decoder:
         if self.check_keys is not None:
             self.check_keys(where, out)
         return out
+
+    def routed(self, msgs: list[Any]) -> Poll:
+        """The sharded layout's decode: the poll's events grouped as the shard step takes
+        them, and its dead letters; the same groups, dead letters, key check and counts as
+        the router over ``self(msgs)``, which stays the path of what the native call does
+        not decide (a replayed row, an unsure message found valid, an id beyond int64)."""
+        router = self.router
+        assert router is not None, "Decoder.routed needs the shard router"
+        if not (self.fused and msgs and type(msgs[0]) is KafkaBatch):
+            out = self(msgs)
+            return Poll(router(out), [x for x in out if type(x) is DeadLetter])
+        if len(msgs) == 1:
+            b = msgs[0]
+            values, keys, stamps = b.values, b.keys, b.timestamps
+        else:
+            values, keys, stamps = [], [], []
+            for b in msgs:
+                values += b.values
+                keys += b.keys
+                stamps += b.timestamps
+        now = int(time.time() * 1000)
+        out, unsure, got, bad = self.decode_route(
+            self.native, values, keys, stamps, now, self.id_at, self.record, Ingested,
+            router.positions, BITS, self.check_at,
+        )  # fmt: skip
+        dead: list[DeadLetter] = []
+        valid_unsure = False
+        for i in unsure:
+            b, j = _locate(msgs, i)
+            x = out[i] = self._one(b, j, now)
+            if type(x) is DeadLetter:
+                dead.append(x)
+            else:
+                valid_unsure = True
+        stream_io.METRICS.dead_letters.inc(len(dead))
+        stream_io.METRICS.events_in.inc(len(out) - len(dead))
+        where: Any = BatchMessages(msgs)
+        if got is None or valid_unsure:  # the Python path groups and checks
+            if self.check_keys is not None:
+                self.check_keys(where, out)
+            return Poll(router(out), dead)
+        if bad and self.check_keys is not None:
+            self.check_keys.report(where, out, bad)
+        return Poll(router.items(got), dead)
 
     def decode_batch(self, b: KafkaBatch) -> list[Ingested | DeadLetter]:
         """One poll of one partition: no per-message object but the result. With the
@@ -87,3 +141,12 @@ class Decoder:
             return DeadLetter(raw, str(exc), where, key)
         produced = produced or int(time.time() * 1000)
         return Ingested(event, produced, txid_hash_native(self.id_of(event)), raw, key)
+
+
+def _locate(msgs: list[KafkaBatch], i: int) -> tuple[KafkaBatch, int]:
+    """Message ``i`` of several polls: its poll and its index there."""
+    for b in msgs:
+        if i < len(b.values):
+            return b, i
+        i -= len(b.values)
+    raise IndexError(i)

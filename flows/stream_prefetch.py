@@ -14,6 +14,7 @@ from features.store import StoreConfig, StoreUnavailableError
 from flows import stream_io
 from flows.stream_evict import Evictions, Returned, read_evicted
 from flows.stream_io import Ingested
+from flows.stream_shard import Poll
 
 log = logging.getLogger("skewless.stream")
 
@@ -51,6 +52,24 @@ class Prefetch:
                     if entity_id not in seen:
                         seen.add(entity_id)
                         keys.append((name, entity_id))
+        self._read(keys, generation)
+        return items
+
+    def routed(self, poll: Poll) -> Poll:
+        """The sharded layout's poll: the ids are its groups' keys, each once."""
+        keys: list[tuple[str, int]] = []
+        with self.lock:
+            generation = self.generation
+            for _, (name, group) in poll.routed:
+                seen = self.seen[name]
+                for entity_id in group:
+                    if entity_id not in seen:
+                        seen.add(entity_id)
+                        keys.append((name, entity_id))
+        self._read(keys, generation)
+        return poll
+
+    def _read(self, keys: list[tuple[str, int]], generation: int) -> None:
         if keys:
             raws = read_start(self.store, self.fs, keys, self.evictions is not None)
             with self.lock:
@@ -58,7 +77,6 @@ class Prefetch:
                 # keys to the entity step's own read (they stay in ``seen``)
                 if generation == self.generation:
                     self.cache.update(zip(keys, raws, strict=True))
-        return items
 
     def forget(self, keys: list[tuple[str, int]]) -> None:
         """Evicted keys whose snapshot is written: the next batch with one reads it again

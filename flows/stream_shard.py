@@ -27,7 +27,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import bytewax.operators as op
 from bytewax.operators import StatefulBatchLogic
@@ -39,13 +39,13 @@ from flows.stream_io import DeadLetter, Ingested, RowOut
 LAYOUTS = ("entity", "sharded")
 CHOICES = ("auto", *LAYOUTS)  # --state-layout; auto: resolve_layout
 SHARDS = 64  # a power of two: the shard is the top bits of a multiplicative hash
-_BITS = SHARDS.bit_length() - 1
+BITS = SHARDS.bit_length() - 1
 _MIX, _MASK = 0x9E3779B97F4A7C15, (1 << 64) - 1  # Fibonacci hashing: ids may be sequential
 
 
 def shard_of(entity_id: int) -> int:
     """The entity's shard: stable across runs and processes (no salted ``hash``)."""
-    return ((entity_id * _MIX) & _MASK) >> (64 - _BITS)
+    return ((entity_id * _MIX) & _MASK) >> (64 - BITS)
 
 
 #: the one stateful step of every entity's shards: distinct from the entity layout's step
@@ -96,20 +96,24 @@ class ShardRouter:
 
     def __call__(self, items: list[Any]) -> list[tuple[str, Group]]:
         if self.native is not None:
-            got = self.native(items, self.positions, _BITS, Ingested)
+            got = self.native(items, self.positions, BITS, Ingested)
             if got is not None:  # else an id beyond int64: the Python loop decides
-                out: list[tuple[str, Group]] = []
-                for (name, _), shards in zip(self.keys, got, strict=True):
-                    names = self.names[name]
-                    out += [(names[s], (name, group)) for s, group in shards]
-                return out
+                return self.items(got)
         return self.route(items)
+
+    def items(self, got: list[list[tuple[int, dict[int, list[Ingested]]]]]) -> list[Any]:
+        """The step's items from native groups (per entity: ``(shard, {id: [events]})``)."""
+        out: list[tuple[str, Group]] = []
+        for (name, _), shards in zip(self.keys, got, strict=True):
+            names = self.names[name]
+            out += [(names[s], (name, group)) for s, group in shards]
+        return out
 
     def route(self, items: list[Any]) -> list[tuple[str, Group]]:
         """The Python loop (and the reference the native call is held to)."""
         events = [x for x in items if type(x) is Ingested]
         out: list[tuple[str, Group]] = []
-        shift = 64 - _BITS
+        shift = 64 - BITS
         for name, key in self.keys:
             shards: dict[int, dict[int, list[Ingested]]] = {}
             for item in events:
@@ -128,8 +132,21 @@ class ShardRouter:
         return out
 
 
-def dead_letters(items: list[Any]) -> list[DeadLetter]:
-    return [x for x in items if type(x) is DeadLetter]
+class Poll(NamedTuple):
+    """One decoder call's output in the sharded layout (``Decoder.routed``): the shard
+    step's items, already grouped, and the dead letters. Between decode and the shard step
+    no step looks at an event one by one (the prefetch reads the groups' ids)."""
+
+    routed: list[tuple[str, Group]]
+    dead: list[DeadLetter]
+
+
+def dead_letters(poll: Poll) -> list[DeadLetter]:
+    return poll.dead
+
+
+def shard_items(poll: Poll) -> list[tuple[str, Group]]:
+    return poll.routed
 
 
 class ShardLogic(StatefulBatchLogic[Group, Any, Any]):
@@ -253,19 +270,15 @@ class ShardLogic(StatefulBatchLogic[Group, Any, Any]):
 
 
 def shard_step(
-    events: Any,
-    entities: Sequence[tuple[str, Callable[[Any], int], Callable[[Any], Logic]]],
+    polls: Any,
+    makes: Mapping[str, Callable[[Any], Logic]],
     evict_after_s: float | None,
     snapshots: bool,
-    positions: Sequence[int] | None = None,
 ) -> Any:
-    """``events``: a stream of lists (one per poll); ``entities``: (name, key, make) each
-    (``positions``: their key fields' in the event record, for the native router).
-    Returns the one step's output stream: rows (as :class:`RowBatch` items), late events
-    and evictions of every entity, unkeyed."""
-    router = ShardRouter([(n, k) for n, k, _ in entities], positions)
-    routed = op.flat_map("shard", events, router)
-    makes = {n: make for n, _, make in entities}
+    """``polls``: a stream of :class:`Poll` (routed by ``Decoder.routed``); ``makes``: each
+    entity's logic builder. Returns the one step's output stream: rows (as
+    :class:`RowBatch` items), late events and evictions of every entity, unkeyed."""
+    routed = op.flat_map("shard", polls, shard_items)
     logic = op.stateful_batch(
         STEP, routed, lambda resume: ShardLogic(makes, evict_after_s, snapshots, resume)
     )

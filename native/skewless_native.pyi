@@ -307,6 +307,24 @@ def decode_poll(
     txid_hash(values[id_at]), raw, key)``, or None for each index in ``unsure`` (the
     parser was not sure: the Python path decides)."""
 
+def decode_route(
+    parser: EventParser,
+    values: list[bytes],
+    keys: list[bytes | None],
+    timestamps: list[int],
+    now: int,
+    id_at: int,
+    record: type,
+    ingested: type,
+    key_pos: list[int],
+    bits: int,
+    check_at: int | None = None,
+) -> tuple[list[Any], list[int], list[list[tuple[int, dict[int, list[Any]]]]] | None, list[int]]:
+    """``decode_poll`` and the sharded layout's grouping in one call: ``(out, unsure,
+    routed, mismatched)``; ``routed`` is ``route_shards(out, key_pos, bits, ingested)`` over
+    the sure items (None when an id is not an int64 or a key neither bytes nor None),
+    ``mismatched`` the sure items whose key is not ``str(event[check_at]).encode()``."""
+
 def txid_hashes(data: Buffer, starts: Buffer, ends: Buffer) -> bytes:
     """``txid_hash`` of ``data[starts[i]:ends[i]]`` (uint8; int64 bounds), as 8n bytes."""
 

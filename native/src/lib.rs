@@ -528,6 +528,7 @@ fn skewless_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(resp::unwrap_bytes_values, m)?)?;
     m.add_function(wrap_pyfunction!(event::txid_hash, m)?)?;
     m.add_function(wrap_pyfunction!(decode::decode_poll, m)?)?;
+    m.add_function(wrap_pyfunction!(decode::decode_route, m)?)?;
     m.add_function(wrap_pyfunction!(hset_rows::hset_pipeline, m)?)?;
     m.add_function(wrap_pyfunction!(hashes::txid_hashes, m)?)?;
     m.add_function(wrap_pyfunction!(windows::window_pass, m)?)?;

@@ -220,7 +220,7 @@ pub(crate) fn with_states<'py, R>(
 }
 
 /// Multiplier of the shard hash (Fibonacci hashing; `flows/stream_shard.py`'s `_MIX`).
-const MIX: u64 = 0x9E37_79B9_7F4A_7C15;
+pub(crate) const MIX: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// A poll's items grouped for every entity by shard and entity id, as
 /// `flows.stream_shard.ShardRouter` groups them in Python: for each key position in
