@@ -2,11 +2,12 @@
 
 Bytewax costs 3.1–4.6 µs of CPU per keyed item and one item per key shard per poll
 1.5–2.0 µs per event (docs/perf-plan.md, "The Bytewax floor"). So here a poll's valid
-events travel as one list, not one item per event; one router groups them, for every
-entity, by shard (a stable hash of the entity id, :data:`SHARDS` of them) and entity id,
-and sends one ``(entity/shard, (entity, {entity_id: [events]}))`` item per touched shard
-of each entity, all into ONE stateful step (:data:`STEP`): so an activation's rows leave
-as one Timely container and the sink writes once per poll (one step per entity gave two
+events travel as one :class:`Poll`, not one item per event; the decoder groups them as it
+decodes (``Decoder.routed``; :class:`ShardRouter` for what it leaves to Python), for every
+entity, by shard (a stable hash of the entity id, :data:`SHARDS` of them) and entity
+id, and sends one ``(entity/shard, (entity, {entity_id: [events]}))`` item per touched
+shard of each entity, all into ONE stateful step (:data:`STEP`): so an activation's rows
+leave as one Timely container and the sink writes once per poll (one step per entity gave two
 containers, two Redis writes). A :class:`ShardLogic` holds one shard of one entity, one
 :class:`flows.stream.EntityLogic` per entity id, and hands every entity its own events in
 arrival order: dedup, lateness, covered-until, prefetched and evicted start states, the
