@@ -5,7 +5,9 @@ Converting a typed ``ScoreBatchRequest`` in Python costs ~2.8 µs per event: upb
 back through a Python attribute (docs/perf-plan.md, "ScoreBatch, second round"). The
 native reader (``native/src/proto.rs``) reads the wire format straight into the event
 tuples the scorer takes, with the schema's own rules (the ones the stream's JSON fast path
-checks).
+checks). It also hands over the same values by schema field as Arrow buffers
+(:class:`~serving.score_types.RequestEvents`): the prediction log wraps them instead of
+converting each event's values again, and the scorer reads ids and times from them.
 
 It only ever *accepts*: for anything it is not sure of (a generic ``Event``, a known
 field sent with another wire type, bytes upb would refuse, a rule broken, a batch over the
