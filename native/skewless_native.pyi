@@ -173,10 +173,21 @@ class TransactionBatchParser:
         slots: Sequence[tuple[int, str, bool, int | None]],
         request: tuple[int, int, int],
         single: tuple[int, int, int],
+        columns: Sequence[str] | None = None,
     ) -> None: ...
     def parse(
         self, data: bytes, max_batch: int
     ) -> tuple[list[tuple[object, ...]], bool] | None: ...
+    def parse_columns(
+        self, data: bytes, max_batch: int
+    ) -> (
+        tuple[
+            list[tuple[object, ...]],
+            bool,
+            list[tuple[bytes, bytes | None, bytes | None]] | None,
+        ]
+        | None
+    ): ...
     def parse_one(self, data: bytes) -> tuple[tuple[object, ...], bool] | None: ...
 
 class TreeEnsemble:

@@ -138,11 +138,7 @@ def _matrix(e: ScoredBatch, n_features: int) -> np.ndarray:
 
 def _table(schema: EventSchema, names: tuple[str, ...], entries: list[ScoredBatch]) -> pa.Table:
     """One Parquet table from queued batches, a column at a time (same model per call)."""
-    ms = pa.timestamp("ms", tz="UTC")
     at = np.repeat(np.array([e.at_ms for e in entries], dtype=np.int64), [e.n for e in entries])
-    events = list(chain.from_iterable(e.events for e in entries))
-    # events are named tuples: one C-level transpose gives every column
-    fields = zip(*events, strict=True)
 
     def result(name: str) -> list[Any]:
         return list(chain.from_iterable(e.columns[name] for e in entries))
@@ -150,25 +146,78 @@ def _table(schema: EventSchema, names: tuple[str, ...], entries: list[ScoredBatc
     score, decision = result("score"), result("decision")
     version, warnings = result("model_version"), result("warnings")
     XT = np.ascontiguousarray(np.concatenate([_matrix(e, len(names)) for e in entries]).T)
-    shadow, shadow_version = result("shadow_score"), result("shadow_version")
-    cols: dict[str, pa.Array] = {"scored_at": pa.array(at, pa.int64()).cast(ms)}
-    for f, values in zip(schema.fields, fields, strict=True):
-        if f.type is FieldType.TIMESTAMP:
-            cols[f.name] = pa.array(values, pa.int64()).cast(ms)
-        else:
-            cols[f.name] = pa.array(values, _ARROW[f.type])
+    shadow_version = result("shadow_version")
+    cols: dict[str, pa.Array] = {"scored_at": pa.array(at, pa.int64()).cast(_MS)}
+    cols |= _request_columns(schema, entries)
     cols |= {
-        "model_version": pa.array(version, pa.string()),
+        "model_version": _strings(version),
         "score": pa.array(score, pa.float64()),
         "decision": pa.array(decision, pa.bool_()),
-        "warnings": pa.array(warnings, pa.list_(pa.string())),
+        "warnings": (
+            pa.array(warnings, _WARNINGS) if any(warnings) else _empty_lists(len(warnings))
+        ),
     }
-    if any(v is not None for v in shadow_version):  # serve --shadow-alias: both scores
-        cols["shadow_score"] = pa.array(shadow, pa.float64())
+    if shadow_version.count(None) != len(shadow_version):  # serve --shadow-alias: both scores
+        cols["shadow_score"] = pa.array(result("shadow_score"), pa.float64())
         cols["shadow_version"] = pa.array(shadow_version, pa.string())
     for j, name in enumerate(names):
         cols[f"f_{name}"] = pa.array(XT[j], pa.float64(), from_pandas=True)
     return pa.table(cols)
+
+
+_MS = pa.timestamp("ms", tz="UTC")
+_WARNINGS = pa.list_(pa.string())
+
+
+def _request_columns(schema: EventSchema, entries: list[ScoredBatch]) -> dict[str, pa.Array]:
+    """The schema's fields: wrapped from the native request reader's Arrow buffers where a
+    batch has them (nothing per row in Python), else converted from the events' values
+    (consecutive such entries at once: ``Score`` queues one event per entry)."""
+    parts: list[list[pa.Array]] = [[] for _ in schema.fields]
+    plain: list[ScoredBatch] = []
+
+    def convert() -> None:
+        if plain:  # events are named tuples: one C-level transpose gives every column
+            fields = zip(*chain.from_iterable(e.events for e in plain), strict=True)
+            for part, f, values in zip(parts, schema.fields, fields, strict=True):
+                part.append(
+                    pa.array(values, pa.int64()).cast(_MS)
+                    if f.type is FieldType.TIMESTAMP
+                    else pa.array(values, _ARROW[f.type])
+                )
+            plain.clear()
+
+    for e in entries:
+        if e.request is None:
+            plain.append(e)
+            continue
+        convert()
+        for part, f, (values, valid, data) in zip(parts, schema.fields, e.request, strict=True):
+            kind = _MS if f.type is FieldType.TIMESTAMP else _ARROW[f.type]
+            buffers = [None if valid is None else pa.py_buffer(valid), pa.py_buffer(values)]
+            if data is not None:
+                buffers.append(pa.py_buffer(data))
+            part.append(pa.Array.from_buffers(kind, e.n, buffers))
+    convert()
+    return {
+        f.name: p[0] if len(p) == 1 else pa.concat_arrays(p)
+        for f, p in zip(schema.fields, parts, strict=True)
+    }
+
+
+def _strings(values: list[Any]) -> pa.Array:
+    """A string column; one repeated value (a batch's model version) without converting it
+    per row."""
+    if values and values.count(values[0]) == len(values) and type(values[0]) is str:
+        return pa.repeat(pa.scalar(values[0], pa.string()), len(values))
+    return pa.array(values, pa.string())
+
+
+def _empty_lists(n: int) -> pa.Array:
+    """``n`` empty warning lists (the usual batch: every entity found)."""
+    return pa.ListArray.from_arrays(
+        pa.array(np.zeros(n + 1, dtype=np.int32)), pa.array([], pa.string()), _WARNINGS
+    )
 
 
 def record(schema: EventSchema, at: int, e: Event, r: ScoreResult) -> dict[str, Any]:

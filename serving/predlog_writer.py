@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from serving.score_types import ScoreResults
+from serving.score_types import RequestEvents, ScoreResults
 
 log = logging.getLogger("skewless.serving.predlog")
 
@@ -42,13 +42,16 @@ class ScoredBatch(NamedTuple):
     keep (entity infos; the feature lists when ``X`` is there): a queue holding thousands
     of rows must not hold them as live Python objects for the garbage collector to walk.
     ``X`` (n, F) float64 is the model input when the scorer passed it (``ScoreBatch``),
-    else None (``columns["features"]`` is kept instead)."""
+    else None (``columns["features"]`` is kept instead). ``request``: the events' values
+    by schema field as Arrow buffers when the native request reader built them
+    (:class:`~serving.score_types.RequestEvents`), else None."""
 
     at_ms: int
     events: Sequence[Event]
     feature_names: tuple[str, ...]
     columns: dict[str, Sequence[Any]]
     X: np.ndarray | None
+    request: list[tuple[Any, ...]] | None = None
 
     @property
     def n(self) -> int:
@@ -60,13 +63,14 @@ class ScoredBatch(NamedTuple):
         if not results:
             return ScoredBatch(at, (), (), {}, X)
         names = results[0].feature_names
+        request = events.columns if type(events) is RequestEvents else None
         given = results.columns if type(results) is ScoreResults else None
         if given is not None and X is not None:  # the batch's own columns, as they are
-            return ScoredBatch(at, events, names, dict(given), X)
+            return ScoredBatch(at, events, names, dict(given), X, request)
         columns = dict(zip(results[0]._fields, zip(*results, strict=True), strict=True))
         for dropped in ("entities", "feature_names", *(("features",) if X is not None else ())):
             columns.pop(dropped, None)
-        return ScoredBatch(at, events, names, columns, X)
+        return ScoredBatch(at, events, names, columns, X, request)
 
 
 class BatchQueue:

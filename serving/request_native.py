@@ -5,7 +5,9 @@ Converting a typed ``ScoreBatchRequest`` in Python costs ~2.8 µs per event: upb
 back through a Python attribute (docs/perf-plan.md, "ScoreBatch, second round"). The
 native reader (``native/src/proto.rs``) reads the wire format straight into the event
 tuples the scorer takes, with the schema's own rules (the ones the stream's JSON fast path
-checks).
+checks). It also hands over the same values by schema field as Arrow buffers
+(:class:`~serving.score_types.RequestEvents`): the prediction log wraps them instead of
+converting each event's values again, and the scorer reads ids and times from them.
 
 It only ever *accepts*: for anything it is not sure of (a generic ``Event``, a known
 field sent with another wire type, bytes upb would refuse, a rule broken, a batch over the
@@ -41,6 +43,7 @@ from features.native import _native_field, native
 from features.plan import Plan
 from features.schema import FieldType
 from serving._proto.skewless.v1 import scorer_pb2 as pb
+from serving.score_types import RequestEvents
 
 _T = FieldDescriptor
 #: protobuf type -> the native reader's name for it
@@ -65,6 +68,7 @@ class BatchRequestReader:
 
     def __init__(self, plan: Plan, parser: Any) -> None:
         self._parse = parser.parse
+        self._parse_columns = getattr(parser, "parse_columns", None)
         self._parse_one = parser.parse_one
         self._record = partial(tuple.__new__, plan.schema.record)
 
@@ -94,13 +98,23 @@ class BatchRequestReader:
         numbers = tuple(batch[n].number for n in ("transactions", "include_features", "events"))
         one = pb.ScoreRequest.DESCRIPTOR.fields_by_name
         single = tuple(one[n].number for n in ("transaction", "include_features", "event"))
-        return cls(plan, native.TransactionBatchParser(specs, slots, numbers, single))
+        kinds = [str(f.type) for f in schema.fields]
+        try:  # the request's values as Arrow buffers too, for the prediction log
+            parser = native.TransactionBatchParser(specs, slots, numbers, single, kinds)
+        except TypeError:  # a core built before parse_columns: the log transposes
+            parser = native.TransactionBatchParser(specs, slots, numbers, single)
+        return cls(plan, parser)
 
-    def parse(self, data: bytes, max_batch: int) -> tuple[list[Any], bool] | None:
-        got = self._parse(data, max_batch)
-        if got is None:
+    def parse(self, data: bytes, max_batch: int) -> tuple[RequestEvents, bool] | None:
+        """``(events, include_features)``; the events carry their Arrow columns
+        (:class:`~serving.score_types.RequestEvents`) when the core builds them."""
+        if self._parse_columns is None:
+            got = self._parse(data, max_batch)
+            return None if got is None else (RequestEvents(map(self._record, got[0])), got[1])
+        cols = self._parse_columns(data, max_batch)
+        if cols is None:
             return None
-        return list(map(self._record, got[0])), got[1]
+        return RequestEvents(map(self._record, cols[0]), cols[2]), cols[1]
 
     def parse_one(self, data: bytes) -> tuple[Any, bool] | None:
         """``(event, include_features)`` of a ScoreRequest's bytes holding one typed

@@ -98,6 +98,20 @@ class ScoreResults(list[ScoreResult]):
         self.columns = columns
 
 
+class RequestEvents(list[Any]):
+    """A request's validated events (a list of event records) and, when the native reader
+    built them, the same values by schema field as Arrow buffers in :attr:`columns`
+    (``(values, validity or None, string data or None)`` per field, schema order), so that
+    the prediction log need not transpose the records and convert Python values again. A
+    copy or slice is a plain list."""
+
+    __slots__ = ("columns",)
+
+    def __init__(self, events: Any = (), columns: list[tuple[Any, ...]] | None = None):
+        super().__init__(events)
+        self.columns = columns
+
+
 @dataclass(frozen=True, slots=True)
 class EntityFeatures:
     names: tuple[str, ...]

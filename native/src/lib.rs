@@ -5,6 +5,7 @@
 //! tests hold the two against each other.
 
 mod batch;
+mod columns;
 mod decode;
 mod dedup;
 mod engine;

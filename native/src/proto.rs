@@ -16,6 +16,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
 
+use crate::columns::{Columns, Layout, PyColumns};
 use crate::event::{FieldRule, FieldSpec, Raw};
 
 /// A Transaction field's protobuf type, as far as the reader needs it.
@@ -167,6 +168,8 @@ pub struct TransactionBatchParser {
     events: u32,
     /// `ScoreRequest`'s `transaction`, `include_features` and `event` numbers
     single: (u32, u32, u32),
+    /// the schema fields' Arrow layouts, when `parse_columns` is to build them
+    layouts: Option<Vec<Layout>>,
 }
 
 impl TransactionBatchParser {
@@ -177,6 +180,7 @@ impl TransactionBatchParser {
         tx: &'a [u8],
         vals: &mut [Val<'a>],
         raws: &mut [Option<Raw<'a>>],
+        mut columns: Option<&mut Columns>,
     ) -> PyResult<Option<Bound<'py, PyTuple>>> {
         if self.transaction(tx, vals).is_none() {
             return Ok(None);
@@ -212,13 +216,69 @@ impl TransactionBatchParser {
             };
         }
         let mut items = Vec::with_capacity(self.rules.len());
-        for (rule, raw) in self.rules.iter().zip(raws.iter()) {
+        for (i, (rule, raw)) in self.rules.iter().zip(raws.iter()).enumerate() {
             match rule.check(raw.as_ref()) {
-                Some(p) => items.push(p.to_py(py)?),
+                Some(p) => {
+                    if let Some(c) = columns.as_deref_mut() {
+                        c.push(i, &p);
+                    }
+                    items.push(p.to_py(py)?)
+                }
                 None => return Ok(None),
             }
         }
+        if let Some(c) = columns {
+            c.end_row();
+        }
         Ok(Some(PyTuple::new(py, items)?))
+    }
+
+    /// `parse`, and every accepted value in columns too when `layouts` are given.
+    #[allow(clippy::type_complexity)]
+    fn read_batch<'py>(
+        &self,
+        py: Python<'py>,
+        data: &[u8],
+        max_batch: usize,
+        layouts: Option<&[Layout]>,
+    ) -> PyResult<Option<(Bound<'py, PyList>, bool, Option<Columns>)>> {
+        let mut r = Reader::new(data);
+        let mut txs: Vec<&[u8]> = Vec::new();
+        let mut include = false;
+        while !r.done() {
+            let Some((number, wt)) = r.tag() else {
+                return Ok(None);
+            };
+            let ok = if number == self.transactions && wt == 2 {
+                r.delimited().map(|b| txs.push(b))
+            } else if number == self.include_features && wt == 0 {
+                r.varint().map(|v| include = v != 0)
+            } else if number == self.transactions
+                || number == self.include_features
+                || number == self.events
+            {
+                None // a generic event, or a known field with another wire type
+            } else {
+                r.skip(wt)
+            };
+            if ok.is_none() {
+                return Ok(None);
+            }
+        }
+        if txs.len() > max_batch {
+            return Ok(None);
+        }
+        let mut vals: Vec<Val> = vec![Val::Absent; self.slots.len()];
+        let mut raws: Vec<Option<Raw>> = (0..self.rules.len()).map(|_| None).collect();
+        let mut columns = layouts.map(|l| Columns::new(l, txs.len()));
+        let out = PyList::empty(py);
+        for tx in txs {
+            match self.event(py, tx, &mut vals, &mut raws, columns.as_mut())? {
+                Some(e) => out.append(e)?,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some((out, include, columns)))
     }
 
     /// One Transaction's values in schema order, or None (Python decides).
@@ -271,13 +331,17 @@ impl TransactionBatchParser {
     /// `fields`: the schema's rules in schema order; `slots`: per Transaction field,
     /// `(number, proto type, has presence, schema position or None)`; `request`: the
     /// field numbers of `transactions`, `include_features` and `events`; `single`: those
-    /// of `ScoreRequest`'s `transaction`, `include_features` and `event`.
+    /// of `ScoreRequest`'s `transaction`, `include_features` and `event`; `columns`: the
+    /// schema fields' types (`int64`, `float64`, `string`, `bool`, `timestamp`), for
+    /// `parse_columns`.
     #[new]
+    #[pyo3(signature = (fields, slots, request, single, columns=None))]
     fn new(
         fields: Vec<FieldSpec>,
         slots: Vec<(u32, String, bool, Option<usize>)>,
         request: (u32, u32, u32),
         single: (u32, u32, u32),
+        columns: Option<Vec<String>>,
     ) -> PyResult<TransactionBatchParser> {
         let rules = fields
             .into_iter()
@@ -302,7 +366,18 @@ impl TransactionBatchParser {
                 schema,
             });
         }
+        let layouts = columns
+            .map(|c| {
+                c.iter()
+                    .map(|k| Layout::parse(k))
+                    .collect::<PyResult<Vec<_>>>()
+            })
+            .transpose()?;
+        if layouts.as_ref().is_some_and(|l| l.len() != rules.len()) {
+            return Err(PyValueError::new_err("columns: one type per schema field"));
+        }
         Ok(TransactionBatchParser {
+            layouts,
             rules,
             slots: by_number,
             transactions: request.0,
@@ -321,42 +396,29 @@ impl TransactionBatchParser {
         data: &[u8],
         max_batch: usize,
     ) -> PyResult<Option<(Bound<'py, PyList>, bool)>> {
-        let mut r = Reader::new(data);
-        let mut txs: Vec<&[u8]> = Vec::new();
-        let mut include = false;
-        while !r.done() {
-            let Some((number, wt)) = r.tag() else {
-                return Ok(None);
-            };
-            let ok = if number == self.transactions && wt == 2 {
-                r.delimited().map(|b| txs.push(b))
-            } else if number == self.include_features && wt == 0 {
-                r.varint().map(|v| include = v != 0)
-            } else if number == self.transactions
-                || number == self.include_features
-                || number == self.events
-            {
-                None // a generic event, or a known field with another wire type
-            } else {
-                r.skip(wt)
-            };
-            if ok.is_none() {
-                return Ok(None);
-            }
-        }
-        if txs.len() > max_batch {
-            return Ok(None);
-        }
-        let mut vals: Vec<Val> = vec![Val::Absent; self.slots.len()];
-        let mut raws: Vec<Option<Raw>> = (0..self.rules.len()).map(|_| None).collect();
-        let out = PyList::empty(py);
-        for tx in txs {
-            match self.event(py, tx, &mut vals, &mut raws)? {
-                Some(e) => out.append(e)?,
-                None => return Ok(None),
-            }
-        }
-        Ok(Some((out, include)))
+        Ok(self
+            .read_batch(py, data, max_batch, None)?
+            .map(|(events, include, _)| (events, include)))
+    }
+
+    /// `parse`'s `(events, include_features)` and the same values by schema field as
+    /// Arrow buffers, `(values, validity or None, string data or None)` each (None in
+    /// place of the list when they cannot be built; needs `columns` at construction).
+    #[allow(clippy::type_complexity)]
+    fn parse_columns<'py>(
+        &self,
+        py: Python<'py>,
+        data: &[u8],
+        max_batch: usize,
+    ) -> PyResult<Option<(Bound<'py, PyList>, bool, Option<PyColumns<'py>>)>> {
+        let Some(layouts) = &self.layouts else {
+            return Err(PyValueError::new_err(
+                "parse_columns: the parser was built without column types",
+            ));
+        };
+        Ok(self.read_batch(py, data, max_batch, Some(layouts))?.map(
+            |(events, include, columns)| (events, include, columns.and_then(|c| c.into_py(py))),
+        ))
     }
 
     /// `(event, include_features)` of a `ScoreRequest` holding one valid typed
@@ -391,7 +453,7 @@ impl TransactionBatchParser {
         let mut vals: Vec<Val> = vec![Val::Absent; self.slots.len()];
         let mut raws: Vec<Option<Raw>> = (0..self.rules.len()).map(|_| None).collect();
         Ok(self
-            .event(py, tx, &mut vals, &mut raws)?
+            .event(py, tx, &mut vals, &mut raws, None)?
             .map(|e| (e, include)))
     }
 }

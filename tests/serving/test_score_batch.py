@@ -98,3 +98,30 @@ def test_stage_hook_sees_every_stage_in_order(big_model: LoadedModel) -> None:
     results = scorer.score_columns(events, None, seen.append)
     assert tuple(seen) == STAGES
     assert results == scorer.score_columns(events)
+
+
+def test_a_batch_read_natively_scores_as_its_events_do(big_model: LoadedModel) -> None:
+    """The server's batch carries its numeric fields as arrays (ids, times and request
+    feature inputs are taken from them): the same results as the same events without
+    them, and as ``Score`` one by one."""
+    from serving._proto.skewless.v1 import scorer_pb2 as pb
+    from serving.convert import event_transaction
+    from serving.score_types import RequestEvents
+    from serving.servicer import ScorerServicer
+
+    scorer, _ = make_scorer(big_model)
+    cards, merchants = [1, 2, 404, 3, 2**63 - 1], [10, 11, 909, 0, 12, 10]
+    amounts = [5e-324, 0.1, 3.0, 9_999_000.0, 12.5]
+    events = [
+        ev(f"n{i}", cards[i % 5], merchants[i % 6], amounts[i % 5] + i, NOW + i * 991)
+        for i in range(40)
+    ]
+    data = pb.ScoreBatchRequest(transactions=list(map(event_transaction, events)))
+    native, _, _ = ScorerServicer(scorer, 1000).batch_request(data.SerializeToString())
+    assert type(native) is RequestEvents and native.columns is not None
+    assert list(native) == events
+    got = scorer.score_columns(native, log=False)
+    assert list(map(repr, got)) == list(map(repr, scorer.score_columns(events, log=False)))
+    for r, want in zip(got, map(scorer.score, events), strict=True):
+        assert [repr(x) for x in r.features] == [repr(x) for x in want.features]
+        assert r._replace(features=()) == want._replace(features=())
