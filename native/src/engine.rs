@@ -359,12 +359,16 @@ impl Spec {
             let bucket = fdiv(ts, hop);
             (bucket >= fdiv(base, hop) - self.keep[j]).then_some(bucket)
         };
-        // the buckets this event opens, made room for at once
+        // the buckets this event opens, made room for at once, in the room of the buckets
+        // the row's compaction would drop (expired at this `ms`: no window a query can
+        // still ask for reads them): a card's event opens ~3 and its row dropped ~3, so
+        // growing first then shrinking reallocated the tiles at nearly every event
         let levels = &mut st.levels;
         let new = (0..levels.count())
             .filter(|&j| kept(j).is_some_and(|b| !levels.has(j, b)))
             .count();
         if new > 0 {
+            levels.drop_before(|j| fdiv(base, self.hops[j]) - self.keep[j], self.nf);
             levels.reserve_exact(new, self.nf);
         }
         for j in 0..levels.count() {
@@ -418,6 +422,7 @@ impl Spec {
         let base = ms - self.horizon;
         st.levels
             .drop_before(|j| fdiv(base, self.hops[j]) - self.keep[j], self.nf);
+        st.levels.trim();
         if let Some(late) = self.lateness {
             let id_floor = ms - late;
             st.ids.retain_from(id_floor);

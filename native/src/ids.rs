@@ -106,7 +106,12 @@ impl Ids {
                 let cut = v.partition_point(|&(ts, _)| ts < floor);
                 if cut > 0 {
                     v.drain(..cut);
-                    v.shrink_to_fit();
+                    // the room of a few expired ids is kept for the next ones: a card in
+                    // its steady state forgets about one id per new one, and a shrink to
+                    // fit then a growth by one reallocated twice per event
+                    if v.capacity() > v.len() + v.len() / 4 + 1 {
+                        v.shrink_to_fit();
+                    }
                 }
             }
             Ids::Many(m) => {

@@ -121,9 +121,9 @@ impl Levels {
         }
     }
 
-    /// Drops each level's buckets before `floor(j)`, then gives back the room they held.
+    /// Drops each level's buckets before `floor(j)`, keeping the room they held (an
+    /// update drops them where it opens buckets; a row's compaction, then `trim`).
     pub fn drop_before(&mut self, floor: impl Fn(usize) -> i64, nf: usize) {
-        let mut dropped = 0;
         // the last level first: the earlier levels' positions stay put meanwhile
         for j in (0..self.ends.len()).rev() {
             let span = self.span(j);
@@ -136,12 +136,15 @@ impl Levels {
             for e in &mut self.ends[j..] {
                 *e -= cut as u32;
             }
-            dropped += cut;
         }
-        // the room of a few expired buckets is kept for the next ones (a shrink to fit
-        // after each expiry, then a growth, left the heap ~3x as fragmented)
+    }
+
+    /// Gives back the room past a quarter of slack (a row's compaction calls it). The room
+    /// of a few expired buckets is kept for the next ones: a shrink to fit after each
+    /// expiry, then a growth, left the heap ~3x as fragmented.
+    pub fn trim(&mut self) {
         let len = self.buckets.len();
-        if dropped > 0 && self.buckets.capacity() > len + len / 4 + 1 {
+        if self.buckets.capacity() > len + len / 4 + 1 {
             self.buckets.shrink_to_fit();
             self.tiles.shrink_to_fit();
         }
