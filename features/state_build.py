@@ -253,8 +253,27 @@ def _digits_to_float(
 
 def _interleave(pieces: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
     """Per entity, its items of every piece in piece order, entity after entity in one
-    buffer, and each entity's start in bytes. Every item is a whole number of 4-byte units,
-    so the shuffle is one scatter per piece."""
+    buffer, and each entity's start in bytes: one native pass (``interleave_items``), or
+    :func:`_scatter` with an installed core older than this checkout."""
+    write = getattr(native, "interleave_items", None)
+    if write is None:
+        return _scatter(pieces)
+    counts = np.stack([c for _, c in pieces])
+    sizes = np.array([a.dtype.itemsize for a, _ in pieces], np.int64)
+    start = np.zeros(counts.shape[1] + 1, np.int64)
+    np.cumsum(sizes @ counts, out=start[1:])
+    out = np.empty(int(start[-1]), np.uint8)
+    items = [
+        (np.ascontiguousarray(a).view(np.uint8), int(s), c)
+        for (a, c), s in zip(pieces, sizes, strict=True)
+    ]
+    write(items, start, out)
+    return out, start
+
+
+def _scatter(pieces: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_interleave` in numpy: every item is a whole number of 4-byte units, so the
+    shuffle is one scatter per piece."""
     units = [np.frombuffer(a.tobytes(), "<u4") for a, _ in pieces]
     counts = np.stack([c * (a.dtype.itemsize // 4) for a, c in pieces])
     start = np.r_[0, np.cumsum(counts.sum(axis=0))]

@@ -415,6 +415,10 @@ def gather_columns(table: Buffer, width: int, inverse: Buffer | None, outs: list
 def lift_m2(x: Buffer, lo: Buffer, hi: Buffer) -> bytes:
     """``range_folds._lift(x, lo, hi)[1]`` (the same bits) as little-endian float64s."""
 
+def interleave_items(pieces: list[tuple[Buffer, int, Buffer]], starts: Buffer, out: Buffer) -> None:
+    """Entity ``g``'s items of every piece ``(bytes, item size, items per entity)``, in
+    piece order, at ``out[starts[g]:starts[g + 1]]``."""
+
 def tile_moments(x: Buffer, start: Buffer, stop: Buffer, sum_out: Buffer, m2_out: Buffer) -> None:
     """Each tile's correctly rounded (Σx, Σ(x-mean)²) over ``x[start[i]:stop[i]]``."""
 

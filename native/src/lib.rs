@@ -23,6 +23,7 @@ mod resp;
 mod rows;
 mod score_one;
 mod shard;
+mod states;
 mod summary;
 mod tiles;
 mod trees;
@@ -540,6 +541,7 @@ fn skewless_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dedup::repeated_rows, m)?)?;
     m.add_function(wrap_pyfunction!(dedup::late_rows, m)?)?;
     m.add_function(wrap_pyfunction!(index::index_order, m)?)?;
+    m.add_function(wrap_pyfunction!(states::interleave_items, m)?)?;
     m.add("ENGINE_BYTES_VERSION", engine::VERSION)?;
     m.add("OPS", Op::ALL.map(Op::name).to_vec())?;
     m.add("COMPONENTS", Comp::ALL.map(Comp::name).to_vec())?;

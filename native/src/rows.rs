@@ -92,6 +92,13 @@ pub fn gather_columns(
     py.allow_threads(|| {
         let m = cols.first().map_or(0, |c| c.len());
         for j in 0..m {
+            if let Some(v) = inv {
+                // the rows are random reads: ask for one a few rows ahead, so the misses
+                // overlap instead of each waiting on memory in turn
+                if let Some(&ahead) = v.get(j + PREFETCH_AHEAD) {
+                    prefetch(&rows[ahead as usize * width..ahead as usize * width + width]);
+                }
+            }
             let r = inv.map_or(j, |v| v[j] as usize) * width;
             let row = &rows[r..r + width];
             for (c, v) in cols.iter_mut().zip(row) {
@@ -100,4 +107,22 @@ pub fn gather_columns(
         }
     });
     Ok(())
+}
+
+/// How many rows ahead the gather asks for its row: about the memory latency over a row's
+/// copy.
+const PREFETCH_AHEAD: usize = 16;
+
+/// A hint that `row` (one or two cache lines) will be read soon.
+#[inline(always)]
+fn prefetch(row: &[f64]) {
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(first), Some(last)) = (row.first(), row.last()) {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: a prefetch is a hint: it never faults and reads nothing into the program
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>((first as *const f64).cast());
+            _mm_prefetch::<_MM_HINT_T0>((last as *const f64).cast());
+        }
+    }
 }
