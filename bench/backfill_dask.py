@@ -147,10 +147,14 @@ def machine_ceiling() -> float:
     return round(walls[0] / walls[1], 2)
 
 
-def _cpu(run: dict[str, Any]) -> tuple[float, float]:
-    """(this process's CPU seconds, the tasks' CPU seconds) of a run."""
+def _cpu(run: dict[str, Any], busiest: bool) -> tuple[float, float]:
+    """(this process's CPU seconds, the workers' CPU seconds) of a run: every worker's, or
+    per stage the busiest worker's (a stage lasts at least as long as that one works).
+    Worker processes' clocks, not the tasks' own: those missed Arrow's threads and a
+    worker's first-task imports (docs/perf-plan.md, "Session 9: 2 workers vs 1")."""
     cpu = run["cpu_seconds"]
-    return cpu["cpu_this_process"], sum(v for k, v in cpu.items() if k.endswith("_tasks"))
+    prefix = "cpu_busiest_worker_" if busiest else "cpu_workers_"
+    return cpu["cpu_this_process"], sum(v for k, v in cpu.items() if k.startswith(prefix))
 
 
 def run(events: int = 2_000_000, seed: int = 7, rounds: int = 1) -> dict[str, Any]:
@@ -183,8 +187,8 @@ def run(events: int = 2_000_000, seed: int = 7, rounds: int = 1) -> dict[str, An
     ratios = [one["seconds"] / two["seconds"] for one, two in pairs]
     projections = []
     for one, two in pairs:
-        (s1, t1), (s2, t2) = _cpu(one), _cpu(two)
-        projections.append((s1 + t1) / (s2 + t2 / 2))
+        (s1, t1), (s2, t2) = _cpu(one, busiest=False), _cpu(two, busiest=True)
+        projections.append((s1 + t1) / (s2 + t2))
     one, two = pairs[int(np.argsort(ratios)[len(ratios) // 2])]  # the median round
     return {
         "events": events,
@@ -199,8 +203,8 @@ def run(events: int = 2_000_000, seed: int = 7, rounds: int = 1) -> dict[str, An
         "ratio_to_target": round(one["seconds"] / two["seconds"] / TARGET_SPEEDUP, 2),
         "dask_2_workers_over_single_process": round(single_s / two["seconds"], 2),
         # CPU seconds, not wall time: what 2 idle cores would give, every CPU second of
-        # this process (the scheduler's, the stitch) counted serial, the tasks' split
-        # over the workers
+        # this process (the scheduler's, the stitch) counted serial, each stage as long
+        # as its busiest worker's CPU (the 1-worker run: all its CPU)
         "cpu_projection_2_over_1_workers": round(float(np.median(projections)), 2),
         "outputs_equal_single_process": same[1],
         "outputs_equal_1_worker": same[0],

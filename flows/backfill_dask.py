@@ -140,8 +140,26 @@ def _client(workers: int, scheduler: str | None) -> Iterator[Any]:
 
 
 def _warm() -> None:
-    """Import the task code on a worker (once, at cluster start, not in the first task)."""
-    import flows.backfill_part  # noqa: F401
+    """Import the task code on a worker (once, at cluster start, not in the first task),
+    and what pyarrow imports lazily on its first array made from numpy: pandas, when it is
+    installed (~0.4 CPU-s from compiled bytecode, ~2 CPU-s from source). Left to the first
+    task, every worker paid it at the head of the job, time a second worker cannot share
+    (docs/perf-plan.md, "Session 9: 2 workers vs 1")."""
+    import distributed.protocol.numpy  # noqa: F401  (the tasks' numpy results)
+    import numpy as np
+    import pyarrow as pa
+
+    import features.validate_table  # noqa: F401  (the validator's, on its first table)
+    import flows.backfill_assemble
+    import flows.backfill_part
+    import flows.backfill_split  # noqa: F401
+
+    pa.array(np.zeros(1))
+
+
+def _process_cpu() -> float:
+    """This process's CPU seconds, every thread, user and system."""
+    return time.process_time()
 
 
 def run_backfill_dask(
@@ -191,12 +209,21 @@ def _run(
     clock, cpu = time.perf_counter(), time.process_time()
     cpu_at = cpu
 
+    workers_at = client.run(_process_cpu)
+
     def lap(name: str) -> None:
-        nonlocal clock, cpu_at
+        """The stage's wall seconds, this process's CPU seconds and the workers' (every
+        thread: the tasks' own clocks miss Arrow's threads and anything between tasks),
+        in all and on the busiest worker: a stage lasts at least that one's."""
+        nonlocal clock, cpu_at, workers_at
         now, cpu_now = time.perf_counter(), time.process_time()
+        workers_now = client.run(_process_cpu)
+        used = [c - workers_at.get(w, 0.0) for w, c in workers_now.items()]
         report.seconds[name] = round(now - clock, 3)
         report.seconds[f"cpu_driver_{name}"] = round(cpu_now - cpu_at, 3)
-        clock, cpu_at = now, cpu_now
+        report.seconds[f"cpu_workers_{name}"] = round(sum(used), 3)
+        report.seconds[f"cpu_busiest_worker_{name}"] = round(max(used, default=0.0), 3)
+        clock, cpu_at, workers_at = now, cpu_now, workers_now
 
     split_tasks = pieces_of(events_path)  # one per row group; fails here on a bad file
     if partitions is None:

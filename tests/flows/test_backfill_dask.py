@@ -33,6 +33,7 @@ from flows.backfill_split import partition_of
 from tests.features.test_backfill_job import SCHEMA, T0, WIDE, _events
 
 ROOT = Path(__file__).resolve().parents[2]
+REFERENCE_MODULE = "features.reference"
 BIN = Path(sys.executable).parent
 
 
@@ -104,6 +105,27 @@ def test_dask_backfill_with_a_spine_file(client: Any, tmp_path: Path) -> None:
     a, b, ra, rb = _both(client, REFERENCE, tmp_path, tmp_path / "spine.parquet")
     _same(a, b, ra, rb)
     assert pq.read_table(b / "features.parquet").column_names[:5] == spine.column_names
+
+
+def test_a_job_on_a_started_cluster_imports_nothing_in_its_workers(tmp_path: Path) -> None:
+    """The workers import the task code, and what pyarrow imports lazily (pandas), at
+    cluster start: in a worker's first task it was serial time (~2 CPU-s from source,
+    ~0.4 from bytecode) at the head of every job, which a second worker cannot share.
+    Every stage reports its workers' CPU (all threads: at least their tasks' own)."""
+    pq.write_table(_history(3), tmp_path / "events.parquet")
+    with dask_client(1, None) as c:
+        before = c.run(lambda: sorted(sys.modules))
+        report = backfill_on(c, REFERENCE, tmp_path / "events.parquet", tmp_path / "out")
+        after = c.run(lambda: sorted(sys.modules))
+    (w,) = before
+    # only the definitions' own module, which comes with them
+    assert sorted(set(after[w]) - set(before[w])) == [REFERENCE_MODULE]
+    s = report.seconds
+    tasks = {"split": "split", "accept": "accept", "features_states": "partition",
+             "assemble": "assemble"}  # fmt: skip
+    for stage, name in tasks.items():
+        assert s[f"cpu_busiest_worker_{stage}"] == s[f"cpu_workers_{stage}"]  # one worker
+        assert s[f"cpu_workers_{stage}"] >= s[f"cpu_{name}_tasks"] - 0.002, stage
 
 
 def _regrouped(single: Path, into: Path, rows: int) -> None:
