@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml constraints.txt $(NATIVE_SRC)
 $(DEV_STAMP): $(STAMP) pyproject.toml constraints.txt
 	@echo "==> installing the development tools (pytest, hypothesis, ruff, mypy, scikit-learn, import-linter)"
 	$(BIN)/python -m pip install --no-compile -c constraints.txt -e '.[dev]'
+	@scripts/bytecode.sh $(BIN)/python
 	@touch $(DEV_STAMP)
 
 install: $(STAMP) ## create .venv/ and install skewless (+ its native core, built with cargo) with pinned dependencies

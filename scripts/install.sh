@@ -42,9 +42,11 @@ native=$!
 trap 'kill $native 2>/dev/null || true' EXIT
 
 stage 3/4 "installing the pinned Python dependencies meanwhile (pip: ~100 packages, ~250 MB of wheels on a first run)"
-# no -q: pip says what it downloads and installs. --no-compile: a module compiles to .pyc
-# when first imported instead of every file of ~100 packages up front
+# no -q: pip says what it downloads and installs. --no-compile: pip would compile file by
+# file on one core; scripts/bytecode.sh does it on every core while cargo may still build
 "$BIN/python" -m pip install --no-compile -c constraints.txt -e .
+scripts/bytecode.sh "$BIN/python" &
+bytecode=$!
 
 stage 4/4 "installing the native core (waiting for cargo if it is still building)"
 if ! wait $native; then
@@ -55,6 +57,7 @@ if ! wait $native; then
   exit 1
 fi
 trap - EXIT
+wait $bytecode
 printf '    the native core built in %s s (in parallel with stage 3)\n' "$(cat "$native_log.seconds")"
 "$BIN/python" -m pip install --quiet --no-deps --force-reinstall "$wheels"/skewless_native-*.whl
 printf '    [%s] took %d s\n' "$current" $((SECONDS - stage_began))
