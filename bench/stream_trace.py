@@ -142,8 +142,12 @@ def install() -> None:
     part.next_batch = _wrap_poll(part.next_batch)  # type: ignore[method-assign]
     dec = stream_decode.Decoder
     dec.__call__ = _wrap_decode(dec.__call__)  # type: ignore[method-assign]
+    # the sharded layout's decode and prefetch (one native call per poll decodes and groups;
+    # when it falls back it calls the decoder above, whose record then names no poll)
+    dec.routed = _wrap_decode(dec.routed)  # type: ignore[method-assign]
     pre = stream_prefetch.Prefetch
     pre.__call__ = _wrap_timed(pre.__call__, PREFETCHES)  # type: ignore[method-assign]
+    pre.routed = _wrap_timed(pre.routed, PREFETCHES)  # type: ignore[method-assign]
     sink = stream_sink.OnlineStoreSink
     sink.build = _wrap_build(sink.build)  # type: ignore[method-assign]
 
