@@ -79,54 +79,22 @@ pub fn decode_poll<'py>(
     record: &Bound<'py, PyType>,
     ingested: &Bound<'py, PyType>,
 ) -> PyResult<(Bound<'py, PyList>, Vec<usize>)> {
-    let n = values.len();
-    if keys.len() != n || timestamps.len() != n {
-        return Err(PyTypeError::new_err(
-            "decode_poll: values, keys and timestamps differ in length",
-        ));
-    }
-    check_record(record, "record")?;
-    check_record(ingested, "ingested")?;
-    let parser = parser.get();
-    let mut out: Vec<Bound<'py, PyAny>> = Vec::with_capacity(n);
-    let mut unsure = Vec::new();
-    for i in 0..n {
-        let raw = values.get_item(i)?;
-        let made = match raw.downcast::<PyBytes>() {
-            Ok(bytes) => parser
-                .with_parsed(bytes.as_bytes(), |parsed| -> PyResult<_> {
-                    let Some(Parsed::Str(id)) = parsed.get(id_at) else {
-                        return Ok(None);
-                    };
-                    let txid = txid_hash_bytes(id.as_bytes());
-                    let items = parsed.iter().map(|p| p.to_py(py));
-                    let event = new_record(record, items.collect::<PyResult<_>>()?)?;
-                    let ts = timestamps.get_item(i)?;
-                    let ts = match ts.extract::<Option<i64>>() {
-                        Ok(None | Some(0)) => now.into_pyobject(py)?.into_any(),
-                        Ok(Some(_)) => ts,
-                        Err(_) => return Ok(None), // not an int64: the Python path
-                    };
-                    let txid = txid.into_pyobject(py)?.into_any();
-                    let key = keys.get_item(i)?;
-                    Ok(Some(new_record(
-                        ingested,
-                        vec![event, ts, txid, raw.clone(), key],
-                    )?))
-                })
-                .transpose()?
-                .flatten(),
-            Err(_) => None,
-        };
-        match made {
-            Some(x) => out.push(x),
-            None => {
-                unsure.push(i);
-                out.push(py.None().into_bound(py));
-            }
-        }
-    }
-    Ok((PyList::new(py, out)?, unsure))
+    // `decode_route` with no entity to group by and no key to check: the same items
+    let (out, unsure, _, _) = decode_route(
+        py,
+        parser,
+        values,
+        keys,
+        timestamps,
+        now,
+        id_at,
+        record,
+        ingested,
+        Vec::new(),
+        1,
+        None,
+    )?;
+    Ok((out, unsure))
 }
 
 /// What `decode_route` could not decide itself: the Python path redoes the whole poll.
@@ -170,7 +138,7 @@ pub fn decode_route<'py>(
     let n = values.len();
     if keys.len() != n || timestamps.len() != n {
         return Err(PyTypeError::new_err(
-            "decode_route: values, keys and timestamps differ in length",
+            "decode: values, keys and timestamps differ in length",
         ));
     }
     if !(1..=16).contains(&bits) {
