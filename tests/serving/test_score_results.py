@@ -137,3 +137,36 @@ def test_drift_gauges_take_a_batch_by_column(model: LoadedModel) -> None:
 
 def _score(r: ScoreResult) -> float:
     return r.score
+
+
+def test_the_shadow_scores_a_batch_by_column(model: LoadedModel) -> None:
+    """The shadow scores a batch from its model input and hands on its columns with the
+    shadow score added, building no result object; the log gets what the objects give."""
+    from serving.shadow import Shadow
+
+    calls: list[tuple[Any, Any, Any]] = []
+    scorer, _ = make_scorer(model, sink=lambda e, r, X=None: calls.append((e, r, X)))
+    for k in range(3):
+        events = [ev(f"s{k}-{i}", i % 3 + 1, [10, 909][i % 2], 1.0 + i, NOW + i) for i in range(7)]
+        scorer.score_columns(events, infos=False)
+    calls.insert(1, ([calls[0][0][0]], [scorer.score(calls[0][0][0], log=False)], None))  # Score
+    lean_out: list[tuple[Any, Any, Any]] = []
+    eager_out: list[tuple[Any, Any, Any]] = []
+    lean = Shadow(lambda e, r, X=None: lean_out.append((e, r, X)))
+    eager = Shadow(lambda e, r, X=None: eager_out.append((e, r, X)))
+    for shadow in (lean, eager):
+        shadow.install(scorer.plan_for(model))
+    for events, results, X in calls:
+        lean(events, results, X)
+    assert lean.drain() == 22
+    by_column = [r for _, r, _ in lean_out if type(r) is ScoreResults]
+    assert len(by_column) == 3 and not any(r.built for r in by_column)
+    assert not any(r.built for _, r, _ in calls if type(r) is ScoreResults)
+    for events, results, X in calls:
+        eager(events, list(results), X)  # the result objects, as before
+    eager.drain()
+    for (_, got, gx), (_, want, wx) in zip(lean_out, eager_out, strict=True):
+        assert repr(list(got)) == repr(want) and gx is wx
+        if type(got) is ScoreResults:
+            assert got.columns == {k: [getattr(r, k) for r in want] for k in COLUMNS}
+    assert all(r.shadow_score == r.score and r.shadow_version for _, rs, _ in eager_out for r in rs)
