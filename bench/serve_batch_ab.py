@@ -105,9 +105,7 @@ def run(before: Path, *, rounds: int = 3, seconds: float = 10.0, stages: bool = 
                 cfg = {"registry": str(registry), "redis_url": redis_url,
                        "predictions": str(work / f"predictions-{name}"),
                        "max_batch": batch_size}  # fmt: skip
-                # -P: not the working directory (this checkout) first on sys.path
-                argv = ["env", f"PYTHONPATH={tree}", sys.executable, "-P", "-c", procs.OURS,
-                        json.dumps(cfg)]  # fmt: skip
+                argv = [*procs.other_checkout(tree), "-c", procs.OURS, json.dumps(cfg)]
                 servers[name] = st.enter_context(procs.server_process(argv, work / f"{name}.log"))
                 procs.wait_serving(f"127.0.0.1:{servers[name][1]}")
             per_round: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
@@ -151,11 +149,10 @@ def run(before: Path, *, rounds: int = 3, seconds: float = 10.0, stages: bool = 
                              "version": str(resolve(registry, "production")), "raw": paths,
                              "predictions": str(work / f"stages-{name}-{k}"), "calls": 60,
                              "seconds": 15.0}  # fmt: skip
-                        env = {**os.environ, "PYTHONPATH": trees[name]}
+                        argv = [*procs.other_checkout(trees[name]), "-c", STAGES, json.dumps(c)]
                         done = subprocess.run(
-                            [sys.executable, "-P", "-c", STAGES, json.dumps(c)], env=env,
-                            capture_output=True, text=True, check=True,
-                        )  # fmt: skip
+                            argv, cwd=procs.REPO, capture_output=True, text=True, check=True
+                        )
                         table = json.loads(done.stdout)
                         table["load"] = round(os.getloadavg()[0], 1)
                         tables[name].append(table)
