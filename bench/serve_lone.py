@@ -109,8 +109,7 @@ def run(
             servers["ours"] = st.enter_context(procs.server_process(ours, work / "ours.log"))
             if before is not None:  # the same server from another checkout
                 bcfg = {**cfg, "predictions": str(work / "predictions-before")}
-                argv = ["env", f"PYTHONPATH={before}", sys.executable, "-c", procs.OURS,
-                        json.dumps(bcfg)]  # fmt: skip
+                argv = [*procs.other_checkout(before), "-c", procs.OURS, json.dumps(bcfg)]
                 servers["before"] = st.enter_context(
                     procs.server_process(argv, work / "before.log")
                 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,6 +73,13 @@ def redis_server(workdir: Path) -> Iterator[str]:
         yield f"redis://{address}/0"
     finally:
         subprocess.run(["bash", str(SERVICES), "redis-stop", str(workdir)], timeout=60, check=False)
+
+
+def other_checkout(tree: Path | str) -> list[str]:
+    """The start of an argv running Python on the checkout ``tree`` (``-c`` code follows):
+    ``-P``, or ``-c`` would put the working directory (this repo, where servers start) on
+    ``sys.path`` before ``PYTHONPATH``, and the "other" checkout would be this one."""
+    return ["env", f"PYTHONPATH={tree}", sys.executable, "-P"]
 
 
 @contextlib.contextmanager

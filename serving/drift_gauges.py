@@ -28,6 +28,7 @@ import numpy as np
 
 from flows.drift import Windows, binned_drift
 from flows.profiles import read_profile
+from serving.score_types import ScoreResults
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -59,7 +60,9 @@ class DriftGauges:
 
         self.served, self.event_time = served, event_time
         self.window_rows, self.min_rows, self.interval_s = window_rows, min_rows, interval_s
-        self._inbox: deque[tuple[Sequence[Any], Sequence[ScoreResult]]] = deque(maxlen=window_rows)
+        self._inbox: deque[tuple[Sequence[Any], Sequence[ScoreResult], Any]] = deque(
+            maxlen=window_rows
+        )
         self._window: deque[_Row] = deque(maxlen=window_rows)
         self._version: str | None = None
         self._profiles: dict[str, dict[str, Any] | None] = {}
@@ -83,7 +86,7 @@ class DriftGauges:
         self, events: Sequence[Any], results: Sequence[ScoreResult], X: Any = None
     ) -> None:
         """The scorer's sink: one deque append (bounded: the oldest calls drop)."""
-        self._inbox.append((events, results))
+        self._inbox.append((events, results, X))
 
     def start(self) -> DriftGauges:
         self._thread = threading.Thread(target=self._run, name="drift-gauges", daemon=True)
@@ -112,12 +115,21 @@ class DriftGauges:
         if version != self._version:  # a new model: its own window, its own profile
             self._window.clear()
             self._version = version
-        event_time, window = self.event_time, self._window
+        entries = []
         while self._inbox:
-            events, results = self._inbox.popleft()
-            for e, r in zip(events, results, strict=True):
-                if r.model_version == version:  # canary rows belong to another model
-                    window.append((event_time(e), r.score, r.features))
+            entries.append(self._inbox.popleft())
+        # newest first, until the window is full: older rows would only be pushed out
+        taken: list[list[_Row]] = []
+        kept = 0
+        for events, results, X in reversed(entries):
+            rows = self._rows(version, events, results, X)
+            taken.append(rows)
+            kept += len(rows)
+            if kept >= self.window_rows:
+                break
+        for rows in reversed(taken):
+            self._window.extend(rows)
+        window = self._window
         out = self._compute(version, names, list(window))
         self.values = out
         self.rows.set(len(window))
@@ -125,6 +137,23 @@ class DriftGauges:
             self.psi.labels(name).set(out[name])
         self.score_psi.set(out["score"])
         return out
+
+    def _rows(
+        self, version: str, events: Sequence[Any], results: Sequence[ScoreResult], X: Any
+    ) -> list[_Row]:
+        """The window rows of one call: its results of ``version`` (canary rows belong to
+        another model); from a batch's columns and model input when it has them, so that
+        its result objects are not built (500 per call, for rows the window mostly drops)."""
+        columns = results.columns if type(results) is ScoreResults else None
+        if columns is not None and X is not None:
+            rows = zip(map(self.event_time, events), columns["score"], X.tolist(), strict=True)
+            versions = columns["model_version"]
+            return [row for row, v in zip(rows, versions, strict=True) if v == version]
+        return [
+            (self.event_time(e), r.score, r.features)
+            for e, r in zip(events, results, strict=True)
+            if r.model_version == version
+        ]
 
     def _profile(self, version: str, model: Model | None) -> dict[str, Any] | None:
         if version not in self._profiles:

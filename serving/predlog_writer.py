@@ -62,11 +62,11 @@ class ScoredBatch(NamedTuple):
         at = time.time_ns() // 1_000_000
         if not results:
             return ScoredBatch(at, (), (), {}, X)
-        names = results[0].feature_names
         request = events.columns if type(events) is RequestEvents else None
-        given = results.columns if type(results) is ScoreResults else None
-        if given is not None and X is not None:  # the batch's own columns, as they are
-            return ScoredBatch(at, events, names, dict(given), X, request)
+        if type(results) is ScoreResults and results.columns is not None and X is not None:
+            # the batch's own columns, as they are (its result objects are not built)
+            return ScoredBatch(at, events, results.feature_names, dict(results.columns), X, request)
+        names = results[0].feature_names
         columns = dict(zip(results[0]._fields, zip(*results, strict=True), strict=True))
         for dropped in ("entities", "feature_names", *(("features",) if X is not None else ())):
             columns.pop(dropped, None)

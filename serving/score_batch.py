@@ -5,8 +5,9 @@ replies are received into one buffer and every event finalized from there in one
 call (:mod:`serving.batch_read`), elsewhere one native call per entity for all rows from
 the stored bytes; vectorized request features, one predict. The results carry their
 columns (:class:`~serving.score_types.ScoreResults`) for the prediction log and the
-response encoder.
-The per-event objects the caller gets back (:class:`~serving.score_types.ScoreResult` and its
+response encoder, which read nothing else: the per-event objects are built only when
+something reads a result (shadow, drift gauges, canary, a response with features).
+The per-event objects (:class:`~serving.score_types.ScoreResult` and its
 :class:`~serving.score_types.EntityStateInfo` tuples) are built from columns by C-level
 ``map``/``zip`` rather than one Python call per event: at 500 events per call those calls
 were a third of the scorer's own time (docs/perf-plan.md, "ScoreBatch, second round").
@@ -79,7 +80,7 @@ class BatchScoring:
         read: Callable[[Sequence[tuple[str, int]]], list[bytes | None]] | None = None,
         log: bool = True,
         infos: bool = True,
-    ) -> list[ScoreResult]:
+    ) -> ScoreResults:
         """:meth:`Scorer.score_batch` for two or more events (see the module docstring);
         ``read`` replaces the store's read, ``log=False`` leaves the sink to the caller;
         ``infos=False`` leaves each result's ``entities`` empty (a response without
@@ -96,7 +97,7 @@ def _score_columns(
     read: Callable[[Sequence[tuple[str, int]]], list[bytes | None]] | None = None,
     log: bool = True,
     infos: bool = True,
-) -> list[ScoreResult]:
+) -> ScoreResults:
     store, plan = scorer._ready()
     readers, n = scorer._readers, len(events)
     schema = scorer.plan.schema
@@ -157,23 +158,26 @@ def _score_columns(
     threshold, n_none = plan.threshold, [None] * n
     txids = list(map(scorer._event_id, events))
     decisions = [s >= threshold for s in p]
-    results = ScoreResults(
-        map(
-            _result,
-            zip(
-                txids, p, decisions, repeat(threshold), repeat(plan.version), repeat(plan.names),
-                X.tolist(), ents, warnings, n_none, n_none,
-            ),
-        )
-    )  # fmt: skip
+    columns = {
+        "transaction_id": txids, "score": p, "decision": decisions,
+        "threshold": [threshold] * n, "model_version": [plan.version] * n,
+        "warnings": warnings, "shadow_score": n_none, "shadow_version": n_none,
+    }  # fmt: skip
+
+    def build() -> list[ScoreResult]:  # the objects, once something reads one
+        return list(
+            map(
+                _result,
+                zip(
+                    txids, p, decisions, repeat(threshold), repeat(plan.version),
+                    repeat(plan.names), X.tolist(), ents, warnings, n_none, n_none,
+                ),
+            )
+        )  # fmt: skip
+
+    results = ScoreResults.by_column(columns, plan.names, build)
     if scorer.canary is not None:
         scorer.canary.rescore(plan, X, events, results)
-    else:  # the same values by column, for the prediction log and the response
-        results.columns = {
-            "transaction_id": txids, "score": p, "decision": decisions,
-            "threshold": [threshold] * n, "model_version": [plan.version] * n,
-            "warnings": warnings, "shadow_score": n_none, "shadow_version": n_none,
-        }  # fmt: skip
     if mark is not None:
         mark("results")
     if log and scorer.sink is not None:

@@ -7,9 +7,9 @@ from :mod:`serving.scorer`, which re-exports them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, overload
 
 import numpy as np
 
@@ -84,18 +84,81 @@ class ScoreResult(NamedTuple):
     shadow_version: str | None = None
 
 
-class ScoreResults(list[ScoreResult]):
-    """A batch's results (a list of :class:`ScoreResult`) and, when the scorer set them,
+class ScoreResults(Sequence[ScoreResult]):
+    """A batch's results: a sequence of :class:`ScoreResult` and, when the scorer set them,
     the same values by result field in :attr:`columns` (the lists the results were built
     from), so that the prediction log and the response encoder need not transpose 500
-    tuples back into columns. A copy or slice is a plain list; ``columns`` is None once
-    results were replaced (a canary's rows)."""
+    tuples back into columns. From the scorer (:meth:`by_column`) the results themselves are
+    built only when something reads one (the shadow, the drift gauges, a canary, a response
+    with features): a plain batch's log and response read the columns alone, and 500
+    named tuples and their feature lists cost ~0.5 µs per event. A copy or slice is a plain
+    list; ``columns`` is None once a result was replaced (a canary's rows)."""
 
-    __slots__ = ("columns",)
+    __slots__ = ("_items", "_make", "_n", "columns", "feature_names")
 
-    def __init__(self, results: Any = (), columns: dict[str, list[Any]] | None = None):
-        super().__init__(results)
+    def __init__(
+        self,
+        results: Iterable[ScoreResult] = (),
+        columns: dict[str, list[Any]] | None = None,
+    ) -> None:
+        items = list(results)
+        self._items: list[ScoreResult] | None = items
+        self._make: Callable[[], list[ScoreResult]] | None = None
+        self._n = len(items)
         self.columns = columns
+        self.feature_names: tuple[str, ...] = items[0].feature_names if items else ()
+
+    @classmethod
+    def by_column(
+        cls,
+        columns: dict[str, list[Any]],
+        feature_names: tuple[str, ...],
+        make: Callable[[], list[ScoreResult]],
+    ) -> ScoreResults:
+        """Results whose objects ``make()`` builds on first read (from the same values)."""
+        self = cls.__new__(cls)
+        self._items, self._make, self._n = None, make, len(columns["score"])
+        self.columns, self.feature_names = columns, feature_names
+        return self
+
+    def _list(self) -> list[ScoreResult]:
+        items = self._items
+        if items is None:  # two threads may both build it: the same values either way
+            assert self._make is not None
+            items = self._items = self._make()
+        return items
+
+    @property
+    def built(self) -> bool:
+        """True once the result objects exist (read, or given when constructed)."""
+        return self._items is not None
+
+    def __len__(self) -> int:
+        return self._n
+
+    @overload
+    def __getitem__(self, i: int) -> ScoreResult: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[ScoreResult]: ...
+    def __getitem__(self, i: int | slice) -> ScoreResult | list[ScoreResult]:
+        return self._list()[i]
+
+    def __setitem__(self, i: int, result: ScoreResult) -> None:
+        self._list()[i] = result
+        self.columns = None  # the columns no longer say what the results hold
+
+    def __iter__(self) -> Iterator[ScoreResult]:
+        return iter(self._list())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ScoreResults | list):
+            return self._list() == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"ScoreResults({self._list()!r})"
 
 
 class RequestEvents(list[Any]):

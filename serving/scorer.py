@@ -250,8 +250,10 @@ class Scorer(BatchScoring):
             plan.names, X[0].tolist(), ents, tuple(warnings),
         )  # fmt: skip
 
-    def score_batch(self, events: Sequence[Event], deadline: float | None = None,
-                    read: Read | None = None, log: bool = True) -> list[ScoreResult]:  # fmt: skip
+    def score_batch(
+        self, events: Sequence[Event], deadline: float | None = None,
+        read: Read | None = None, log: bool = True,
+    ) -> Sequence[ScoreResult]:  # fmt: skip
         """Score validated events with one store round trip (``read``, ``log``: as in
         :meth:`score`); ``deadline`` is a ``time.monotonic()`` value checked once the states
         are read. Failures of one event raise :class:`BatchItemError` (one: the error)."""

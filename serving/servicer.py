@@ -121,7 +121,7 @@ class ScorerServicer(pb_grpc.ScorerServicer):
 
     async def _batch(
         self, events: Sequence[Any], deadline: float | None, what: str, infos: bool
-    ) -> list[ScoreResult]:
+    ) -> Sequence[ScoreResult]:
         """The events' results; ``infos``: with each result's entity states (only a
         response with features carries them)."""
         try:

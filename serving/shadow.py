@@ -20,9 +20,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import numpy as np
+
+from serving.score_types import ScoreResults
 
 if TYPE_CHECKING:
     from serving.scorer import PredictionSink, ScoreResult, _Plan
@@ -114,26 +116,32 @@ class Shadow:
             return n
 
     def _scored(self, plan: _Plan, entries: list[_Entry], n: int) -> list[_Entry]:
-        """``entries`` with the shadow's score in every result (unchanged on failure)."""
+        """``entries`` with the shadow's score in every result (unchanged on failure). A
+        batch's results by column keep their columns, a shadow score column added, and
+        their result objects unbuilt: its model input is the matrix as scored."""
         try:
-            results = [r for _, rs, _ in entries for r in rs]
             X = np.empty((n, plan.n), dtype=np.float64)
-            groups: dict[tuple[str, ...], list[int]] = {}
-            for k, r in enumerate(results):
-                groups.setdefault(r.feature_names, []).append(k)
-            for names, rows in groups.items():  # one group unless a canary decides too
-                X[rows] = np.array([results[k].features for k in rows])[:, plan.order_from(names)]
+            at = 0
+            for _, rs, Xe in entries:
+                if _by_column(rs, Xe):
+                    X[at : at + len(rs)] = Xe[:, plan.order_from(rs.feature_names)]
+                else:
+                    groups: dict[tuple[str, ...], list[int]] = {}
+                    for k, r in enumerate(rs):
+                        groups.setdefault(r.feature_names, []).append(at + k)
+                    for names, rows in groups.items():  # one unless a canary decides too
+                        features = [rs[k - at].features for k in rows]
+                        X[rows] = np.array(features)[:, plan.order_from(names)]
+                at += len(rs)
             scores = plan.model.predict(X).tolist()
         except Exception as exc:  # the shadow must never cost a prediction
             self._failed(plan.version, exc, n)
             return entries
         version, at = plan.version, 0
         out: list[_Entry] = []
-        for events, rs, X in entries:
-            out.append(
-                (events, [r._replace(shadow_score=s, shadow_version=version)
-                          for r, s in zip(rs, scores[at : at + len(rs)], strict=True)], X)
-            )  # fmt: skip
+        for events, rs, Xe in entries:
+            got = scores[at : at + len(rs)]
+            out.append((events, _with_shadow(rs, Xe, got, version), Xe))
             at += len(rs)
         self.scored += n
         return out
@@ -159,3 +167,24 @@ class Shadow:
         if self._thread is not None:
             self._thread.join(timeout=30)
         self.drain()
+
+
+def _by_column(results: Sequence[Any], X: Any) -> TypeGuard[ScoreResults]:
+    return type(results) is ScoreResults and results.columns is not None and X is not None
+
+
+def _with_shadow(
+    results: Sequence[ScoreResult], X: Any, scores: list[float], version: str
+) -> Sequence[ScoreResult]:
+    """``results`` carrying the shadow's ``scores`` (by column when they came so)."""
+
+    def built() -> list[ScoreResult]:
+        return [r._replace(shadow_score=s, shadow_version=version)
+                for r, s in zip(results, scores, strict=True)]  # fmt: skip
+
+    if not _by_column(results, X):
+        return built()
+    assert results.columns is not None
+    columns = {**results.columns, "shadow_score": scores,
+               "shadow_version": [version] * len(scores)}  # fmt: skip
+    return ScoreResults.by_column(columns, results.feature_names, built)

@@ -51,3 +51,21 @@ def test_stage_table_times_every_stage(redis_url: str, tmp_path: Path) -> None:
     figure = predictor_rows_per_s(resolve(registry, version), 50, calls=3)
     assert figure["one_row_equals_batch"] is True and figure["rows"] == 50
     assert figure["predictor"] == "native" and figure["bits_equal_to_xgboost"] is True
+
+
+def test_the_other_checkout_is_the_one_run(tmp_path: Path) -> None:
+    """``--before TREE`` runs TREE's code, though the servers start in this repo (``python
+    -c`` would put the working directory first on ``sys.path``)."""
+    import subprocess
+
+    from bench.serve_procs import REPO, other_checkout
+
+    (tmp_path / "serving").mkdir()
+    (tmp_path / "serving" / "__init__.py").write_text("WHERE = 'other'\n")
+    code = "import serving; print(getattr(serving, 'WHERE', 'this'))"
+    argv = [*other_checkout(tmp_path), "-c", code]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "other"
+    plain = [a for a in argv if a != "-P"]  # what the benches ran before
+    done = subprocess.run(plain, cwd=REPO, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "this"
