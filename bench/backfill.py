@@ -273,8 +273,123 @@ def _run(events: int, seed: int, feast_rows: int) -> dict[str, Any]:
     }
 
 
+#: Parquet settings measured against the job's (``parquet_options``): each a change to
+#: it for one kind of column (docs/perf-plan.md, "Session 10")
+WRITE_VARIANTS: dict[str, Any] = {
+    "job": {},
+    "strings lz4": {"compression": ("string", "lz4")},
+    "strings zstd": {"compression": ("string", "zstd")},
+    "strings uncompressed": {"compression": ("string", "none")},
+    "strings no statistics": {"write_statistics": ("string", False)},
+    "no dictionary": {"use_dictionary": False},
+    "floats byte_stream_split": {"column_encoding": ("double", "BYTE_STREAM_SPLIT")},
+    "floats byte_stream_split zstd": {
+        "column_encoding": ("double", "BYTE_STREAM_SPLIT"),
+        "compression": ("double", "zstd"),
+    },
+    "floats zstd": {"compression": ("double", "zstd")},
+    "binary lz4": {"compression": ("binary", "lz4")},
+    "binary zstd": {"compression": ("binary", "zstd")},
+    "integers zstd": {"compression": ("int64", "zstd")},
+    "no statistics": {"write_statistics": False},
+    "data pages 8 MB": {"data_page_size": 8 << 20},
+    "data page v2": {"data_page_version": "2.0"},
+    "row groups 256k": {"row_group_size": 1 << 18},
+}
+
+
+def _variant(schema: pa.Schema, change: dict[str, Any]) -> dict[str, Any]:
+    """``parquet_options(schema)`` with ``change``: a ``(type, value)`` pair sets the
+    option for the columns of that type (``int64`` includes timestamps)."""
+    from flows.backfill_write import ROW_GROUP, parquet_options
+
+    opts: dict[str, Any] = {"row_group_size": ROW_GROUP, **parquet_options(schema)}
+
+    def of(kind: str) -> list[str]:
+        same = {"int64": ("int64", "timestamp")}.get(kind, (kind,))
+        return [f.name for f in schema if str(f.type).startswith(same)]
+
+    for key, value in change.items():
+        if not isinstance(value, tuple):
+            opts[key] = value
+            continue
+        kind, v = value
+        names = of(kind)
+        if key == "write_statistics":
+            opts[key] = [n for n in opts[key] if n not in names or v]
+        else:  # compression, column_encoding: per column
+            opts[key] = {**opts[key], **dict.fromkeys(names, v)}
+    if opts.get("use_dictionary") is False:
+        opts["column_encoding"] = opts["column_encoding"] or None
+    return opts
+
+
+def write_options(events: int = 2_000_000, seed: int = 7, rounds: int = 3) -> dict[str, Any]:
+    """Each of :data:`WRITE_VARIANTS` on the job's three large outputs (the features and
+    both Feast tables of ``events`` simulated events), rounds alternated: per output the
+    process CPU of ``write_table`` (median), the file's MB, and the CPU to read it back;
+    every file read back equal to the job's (values, NaN bits, schema)."""
+    from features.reference import REFERENCE as FS
+    from flows.backfill import run_backfill
+    from flows.simulate import SimulationConfig, simulate, write_events
+
+    cfg = SimulationConfig(
+        events=events, cards=max(events // 50, 1), merchants=max(events // 1000, 1), days=30.0,
+        seed=seed,
+    )  # fmt: skip
+    found: dict[tuple[str, str], list[tuple[float, int, float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="skewless-bench-writes-") as tmp:
+        work = Path(tmp)
+        write_events(simulate(cfg), work / "events.parquet")
+        run_backfill(FS, work / "events.parquet", work / "out")
+        paths = [work / "out" / "features.parquet", *sorted((work / "out" / "feast").iterdir())]
+        tables = {p.name: pq.read_table(p) for p in paths}
+        for r in range(rounds):
+            for name, change in WRITE_VARIANTS.items():
+                for out, table in tables.items():
+                    opts = _variant(table.schema, change)
+                    before = _usage(resource.RUSAGE_SELF)
+                    pq.write_table(table, work / "w.parquet", **opts)
+                    wrote = sum(_usage(resource.RUSAGE_SELF, before)[:2])
+                    size = (work / "w.parquet").stat().st_size
+                    before = _usage(resource.RUSAGE_SELF)
+                    back = pq.read_table(work / "w.parquet")
+                    read = sum(_usage(resource.RUSAGE_SELF, before)[:2])
+                    if r == 0 and not _same(back, table):
+                        raise AssertionError(f"{name}: {out} read back differs")
+                    found.setdefault((name, out), []).append((wrote, size, read))
+    return {
+        name: {
+            out: {
+                "write_cpu_s": round(float(np.median([w for w, _, _ in v])), 3),
+                "mb": round(v[0][1] / 1e6, 1),
+                "read_cpu_s": round(float(np.median([x for _, _, x in v])), 3),
+            }
+            for (n, out), v in found.items()
+            if n == name
+        }
+        for name in WRITE_VARIANTS
+    }
+
+
+def _same(a: pa.Table, b: pa.Table) -> bool:
+    """Equal schemas and values, NaN bits included (Arrow IPC bytes of one chunk each)."""
+
+    def ipc(t: pa.Table) -> bytes:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, t.schema) as w:
+            w.write_table(t.combine_chunks())
+        return bytes(sink.getvalue())
+
+    return a.schema.equals(b.schema) and ipc(a) == ipc(b)
+
+
 if __name__ == "__main__":  # pragma: no cover - manual runs
     import json
     import sys
 
-    print(json.dumps(run(int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000), indent=2))
+    if sys.argv[1:2] == ["writes"]:  # python -m bench.backfill writes [EVENTS [ROUNDS]]
+        args = [int(a) for a in sys.argv[2:4]]
+        print(json.dumps(write_options(*args), indent=2))
+    else:
+        print(json.dumps(run(int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000), indent=2))
