@@ -43,6 +43,9 @@ class Decoder:
         self.decode_route: Any = getattr(_native, "decode_route", None)  # None: an older core
         fused = router is not None and router.positions is not None
         self.fused = self.native is not None and fused and self.decode_route is not None
+        #: the valid events kept natively as columns, the groups views of them (no
+        #: ``Ingested`` per valid event; None: an older core, the groups hold tuples)
+        self.decode_groups: Any = getattr(_native, "decode_groups", None) if self.fused else None
 
     def __call__(self, msgs: list[Any]) -> list[Ingested | DeadLetter]:
         if msgs and type(msgs[0]) is KafkaBatch:
@@ -79,6 +82,10 @@ class Decoder:
                 keys += b.keys
                 stamps += b.timestamps
         now = int(time.time() * 1000)
+        if self.decode_groups is not None:
+            poll = self._grouped(msgs, values, keys, stamps, now)
+            if poll is not None:
+                return poll
         out, unsure, got, bad = self.decode_route(
             self.native, values, keys, stamps, now, self.id_at, self.record, Ingested,
             router.positions, BITS, self.check_at,
@@ -101,6 +108,34 @@ class Decoder:
             return Poll(router(out), dead)
         if bad and self.check_keys is not None:
             self.check_keys.report(where, out, bad)
+        return Poll(router.items(got), dead)
+
+    def _grouped(
+        self, msgs: list[Any], values: list[Any], keys: list[Any], stamps: list[Any], now: int
+    ) -> Poll | None:
+        """The poll as ``decode_groups`` columns and groups, or None where the Python path
+        must group the whole poll (an unsure message found valid, an id beyond int64): the
+        caller decodes it again as ``decode_route`` does."""
+        router = self.router
+        assert router is not None
+        valid, unsure, got, bad, offenders = self.decode_groups(
+            self.native, values, keys, stamps, now, self.id_at, self.record, Ingested,
+            router.positions, BITS, self.check_at,
+        )  # fmt: skip
+        if got is None:
+            return None
+        dead: list[DeadLetter] = []
+        for i in unsure:
+            b, j = _locate(msgs, i)
+            x = self._one(b, j, now)
+            if type(x) is not DeadLetter:
+                return None  # its place in each entity's order: the Python path's
+            dead.append(x)
+        stream_io.METRICS.dead_letters.inc(len(dead))
+        stream_io.METRICS.events_in.inc(valid)
+        if bad and self.check_keys is not None:
+            where: Any = BatchMessages(msgs)
+            self.check_keys.report(where, dict(zip(bad, offenders, strict=True)), bad)
         return Poll(router.items(got), dead)
 
     def decode_batch(self, b: KafkaBatch) -> list[Ingested | DeadLetter]:

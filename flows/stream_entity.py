@@ -87,14 +87,15 @@ class EntityLogic(StatefulBatchLogic[Ingested, Any, tuple[int | None, bytes]]):
         self.end(values, outcomes, applied, newest, features, blob, out)
         return out, StatefulBatchLogic.RETAIN
 
-    def begin(self, values: list[Ingested]) -> Any:
-        """Before a batch's update: the entity's state (loaded on its first batch)."""
+    def begin(self, values: Sequence[Ingested], key: int | None = None) -> Any:
+        """Before a batch's update: the entity's state (loaded on its first batch). ``key``:
+        the entity id when the caller knows it (the shard step's group key)."""
         ctx = self.ctx
         entity_id = self.entity_id
         if ctx.evictions is not None:
             self.touched = datetime.now(UTC)
         if entity_id is None:
-            entity_id = ctx.plan.key(values[0].event)
+            entity_id = ctx.plan.key(values[0].event) if key is None else key
             if self.state is None:
                 self.state, self.covered_until = ctx.load(entity_id)
             self.entity_id = entity_id
@@ -108,7 +109,7 @@ class EntityLogic(StatefulBatchLogic[Ingested, Any, tuple[int | None, bytes]]):
 
     def end(
         self,
-        values: list[Ingested],
+        values: Sequence[Ingested],
         outcomes: Sequence[int],
         applied: int,
         newest: int,
@@ -125,14 +126,17 @@ class EntityLogic(StatefulBatchLogic[Ingested, Any, tuple[int | None, bytes]]):
             row = OnlineRow(self.entity_id, self.state.max_seen, features, blob)
             out.append(RowOut(self.ctx.name, row, newest))
 
-    def _refused(self, items: list[Ingested], outcomes: Sequence[int], out: list[Any]) -> None:
+    def _refused(self, items: Sequence[Ingested], outcomes: Sequence[int], out: list[Any]) -> None:
         """The events not applied: covered by the bootstrap, too late (to the late
-        output), or duplicates; counted."""
+        output), or duplicates; counted. Only these are read from ``items`` (a column
+        view makes each ``Ingested`` when read)."""
         ctx, until, time_of = self.ctx, self.covered_until, self.ctx.event_time
         late, dups, covered = 0, 0, 0
-        for item, outcome in zip(items, outcomes, strict=True):
+        assert len(items) == len(outcomes)
+        for i, outcome in enumerate(outcomes):
             if outcome == _APPLIED:
                 continue
+            item = items[i]
             if until is not None and time_of(item.event) <= until:
                 covered += 1  # the bootstrap holds it (flows/stream_summary.py)
             elif outcome == _LATE:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import bytewax.operators as op
@@ -47,7 +48,10 @@ class KeyCheck:
         if bad:
             self.report(msgs, out, bad)
 
-    def report(self, msgs: list[Any], out: list[Any], bad: list[int]) -> None:
+    def report(
+        self, msgs: list[Any], out: Sequence[Any] | Mapping[int, Any], bad: list[int]
+    ) -> None:
+        """``out[i]``: offender ``i``'s ``Ingested`` (the poll's items, or the offenders')."""
         stream_io.METRICS.key_mismatches.inc(len(bad))
         with self.lock:
             self.pending += len(bad)

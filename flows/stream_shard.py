@@ -73,7 +73,10 @@ class RowBatch(list[RowOut]):
 Logic = Any  # flows.stream.EntityLogic (imported by the flow, not here: no cycle)
 
 
-Group = tuple[str, dict[int, list[Ingested]]]  # (entity, {entity_id: [events]})
+#: (entity, {entity_id: events}): the events a list of ``Ingested`` or, from
+#: ``Decoder.routed``, a ``skewless_native.Events`` (a view of the poll's columns that
+#: makes an ``Ingested`` only when asked; it pickles as their list)
+Group = tuple[str, Mapping[int, Sequence[Ingested]]]
 
 
 class ShardRouter:
@@ -194,7 +197,7 @@ class ShardLogic(StatefulBatchLogic[Group, Any, Any]):
             for _, g in values:
                 for entity_id, events in g.items():
                     have = groups.get(entity_id)
-                    groups[entity_id] = events if have is None else have + events
+                    groups[entity_id] = events if have is None else [*have, *events]
         make = self.make or self._learn(entity)
         entities, snaps = self.entities, self.snaps
         logics, batches = [], list(groups.values())
@@ -211,13 +214,16 @@ class ShardLogic(StatefulBatchLogic[Group, Any, Any]):
         update_rows = None if ctx is None else ctx.update_rows
         got: list[Any] = []
         if update_rows is not None:  # every entity's update and row in one native call
-            states = [logic.begin(events) for logic, events in zip(logics, batches, strict=True)]
+            states = [
+                logic.begin(events, i)
+                for logic, events, i in zip(logics, batches, groups, strict=True)
+            ]
             done = update_rows(ctx.core, states, batches, ctx.time_pos, ctx.value_pos)
             for logic, events, d in zip(logics, batches, done, strict=True):
                 logic.end(events, *d, got)
         else:
             for logic, events in zip(logics, batches, strict=True):
-                got += logic.on_batch(events)[0]
+                got += logic.on_batch(list(events))[0]
         rows = RowBatch()
         out: list[Any] = [rows]
         for x in got:

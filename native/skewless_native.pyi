@@ -336,6 +336,36 @@ def decode_route(
     the sure items (None when an id is not an int64 or a key neither bytes nor None),
     ``mismatched`` the sure items whose key is not ``str(event[check_at]).encode()``."""
 
+class Block:
+    """A poll's valid events as columns (made by ``decode_groups``; no Python API)."""
+
+class Events:
+    """One entity's events of one poll: a view of its :class:`Block`. Each item is made
+    from the event's bytes when read: the ``Ingested`` tuple ``decode_route`` makes.
+    Pickles as the list of them."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, i: int) -> Any: ...
+    def items(self) -> list[Any]: ...
+
+def decode_groups(
+    parser: EventParser,
+    values: list[bytes],
+    keys: list[bytes | None],
+    timestamps: list[int],
+    now: int,
+    id_at: int,
+    record: type,
+    ingested: type,
+    key_pos: list[int],
+    bits: int,
+    check_at: int | None = None,
+) -> tuple[int, list[int], list[list[tuple[int, dict[int, Events]]]] | None, list[int], list[Any]]:
+    """``decode_route`` keeping the valid events as one :class:`Block`: ``(valid, unsure,
+    routed, mismatched, offenders)``, the groups' events :class:`Events` views, the key
+    check's offenders (message indices) and their ``Ingested`` tuples. No item per valid
+    event; ``routed`` None as ``decode_route``'s (and for a timestamp not an int64)."""
+
 def txid_hashes(data: Buffer, starts: Buffer, ends: Buffer) -> bytes:
     """``txid_hash`` of ``data[starts[i]:ends[i]]`` (uint8; int64 bounds), as 8n bytes."""
 
@@ -348,7 +378,7 @@ def update_items(
 def update_rows(
     core: Core,
     states: list[State],
-    batches: list[list[Any]],
+    batches: Sequence[Sequence[Any] | Events],
     time_pos: int,
     value_pos: list[int],
 ) -> list[tuple[bytes, int, int, list[float | int] | None, bytes | None]]:

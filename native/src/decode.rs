@@ -14,7 +14,7 @@ use crate::shard::MIX;
 
 /// A tuple subclass without `__dict__` (a named tuple): instances are made as
 /// `tuple.__new__(cls, items)` makes them, without calling the class's Python `__new__`.
-fn check_record(cls: &Bound<'_, PyType>, what: &str) -> PyResult<()> {
+pub(crate) fn check_record(cls: &Bound<'_, PyType>, what: &str) -> PyResult<()> {
     let py = cls.py();
     let plain = py.get_type::<PyTuple>();
     let ok = cls.is_subclass(&plain)?
@@ -34,7 +34,7 @@ fn check_record(cls: &Bound<'_, PyType>, what: &str) -> PyResult<()> {
 }
 
 /// A new instance of the tuple subclass `cls` holding `items` (`tuple.__new__(cls, items)`).
-fn new_record<'py>(
+pub(crate) fn new_record<'py>(
     cls: &Bound<'py, PyType>,
     items: Vec<Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {

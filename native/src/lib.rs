@@ -5,6 +5,7 @@
 //! tests hold the two against each other.
 
 mod batch;
+mod block;
 mod columns;
 mod decode;
 mod dedup;
@@ -531,6 +532,9 @@ fn skewless_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(event::txid_hash, m)?)?;
     m.add_function(wrap_pyfunction!(decode::decode_poll, m)?)?;
     m.add_function(wrap_pyfunction!(decode::decode_route, m)?)?;
+    m.add_function(wrap_pyfunction!(block::decode_groups, m)?)?;
+    m.add_class::<block::Block>()?;
+    m.add_class::<block::Events>()?;
     m.add_function(wrap_pyfunction!(hset_rows::hset_pipeline, m)?)?;
     m.add_function(wrap_pyfunction!(hashes::txid_hashes, m)?)?;
     m.add_function(wrap_pyfunction!(windows::window_pass, m)?)?;

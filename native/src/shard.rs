@@ -8,10 +8,11 @@
 //! `route_shards` groups a poll for every entity by shard and id in one call (the
 //! router's Python loop was ~0.9 µs per event, this ~0.4).
 
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
+use crate::block::Events;
 use crate::{engine, vals_to_list, Core, State};
 
 /// Items (over all the shard's entities) from which a call releases the GIL.
@@ -77,6 +78,55 @@ pub(crate) fn read(
         for &p in value_pos {
             b.values
                 .push(borrowed(event, p, "an event")?.extract::<f64>()?);
+        }
+    }
+    Ok(b)
+}
+
+/// One entity's events as `read` reads their `Ingested` tuples, from the poll's columns.
+pub(crate) fn read_events(
+    events: &Events,
+    time_pos: usize,
+    value_pos: &[usize],
+) -> PyResult<Batch> {
+    let block = events.block.get();
+    let n = events.idx.len();
+    let stride = block.stride;
+    if time_pos >= stride || value_pos.iter().any(|&p| p >= stride) {
+        return Err(PyValueError::new_err(format!(
+            "update_rows: an event has no field {}",
+            value_pos
+                .iter()
+                .chain([&time_pos])
+                .max()
+                .unwrap_or(&time_pos)
+        )));
+    }
+    let mut b = Batch {
+        ts: Vec::with_capacity(n),
+        values: Vec::with_capacity(n * value_pos.len().max(1)),
+        txids: Vec::with_capacity(n),
+        produced: Vec::with_capacity(n),
+    };
+    let not_a = |what: &str, p: usize| {
+        PyTypeError::new_err(format!("update_rows: field {p} of an event is not {what}"))
+    };
+    for &j in &events.idx {
+        let j = j as usize;
+        let row = &block.nums[j * stride..(j + 1) * stride];
+        b.produced.push(block.produced[j]);
+        b.txids.push(block.txids[j]);
+        b.ts.push(
+            row[time_pos]
+                .i64()
+                .ok_or_else(|| not_a("an int", time_pos))?,
+        );
+        if value_pos.is_empty() {
+            b.values.push(0.0);
+        }
+        for &p in value_pos {
+            b.values
+                .push(row[p].f64().ok_or_else(|| not_a("a number", p))?);
         }
     }
     Ok(b)
@@ -205,7 +255,10 @@ pub(crate) fn with_states<'py, R>(
     }
     let mut reads = Vec::with_capacity(batches.len());
     for items in batches.iter() {
-        reads.push(read(items.downcast::<PyList>()?, time_pos, value_pos)?);
+        reads.push(match items.downcast::<Events>() {
+            Ok(events) => read_events(events.get(), time_pos, value_pos)?,
+            Err(_) => read(items.downcast::<PyList>()?, time_pos, value_pos)?,
+        });
     }
     let mut guards: Vec<PyRefMut<'py, State>> = Vec::with_capacity(states.len());
     for s in states.iter() {
