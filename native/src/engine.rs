@@ -4,6 +4,7 @@
 use crate::ids::Ids;
 use crate::level::Levels;
 use crate::moments::Tile;
+use crate::raw::Raw;
 
 /// The window ops, named as `features.definitions.Op` names them (the layout spec
 /// passes those names; an op this core lacks is refused by name).
@@ -126,33 +127,20 @@ pub struct Spec {
 pub struct State {
     pub max_seen: Option<i64>,
     pub last_before_raw: Option<i64>,
-    pub raw_ts: Vec<i64>,
-    pub raw_vals: Vec<f64>, // nf values per raw event
+    pub raw: Raw,
     pub ids: Ids,
     pub levels: Levels,
     pub readonly: bool,
+    /// the raw events' field count (`raw`'s stride less one), for readers without the
+    /// spec; in the padding beside `readonly`
+    pub nf: u32,
 }
 
 impl State {
     /// Heap bytes this state owns beyond its own size (capacities, not lengths).
     pub fn heap_bytes(&self) -> usize {
-        self.raw_ts.capacity() * 8
-            + self.raw_vals.capacity() * 8
-            + self.ids.heap_bytes()
-            + self.levels.heap_bytes()
+        self.raw.heap_bytes() + self.ids.heap_bytes() + self.levels.heap_bytes()
     }
-}
-
-/// Room for `n` more, growing by an eighth at most (a doubling vector's slack, per entity,
-/// was most of the memory of the raw events it held).
-fn room<T>(v: &mut Vec<T>, n: usize) {
-    if v.capacity() - v.len() < n {
-        v.reserve_exact(n.max(v.len() / 8));
-    }
-}
-
-fn bisect_left(v: &[i64], x: i64) -> usize {
-    v.partition_point(|&y| y < x)
 }
 
 fn fdiv(a: i64, b: i64) -> i64 {
@@ -319,6 +307,7 @@ impl Spec {
     pub fn new_state(&self) -> State {
         State {
             levels: Levels::new(self.hops.len()),
+            nf: self.nf as u32,
             ..Default::default()
         }
     }
@@ -354,11 +343,22 @@ impl Spec {
         let zero = [0.0];
         let values = if values.is_empty() { &zero[..] } else { values };
         let base = ms - self.horizon;
-        let kept = |j: usize| {
-            let hop = self.hops[j];
-            let bucket = fdiv(ts, hop);
-            (bucket >= fdiv(base, hop) - self.keep[j]).then_some(bucket)
+        // each level's floor (its oldest bucket kept) and this event's bucket, once
+        let count = self.hops.len();
+        let (mut floor_buf, mut bucket_buf) = ([0i64; 8], [0i64; 8]);
+        let (mut floor_vec, mut bucket_vec) = (Vec::new(), Vec::new());
+        let (floors, buckets): (&mut [i64], &mut [i64]) = if count <= 8 {
+            (&mut floor_buf[..count], &mut bucket_buf[..count])
+        } else {
+            floor_vec.resize(count, 0);
+            bucket_vec.resize(count, 0);
+            (&mut floor_vec, &mut bucket_vec)
         };
+        for (j, &hop) in self.hops.iter().enumerate() {
+            floors[j] = fdiv(base, hop) - self.keep[j];
+            buckets[j] = fdiv(ts, hop);
+        }
+        let kept = |j: usize| (buckets[j] >= floors[j]).then_some(buckets[j]);
         // the buckets this event opens, made room for at once, in the room of the buckets
         // the row's compaction would drop (expired at this `ms`: no window a query can
         // still ask for reads them): a card's event opens ~3 and its row dropped ~3, so
@@ -368,7 +368,7 @@ impl Spec {
             .filter(|&j| kept(j).is_some_and(|b| !levels.has(j, b)))
             .count();
         if new > 0 {
-            levels.drop_before(|j| fdiv(base, self.hops[j]) - self.keep[j], self.nf);
+            levels.drop_before(|j| floors[j], self.nf);
             levels.reserve_exact(new, self.nf);
         }
         for j in 0..levels.count() {
@@ -378,20 +378,7 @@ impl Spec {
             }
         }
         if ts >= self.raw_floor(ms) {
-            let nf = self.nf;
-            let mut pos = bisect_left(&st.raw_ts, ts);
-            // ties in canonical order, by value, so arrival order never shows in the bytes
-            while pos < st.raw_ts.len()
-                && st.raw_ts[pos] == ts
-                && tuple_le(&st.raw_vals[pos * nf..(pos + 1) * nf], values)
-            {
-                pos += 1;
-            }
-            room(&mut st.raw_ts, 1);
-            room(&mut st.raw_vals, nf);
-            st.raw_ts.insert(pos, ts);
-            let at = pos * nf;
-            st.raw_vals.splice(at..at, values.iter().copied());
+            st.raw.insert(ts, values, self.nf);
         } else if st.last_before_raw.is_none_or(|l| ts > l) {
             st.last_before_raw = Some(ts);
         }
@@ -406,17 +393,9 @@ impl Spec {
     pub fn compact(&self, st: &mut State) {
         let Some(ms) = st.max_seen else { return };
         let floor = self.raw_floor(ms);
-        if !st.raw_ts.is_empty() && st.raw_ts[0] < floor {
-            let cut = bisect_left(&st.raw_ts, floor);
-            let last = st.raw_ts[cut - 1];
+        if let Some(last) = st.raw.drop_before(floor, self.nf) {
             if st.last_before_raw.is_none_or(|l| last > l) {
                 st.last_before_raw = Some(last);
-            }
-            st.raw_ts.drain(..cut);
-            st.raw_vals.drain(..cut * self.nf);
-            if st.raw_ts.capacity() > st.raw_ts.len() + st.raw_ts.len() / 4 + 1 {
-                st.raw_ts.shrink_to_fit();
-                st.raw_vals.shrink_to_fit();
             }
         }
         let base = ms - self.horizon;
@@ -462,7 +441,7 @@ impl Spec {
             }
         }
         if let Some(pos) = self.since_last {
-            out[pos] = match last_before(st, t) {
+            out[pos] = match last_before(st, t, self.nf) {
                 None => Val::F(f64::NAN),
                 Some(last) => Val::F((t - last) as f64 / 1000.0),
             };
@@ -506,11 +485,11 @@ impl Spec {
                 }
             }
         });
-        let i0 = bisect_left(&st.raw_ts, cursor);
-        let i1 = bisect_left(&st.raw_ts, t);
+        let i0 = st.raw.bisect(cursor, nf);
+        let i1 = st.raw.bisect(t, nf);
         for (f, acc) in accs.iter_mut().enumerate() {
             for i in i0..i1 {
-                acc.add(st.raw_vals[i * nf + f], need_m2);
+                acc.add(st.raw.val(i, f, nf), need_m2);
             }
         }
     }
@@ -529,8 +508,8 @@ impl Spec {
         self.compact(st);
         let ms = st.max_seen.unwrap_or(0);
         let ids = st.ids.by_time();
-        let n_raw = st.raw_ts.len();
         let nf = self.nf;
+        let n_raw = st.raw.len(nf);
         let levels = &mut st.levels;
         let tiles: usize = (self.needs.iter().enumerate())
             .map(|(j, needs)| levels.len(j) * (8 + 8 * nf * needs.len()))
@@ -546,12 +525,12 @@ impl Spec {
             ids.len() as u32,
             (0..levels.count()).map(|j| levels.len(j) as u32),
         );
-        for &ts in &st.raw_ts {
+        for ts in st.raw.times(nf) {
             out.extend_from_slice(&((ms - ts) as u32).to_le_bytes());
         }
         for f in 0..nf {
             for i in 0..n_raw {
-                out.extend_from_slice(&st.raw_vals[i * nf + f].to_le_bytes());
+                out.extend_from_slice(&st.raw.val(i, f, nf).to_le_bytes());
             }
         }
         for &(ts, _) in ids {
@@ -603,14 +582,14 @@ impl Spec {
         st.readonly = readonly;
         st.max_seen = head.max_seen;
         st.last_before_raw = head.last_before_raw;
-        st.raw_ts = (0..n_raw).map(|_| ms - r.u32() as i64).collect();
+        let raw_ts: Vec<i64> = (0..n_raw).map(|_| ms - r.u32() as i64).collect();
         let mut vals = vec![0.0; n_raw * nf];
         for f in 0..nf {
             for i in 0..n_raw {
                 vals[i * nf + f] = r.f64();
             }
         }
-        st.raw_vals = vals;
+        st.raw = Raw::from_parts(&raw_ts, &vals, nf);
         if readonly {
             r.pos += n_ids * 12;
         } else {
@@ -658,11 +637,11 @@ impl Spec {
         out.push(st.max_seen.is_some() as u8 | (st.last_before_raw.is_some() as u8) << 1);
         out.extend_from_slice(&st.max_seen.unwrap_or(0).to_le_bytes());
         out.extend_from_slice(&st.last_before_raw.unwrap_or(0).to_le_bytes());
-        out.extend_from_slice(&(st.raw_ts.len() as u32).to_le_bytes());
-        for &ts in &st.raw_ts {
+        out.extend_from_slice(&(st.raw.len(self.nf) as u32).to_le_bytes());
+        for ts in st.raw.times(self.nf) {
             out.extend_from_slice(&ts.to_le_bytes());
         }
-        for &v in &st.raw_vals {
+        for v in st.raw.values(self.nf) {
             out.extend_from_slice(&v.to_le_bytes());
         }
         let mut ids = st.ids.pairs();
@@ -707,8 +686,9 @@ impl Spec {
             st.max_seen = if flags & 1 != 0 { Some(ms) } else { None };
             st.last_before_raw = if flags & 2 != 0 { Some(last) } else { None };
             let n_raw = r.u32() as usize;
-            st.raw_ts = (0..n_raw).map(|_| r.i64()).collect();
-            st.raw_vals = (0..n_raw * self.nf).map(|_| r.f64()).collect();
+            let raw_ts: Vec<i64> = (0..n_raw).map(|_| r.i64()).collect();
+            let vals: Vec<f64> = (0..n_raw * self.nf).map(|_| r.f64()).collect();
+            st.raw = Raw::from_parts(&raw_ts, &vals, self.nf);
             let n_ids = r.u32() as usize;
             st.ids = (0..n_ids).map(|_| (r.u64(), r.i64())).collect();
             for j in 0..self.hops.len() {
@@ -744,21 +724,11 @@ pub fn tile_components(needs: &[Comp], mut get: impl FnMut(usize) -> f64) -> (f6
     (sum, m2, min, max)
 }
 
-fn tuple_le(a: &[f64], b: &[f64]) -> bool {
-    // Python tuple comparison `a <= b` for equal-length float tuples without NaN
-    for (x, y) in a.iter().zip(b) {
-        if x != y {
-            return x < y;
-        }
-    }
-    true
-}
-
-fn last_before(st: &State, t: i64) -> Option<i64> {
-    let i = bisect_left(&st.raw_ts, t);
+fn last_before(st: &State, t: i64, nf: usize) -> Option<i64> {
+    let i = st.raw.bisect(t, nf);
     let last = st.last_before_raw;
-    if i > 0 && last.is_none_or(|l| st.raw_ts[i - 1] > l) {
-        return Some(st.raw_ts[i - 1]);
+    if i > 0 && last.is_none_or(|l| st.raw.ts(i - 1, nf) > l) {
+        return Some(st.raw.ts(i - 1, nf));
     }
     last
 }

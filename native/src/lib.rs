@@ -19,6 +19,7 @@ mod index;
 mod level;
 mod moments;
 mod proto;
+mod raw;
 mod replies;
 mod resp;
 mod rows;
@@ -199,7 +200,8 @@ impl State {
     }
     #[getter]
     fn raw_ts(&self) -> Vec<i64> {
-        self.inner.raw_ts.clone()
+        let st = &self.inner;
+        st.raw.times(st.nf as usize).collect()
     }
     #[getter]
     fn n_ids(&self) -> usize {
