@@ -103,7 +103,7 @@ def _timed_dask(workers: int, events: Path, out: Path, partitions: int | None) -
         client.run(probe.start_peak)
         start_peak()
         start = time.perf_counter()
-        report = backfill_on(client, FS, events, out, partitions=partitions)
+        report = backfill_on(client, FS, events, out, partitions=partitions, worker_cpu=True)
         seconds = time.perf_counter() - start
         driver = stop_peak()
         peaks = client.run(probe.stop_peak)

@@ -157,11 +157,6 @@ def _warm() -> None:
     pa.array(np.zeros(1))
 
 
-def _process_cpu() -> float:
-    """This process's CPU seconds, every thread, user and system."""
-    return time.process_time()
-
-
 def run_backfill_dask(
     fs: FeatureSet,
     events_path: Path,
@@ -187,12 +182,20 @@ def backfill_on(
     partitions: int | None = None,
     batch_rows: int = ROW_GROUP,
     row_group: int = ROW_GROUP,
+    *,
+    worker_cpu: bool = False,
 ) -> BackfillReport:
     """The job on an open Dask ``client`` (``partitions`` per entity; ``batch_rows`` read
     and written at a time; output row groups of ``row_group`` rows, pyarrow's default as
-    in the single-process job)."""
+    in the single-process job). ``worker_cpu`` (the benchmark's): each stage also reports
+    its workers' CPU seconds (``cpu_workers_*``, ``cpu_busiest_worker_*``), read with a
+    ``client.run`` per stage: a round trip through the scheduler to every worker, between
+    stages on the job's path, that a job not measured does not make."""
     with small_pages():
-        return _run(fs, events_path, out_dir, spine_path, client, partitions, batch_rows, row_group)
+        return _run(
+            fs, events_path, out_dir, spine_path, client, partitions, batch_rows, row_group,
+            worker_cpu,
+        )  # fmt: skip
 
 
 def _run(
@@ -204,26 +207,30 @@ def _run(
     partitions: int | None,
     batch_rows: int,
     row_group: int,
+    worker_cpu: bool,
 ) -> BackfillReport:
     report = BackfillReport()
     clock, cpu = time.perf_counter(), time.process_time()
     cpu_at = cpu
-
-    workers_at = client.run(_process_cpu)
+    # every worker process's CPU seconds, every thread, user and system
+    workers_at = client.run(time.process_time) if worker_cpu else {}
 
     def lap(name: str) -> None:
-        """The stage's wall seconds, this process's CPU seconds and the workers' (every
-        thread: the tasks' own clocks miss Arrow's threads and anything between tasks),
-        in all and on the busiest worker: a stage lasts at least that one's."""
+        """The stage's wall seconds and this process's CPU seconds; under ``worker_cpu``
+        the workers' too (every thread: the tasks' own clocks miss Arrow's threads and
+        anything between tasks), in all and on the busiest worker: a stage lasts at
+        least that one's."""
         nonlocal clock, cpu_at, workers_at
         now, cpu_now = time.perf_counter(), time.process_time()
-        workers_now = client.run(_process_cpu)
-        used = [c - workers_at.get(w, 0.0) for w, c in workers_now.items()]
         report.seconds[name] = round(now - clock, 3)
         report.seconds[f"cpu_driver_{name}"] = round(cpu_now - cpu_at, 3)
-        report.seconds[f"cpu_workers_{name}"] = round(sum(used), 3)
-        report.seconds[f"cpu_busiest_worker_{name}"] = round(max(used, default=0.0), 3)
-        clock, cpu_at, workers_at = now, cpu_now, workers_now
+        if worker_cpu:
+            workers_now = client.run(time.process_time)
+            used = [c - workers_at.get(w, 0.0) for w, c in workers_now.items()]
+            report.seconds[f"cpu_workers_{name}"] = round(sum(used), 3)
+            report.seconds[f"cpu_busiest_worker_{name}"] = round(max(used, default=0.0), 3)
+            workers_at = workers_now
+        clock, cpu_at = now, cpu_now
 
     split_tasks = pieces_of(events_path)  # one per row group; fails here on a bad file
     if partitions is None:

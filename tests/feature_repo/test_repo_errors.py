@@ -58,25 +58,24 @@ def test_redis_variable_unset_or_malformed_is_one_line(
 
 
 def test_relative_data_folder_is_taken_from_where_feast_runs(tmp_path: Path) -> None:
+    """Applied before the backfill wrote its tables (said at apply, before materialize
+    needs them), materialized after: both take the folder from where feast runs. (No note
+    once the tables are there: ``test_apply_and_materialize_into_redis_from_a_url``.)"""
     cfg = SimulationConfig(events=2_000, cards=40, merchants=8, days=2.0, seed=3)
-    write_events(simulate(cfg), tmp_path / "ev.parquet")
-    run_backfill(REFERENCE, tmp_path / "ev.parquet", tmp_path / "bf")
     shutil.copytree(ROOT / "feature_repo", tmp_path / "repo")
     yaml = "repo/embedded/feature_store.yaml"
-    # a folder without the backfill's tables is said at apply, before materialize needs them
-    done = _feast(
-        tmp_path, ["-c", "repo", "-f", yaml, "apply"], _env(tmp_path, SKEWLESS_FEAST_DATA="bf")
-    )
+    env = _env(tmp_path, SKEWLESS_FEAST_DATA="bf/feast")
+    done = _feast(tmp_path, ["-c", "repo", "-f", yaml, "apply"], env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert (
-        f"feature_repo: note: {tmp_path.resolve() / 'bf'} has no card_features_as_of_last_event"
-        ".parquet, merchant_features_as_of_last_event.parquet (yet)"
+        f"feature_repo: note: {tmp_path.resolve() / 'bf' / 'feast'} has no "
+        "card_features_as_of_last_event.parquet, merchant_features_as_of_last_event.parquet (yet)"
     ) in done.stderr
-    env = _env(tmp_path, SKEWLESS_FEAST_DATA="bf/feast")
-    for command in (["apply"], MATERIALIZE):
-        done = _feast(tmp_path, ["-c", "repo", "-f", yaml, *command], env)
-        assert done.returncode == 0, done.stdout + done.stderr
-        assert "note:" not in done.stderr
+    write_events(simulate(cfg), tmp_path / "ev.parquet")
+    run_backfill(REFERENCE, tmp_path / "ev.parquet", tmp_path / "bf")
+    done = _feast(tmp_path, ["-c", "repo", "-f", yaml, *MATERIALIZE], env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "note:" not in done.stderr
     store = FeatureStore(repo_path=str(tmp_path / "repo"), fs_yaml_file=tmp_path / yaml)
     view = store.get_feature_view("card_features_as_of_last_event")
     assert view.batch_source.path == str(
@@ -108,6 +107,7 @@ def test_apply_and_materialize_into_redis_from_a_url(
     for command in (["apply"], MATERIALIZE):
         done = _feast(tmp_path, ["-c", "repo", *command], env)
         assert done.returncode == 0, done.stdout + done.stderr
+        assert "note:" not in done.stderr  # the tables are there
     monkeypatch.setenv("SKEWLESS_FEAST_REDIS", url)
     store = FeatureStore(repo_path=str(tmp_path / "repo"))
     host_port = url.split("//", 1)[1].split("/", 1)[0]

@@ -111,11 +111,14 @@ def test_a_job_on_a_started_cluster_imports_nothing_in_its_workers(tmp_path: Pat
     """The workers import the task code, and what pyarrow imports lazily (pandas), at
     cluster start: in a worker's first task it was serial time (~2 CPU-s from source,
     ~0.4 from bytecode) at the head of every job, which a second worker cannot share.
-    Every stage reports its workers' CPU (all threads: at least their tasks' own)."""
+    Under the bench's ``worker_cpu``, every stage reports its workers' CPU (all threads:
+    at least their tasks' own)."""
     pq.write_table(_history(3), tmp_path / "events.parquet")
     with dask_client(1, None) as c:
         before = c.run(lambda: sorted(sys.modules))
-        report = backfill_on(c, REFERENCE, tmp_path / "events.parquet", tmp_path / "out")
+        report = backfill_on(
+            c, REFERENCE, tmp_path / "events.parquet", tmp_path / "out", worker_cpu=True
+        )
         after = c.run(lambda: sorted(sys.modules))
     (w,) = before
     # only the definitions' own module, which comes with them
@@ -126,6 +129,41 @@ def test_a_job_on_a_started_cluster_imports_nothing_in_its_workers(tmp_path: Pat
     for stage, name in tasks.items():
         assert s[f"cpu_busiest_worker_{stage}"] == s[f"cpu_workers_{stage}"]  # one worker
         assert s[f"cpu_workers_{stage}"] >= s[f"cpu_{name}_tasks"] - 0.002, stage
+
+
+class _Runs:
+    """The real client, counting its ``run`` calls (each a round trip through the
+    scheduler to every worker)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client, self.runs = client, 0
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        self.runs += 1
+        return self.client.run(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+def test_a_job_not_measured_reads_no_worker_clocks(client: Any, tmp_path: Path) -> None:
+    """The workers' CPU clocks are the bench's (``worker_cpu=True``): read per stage, they
+    were 5 ``client.run`` round trips on every job's path."""
+    pq.write_table(_history(4), tmp_path / "events.parquet")
+    counted = _Runs(client)
+    report = backfill_on(counted, REFERENCE, tmp_path / "events.parquet", tmp_path / "out")
+    assert counted.runs == 0
+    assert not [k for k in report.seconds if k.startswith(("cpu_workers", "cpu_busiest"))]
+    stages = ("split", "accept", "features_states", "assemble")
+    assert all(report.seconds[s] >= 0 and f"cpu_driver_{s}" in report.seconds for s in stages)
+    measured = _Runs(client)
+    again = backfill_on(
+        measured, REFERENCE, tmp_path / "events.parquet", tmp_path / "again", worker_cpu=True
+    )
+    assert measured.runs == 1 + len(stages)
+    assert {f"cpu_workers_{s}" for s in stages} <= set(again.seconds)
+    for name in _outputs(tmp_path / "out"):  # the same files either way
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
 
 
 def _regrouped(single: Path, into: Path, rows: int) -> None:
