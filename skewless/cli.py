@@ -11,6 +11,7 @@ from pathlib import Path
 
 from features.settings import Settings, tune_grpc
 from skewless.cli_lazy import ELSEWHERE, add_elsewhere, chosen
+from skewless.feast_start import feast_unchecked
 
 log = logging.getLogger("skewless")
 
@@ -346,6 +347,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     tune_grpc()
+    feast_unchecked()  # Feast's import without typeguard's ~6 CPU-s (skewless.feast_start)
     args = _parser(sys.argv[1:] if argv is None else argv).parse_args(argv)
     if getattr(args, "placeholder", False):  # the name was not told apart before parsing
         args = _parser().parse_args(argv)
