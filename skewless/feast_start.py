@@ -4,10 +4,10 @@ Feast decorates its public classes (``Entity``, ``FeatureView``, ``OnDemandFeatu
 ``DataSource``, ...) with typeguard's ``@typechecked``. typeguard 4 instruments when a class
 is defined: for each of its methods it reads the module's source, parses it and compiles the
 whole module again (typeguard issue #468). On the reference machine ``import feast`` took
-8.7-10.5 CPU-s with it and 2.4 s with Feast's decorators passed through (3 alternated
-rounds, load ~2; docs/perf-plan.md, "Feast's import"), and every skewless process that
-touches Feast paid it: the demo, ``verify``, ``feast-repo``, a stream or backfill on the
-embedded (SQLite) store.
+8.9-9.2 CPU-s with it and 2.4-2.5 with Feast's decorators passed through (3 alternated
+rounds; docs/perf-plan.md, "Feast's import"), and every skewless process that touches
+Feast paid it: the demo, ``verify``, ``feast-repo``, a stream or backfill on the embedded
+(SQLite) store.
 
 What Feast loses: the run-time checks of argument types on its own classes. In a skewless
 command Feast objects are made only by the generator from definitions already validated
