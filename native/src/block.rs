@@ -9,11 +9,11 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use pyo3::exceptions::{PyIndexError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyIndexError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyType};
 
-use crate::decode::{check_record, new_record};
+use crate::decode::{check_poll, key_matches, new_record};
 use crate::event::{txid_hash_bytes, EventParser, Parsed};
 use crate::shard::MIX;
 
@@ -204,18 +204,7 @@ pub fn decode_groups<'py>(
     check_at: Option<usize>,
 ) -> PyResult<Decoded<'py>> {
     let n = values.len();
-    if keys.len() != n || timestamps.len() != n {
-        return Err(PyTypeError::new_err(
-            "decode: values, keys and timestamps differ in length",
-        ));
-    }
-    if !(1..=16).contains(&bits) {
-        return Err(PyTypeError::new_err(format!(
-            "decode_groups: bits {bits} not in 1..=16"
-        )));
-    }
-    check_record(record, "record")?;
-    check_record(ingested, "ingested")?;
+    check_poll("decode_groups", n, keys, timestamps, bits, record, ingested)?;
     let p = parser.get();
     let ne = key_pos.len();
     let mut block = Block {
@@ -261,16 +250,10 @@ pub fn decode_groups<'py>(
                     }
                     let key = keys.get_item(i)?;
                     if let Some(c) = check_at {
-                        key_ok = match (parsed.get(c), key.downcast::<PyBytes>()) {
-                            (Some(Parsed::Int(v)), Ok(k)) => {
-                                k.as_bytes() == v.to_string().as_bytes()
-                            }
-                            (Some(Parsed::Int(_)), Err(_)) if key.is_none() => false,
-                            _ => {
-                                exact = false;
-                                true
-                            }
-                        };
+                        key_ok = key_matches(parsed.get(c), &key).unwrap_or_else(|| {
+                            exact = false;
+                            true
+                        });
                     }
                     if block.stride == 0 {
                         block.stride = parsed.len();

@@ -33,6 +33,41 @@ pub(crate) fn check_record(cls: &Bound<'_, PyType>, what: &str) -> PyResult<()> 
     }
 }
 
+/// The checks `decode_route` and `decode_groups` (`name`) make of one poll's arguments.
+pub(crate) fn check_poll(
+    name: &str,
+    n: usize,
+    keys: &Bound<'_, PyList>,
+    timestamps: &Bound<'_, PyList>,
+    bits: u32,
+    record: &Bound<'_, PyType>,
+    ingested: &Bound<'_, PyType>,
+) -> PyResult<()> {
+    if keys.len() != n || timestamps.len() != n {
+        return Err(PyTypeError::new_err(
+            "decode: values, keys and timestamps differ in length",
+        ));
+    }
+    if !(1..=16).contains(&bits) {
+        return Err(PyTypeError::new_err(format!(
+            "{name}: bits {bits} not in 1..=16"
+        )));
+    }
+    check_record(record, "record")?;
+    check_record(ingested, "ingested")
+}
+
+/// The key check of one message: its key must be the decimal bytes of the int at the
+/// checked field (a None key fails); None when the Python path decides (the field is not
+/// an int, or the key is neither bytes nor None).
+pub(crate) fn key_matches(field: Option<&Parsed<'_>>, key: &Bound<'_, PyAny>) -> Option<bool> {
+    match (field, key.downcast::<PyBytes>()) {
+        (Some(Parsed::Int(v)), Ok(k)) => Some(k.as_bytes() == v.to_string().as_bytes()),
+        (Some(Parsed::Int(_)), Err(_)) if key.is_none() => Some(false),
+        _ => None,
+    }
+}
+
 /// A new instance of the tuple subclass `cls` holding `items` (`tuple.__new__(cls, items)`).
 pub(crate) fn new_record<'py>(
     cls: &Bound<'py, PyType>,
@@ -136,18 +171,7 @@ pub fn decode_route<'py>(
     Vec<usize>,
 )> {
     let n = values.len();
-    if keys.len() != n || timestamps.len() != n {
-        return Err(PyTypeError::new_err(
-            "decode: values, keys and timestamps differ in length",
-        ));
-    }
-    if !(1..=16).contains(&bits) {
-        return Err(PyTypeError::new_err(format!(
-            "decode_route: bits {bits} not in 1..=16"
-        )));
-    }
-    check_record(record, "record")?;
-    check_record(ingested, "ingested")?;
+    check_poll("decode_route", n, keys, timestamps, bits, record, ingested)?;
     let parser = parser.get();
     let ne = key_pos.len();
     let mut out: Vec<Bound<'py, PyAny>> = Vec::with_capacity(n);
@@ -187,16 +211,10 @@ pub fn decode_route<'py>(
                     }
                     let key = keys.get_item(i)?;
                     if let Some(c) = check_at {
-                        key_ok = match (parsed.get(c), key.downcast::<PyBytes>()) {
-                            (Some(Parsed::Int(v)), Ok(k)) => {
-                                k.as_bytes() == v.to_string().as_bytes()
-                            }
-                            (Some(Parsed::Int(_)), Err(_)) if key.is_none() => false,
-                            _ => {
-                                routing = Routing::Python;
-                                true
-                            }
-                        };
+                        key_ok = key_matches(parsed.get(c), &key).unwrap_or_else(|| {
+                            routing = Routing::Python;
+                            true
+                        });
                     }
                     let event = new_record(record, items)?;
                     let txid = txid.into_pyobject(py)?.into_any();
