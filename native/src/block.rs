@@ -15,7 +15,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyType};
 
 use crate::decode::{check_poll, key_matches, new_record};
 use crate::event::{txid_hash_bytes, EventParser, Parsed};
-use crate::shard::MIX;
+use crate::shard_hash::{shard_of, MIX};
 
 /// One field of one event as `update_rows` reads it.
 #[derive(Clone, Copy)]
@@ -282,7 +282,7 @@ pub fn decode_groups<'py>(
         if exact {
             for (e, &id) in ids.iter().enumerate() {
                 let g = *maps[e].entry(id).or_insert_with(|| {
-                    let s = ((id as u64).wrapping_mul(MIX) >> (64 - bits)) as usize;
+                    let s = shard_of(id, bits);
                     groups[e].push((s, id, Vec::new()));
                     groups[e].len() - 1
                 });

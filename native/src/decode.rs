@@ -10,7 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple, PyType};
 
 use crate::event::{txid_hash_bytes, EventParser, Parsed};
-use crate::shard::MIX;
+use crate::shard_hash::shard_of;
 
 /// A tuple subclass without `__dict__` (a named tuple): instances are made as
 /// `tuple.__new__(cls, items)` makes them, without calling the class's Python `__new__`.
@@ -237,7 +237,7 @@ pub fn decode_route<'py>(
         }
         if routing == Routing::Exact {
             for (e, (id, key)) in ids.iter().enumerate() {
-                let s = ((*id as u64).wrapping_mul(MIX) >> (64 - bits)) as usize;
+                let s = shard_of(*id, bits);
                 let group = match &shards[e][s] {
                     Some(g) => g,
                     None => {

@@ -25,6 +25,7 @@ mod resp;
 mod rows;
 mod score_one;
 mod shard;
+mod shard_hash;
 mod states;
 mod summary;
 mod tiles;

@@ -13,6 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
 use crate::block::Events;
+use crate::shard_hash::shard_of;
 use crate::{engine, vals_to_list, Core, State};
 
 /// Items (over all the shard's entities) from which a call releases the GIL.
@@ -272,9 +273,6 @@ pub(crate) fn with_states<'py, R>(
     Ok(f(&mut sts, &reads))
 }
 
-/// Multiplier of the shard hash (Fibonacci hashing; `flows/stream_shard.py`'s `_MIX`).
-pub(crate) const MIX: u64 = 0x9E37_79B9_7F4A_7C15;
-
 /// A poll's items grouped for every entity by shard and entity id, as
 /// `flows.stream_shard.ShardRouter` groups them in Python: for each key position in
 /// `key_pos`, a list of `(shard, {entity_id: [items]})`, shards in the order first
@@ -310,7 +308,7 @@ pub fn route_shards<'py>(
             let Ok(id) = key.extract::<i64>() else {
                 return Ok(None);
             };
-            let s = ((id as u64).wrapping_mul(MIX) >> (64 - bits)) as usize;
+            let s = shard_of(id, bits);
             let group = match &shards[s] {
                 Some(g) => g,
                 None => {
