@@ -1,10 +1,11 @@
 """The stream engine's own update and row on the drain's real workload.
 
 The bench stream's events (``bench.stream._simulated``: 200k events, 10 days, seed 5),
-parsed by the stream's decoder, 5,000 per poll, routed by the flow's shard router
-(``flows.stream_shard.ShardRouter``), then per entity and touched shard one
-``skewless_native.update_rows`` call, as the sharded layout's step makes it, in this
-thread, without Bytewax, Kafka or Redis:
+5,000 per poll, keyed by card id as the bench topic's messages are, decoded and grouped by
+the sharded layout's decoder (``Decoder.routed``: each ``(entity, id)`` group an ``Events``
+view of the poll's columns, what the flow's step hands the engine), then per entity and
+touched shard one ``skewless_native.update_rows`` call, as the sharded layout's step makes
+it, in this thread, without Bytewax, Kafka or Redis:
 
 * ``cpu_us_per_event``: this thread's CPU time in ``update_rows`` over the run, per
   event (both entities: what the drain's engine costs per event);
@@ -34,35 +35,38 @@ from features.plan import compile_plan
 from features.reference import REFERENCE
 from flows.stream_decode import Decoder
 from flows.stream_entity import _EntityContext
-from flows.stream_io import Ingested, table_to_messages
+from flows.stream_io import table_to_messages
 from flows.stream_shard import Group, ShardRouter
 from flows.stream_source import KafkaBatch
 
 POLL = 5000  # the thin source's batch in a drain
 
 
-def polls(fs: FeatureSet, table: pa.Table, poll: int = POLL) -> list[list[Ingested]]:
-    """The table's events as the stream decodes them, one list per poll."""
-    plan = compile_plan(fs)
-    decoder = Decoder(plan)
+def polls(fs: FeatureSet, table: pa.Table, poll: int = POLL) -> list[list[KafkaBatch]]:
+    """The table's messages as the thin source hands them to the decoder, one poll each,
+    keyed by card id (``bench.stream._pairs``: the drain's key check passes)."""
     msgs = table_to_messages(table)
-    out: list[list[Ingested]] = []
+    keys: list[bytes | None] = [
+        str(c).encode() for c in table.column(fs.primary.join_key).to_pylist()
+    ]
+    out: list[list[KafkaBatch]] = []
     for lo in range(0, len(msgs), poll):
         values = msgs[lo : lo + poll]
         n = len(values)
-        batch = KafkaBatch(0, list(range(lo, lo + n)), [None] * n, values, [1] * n)
-        out.append([x for x in decoder([batch]) if type(x) is Ingested])
+        out.append([KafkaBatch(0, list(range(lo, lo + n)), keys[lo : lo + n], values, [1] * n)])
     return out
 
 
-def routed(fs: FeatureSet, work: list[list[Ingested]]) -> list[list[Group]]:
-    """Per poll, per touched shard of each entity: ``(entity, {entity_id: [events]})``,
-    the flow's router's groups."""
+def routed(fs: FeatureSet, work: list[list[KafkaBatch]]) -> list[list[Group]]:
+    """Per poll, per touched shard of each entity: ``(entity, {entity_id: events})`` as
+    the flow's decoder groups them (``Decoder.routed``, the key check on): the events an
+    ``Events`` view of the poll's columns where the native core has ``decode_groups``,
+    as ``update_rows`` reads them in the stream (section 14, docs/perf-plan.md)."""
     plan = compile_plan(fs)
     keys = [(e.name, plan.entity(e.name).key) for e in plan.entities]
     positions = [fs.schema.position(e.join_key) for e in plan.entities]
-    router = ShardRouter(keys, positions)
-    return [[group for _, group in router(items)] for items in work]
+    decoder = Decoder(plan, check_keys=True, router=ShardRouter(keys, positions))
+    return [[group for _, group in decoder.routed(msgs).routed] for msgs in work]
 
 
 def _contexts(fs: FeatureSet) -> dict[str, _EntityContext]:

@@ -1,5 +1,6 @@
 """The engine micro-benchmark (``bench/stream_engine.py``) feeds the drain's events through
-``update_rows`` as the flow routes them, and its cut passes (``update_rows_upto``) evolve
+``update_rows`` as the flow routes them (the decoder's ``Events`` views, not tuples), and
+its cut passes (``update_rows_upto``) evolve
 the states exactly as the whole call does (so its phase split is a split of the same
 work)."""
 
@@ -13,6 +14,7 @@ from bench.stream_engine import _contexts, measure, polls, routed
 from features.native import native
 from features.reference import REFERENCE
 from flows.simulate import SimulationConfig, simulate
+from flows.stream_io import Ingested
 
 
 def _run(groups: list[Any], phase: int | None) -> tuple[dict[str, dict[int, bytes]], int]:
@@ -50,6 +52,19 @@ def test_every_cut_evolves_the_states_as_update_rows(table: Any) -> None:
     with pytest.raises(ValueError, match="phase 4 is not 1, 2 or 3"):
         ctx = _contexts(REFERENCE)["card"]
         native.update_rows_upto(ctx.core, [], [], ctx.time_pos, ctx.value_pos, 4)
+
+
+def test_groups_are_the_flows_column_views(table: Any) -> None:
+    """What the stream's step hands ``update_rows`` (``Decoder.routed``'s ``Events``), not
+    a tuple per event; the same states and rows as the events materialized."""
+    groups = routed(REFERENCE, polls(REFERENCE, table, poll=500))
+    views = [g for poll in groups for _, by_id in poll for g in by_id.values()]
+    assert len(views) > 100 and {type(g) for g in views} == {native.Events}
+    tuples = [[(e, {i: list(g) for i, g in by_id.items()}) for e, by_id in poll] for poll in groups]
+    assert {type(x) for poll in tuples for _, by_id in poll for g in by_id.values() for x in g} == {
+        Ingested
+    }
+    assert _run(groups, None) == _run(tuples, None)
 
 
 def test_measure_counts_every_event_and_row(table: Any) -> None:
