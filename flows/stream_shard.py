@@ -67,7 +67,16 @@ def shard_key(entity: str, shard: int) -> str:
 
 class RowBatch(list[RowOut]):
     """A shard's new rows of one batch: one Bytewax item instead of one per entity (the
-    sink takes it apart)."""
+    sink takes it apart). ``shard``: ``(entity, shard)`` of its rows (None: not known), one
+    row per entity id. Two batches of different shards never hold the same entity, so the
+    sink takes the rows of a write whose batches are all of distinct shards as they are,
+    without a per-row dedup (the same rows, in the same order)."""
+
+    __slots__ = ("shard",)
+
+    def __init__(self, rows: Iterable[RowOut] = (), shard: tuple[str, int] | None = None) -> None:
+        super().__init__(rows)
+        self.shard = shard
 
 
 Logic = Any  # flows.stream.EntityLogic (imported by the flow, not here: no cycle)
@@ -231,7 +240,9 @@ class ShardLogic(StatefulBatchLogic[Group, Any, Any]):
                 rows.append(x)
             else:
                 out.append(x)
-        if not rows:
+        if rows:
+            rows.shard = (entity, shard_of(rows[0].row.entity_id))
+        else:
             out.pop(0)
         return out, StatefulBatchLogic.RETAIN
 

@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from operator import itemgetter
 from typing import Any, Protocol, TypeVar
 
 from bytewax.inputs import DynamicSource, StatelessSourcePartition
@@ -272,6 +273,44 @@ def _chunks(rows: dict[str, list[OnlineRow]], size: int) -> Iterator[dict[str, l
     yield chunk
 
 
+_ROW: Callable[[RowOut], OnlineRow] = itemgetter(1)  # RowOut's row
+_PRODUCED: Callable[[RowOut], int] = itemgetter(2)  # and its produced_ms
+
+
+def latest_rows(items: Sequence[RowOut | RowBatch]) -> tuple[dict[str, list[OnlineRow]], list[int]]:
+    """The newest row of each ``(entity, id)`` among a write's rows (its last one: it holds
+    the newest state), per entity in the order each key first came, and their produced
+    times in that order. Shard batches of distinct shards (the sharded layout's write of
+    a poll) hold each key once: taken as they are, no per-row dict."""
+    batches = [b for b in items if type(b) is RowBatch]
+    shards = {b.shard for b in batches}
+    if len(batches) == len(items) and len(shards) == len(batches) and None not in shards:
+        by_entity: dict[str, list[OnlineRow]] = {}
+        produced: list[int] = []
+        for b in batches:
+            if not b:
+                continue
+            entity = b[0].entity
+            have = by_entity.get(entity)
+            if have is None:
+                by_entity[entity] = list(map(_ROW, b))
+            else:
+                have += map(_ROW, b)
+            produced += map(_PRODUCED, b)
+        return by_entity, produced
+    latest: dict[tuple[str, int], tuple[OnlineRow, int]] = {}
+    for item in items:
+        if type(item) is RowBatch:  # a shard's rows (flows/stream_shard.py)
+            for r in item:
+                latest[(r.entity, r.row.entity_id)] = (r.row, r.produced_ms)
+        elif type(item) is RowOut:
+            latest[(item.entity, item.row.entity_id)] = (item.row, item.produced_ms)
+    by_entity = {}
+    for (entity, _), (row, _) in latest.items():
+        by_entity.setdefault(entity, []).append(row)
+    return by_entity, [p for _, p in latest.values()]
+
+
 class _StorePartition(StatelessSinkPartition[RowOut | RowBatch | Tick | Evicted]):
     def __init__(
         self,
@@ -299,37 +338,30 @@ class _StorePartition(StatelessSinkPartition[RowOut | RowBatch | Tick | Evicted]
         return self.watch.write(by_entity, self.held.resumed, extra)
 
     def write_batch(self, items: list[RowOut | RowBatch | Tick | Evicted]) -> None:
-        latest: dict[tuple[str, int], tuple[OnlineRow, int]] = {}
+        rows: list[RowOut | RowBatch] = []
         evicted: list[Evicted] = []
-        for item in items:  # the last row of a key holds its newest state
-            if type(item) is RowOut:
-                latest[(item.entity, item.row.entity_id)] = (item.row, item.produced_ms)
-            elif type(item) is Evicted:
-                evicted.append(item)
-            elif type(item) is RowBatch:  # a shard's rows (flows/stream_shard.py)
-                for r in item:
-                    latest[(r.entity, r.row.entity_id)] = (r.row, r.produced_ms)
+        for item in items:
+            kind = type(item)
+            if kind is RowBatch or kind is RowOut:
+                rows.append(item)  # type: ignore[arg-type]
+            elif kind is Evicted:
+                evicted.append(item)  # type: ignore[arg-type]
         if evicted and self.evictions is not None:  # written with the rows, same epoch
             lost = _retrying(lambda: self._write({}, evicted))
             self.evictions.written(evicted)
             while lost:
                 lost = self._rewrite(lost)
-        if not latest:
+        by_entity, produced = latest_rows(rows)
+        if not produced:
             self._tick()
             return
-        by_entity: dict[str, list[OnlineRow]] = {}
-        for (entity, _), (row, _) in latest.items():
-            by_entity.setdefault(entity, []).append(row)
         start = time.perf_counter()
         lost = _retrying(lambda: self._write(by_entity))
         self.checked = time.monotonic()
         METRICS.write_seconds.observe(time.perf_counter() - start)
-        METRICS.rows.inc(len(latest))
+        METRICS.rows.inc(len(produced))
         now = time.time() * 1000
-        observe_many(
-            METRICS.freshness,
-            [max(now - produced, 0.0) / 1000 for _, produced in latest.values() if produced],
-        )
+        observe_many(METRICS.freshness, [max(now - p, 0.0) / 1000 for p in produced if p])
         while lost:
             lost = self._rewrite(lost)
 
