@@ -233,7 +233,7 @@ def _run(
             path = out_dir / "feast" / offline_table_name(entity_of[done])
             written.append(write_in_groups(writer, done.result(), path))
         lap("feast_tables")
-        for pending in written:  # each file's row groups joined as they are encoded
+        for pending in written:  # each file joined by its last row group's task
             pending.finish()
     lap("write")
     stages.close()
