@@ -130,3 +130,39 @@ def test_job_on_dictionary_encoded_codes_writes_the_plain_files_bytes(tmp_path: 
     assert len(files) == 5
     for f in files:
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+
+
+def test_dask_split_validates_the_codes_and_writes_the_plain_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cloudpickle
+
+    from features.validate import Validator
+    from flows.backfill_split import split_piece
+
+    table = _events()
+    with_codes, plain = tmp_path / "codes.parquet", tmp_path / "plain.parquet"
+    pq.write_table(table, with_codes, row_group_size=2_500)
+    pq.write_table(table, plain, use_dictionary=False, row_group_size=2_500)
+    hints: list[list[str]] = []
+    validate = Validator.validate_table
+
+    def recording(self: Validator, t: pa.Table, *encoded: object) -> tuple[pa.Table, pa.Table]:
+        hints.append(sorted(encoded[0]) if encoded and encoded[0] else [])
+        return validate(self, t, *encoded)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Validator, "validate_table", recording)
+    blob = cloudpickle.dumps(REFERENCE)
+    out = {}
+    for path in (with_codes, plain):
+        tmp = tmp_path / path.stem
+        split_piece(blob, str(path), 1, 2_500, str(tmp), 2, 1_000, 0)
+        out[path.stem] = {
+            kind: pa.ipc.open_file(str(tmp / kind / "000000.arrow")).read_all()
+            for kind in ("valid", "rejects")
+        }
+    assert hints == [["country", "currency"]] * 3 + [[]] * 3  # batches of 1,000 rows
+    for kind in ("valid", "rejects"):
+        assert out["codes"][kind].equals(out["plain"][kind])
+        assert out["codes"][kind].schema.equals(out["plain"][kind].schema, check_metadata=True)
+    assert out["codes"]["rejects"].num_rows > 0
