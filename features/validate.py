@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -195,14 +195,18 @@ class Validator:
         return json.dumps(body, separators=(",", ":")).encode()
 
     # -- tables --------------------------------------------------------------------------
-    def validate_table(self, table: pa.Table) -> tuple[pa.Table, pa.Table]:
+    def validate_table(
+        self, table: pa.Table, encoded: Mapping[str, pa.ChunkedArray] | None = None
+    ) -> tuple[pa.Table, pa.Table]:
         """Split an events table into (valid, rejects).
 
         ``valid`` has the schema's columns normalized (int64, float64, string, bool, the
         time fields as timestamp[ms, UTC]) plus ``row`` (position in the file) and any extra
         columns; ``rejects`` has every invalid row's original values, ``row`` and the
         ``reason`` naming the first broken field. Raises :class:`SchemaError` for a file
-        that is not an events table of this schema."""
+        that is not an events table of this schema. ``encoded``: string columns the
+        caller also holds dictionary-encoded (same values), whose rules then run per
+        distinct value."""
         from features.validate_table import validate_table
 
-        return validate_table(self.schema, table)
+        return validate_table(self.schema, table, encoded)

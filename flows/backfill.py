@@ -38,6 +38,7 @@ from flows.backfill_events import (
     _ms,
     each,
     load_events,
+    read_events,
 )
 from flows.backfill_feast import (
     EndStates,
@@ -61,6 +62,7 @@ __all__ = [
     "feature_table",
     "load_events",
     "parquet_options",
+    "read_events",
     "run_backfill",
     "small_pages",
 ]
@@ -183,10 +185,10 @@ def _run(
 
     from flows.inputs import read_parquet
 
-    table = read_parquet(events_path, "events")
+    table, encoded = read_events(events_path, fs.schema)
     lap("read", f"{table.num_rows:,} events")
-    valid, events, rejects, late = load_events(fs, table, report)
-    del table
+    valid, events, rejects, late = load_events(fs, table, report, encoded)
+    del table, encoded
     lap("validate_dedup_late", f"{report.rejected:,} rejected, {report.late:,} late")
     spine = read_parquet(spine_path, "spine") if spine_path else valid
     report.spine_rows = spine.num_rows
@@ -231,7 +233,7 @@ def _run(
             path = out_dir / "feast" / offline_table_name(entity_of[done])
             written.append(write_in_groups(writer, done.result(), path))
         lap("feast_tables")
-        for pending in written:  # each file's row groups joined as they are encoded
+        for pending in written:  # each file joined by its last row group's task
             pending.finish()
     lap("write")
     stages.close()

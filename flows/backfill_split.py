@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from features.plan import compile_plan
 from features.schema import SchemaError
 from flows.backfill import _ms
+from flows.backfill_events import decode_codes, small_dictionaries
 from flows.backfill_part import KEY, ROW, TS, TXID, field_column, load_fs
 
 #: pyarrow's default row group length (``write_table`` without ``row_group_size``)
@@ -102,8 +103,12 @@ def split_piece(
     split = Splitter(root / "events", [e.name for e in plan.entities], partitions, piece)
     sinks: dict[str, Any] = {}
     n, n_valid = 0, 0
-    for table in _group_batches(pq.ParquetFile(events), row_group, rows):
-        valid, bad = plan.validator.validate_table(table)
+    # the small-dictionary string columns as codes: read cheaper, validated per value
+    codes = small_dictionaries(Path(events), fs.schema)
+    pf = pq.ParquetFile(events, read_dictionary=codes or None)
+    for batch in _group_batches(pf, row_group, rows):
+        table, encoded = decode_codes(batch, codes)
+        valid, bad = plan.validator.validate_table(table, encoded)
         valid, bad = _shift_rows(valid, offset + n), _shift_rows(bad, offset + n)
         n += table.num_rows
         n_valid += valid.num_rows

@@ -6,7 +6,8 @@ One ``write_table`` encodes a whole file on one thread: the last Feast table to 
 was written alone at the job's end (~0.4 s of 2M events' card table) while the other
 core waited. Row groups are independent (pages hold no file offsets), so each is a task
 writing its own file: the first in place, the others beside it, their pages then
-appended to the first (in the kernel: ``copy_file_range``) under the joint footer.
+appended to the first (in the kernel: ``copy_file_range``) under the joint footer, by the
+task that finishes last.
 
 >>> import pyarrow as pa, pyarrow.parquet as pq, tempfile, pathlib
 >>> from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ True
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import Any
@@ -72,13 +74,35 @@ def write(table: pa.Table, path: Path, row_group: int | None = None) -> None:
 
 
 class PendingFile:
-    """A file whose row groups are being encoded; :meth:`finish` joins them in order."""
+    """A file whose row groups are being encoded. The task that encodes its last row group
+    joins them (in order, on that writer thread) as soon as all are written, so that the
+    job's end waits only for the files encoded last, not for every file's join in turn on
+    the main thread (2M events: ~0.15-0.3 CPU-s of serial copying and footers).
+    :meth:`finish` waits for that join."""
 
     def __init__(self, path: Path, parts: list[Future[None]]) -> None:
         self.path, self._parts = path, parts
+        self._joined: Future[None] = Future()
+        self._left = len(parts)
+        self._lock = threading.Lock()
+        for part in parts:
+            part.add_done_callback(self._part_done)
 
-    def finish(self) -> None:
-        """Wait for the encoding, join the file (raises what a task raised)."""
+    def _part_done(self, _: Future[None]) -> None:
+        with self._lock:
+            self._left -= 1
+            if self._left:
+                return
+        try:
+            self._join()
+        except BaseException as exc:  # handed to finish(), re-raised there
+            self._joined.set_exception(exc)
+        else:
+            self._joined.set_result(None)
+
+    def _join(self) -> None:
+        """Every row group written: raise what a task raised, else append the others to
+        the first and write the joint footer."""
         try:
             for part in self._parts:
                 part.result()
@@ -94,6 +118,15 @@ class PendingFile:
         finally:
             for k in range(1, len(self._parts)):
                 _part(self.path, k).unlink(missing_ok=True)
+
+    @property
+    def joined(self) -> bool:
+        """Whether the file is complete (or its writing failed)."""
+        return self._joined.done()
+
+    def finish(self) -> None:
+        """Wait for the encoding and the join (raises what a task raised)."""
+        self._joined.result()
 
 
 def _part(path: Path, k: int) -> Path:

@@ -3,13 +3,16 @@ and the values read back unchanged."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
-from flows.backfill_write import parquet_options
+from flows import backfill_write
+from flows.backfill_write import parquet_options, write_in_groups
 
 
 def test_options_by_column_type(tmp_path: Path) -> None:
@@ -61,3 +64,36 @@ def test_pages_are_not_capped_at_20k_rows(tmp_path: Path) -> None:
     ours, capped = chunk_bytes(), chunk_bytes(max_rows_per_page=20_000)
     assert ours < capped
     assert ours < 800_000 + 64  # one page: values, one header, one run of levels
+
+
+def test_a_file_is_joined_by_its_last_row_group_task(tmp_path: Path) -> None:
+    t = pa.table({"x": list(range(10)), "s": [str(i % 3) for i in range(10)]})
+    pq.write_table(t, tmp_path / "whole.parquet", row_group_size=4, **parquet_options(t.schema))
+    out = tmp_path / "groups.parquet"
+    with ThreadPoolExecutor(2) as pool:
+        pending = write_in_groups(pool, t, out, row_group=4)
+    # every task has run, finish() not yet called: the file is whole, its parts gone
+    assert pending.joined
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["groups.parquet", "whole.parquet"]
+    assert out.read_bytes() == (tmp_path / "whole.parquet").read_bytes()
+    pending.finish()
+    assert out.read_bytes() == (tmp_path / "whole.parquet").read_bytes()
+
+
+def test_a_failed_row_group_fails_finish_and_leaves_no_parts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t = pa.table({"x": list(range(10))})
+    write = backfill_write.write
+
+    def failing(table: pa.Table, path: Path, row_group: int | None = None) -> None:
+        write(table, path, row_group)
+        if path.name.endswith(".part1"):
+            raise OSError("disk full")
+
+    monkeypatch.setattr(backfill_write, "write", failing)
+    with ThreadPoolExecutor(2) as pool:
+        pending = write_in_groups(pool, t, tmp_path / "out.parquet", row_group=4)
+    with pytest.raises(OSError, match="disk full"):
+        pending.finish()
+    assert not [p for p in tmp_path.iterdir() if ".part" in p.name]
