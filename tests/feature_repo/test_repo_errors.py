@@ -1,6 +1,7 @@
 """The real ``feast`` CLI on a copy of feature_repo/: an unset or malformed
 ``SKEWLESS_FEAST_REDIS`` is one line naming it (no ``KeyError: 'port'`` traceback, no silent
-``apply``), and a relative ``SKEWLESS_FEAST_DATA`` is taken from the folder feast runs in."""
+``apply``), and a ``redis://`` URL works. (A relative ``SKEWLESS_FEAST_DATA`` is taken from
+the folder feast runs in: test_repo.py.)"""
 
 from __future__ import annotations
 
@@ -55,38 +56,6 @@ def test_redis_variable_unset_or_malformed_is_one_line(
     assert len(lines) == 1 and lines[0].startswith(f"feature_repo: {said}"), done.stderr
     assert "export SKEWLESS_FEAST_REDIS=127.0.0.1:6379,db=0" in lines[0]
     assert not (tmp_path / "repo" / "data" / "registry.db").exists()  # nothing applied
-
-
-def test_relative_data_folder_is_taken_from_where_feast_runs(tmp_path: Path) -> None:
-    """Applied before the backfill wrote its tables (said at apply, before materialize
-    needs them), materialized after: both take the folder from where feast runs. (No note
-    once the tables are there: ``test_apply_and_materialize_into_redis_from_a_url``.)"""
-    cfg = SimulationConfig(events=2_000, cards=40, merchants=8, days=2.0, seed=3)
-    shutil.copytree(ROOT / "feature_repo", tmp_path / "repo")
-    yaml = "repo/embedded/feature_store.yaml"
-    env = _env(tmp_path, SKEWLESS_FEAST_DATA="bf/feast")
-    done = _feast(tmp_path, ["-c", "repo", "-f", yaml, "apply"], env)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert (
-        f"feature_repo: note: {tmp_path.resolve() / 'bf' / 'feast'} has no "
-        "card_features_as_of_last_event.parquet, merchant_features_as_of_last_event.parquet (yet)"
-    ) in done.stderr
-    write_events(simulate(cfg), tmp_path / "ev.parquet")
-    run_backfill(REFERENCE, tmp_path / "ev.parquet", tmp_path / "bf")
-    done = _feast(tmp_path, ["-c", "repo", "-f", yaml, *MATERIALIZE], env)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "note:" not in done.stderr
-    store = FeatureStore(repo_path=str(tmp_path / "repo"), fs_yaml_file=tmp_path / yaml)
-    view = store.get_feature_view("card_features_as_of_last_event")
-    assert view.batch_source.path == str(
-        tmp_path.resolve() / "bf" / "feast" / "card_features_as_of_last_event.parquet"
-    )
-    ids = sorted(set(simulate(cfg).column("card_id").to_pylist()))
-    got = store.get_online_features(
-        features=["card_features_as_of_last_event:card_txn_count_24h"],
-        entity_rows=[{"card_id": i} for i in ids],
-    ).to_dict()["card_txn_count_24h"]
-    assert len(got) == len(ids) and all(v is not None for v in got), got
 
 
 @pytest.mark.integration

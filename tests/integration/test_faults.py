@@ -216,9 +216,16 @@ def test_server_restart_mid_run_fails_no_request_and_serves_exact_features(
     assert _check_features(resps, recent, run["table"]) == 0
 
 
-def test_sustained_load_60s_flat_memory_zero_errors(
+def test_sustained_load_30s_flat_memory_zero_errors(
     streamed_through_a_broker_restart: dict[str, Any], tmp_path: Path
 ) -> None:
+    """4 clients for 30 s: no error, and the server's RSS flat after warm-up. The bound is
+    the 60 s soak's, per second of load: it allowed 10% + 5 MB over the ~45 s after its
+    warm-up; 17.5 s here is 0.39 of that, and 3.5% + 1.9 MB is under 0.39 of both, so a
+    leak per request that failed it fails this. The server's timed work (the registry
+    poll, every 1 s) still runs ~30 times. RSS sampled every second stayed within 0.25 MB
+    from 8 s to 60 s (30,500 requests, load ~6): docs/perf-plan.md, "Session 11: the
+    suite's time"."""
     run = streamed_through_a_broker_restart
     reqs, _ = _requests(run["table"])
     server, channel, stub = _serve(run, tmp_path, seed=4)
@@ -241,7 +248,7 @@ def test_sustained_load_60s_flat_memory_zero_errors(
         t.start()
     samples = []
     try:
-        for _ in range(12):  # 60 s, RSS every 5 s
+        for _ in range(6):  # 30 s, RSS every 5 s
             time.sleep(5)
             samples.append(server.rss_mb())
     finally:
@@ -252,5 +259,5 @@ def test_sustained_load_60s_flat_memory_zero_errors(
     server.stop()
     assert errors == []
     assert done[0] > 1_000
-    warm = np.median(samples[1:4])  # after warm-up
-    assert samples[-1] < warm * 1.10 + 5, f"memory grew: {samples}"
+    warm = np.median(samples[1:3])  # after warm-up (10 s, 15 s)
+    assert samples[-1] < warm * 1.035 + 1.9, f"memory grew: {samples}"

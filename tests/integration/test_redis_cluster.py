@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import warnings
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -219,35 +220,48 @@ def test_server_on_the_cluster_answers_as_on_one_server(
 
 
 def test_feast_materialize_and_sdk_read_the_cluster(
-    streamed: dict[str, Any], redis_cluster: RedisClusterNodes, tmp_path: Path
+    streamed: dict[str, Any],
+    redis_cluster: RedisClusterNodes,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """`skewless feast-repo` on a cluster URL writes Feast's cluster config; Feast's
+    materialize through it writes every card on every master and the SDK reads the stream's
+    values back. In this process (`skewless.cli.main`, the Feast SDK's ``apply`` and
+    ``materialize``: the calls the ``feast`` CLI makes): the CLI itself on a generated repo
+    is tested in tests/skewless/test_feast_repo.py, and a new process would pay Feast's
+    import (~9 CPU-s per ``feast`` command)."""
+    from feast import FeatureStore
+
+    from features.feast_objects import build_feast_objects
+    from skewless.cli import main
+
     work = streamed["work"]
     run_backfill(REFERENCE, work / "events.parquet", tmp_path / "bf")
     repo = tmp_path / "repo"
-    _run(["feast-repo", "--out", str(repo)], _env(redis_cluster.url, tmp_path))
+    for name in [k for k in os.environ if k.startswith(("SKEWLESS_", "BYTEWAX_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("SKEWLESS_REDIS_URL", redis_cluster.url)
+    assert main(["feast-repo", "--out", str(repo)]) == 0
     yaml_text = (repo / "feature_store.yaml").read_text()
     assert "redis_type: redis_cluster" in yaml_text, yaml_text
     host, port = parse_cluster_url(redis_cluster.url).seeds[0]
     assert f"connection_string: {host}:{port}," in yaml_text
-    env = {"PATH": str(Path(sys.executable).parent), "PYTHONPATH": str(sup.ROOT),
-           "SKEWLESS_FEAST_DATA": str(tmp_path / "bf" / "feast")}  # fmt: skip
-    feast = str(Path(sys.executable).parent / "feast")
     store = open_store(StoreConfig(redis_cluster.url), REFERENCE)
     cards = sorted(set(streamed["table"].column("card_id").to_pylist()))
     streamed_states = store.read_states([("card", c) for c in cards])
     # Feast skips a row whose stored _ts is not older: start from an empty cluster, so that
     # what Feast reads below comes from materialize alone
     _flush(redis_cluster)
-    for cmd in (["apply"], ["materialize", "2000-01-01T00:00:00", "2100-01-01T00:00:00"]):
-        done = subprocess.run(
-            [feast, *cmd], cwd=repo, env=env, capture_output=True, text=True, timeout=300
-        )
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sdk = FeatureStore(repo_path=str(repo))  # the generated feature_store.yaml
+        sdk.apply(build_feast_objects(REFERENCE, tmp_path / "bf" / "feast").all())
+        sdk.materialize(datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
     boot = store.read_states([("card", c) for c in cards], bootstrap=True)
     assert all(b is not None for b in boot)  # materialize wrote every card, on every master
     layout = Engine(REFERENCE).layout("card")
     codec = StateCodec(layout)
-    from feast import FeatureStore
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

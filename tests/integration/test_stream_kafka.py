@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -234,7 +234,10 @@ def test_bootstrap_by_materialize_then_stream_equals_one_backfill(
     kafka_bootstrap: str, redis_url: str, tmp_path: Path
 ) -> None:
     """R4: backfill up to T -> feast materialize -> stream the rest (with an overlap that
-    must not be counted twice) == one backfill over everything."""
+    must not be counted twice) == one backfill over everything. Materialized through the
+    Feast SDK in this process (``FeatureStore.materialize``, the call ``feast materialize``
+    makes, as ``skewless demo`` does): the ``feast`` CLI itself, on feature_repo/ into
+    Redis, is tested in tests/feature_repo/test_repo_errors.py."""
     table = sup.events(20_000, seed=21)
     ms = pc.cast(table.column("event_time"), pa.int64())
     cut = int(pc.quantile(ms, 0.7)[0].as_py())
@@ -245,19 +248,10 @@ def test_bootstrap_by_materialize_then_stream_equals_one_backfill(
     pq.write_table(before, tmp_path / "before.parquet")
     run_backfill(REFERENCE, tmp_path / "before.parquet", tmp_path / "bf")
     url = sup.redis_db_url(redis_url, 6)
-    repo = tmp_path / "repo"
-    shutil.copytree(sup.ROOT / "feature_repo", repo)
-    env = sup.stream_env(kafka_bootstrap, url, "unused", tmp_path)
-    host_port = url.split("//")[1].split("/")[0]
-    env.update(
-        SKEWLESS_FEAST_REDIS=f"{host_port},db=6", SKEWLESS_FEAST_DATA=str(tmp_path / "bf" / "feast")
+    fstore = open_feature_store(
+        StoreConfig(redis_url=url, workdir=tmp_path / "feast"), REFERENCE, tmp_path / "bf" / "feast"
     )
-    feast = [str(Path(sys.executable).parent / "feast")]
-    for cmd in (["apply"], ["materialize", "2000-01-01T00:00:00", "2100-01-01T00:00:00"]):
-        done = subprocess.run(
-            [*feast, *cmd], cwd=repo, env=env, capture_output=True, text=True, timeout=300
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
+    fstore.materialize(datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
     topic = "after-cut"
     sup.create_topic(kafka_bootstrap, topic, 2)
     sup.produce_mixed(kafka_bootstrap, topic, after, [])

@@ -60,6 +60,9 @@ def test_feast_apply_and_materialize_in_a_generated_repo(tmp_path: Path) -> None
         feast_sdk = FeatureStore(repo_path=str(repo))
         views = sorted(v.name for v in feast_sdk.list_on_demand_feature_views())
         assert views == ["item_features_at_request", "user_features_at_request"]
+        # per entity, the view of the values as of the last event, under a name that says so
+        plain = sorted(v.name for v in feast_sdk.list_batch_feature_views())
+        assert plain == ["item_features_as_of_last_event", "user_features_as_of_last_event"]
         name = next(a.name for a in fs.for_entity("user") if a.op.value == "count")
         t = max(int(x) for x in pq.read_table(tmp_path / "bf" / "feast" / "user_features_as_of_last_event.parquet")
                 .column("event_timestamp").cast("int64").to_pylist()) + 1  # fmt: skip
@@ -73,9 +76,12 @@ def test_feast_apply_and_materialize_in_a_generated_repo(tmp_path: Path) -> None
 def test_the_two_views_say_what_they_hold_and_the_plain_one_reads_the_stream(
     tmp_path: Path,
 ) -> None:
-    """`feast apply` on a generated repo lists, per entity, the view of the values as of the
-    last event and the request-time one, under names that say so; the plain view returns
-    the as-of-last values the stream wrote (finalized from its own state bytes)."""
+    """A generated repo holds, per entity, the view of the values as of the last event and
+    the request-time one, under names that say so; the plain view returns the as-of-last
+    values the stream wrote (finalized from its own state bytes). Applied in this process
+    with what the generated ``repo.py`` registers (the ``feast`` CLI's ``apply`` on a
+    generated repo: the test above), listed as ``feast feature-views list`` and ``feast
+    on-demand-feature-views list`` list (batch views + on-demand views)."""
     import math
     import warnings
 
@@ -83,7 +89,8 @@ def test_the_two_views_say_what_they_hold_and_the_plain_one_reads_the_stream(
     from bytewax.testing import run_main
     from feast import FeatureStore
 
-    from features.feast_objects import view_name
+    from features.feast_objects import build_feast_objects, view_name
+    from features.feast_request import request_time_views
     from features.reference_codec import StateCodec
     from features.reference_engine import Engine
     from flows.stream import StreamConfig, build_flow
@@ -98,26 +105,16 @@ def test_the_two_views_say_what_they_hold_and_the_plain_one_reads_the_stream(
     pq.write_table(table, tmp_path / "clicks.parquet")
     repo = tmp_path / "repo"
     assert main(["--definitions", str(CLICKS), "feast-repo", "--out", str(repo)]) == 0
-    feast = str(Path(sys.executable).parent / "feast")
-    env = {
-        "PATH": str(Path(sys.executable).parent),
-        "PYTHONPATH": str(ROOT),
-        "SKEWLESS_FEAST_DATA": str(tmp_path),
-    }
-    listed = {}
-    for cmd in (["apply"], ["feature-views", "list"], ["on-demand-feature-views", "list"]):
-        done = subprocess.run(
-            [feast, *cmd], cwd=repo, env=env, capture_output=True, text=True, timeout=300
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
-        listed[cmd[0]] = {line.split()[0] for line in done.stdout.splitlines()[1:] if line}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sdk = FeatureStore(repo_path=str(repo))  # the generated feature_store.yaml
+        objects = build_feast_objects(fs, tmp_path)
+        sdk.apply([*objects.all(), *request_time_views(str(CLICKS), objects)])
+        batch = {v.name for v in sdk.list_batch_feature_views()}
+        on_demand = {v.name for v in sdk.list_on_demand_feature_views()}
     at_request = {"user_features_at_request", "item_features_at_request"}
-    assert listed["on-demand-feature-views"] == at_request
-    # `feast feature-views list` names every view, the on-demand ones too
-    assert listed["feature-views"] == at_request | {
-        "user_features_as_of_last_event",
-        "item_features_as_of_last_event",
-    }
+    assert on_demand == at_request
+    assert batch == {"user_features_as_of_last_event", "item_features_as_of_last_event"}
     assert [view_name(e) for e in fs.entities] == [
         f"{e.name}_features_as_of_last_event" for e in fs.entities
     ]
