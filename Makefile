@@ -43,6 +43,7 @@ lint: install-dev ## ruff + mypy + import contracts (layers: pyproject.toml), ru
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy features flows serving skewless bench
 	$(BIN)/lint-imports
+	@scripts/devnull.sh
 	cd native && cargo fmt --check && cargo clippy --release -- -D warnings
 
 bench: install services ## the benchmark suite, JSON results

@@ -29,6 +29,7 @@ stage 1/4 "creating $VENV with $("$PYTHON" --version 2>&1) and upgrading pip"
 "$PYTHON" -m venv "$VENV"
 "$BIN/python" -m pip install --quiet --upgrade pip
 
+scripts/devnull.sh  # cargo reads /dev/null as a source file; see the script
 native_log=$VENV/native-build.log
 wheels=$VENV/native-wheel
 rm -rf "$wheels" "$native_log.seconds"
