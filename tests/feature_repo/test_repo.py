@@ -18,9 +18,9 @@ from features.feast_objects import bootstrap_field, state_field, view_name
 from features.reference import REFERENCE
 from flows.backfill import run_backfill
 from flows.simulate import SimulationConfig, simulate, write_events
+from tests.feature_repo.online import MATERIALIZE, assert_every_card_online
 
 ROOT = Path(__file__).resolve().parents[2]
-MATERIALIZE = ["materialize", "2000-01-01T00:00:00", "2100-01-01T00:00:00"]
 
 
 def test_feast_apply_registers_the_generated_objects_from_a_relative_folder(
@@ -80,9 +80,4 @@ def test_feast_apply_registers_the_generated_objects_from_a_relative_folder(
     assert done.returncode == 0, done.stdout + done.stderr
     assert "note:" not in done.stderr
     store = FeatureStore(repo_path=str(tmp_path / "repo"), fs_yaml_file=tmp_path / yaml)
-    ids = sorted(set(simulate(cfg).column("card_id").to_pylist()))
-    got = store.get_online_features(
-        features=["card_features_as_of_last_event:card_txn_count_24h"],
-        entity_rows=[{"card_id": i} for i in ids],
-    ).to_dict()["card_txn_count_24h"]
-    assert len(got) == len(ids) and all(v is not None for v in got), got
+    assert_every_card_online(store, cfg)

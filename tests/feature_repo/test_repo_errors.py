@@ -17,10 +17,10 @@ from feast import FeatureStore
 from features.reference import REFERENCE
 from flows.backfill import run_backfill
 from flows.simulate import SimulationConfig, simulate, write_events
+from tests.feature_repo.online import MATERIALIZE, assert_every_card_online
 
 ROOT = Path(__file__).resolve().parents[2]
 FEAST = str(Path(sys.executable).parent / "feast")
-MATERIALIZE = ["materialize", "2000-01-01T00:00:00", "2100-01-01T00:00:00"]
 
 
 def _env(cwd: Path, **extra: str) -> dict[str, str]:
@@ -81,9 +81,4 @@ def test_apply_and_materialize_into_redis_from_a_url(
     store = FeatureStore(repo_path=str(tmp_path / "repo"))
     host_port = url.split("//", 1)[1].split("/", 1)[0]
     assert store.config.online_store.connection_string == f"{host_port},db=10"
-    ids = sorted(set(simulate(cfg).column("card_id").to_pylist()))
-    got = store.get_online_features(
-        features=["card_features_as_of_last_event:card_txn_count_24h"],
-        entity_rows=[{"card_id": i} for i in ids],
-    ).to_dict()["card_txn_count_24h"]
-    assert len(got) == len(ids) and all(v is not None for v in got), got
+    assert_every_card_online(store, cfg)
