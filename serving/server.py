@@ -55,6 +55,14 @@ from serving.tls import server_credentials
 
 log = logging.getLogger("skewless.serving")
 
+#: threads scoring ``ScoreBatch`` calls (and the server's other blocking work): two, so
+#: one batch's Redis read (the socket wait releases the GIL) overlaps another's compute.
+#: A/B over gRPC, 1 process, 500 per call, 4 in flight (``bench.serve_batch_ab``, 10
+#: alternated pairs): one thread 100-169k events/s, two 117-185k, higher in 9 of 10
+#: pairs (docs/perf-plan.md, ScoreBatch "Session 11"). Each thread has its own Redis
+#: connection and buffers (serving.batch_read); the native calls hold no shared scratch.
+SCORE_BATCH_THREADS = 2
+
 #: the first-generation GC threshold while serving (Python's: 700); ScoreBatch's GC cost
 #: 2.0 -> 0.47 µs per event, a lone Score unmoved (docs/perf-plan.md, "Session 6")
 GC_YOUNG: int | None = 10_000
@@ -205,7 +213,9 @@ class ScoringServer:
             **({"loader": loader} if loader is not None else {}),
         )
         self.health = health_aio.HealthServicer()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="score-batch")
+        self._executor = ThreadPoolExecutor(
+            max_workers=SCORE_BATCH_THREADS, thread_name_prefix="score-batch"
+        )
         self._server: aio.Server | None = None
         self.servicer: CoalescingServicer | None = None
         self._tasks: list[asyncio.Task[Any]] = []
