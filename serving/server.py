@@ -57,9 +57,9 @@ log = logging.getLogger("skewless.serving")
 
 #: threads scoring ``ScoreBatch`` calls (and the server's other blocking work): two, so
 #: one batch's Redis read (the socket wait releases the GIL) overlaps another's compute.
-#: A/B over gRPC, 1 process, 500 per call, 4 in flight (``bench.serve_batch_ab``, 10
-#: alternated pairs): one thread 100-169k events/s, two 117-185k, higher in 9 of 10
-#: pairs (docs/perf-plan.md, ScoreBatch "Session 11"). Each thread has its own Redis
+#: A/B over gRPC, 1 process, 500 per call, 4 in flight (``bench.serve_batch_ab``, 16
+#: alternated pairs): higher in 13, ratio median 1.085; a little lower when both cores
+#: are busy (docs/perf-plan.md, ScoreBatch "Session 11"). Each thread has its own Redis
 #: connection and buffers (serving.batch_read); the native calls hold no shared scratch.
 SCORE_BATCH_THREADS = 2
 
